@@ -1,0 +1,36 @@
+"""The three asset jobs behind the API's start, preprocess and generate endpoints.
+
+They run in-process: a process per step costs ~2.5 s here, while the only parallelism the
+pipeline has (Flux beside Gemini) happens inside the `generations` step.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from jewel_dagster.assets import ALL_ASSETS, GENERATE_ASSETS, PREPROCESS_ASSETS, requests_partitions
+from jewel_dagster.steps import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB
+
+full_job = dg.define_asset_job(
+    FULL_JOB,
+    selection=dg.AssetSelection.assets(*ALL_ASSETS),
+    partitions_def=requests_partitions,
+    executor_def=dg.in_process_executor,
+    description="Photo to generations: the /workflow/start endpoint.",
+)
+preprocess_job = dg.define_asset_job(
+    PREPROCESS_JOB,
+    selection=dg.AssetSelection.assets(*PREPROCESS_ASSETS),
+    partitions_def=requests_partitions,
+    executor_def=dg.in_process_executor,
+    description="Upload, resize, background and jewelry mask: the /workflow/preprocess endpoint.",
+)
+generate_job = dg.define_asset_job(
+    GENERATE_JOB,
+    selection=dg.AssetSelection.assets(*GENERATE_ASSETS),
+    partitions_def=requests_partitions,
+    executor_def=dg.in_process_executor,
+    description="Brush refinement and generations for a preprocessed request: /workflow/generate.",
+)
+
+ALL_JOBS = [full_job, preprocess_job, generate_job]

@@ -1,0 +1,110 @@
+"""In-process *local* backends: classical CPU image processing standing in for the ML services.
+
+They really do the work (see `local_vision.py`), deterministically, so the whole pipeline
+runs on a fresh machine. Their names say "local" everywhere they are shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from jewel_dagster import imaging, local_vision
+from jewel_dagster.imaging import CanvasStroke, CanvasTransform, Mask, RGBImage
+from jewel_dagster.local_vision import PixelPoint
+from jewel_dagster.services import (
+    BackgroundRemover,
+    Generation,
+    ImageGenerator,
+    ImageManipulator,
+    MaskRefiner,
+    Segmenter,
+    ZoomCheck,
+)
+
+
+class LocalImageManipulator(ImageManipulator):
+    """Letterbox resize and a frame-clutter score instead of the image-manipulator service."""
+
+    zoom_threshold: float = 0.25
+
+    @property
+    def backend_name(self) -> str:
+        return "local-classical"
+
+    def resize_to_canvas(self, image: RGBImage) -> tuple[RGBImage, CanvasTransform]:
+        return imaging.fit_to_canvas(image)
+
+    def check_zoom(self, image: RGBImage) -> ZoomCheck:
+        score = local_vision.background_busyness(image)
+        return ZoomCheck(score > self.zoom_threshold, round(score, 4), self.zoom_threshold)
+
+
+class LocalBackgroundRemover(BackgroundRemover):
+    """Border-seeded GrabCut instead of BiRefNet."""
+
+    @property
+    def backend_name(self) -> str:
+        return "local-grabcut"
+
+    def remove_background(self, image: RGBImage) -> RGBImage:
+        cut_out, _ = local_vision.remove_background(image)
+        return cut_out
+
+
+class LocalSegmenter(Segmenter):
+    """Flood fill + GrabCut from the clicks instead of SAM3."""
+
+    @property
+    def backend_name(self) -> str:
+        return "local-grabcut"
+
+    def segment(self, image: RGBImage, points: Sequence[PixelPoint]) -> Mask:
+        return local_vision.segment_from_points(image, points)
+
+    def find_jewelry(self, image: RGBImage, reference: Mask) -> Mask:
+        return local_vision.segment_like_reference(image, reference)
+
+
+class LocalMaskRefiner(MaskRefiner):
+    """Exact brush-stroke rasterising instead of the A100 server's refinement."""
+
+    @property
+    def backend_name(self) -> str:
+        return "local-brush"
+
+    def refine(self, mask: Mask, strokes: Sequence[CanvasStroke]) -> Mask:
+        return imaging.apply_strokes(mask, strokes)
+
+
+class LocalStudioGenerator(ImageGenerator):
+    """Composites the untouched jewelry onto a rendered studio backdrop (no diffusion model).
+
+    ``grow_px`` makes it bleed the jewelry into the backdrop, a known-bad generation for
+    exercising the quality checks.
+    """
+
+    style: str = "sweep"
+    grow_px: int = 0
+
+    @property
+    def backend_name(self) -> str:
+        return f"local-studio-{self.style}"
+
+    def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
+        out = local_vision.composite_generation(
+            image, mask, seed=seed, radial=self.style == "radial", grow_px=self.grow_px
+        )
+        return Generation(image=out, model=self.backend_name)
+
+
+class DisabledGenerator(ImageGenerator):
+    """No generator configured: the result is null, with the reason, and the run succeeds."""
+
+    reason: str = "generator not configured"
+
+    @property
+    def backend_name(self) -> str:
+        return "disabled"
+
+    def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
+        return Generation(image=None, model="disabled", reason=self.reason)
