@@ -35,3 +35,13 @@ FULL_JOB = "jewelry_generation"
 PREPROCESS_JOB = "jewelry_preprocess"
 GENERATE_JOB = "jewelry_generate"
 PARTITIONS_NAME = "requests"
+
+_PREPROCESS_OPS = ["original_image", "resize_to_canvas", "zoom_check", "background_removed_image", "jewelry_mask"]
+_GENERATE_OPS = ["refined_mask", "final_mask", "generations", "flux_metrics"]
+
+# Each job's steps in execution order (the in-process executor runs them one at a time).
+JOB_OPS: dict[str, list[str]] = {
+    FULL_JOB: _PREPROCESS_OPS + _GENERATE_OPS,
+    PREPROCESS_JOB: _PREPROCESS_OPS,
+    GENERATE_JOB: _GENERATE_OPS,
+}

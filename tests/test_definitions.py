@@ -19,3 +19,16 @@ def test_every_asset_is_partitioned_per_request() -> None:
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         assert graph.get(key).partitions_def.name == "requests", key
+
+
+def test_job_step_orders_match_the_jobs() -> None:
+    from jewel_dagster.steps import JOB_OPS
+
+    for name, ops in JOB_OPS.items():
+        job = defs.resolve_job_def(name)
+        assert {node.name for node in job.graph.nodes} == set(ops), name
+        # Execution order: every op comes after the ops it depends on.
+        position = {op: i for i, op in enumerate(ops)}
+        for node in job.graph.nodes:
+            for upstream in job.graph.dependency_structure.all_upstream_outputs_from_node(node.name):
+                assert position[upstream.node_name] < position[node.name]

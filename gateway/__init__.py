@@ -1,0 +1,1 @@
+"""FastAPI gateway that keeps the Temporal backend's REST contract on top of Dagster."""

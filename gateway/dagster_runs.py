@@ -1,0 +1,215 @@
+"""Everything the gateway asks of Dagster, over dagster-webserver's GraphQL API.
+
+Runs are launched and terminated with `dagster_graphql.DagsterGraphQLClient`; the few queries
+that client has no method for (dynamic partitions, a partition's newest run, a failure's
+message) are sent as narrow GraphQL documents over httpx with a short timeout.
+
+Exceptions::
+
+    DagsterError            Dagster answered, but not with what we asked for
+    └── DagsterUnavailable  Dagster did not answer (connection refused, timeout)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import requests
+from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+
+from gateway.settings import GatewaySettings
+from jewel_dagster.steps import PARTITIONS_NAME
+
+PARTITION_TAG = "dagster/partition"
+
+
+class DagsterError(Exception):
+    pass
+
+
+class DagsterUnavailable(DagsterError):
+    pass
+
+
+@dataclass(frozen=True)
+class StepStat:
+    step_key: str
+    status: str | None  # IN_PROGRESS | SUCCESS | FAILURE | SKIPPED
+    start_time: float | None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    job_name: str
+    status: str  # Dagster's DagsterRunStatus name
+    steps: list[StepStat] = field(default_factory=list)
+
+
+_LATEST_RUN = """
+query LatestRun($tag: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/partition", value: $tag}]}, limit: 1) {
+    __typename
+    ... on Runs { results { runId jobName status stepStats { stepKey status startTime } } }
+    ... on PythonError { message }
+  }
+}"""
+
+_RUN_FAILURE = """
+query RunFailure($runId: ID!) {
+  logsForRun(runId: $runId, limit: 1000) {
+    __typename
+    ... on EventConnection {
+      events {
+        __typename
+        ... on ExecutionStepFailureEvent { stepKey error { message cause { message } } }
+        ... on RunFailureEvent { message }
+      }
+    }
+  }
+}"""
+
+_ADD_PARTITION = """
+mutation AddPartition($selector: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
+    __typename
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+
+_DELETE_PARTITION = """
+mutation DeletePartition($selector: RepositorySelector!, $name: String!, $key: String!) {
+  deleteDynamicPartitions(repositorySelector: $selector, partitionsDefName: $name, partitionKeys: [$key]) {
+    __typename
+  }
+}"""
+
+
+class DagsterRuns:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._settings = settings
+        self._selector = {
+            "repositoryLocationName": settings.dagster_location_name,
+            "repositoryName": settings.dagster_repository_name,
+        }
+        self._url = f"http://{settings.dagster_host}:{settings.dagster_port}/graphql"
+        self._http = httpx.Client(timeout=settings.dagster_timeout_seconds)
+        self._client = DagsterGraphQLClient(
+            settings.dagster_host,
+            port_number=settings.dagster_port,
+            timeout=max(1, int(settings.dagster_timeout_seconds)),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _query(self, document: str, variables: dict[str, Any], attempts: int = 2, timeout: float | None = None) -> Any:
+        """POST a GraphQL document; reads are retried once on a dropped connection."""
+        last: Exception | None = None
+        for _ in range(attempts):
+            try:
+                response = self._http.post(
+                    self._url,
+                    json={"query": document, "variables": variables},
+                    timeout=timeout or self._settings.dagster_timeout_seconds,
+                )
+            except httpx.TransportError as exc:
+                last = exc
+                continue
+            if response.status_code != 200:
+                raise DagsterError(f"Dagster answered HTTP {response.status_code}: {response.text[:300]}")
+            body = response.json()
+            if body.get("errors"):
+                raise DagsterError(f"Dagster GraphQL error: {body['errors'][0].get('message')}")
+            return body["data"]
+        raise DagsterUnavailable(f"Dagster is not reachable at {self._url}: {last}")
+
+    def _unwrap_client_error(self, exc: DagsterGraphQLClientError) -> DagsterError:
+        cause = exc.__cause__
+        if isinstance(cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            return DagsterUnavailable(f"Dagster is not reachable at {self._url}")
+        return DagsterError(f"Dagster refused the request: {exc.args[-1] if exc.args else exc}")
+
+    # ------------------------------------------------------------------ calls
+
+    def ping(self, timeout: float = 2.0) -> bool:
+        try:
+            self._query("{ version }", {}, attempts=1, timeout=timeout)
+            return True
+        except DagsterError:
+            return False
+
+    def add_partition(self, request_id: str) -> None:
+        data = self._query(
+            _ADD_PARTITION, {"selector": self._selector, "name": PARTITIONS_NAME, "key": request_id}, attempts=1
+        )
+        answer = data["addDynamicPartition"]
+        if answer["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
+            raise DagsterError(f"could not add partition {request_id}: {answer.get('message', answer['__typename'])}")
+
+    def delete_partition(self, request_id: str) -> None:
+        """Best effort: undo add_partition when the launch after it failed."""
+        try:
+            self._query(
+                _DELETE_PARTITION, {"selector": self._selector, "name": PARTITIONS_NAME, "key": request_id}, attempts=1
+            )
+        except DagsterError:
+            pass
+
+    def launch(self, job_name: str, request_id: str, run_config: dict[str, Any]) -> str:
+        """Launch `job_name` for one request partition; not retried, as it is not idempotent."""
+        try:
+            return self._client.submit_job_execution(
+                job_name,
+                repository_location_name=self._settings.dagster_location_name,
+                repository_name=self._settings.dagster_repository_name,
+                run_config=run_config,
+                tags={PARTITION_TAG: request_id},
+            )
+        except DagsterGraphQLClientError as exc:
+            raise self._unwrap_client_error(exc) from exc
+
+    def latest_run(self, request_id: str) -> RunInfo | None:
+        """The newest run of the partition: a rerun or regeneration supersedes older runs."""
+        data = self._query(_LATEST_RUN, {"tag": request_id})["runsOrError"]
+        if data["__typename"] != "Runs":
+            raise DagsterError(data.get("message", data["__typename"]))
+        if not data["results"]:
+            return None
+        run = data["results"][0]
+        steps = [StepStat(s["stepKey"], s["status"], s["startTime"]) for s in run["stepStats"]]
+        return RunInfo(run["runId"], run["jobName"], run["status"], steps)
+
+    def failure_of(self, run_id: str) -> tuple[str | None, str]:
+        """(failed step key, a message a person can read) of a failed run."""
+        data = self._query(_RUN_FAILURE, {"runId": run_id})["logsForRun"]
+        events = data.get("events", []) if data["__typename"] == "EventConnection" else []
+        for event in events:
+            if event["__typename"] == "ExecutionStepFailureEvent":
+                error = event.get("error") or {}
+                message = error.get("message") or ""
+                return event["stepKey"], readable_error(message)
+        for event in events:
+            if event["__typename"] == "RunFailureEvent":
+                return None, event["message"]
+        return None, "the run failed"
+
+    def terminate(self, run_id: str) -> None:
+        try:
+            self._client.terminate_run(run_id)
+        except DagsterGraphQLClientError as exc:
+            raise self._unwrap_client_error(exc) from exc
+
+
+def readable_error(message: str) -> str:
+    """Strip Dagster's exception class prefix: 'dagster...Failure: text' -> 'text'."""
+    first_line = message.strip().splitlines()[0] if message.strip() else "the step failed"
+    head, sep, rest = first_line.partition(": ")
+    if sep and "." in head and " " not in head:
+        return rest.strip()
+    return first_line

@@ -1,0 +1,34 @@
+"""FastAPI dependencies: the clients the lifespan built, as annotated aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gateway.dagster_runs import DagsterRuns
+from gateway.results import ResultReader
+from gateway.settings import GatewaySettings
+from jewel_dagster.storage import BlobStore
+
+
+def _settings(request: Request) -> GatewaySettings:
+    return request.app.state.settings
+
+
+def _runs(request: Request) -> DagsterRuns:
+    return request.app.state.runs
+
+
+def _store(request: Request) -> BlobStore:
+    return request.app.state.store
+
+
+def _results(request: Request) -> ResultReader:
+    return request.app.state.results
+
+
+SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
+RunsDep = Annotated[DagsterRuns, Depends(_runs)]
+StoreDep = Annotated[BlobStore, Depends(_store)]
+ResultsDep = Annotated[ResultReader, Depends(_results)]

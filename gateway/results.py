@@ -1,0 +1,66 @@
+"""Reads a finished request's artifacts from the blob store and shapes the seed's `result`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from jewel_dagster import imaging
+from jewel_dagster.steps import PREPROCESS_JOB
+from jewel_dagster.storage import BlobNotFoundError, BlobStore, artifact_path
+
+
+class ResultReader:
+    """Builds results once per run: the JPEG re-encoding of two canvases costs ~0.2 s."""
+
+    def __init__(self, store: BlobStore, cache_size: int = 32) -> None:
+        self._store = store
+        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def result_of(self, request_id: str, run_id: str, job_name: str) -> dict[str, Any]:
+        with self._lock:
+            if run_id in self._cache:
+                self._cache.move_to_end(run_id)
+                return self._cache[run_id]
+        result = self._build(request_id, job_name)
+        with self._lock:
+            self._cache[run_id] = result
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return result
+
+    def _uri(self, request_id: str, name: str) -> str:
+        return self._store.uri_for(artifact_path(request_id, name, "png"))
+
+    def _jpeg_base64(self, request_id: str, name: str) -> str | None:
+        try:
+            png = self._store.get_path(artifact_path(request_id, name, "png"))
+        except BlobNotFoundError:
+            return None  # e.g. Gemini absent: stored as JSON null
+        return base64.b64encode(imaging.encode_jpeg(imaging.decode_png(png))).decode("ascii")
+
+    def _json(self, request_id: str, name: str) -> Any:
+        try:
+            return json.loads(self._store.get_path(artifact_path(request_id, name, "json")))
+        except BlobNotFoundError:
+            return None
+
+    def _build(self, request_id: str, job_name: str) -> dict[str, Any]:
+        uris = {
+            "imageUri": self._uri(request_id, "background_removed_image"),
+            "maskUri": self._uri(request_id, "jewelry_mask"),
+        }
+        if job_name == PREPROCESS_JOB:
+            return uris
+        return {
+            "flux_result_base64": self._jpeg_base64(request_id, "flux_generation"),
+            "gemini_result_base64": self._jpeg_base64(request_id, "gemini_generation"),
+            "flux_metrics": self._json(request_id, "flux_metrics"),
+            **uris,
+            "finalMaskUri": self._uri(request_id, "final_mask"),
+        }

@@ -1,0 +1,76 @@
+"""Request and response bodies of the seed's REST API (camelCase, as the frontend sends)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+WorkflowStatus = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
+
+
+class MaskPoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    x: float = Field(ge=0.0, le=1.0, description="Normalised x on the uploaded image.")
+    y: float = Field(ge=0.0, le=1.0, description="Normalised y on the uploaded image.")
+    label: Literal[0, 1] = Field(default=1, description="1 = on the jewelry, 0 = not.")
+
+
+class StrokePoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    x: float = Field(ge=0.0, le=1.0)
+    y: float = Field(ge=0.0, le=1.0)
+
+
+class BrushStroke(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    points: list[StrokePoint] = Field(min_length=1, max_length=10_000)
+    mode: Literal["add", "remove"]
+    size: float = Field(gt=0.0, le=2667.0, description="Brush diameter in pixels of the 2000x2667 canvas.")
+
+
+class StartRequest(BaseModel):
+    """Body of /workflow/start and /workflow/preprocess."""
+
+    originalImageBase64: str = Field(min_length=1, description="The photo, base64 (a data: URL prefix is allowed).")
+    maskPoints: list[MaskPoint] = Field(min_length=1, max_length=100)
+    brushStrokes: list[BrushStroke] = Field(default_factory=list, max_length=200)
+
+    @field_validator("maskPoints")
+    @classmethod
+    def needs_a_positive_point(cls, points: list[MaskPoint]) -> list[MaskPoint]:
+        if not any(p.label == 1 for p in points):
+            raise ValueError("at least one mask point must have label 1 (a click on the jewelry)")
+        return points
+
+
+class GenerateRequest(BaseModel):
+    """Body of /workflow/generate: a preprocessed image and mask, plus brush strokes."""
+
+    imageUri: str = Field(min_length=1, max_length=1024)
+    maskUri: str = Field(min_length=1, max_length=1024)
+    brushStrokes: list[BrushStroke] = Field(default_factory=list, max_length=200)
+
+
+class StartResponse(BaseModel):
+    workflowId: str
+    status: WorkflowStatus
+
+
+class WorkflowState(BaseModel):
+    """GET /workflow/{id}; `result` only when COMPLETED, `error`/`failedStep` only when FAILED."""
+
+    workflowId: str
+    status: WorkflowStatus
+    progress: int
+    currentStep: str
+    result: dict[str, Any] | None = None
+    failedStep: str | None = None
+    error: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["healthy", "degraded"]
+    dagster: Literal["connected", "disconnected"]
+    temporal: Literal["connected", "disconnected"] = Field(description="Alias of `dagster` for the old frontend.")
+    services: dict[str, Literal["online", "offline", "local", "unknown"]]

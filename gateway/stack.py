@@ -1,0 +1,189 @@
+"""Starts and stops the three processes of the embedded default: `python -m gateway.stack`.
+
+dagster-webserver (UI and GraphQL, port 3000), dagster-daemon (run queue, schedules,
+sensors) and the gateway (port 8001). Each runs in its own process group so that stopping
+the stack also stops the code servers and run workers they spawned. The end-to-end tests
+use the same class, so what they test is what `make run` starts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def wait_for_http(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers 200, the deadline passes, or the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+class Stack:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        dagster_port: int = 3000,
+        gateway_port: int = 8001,
+        log_dir: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        if "DAGSTER_HOME" not in env:
+            raise ValueError("DAGSTER_HOME must be set: it holds dagster.yaml and the run storage")
+        self.env = {
+            **env,
+            "DAGSTER_PORT": str(dagster_port),
+            "DAGSTER_HOST": host,
+            "API_PORT": str(gateway_port),
+        }
+        self.host = host
+        self.dagster_port = dagster_port
+        self.gateway_port = gateway_port
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def dagster_url(self) -> str:
+        return f"http://{self.host}:{self.dagster_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}"
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        out = open(self.log_dir / f"{name}.log", "ab") if self.log_dir else None  # noqa: SIM115
+        self.processes[name] = subprocess.Popen(
+            args,
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+
+    def start_dagster(self, timeout: float = 120.0) -> None:
+        workspace = str(REPO_ROOT / "workspace.yaml")
+        self._spawn(
+            "webserver",
+            [str(BIN / "dagster-webserver"), "-w", workspace, "-h", self.host, "-p", str(self.dagster_port)],
+        )
+        self._spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace])
+        wait_for_http(f"{self.dagster_url}/server_info", timeout, self.processes["webserver"])
+
+    def start_gateway(self, timeout: float = 60.0) -> None:
+        self._spawn(
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "gateway.main:app",
+                "--host",
+                self.host,
+                "--port",
+                str(self.gateway_port),
+                "--log-level",
+                "warning",
+            ],
+        )
+        wait_for_http(f"{self.gateway_url}/health", timeout, self.processes["gateway"])
+
+    def start(self) -> None:
+        self.start_dagster()
+        self.start_gateway()
+
+    def stop(self, names: tuple[str, ...] | None = None, grace: float = 10.0) -> None:
+        """SIGTERM each process group, then SIGKILL what is still alive after ``grace``."""
+        chosen = [n for n in (names or tuple(self.processes)) if n in self.processes]
+        for name in chosen:
+            _signal_group(self.processes[name], signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for name in chosen:
+            process = self.processes.pop(name)
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            # The group may hold children (code server, run workers) even after the leader exits.
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+
+    def stop_dagster(self) -> None:
+        self.stop(("webserver", "daemon"))
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+SAMPLE_CURL = """\
+Try one request (the sample is a ring photo that ships with the repo):
+
+  IMG=$(base64 -w0 samples/ring.jpg)
+  curl -s -X POST {gw}/workflow/start -H 'Content-Type: application/json' \\
+    -d '{{"originalImageBase64": "'$IMG'", "maskPoints": [{{"x": 0.5, "y": 0.32, "label": 1}}]}}'
+  curl -s {gw}/workflow/<workflowId> | head -c 300
+"""
+
+
+def main() -> None:
+    env = dict(os.environ)
+    env.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".data" / "dagster_home"))
+    Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    dagster_yaml = Path(env["DAGSTER_HOME"]) / "dagster.yaml"
+    if not dagster_yaml.exists():
+        dagster_yaml.write_text((REPO_ROOT / "dagster.yaml").read_text())
+    stack = Stack(
+        env,
+        dagster_port=int(env.get("DAGSTER_PORT", "3000")),
+        gateway_port=int(env.get("API_PORT", "8001")),
+        host=env.get("BIND_HOST", "127.0.0.1"),
+    )
+    stopping = False
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        stack.start()
+        sys.stderr.write(
+            f"\nDagster UI: {stack.dagster_url}   gateway: {stack.gateway_url}   (Ctrl-C stops all three)\n\n"
+            + SAMPLE_CURL.format(gw=stack.gateway_url)
+        )
+        while not stopping:
+            dead = [n for n, p in stack.processes.items() if p.poll() is not None]
+            if dead:
+                sys.stderr.write(f"{', '.join(dead)} exited; stopping the stack\n")
+                break
+            time.sleep(0.5)
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
