@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from gateway.dagster_runs import DagsterRuns
 from gateway.results import ResultReader
+from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings
 from jewel_dagster.storage import BlobStore
 
@@ -28,7 +29,12 @@ def _results(request: Request) -> ResultReader:
     return request.app.state.results
 
 
+def _probe(request: Request) -> ServiceProbe:
+    return request.app.state.probe
+
+
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
 RunsDep = Annotated[DagsterRuns, Depends(_runs)]
 StoreDep = Annotated[BlobStore, Depends(_store)]
 ResultsDep = Annotated[ResultReader, Depends(_results)]
+ProbeDep = Annotated[ServiceProbe, Depends(_probe)]

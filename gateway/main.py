@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from gateway.dagster_runs import DagsterRuns
 from gateway.results import ResultReader
 from gateway.routes import health, workflows
+from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings, get_settings
 from jewel_dagster.resources import build_blob_store
 
@@ -22,6 +23,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.store = build_blob_store(resolved)
         app.state.runs = DagsterRuns(resolved)
         app.state.results = ResultReader(app.state.store)
+        app.state.probe = ServiceProbe(resolved)
         yield
         app.state.runs.close()
 

@@ -1,9 +1,22 @@
-"""Picks every resource implementation from the settings, in one place."""
+"""Picks every resource implementation from the settings, in one place.
+
+An unset service URL selects the in-process local implementation; a set one, the HTTP client.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import dagster as dg
+
+from jewel_dagster.gemini import GeminiGenerator
+from jewel_dagster.http_services import (
+    HttpBackgroundRemover,
+    HttpFluxGenerator,
+    HttpImageManipulator,
+    HttpMaskRefiner,
+    HttpSegmenter,
+)
 from jewel_dagster.io_manager import BlobIOManager
 from jewel_dagster.local_services import (
     DisabledGenerator,
@@ -13,6 +26,7 @@ from jewel_dagster.local_services import (
     LocalSegmenter,
     LocalStudioGenerator,
 )
+from jewel_dagster.services import ImageGenerator
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage import BlobStore, LocalBlobStore
 
@@ -21,20 +35,50 @@ def build_blob_store(settings: PipelineSettings) -> BlobStore:
     return LocalBlobStore(root=settings.local_blob_root, container=settings.azure_container_name)
 
 
+def _gemini(settings: PipelineSettings) -> ImageGenerator:
+    if settings.gemini_api_key is not None:
+        # EnvVar keeps the key out of Dagster's stored definitions; it is read at run time.
+        return GeminiGenerator(
+            api_key=dg.EnvVar("GEMINI_API_KEY"),
+            model=settings.gemini_model,
+            base_url=settings.gemini_base_url,
+            timeout_seconds=settings.service_timeout_seconds,
+        )
+    if settings.a100_server_url:
+        # Real generators elsewhere: never pass a local stand-in off as Gemini.
+        return DisabledGenerator(reason="GEMINI_API_KEY is not set")
+    if settings.local_gemini_enabled:
+        return LocalStudioGenerator(style="radial")
+    return DisabledGenerator(reason="Gemini is not configured (LOCAL_GEMINI_ENABLED=false)")
+
+
 def build_resources(settings: PipelineSettings) -> dict[str, Any]:
     blob_store = build_blob_store(settings)
-    gemini = (
-        LocalStudioGenerator(style="radial")
-        if settings.local_gemini_enabled
-        else DisabledGenerator(reason="Gemini is not configured (LOCAL_GEMINI_ENABLED=false)")
-    )
+    timeout = settings.service_timeout_seconds
+    a100 = settings.a100_server_url
     return {
         "blob_store": blob_store,
         "io_manager": BlobIOManager(blob_store=blob_store),
-        "image_manipulator": LocalImageManipulator(zoom_threshold=settings.zoom_threshold),
-        "background_remover": LocalBackgroundRemover(),
-        "segmenter": LocalSegmenter(),
-        "mask_refiner": LocalMaskRefiner(),
-        "flux_generator": LocalStudioGenerator(style="sweep", grow_px=settings.local_flux_grow_px),
-        "gemini_generator": gemini,
+        "image_manipulator": (
+            HttpImageManipulator(base_url=settings.image_manipulator_url, timeout_seconds=timeout)
+            if settings.image_manipulator_url
+            else LocalImageManipulator(zoom_threshold=settings.zoom_threshold)
+        ),
+        "background_remover": (
+            HttpBackgroundRemover(base_url=settings.birefnet_url, timeout_seconds=timeout)
+            if settings.birefnet_url
+            else LocalBackgroundRemover()
+        ),
+        "segmenter": (
+            HttpSegmenter(base_url=settings.sam3_url, timeout_seconds=timeout)
+            if settings.sam3_url
+            else LocalSegmenter()
+        ),
+        "mask_refiner": (HttpMaskRefiner(base_url=a100, timeout_seconds=timeout) if a100 else LocalMaskRefiner()),
+        "flux_generator": (
+            HttpFluxGenerator(base_url=a100, timeout_seconds=timeout)
+            if a100
+            else LocalStudioGenerator(style="sweep", grow_px=settings.local_flux_grow_px)
+        ),
+        "gemini_generator": _gemini(settings),
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,39 @@ class PipelineSettings(BaseSettings):
     local_gemini_enabled: bool = Field(
         default=True, description="Run the local Gemini stand-in; off gives null results."
     )
+
+    # Model services: an unset URL means the in-process local implementation.
+    image_manipulator_url: str | None = None
+    birefnet_url: str | None = None
+    sam3_url: str | None = None
+    a100_server_url: str | None = None
+    service_timeout_seconds: float = Field(default=120.0, description="Timeout of one call to a model service.")
+    gemini_api_key: SecretStr | None = Field(default=None, description="Enables Gemini through google-genai.")
+    gemini_model: str = "gemini-2.5-flash-image"
+    gemini_base_url: str | None = Field(default=None, description="Override the Gemini API endpoint.")
+
+    @field_validator(
+        "image_manipulator_url",
+        "birefnet_url",
+        "sam3_url",
+        "a100_server_url",
+        "gemini_api_key",
+        "gemini_base_url",
+        mode="before",
+    )
+    @classmethod
+    def empty_means_unset(cls, value: object) -> object:
+        """`.env.example` lists every variable with an empty value: empty is the same as unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def service_urls(self) -> dict[str, str | None]:
+        """The seed's service names (as /health reports them) -> configured URL or None (local)."""
+        return {
+            "a100": self.a100_server_url,
+            "imageManipulator": self.image_manipulator_url,
+            "birefnet": self.birefnet_url,
+            "sam3": self.sam3_url,
+        }
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,56 @@
+"""Probes each configured model service's health endpoint, cached for a few seconds.
+
+/health may be polled by load balancers every second; probing four services on each call
+would multiply that load onto the GPU machines, so answers are cached for `ttl` seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from gateway.settings import GatewaySettings
+
+
+class ServiceProbe:
+    def __init__(self, settings: GatewaySettings, ttl: float = 5.0, timeout: float = 1.0) -> None:
+        self._urls = settings.service_urls()
+        self._gemini = _gemini_state(settings)
+        self._ttl = ttl
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict[str, str]] | None = None
+
+    def states(self) -> dict[str, str]:
+        with self._lock:
+            if self._cached and time.monotonic() - self._cached[0] < self._ttl:
+                return dict(self._cached[1])
+        configured = {name: url for name, url in self._urls.items() if url}
+        states = {name: "local" for name, url in self._urls.items() if not url}
+        if configured:
+            with ThreadPoolExecutor(max_workers=len(configured)) as pool:
+                results = pool.map(self._probe, configured.values())
+                states.update(zip(configured, results, strict=True))
+        ordered = {name: states[name] for name in self._urls}
+        ordered["gemini"] = self._gemini
+        with self._lock:
+            self._cached = (time.monotonic(), ordered)
+        return dict(ordered)
+
+    def _probe(self, url: str) -> str:
+        try:
+            response = httpx.get(f"{url.rstrip('/')}/health", timeout=self._timeout)
+        except httpx.HTTPError:
+            return "offline"
+        return "online" if response.status_code == 200 else "offline"
+
+
+def _gemini_state(settings: GatewaySettings) -> str:
+    if settings.gemini_api_key is not None:
+        return "unknown"  # Google's API has no health endpoint we may poll
+    if settings.a100_server_url or not settings.local_gemini_enabled:
+        return "offline"
+    return "local"

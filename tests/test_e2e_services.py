@@ -1,0 +1,55 @@
+"""The stack with every model service over HTTP on the reference server (loopback)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e_stack import free_port, poll, running_stack
+from tests.photos import coffee_jpeg
+from tests.servers import reference_server, service_urls, set_knobs
+
+pytestmark = pytest.mark.e2e
+
+
+def _services_when(client: httpx.Client, state: str, timeout: float = 15.0) -> dict[str, str]:
+    """Poll /health until sam3 reports ``state`` (probes are cached for 5 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        services = client.get("/health").json()["services"]
+        if services["sam3"] == state or time.monotonic() > deadline:
+            return services
+        time.sleep(0.5)
+
+
+def test_service_failure_reaches_the_gateway_and_health_probes_services(tmp_path: Path) -> None:
+    port = free_port()
+    env = {key.upper(): value for key, value in service_urls(f"http://127.0.0.1:{port}").items()}
+    with running_stack(tmp_path, env) as stack, httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        with reference_server(port=port) as server:
+            set_knobs(server, reject={"a100/generate": 400})
+            assert _services_when(client, "online") == {
+                "a100": "online",
+                "imageManipulator": "online",
+                "birefnet": "online",
+                "sam3": "online",
+                "gemini": "offline",
+            }
+            photo = base64.b64encode(coffee_jpeg()).decode()
+            started = client.post(
+                "/workflow/start", json={"originalImageBase64": photo, "maskPoints": [{"x": 0.45, "y": 0.42}]}
+            ).json()
+            final = poll(client, started["workflowId"], lambda s: s["status"] != "RUNNING")[-1]
+            assert final["status"] == "FAILED", final
+            assert final["failedStep"] == "GENERATING_IMAGES"
+            assert "FluxGenerator" in final["error"] and "400" in final["error"]
+            assert "rejected the request" in final["error"]
+            assert httpx.get(f"{server}/_stats").json()["a100/generate"] == 1  # permanent: not retried
+
+        # The reference server is gone: once the health cache expires the probes say so.
+        services = _services_when(client, "offline")
+        assert services["sam3"] == "offline" and services["a100"] == "offline"
