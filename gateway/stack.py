@@ -16,8 +16,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
+from urllib.parse import quote
 
 import httpx
+from dotenv import dotenv_values
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -148,13 +150,36 @@ Try one request (the sample is a ring photo that ships with the repo):
 """
 
 
+def prepare_dagster_home(env: dict[str, str]) -> None:
+    """Write $DAGSTER_HOME/dagster.yaml: SQLite by default, PostgreSQL when DAGSTER_PG_* says so.
+
+    Fills DAGSTER_PG_URL from DAGSTER_PG_HOST/PORT/USERNAME/PASSWORD/DB when only those are set.
+    """
+    home = Path(env["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    if env.get("DAGSTER_PG_HOST") and not env.get("DAGSTER_PG_URL"):
+        user = quote(env.get("DAGSTER_PG_USERNAME", "postgres"), safe="")
+        password = env.get("DAGSTER_PG_PASSWORD", "")
+        auth = f"{user}:{quote(password, safe='')}" if password else user
+        env["DAGSTER_PG_URL"] = (
+            f"postgresql://{auth}@{env['DAGSTER_PG_HOST']}:{env.get('DAGSTER_PG_PORT', '5432')}"
+            f"/{env.get('DAGSTER_PG_DB', 'dagster')}"
+        )
+    url = env.get("DAGSTER_PG_URL", "")
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            # SQLAlchemy 2.1 maps a plain postgresql:// to psycopg 3; dagster-postgres ships psycopg2.
+            env["DAGSTER_PG_URL"] = "postgresql+psycopg2://" + url[len(plain) :]
+    template = "dagster.postgres.yaml" if url else "dagster.yaml"
+    (home / "dagster.yaml").write_text((REPO_ROOT / template).read_text())
+
+
 def main() -> None:
-    env = dict(os.environ)
+    # .env fills in what the shell did not set, for these processes as for the settings classes.
+    dotenv = {k: v for k, v in dotenv_values(REPO_ROOT / ".env").items() if v is not None}
+    env = {**dotenv, **os.environ}
     env.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".data" / "dagster_home"))
-    Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    dagster_yaml = Path(env["DAGSTER_HOME"]) / "dagster.yaml"
-    if not dagster_yaml.exists():
-        dagster_yaml.write_text((REPO_ROOT / "dagster.yaml").read_text())
+    prepare_dagster_home(env)
     stack = Stack(
         env,
         dagster_port=int(env.get("DAGSTER_PORT", "3000")),

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
+from pydantic import SecretStr
 
 from jewel_dagster.gemini import GeminiGenerator
 from jewel_dagster.http_services import (
@@ -28,11 +29,30 @@ from jewel_dagster.local_services import (
 )
 from jewel_dagster.services import ImageGenerator
 from jewel_dagster.settings import PipelineSettings
-from jewel_dagster.storage import BlobStore, LocalBlobStore
+from jewel_dagster.storage import AzureBlobStore, BlobStore, LocalBlobStore
 
 
-def build_blob_store(settings: PipelineSettings) -> BlobStore:
-    return LocalBlobStore(root=settings.local_blob_root, container=settings.azure_container_name)
+def build_blob_store(settings: PipelineSettings, inside_dagster: bool = True) -> BlobStore:
+    """Azure when credentials are set, else the local folder.
+
+    Inside Dagster, secrets are passed as `dg.EnvVar` so they never land in stored definitions;
+    the gateway (outside Dagster, where EnvVar is not resolved) passes the values themselves.
+    """
+    if not settings.uses_azure:
+        return LocalBlobStore(root=settings.local_blob_root, container=settings.azure_container_name)
+
+    def secret(name: str, value: SecretStr | None) -> str | None:
+        if value is None:
+            return None
+        return dg.EnvVar(name) if inside_dagster else value.get_secret_value()
+
+    return AzureBlobStore(
+        container=settings.azure_container_name,
+        connection_string=secret("AZURE_STORAGE_CONNECTION_STRING", settings.azure_storage_connection_string),
+        account_name=settings.azure_account_name,
+        account_key=secret("AZURE_ACCOUNT_KEY", settings.azure_account_key),
+        account_url=settings.azure_account_url,
+    )
 
 
 def _gemini(settings: PipelineSettings) -> ImageGenerator:

@@ -15,6 +15,12 @@ class PipelineSettings(BaseSettings):
         default=".data/blobs", description="Folder of the local blob store (embedded default)."
     )
     azure_container_name: str = "jewelry-uploads"
+    # Azure Blob Storage (or Azurite): a connection string, or an account name and key. Unset = local folder.
+    azure_storage_connection_string: SecretStr | None = None
+    azure_account_name: str | None = None
+    azure_account_key: SecretStr | None = None
+    azure_account_url: str | None = Field(default=None, description="Blob endpoint, for emulators or clouds.")
+    result_url_minutes: int = Field(default=60, description="Lifetime of the SAS URLs handed out for results.")
     zoom_threshold: float = Field(default=0.25, description="Frame clutter above which the background is removed.")
     local_flux_grow_px: int = Field(
         default=0,
@@ -47,6 +53,10 @@ class PipelineSettings(BaseSettings):
     def empty_means_unset(cls, value: object) -> object:
         """`.env.example` lists every variable with an empty value: empty is the same as unset."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def uses_azure(self) -> bool:
+        return bool(self.azure_storage_connection_string or (self.azure_account_name and self.azure_account_key))
 
     def service_urls(self) -> dict[str, str | None]:
         """The seed's service names (as /health reports them) -> configured URL or None (local)."""

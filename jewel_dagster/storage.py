@@ -18,9 +18,12 @@ import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+from pydantic import Field, PrivateAttr
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -90,6 +93,10 @@ class BlobStore(dg.ConfigurableResource, ABC):
             raise ForeignUriError(f"URI is not in the storage container {prefix!r}: {uri!r}")
         return check_path(uri[len(prefix) :])
 
+    def signed_url(self, path: str, lifetime: timedelta) -> str | None:
+        """A time-limited URL a browser can fetch the blob from, when the store has such URLs."""
+        return None
+
     def put(self, path: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         self.put_path(check_path(path), data, content_type)
         return self.uri_for(path)
@@ -137,3 +144,95 @@ class LocalBlobStore(BlobStore):
 
     def delete_path(self, path: str) -> None:
         self._file(path).unlink(missing_ok=True)
+
+
+class AzureBlobStore(BlobStore):
+    """Azure Blob Storage (or Azurite): `azure://<container>/<blob>` URIs.
+
+    The SDK's own retry policy (exponential, bounded) and timeouts apply to every call; the
+    container is created on first use when it is missing.
+    """
+
+    connection_string: str | None = None
+    account_name: str | None = None
+    account_key: str | None = None
+    account_url: str | None = Field(default=None, description="Defaults to https://<account>.blob.core.windows.net")
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 60.0
+    retries: int = 3
+    _container_client: Any = PrivateAttr(default=None)
+
+    @property
+    def scheme(self) -> str:
+        return "azure"
+
+    def _container(self) -> Any:
+        if self._container_client is None:
+            from azure.core.exceptions import ResourceExistsError
+            from azure.storage.blob import BlobServiceClient
+
+            options = {
+                "retry_total": self.retries,
+                "connection_timeout": self.connect_timeout_seconds,
+                "read_timeout": self.read_timeout_seconds,
+            }
+            if self.connection_string:
+                service = BlobServiceClient.from_connection_string(self.connection_string, **options)
+            elif self.account_name and self.account_key:
+                url = self.account_url or f"https://{self.account_name}.blob.core.windows.net"
+                credential = {"account_name": self.account_name, "account_key": self.account_key}
+                service = BlobServiceClient(url, credential=credential, **options)
+            else:
+                raise BlobStoreError("Azure storage needs a connection string or an account name and key")
+            container = service.get_container_client(self.container)
+            try:
+                container.create_container()
+            except ResourceExistsError:
+                pass
+            self._container_client = container
+        return self._container_client
+
+    def put_path(self, path: str, data: bytes, content_type: str) -> None:
+        from azure.storage.blob import ContentSettings
+
+        self._container().upload_blob(
+            path, data, overwrite=True, content_settings=ContentSettings(content_type=content_type)
+        )
+
+    def get_path(self, path: str) -> bytes:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self._container().download_blob(path).readall()
+        except ResourceNotFoundError:
+            raise BlobNotFoundError(f"no blob at {self.uri_for(path)}") from None
+
+    def exists_path(self, path: str) -> bool:
+        return bool(self._container().get_blob_client(path).exists())
+
+    def delete_path(self, path: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self._container().delete_blob(path)
+        except ResourceNotFoundError:
+            pass
+
+    def signed_url(self, path: str, lifetime: timedelta) -> str | None:
+        """A read-only SAS URL valid for ``lifetime``: results handed out without our keys."""
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        blob = self._container().get_blob_client(check_path(path))
+        credential = blob.credential
+        account_key = getattr(credential, "account_key", None)
+        if not account_key:
+            return None
+        token = generate_blob_sas(
+            account_name=blob.account_name,
+            container_name=self.container,
+            blob_name=path,
+            account_key=account_key,
+            permission=BlobSasPermissions(read=True),
+            expiry=datetime.now(UTC) + lifetime,
+        )
+        return f"{blob.url}?{token}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from gateway.stack import REPO_ROOT, Stack
+from gateway.stack import Stack, prepare_dagster_home
 
 
 def free_port() -> int:
@@ -24,17 +23,15 @@ def free_port() -> int:
 
 @contextmanager
 def running_stack(root: Path, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
-    home = root / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
     logs = root / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
-        "DAGSTER_HOME": str(home),
+        "DAGSTER_HOME": str(root / "dagster_home"),
         "LOCAL_BLOB_ROOT": str(root / "blobs"),
         **(extra_env or {}),
     }
+    prepare_dagster_home(env)
     stack = Stack(env, dagster_port=free_port(), gateway_port=free_port(), log_dir=logs)
     try:
         stack.start()

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from gateway.stack import Stack
 from jewel_dagster import imaging
-from jewel_dagster.steps import STEP_PROGRESS
 from jewel_dagster.storage import LocalBlobStore
+from tests.e2e_flows import CUP, PHOTO, full_request_completes
+from tests.e2e_flows import finished as _finished
 from tests.e2e_stack import poll, running_stack
-from tests.photos import coffee_jpeg
 
 pytestmark = pytest.mark.e2e
-
-PHOTO = base64.b64encode(coffee_jpeg()).decode()
-CUP = {"x": 0.45, "y": 0.42, "label": 1}
 
 
 @pytest.fixture(scope="module")
@@ -41,35 +35,9 @@ def _store(stack: Stack) -> LocalBlobStore:
     return LocalBlobStore(root=stack.env["LOCAL_BLOB_ROOT"])
 
 
-def _finished(state: dict) -> bool:
-    return state["status"] != "RUNNING"
-
-
 def test_start_reports_progress_then_results(client: httpx.Client) -> None:
-    started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
-    assert started.status_code == 200, started.text
-    body = started.json()
-    assert list(body) == ["workflowId", "status"] and body["status"] == "RUNNING"
-    assert body["workflowId"].startswith("jewelry-gen-")
-
-    states = poll(client, body["workflowId"], _finished)
-    final = states[-1]
-    assert final["status"] == "COMPLETED", final
-    assert final["progress"] == 100 and final["currentStep"] == "COMPLETED"
-    running = [s for s in states if s["status"] == "RUNNING"]
-    assert all(list(s) == ["workflowId", "status", "progress", "currentStep"] for s in running)
-    steps = {s["currentStep"] for s in running}
-    assert steps <= set(STEP_PROGRESS) and len(steps) >= 3, steps
-    progress = [s["progress"] for s in states]
-    assert progress == sorted(progress)
-
-    result = final["result"]
-    for key in ("flux_result_base64", "gemini_result_base64"):
-        image = Image.open(io.BytesIO(base64.b64decode(result[key])))
-        assert image.format == "JPEG" and image.size == (2000, 2667)
-    metrics = result["flux_metrics"]
-    assert all(0.0 <= metrics[k] <= 1.0 for k in ("precision", "recall", "iou"))
-    assert metrics["growth_ratio"] > 0
+    final = full_request_completes(client)
+    assert "flux_result_url" not in final["result"]  # a local folder has no URL to hand out
 
 
 def test_preprocess_then_generate_with_a_brush_stroke(client: httpx.Client, stack: Stack) -> None:
