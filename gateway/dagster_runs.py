@@ -20,6 +20,7 @@ import requests
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from gateway.settings import GatewaySettings
+from jewel_dagster.quality import CHECK_NAME
 from jewel_dagster.steps import PARTITIONS_NAME
 
 PARTITION_TAG = "dagster/partition"
@@ -68,6 +69,15 @@ query RunFailure($runId: ID!) {
         ... on RunFailureEvent { message }
       }
     }
+  }
+}"""
+
+_CHECK = """
+query Check($partition: String!, $check: String!) {
+  assetCheckExecutions(assetKey: {path: ["flux_metrics"]}, checkName: $check, partition: $partition, limit: 1) {
+    runId
+    status
+    evaluation { success metadataEntries { label ... on TextMetadataEntry { text } } }
   }
 }"""
 
@@ -198,6 +208,21 @@ class DagsterRuns:
             if event["__typename"] == "RunFailureEvent":
                 return None, event["message"]
         return None, "the run failed"
+
+    def fidelity_check(self, request_id: str) -> dict[str, Any] | None:
+        """The newest `fidelity` check result of the request: {"passed", "status", "violations"}."""
+        executions = self._query(_CHECK, {"partition": request_id, "check": CHECK_NAME})["assetCheckExecutions"]
+        if not executions:
+            return None
+        newest = executions[0]
+        evaluation = newest.get("evaluation") or {}
+        texts = {e["label"]: e.get("text") for e in evaluation.get("metadataEntries", [])}
+        return {
+            "passed": evaluation.get("success"),
+            "status": newest["status"],
+            "violations": texts.get("violations"),
+            "runId": newest["runId"],
+        }
 
     def terminate(self, run_id: str) -> None:
         try:

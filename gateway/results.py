@@ -6,10 +6,12 @@ import base64
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from jewel_dagster import imaging
+from jewel_dagster.quality import CHECK_NAME
 from jewel_dagster.steps import PREPROCESS_JOB
 from jewel_dagster.storage import BlobNotFoundError, BlobStore, artifact_path
 
@@ -24,13 +26,22 @@ class ResultReader:
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
-    def result_of(self, request_id: str, run_id: str, job_name: str) -> dict[str, Any]:
+    def result_of(
+        self,
+        request_id: str,
+        run_id: str,
+        job_name: str,
+        read_check: Callable[[str], dict[str, Any] | None],
+    ) -> dict[str, Any]:
         with self._lock:
             cached = self._cache.get(run_id)
             if cached is not None:
                 self._cache.move_to_end(run_id)
         if cached is None:
             cached = self._build(request_id, job_name)
+            if job_name != PREPROCESS_JOB:
+                check = read_check(request_id)
+                cached["checks"] = {CHECK_NAME: check} if check else {}
             with self._lock:
                 self._cache[run_id] = cached
                 while len(self._cache) > self._cache_size:

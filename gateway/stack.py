@@ -19,6 +19,7 @@ from types import FrameType
 from urllib.parse import quote
 
 import httpx
+import yaml
 from dotenv import dotenv_values
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -171,7 +172,12 @@ def prepare_dagster_home(env: dict[str, str]) -> None:
             # SQLAlchemy 2.1 maps a plain postgresql:// to psycopg 3; dagster-postgres ships psycopg2.
             env["DAGSTER_PG_URL"] = "postgresql+psycopg2://" + url[len(plain) :]
     template = "dagster.postgres.yaml" if url else "dagster.yaml"
-    (home / "dagster.yaml").write_text((REPO_ROOT / template).read_text())
+    config = yaml.safe_load((REPO_ROOT / template).read_text())
+    if env.get("GPU_POOL_SIZE"):
+        config["concurrency"]["pools"]["default_limit"] = int(env["GPU_POOL_SIZE"])
+    if env.get("MAX_CONCURRENT_RUNS"):
+        config["concurrency"]["runs"]["max_concurrent_runs"] = int(env["MAX_CONCURRENT_RUNS"])
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from jewel_dagster.config import (
 )
 from jewel_dagster.imaging import CanvasTransform, ImageDecodeError
 from jewel_dagster.local_vision import PixelPoint
+from jewel_dagster.quality import CHECK_NAME, FidelityThresholds
 from jewel_dagster.services import (
     BackgroundRemover,
     Generation,
@@ -27,14 +28,21 @@ from jewel_dagster.services import (
     MaskRefiner,
     Segmenter,
 )
+from jewel_dagster.settings import get_settings
 from jewel_dagster.steps import PARTITIONS_NAME
 from jewel_dagster.storage import BlobStore, BlobStoreError
+from jewel_dagster.versions import code_versions
 
 requests_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
 
 # Transient service failures (timeouts, 5xx) are retried as step retries; permanent ones
 # raise dg.Failure(allow_retries=False) and fail at once.
 SERVICE_RETRY = dg.RetryPolicy(max_retries=3, delay=0.5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+# Steps that call the GPU services share this Dagster concurrency pool (size: GPU_POOL_SIZE).
+GPU_POOL = "gpu"
+# Code versions name the algorithm or model behind an asset: changing one marks earlier
+# partitions stale, and the regeneration sensor picks them up.
+_versions = code_versions(get_settings())
 SPECK_AREA = 64  # mask components smaller than this (canvas pixels) are noise, not jewelry
 
 T = TypeVar("T")
@@ -110,7 +118,14 @@ def zoom_check(resized_image: np.ndarray, image_manipulator: ImageManipulator) -
     )
 
 
-@dg.asset(partitions_def=requests_partitions, group_name="preprocess", kinds={"image"}, retry_policy=SERVICE_RETRY)
+@dg.asset(
+    partitions_def=requests_partitions,
+    group_name="preprocess",
+    kinds={"image"},
+    retry_policy=SERVICE_RETRY,
+    pool=GPU_POOL,
+    code_version=_versions.background_remover,
+)
 def background_removed_image(
     config: BackgroundConfig,
     resized_image: np.ndarray,
@@ -129,7 +144,14 @@ def background_removed_image(
     return dg.Output(image, metadata=meta)
 
 
-@dg.asset(partitions_def=requests_partitions, group_name="preprocess", kinds={"image"}, retry_policy=SERVICE_RETRY)
+@dg.asset(
+    partitions_def=requests_partitions,
+    group_name="preprocess",
+    kinds={"image"},
+    retry_policy=SERVICE_RETRY,
+    pool=GPU_POOL,
+    code_version=_versions.segmenter,
+)
 def jewelry_mask(
     config: JewelryMaskConfig,
     background_removed_image: np.ndarray,
@@ -174,7 +196,14 @@ def _supplied_mask(uri: str, transform: CanvasTransform, blob_store: BlobStore) 
     return mask, meta
 
 
-@dg.asset(partitions_def=requests_partitions, group_name="generate", kinds={"image"}, retry_policy=SERVICE_RETRY)
+@dg.asset(
+    partitions_def=requests_partitions,
+    group_name="generate",
+    kinds={"image"},
+    retry_policy=SERVICE_RETRY,
+    pool=GPU_POOL,
+    code_version=_versions.mask_refiner,
+)
 def refined_mask(
     config: RefineConfig,
     jewelry_mask: np.ndarray,
@@ -218,13 +247,17 @@ def _generation_output(name: str, generation: Generation, seconds: float) -> dg.
     partitions_def=requests_partitions,
     group_name="generate",
     outs={
-        "flux_generation": dg.AssetOut(description="Flux image that keeps the jewelry pixels.", kinds={"image"}),
+        "flux_generation": dg.AssetOut(
+            description="Flux image that keeps the jewelry pixels.", kinds={"image"}, code_version=_versions.flux
+        ),
         "gemini_generation": dg.AssetOut(
             description="Gemini image that keeps the jewelry pixels, or null when Gemini is absent or refuses.",
             kinds={"image"},
+            code_version=_versions.gemini,
         ),
     },
     retry_policy=SERVICE_RETRY,
+    pool=GPU_POOL,
 )
 def generations(
     config: GenerationConfig,
@@ -249,15 +282,37 @@ def generations(
     yield _generation_output("gemini_generation", gemini_result, gemini_seconds)
 
 
-@dg.asset(partitions_def=requests_partitions, group_name="generate", retry_policy=SERVICE_RETRY)
+@dg.asset(
+    partitions_def=requests_partitions,
+    group_name="generate",
+    retry_policy=SERVICE_RETRY,
+    pool=GPU_POOL,
+    code_version=f"metrics-1|{_versions.segmenter}",
+    check_specs=[
+        dg.AssetCheckSpec(
+            CHECK_NAME,
+            asset="flux_metrics",
+            description="The Flux image kept the jewelry: metrics within the configured thresholds.",
+            # Partitioned like its asset, so each request's result is recorded (and shown) apart.
+            partitions_def=requests_partitions,
+        )
+    ],
+)
 def flux_metrics(
-    flux_generation: np.ndarray, final_mask: np.ndarray, segmenter: Segmenter
-) -> dg.Output[dict[str, float]]:
+    flux_generation: np.ndarray, final_mask: np.ndarray, segmenter: Segmenter, fidelity: FidelityThresholds
+) -> Iterator[dg.Output[dict[str, float]] | dg.AssetCheckResult]:
     """How well the Flux image kept the jewelry: precision, recall, IoU, growth ratio."""
     found, seconds = _timed(lambda: segmenter.find_jewelry(flux_generation, final_mask))
     metrics = imaging.mask_metrics(found, final_mask).to_dict()
     rounded = {k: round(v, 4) for k, v in metrics.items()}
-    return dg.Output(rounded, metadata={**rounded, "seconds": seconds, "backend": segmenter.backend_name})
+    yield dg.Output(rounded, metadata={**rounded, "seconds": seconds, "backend": segmenter.backend_name})
+    violations = fidelity.violations(rounded)
+    yield dg.AssetCheckResult(
+        check_name=CHECK_NAME,
+        passed=not violations,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={**rounded, "violations": "; ".join(violations) or "none"},
+    )
 
 
 PREPROCESS_ASSETS = [original_image, resize_to_canvas, zoom_check, background_removed_image, jewelry_mask]

@@ -1,4 +1,4 @@
-"""The code location: every asset, job and resource of jewel-dagster."""
+"""The code location: every asset, job, resource, sensor and schedule of jewel-dagster."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ import dagster as dg
 
 from jewel_dagster.assets import ALL_ASSETS
 from jewel_dagster.jobs import ALL_JOBS
+from jewel_dagster.regeneration import build_regeneration_automation
 from jewel_dagster.resources import build_resources
 from jewel_dagster.settings import get_settings
 
-defs = dg.Definitions(assets=ALL_ASSETS, jobs=ALL_JOBS, resources=build_resources(get_settings()))
+_settings = get_settings()
+regeneration_sensor, regeneration_schedule = build_regeneration_automation(_settings)
+
+defs = dg.Definitions(
+    assets=ALL_ASSETS,
+    jobs=ALL_JOBS,
+    sensors=[regeneration_sensor],
+    schedules=[regeneration_schedule],
+    resources=build_resources(_settings),
+)

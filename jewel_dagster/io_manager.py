@@ -33,7 +33,13 @@ class BlobIOManager(dg.ConfigurableIOManager):
         for other in EXTENSIONS:
             if other != extension:
                 self.blob_store.delete_path(artifact_path(request_id, name, other))
-        context.add_output_metadata({"uri": dg.MetadataValue.text(uri), "stored_bytes": len(data)})
+        context.add_output_metadata(
+            {
+                "uri": dg.MetadataValue.text(uri),
+                "artifact": dg.MetadataValue.url(self.blob_store.link(artifact_path(request_id, name, extension))),
+                "stored_bytes": len(data),
+            }
+        )
 
     def load_input(self, context: dg.InputContext) -> Any:
         name = context.asset_key.path[-1]

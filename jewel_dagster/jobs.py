@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import dagster as dg
 
-from jewel_dagster.assets import ALL_ASSETS, GENERATE_ASSETS, PREPROCESS_ASSETS, requests_partitions
-from jewel_dagster.steps import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB
+from jewel_dagster.assets import (
+    ALL_ASSETS,
+    GENERATE_ASSETS,
+    PREPROCESS_ASSETS,
+    flux_metrics,
+    generations,
+    requests_partitions,
+)
+from jewel_dagster.steps import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB, REGENERATE_JOB
 
 full_job = dg.define_asset_job(
     FULL_JOB,
@@ -33,4 +40,12 @@ generate_job = dg.define_asset_job(
     description="Brush refinement and generations for a preprocessed request: /workflow/generate.",
 )
 
-ALL_JOBS = [full_job, preprocess_job, generate_job]
+regenerate_job = dg.define_asset_job(
+    REGENERATE_JOB,
+    selection=dg.AssetSelection.assets(generations, flux_metrics),
+    partitions_def=requests_partitions,
+    executor_def=dg.in_process_executor,
+    description="New Flux/Gemini images for a request whose check failed or whose generator changed.",
+)
+
+ALL_JOBS = [full_job, preprocess_job, generate_job, regenerate_job]

@@ -85,14 +85,16 @@ class LocalStudioGenerator(ImageGenerator):
 
     style: str = "sweep"
     grow_px: int = 0
+    grow_seeds: list[int] | None = None  # seeds the bleed applies to; None = all
 
     @property
     def backend_name(self) -> str:
         return f"local-studio-{self.style}"
 
     def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
+        bleeds = self.grow_seeds is None or seed in self.grow_seeds
         out = local_vision.composite_generation(
-            image, mask, seed=seed, radial=self.style == "radial", grow_px=self.grow_px
+            image, mask, seed=seed, radial=self.style == "radial", grow_px=self.grow_px if bleeds else 0
         )
         return Generation(image=out, model=self.backend_name)
 

@@ -27,6 +27,7 @@ from jewel_dagster.local_services import (
     LocalSegmenter,
     LocalStudioGenerator,
 )
+from jewel_dagster.quality import FidelityThresholds
 from jewel_dagster.services import ImageGenerator
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage import AzureBlobStore, BlobStore, LocalBlobStore
@@ -98,7 +99,16 @@ def build_resources(settings: PipelineSettings) -> dict[str, Any]:
         "flux_generator": (
             HttpFluxGenerator(base_url=a100, timeout_seconds=timeout)
             if a100
-            else LocalStudioGenerator(style="sweep", grow_px=settings.local_flux_grow_px)
+            else LocalStudioGenerator(
+                style="sweep", grow_px=settings.local_flux_grow_px, grow_seeds=settings.local_flux_grow_seeds
+            )
         ),
         "gemini_generator": _gemini(settings),
+        "fidelity": FidelityThresholds(
+            min_iou=settings.check_min_iou,
+            min_precision=settings.check_min_precision,
+            min_recall=settings.check_min_recall,
+            min_growth_ratio=settings.check_min_growth_ratio,
+            max_growth_ratio=settings.check_max_growth_ratio,
+        ),
     }

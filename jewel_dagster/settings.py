@@ -30,6 +30,25 @@ class PipelineSettings(BaseSettings):
         default=True, description="Run the local Gemini stand-in; off gives null results."
     )
 
+    local_flux_grow_seeds: list[int] | None = Field(
+        default=None, description="Seeds the grow setting applies to (unset: all), e.g. [0]: only first tries are bad."
+    )
+    generator_version: str = Field(default="1", description="Bump when a generator's model changes: marks stale.")
+
+    # Fidelity thresholds of the `fidelity` asset check.
+    check_min_iou: float = 0.90
+    check_min_precision: float = 0.90
+    check_min_recall: float = 0.90
+    check_min_growth_ratio: float = 0.90
+    check_max_growth_ratio: float = 1.10
+
+    # Re-generation: the sensor retries failed checks (at most N times) and stale generations.
+    regeneration_max_attempts: int = 3
+    regeneration_sensor_enabled: bool = True
+    regeneration_sensor_interval_seconds: int = 30
+    regeneration_cron: str = "0 3 * * *"
+    regeneration_schedule_enabled: bool = False
+
     # Model services: an unset URL means the in-process local implementation.
     image_manipulator_url: str | None = None
     birefnet_url: str | None = None
@@ -47,6 +66,11 @@ class PipelineSettings(BaseSettings):
         "a100_server_url",
         "gemini_api_key",
         "gemini_base_url",
+        "azure_storage_connection_string",
+        "azure_account_name",
+        "azure_account_key",
+        "azure_account_url",
+        "local_flux_grow_seeds",
         mode="before",
     )
     @classmethod

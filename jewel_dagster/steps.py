@@ -34,6 +34,7 @@ SEED_STEP_OF_OP: dict[str, str] = {
 FULL_JOB = "jewelry_generation"
 PREPROCESS_JOB = "jewelry_preprocess"
 GENERATE_JOB = "jewelry_generate"
+REGENERATE_JOB = "jewelry_regenerate"
 PARTITIONS_NAME = "requests"
 
 _PREPROCESS_OPS = ["original_image", "resize_to_canvas", "zoom_check", "background_removed_image", "jewelry_mask"]
@@ -44,4 +45,5 @@ JOB_OPS: dict[str, list[str]] = {
     FULL_JOB: _PREPROCESS_OPS + _GENERATE_OPS,
     PREPROCESS_JOB: _PREPROCESS_OPS,
     GENERATE_JOB: _GENERATE_OPS,
+    REGENERATE_JOB: ["generations", "flux_metrics"],
 }

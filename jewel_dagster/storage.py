@@ -97,6 +97,10 @@ class BlobStore(dg.ConfigurableResource, ABC):
         """A time-limited URL a browser can fetch the blob from, when the store has such URLs."""
         return None
 
+    @abstractmethod
+    def link(self, path: str) -> str:
+        """Where an operator finds the full artifact (no credentials in it): a file or blob URL."""
+
     def put(self, path: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         self.put_path(check_path(path), data, content_type)
         return self.uri_for(path)
@@ -144,6 +148,9 @@ class LocalBlobStore(BlobStore):
 
     def delete_path(self, path: str) -> None:
         self._file(path).unlink(missing_ok=True)
+
+    def link(self, path: str) -> str:
+        return self._file(path).resolve().as_uri()
 
 
 class AzureBlobStore(BlobStore):
@@ -217,6 +224,9 @@ class AzureBlobStore(BlobStore):
             self._container().delete_blob(path)
         except ResourceNotFoundError:
             pass
+
+    def link(self, path: str) -> str:
+        return str(self._container().get_blob_client(check_path(path)).url)
 
     def signed_url(self, path: str, lifetime: timedelta) -> str | None:
         """A read-only SAS URL valid for ``lifetime``: results handed out without our keys."""

@@ -16,6 +16,25 @@ from tests.servers import reference_server, service_urls, set_knobs
 pytestmark = pytest.mark.e2e
 
 
+_REEXECUTE = """
+mutation Reexecute($parentRunId: String!) {
+  launchRunReexecution(reexecutionParams: {parentRunId: $parentRunId, strategy: FROM_FAILURE}) {
+    __typename
+    ... on PythonError { message }
+  }
+}"""
+
+_NEWEST_RUN = """
+query Newest($tag: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/partition", value: $tag}]}, limit: 1) { ... on Runs { results { runId } } }
+}"""
+
+
+def _newest_run_id(dagster_url: str, partition: str) -> str:
+    body = httpx.post(f"{dagster_url}/graphql", json={"query": _NEWEST_RUN, "variables": {"tag": partition}}).json()
+    return body["data"]["runsOrError"]["results"][0]["runId"]
+
+
 def _services_when(client: httpx.Client, state: str, timeout: float = 15.0) -> dict[str, str]:
     """Poll /health until sam3 reports ``state`` (probes are cached for 5 s)."""
     deadline = time.monotonic() + timeout
@@ -49,6 +68,22 @@ def test_service_failure_reaches_the_gateway_and_health_probes_services(tmp_path
             assert "FluxGenerator" in final["error"] and "400" in final["error"]
             assert "rejected the request" in final["error"]
             assert httpx.get(f"{server}/_stats").json()["a100/generate"] == 1  # permanent: not retried
+
+            # Fix the service, then "Re-execute from failure" as the Dagster UI does, over GraphQL:
+            # the gateway reports the partition's newest run, which completes.
+            set_knobs(server)
+            failed_run = _newest_run_id(stack.dagster_url, started["workflowId"])
+            launched = httpx.post(
+                f"{stack.dagster_url}/graphql",
+                json={"query": _REEXECUTE, "variables": {"parentRunId": failed_run}},
+                timeout=30,
+            ).json()["data"]["launchRunReexecution"]
+            assert launched["__typename"] == "LaunchRunSuccess", launched
+            done = poll(client, started["workflowId"], lambda s: s["status"] == "COMPLETED")[-1]
+            assert done["result"]["flux_metrics"]["iou"] > 0
+            calls = httpx.get(f"{server}/_stats").json()
+            assert calls.get("sam3/segment", 0) == 0, "steps that had succeeded are not run again"
+            assert calls["a100/generate"] == 1
 
         # The reference server is gone: once the health cache expires the probes say so.
         services = _services_when(client, "offline")

@@ -13,7 +13,7 @@ from jewel_dagster.assets import ALL_ASSETS, GENERATE_ASSETS, PREPROCESS_ASSETS
 from jewel_dagster.resources import build_resources
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage import BlobStore, artifact_path
-from tests.photos import coffee_jpeg, synthetic_ring, to_jpeg
+from tests.photos import RING_CLICK, coffee_jpeg, synthetic_ring, to_jpeg
 
 CANVAS = (imaging.CANVAS_HEIGHT, imaging.CANVAS_WIDTH)
 
@@ -60,7 +60,13 @@ def test_full_job_on_a_real_photo(local_resources: dict[str, Any]) -> None:
             instance,
         )
         assert result.success
-        materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+        events = result.get_asset_materialization_events()
+        materialized = {e.asset_key.path[-1] for e in events}
+        for event in events:
+            meta = event.materialization.metadata
+            assert meta["artifact"].value.startswith("file://") and meta["uri"].value.startswith("local://")
+            if event.asset_key.path[-1] in ("resized_image", "final_mask", "flux_generation", "gemini_generation"):
+                assert meta["preview"].value.startswith("![preview](data:image/jpeg;base64,")
     assert materialized == {
         "original_image",
         "resized_image",
@@ -113,7 +119,7 @@ def test_gemini_absent_gives_null_not_failure(tmp_path: Any) -> None:
             ALL_ASSETS,
             rid,
             resources,
-            {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": [{"x": 0.5, "y": 0.27}]}},
+            {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": [RING_CLICK]}},
             instance,
         )
         assert result.success
@@ -138,7 +144,7 @@ def test_preprocess_then_generate_on_the_same_partition(local_resources: dict[st
             {
                 "original_image": {"image_uri": upload},
                 "background_removed_image": {"mode": "keep"},
-                "jewelry_mask": {"points": [{"x": 0.5, "y": 0.27}]},
+                "jewelry_mask": {"points": [RING_CLICK]},
             },
             instance,
         )

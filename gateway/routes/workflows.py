@@ -143,7 +143,10 @@ def get_workflow(workflow_id: str, runs: RunsDep, results: ResultsDep) -> Workfl
         workflowId=workflow_id, status=position.status, progress=position.progress, currentStep=position.current_step
     )
     if position.status == "COMPLETED":
-        state.result = results.result_of(workflow_id, run.run_id, run.job_name)
+        try:
+            state.result = results.result_of(workflow_id, run.run_id, run.job_name, runs.fidelity_check)
+        except DagsterError as exc:
+            raise _unavailable(exc) from exc
     elif position.status == "FAILED":
         try:
             failed_op, message = runs.failure_of(run.run_id)

@@ -1,0 +1,81 @@
+"""Operating the pipeline through Dagster: re-generation by the sensor, and the GPU pool."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e_flows import finished
+from tests.e2e_stack import poll, running_stack
+from tests.photos import RING_CLICK, synthetic_ring, to_jpeg
+
+pytestmark = pytest.mark.e2e
+
+RING = base64.b64encode(to_jpeg(synthetic_ring(900, 1200)[0])).decode()
+GPU_STEPS = {"background_removed_image", "jewelry_mask", "refined_mask", "generations", "flux_metrics"}
+
+_RUNS = """
+query Runs($tag: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/partition", value: $tag}]}) {
+    ... on Runs { results { runId jobName status tags { key value } stepStats { stepKey startTime endTime } } }
+  }
+}"""
+
+
+def _runs(dagster_url: str, partition: str) -> list[dict[str, Any]]:
+    response = httpx.post(f"{dagster_url}/graphql", json={"query": _RUNS, "variables": {"tag": partition}}, timeout=30)
+    return response.json()["data"]["runsOrError"]["results"]
+
+
+def test_failed_check_is_regenerated_by_the_sensor(tmp_path: Path) -> None:
+    env = {
+        "LOCAL_FLUX_GROW_PX": "30",
+        "LOCAL_FLUX_GROW_SEEDS": "[0]",  # the first try bleeds, a re-generation with a new seed does not
+        "REGENERATION_SENSOR_INTERVAL_SECONDS": "1",
+    }
+    with running_stack(tmp_path, env) as stack, httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        started = client.post("/workflow/start", json={"originalImageBase64": RING, "maskPoints": [RING_CLICK]}).json()
+        workflow = started["workflowId"]
+        first = poll(client, workflow, finished)[-1]
+        assert first["status"] == "COMPLETED", first
+        check = first["result"]["checks"]["fidelity"]
+        assert check["passed"] is False and "growth_ratio" in check["violations"]
+        assert first["result"]["flux_metrics"]["growth_ratio"] > 1.1
+
+        final = poll(
+            client,
+            workflow,
+            lambda s: s["status"] == "COMPLETED" and s["result"]["checks"]["fidelity"]["passed"] is True,
+            timeout=120,
+        )[-1]
+        assert final["result"]["flux_result_base64"] != first["result"]["flux_result_base64"]
+        assert 0.9 <= final["result"]["flux_metrics"]["growth_ratio"] <= 1.1
+
+        runs = _runs(stack.dagster_url, workflow)
+        regenerations = [r for r in runs if r["jobName"] == "jewelry_regenerate"]
+        assert len(regenerations) == 1, "exactly one re-generation for exactly this partition"
+        tags = {t["key"]: t["value"] for t in regenerations[0]["tags"]}
+        assert tags["jewel/regenerate-reason"] == "failed-check" and tags["jewel/regenerate-attempt"] == "1"
+
+
+def test_gpu_steps_of_three_requests_never_overlap_with_a_pool_of_one(tmp_path: Path) -> None:
+    with running_stack(tmp_path, {"GPU_POOL_SIZE": "1", "REGENERATION_SENSOR_ENABLED": "false"}) as stack:
+        with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+            body = {"originalImageBase64": RING, "maskPoints": [RING_CLICK]}
+            ids = [client.post("/workflow/start", json=body).json()["workflowId"] for _ in range(3)]
+            for workflow in ids:
+                assert poll(client, workflow, finished, timeout=180)[-1]["status"] == "COMPLETED"
+        intervals = []
+        for workflow in ids:
+            (run,) = _runs(stack.dagster_url, workflow)
+            for step in run["stepStats"]:
+                if step["stepKey"] in GPU_STEPS:
+                    intervals.append((step["startTime"], step["endTime"], workflow, step["stepKey"]))
+        assert len(intervals) == 3 * len(GPU_STEPS)
+        intervals.sort()
+        for (_, end, run_a, step_a), (start, _, run_b, step_b) in zip(intervals, intervals[1:], strict=False):
+            assert start >= end, f"{step_a} of {run_a} overlaps {step_b} of {run_b}"
