@@ -12,12 +12,14 @@ Exceptions::
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import requests
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from gql.transport.exceptions import TransportConnectionFailed
 
 from gateway.settings import GatewaySettings
 from jewel_dagster.quality import CHECK_NAME
@@ -47,13 +49,22 @@ class RunInfo:
     job_name: str
     status: str  # Dagster's DagsterRunStatus name
     steps: list[StepStat] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
 
+
+_FIRST_RUN = """
+query FirstRun($tags: [ExecutionTag!]!) {
+  runsOrError(filter: {tags: $tags}) {
+    __typename
+    ... on Runs { results { runId tags { key value } } }
+  }
+}"""
 
 _LATEST_RUN = """
-query LatestRun($tag: String!) {
-  runsOrError(filter: {tags: [{key: "dagster/partition", value: $tag}]}, limit: 1) {
+query LatestRun($tags: [ExecutionTag!]!) {
+  runsOrError(filter: {tags: $tags}, limit: 1) {
     __typename
-    ... on Runs { results { runId jobName status stepStats { stepKey status startTime } } }
+    ... on Runs { results { runId jobName status tags { key value } stepStats { stepKey status startTime } } }
     ... on PythonError { message }
   }
 }"""
@@ -107,11 +118,23 @@ class DagsterRuns:
         }
         self._url = f"http://{settings.dagster_host}:{settings.dagster_port}/graphql"
         self._http = httpx.Client(timeout=settings.dagster_timeout_seconds)
-        self._client = DagsterGraphQLClient(
-            settings.dagster_host,
-            port_number=settings.dagster_port,
-            timeout=max(1, int(settings.dagster_timeout_seconds)),
-        )
+        self._local = threading.local()
+        self.launch_slots = threading.BoundedSemaphore(settings.max_parallel_launches)
+        self.launch_wait_seconds = settings.launch_wait_seconds
+
+    @property
+    def _client(self) -> DagsterGraphQLClient:
+        """One client per thread: its gql transport holds one session and is not thread-safe
+        (shared across FastAPI's worker threads, concurrent launches failed)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = DagsterGraphQLClient(
+                self._settings.dagster_host,
+                port_number=self._settings.dagster_port,
+                timeout=max(1, int(self._settings.dagster_timeout_seconds)),
+            )
+            self._local.client = client
+        return client
 
     def close(self) -> None:
         self._http.close()
@@ -141,13 +164,18 @@ class DagsterRuns:
 
     def _unwrap_client_error(self, exc: DagsterGraphQLClientError) -> DagsterError:
         cause = exc.__cause__
-        if isinstance(cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
-            return DagsterUnavailable(f"Dagster is not reachable at {self._url}")
-        return DagsterError(f"Dagster refused the request: {exc.args[-1] if exc.args else exc}")
+        if isinstance(
+            cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout | TransportConnectionFailed
+        ):
+            return DagsterUnavailable(f"Dagster did not answer in time at {self._url}")
+        if cause is not None:
+            return DagsterError(f"Dagster refused the request: {type(cause).__name__}: {str(cause)[:300]}")
+        return DagsterError(f"Dagster refused the request: {str(exc.args[-1] if exc.args else exc)[:300]}")
 
     # ------------------------------------------------------------------ calls
 
-    def ping(self, timeout: float = 2.0) -> bool:
+    def ping(self, timeout: float | None = 2.0) -> bool:
+        """Is Dagster answering? /health uses the short default; starts wait the full timeout."""
         try:
             self._query("{ version }", {}, attempts=1, timeout=timeout)
             return True
@@ -171,7 +199,9 @@ class DagsterRuns:
         except DagsterError:
             pass
 
-    def launch(self, job_name: str, request_id: str, run_config: dict[str, Any]) -> str:
+    def launch(
+        self, job_name: str, request_id: str, run_config: dict[str, Any], tags: dict[str, str] | None = None
+    ) -> str:
         """Launch `job_name` for one request partition; not retried, as it is not idempotent."""
         try:
             return self._client.submit_job_execution(
@@ -179,21 +209,35 @@ class DagsterRuns:
                 repository_location_name=self._settings.dagster_location_name,
                 repository_name=self._settings.dagster_repository_name,
                 run_config=run_config,
-                tags={PARTITION_TAG: request_id},
+                tags={**(tags or {}), PARTITION_TAG: request_id},
             )
         except DagsterGraphQLClientError as exc:
             raise self._unwrap_client_error(exc) from exc
 
     def latest_run(self, request_id: str) -> RunInfo | None:
         """The newest run of the partition: a rerun or regeneration supersedes older runs."""
-        data = self._query(_LATEST_RUN, {"tag": request_id})["runsOrError"]
+        return self.newest_run_tagged({PARTITION_TAG: request_id})
+
+    def newest_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
+        variables = {"tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        data = self._query(_LATEST_RUN, variables)["runsOrError"]
         if data["__typename"] != "Runs":
             raise DagsterError(data.get("message", data["__typename"]))
         if not data["results"]:
             return None
         run = data["results"][0]
         steps = [StepStat(s["stepKey"], s["status"], s["startTime"]) for s in run["stepStats"]]
-        return RunInfo(run["runId"], run["jobName"], run["status"], steps)
+        run_tags = {t["key"]: t["value"] for t in run["tags"]}
+        return RunInfo(run["runId"], run["jobName"], run["status"], steps, run_tags)
+
+    def first_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
+        """The oldest run with these tags (runs come newest first; a request has few)."""
+        variables = {"tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        data = self._query(_FIRST_RUN, variables)["runsOrError"]
+        if data["__typename"] != "Runs" or not data["results"]:
+            return None
+        run = data["results"][-1]
+        return RunInfo(run["runId"], "", "", [], {t["key"]: t["value"] for t in run["tags"]})
 
     def failure_of(self, run_id: str) -> tuple[str | None, str]:
         """(failed step key, a message a person can read) of a failed run."""
@@ -202,8 +246,11 @@ class DagsterRuns:
         for event in events:
             if event["__typename"] == "ExecutionStepFailureEvent":
                 error = event.get("error") or {}
-                message = error.get("message") or ""
-                return event["stepKey"], readable_error(message)
+                message = readable_error(error.get("message") or "")
+                cause = (error.get("cause") or {}).get("message")
+                if cause:  # e.g. "Exceeded max_retries of 3": the cause is what a person needs
+                    message = f"{readable_error(cause)} ({message})"
+                return event["stepKey"], message
         for event in events:
             if event["__typename"] == "RunFailureEvent":
                 return None, event["message"]

@@ -5,32 +5,64 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 
 from gateway.dagster_runs import DagsterRuns
 from gateway.results import ResultReader
 from gateway.routes import health, workflows
+from gateway.security import BodyLimitMiddleware, TokenBuckets
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings, get_settings
 from jewel_dagster.resources import build_blob_store
 
 
+def _field(loc: tuple[Any, ...]) -> str:
+    """('body', 'maskPoints', 0, 'x') -> 'maskPoints[0].x': the field as the frontend names it."""
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"field": _field(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+    return JSONResponse(status_code=422, content={"detail": detail, "errors": errors[:50]})
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    resolved = settings or get_settings()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        resolved = settings or get_settings()
         app.state.settings = resolved
         app.state.store = build_blob_store(resolved, inside_dagster=False)
         app.state.runs = DagsterRuns(resolved)
         app.state.results = ResultReader(app.state.store, timedelta(minutes=resolved.result_url_minutes))
         app.state.probe = ServiceProbe(resolved)
+        app.state.rate_limits = TokenBuckets(resolved.rate_limit_per_minute)
         yield
         app.state.runs.close()
 
     app = FastAPI(title="jewel-dagster gateway", version="0.1.0", lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(workflows.router)
     app.include_router(health.router)
+    if resolved.cors_origin_list():
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=resolved.cors_origin_list(),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization", "Idempotency-Key"],
+        )
+    app.add_middleware(BodyLimitMiddleware, limit=resolved.max_body_bytes)
     return app
 
 

@@ -14,10 +14,22 @@ class GatewaySettings(PipelineSettings):
     dagster_port: int = Field(default=3000, description="Port of dagster-webserver.")
     dagster_location_name: str = "jewel_dagster"
     dagster_repository_name: str = "__repository__"
-    dagster_timeout_seconds: float = Field(default=10.0, description="Timeout of each GraphQL call.")
+    dagster_timeout_seconds: float = Field(default=30.0, description="Timeout of each GraphQL call.")
+    max_parallel_launches: int = Field(default=4, ge=1, description="Launches in flight at once.")
+    launch_wait_seconds: float = Field(default=30.0, description="How long a start waits for a launch slot.")
     api_port: int = Field(default=8001, description="Port the gateway listens on (the seed's API_PORT).")
+    max_body_bytes: int = Field(default=25 * 1024 * 1024, description="Largest request body (refused unread).")
     max_image_bytes: int = Field(default=25 * 1024 * 1024, description="Largest decoded upload accepted.")
+    gateway_api_keys: str = Field(default="", description="Comma-separated API keys; empty = no authentication.")
+    cors_origins: str = Field(default="", description="Comma-separated origins allowed to call from a browser.")
+    rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests a minute per caller (per key).")
     max_image_pixels: int = Field(default=50_000_000, description="Largest image (width x height) accepted.")
+
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.gateway_api_keys.split(",") if k.strip()]
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from urllib.parse import quote
@@ -139,6 +141,32 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
         os.killpg(process.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def temporary_stack(root: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[Stack]:
+    """The whole stack on free loopback ports with its state under ``root``; for tests and benchmarks."""
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(root / "dagster_home"),
+        "LOCAL_BLOB_ROOT": str(root / "blobs"),
+        **(extra_env or {}),
+    }
+    prepare_dagster_home(env)
+    stack = Stack(env, dagster_port=free_port(), gateway_port=free_port(), log_dir=logs)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
 
 
 SAMPLE_CURL = """\

@@ -29,7 +29,12 @@ def decode_base64_image(text: str, max_bytes: int, max_pixels: int) -> bytes:
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, width, height = img.format, img.width, img.height
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            detail=f"originalImageBase64: the image has more than {max_pixels} pixels (a decompression bomb?)",
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError):
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, detail="originalImageBase64: the data is not an image we can read"
         ) from None

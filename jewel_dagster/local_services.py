@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from jewel_dagster import imaging, local_vision
 from jewel_dagster.imaging import CanvasStroke, CanvasTransform, Mask, RGBImage
 from jewel_dagster.local_vision import PixelPoint
@@ -110,3 +112,49 @@ class DisabledGenerator(ImageGenerator):
 
     def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
         return Generation(image=None, model="disabled", reason=self.reason)
+
+
+# --------------------------------------------------------------------------- instant stand-ins
+# For load tests and orchestration benchmarks (LOCAL_BACKENDS=instant): they do the least work
+# that still yields valid artifacts, so what is measured is the orchestration, not the vision.
+
+
+class InstantBackgroundRemover(BackgroundRemover):
+    """Passes the image through."""
+
+    @property
+    def backend_name(self) -> str:
+        return "instant"
+
+    def remove_background(self, image: RGBImage) -> RGBImage:
+        return image
+
+
+class InstantSegmenter(Segmenter):
+    """A disc around each positive click; the reference mask as the generated jewelry."""
+
+    radius: int = 120
+
+    @property
+    def backend_name(self) -> str:
+        return "instant"
+
+    def segment(self, image: RGBImage, points: Sequence[PixelPoint]) -> Mask:
+        strokes = [CanvasStroke(((p.x, p.y),), "add", 2.0 * self.radius) for p in points if p.label == 1]
+        return imaging.apply_strokes(np.zeros(image.shape[:2], dtype=bool), strokes)
+
+    def find_jewelry(self, image: RGBImage, reference: Mask) -> Mask:
+        return reference.copy()
+
+
+class InstantGenerator(ImageGenerator):
+    """A flat grey backdrop with the jewelry pixels pasted in."""
+
+    @property
+    def backend_name(self) -> str:
+        return "instant"
+
+    def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
+        out = np.full_like(image, 200)
+        out[mask] = image[mask]
+        return Generation(image=out, model="instant")

@@ -21,6 +21,9 @@ from jewel_dagster.http_services import (
 from jewel_dagster.io_manager import BlobIOManager
 from jewel_dagster.local_services import (
     DisabledGenerator,
+    InstantBackgroundRemover,
+    InstantGenerator,
+    InstantSegmenter,
     LocalBackgroundRemover,
     LocalImageManipulator,
     LocalMaskRefiner,
@@ -77,7 +80,8 @@ def build_resources(settings: PipelineSettings) -> dict[str, Any]:
     blob_store = build_blob_store(settings)
     timeout = settings.service_timeout_seconds
     a100 = settings.a100_server_url
-    return {
+    instant = settings.local_backends == "instant"
+    resources = {
         "blob_store": blob_store,
         "io_manager": BlobIOManager(blob_store=blob_store),
         "image_manipulator": (
@@ -112,3 +116,13 @@ def build_resources(settings: PipelineSettings) -> dict[str, Any]:
             max_growth_ratio=settings.check_max_growth_ratio,
         ),
     }
+    if instant:
+        # Only the local implementations are swapped; configured HTTP services stay.
+        if not settings.birefnet_url:
+            resources["background_remover"] = InstantBackgroundRemover()
+        if not settings.sam3_url:
+            resources["segmenter"] = InstantSegmenter()
+        if not a100:
+            resources["flux_generator"] = InstantGenerator()
+            resources["gemini_generator"] = InstantGenerator()
+    return resources

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,10 @@ class PipelineSettings(BaseSettings):
     azure_account_url: str | None = Field(default=None, description="Blob endpoint, for emulators or clouds.")
     result_url_minutes: int = Field(default=60, description="Lifetime of the SAS URLs handed out for results.")
     zoom_threshold: float = Field(default=0.25, description="Frame clutter above which the background is removed.")
+    local_backends: Literal["classical", "instant"] = Field(
+        default="classical",
+        description="classical: real CPU vision; instant: trivial stand-ins for load tests and benchmarks.",
+    )
     local_flux_grow_px: int = Field(
         default=0,
         description="Make the local Flux stand-in bleed the jewelry by N pixels (demonstrates failing checks).",

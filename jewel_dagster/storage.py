@@ -111,6 +111,9 @@ class BlobStore(dg.ConfigurableResource, ABC):
     def exists(self, uri: str) -> bool:
         return self.exists_path(self.path_of(uri))
 
+    def delete(self, uri: str) -> None:
+        self.delete_path(self.path_of(uri))
+
 
 class LocalBlobStore(BlobStore):
     """Blobs as files under ``root/<container>/``: the embedded default, no service needed."""

@@ -29,6 +29,8 @@ class CodeVersions:
 
 def code_versions(settings: PipelineSettings) -> CodeVersions:
     tag = settings.generator_version
+    if settings.local_backends == "instant":
+        tag = f"instant|{tag}"
     if settings.a100_server_url:
         flux = f"a100|{tag}"
     else:

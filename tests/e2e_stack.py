@@ -2,52 +2,43 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from gateway.stack import Stack, prepare_dagster_home
+from gateway.stack import free_port, temporary_stack
+
+running_stack = temporary_stack
+__all__ = ["free_port", "poll", "running_stack", "runs_of"]
+
+_RUNS = """
+query Runs($tag: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/partition", value: $tag}]}) {
+    ... on Runs { results { runId jobName status tags { key value } stepStats { stepKey startTime endTime } } }
+  }
+}"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running_stack(root: Path, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
-    logs = root / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(root / "dagster_home"),
-        "LOCAL_BLOB_ROOT": str(root / "blobs"),
-        **(extra_env or {}),
-    }
-    prepare_dagster_home(env)
-    stack = Stack(env, dagster_port=free_port(), gateway_port=free_port(), log_dir=logs)
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
+def runs_of(dagster_url: str, partition: str) -> list[dict[str, Any]]:
+    """Every run of a request partition, newest first, straight from Dagster's GraphQL."""
+    response = httpx.post(f"{dagster_url}/graphql", json={"query": _RUNS, "variables": {"tag": partition}}, timeout=30)
+    return response.json()["data"]["runsOrError"]["results"]
 
 
 def poll(
-    client: httpx.Client, workflow_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 120.0
+    client: httpx.Client,
+    workflow_id: str,
+    until: Callable[[dict[str, Any]], bool],
+    timeout: float = 120.0,
+    headers: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """GET the workflow every 0.2 s until ``until`` holds; returns every state seen."""
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        response = client.get(f"/workflow/{workflow_id}")
+        response = client.get(f"/workflow/{workflow_id}", headers=headers)
         assert response.status_code == 200, response.text
         seen.append(response.json())
         if until(seen[-1]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,3 +109,21 @@ def test_dagster_down_gives_503_and_health_says_disconnected(tmp_path: Path) -> 
             assert health["status"] == "degraded"
         blobs = Path(own.env["LOCAL_BLOB_ROOT"])
         assert not blobs.exists() or not any(blobs.rglob("upload")), "nothing is stored for a refused request"
+
+
+def test_concurrent_starts_are_all_accepted(client: httpx.Client, stack: Stack) -> None:
+    """Found by the load benchmark: one shared GraphQL client failed concurrent launches."""
+    answers: list[httpx.Response] = []
+
+    def post() -> None:
+        with httpx.Client(base_url=stack.gateway_url, timeout=60) as own:
+            answers.append(own.post("/workflow/preprocess", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}))
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [a.status_code for a in answers] == [200] * 8, [a.text[:200] for a in answers if a.status_code != 200]
+    for answer in answers:  # free the CPU for the other tests
+        client.post(f"/workflow/{answer.json()['workflowId']}/cancel")

@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e_flows import finished
-from tests.e2e_stack import poll, running_stack
+from tests.e2e_stack import poll, running_stack, runs_of
 from tests.photos import RING_CLICK, synthetic_ring, to_jpeg
 
 pytestmark = pytest.mark.e2e
 
 RING = base64.b64encode(to_jpeg(synthetic_ring(900, 1200)[0])).decode()
 GPU_STEPS = {"background_removed_image", "jewelry_mask", "refined_mask", "generations", "flux_metrics"}
-
-_RUNS = """
-query Runs($tag: String!) {
-  runsOrError(filter: {tags: [{key: "dagster/partition", value: $tag}]}) {
-    ... on Runs { results { runId jobName status tags { key value } stepStats { stepKey startTime endTime } } }
-  }
-}"""
-
-
-def _runs(dagster_url: str, partition: str) -> list[dict[str, Any]]:
-    response = httpx.post(f"{dagster_url}/graphql", json={"query": _RUNS, "variables": {"tag": partition}}, timeout=30)
-    return response.json()["data"]["runsOrError"]["results"]
 
 
 def test_failed_check_is_regenerated_by_the_sensor(tmp_path: Path) -> None:
@@ -55,7 +42,7 @@ def test_failed_check_is_regenerated_by_the_sensor(tmp_path: Path) -> None:
         assert final["result"]["flux_result_base64"] != first["result"]["flux_result_base64"]
         assert 0.9 <= final["result"]["flux_metrics"]["growth_ratio"] <= 1.1
 
-        runs = _runs(stack.dagster_url, workflow)
+        runs = runs_of(stack.dagster_url, workflow)
         regenerations = [r for r in runs if r["jobName"] == "jewelry_regenerate"]
         assert len(regenerations) == 1, "exactly one re-generation for exactly this partition"
         tags = {t["key"]: t["value"] for t in regenerations[0]["tags"]}
@@ -71,7 +58,7 @@ def test_gpu_steps_of_three_requests_never_overlap_with_a_pool_of_one(tmp_path: 
                 assert poll(client, workflow, finished, timeout=180)[-1]["status"] == "COMPLETED"
         intervals = []
         for workflow in ids:
-            (run,) = _runs(stack.dagster_url, workflow)
+            (run,) = runs_of(stack.dagster_url, workflow)
             for step in run["stepStats"]:
                 if step["stepKey"] in GPU_STEPS:
                     intervals.append((step["startTime"], step["endTime"], workflow, step["stepKey"]))

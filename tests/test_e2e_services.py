@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e_stack import free_port, poll, running_stack
+from tests.e2e_stack import free_port, poll, running_stack, runs_of
 from tests.photos import coffee_jpeg
 from tests.servers import reference_server, service_urls, set_knobs
 
@@ -23,16 +23,6 @@ mutation Reexecute($parentRunId: String!) {
     ... on PythonError { message }
   }
 }"""
-
-_NEWEST_RUN = """
-query Newest($tag: String!) {
-  runsOrError(filter: {tags: [{key: "dagster/partition", value: $tag}]}, limit: 1) { ... on Runs { results { runId } } }
-}"""
-
-
-def _newest_run_id(dagster_url: str, partition: str) -> str:
-    body = httpx.post(f"{dagster_url}/graphql", json={"query": _NEWEST_RUN, "variables": {"tag": partition}}).json()
-    return body["data"]["runsOrError"]["results"][0]["runId"]
 
 
 def _services_when(client: httpx.Client, state: str, timeout: float = 15.0) -> dict[str, str]:
@@ -59,9 +49,11 @@ def test_service_failure_reaches_the_gateway_and_health_probes_services(tmp_path
                 "gemini": "offline",
             }
             photo = base64.b64encode(coffee_jpeg()).decode()
-            started = client.post(
+            response = client.post(
                 "/workflow/start", json={"originalImageBase64": photo, "maskPoints": [{"x": 0.45, "y": 0.42}]}
-            ).json()
+            )
+            assert response.status_code == 200, response.text
+            started = response.json()
             final = poll(client, started["workflowId"], lambda s: s["status"] != "RUNNING")[-1]
             assert final["status"] == "FAILED", final
             assert final["failedStep"] == "GENERATING_IMAGES"
@@ -72,7 +64,7 @@ def test_service_failure_reaches_the_gateway_and_health_probes_services(tmp_path
             # Fix the service, then "Re-execute from failure" as the Dagster UI does, over GraphQL:
             # the gateway reports the partition's newest run, which completes.
             set_knobs(server)
-            failed_run = _newest_run_id(stack.dagster_url, started["workflowId"])
+            failed_run = runs_of(stack.dagster_url, started["workflowId"])[0]["runId"]
             launched = httpx.post(
                 f"{stack.dagster_url}/graphql",
                 json={"query": _REEXECUTE, "variables": {"parentRunId": failed_run}},

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, Header, HTTPException, status
 
-from gateway.dagster_runs import DagsterError, DagsterRuns, DagsterUnavailable, RunInfo
+from gateway.dagster_runs import PARTITION_TAG, DagsterError, DagsterRuns, DagsterUnavailable, RunInfo
 from gateway.deps import ResultsDep, RunsDep, SettingsDep, StoreDep
 from gateway.schemas import BrushStroke, GenerateRequest, StartRequest, StartResponse, WorkflowState
+from gateway.security import ANONYMOUS, CallerDep
 from gateway.status import position_of
 from gateway.uploads import decode_base64_image
 from jewel_dagster.steps import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB, SEED_STEP_OF_OP
@@ -20,6 +23,16 @@ router = APIRouter(prefix="/workflow", tags=["workflow"])
 
 WORKFLOW_ID = re.compile(r"^jewelry-gen-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _OWN_ARTIFACT = re.compile(r"^requests/(?P<rid>[^/]+)/(?P<name>[a-z_]+)\.png$")
+OWNER_TAG = "jewel/owner"
+IDEMPOTENCY_TAG = "jewel/idempotency"
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_idempotency_locks: dict[str, threading.Lock] = {}
+_idempotency_guard = threading.Lock()
+
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="Retry-safe starts: the same key returns the same workflow."),
+]
 
 
 def _unavailable(exc: DagsterError) -> HTTPException:
@@ -27,6 +40,7 @@ def _unavailable(exc: DagsterError) -> HTTPException:
         return HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             detail=f"The pipeline is unavailable: {exc}. Start Dagster (make run) and retry.",
+            headers={"Retry-After": "5"},
         )
     return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"The pipeline refused the request: {exc}")
 
@@ -35,30 +49,95 @@ def _strokes(strokes: list[BrushStroke]) -> list[dict[str, Any]]:
     return [s.model_dump() for s in strokes]
 
 
-def _launch(runs: DagsterRuns, job: str, request_id: str, run_config: dict[str, Any], new: bool) -> StartResponse:
+def _launch(
+    runs: DagsterRuns, job: str, request_id: str, run_config: dict[str, Any], new: bool, tags: dict[str, str]
+) -> StartResponse:
+    """Add the partition (for a new request) and launch; on failure leave nothing half-made.
+
+    At most `MAX_PARALLEL_LAUNCHES` launches are in flight: more would only slow the webserver
+    down for all of them. A launch that timed out may still have gone through, so before undoing
+    anything we look for its run.
+    """
+    if not runs.launch_slots.acquire(timeout=runs.launch_wait_seconds):
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="The pipeline is busy starting other requests; retry shortly.",
+            headers={"Retry-After": "5"},
+        )
     try:
         if new:
             runs.add_partition(request_id)
-        try:
-            runs.launch(job, request_id, run_config)
-        except DagsterError:
-            if new:
-                runs.delete_partition(request_id)
-            raise
+        runs.launch(job, request_id, run_config, tags)
     except DagsterError as exc:
+        if _run_exists(runs, request_id, tags):
+            return StartResponse(workflowId=request_id, status="RUNNING")
+        if new:
+            runs.delete_partition(request_id)
         raise _unavailable(exc) from exc
+    finally:
+        runs.launch_slots.release()
     return StartResponse(workflowId=request_id, status="RUNNING")
+
+
+def _run_exists(runs: DagsterRuns, request_id: str, tags: dict[str, str]) -> bool:
+    try:
+        run = runs.latest_run(request_id)
+    except DagsterError:
+        return False
+    return run is not None and all(run.tags.get(k) == v for k, v in tags.items())
 
 
 def _new_request_id() -> str:
     return f"jewelry-gen-{uuid.uuid4()}"
 
 
-def _start(job: str, body: StartRequest, runs: DagsterRuns, store: BlobStore, settings: SettingsDep) -> StartResponse:
+def _idempotent(runs: DagsterRuns, caller: str, key: str | None, launch: Any) -> StartResponse:
+    """Run `launch(tags)` once per (caller, Idempotency-Key); a retry gets the first workflow back.
+
+    The key is stored as a run tag (hashed with the caller), so it survives gateway restarts; a
+    lock per key covers the window between looking it up and the run appearing.
+    """
+    if key is None:
+        return launch({OWNER_TAG: caller})
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="Idempotency-Key: 1 to 200 printable characters")
+    digest = hashlib.sha256(f"{caller}:{key}".encode()).hexdigest()[:32]
+    with _idempotency_guard:
+        lock = _idempotency_locks.setdefault(digest, threading.Lock())
+    with lock:
+        try:
+            earlier = runs.newest_run_tagged({IDEMPOTENCY_TAG: digest})
+        except DagsterError as exc:
+            raise _unavailable(exc) from exc
+        if earlier is not None:
+            return StartResponse(
+                workflowId=earlier.tags[PARTITION_TAG],
+                status=position_of(earlier).status,  # type: ignore[arg-type]
+            )
+        return launch({OWNER_TAG: caller, IDEMPOTENCY_TAG: digest})
+
+
+def _start(
+    job: str,
+    body: StartRequest,
+    runs: DagsterRuns,
+    store: BlobStore,
+    settings: SettingsDep,
+    caller: str,
+    idempotency_key: str | None,
+) -> StartResponse:
     image = decode_base64_image(body.originalImageBase64, settings.max_image_bytes, settings.max_image_pixels)
-    if not runs.ping():
+    if not runs.ping(timeout=None):
         # Checked before storing anything, so an outage leaves no orphaned upload behind.
         raise _unavailable(DagsterUnavailable("Dagster is not reachable"))
+    return _idempotent(
+        runs, caller, idempotency_key, lambda tags: _store_and_launch(job, body, image, runs, store, tags)
+    )
+
+
+def _store_and_launch(
+    job: str, body: StartRequest, image: bytes, runs: DagsterRuns, store: BlobStore, tags: dict[str, str]
+) -> StartResponse:
     request_id = _new_request_id()
     upload_uri = store.put(f"requests/{request_id}/upload", image)
     ops: dict[str, Any] = {
@@ -67,19 +146,37 @@ def _start(job: str, body: StartRequest, runs: DagsterRuns, store: BlobStore, se
     }
     if job == FULL_JOB:
         ops["refined_mask"] = {"config": {"brush_strokes": _strokes(body.brushStrokes)}}
-    return _launch(runs, job, request_id, {"ops": ops}, new=True)
+    try:
+        return _launch(runs, job, request_id, {"ops": ops}, new=True, tags=tags)
+    except HTTPException:
+        store.delete(upload_uri)  # the request never started: keep no orphaned upload
+        raise
 
 
 @router.post("/start", response_model=StartResponse)
-def start_workflow(body: StartRequest, runs: RunsDep, store: StoreDep, settings: SettingsDep) -> StartResponse:
+def start_workflow(
+    body: StartRequest,
+    runs: RunsDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyHeader = None,
+) -> StartResponse:
     """Photo and clicks to generations: the whole pipeline."""
-    return _start(FULL_JOB, body, runs, store, settings)
+    return _start(FULL_JOB, body, runs, store, settings, caller, idempotency_key)
 
 
 @router.post("/preprocess", response_model=StartResponse)
-def preprocess_workflow(body: StartRequest, runs: RunsDep, store: StoreDep, settings: SettingsDep) -> StartResponse:
+def preprocess_workflow(
+    body: StartRequest,
+    runs: RunsDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyHeader = None,
+) -> StartResponse:
     """Upload, resize, background and mask; the result carries imageUri and maskUri for /generate."""
-    return _start(PREPROCESS_JOB, body, runs, store, settings)
+    return _start(PREPROCESS_JOB, body, runs, store, settings, caller, idempotency_key)
 
 
 def _path_in_store(store: BlobStore, uri: str, field: str) -> str:
@@ -93,7 +190,9 @@ def _path_in_store(store: BlobStore, uri: str, field: str) -> str:
 
 
 @router.post("/generate", response_model=StartResponse)
-def generate_workflow(body: GenerateRequest, runs: RunsDep, store: StoreDep) -> StartResponse:
+def generate_workflow(
+    body: GenerateRequest, runs: RunsDep, store: StoreDep, caller: CallerDep, idempotency_key: IdempotencyHeader = None
+) -> StartResponse:
     """Refine a preprocessed mask with brush strokes and generate.
 
     URIs from one earlier preprocess run continue that request's partition (one lineage);
@@ -101,7 +200,7 @@ def generate_workflow(body: GenerateRequest, runs: RunsDep, store: StoreDep) -> 
     """
     image_path = _path_in_store(store, body.imageUri, "imageUri")
     mask_path = _path_in_store(store, body.maskUri, "maskUri")
-    if not runs.ping():
+    if not runs.ping(timeout=None):
         raise _unavailable(DagsterUnavailable("Dagster is not reachable"))
     image_match, mask_match = _OWN_ARTIFACT.match(image_path), _OWN_ARTIFACT.match(mask_path)
     strokes = {"refined_mask": {"config": {"brush_strokes": _strokes(body.brushStrokes)}}}
@@ -112,32 +211,57 @@ def generate_workflow(body: GenerateRequest, runs: RunsDep, store: StoreDep) -> 
         and image_path == artifact_path(image_match["rid"], "background_removed_image", "png")
         and mask_path == artifact_path(mask_match["rid"], "jewelry_mask", "png")
     ):
-        return _launch(runs, GENERATE_JOB, image_match["rid"], {"ops": strokes}, new=False)
+        earlier = _latest_run(runs, image_match["rid"], caller)  # 404 unless the caller owns it
+        return _idempotent(
+            runs,
+            caller,
+            idempotency_key,
+            lambda tags: _launch(runs, GENERATE_JOB, earlier.tags[PARTITION_TAG], {"ops": strokes}, False, tags),
+        )
+    for match in (image_match, mask_match):
+        if match and caller != ANONYMOUS:
+            _latest_run(runs, match["rid"], caller)  # another caller's blobs are not ours to read
     ops = {
         "original_image": {"config": {"image_uri": body.imageUri}},
         "background_removed_image": {"config": {"mode": "keep"}},
         "jewelry_mask": {"config": {"mask_uri": body.maskUri}},
         **strokes,
     }
-    return _launch(runs, FULL_JOB, _new_request_id(), {"ops": ops}, new=True)
+    return _idempotent(
+        runs, caller, idempotency_key, lambda tags: _launch(runs, FULL_JOB, _new_request_id(), {"ops": ops}, True, tags)
+    )
 
 
-def _latest_run(runs: DagsterRuns, workflow_id: str) -> RunInfo:
+def _latest_run(runs: DagsterRuns, workflow_id: str, caller: str) -> RunInfo:
+    """The workflow's newest run; 404 when it does not exist or belongs to another caller."""
+    not_found = HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no workflow {workflow_id[:100]!r}")
     if not WORKFLOW_ID.match(workflow_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no workflow {workflow_id!r}")
+        raise not_found
     try:
         run = runs.latest_run(workflow_id)
     except DagsterError as exc:
         raise _unavailable(exc) from exc
-    if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no workflow {workflow_id!r}")
+    # Runs started from the Dagster UI (reruns, re-generation) carry no owner: they inherit the
+    # request's, which is on the request's first run.
+    if run is None or (caller != ANONYMOUS and _owner(runs, run, workflow_id) != caller):
+        raise not_found
     return run
 
 
+def _owner(runs: DagsterRuns, run: RunInfo, workflow_id: str) -> str | None:
+    if OWNER_TAG in run.tags:
+        return run.tags[OWNER_TAG]
+    try:
+        first = runs.first_run_tagged({PARTITION_TAG: workflow_id})
+    except DagsterError as exc:
+        raise _unavailable(exc) from exc
+    return first.tags.get(OWNER_TAG) if first else None
+
+
 @router.get("/{workflow_id}", response_model=WorkflowState, response_model_exclude_none=True)
-def get_workflow(workflow_id: str, runs: RunsDep, results: ResultsDep) -> WorkflowState:
+def get_workflow(workflow_id: str, runs: RunsDep, results: ResultsDep, caller: CallerDep) -> WorkflowState:
     """Status of the request's newest run; results once it completed."""
-    run = _latest_run(runs, workflow_id)
+    run = _latest_run(runs, workflow_id, caller)
     position = position_of(run)
     state = WorkflowState(
         workflowId=workflow_id, status=position.status, progress=position.progress, currentStep=position.current_step
@@ -159,9 +283,9 @@ def get_workflow(workflow_id: str, runs: RunsDep, results: ResultsDep) -> Workfl
 
 
 @router.post("/{workflow_id}/cancel", response_model=StartResponse)
-def cancel_workflow(workflow_id: str, runs: RunsDep) -> StartResponse:
+def cancel_workflow(workflow_id: str, runs: RunsDep, caller: CallerDep) -> StartResponse:
     """Terminate the request's running run."""
-    run = _latest_run(runs, workflow_id)
+    run = _latest_run(runs, workflow_id, caller)
     state = position_of(run).status
     if state != "RUNNING":
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {state}")

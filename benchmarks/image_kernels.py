@@ -1,0 +1,139 @@
+"""Target 5: image kernels on a 12-megapixel JPEG, against a plain-Pillow baseline in the same run.
+
+    .venv/bin/python -m benchmarks.image_kernels [--repeats 15]
+
+- decode + canvas resize + encode: `imaging.decode_image` (with JPEG draft decoding at the
+  canvas's scale) + `imaging.fit_to_canvas` + `imaging.encode_png` (what the IO manager stores),
+  against Pillow's open/convert/LANCZOS resize/paste/save PNG. Target <= 0.35 s.
+- mask metrics on the 2000x2667 canvas, against a float64 numpy formulation. Target <= 20 ms.
+- brush refinement, 20 strokes of 8 points, size 40, against cv2.polylines-free naive
+  per-pixel distance over the whole canvas for one stroke x 20. Target <= 30 ms.
+Prints median and p95 of each, and ratio = baseline median / ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.common import percentile
+from jewel_dagster import imaging
+
+
+def _photo_jpeg(width: int = 4000, height: int = 3000) -> bytes:
+    """A 12 MP photo-like JPEG: smooth gradients, texture and edges (JPEG size like a phone's)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([120 + 60 * np.sin(xx / 400), 110 + 50 * np.cos(yy / 300), 90 + 40 * np.sin((xx + yy) / 500)], -1)
+    noise = rng.normal(0, 12, (height // 4, width // 4, 3)).astype(np.float32)
+    noise = np.kron(noise, np.ones((4, 4, 1), np.float32))
+    image = np.clip(base + noise, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _time(fn: Callable[[], object], repeats: int) -> list[float]:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def _baseline_pipeline(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as img:
+        rgb = img.convert("RGB")
+    scale = min(2000 / rgb.width, 2667 / rgb.height)
+    resized = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (2000, 2667), (255, 255, 255))
+    canvas.paste(resized, ((2000 - resized.width) // 2, (2667 - resized.height) // 2))
+    out = io.BytesIO()
+    canvas.save(out, "PNG")
+    return out.getvalue()
+
+
+def _our_pipeline(data: bytes) -> bytes:
+    canvas, _ = imaging.fit_to_canvas(imaging.decode_image(data))
+    return imaging.encode_png(canvas)
+
+
+def _baseline_metrics(generated: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    g, r = generated.astype(np.float64), reference.astype(np.float64)
+    inter = float((g * r).sum())
+    return {"precision": inter / g.sum(), "recall": inter / r.sum(), "iou": inter / float(np.maximum(g, r).sum())}
+
+
+def _strokes() -> list[imaging.CanvasStroke]:
+    rng = np.random.default_rng(1)
+    strokes = []
+    for _ in range(20):
+        start = rng.uniform(200, 1800, 2)
+        points = tuple((float(start[0] + 12 * i), float(start[1] + 5 * i)) for i in range(8))
+        strokes.append(imaging.CanvasStroke(points, "add" if rng.random() > 0.3 else "remove", 40.0))
+    return strokes
+
+
+def _baseline_strokes(mask: np.ndarray, strokes: list[imaging.CanvasStroke]) -> np.ndarray:
+    """Distance of every canvas pixel to every segment: what the bounding-box version avoids."""
+    out = mask.copy()
+    yy, xx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]].astype(np.float32) + 0.5
+    for stroke in strokes:
+        covered = np.zeros(mask.shape, bool)
+        for (ax, ay), (bx, by) in zip(stroke.points[:-1], stroke.points[1:], strict=True):
+            dx, dy = bx - ax, by - ay
+            t = np.clip(((xx - ax) * dx + (yy - ay) * dy) / (dx * dx + dy * dy), 0, 1)
+            covered |= (xx - ax - t * dx) ** 2 + (yy - ay - t * dy) ** 2 <= (stroke.size / 2) ** 2
+        out = out | covered if stroke.mode == "add" else out & ~covered
+    return out
+
+
+def _report(name: str, ours: list[float], baseline: list[float], target: float) -> None:
+    med, base = statistics.median(ours), statistics.median(baseline)
+    verdict = "meets" if med <= target else "MISSES"
+    print(
+        f"{name}: ours median {med * 1000:.1f} ms p95 {percentile(ours, 95) * 1000:.1f} ms | "
+        f"baseline median {base * 1000:.1f} ms | ratio {base / med:.1f}x | target {target * 1000:.0f} ms: {verdict}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    data = _photo_jpeg()
+    print(f"input: 4000x3000 JPEG, {len(data) / 1e6:.1f} MB; {args.repeats} repeats after a warm-up")
+    _report(
+        "decode+resize+encode",
+        _time(lambda: _our_pipeline(data), args.repeats),
+        _time(lambda: _baseline_pipeline(data), max(3, args.repeats // 3)),
+        0.35,
+    )
+    reference = np.zeros((2667, 2000), bool)
+    reference[800:1900, 500:1500] = True
+    generated = np.roll(reference, 40, axis=0)
+    _report(
+        "mask metrics",
+        _time(lambda: imaging.mask_metrics(generated, reference), args.repeats),
+        _time(lambda: _baseline_metrics(generated, reference), args.repeats),
+        0.020,
+    )
+    strokes = _strokes()
+    _report(
+        "brush refinement (20 strokes)",
+        _time(lambda: imaging.apply_strokes(reference, strokes), args.repeats),
+        _time(lambda: _baseline_strokes(reference, strokes), 3),
+        0.030,
+    )
+
+
+if __name__ == "__main__":
+    main()
