@@ -13,6 +13,7 @@ Exceptions::
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,9 @@ class DagsterRuns:
         self._http = httpx.Client(timeout=settings.dagster_timeout_seconds)
         self._local = threading.local()
         self.launch_slots = threading.BoundedSemaphore(settings.max_parallel_launches)
+        self._status_cache: dict[str, tuple[float, RunInfo | None]] = {}
+        self._cache_locks: dict[str, threading.Lock] = {}
+        self._cache_guard = threading.Lock()
         self.launch_wait_seconds = settings.launch_wait_seconds
 
     @property
@@ -217,6 +221,36 @@ class DagsterRuns:
     def latest_run(self, request_id: str) -> RunInfo | None:
         """The newest run of the partition: a rerun or regeneration supersedes older runs."""
         return self.newest_run_tagged({PARTITION_TAG: request_id})
+
+    def latest_run_cached(self, request_id: str) -> RunInfo | None:
+        """`latest_run`, at most `status_cache_seconds` old, one query per id at a time.
+
+        A frontend polls every couple of seconds and many may poll: without this, every poll
+        is a GraphQL query (~100+ ms of webserver time) and a crowd of pollers slows the
+        webserver for everyone, launches included.
+        """
+        ttl = self._settings.status_cache_seconds
+        if ttl <= 0:
+            return self.latest_run(request_id)
+        with self._cache_guard:
+            lock = self._cache_locks.setdefault(request_id, threading.Lock())
+        with lock:
+            hit = self._status_cache.get(request_id)
+            if hit is not None and time.monotonic() - hit[0] < ttl:
+                return hit[1]
+            run = self.latest_run(request_id)
+            with self._cache_guard:
+                self._status_cache[request_id] = (time.monotonic(), run)
+                if len(self._status_cache) > 10_000:  # forget the oldest half
+                    for key in sorted(self._status_cache, key=lambda k: self._status_cache[k][0])[:5_000]:
+                        self._status_cache.pop(key, None)
+                        self._cache_locks.pop(key, None)
+            return run
+
+    def forget(self, request_id: str) -> None:
+        """Drop the cached state after an action that changes it (a launch, a cancel)."""
+        with self._cache_guard:
+            self._status_cache.pop(request_id, None)
 
     def newest_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
         variables = {"tags": [{"key": k, "value": v} for k, v in tags.items()]}

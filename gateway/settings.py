@@ -15,6 +15,9 @@ class GatewaySettings(PipelineSettings):
     dagster_location_name: str = "jewel_dagster"
     dagster_repository_name: str = "__repository__"
     dagster_timeout_seconds: float = Field(default=30.0, description="Timeout of each GraphQL call.")
+    status_cache_seconds: float = Field(
+        default=0.5, ge=0.0, description="How old a workflow's status may be when GET answers (0 = always ask)."
+    )
     max_parallel_launches: int = Field(default=4, ge=1, description="Launches in flight at once.")
     launch_wait_seconds: float = Field(default=30.0, description="How long a start waits for a launch slot.")
     api_port: int = Field(default=8001, description="Port the gateway listens on (the seed's API_PORT).")

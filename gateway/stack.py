@@ -201,6 +201,9 @@ def prepare_dagster_home(env: dict[str, str]) -> None:
             env["DAGSTER_PG_URL"] = "postgresql+psycopg2://" + url[len(plain) :]
     template = "dagster.postgres.yaml" if url else "dagster.yaml"
     config = yaml.safe_load((REPO_ROOT / template).read_text())
+    if env.get("DAGSTER_STOCK_SETTINGS", "").lower() in ("1", "true"):
+        # Dagster's defaults (queue polled every 5 s, no threads): the benchmarks' baseline.
+        config["run_coordinator"]["config"] = {}
     if env.get("GPU_POOL_SIZE"):
         config["concurrency"]["pools"]["default_limit"] = int(env["GPU_POOL_SIZE"])
     if env.get("MAX_CONCURRENT_RUNS"):

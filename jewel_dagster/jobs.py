@@ -16,27 +16,31 @@ from jewel_dagster.assets import (
     generations,
     requests_partitions,
 )
+from jewel_dagster.settings import get_settings
 from jewel_dagster.steps import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB, REGENERATE_JOB
+
+# JOB_EXECUTOR=multiprocess restores Dagster's stock executor (the benchmarks' baseline).
+EXECUTOR = dg.multiprocess_executor if get_settings().job_executor == "multiprocess" else dg.in_process_executor
 
 full_job = dg.define_asset_job(
     FULL_JOB,
     selection=dg.AssetSelection.assets(*ALL_ASSETS),
     partitions_def=requests_partitions,
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     description="Photo to generations: the /workflow/start endpoint.",
 )
 preprocess_job = dg.define_asset_job(
     PREPROCESS_JOB,
     selection=dg.AssetSelection.assets(*PREPROCESS_ASSETS),
     partitions_def=requests_partitions,
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     description="Upload, resize, background and jewelry mask: the /workflow/preprocess endpoint.",
 )
 generate_job = dg.define_asset_job(
     GENERATE_JOB,
     selection=dg.AssetSelection.assets(*GENERATE_ASSETS),
     partitions_def=requests_partitions,
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     description="Brush refinement and generations for a preprocessed request: /workflow/generate.",
 )
 
@@ -44,7 +48,7 @@ regenerate_job = dg.define_asset_job(
     REGENERATE_JOB,
     selection=dg.AssetSelection.assets(generations, flux_metrics),
     partitions_def=requests_partitions,
-    executor_def=dg.in_process_executor,
+    executor_def=EXECUTOR,
     description="New Flux/Gemini images for a request whose check failed or whose generator changed.",
 )
 

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import random
 import threading
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from jewel_dagster import wire
+from jewel_dagster import imaging, local_vision, wire
 from jewel_dagster.imaging import CanvasStroke
 from jewel_dagster.local_services import (
     LocalBackgroundRemover,
@@ -44,6 +46,7 @@ ENDPOINTS = (
     "sam3/find-jewelry",
     "a100/refine-mask",
     "a100/generate",
+    "gemini/generate-content",
 )
 
 
@@ -200,6 +203,28 @@ def create_app(state: ServerState) -> FastAPI:
             raise HTTPException(400, detail="mask: must have the image's size")
         result = await run_in_threadpool(state.generator.generate, image, mask, body.seed, body.prompt)
         return {"image": wire.encode_array(result.image), "model": "reference-" + result.model}
+
+    @app.post("/gemini/{version}/models/{model_call:path}")
+    async def gemini_generate_content(version: str, model_call: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Gemini's generateContent, enough of it for google-genai: the image part in, an image out.
+
+        Point the SDK here with GEMINI_BASE_URL=http://host:port/gemini and any GEMINI_API_KEY.
+        """
+        await state.gate("gemini/generate-content")
+        try:
+            parts = body["contents"][0]["parts"]
+            inline = next(p["inlineData"] for p in parts if "inlineData" in p)
+            data = inline["data"]  # the SDK sends URL-safe base64
+            image = imaging.decode_image(base64.b64decode(data + "=" * (-len(data) % 4), altchars=b"-_"))
+        except (KeyError, IndexError, StopIteration, ValueError, TypeError) as exc:
+            raise HTTPException(400, detail=f"contents: expected a text part and an image part ({exc})") from None
+        # No mask travels to Gemini: the whole image is the "jewelry"; the client pastes the
+        # real jewelry pixels back, so a radial backdrop blended in is enough to differ.
+        backdrop = local_vision.studio_background(image.shape[:2], seed=0, radial=True)
+        out = ((image.astype(np.uint16) + backdrop) // 2).astype(np.uint8)
+        data = base64.b64encode(imaging.encode_png(out)).decode("ascii")
+        part = {"inlineData": {"mimeType": "image/png", "data": data}}
+        return {"candidates": [{"finishReason": "STOP", "content": {"role": "model", "parts": [part]}}]}
 
     for router in (manipulator, birefnet, sam3, a100):
         app.include_router(router)

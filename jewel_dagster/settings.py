@@ -27,6 +27,9 @@ class PipelineSettings(BaseSettings):
         default="classical",
         description="classical: real CPU vision; instant: trivial stand-ins for load tests and benchmarks.",
     )
+    job_executor: Literal["in_process", "multiprocess"] = Field(
+        default="in_process", description="multiprocess is Dagster's stock executor (a process per step)."
+    )
     local_flux_grow_px: int = Field(
         default=0,
         description="Make the local Flux stand-in bleed the jewelry by N pixels (demonstrates failing checks).",

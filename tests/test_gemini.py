@@ -83,3 +83,15 @@ def test_unreachable_gemini_gives_null_not_an_exception() -> None:
     generator = GeminiGenerator(api_key="k", base_url="http://127.0.0.1:9", attempts=1, timeout_seconds=2)
     result = generator.generate(image, mask, 0, "studio")
     assert result.image is None and "unavailable" in (result.reason or "")
+
+
+def test_the_reference_server_speaks_gemini_for_the_sdk() -> None:
+    from tests.servers import reference_server
+
+    image, mask = _inputs()
+    with reference_server() as url:
+        generator = GeminiGenerator(api_key="any", base_url=f"{url}/gemini", attempts=1)
+        result = generator.generate(image, mask, seed=0, prompt="studio")
+    assert result.image is not None and result.image.shape == image.shape
+    assert np.array_equal(result.image[mask], image[mask])
+    assert not np.array_equal(result.image[~mask], image[~mask])

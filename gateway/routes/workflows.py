@@ -76,6 +76,7 @@ def _launch(
         raise _unavailable(exc) from exc
     finally:
         runs.launch_slots.release()
+    runs.forget(request_id)  # a poll right after a generate must see the new run
     return StartResponse(workflowId=request_id, status="RUNNING")
 
 
@@ -232,13 +233,13 @@ def generate_workflow(
     )
 
 
-def _latest_run(runs: DagsterRuns, workflow_id: str, caller: str) -> RunInfo:
+def _latest_run(runs: DagsterRuns, workflow_id: str, caller: str, cached: bool = False) -> RunInfo:
     """The workflow's newest run; 404 when it does not exist or belongs to another caller."""
     not_found = HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no workflow {workflow_id[:100]!r}")
     if not WORKFLOW_ID.match(workflow_id):
         raise not_found
     try:
-        run = runs.latest_run(workflow_id)
+        run = runs.latest_run_cached(workflow_id) if cached else runs.latest_run(workflow_id)
     except DagsterError as exc:
         raise _unavailable(exc) from exc
     # Runs started from the Dagster UI (reruns, re-generation) carry no owner: they inherit the
@@ -261,7 +262,7 @@ def _owner(runs: DagsterRuns, run: RunInfo, workflow_id: str) -> str | None:
 @router.get("/{workflow_id}", response_model=WorkflowState, response_model_exclude_none=True)
 def get_workflow(workflow_id: str, runs: RunsDep, results: ResultsDep, caller: CallerDep) -> WorkflowState:
     """Status of the request's newest run; results once it completed."""
-    run = _latest_run(runs, workflow_id, caller)
+    run = _latest_run(runs, workflow_id, caller, cached=True)
     position = position_of(run)
     state = WorkflowState(
         workflowId=workflow_id, status=position.status, progress=position.progress, currentStep=position.current_step
@@ -293,4 +294,5 @@ def cancel_workflow(workflow_id: str, runs: RunsDep, caller: CallerDep) -> Start
         runs.terminate(run.run_id)
     except DagsterError as exc:
         raise _unavailable(exc) from exc
+    runs.forget(workflow_id)
     return StartResponse(workflowId=workflow_id, status="CANCELLED")

@@ -1,0 +1,85 @@
+"""Target 2: end-to-end time against the critical path, with the reference server's latencies.
+
+    .venv/bin/python -m benchmarks.critical_path [--requests 5]
+
+SAM3 segmentation 1.0 s, Flux 3.0 s and Gemini 2.0 s (all four model services and Gemini on the
+reference server). Flux and Gemini overlap, so the critical path is 1.0 + max(3.0, 2.0) = 4.0 s;
+the target is end-to-end <= critical path + 0.5 s. Baseline in the same run: the same requests
+on Dagster's stock settings (5 s queue polling, multiprocess executor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.common import BODY, percentile
+from gateway.stack import REPO_ROOT, free_port, temporary_stack, wait_for_http
+
+LATENCY = {"sam3/segment": 1.0, "a100/generate": 3.0, "gemini/generate-content": 2.0}
+CRITICAL_PATH = LATENCY["sam3/segment"] + max(LATENCY["a100/generate"], LATENCY["gemini/generate-content"])
+
+
+def run_requests(env: dict[str, str], requests: int) -> list[float]:
+    with tempfile.TemporaryDirectory() as root, temporary_stack(Path(root), env) as stack:
+        with httpx.Client(base_url=stack.gateway_url, timeout=60) as client:
+            samples = []
+            for i in range(requests + 1):  # the first one warms the code servers up
+                start = time.perf_counter()
+                workflow = client.post("/workflow/start", json=BODY).json()["workflowId"]
+                while (state := client.get(f"/workflow/{workflow}").json())["status"] == "RUNNING":
+                    time.sleep(0.02)
+                if state["status"] != "COMPLETED":
+                    raise RuntimeError(f"ended {state['status']}: {state.get('error')}")
+                if i:
+                    samples.append(time.perf_counter() - start)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=5)
+    args = parser.parse_args()
+    port = free_port()
+    latency_args = [a for endpoint, s in LATENCY.items() for a in ("--latency", f"{endpoint}={s}")]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jewel_dagster.reference_server", "--port", str(port), *latency_args], cwd=REPO_ROOT
+    )
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "IMAGE_MANIPULATOR_URL": f"{base}/image-manipulator",
+        "BIREFNET_URL": f"{base}/birefnet",
+        "SAM3_URL": f"{base}/sam3",
+        "A100_SERVER_URL": f"{base}/a100",
+        "GEMINI_API_KEY": "reference-server",
+        "GEMINI_BASE_URL": f"{base}/gemini",
+        "REGENERATION_SENSOR_ENABLED": "false",
+    }
+    try:
+        wait_for_http(f"{base}/sam3/health", 60, server)
+        ours = run_requests(env, args.requests)
+        stock = run_requests({**env, "DAGSTER_STOCK_SETTINGS": "true", "JOB_EXECUTOR": "multiprocess"}, args.requests)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    for name, samples in (("ours", ours), ("stock", stock)):
+        print(
+            f"{name}: n={len(samples)} median={statistics.median(samples):.2f} s p95={percentile(samples, 95):.2f} s "
+            f"overhead over the {CRITICAL_PATH:.1f} s critical path: {statistics.median(samples) - CRITICAL_PATH:.2f} s"
+        )
+    verdict = "meets" if statistics.median(ours) <= CRITICAL_PATH + 0.5 else "MISSES"
+    print(
+        f"ratio stock/ours (median): {statistics.median(stock) / statistics.median(ours):.2f}x; "
+        f"target <= {CRITICAL_PATH + 0.5:.1f} s: {verdict}"
+    )
+
+
+if __name__ == "__main__":
+    main()

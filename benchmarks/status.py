@@ -1,0 +1,106 @@
+"""Target 3: GET /workflow/{id} latency with 100 concurrent pollers while runs are in flight.
+
+    .venv/bin/python -m benchmarks.status [--pollers 100] [--seconds 20] [--runs 10]
+
+Starts the reference model server (generation held at 30 s, so runs stay in flight) and a stack
+pointing at it, launches `--runs` requests, then `--pollers` asyncio clients poll them
+back to back for `--seconds`. The baseline, in the same run: the same pollers asking Dagster's
+GraphQL directly for the run's status and step stats (the stock way to read a run).
+Target: p50 <= 5 ms, p99 <= 30 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.common import BODY, percentile
+from gateway.stack import REPO_ROOT, free_port, temporary_stack, wait_for_http
+
+_QUERY = """
+query LatestRun($tag: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/partition", value: $tag}]}, limit: 1) {
+    ... on Runs { results { runId status stepStats { stepKey status startTime } } }
+  }
+}"""
+
+
+async def poll_all(url_for: list[tuple[str, dict | None]], pollers: int, seconds: float) -> list[float]:
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=pollers, max_keepalive_connections=pollers)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
+        async def poller(index: int) -> None:
+            url, body = url_for[index % len(url_for)]
+            while time.monotonic() < deadline:
+                start = time.perf_counter()
+                response = await (client.post(url, json=body) if body else client.get(url))
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{url}: {response.status_code} {response.text[:200]}")
+
+        await asyncio.gather(*(poller(i) for i in range(pollers)))
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pollers", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jewel_dagster.reference_server", "--port", str(port), "--latency", "a100/generate=30"],
+        cwd=REPO_ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "IMAGE_MANIPULATOR_URL": f"{base}/image-manipulator",
+        "BIREFNET_URL": f"{base}/birefnet",
+        "SAM3_URL": f"{base}/sam3",
+        "A100_SERVER_URL": f"{base}/a100",
+        "RATE_LIMIT_PER_MINUTE": "10000000",
+        "REGENERATION_SENSOR_ENABLED": "false",
+        "GPU_POOL_SIZE": "100",
+    }
+    try:
+        wait_for_http(f"{base}/sam3/health", 60, server)
+        with tempfile.TemporaryDirectory() as root, temporary_stack(Path(root), env) as stack:
+            with httpx.Client(base_url=stack.gateway_url, timeout=60) as client:
+                ids = [client.post("/workflow/start", json=BODY).json()["workflowId"] for _ in range(args.runs)]
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:  # wait until every run is in its generation step
+                    states = [client.get(f"/workflow/{w}").json() for w in ids]
+                    if all(s.get("currentStep") == "GENERATING_IMAGES" for s in states):
+                        break
+                    time.sleep(0.5)
+            gateway = [(f"{stack.gateway_url}/workflow/{w}", None) for w in ids]
+            graphql = [(f"{stack.dagster_url}/graphql", {"query": _QUERY, "variables": {"tag": w}}) for w in ids]
+            ours = asyncio.run(poll_all(gateway, args.pollers, args.seconds))
+            stock = asyncio.run(poll_all(graphql, args.pollers, args.seconds))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    for name, samples in (("gateway GET", ours), ("baseline: GraphQL run query", stock)):
+        rate = len(samples) / args.seconds
+        print(
+            f"{name}: n={len(samples)} ({rate:.0f}/s) median={statistics.median(samples) * 1000:.1f} ms "
+            f"p95={percentile(samples, 95) * 1000:.1f} ms p99={percentile(samples, 99) * 1000:.1f} ms"
+        )
+    ratio = statistics.median(stock) / statistics.median(ours)
+    verdict = "meets" if statistics.median(ours) <= 0.005 and percentile(ours, 99) <= 0.030 else "MISSES"
+    print(f"ratio baseline/gateway (median): {ratio:.2f}x; target p50 <= 5 ms, p99 <= 30 ms: {verdict}")
+
+
+if __name__ == "__main__":
+    main()
