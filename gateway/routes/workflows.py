@@ -25,6 +25,7 @@ WORKFLOW_ID = re.compile(r"^jewelry-gen-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 _OWN_ARTIFACT = re.compile(r"^requests/(?P<rid>[^/]+)/(?P<name>[a-z_]+)\.png$")
 OWNER_TAG = "jewel/owner"
 IDEMPOTENCY_TAG = "jewel/idempotency"
+LAUNCH_TAG = "jewel/launch"
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 _idempotency_locks: dict[str, threading.Lock] = {}
 _idempotency_guard = threading.Lock()
@@ -64,12 +65,13 @@ def _launch(
             detail="The pipeline is busy starting other requests; retry shortly.",
             headers={"Retry-After": "5"},
         )
+    launch_tag = uuid.uuid4().hex  # tells this launch's run from the partition's earlier ones
     try:
         if new:
             runs.add_partition(request_id)
-        runs.launch(job, request_id, run_config, tags)
+        runs.launch(job, request_id, run_config, {**tags, LAUNCH_TAG: launch_tag})
     except DagsterError as exc:
-        if _run_exists(runs, request_id, tags):
+        if _run_exists(runs, request_id, launch_tag):
             return StartResponse(workflowId=request_id, status="RUNNING")
         if new:
             runs.delete_partition(request_id)
@@ -80,12 +82,12 @@ def _launch(
     return StartResponse(workflowId=request_id, status="RUNNING")
 
 
-def _run_exists(runs: DagsterRuns, request_id: str, tags: dict[str, str]) -> bool:
+def _run_exists(runs: DagsterRuns, request_id: str, launch_tag: str) -> bool:
     try:
         run = runs.latest_run(request_id)
     except DagsterError:
         return False
-    return run is not None and all(run.tags.get(k) == v for k, v in tags.items())
+    return run is not None and run.tags.get(LAUNCH_TAG) == launch_tag
 
 
 def _new_request_id() -> str:
