@@ -19,7 +19,7 @@ def decode_base64_image(text: str, max_bytes: int, max_pixels: int) -> bytes:
     payload = _DATA_URL.sub("", text.strip(), count=1)
     if len(payload) * 3 // 4 > max_bytes:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            status.HTTP_413_CONTENT_TOO_LARGE,
             detail=f"originalImageBase64: the image is larger than {max_bytes // (1024 * 1024)} MB",
         )
     try:
@@ -31,7 +31,7 @@ def decode_base64_image(text: str, max_bytes: int, max_pixels: int) -> bytes:
             fmt, width, height = img.format, img.width, img.height
     except Image.DecompressionBombError:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            status.HTTP_413_CONTENT_TOO_LARGE,
             detail=f"originalImageBase64: the image has more than {max_pixels} pixels (a decompression bomb?)",
         ) from None
     except (UnidentifiedImageError, OSError, ValueError):
@@ -45,7 +45,7 @@ def decode_base64_image(text: str, max_bytes: int, max_pixels: int) -> bytes:
         )
     if width * height > max_pixels:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            status.HTTP_413_CONTENT_TOO_LARGE,
             detail=f"originalImageBase64: {width}x{height} is more than {max_pixels} pixels",
         )
     return data
