@@ -22,6 +22,7 @@ import httpx
 
 from benchmarks.common import BODY, percentile
 from gateway.stack import REPO_ROOT, free_port, temporary_stack, wait_for_http
+from jewel_dagster.reference_server import service_env
 
 LATENCY = {"sam3/segment": 1.0, "a100/generate": 3.0, "gemini/generate-content": 2.0}
 CRITICAL_PATH = LATENCY["sam3/segment"] + max(LATENCY["a100/generate"], LATENCY["gemini/generate-content"])
@@ -54,10 +55,7 @@ def main() -> None:
     )
     base = f"http://127.0.0.1:{port}"
     env = {
-        "IMAGE_MANIPULATOR_URL": f"{base}/image-manipulator",
-        "BIREFNET_URL": f"{base}/birefnet",
-        "SAM3_URL": f"{base}/sam3",
-        "A100_SERVER_URL": f"{base}/a100",
+        **service_env(base),
         "GEMINI_API_KEY": "reference-server",
         "GEMINI_BASE_URL": f"{base}/gemini",
         "REGENERATION_SENSOR_ENABLED": "false",

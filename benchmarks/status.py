@@ -24,6 +24,7 @@ import httpx
 
 from benchmarks.common import BODY, percentile
 from gateway.stack import REPO_ROOT, free_port, temporary_stack, wait_for_http
+from jewel_dagster.reference_server import service_env
 
 _QUERY = """
 query LatestRun($tag: String!) {
@@ -65,10 +66,7 @@ def main() -> None:
     )
     base = f"http://127.0.0.1:{port}"
     env = {
-        "IMAGE_MANIPULATOR_URL": f"{base}/image-manipulator",
-        "BIREFNET_URL": f"{base}/birefnet",
-        "SAM3_URL": f"{base}/sam3",
-        "A100_SERVER_URL": f"{base}/a100",
+        **service_env(base),
         "RATE_LIMIT_PER_MINUTE": "10000000",
         "REGENERATION_SENSOR_ENABLED": "false",
         "GPU_POOL_SIZE": "100",

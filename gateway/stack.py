@@ -43,6 +43,29 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen[bytes] | N
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
+_WORKSPACE = """
+{ workspaceOrError { ... on Workspace { locationEntries {
+    loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
+def _location_state(dagster_url: str) -> str:
+    """ "loaded", "loading" or "error: <message>" for the workspace's code location."""
+    try:
+        body = httpx.post(f"{dagster_url}/graphql", json={"query": _WORKSPACE}, timeout=5).json()
+        entries = body["data"]["workspaceOrError"]["locationEntries"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return "loading"
+    if not entries:
+        return "loading"
+    entry = entries[0]
+    loaded = entry.get("locationOrLoadError") or {}
+    if loaded.get("__typename") == "PythonError":
+        return f"error: {loaded.get('message', '')[:500]}"
+    if entry.get("loadStatus") == "LOADED" and loaded.get("__typename") == "RepositoryLocation":
+        return "loaded"
+    return "loading"
+
+
 class Stack:
     def __init__(
         self,
@@ -92,7 +115,19 @@ class Stack:
             [str(BIN / "dagster-webserver"), "-w", workspace, "-h", self.host, "-p", str(self.dagster_port)],
         )
         self._spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace])
+        deadline = time.monotonic() + timeout
         wait_for_http(f"{self.dagster_url}/server_info", timeout, self.processes["webserver"])
+        # The webserver answers before its code location is loaded; a launch then finds no
+        # partitions definition. Wait until the location is loaded (or say why it is not).
+        while True:
+            state = _location_state(self.dagster_url)
+            if state == "loaded":
+                return
+            if state.startswith("error"):
+                raise RuntimeError(f"the code location failed to load: {state}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the code location did not load within {timeout:.0f} s ({state})")
+            time.sleep(0.2)
 
     def start_gateway(self, timeout: float = 60.0) -> None:
         self._spawn(

@@ -50,6 +50,16 @@ ENDPOINTS = (
 )
 
 
+def service_env(base_url: str) -> dict[str, str]:
+    """The environment that points the four model services at a reference server at `base_url`."""
+    return {
+        "IMAGE_MANIPULATOR_URL": f"{base_url}/image-manipulator",
+        "BIREFNET_URL": f"{base_url}/birefnet",
+        "SAM3_URL": f"{base_url}/sam3",
+        "A100_SERVER_URL": f"{base_url}/a100",
+    }
+
+
 class Knobs(BaseModel):
     latency: dict[str, float] = Field(default_factory=dict, description="Endpoint -> added seconds.")
     failure_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of calls answered 503.")

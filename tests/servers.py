@@ -14,6 +14,7 @@ import httpx
 import uvicorn
 
 from gateway.stack import REPO_ROOT, wait_for_http
+from jewel_dagster.reference_server import service_env
 from tests.e2e_stack import free_port
 
 
@@ -43,13 +44,8 @@ def set_knobs(url: str, **knobs: Any) -> None:
 
 
 def service_urls(url: str) -> dict[str, str]:
-    """Settings that point every model service at the reference server."""
-    return {
-        "image_manipulator_url": f"{url}/image-manipulator",
-        "birefnet_url": f"{url}/birefnet",
-        "sam3_url": f"{url}/sam3",
-        "a100_server_url": f"{url}/a100",
-    }
+    """Settings (field names) that point every model service at the reference server."""
+    return {name.lower(): value for name, value in service_env(url).items()}
 
 
 @contextmanager
