@@ -166,6 +166,10 @@ class DagsterRuns:
             return body["data"]
         raise DagsterUnavailable(f"Dagster is not reachable at {self._url}: {last}")
 
+    def query(self, document: str, variables: dict[str, Any]) -> Any:
+        """A read of our own (webhooks, tests); retried once on a dropped connection."""
+        return self._query(document, variables)
+
     def _unwrap_client_error(self, exc: DagsterGraphQLClientError) -> DagsterError:
         cause = exc.__cause__
         if isinstance(
@@ -257,12 +261,7 @@ class DagsterRuns:
         data = self._query(_LATEST_RUN, variables)["runsOrError"]
         if data["__typename"] != "Runs":
             raise DagsterError(data.get("message", data["__typename"]))
-        if not data["results"]:
-            return None
-        run = data["results"][0]
-        steps = [StepStat(s["stepKey"], s["status"], s["startTime"]) for s in run["stepStats"]]
-        run_tags = {t["key"]: t["value"] for t in run["tags"]}
-        return RunInfo(run["runId"], run["jobName"], run["status"], steps, run_tags)
+        return run_info_from(data["results"][0]) if data["results"] else None
 
     def first_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
         """The oldest run with these tags (runs come newest first; a request has few)."""
@@ -310,6 +309,12 @@ class DagsterRuns:
             self._client.terminate_run(run_id)
         except DagsterGraphQLClientError as exc:
             raise self._unwrap_client_error(exc) from exc
+
+
+def run_info_from(raw: dict[str, Any]) -> RunInfo:
+    """A run from GraphQL fields runId, jobName, status, tags and stepStats."""
+    steps = [StepStat(s["stepKey"], s["status"], s["startTime"]) for s in raw["stepStats"]]
+    return RunInfo(raw["runId"], raw["jobName"], raw["status"], steps, {t["key"]: t["value"] for t in raw["tags"]})
 
 
 def readable_error(message: str) -> str:

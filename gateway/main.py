@@ -14,10 +14,11 @@ from fastapi.responses import JSONResponse
 
 from gateway.dagster_runs import DagsterRuns
 from gateway.results import ResultReader
-from gateway.routes import health, workflows
+from gateway.routes import artifacts, events, health, page, workflows
 from gateway.security import BodyLimitMiddleware, TokenBuckets
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings, get_settings
+from gateway.webhooks import WebhookDispatcher
 from jewel_dagster.resources import build_blob_store
 
 
@@ -48,13 +49,22 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.results = ResultReader(app.state.store, timedelta(minutes=resolved.result_url_minutes))
         app.state.probe = ServiceProbe(resolved)
         app.state.rate_limits = TokenBuckets(resolved.rate_limit_per_minute)
+        webhooks = None
+        if resolved.webhook_secret:
+            webhooks = WebhookDispatcher(resolved, app.state.runs, app.state.results, app.state.store)
+            webhooks.start()
         yield
+        if webhooks is not None:
+            webhooks.stop()
         app.state.runs.close()
 
     app = FastAPI(title="jewel-dagster gateway", version="0.1.0", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.include_router(events.router)
+    app.include_router(artifacts.router)
     app.include_router(workflows.router)
     app.include_router(health.router)
+    page.mount(app)
     if resolved.cors_origin_list():
         app.add_middleware(
             CORSMiddleware,

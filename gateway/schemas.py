@@ -35,6 +35,12 @@ class StartRequest(BaseModel):
     originalImageBase64: str = Field(min_length=1, description="The photo, base64 (a data: URL prefix is allowed).")
     maskPoints: list[MaskPoint] = Field(min_length=1, max_length=100)
     brushStrokes: list[BrushStroke] = Field(default_factory=list, max_length=200)
+    webhookUrl: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description="http(s) URL that gets the final state POSTed once the workflow ends, signed (X-Jewel-Signature).",
+    )
 
     @field_validator("maskPoints")
     @classmethod
@@ -50,6 +56,12 @@ class GenerateRequest(BaseModel):
     imageUri: str = Field(min_length=1, max_length=1024)
     maskUri: str = Field(min_length=1, max_length=1024)
     brushStrokes: list[BrushStroke] = Field(default_factory=list, max_length=200)
+    webhookUrl: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description="http(s) URL that gets the final state POSTed once the workflow ends, signed (X-Jewel-Signature).",
+    )
 
 
 class StartResponse(BaseModel):

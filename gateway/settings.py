@@ -27,6 +27,21 @@ class GatewaySettings(PipelineSettings):
     cors_origins: str = Field(default="", description="Comma-separated origins allowed to call from a browser.")
     rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests a minute per caller (per key).")
     max_image_pixels: int = Field(default=50_000_000, description="Largest image (width x height) accepted.")
+    event_poll_seconds: float = Field(default=0.25, gt=0.0, description="How often an event stream looks for a change.")
+    event_stream_max_seconds: float = Field(default=3600.0, gt=0.0, description="An event stream ends after this.")
+    webhook_secret: str = Field(default="", description="HMAC-SHA256 key of webhook signatures; empty = no webhooks.")
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow webhooks to loopback and private addresses (tests, a trusted network)."
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0.0, description="Timeout of one webhook POST.")
+    webhook_attempts: int = Field(default=6, ge=1, le=20, description="POSTs before a webhook is given up.")
+    webhook_poll_seconds: float = Field(default=1.0, gt=0.0, description="How often finished runs are looked for.")
+    webhook_recovery_hours: float = Field(
+        default=24.0, ge=0.0, description="After a restart, webhooks owed by runs this recent are still sent."
+    )
+    webhook_backoff_seconds: float = Field(
+        default=1.0, ge=0.0, description="Wait before the 2nd POST; doubles for each further one."
+    )
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.gateway_api_keys.split(",") if k.strip()]

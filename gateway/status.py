@@ -37,8 +37,13 @@ def workflow_status(run_status: str) -> str:
     return _RUN_STATUS.get(run_status, "RUNNING")
 
 
+WILL_RETRY_TAG = "dagster/will_retry"
+
+
 def position_of(run: RunInfo) -> WorkflowPosition:
     status = workflow_status(run.status)
+    if run.status == "FAILURE" and run.tags.get(WILL_RETRY_TAG) == "true":
+        status = "RUNNING"  # Dagster's retry daemon re-launches it: not over yet for the person waiting
     if status == "COMPLETED":
         return WorkflowPosition(status, "COMPLETED", STEP_PROGRESS["COMPLETED"])
     ops = JOB_OPS.get(run.job_name) or list(SEED_STEP_OF_OP)

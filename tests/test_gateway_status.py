@@ -58,3 +58,12 @@ def test_failed_step_is_reported() -> None:
 def test_readable_error_drops_the_exception_class() -> None:
     assert readable_error("dagster._core.definitions.events.Failure: the mask is empty\n  stack") == "the mask is empty"
     assert readable_error("the mask is empty: add jewelry") == "the mask is empty: add jewelry"
+
+
+def test_a_failed_run_that_dagster_will_retry_is_still_running() -> None:
+    failed = RunInfo("r", FULL_JOB, "FAILURE", [StepStat("original_image", "FAILURE", 0.0)])
+    assert position_of(failed).status == "FAILED"
+    retried = RunInfo("r", FULL_JOB, "FAILURE", failed.steps, {"dagster/will_retry": "true"})
+    assert (position_of(retried).status, position_of(retried).current_step) == ("RUNNING", "UPLOADING_IMAGE")
+    final = RunInfo("r", FULL_JOB, "FAILURE", failed.steps, {"dagster/will_retry": "false"})
+    assert position_of(final).status == "FAILED"

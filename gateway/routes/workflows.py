@@ -14,9 +14,12 @@ from gateway.dagster_runs import PARTITION_TAG, DagsterError, DagsterRuns, Dagst
 from gateway.deps import ResultsDep, RunsDep, SettingsDep, StoreDep
 from gateway.schemas import BrushStroke, GenerateRequest, StartRequest, StartResponse, WorkflowState
 from gateway.security import ANONYMOUS, CallerDep
+from gateway.settings import GatewaySettings
 from gateway.status import position_of
 from gateway.uploads import decode_base64_image
-from jewel_dagster.steps import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB, SEED_STEP_OF_OP
+from gateway.webhooks import WEBHOOK_TAG, WEBHOOK_URL_TAG, WebhookRefused, check_webhook_url
+from gateway.workflow_state import state_of
+from jewel_dagster.steps import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB
 from jewel_dagster.storage import BlobStore, BlobStoreError, artifact_path
 
 router = APIRouter(prefix="/workflow", tags=["workflow"])
@@ -36,7 +39,7 @@ IdempotencyHeader = Annotated[
 ]
 
 
-def _unavailable(exc: DagsterError) -> HTTPException:
+def pipeline_unavailable(exc: DagsterError) -> HTTPException:
     if isinstance(exc, DagsterUnavailable):
         return HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -44,6 +47,22 @@ def _unavailable(exc: DagsterError) -> HTTPException:
             headers={"Retry-After": "5"},
         )
     return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"The pipeline refused the request: {exc}")
+
+
+def _webhook_tags(url: str | None, settings: GatewaySettings) -> dict[str, str]:
+    """Run tags that make the webhook dispatcher deliver the final state; checked before anything
+    is stored, so a refused URL costs nothing."""
+    if url is None:
+        return {}
+    if not settings.webhook_secret:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, detail="webhookUrl: webhooks are off on this gateway (no WEBHOOK_SECRET set)"
+        )
+    try:
+        check_webhook_url(url, settings.webhook_allow_private)
+    except WebhookRefused as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
+    return {WEBHOOK_TAG: "1", WEBHOOK_URL_TAG: url}
 
 
 def _strokes(strokes: list[BrushStroke]) -> list[dict[str, Any]]:
@@ -75,7 +94,7 @@ def _launch(
             return StartResponse(workflowId=request_id, status="RUNNING")
         if new:
             runs.delete_partition(request_id)
-        raise _unavailable(exc) from exc
+        raise pipeline_unavailable(exc) from exc
     finally:
         runs.launch_slots.release()
     runs.forget(request_id)  # a poll right after a generate must see the new run
@@ -111,7 +130,7 @@ def _idempotent(runs: DagsterRuns, caller: str, key: str | None, launch: Any) ->
         try:
             earlier = runs.newest_run_tagged({IDEMPOTENCY_TAG: digest})
         except DagsterError as exc:
-            raise _unavailable(exc) from exc
+            raise pipeline_unavailable(exc) from exc
         if earlier is not None:
             return StartResponse(
                 workflowId=earlier.tags[PARTITION_TAG],
@@ -130,11 +149,12 @@ def _start(
     idempotency_key: str | None,
 ) -> StartResponse:
     image = decode_base64_image(body.originalImageBase64, settings.max_image_bytes, settings.max_image_pixels)
+    hook = _webhook_tags(body.webhookUrl, settings)
     if not runs.ping(timeout=None):
         # Checked before storing anything, so an outage leaves no orphaned upload behind.
-        raise _unavailable(DagsterUnavailable("Dagster is not reachable"))
+        raise pipeline_unavailable(DagsterUnavailable("Dagster is not reachable"))
     return _idempotent(
-        runs, caller, idempotency_key, lambda tags: _store_and_launch(job, body, image, runs, store, tags)
+        runs, caller, idempotency_key, lambda tags: _store_and_launch(job, body, image, runs, store, {**tags, **hook})
     )
 
 
@@ -194,7 +214,12 @@ def _path_in_store(store: BlobStore, uri: str, field: str) -> str:
 
 @router.post("/generate", response_model=StartResponse)
 def generate_workflow(
-    body: GenerateRequest, runs: RunsDep, store: StoreDep, caller: CallerDep, idempotency_key: IdempotencyHeader = None
+    body: GenerateRequest,
+    runs: RunsDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyHeader = None,
 ) -> StartResponse:
     """Refine a preprocessed mask with brush strokes and generate.
 
@@ -203,8 +228,9 @@ def generate_workflow(
     """
     image_path = _path_in_store(store, body.imageUri, "imageUri")
     mask_path = _path_in_store(store, body.maskUri, "maskUri")
+    hook = _webhook_tags(body.webhookUrl, settings)
     if not runs.ping(timeout=None):
-        raise _unavailable(DagsterUnavailable("Dagster is not reachable"))
+        raise pipeline_unavailable(DagsterUnavailable("Dagster is not reachable"))
     image_match, mask_match = _OWN_ARTIFACT.match(image_path), _OWN_ARTIFACT.match(mask_path)
     strokes = {"refined_mask": {"config": {"brush_strokes": _strokes(body.brushStrokes)}}}
     if (
@@ -214,16 +240,18 @@ def generate_workflow(
         and image_path == artifact_path(image_match["rid"], "background_removed_image", "png")
         and mask_path == artifact_path(mask_match["rid"], "jewelry_mask", "png")
     ):
-        earlier = _latest_run(runs, image_match["rid"], caller)  # 404 unless the caller owns it
+        earlier = owned_run(runs, image_match["rid"], caller)  # 404 unless the caller owns it
         return _idempotent(
             runs,
             caller,
             idempotency_key,
-            lambda tags: _launch(runs, GENERATE_JOB, earlier.tags[PARTITION_TAG], {"ops": strokes}, False, tags),
+            lambda tags: _launch(
+                runs, GENERATE_JOB, earlier.tags[PARTITION_TAG], {"ops": strokes}, False, {**tags, **hook}
+            ),
         )
     for match in (image_match, mask_match):
         if match and caller != ANONYMOUS:
-            _latest_run(runs, match["rid"], caller)  # another caller's blobs are not ours to read
+            owned_run(runs, match["rid"], caller)  # another caller's blobs are not ours to read
     ops = {
         "original_image": {"config": {"image_uri": body.imageUri}},
         "background_removed_image": {"config": {"mode": "keep"}},
@@ -231,19 +259,25 @@ def generate_workflow(
         **strokes,
     }
     return _idempotent(
-        runs, caller, idempotency_key, lambda tags: _launch(runs, FULL_JOB, _new_request_id(), {"ops": ops}, True, tags)
+        runs,
+        caller,
+        idempotency_key,
+        lambda tags: _launch(runs, FULL_JOB, _new_request_id(), {"ops": ops}, True, {**tags, **hook}),
     )
 
 
-def _latest_run(runs: DagsterRuns, workflow_id: str, caller: str, cached: bool = False) -> RunInfo:
-    """The workflow's newest run; 404 when it does not exist or belongs to another caller."""
+def owned_run(runs: DagsterRuns, workflow_id: str, caller: str, cached: bool = False) -> RunInfo:
+    """The workflow's newest run; 404 when it does not exist or belongs to another caller.
+
+    Shared by every route that reads one workflow, so ownership is checked in one place.
+    """
     not_found = HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no workflow {workflow_id[:100]!r}")
     if not WORKFLOW_ID.match(workflow_id):
         raise not_found
     try:
         run = runs.latest_run_cached(workflow_id) if cached else runs.latest_run(workflow_id)
     except DagsterError as exc:
-        raise _unavailable(exc) from exc
+        raise pipeline_unavailable(exc) from exc
     # Runs started from the Dagster UI (reruns, re-generation) carry no owner: they inherit the
     # request's, which is on the request's first run.
     if run is None or (caller != ANONYMOUS and _owner(runs, run, workflow_id) != caller):
@@ -257,44 +291,30 @@ def _owner(runs: DagsterRuns, run: RunInfo, workflow_id: str) -> str | None:
     try:
         first = runs.first_run_tagged({PARTITION_TAG: workflow_id})
     except DagsterError as exc:
-        raise _unavailable(exc) from exc
+        raise pipeline_unavailable(exc) from exc
     return first.tags.get(OWNER_TAG) if first else None
 
 
 @router.get("/{workflow_id}", response_model=WorkflowState, response_model_exclude_none=True)
 def get_workflow(workflow_id: str, runs: RunsDep, results: ResultsDep, caller: CallerDep) -> WorkflowState:
     """Status of the request's newest run; results once it completed."""
-    run = _latest_run(runs, workflow_id, caller, cached=True)
-    position = position_of(run)
-    state = WorkflowState(
-        workflowId=workflow_id, status=position.status, progress=position.progress, currentStep=position.current_step
-    )
-    if position.status == "COMPLETED":
-        try:
-            state.result = results.result_of(workflow_id, run.run_id, run.job_name, runs.fidelity_check)
-        except DagsterError as exc:
-            raise _unavailable(exc) from exc
-    elif position.status == "FAILED":
-        try:
-            failed_op, message = runs.failure_of(run.run_id)
-        except DagsterError as exc:
-            raise _unavailable(exc) from exc
-        op = failed_op or position.failed_op
-        state.failedStep = SEED_STEP_OF_OP.get(op or "", position.current_step)
-        state.error = message
-    return state
+    run = owned_run(runs, workflow_id, caller, cached=True)
+    try:
+        return state_of(workflow_id, run, runs, results)
+    except DagsterError as exc:
+        raise pipeline_unavailable(exc) from exc
 
 
 @router.post("/{workflow_id}/cancel", response_model=StartResponse)
 def cancel_workflow(workflow_id: str, runs: RunsDep, caller: CallerDep) -> StartResponse:
     """Terminate the request's running run."""
-    run = _latest_run(runs, workflow_id, caller)
+    run = owned_run(runs, workflow_id, caller)
     state = position_of(run).status
     if state != "RUNNING":
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {state}")
     try:
         runs.terminate(run.run_id)
     except DagsterError as exc:
-        raise _unavailable(exc) from exc
+        raise pipeline_unavailable(exc) from exc
     runs.forget(workflow_id)
     return StartResponse(workflowId=workflow_id, status="CANCELLED")

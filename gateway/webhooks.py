@@ -1,0 +1,258 @@
+"""Webhooks: the final state of a workflow POSTed to the caller's URL, signed, retried.
+
+The URL rides on the run as tags, and each delivery leaves a record in the blob store next to the
+request's artifacts. So a gateway that restarts finds what it still owes from Dagster and the
+store alone, and a receiver gets one POST per workflow run, not one per gateway life.
+
+Receivers verify `X-Jewel-Signature: sha256=<hex>`, the HMAC-SHA256 of the raw body under the
+shared secret (compare with hmac.compare_digest).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from gateway.dagster_runs import PARTITION_TAG, DagsterError, DagsterRuns, RunInfo, run_info_from
+from gateway.results import ResultReader
+from gateway.settings import GatewaySettings
+from gateway.status import WILL_RETRY_TAG
+from gateway.workflow_state import state_of
+from jewel_dagster.storage import BlobStore
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_TAG = "jewel/webhook"  # "1" on runs that owe a webhook: Dagster filters tags by key and value
+WEBHOOK_URL_TAG = "jewel/webhook-url"
+SIGNATURE_HEADER = "X-Jewel-Signature"
+_RESOLVE_SECONDS = 5.0
+_SETTLE_SECONDS = 3.0  # a failed run gets its will_retry tag a moment after its status
+_resolver = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
+
+
+class WebhookRefused(ValueError):
+    """The URL may not receive webhooks; the message is meant for the person who sent it."""
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def check_webhook_url(url: str, allow_private: bool) -> None:
+    """Refuse what a webhook must not reach: other schemes, and (unless allowed) any host that
+    resolves to a loopback, private, link-local or otherwise non-public address, so a caller
+    cannot make the gateway probe the network it sits in."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise WebhookRefused(f"webhookUrl is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookRefused("webhookUrl must be an http:// or https:// URL with a host")
+    if allow_private:
+        return
+    host = parts.hostname
+    try:
+        infos = _resolver.submit(
+            socket.getaddrinfo, host, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
+        ).result(timeout=_RESOLVE_SECONDS)
+    except (OSError, concurrent.futures.TimeoutError):
+        raise WebhookRefused(f"webhookUrl: the host {host!r} cannot be resolved") from None
+    for info in infos:
+        address = str(info[4][0])
+        if not _public(address):
+            raise WebhookRefused(
+                f"webhookUrl: {host} is {address}, a loopback or private address; webhooks go to public hosts only"
+            )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What became of one webhook, stored as `requests/<id>/webhooks/<run id>.json`."""
+
+    url: str
+    delivered: bool
+    attempts: int
+    status_code: int | None
+    error: str | None
+
+
+def record_path(workflow_id: str, run_id: str) -> str:
+    return f"requests/{workflow_id}/webhooks/{run_id}.json"
+
+
+_FINISHED_RUNS = """
+query WebhookRuns($tags: [ExecutionTag!]!, $after: Float!, $before: Float) {
+  runsOrError(
+    filter: {tags: $tags, statuses: [SUCCESS, FAILURE, CANCELED], updatedAfter: $after, updatedBefore: $before}
+    limit: 100
+  ) {
+    __typename
+    ... on Runs {
+      results { runId jobName status updateTime tags { key value } stepStats { stepKey status startTime } }
+    }
+    ... on PythonError { message }
+  }
+}"""
+_PAGE = 100
+_MAX_PAGES = 50
+
+
+class WebhookDispatcher:
+    """Watches Dagster for finished runs that owe a webhook and delivers each once.
+
+    One thread asks Dagster (one query a tick while few runs finish); a small pool POSTs, so a
+    slow receiver delays only its own webhook. Only one gateway replica should run it.
+    """
+
+    def __init__(self, settings: GatewaySettings, runs: DagsterRuns, results: ResultReader, store: BlobStore) -> None:
+        self._settings = settings
+        self._runs = runs
+        self._results = results
+        self._store = store
+        self._stop = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
+        self._http = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+        self._handled: dict[str, float] = {}  # run id -> when it was handled
+        self._settling: dict[str, float] = {}  # failed run id -> when first seen without will_retry
+        # After a restart, look back this far for runs that finished while no gateway watched.
+        self._watermark = time.time() - settings.webhook_recovery_hours * 3600
+        self._thread = threading.Thread(target=self._watch, name="webhook-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._http.close()
+
+    # ------------------------------------------------------------------ watching
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except DagsterError as exc:
+                log.warning("webhooks: Dagster did not answer: %s", exc)
+            except Exception:  # the watcher must outlive any one bad run
+                log.exception("webhooks: unexpected error")
+            self._stop.wait(self._settings.webhook_poll_seconds)
+
+    def _tick(self) -> None:
+        tick_started = time.time()
+        before: float | None = None
+        for _ in range(_MAX_PAGES):  # newest first; page back while pages come full
+            batch = self._finished_runs(self._watermark, before)
+            for raw in batch:
+                self._consider(raw, tick_started)
+            if len(batch) < _PAGE:
+                break
+            before = min(r["updateTime"] for r in batch) + 1e-3
+        if not self._settling:
+            # Runs that finished before this tick were all seen; the margin covers slow commits.
+            self._watermark = max(self._watermark, tick_started - 60.0)
+        for run_id in [r for r, t in self._handled.items() if t < self._watermark - 300.0]:
+            del self._handled[run_id]
+
+    def _finished_runs(self, after: float, before: float | None) -> list[dict[str, Any]]:
+        tags = [{"key": WEBHOOK_TAG, "value": "1"}]
+        answer = self._runs.query(_FINISHED_RUNS, {"tags": tags, "after": after, "before": before})["runsOrError"]
+        if answer["__typename"] != "Runs":
+            raise DagsterError(answer.get("message", answer["__typename"]))
+        return answer["results"]
+
+    def _consider(self, raw: dict[str, Any], now: float) -> None:
+        run = run_info_from(raw)
+        if run.run_id in self._handled or not self._owes_webhook(run, now):
+            return
+        self._handled[run.run_id] = now
+        workflow_id = run.tags.get(PARTITION_TAG, "")
+        if self._store.exists_path(record_path(workflow_id, run.run_id)):
+            return  # delivered (or given up) before a restart
+        self._pool.submit(self._deliver, workflow_id, run)
+
+    def _owes_webhook(self, run: RunInfo, now: float) -> bool:
+        """A failed run that Dagster will retry owes nothing: its retry run carries the webhook."""
+        if run.status != "FAILURE":
+            return True
+        will_retry = run.tags.get(WILL_RETRY_TAG)
+        if will_retry is None and now - self._settling.setdefault(run.run_id, now) < _SETTLE_SECONDS:
+            return False
+        self._settling.pop(run.run_id, None)
+        if will_retry == "true":
+            self._handled[run.run_id] = now
+            return False
+        return True
+
+    # ------------------------------------------------------------------ delivering
+
+    def _deliver(self, workflow_id: str, run: RunInfo) -> None:
+        url = run.tags.get(WEBHOOK_URL_TAG, "")
+        body = self._final_state(workflow_id, run)
+        outcome = self._post_with_retries(url, body, delivery_id=run.run_id) if body is not None else None
+        if outcome is None:
+            return  # shutting down: no record, so the next gateway delivers it
+        record = json.dumps(outcome.__dict__).encode()
+        self._store.put(record_path(workflow_id, run.run_id), record, "application/json")
+
+    def _final_state(self, workflow_id: str, run: RunInfo) -> bytes | None:
+        for attempt in range(self._settings.webhook_attempts):
+            try:
+                state = state_of(workflow_id, run, self._runs, self._results)
+                return json.dumps(state.model_dump(exclude_none=True), separators=(",", ":")).encode()
+            except DagsterError as exc:
+                log.warning("webhooks: cannot read the state of %s yet: %s", workflow_id, exc)
+                if self._stop.wait(self._settings.webhook_backoff_seconds * 2**attempt):
+                    return None
+        return json.dumps({"workflowId": workflow_id, "status": "FAILED", "error": "state unavailable"}).encode()
+
+    def _post_with_retries(self, url: str, body: bytes, delivery_id: str) -> Delivery | None:
+        """POST until a 2xx, a refusal (4xx) or the last attempt; None when stopped meanwhile."""
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: signature(self._settings.webhook_secret, body),
+            "X-Jewel-Event": "workflow.finished",
+            "X-Jewel-Delivery": delivery_id,
+            "User-Agent": "jewel-dagster-webhooks/1",
+        }
+        status_code: int | None = None
+        error = "not attempted"
+        attempts = self._settings.webhook_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                check_webhook_url(url, self._settings.webhook_allow_private)  # DNS may have changed
+                response = self._http.post(url, content=body, headers=headers)
+                status_code, error = response.status_code, f"HTTP {response.status_code}"
+                if response.is_success:
+                    return Delivery(url, True, attempt, status_code, None)
+                if 400 <= status_code < 500 and status_code not in (408, 425, 429):
+                    return Delivery(url, False, attempt, status_code, f"the receiver refused it: {error}")
+            except WebhookRefused as exc:
+                return Delivery(url, False, attempt, None, str(exc))
+            except httpx.HTTPError as exc:
+                status_code, error = None, f"{type(exc).__name__}: {exc}"[:300]
+            if attempt < attempts and self._stop.wait(self._settings.webhook_backoff_seconds * 2 ** (attempt - 1)):
+                return None
+        log.warning("webhooks: gave up on %s after %d attempts: %s", url, attempts, error)
+        return Delivery(url, False, attempts, status_code, error)

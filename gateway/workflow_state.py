@@ -1,0 +1,38 @@
+"""One run's state in the seed's shape: shared by GET, the event stream and webhooks.
+
+Kept apart from the routes so that all three answer the same thing for the same run.
+"""
+
+from __future__ import annotations
+
+from gateway.dagster_runs import DagsterRuns, RunInfo
+from gateway.results import ResultReader
+from gateway.schemas import WorkflowState
+from gateway.status import position_of
+from jewel_dagster.steps import SEED_STEP_OF_OP
+
+FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+
+def progress_of(workflow_id: str, run: RunInfo) -> WorkflowState:
+    """Status, step and progress only: cheap, no result or failure lookups."""
+    position = position_of(run)
+    return WorkflowState(
+        workflowId=workflow_id, status=position.status, progress=position.progress, currentStep=position.current_step
+    )
+
+
+def state_of(workflow_id: str, run: RunInfo, runs: DagsterRuns, results: ResultReader) -> WorkflowState:
+    """The full state: the result once COMPLETED, the failed step and message once FAILED.
+
+    Raises DagsterError when Dagster cannot be asked for the failure or the check result.
+    """
+    state = progress_of(workflow_id, run)
+    if state.status == "COMPLETED":
+        state.result = results.result_of(workflow_id, run.run_id, run.job_name, runs.fidelity_check)
+    elif state.status == "FAILED":
+        failed_op, message = runs.failure_of(run.run_id)
+        op = failed_op or position_of(run).failed_op
+        state.failedStep = SEED_STEP_OF_OP.get(op or "", state.currentStep)
+        state.error = message
+    return state
