@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import statistics
+import time
 from pathlib import Path
+
+import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = base64.b64encode((REPO_ROOT / "samples" / "ring.jpg").read_bytes()).decode()
@@ -27,3 +30,21 @@ def summary(label: str, seconds: list[float]) -> str:
         f"{label}: n={len(seconds)} median={statistics.median(seconds) * 1000:.1f} ms "
         f"p95={percentile(seconds, 95) * 1000:.1f} ms p99={percentile(seconds, 99) * 1000:.1f} ms"
     )
+
+
+# Benchmarks poll hard and run many requests: no rate limit, no re-generation runs in between.
+BENCH_ENV = {"RATE_LIMIT_PER_MINUTE": "1000000", "REGENERATION_SENSOR_ENABLED": "false"}
+
+
+def final_state(client: httpx.Client, workflow_id: str, interval: float = 0.02, timeout: float = 600.0) -> dict:
+    """Poll GET until the workflow is no longer RUNNING; any non-200 answer stops the benchmark."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get(f"/workflow/{workflow_id}")
+        if response.status_code != 200:
+            raise RuntimeError(f"GET answered {response.status_code}: {response.text[:300]}")
+        state = response.json()
+        if state["status"] != "RUNNING":
+            return state
+        time.sleep(interval)
+    raise TimeoutError(f"{workflow_id} still RUNNING after {timeout:.0f} s")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import BODY, percentile
+from benchmarks.common import BENCH_ENV, BODY, final_state, percentile
 from gateway.stack import REPO_ROOT, free_port, temporary_stack, wait_for_http
 from jewel_dagster.reference_server import service_env
 
@@ -35,8 +35,7 @@ def run_requests(env: dict[str, str], requests: int) -> list[float]:
             for i in range(requests + 1):  # the first one warms the code servers up
                 start = time.perf_counter()
                 workflow = client.post("/workflow/start", json=BODY).json()["workflowId"]
-                while (state := client.get(f"/workflow/{workflow}").json())["status"] == "RUNNING":
-                    time.sleep(0.02)
+                state = final_state(client, workflow)
                 if state["status"] != "COMPLETED":
                     raise RuntimeError(f"ended {state['status']}: {state.get('error')}")
                 if i:
@@ -58,12 +57,13 @@ def main() -> None:
         **service_env(base),
         "GEMINI_API_KEY": "reference-server",
         "GEMINI_BASE_URL": f"{base}/gemini",
-        "REGENERATION_SENSOR_ENABLED": "false",
+        **BENCH_ENV,
     }
     try:
         wait_for_http(f"{base}/sam3/health", 60, server)
         ours = run_requests(env, args.requests)
-        stock = run_requests({**env, "DAGSTER_STOCK_SETTINGS": "true", "JOB_EXECUTOR": "multiprocess"}, args.requests)
+        stock_env = {**env, "DAGSTER_STOCK_SETTINGS": "true", "JOB_EXECUTOR": "multiprocess", "CODE_SERVER": "managed"}
+        stock = run_requests(stock_env, args.requests)
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -12,6 +12,7 @@ Exceptions::
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from dataclasses import dataclass, field
@@ -124,7 +125,15 @@ class DagsterRuns:
         self._status_cache: dict[str, tuple[float, RunInfo | None]] = {}
         self._cache_locks: dict[str, threading.Lock] = {}
         self._cache_guard = threading.Lock()
+        self._refreshing: set[str] = set()
+        self._epochs: dict[str, int] = {}  # bumped by forget(), so an older refresh cannot undo it
+        self._refresher = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="status-refresh")
         self.launch_wait_seconds = settings.launch_wait_seconds
+        self._storage = None
+        if settings.status_source == "storage":
+            from gateway.run_storage import StorageRunReader
+
+            self._storage = StorageRunReader()
 
     @property
     def _client(self) -> DagsterGraphQLClient:
@@ -141,7 +150,10 @@ class DagsterRuns:
         return client
 
     def close(self) -> None:
+        self._refresher.shutdown(wait=False, cancel_futures=True)
         self._http.close()
+        if self._storage is not None:
+            self._storage.close()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -227,36 +239,75 @@ class DagsterRuns:
         return self.newest_run_tagged({PARTITION_TAG: request_id})
 
     def latest_run_cached(self, request_id: str) -> RunInfo | None:
-        """`latest_run`, at most `status_cache_seconds` old, one query per id at a time.
+        """`latest_run`, at most `status_ttl()` old, one query per id at a time.
 
         A frontend polls every couple of seconds and many may poll: without this, every poll
         is a GraphQL query (~100+ ms of webserver time) and a crowd of pollers slows the
-        webserver for everyone, launches included.
+        webserver for everyone, launches included. An answer that expired but is younger than
+        `status_stale_seconds` is returned at once while one background query refreshes it
+        (stale-while-revalidate): pollers never queue behind the query.
         """
-        ttl = self._settings.status_cache_seconds
+        ttl = self._settings.status_ttl()
         if ttl <= 0:
             return self.latest_run(request_id)
+        hit = self._status_cache.get(request_id)
+        if hit is not None:
+            age = time.monotonic() - hit[0]
+            if age < ttl:
+                return hit[1]
+            if age < self._settings.status_stale_seconds:
+                self._refresh_soon(request_id)
+                return hit[1]
         with self._cache_guard:
             lock = self._cache_locks.setdefault(request_id, threading.Lock())
         with lock:
             hit = self._status_cache.get(request_id)
             if hit is not None and time.monotonic() - hit[0] < ttl:
                 return hit[1]
-            run = self.latest_run(request_id)
-            with self._cache_guard:
-                self._status_cache[request_id] = (time.monotonic(), run)
-                if len(self._status_cache) > 10_000:  # forget the oldest half
-                    for key in sorted(self._status_cache, key=lambda k: self._status_cache[k][0])[:5_000]:
-                        self._status_cache.pop(key, None)
-                        self._cache_locks.pop(key, None)
-            return run
+            return self._refresh(request_id)
+
+    def _refresh(self, request_id: str) -> RunInfo | None:
+        epoch = self._epochs.get(request_id, 0)
+        run = self.latest_run(request_id)
+        with self._cache_guard:
+            if self._epochs.get(request_id, 0) != epoch:
+                return run  # forgotten meanwhile (a launch): this answer may predate the new run
+            self._status_cache[request_id] = (time.monotonic(), run)
+            if len(self._status_cache) > 10_000:  # forget the oldest half
+                for key in sorted(self._status_cache, key=lambda k: self._status_cache[k][0])[:5_000]:
+                    self._status_cache.pop(key, None)
+                    self._cache_locks.pop(key, None)
+                    self._epochs.pop(key, None)
+        return run
+
+    def _refresh_soon(self, request_id: str) -> None:
+        with self._cache_guard:
+            if request_id in self._refreshing:
+                return
+            self._refreshing.add(request_id)
+
+        def refresh() -> None:
+            try:
+                self._refresh(request_id)
+            except DagsterError:
+                pass  # the entry ages out; the next poll after that asks (and reports) itself
+            finally:
+                with self._cache_guard:
+                    self._refreshing.discard(request_id)
+
+        self._refresher.submit(refresh)
 
     def forget(self, request_id: str) -> None:
         """Drop the cached state after an action that changes it (a launch, a cancel)."""
         with self._cache_guard:
             self._status_cache.pop(request_id, None)
+            self._epochs[request_id] = self._epochs.get(request_id, 0) + 1
+            if len(self._epochs) > 20_000:  # ids nobody polls; a refresh in flight is rarer still
+                self._epochs = {request_id: self._epochs[request_id]}
 
     def newest_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
+        if self._storage is not None:
+            return self._storage.runs_tagged(tags)
         variables = {"tags": [{"key": k, "value": v} for k, v in tags.items()]}
         data = self._query(_LATEST_RUN, variables)["runsOrError"]
         if data["__typename"] != "Runs":
@@ -265,6 +316,8 @@ class DagsterRuns:
 
     def first_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
         """The oldest run with these tags (runs come newest first; a request has few)."""
+        if self._storage is not None:
+            return self._storage.runs_tagged(tags, newest=False, with_steps=False)
         variables = {"tags": [{"key": k, "value": v} for k, v in tags.items()]}
         data = self._query(_FIRST_RUN, variables)["runsOrError"]
         if data["__typename"] != "Runs" or not data["results"]:

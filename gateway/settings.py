@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 
@@ -15,8 +16,18 @@ class GatewaySettings(PipelineSettings):
     dagster_location_name: str = "jewel_dagster"
     dagster_repository_name: str = "__repository__"
     dagster_timeout_seconds: float = Field(default=30.0, description="Timeout of each GraphQL call.")
-    status_cache_seconds: float = Field(
-        default=0.5, ge=0.0, description="How old a workflow's status may be when GET answers (0 = always ask)."
+    status_cache_seconds: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="How old a workflow's status may be when GET answers (0 = always ask); "
+        "unset = 0.1 s reading the run storage, 0.5 s over GraphQL.",
+    )
+    status_source: Literal["graphql", "storage"] = Field(
+        default="graphql",
+        description="Where run status is read: Dagster's GraphQL, or its run storage under DAGSTER_HOME (faster).",
+    )
+    status_stale_seconds: float = Field(
+        default=5.0, ge=0.0, description="An expired status this young is answered while a refresh runs."
     )
     max_parallel_launches: int = Field(default=4, ge=1, description="Launches in flight at once.")
     launch_wait_seconds: float = Field(default=30.0, description="How long a start waits for a launch slot.")
@@ -42,6 +53,11 @@ class GatewaySettings(PipelineSettings):
     webhook_backoff_seconds: float = Field(
         default=1.0, ge=0.0, description="Wait before the 2nd POST; doubles for each further one."
     )
+
+    def status_ttl(self) -> float:
+        if self.status_cache_seconds is not None:
+            return self.status_cache_seconds
+        return 0.1 if self.status_source == "storage" else 0.5
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.gateway_api_keys.split(",") if k.strip()]

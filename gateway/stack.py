@@ -43,6 +43,20 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen[bytes] | N
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll until something accepts TCP connections on ``host:port`` (a gRPC server, say)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before port {port} opened")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listened on {host}:{port} within {timeout:.0f} s")
+
+
 _WORKSPACE = """
 { workspaceOrError { ... on Workspace { locationEntries {
     loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
@@ -79,6 +93,8 @@ class Stack:
             raise ValueError("DAGSTER_HOME must be set: it holds dagster.yaml and the run storage")
         self.env = {
             **env,
+            # The gateway shares DAGSTER_HOME here: it reads run status from the storage.
+            "STATUS_SOURCE": env.get("STATUS_SOURCE") or "storage",
             "DAGSTER_PORT": str(dagster_port),
             "DAGSTER_HOST": host,
             "API_PORT": str(gateway_port),
@@ -88,6 +104,7 @@ class Stack:
         self.gateway_port = gateway_port
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.code_server_port: int | None = None
 
     @property
     def dagster_url(self) -> str:
@@ -109,7 +126,7 @@ class Stack:
         )
 
     def start_dagster(self, timeout: float = 120.0) -> None:
-        workspace = str(REPO_ROOT / "workspace.yaml")
+        workspace = self._start_code_server(timeout)
         self._spawn(
             "webserver",
             [str(BIN / "dagster-webserver"), "-w", workspace, "-h", self.host, "-p", str(self.dagster_port)],
@@ -128,6 +145,24 @@ class Stack:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the code location did not load within {timeout:.0f} s ({state})")
             time.sleep(0.2)
+
+    def _start_code_server(self, timeout: float) -> str:
+        """The workspace file the webserver and daemon load: our warm code server's address, or
+        (CODE_SERVER=managed, the stock path) the module, for them to spawn code servers of their own."""
+        if (self.env.get("CODE_SERVER") or "warm") == "managed":
+            return str(REPO_ROOT / "workspace.yaml")
+        if "code_server" not in self.processes:
+            self.code_server_port = free_port()
+            self._spawn(
+                "code_server",
+                [sys.executable, "-m", "jewel_dagster.code_server", "-m", "jewel_dagster.definitions",
+                 "--location-name", "jewel_dagster", "-h", self.host, "-p", str(self.code_server_port)],
+            )  # fmt: skip
+            wait_for_port(self.host, self.code_server_port, timeout, self.processes["code_server"])
+        workspace = Path(self.env["DAGSTER_HOME"]) / "workspace.yaml"
+        entry = {"host": self.host, "port": self.code_server_port, "location_name": "jewel_dagster"}
+        workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": entry}]}))
+        return str(workspace)
 
     def start_gateway(self, timeout: float = 60.0) -> None:
         self._spawn(
@@ -168,7 +203,7 @@ class Stack:
             process.wait()
 
     def stop_dagster(self) -> None:
-        self.stop(("webserver", "daemon"))
+        self.stop(("webserver", "daemon", "code_server"))
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -236,9 +271,21 @@ def prepare_dagster_home(env: dict[str, str]) -> None:
             env["DAGSTER_PG_URL"] = "postgresql+psycopg2://" + url[len(plain) :]
     template = "dagster.postgres.yaml" if url else "dagster.yaml"
     config = yaml.safe_load((REPO_ROOT / template).read_text())
-    if env.get("DAGSTER_STOCK_SETTINGS", "").lower() in ("1", "true"):
-        # Dagster's defaults (queue polled every 5 s, no threads): the benchmarks' baseline.
+    stock = env.get("DAGSTER_STOCK_SETTINGS", "").lower() in ("1", "true")
+    if not url and not stock:
+        config["event_log_storage"] = {
+            "module": "jewel_dagster.pool_claims",
+            "class": "QuickClaimSqliteEventLogStorage",
+            "config": {"base_dir": str(home / "history" / "runs"), "claim_interval_seconds": 0.25},
+        }
+    if stock:
+        # Dagster's defaults (queue polled every 5 s, no threads, pool claims backing off to
+        # 15 s): the benchmarks' baseline.
         config["run_coordinator"]["config"] = {}
+        if url:
+            config["event_log_storage"]["module"] = "dagster_postgres.event_log"
+            config["event_log_storage"]["class"] = "PostgresEventLogStorage"
+            config["event_log_storage"]["config"].pop("claim_interval_seconds")
     if env.get("GPU_POOL_SIZE"):
         config["concurrency"]["pools"]["default_limit"] = int(env["GPU_POOL_SIZE"])
     if env.get("MAX_CONCURRENT_RUNS"):

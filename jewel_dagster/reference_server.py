@@ -30,6 +30,9 @@ from pydantic import BaseModel, Field
 from jewel_dagster import imaging, local_vision, wire
 from jewel_dagster.imaging import CanvasStroke
 from jewel_dagster.local_services import (
+    InstantBackgroundRemover,
+    InstantGenerator,
+    InstantSegmenter,
     LocalBackgroundRemover,
     LocalImageManipulator,
     LocalMaskRefiner,
@@ -70,15 +73,17 @@ class Knobs(BaseModel):
 
 
 class ServerState:
-    def __init__(self, knobs: Knobs, zoom_threshold: float = 0.25) -> None:
+    def __init__(self, knobs: Knobs, zoom_threshold: float = 0.25, instant: bool = False) -> None:
         self.lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self.set_knobs(knobs)
         self.manipulator = LocalImageManipulator(zoom_threshold=zoom_threshold)
-        self.remover = LocalBackgroundRemover()
-        self.segmenter = LocalSegmenter()
         self.refiner = LocalMaskRefiner()
-        self.generator = LocalStudioGenerator(style="sweep")
+        # instant: trivial stand-ins, so that a load test on one machine measures the latency
+        # knobs (the "GPU time") and the orchestration, not this server's classical vision.
+        self.remover = InstantBackgroundRemover() if instant else LocalBackgroundRemover()
+        self.segmenter = InstantSegmenter() if instant else LocalSegmenter()
+        self.generator = InstantGenerator() if instant else LocalStudioGenerator(style="sweep")
 
     def set_knobs(self, knobs: Knobs) -> None:
         with self.lock:
@@ -282,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reject", action="append", default=[], help="ENDPOINT=STATUS: answer this 4xx")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--zoom-threshold", type=float, default=0.25)
+    parser.add_argument("--instant", action="store_true", help="trivial stand-ins instead of classical vision")
     args = parser.parse_args(argv)
     knobs = Knobs(
         latency=_pairs(args.latency, float),
@@ -290,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         reject=_pairs(args.reject, int),
         seed=args.seed,
     )
-    app = create_app(ServerState(knobs, zoom_threshold=args.zoom_threshold))
+    app = create_app(ServerState(knobs, zoom_threshold=args.zoom_threshold, instant=args.instant))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

@@ -37,15 +37,30 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+
 def _run_worker(stack: Stack) -> int | None:
-    """The process executing the run: a multiprocessing child of the daemon's code server."""
-    for pid in _descendants(stack.processes["daemon"].pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
+    """The process executing the run: a child of our code server's forkserver (warm workers), or
+    a spawned multiprocessing child of the daemon's own code server (CODE_SERVER=managed)."""
+    root = stack.processes.get("code_server") or stack.processes["daemon"]
+    for pid in _descendants(root.pid):
+        cmdline = _cmdline(pid)
         if b"spawn_main" in cmdline:
             return pid
+        if b"forkserver" in cmdline and b"forkserver" in _cmdline(_parent(pid)):
+            return pid  # forked by the forkserver (the forkserver itself is the code server's child)
     return None
 
 

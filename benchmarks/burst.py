@@ -1,0 +1,192 @@
+"""Target 4: a burst of 100 requests posted within 10 s, GPU pool of 2.
+
+    .venv/bin/python -m benchmarks.burst [--requests 100] [--window 10] [--pool 2]
+
+The reference model server answers with fixed latencies (SAM3 1.0 s, Flux 3.0 s, Gemini 2.0 s,
+its vision replaced by trivial stand-ins so that one machine measures the "GPU time" and the
+orchestration, not this server's CPU). The steps that call the model services share the `gpu`
+pool, so the GPU bound on the total time is requests x (SAM3 + max(Flux, Gemini)) / pool: the
+baseline this run is compared against. Every request must complete (none lost, none stuck);
+target: total within 15% of the bound, and the peak memory of all processes (PSS, so pages
+shared after a fork count once) <= 4 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from benchmarks.common import BENCH_ENV, BODY, percentile
+from gateway.stack import REPO_ROOT, Stack, free_port, temporary_stack, wait_for_http
+from jewel_dagster.reference_server import service_env
+
+LATENCY = {"sam3/segment": 1.0, "a100/generate": 3.0, "gemini/generate-content": 2.0}
+GPU_SECONDS = LATENCY["sam3/segment"] + max(LATENCY["a100/generate"], LATENCY["gemini/generate-content"])
+
+
+def _tree(roots: list[int]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = list(roots), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _pss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class MemorySampler:
+    """Samples the summed PSS of the stack's process trees (and ours) every half second."""
+
+    def __init__(self, roots: list[int]) -> None:
+        self.roots = roots
+        self.peak = 0
+        self.peak_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            pids = _tree(self.roots)
+            total = sum(_pss_bytes(pid) for pid in pids)
+            if total > self.peak:
+                self.peak, self.peak_processes = total, len(pids)
+
+
+def burst(stack: Stack, requests: int, window: float) -> dict[str, object]:
+    started_at = time.perf_counter()
+    accepted: dict[int, str] = {}
+    refused: Counter[str] = Counter()
+
+    def post(index: int) -> None:
+        time.sleep(max(0.0, started_at + index * window / requests - time.perf_counter()))
+        with httpx.Client(base_url=stack.gateway_url, timeout=120) as client:
+            response = client.post("/workflow/start", json=BODY)
+        if response.status_code == 200:
+            accepted[index] = response.json()["workflowId"]
+        else:
+            refused[f"{response.status_code}: {response.text[:100]}"] += 1
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        list(pool.map(post, range(requests)))
+    posted_in = time.perf_counter() - started_at
+
+    finished: dict[str, tuple[str, float]] = {}
+    deadline = time.monotonic() + 60 + 20 * requests * GPU_SECONDS  # generous: "stuck" means past this
+    with httpx.Client(base_url=stack.gateway_url, timeout=60) as client:
+        while len(finished) < len(accepted) and time.monotonic() < deadline:
+            for workflow in accepted.values():
+                if workflow in finished:
+                    continue
+                state = client.get(f"/workflow/{workflow}").json()
+                if state["status"] != "RUNNING":
+                    finished[workflow] = (state["status"], time.perf_counter() - started_at)
+            time.sleep(0.5)
+    statuses = Counter(status for status, _ in finished.values())
+    return {
+        "posted_in": posted_in,
+        "accepted": len(accepted),
+        "refused": refused,
+        "statuses": statuses,
+        "stuck": len(accepted) - len(finished),
+        "total": max((t for _, t in finished.values()), default=float("nan")),
+        "done_at": sorted(t for _, t in finished.values()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--window", type=float, default=10.0, help="seconds over which the requests are posted")
+    parser.add_argument("--pool", type=int, default=2, help="GPU pool size")
+    args = parser.parse_args()
+    port = free_port()
+    latency_args = [a for endpoint, s in LATENCY.items() for a in ("--latency", f"{endpoint}={s}")]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jewel_dagster.reference_server", "--port", str(port), "--instant", *latency_args],
+        cwd=REPO_ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **service_env(base),
+        "GEMINI_API_KEY": "reference-server",
+        "GEMINI_BASE_URL": f"{base}/gemini",
+        "GPU_POOL_SIZE": str(args.pool),
+        **BENCH_ENV,
+    }
+    try:
+        wait_for_http(f"{base}/sam3/health", 60, server)
+        with tempfile.TemporaryDirectory() as root, temporary_stack(Path(root), env) as stack:
+            with httpx.Client(base_url=stack.gateway_url, timeout=60) as client:  # warm-up, not counted
+                warm = client.post("/workflow/start", json=BODY).json()["workflowId"]
+                while client.get(f"/workflow/{warm}").json()["status"] == "RUNNING":
+                    time.sleep(0.5)
+            roots = [p.pid for p in stack.processes.values()] + [server.pid, os.getpid()]
+            with MemorySampler(roots) as memory:
+                result = burst(stack, args.requests, args.window)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    bound = args.requests * GPU_SECONDS / args.pool
+    total = float(result["total"])  # type: ignore[arg-type]
+    done_at: list[float] = result["done_at"]  # type: ignore[assignment]
+    print(
+        f"posted {args.requests} requests in {result['posted_in']:.1f} s: accepted {result['accepted']}, "
+        f"refused {dict(result['refused'])}"  # type: ignore[call-overload]
+    )
+    print(f"ended: {dict(result['statuses'])}, stuck (not ended in time): {result['stuck']}")  # type: ignore[call-overload]
+    if done_at:
+        print(
+            f"time to end per request: median {statistics.median(done_at):.1f} s, "
+            f"p95 {percentile(done_at, 95):.1f} s, last {total:.1f} s"
+        )
+    print(
+        f"total {total:.1f} s vs GPU bound {bound:.1f} s ({args.requests} x {GPU_SECONDS:.1f} s / pool {args.pool}): "
+        f"ratio {total / bound:.2f}; target <= 1.15: {'meets' if total <= 1.15 * bound else 'MISSES'}"
+    )
+    print(
+        f"peak memory of all processes (PSS): {memory.peak / 2**30:.2f} GB over {memory.peak_processes} processes; "
+        f"target <= 4 GB: {'meets' if memory.peak <= 4 * 2**30 else 'MISSES'}"
+    )
+    everyone = result["stuck"] == 0 and result["accepted"] == args.requests and set(result["statuses"]) == {"COMPLETED"}  # type: ignore[arg-type]
+    print(f"every request completed: {'yes' if everyone else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()
