@@ -28,28 +28,11 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import BENCH_ENV, BODY, percentile
-from gateway.stack import REPO_ROOT, Stack, free_port, temporary_stack, wait_for_http
+from gateway.stack import REPO_ROOT, Stack, descendants, free_port, temporary_stack, wait_for_http
 from jewel_dagster.reference_server import service_env
 
 LATENCY = {"sam3/segment": 1.0, "a100/generate": 3.0, "gemini/generate-content": 2.0}
 GPU_SECONDS = LATENCY["sam3/segment"] + max(LATENCY["a100/generate"], LATENCY["gemini/generate-content"])
-
-
-def _tree(roots: list[int]) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = list(roots), list(roots)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _pss_bytes(pid: int) -> int:
@@ -82,7 +65,7 @@ class MemorySampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
-            pids = _tree(self.roots)
+            pids = self.roots + descendants(self.roots)
             total = sum(_pss_bytes(pid) for pid in pids)
             if total > self.peak:
                 self.peak, self.peak_processes = total, len(pids)

@@ -10,31 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.stack import Stack
+from gateway.stack import Stack, descendants, parent_pid
 from tests.e2e_flows import CUP, PHOTO, finished
 from tests.e2e_stack import free_port, poll, running_stack, runs_of
 from tests.servers import service_urls
 
 pytestmark = pytest.mark.e2e
 BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _cmdline(pid: int) -> bytes:
@@ -44,22 +26,15 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return 0
-
-
 def _run_worker(stack: Stack) -> int | None:
     """The process executing the run: a child of our code server's forkserver (warm workers), or
     a spawned multiprocessing child of the daemon's own code server (CODE_SERVER=managed)."""
     root = stack.processes.get("code_server") or stack.processes["daemon"]
-    for pid in _descendants(root.pid):
+    for pid in descendants([root.pid]):
         cmdline = _cmdline(pid)
         if b"spawn_main" in cmdline:
             return pid
-        if b"forkserver" in cmdline and b"forkserver" in _cmdline(_parent(pid)):
+        if b"forkserver" in cmdline and b"forkserver" in _cmdline(parent_pid(pid)):
             return pid  # forked by the forkserver (the forkserver itself is the code server's child)
     return None
 
