@@ -195,13 +195,13 @@ def save_results(gateway: Gateway, workflow_id: str, result: dict[str, Any], out
     """The generations as lossless PNGs (JPEG from the state if the PNG cannot be had) and metrics."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, artifact, key in (("flux", "flux_generation", "flux"), ("gemini", "gemini_generation", "gemini")):
-        if result.get(f"{key}_result_base64") is None:
+    for name, artifact in (("flux", "flux_generation"), ("gemini", "gemini_generation")):
+        if result.get(f"{name}_result_base64") is None:
             continue  # e.g. Gemini declined: the metrics say so
         try:
             data, suffix = gateway.call("GET", f"/workflow/{workflow_id}/artifacts/{artifact}.png").content, "png"
         except CliError:
-            data, suffix = base64.b64decode(result[f"{key}_result_base64"]), "jpg"
+            data, suffix = base64.b64decode(result[f"{name}_result_base64"]), "jpg"
         path = out / f"{name}.{suffix}"
         path.write_bytes(data)
         written.append(path)

@@ -209,23 +209,31 @@ class WebhookDispatcher:
 
     def _deliver(self, workflow_id: str, run: RunInfo) -> None:
         url = run.tags.get(WEBHOOK_URL_TAG, "")
-        body = self._final_state(workflow_id, run)
-        outcome = self._post_with_retries(url, body, delivery_id=run.run_id) if body is not None else None
+        try:
+            body = self._final_state(workflow_id, run)
+        except DagsterError as exc:  # Dagster kept failing: say so in the record, send nothing made up
+            outcome: Delivery | None = Delivery(url, False, 0, None, f"the final state could not be read: {exc}")
+        else:
+            outcome = self._post_with_retries(url, body, delivery_id=run.run_id) if body is not None else None
         if outcome is None:
             return  # shutting down: no record, so the next gateway delivers it
         record = json.dumps(outcome.__dict__).encode()
         self._store.put(record_path(workflow_id, run.run_id), record, "application/json")
 
     def _final_state(self, workflow_id: str, run: RunInfo) -> bytes | None:
-        for attempt in range(self._settings.webhook_attempts):
+        """GET's body for the run, asked again with backoff while Dagster does not answer; None
+        when stopped meanwhile; DagsterError after the last attempt."""
+        for attempt in range(1, self._settings.webhook_attempts + 1):
             try:
                 state = state_of(workflow_id, run, self._runs, self._results)
                 return json.dumps(state.model_dump(exclude_none=True), separators=(",", ":")).encode()
             except DagsterError as exc:
                 log.warning("webhooks: cannot read the state of %s yet: %s", workflow_id, exc)
-                if self._stop.wait(self._settings.webhook_backoff_seconds * 2**attempt):
+                if attempt == self._settings.webhook_attempts:
+                    raise
+                if self._stop.wait(self._settings.webhook_backoff_seconds * 2 ** (attempt - 1)):
                     return None
-        return json.dumps({"workflowId": workflow_id, "status": "FAILED", "error": "state unavailable"}).encode()
+        return None
 
     def _post_with_retries(self, url: str, body: bytes, delivery_id: str) -> Delivery | None:
         """POST until a 2xx, a refusal (4xx) or the last attempt; None when stopped meanwhile."""

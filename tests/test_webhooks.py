@@ -106,3 +106,18 @@ def test_the_gateway_refuses_a_webhook_it_cannot_send(tmp_path: Path) -> None:
         public = client.post("/workflow/start", json=start_body(webhookUrl="https://8.8.8.8/hook"))
         assert public.status_code == 503
     assert not list((tmp_path / "blobs").rglob("upload*"))  # refused requests store nothing
+
+
+def test_a_state_dagster_cannot_give_is_recorded_not_invented(tmp_path: Path) -> None:
+    """Dagster down while a failed run's message is read: nothing is POSTed, the record says why."""
+    from gateway.dagster_runs import RunInfo
+    from gateway.webhooks import WEBHOOK_URL_TAG, record_path
+    from tests.e2e_stack import free_port
+
+    dispatcher = _dispatcher(tmp_path, webhook_attempts=2, dagster_port=free_port())
+    with webhook_receiver() as receiver:
+        run = RunInfo("run-9", "jewelry_generation", "FAILURE", [], {WEBHOOK_URL_TAG: receiver.url})
+        dispatcher._deliver("jewelry-gen-x", run)
+        assert receiver.posts() == []
+    record = json.loads(LocalBlobStore(root=str(tmp_path)).get_path(record_path("jewelry-gen-x", "run-9")))
+    assert record["delivered"] is False and "could not be read" in record["error"]

@@ -39,6 +39,15 @@ def _body(state: WorkflowState) -> dict[str, object]:
     return state.model_dump(exclude_none=True)
 
 
+def _current_state(workflow_id: str, runs: DagsterRuns, results: ResultReader) -> WorkflowState | None:
+    """Progress while running (cheap), the full state once ended; None when the run is gone."""
+    run = runs.latest_run_cached(workflow_id)
+    if run is None:
+        return None
+    state = progress_of(workflow_id, run)
+    return state_of(workflow_id, run, runs, results) if state.status in FINAL_STATUSES else state
+
+
 async def _stream(
     workflow_id: str, request: Request, runs: DagsterRuns, results: ResultReader, settings: GatewaySettings
 ) -> AsyncIterator[str]:
@@ -50,23 +59,16 @@ async def _stream(
         if await request.is_disconnected():
             return
         try:
-            run = await run_in_threadpool(runs.latest_run_cached, workflow_id)
+            state = await run_in_threadpool(_current_state, workflow_id, runs, results)
         except DagsterError as exc:
             yield f": the pipeline did not answer ({exc}); retrying\n\n"
             await anyio.sleep(settings.event_poll_seconds * 4)
             continue
-        if run is None:  # deleted from Dagster while we listened
+        if state is None:  # deleted from Dagster while we listened
             yield sse("error", {"detail": f"workflow {workflow_id} no longer exists"}, event_id + 1)
             return
-        state = progress_of(workflow_id, run)
         if state.status in FINAL_STATUSES:
-            try:
-                final = await run_in_threadpool(state_of, workflow_id, run, runs, results)
-            except DagsterError as exc:
-                yield f": the pipeline did not answer ({exc}); retrying\n\n"
-                await anyio.sleep(settings.event_poll_seconds * 4)
-                continue
-            yield sse("final", _body(final), event_id + 1)
+            yield sse("final", _body(state), event_id + 1)
             return
         key = (state.status, state.currentStep, state.progress)
         if key != last:
