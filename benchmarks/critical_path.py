@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import BENCH_ENV, BODY, final_state, percentile
-from gateway.stack import REPO_ROOT, free_port, temporary_stack, wait_for_http
-from jewel_dagster.reference_server import service_env
+from devtools.reference_server import service_env
+from devtools.stack import REPO_ROOT, free_port, temporary_stack, wait_for_http
 
 LATENCY = {"sam3/segment": 1.0, "a100/generate": 3.0, "gemini/generate-content": 2.0}
 CRITICAL_PATH = LATENCY["sam3/segment"] + max(LATENCY["a100/generate"], LATENCY["gemini/generate-content"])
@@ -50,7 +50,7 @@ def main() -> None:
     port = free_port()
     latency_args = [a for endpoint, s in LATENCY.items() for a in ("--latency", f"{endpoint}={s}")]
     server = subprocess.Popen(
-        [sys.executable, "-m", "jewel_dagster.reference_server", "--port", str(port), *latency_args], cwd=REPO_ROOT
+        [sys.executable, "-m", "devtools.reference_server", "--port", str(port), *latency_args], cwd=REPO_ROOT
     )
     base = f"http://127.0.0.1:{port}"
     env = {

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import percentile
-from jewel_dagster import imaging
+from jewel_dagster.vision import imaging
 
 
 def _photo_jpeg(width: int = 4000, height: int = 3000) -> bytes:

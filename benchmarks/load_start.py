@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import BODY, summary
-from gateway.stack import temporary_stack
+from devtools.stack import temporary_stack
 
 
 def main() -> None:

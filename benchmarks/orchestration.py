@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import BENCH_ENV, BODY, final_state, percentile
-from gateway.stack import temporary_stack
+from devtools.stack import temporary_stack
 
 COMMON = {"LOCAL_BACKENDS": "instant", **BENCH_ENV}
 SETUPS = {

@@ -29,8 +29,8 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import BENCH_ENV, BODY, percentile
-from gateway.stack import REPO_ROOT, free_port, temporary_stack, wait_for_http
-from jewel_dagster.reference_server import service_env
+from devtools.reference_server import service_env
+from devtools.stack import REPO_ROOT, free_port, temporary_stack, wait_for_http
 
 _QUERY = """
 query LatestRun($tag: String!) {
@@ -119,7 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "jewel_dagster.reference_server", "--port", str(port), "--latency", "a100/generate=30"],
+        [sys.executable, "-m", "devtools.reference_server", "--port", str(port), "--latency", "a100/generate=30"],
         cwd=REPO_ROOT,
     )
     base = f"http://127.0.0.1:{port}"

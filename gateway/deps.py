@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.dagster_runs import DagsterRuns
+from gateway.dagster_api.client import DagsterRuns
 from gateway.results import ResultReader
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings
-from jewel_dagster.storage import BlobStore
+from jewel_dagster.resources.blob_store import BlobStore
 
 
 def _settings(request: Request) -> GatewaySettings:

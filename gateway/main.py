@@ -12,14 +12,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
-from gateway.dagster_runs import DagsterRuns
+from gateway.dagster_api.client import DagsterRuns
 from gateway.results import ResultReader
 from gateway.routes import artifacts, events, health, page, workflows
 from gateway.security import BodyLimitMiddleware, TokenBuckets
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings, get_settings
 from gateway.webhooks import WebhookDispatcher
-from jewel_dagster.resources import build_blob_store
+from jewel_dagster.resources.selection import build_blob_store
 
 
 def _field(loc: tuple[Any, ...]) -> str:

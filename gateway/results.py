@@ -10,10 +10,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from jewel_dagster import imaging
-from jewel_dagster.quality import CHECK_NAME
-from jewel_dagster.steps import PREPROCESS_JOB
-from jewel_dagster.storage import BlobNotFoundError, BlobStore, artifact_path
+from jewel_dagster.contract import CHECK_NAME, PREPROCESS_JOB, AssetName
+from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore, artifact_path
+from jewel_dagster.vision import imaging
 
 
 class ResultReader:
@@ -51,7 +50,7 @@ class ResultReader:
 
     def _signed_urls(self, request_id: str, result: dict[str, Any]) -> dict[str, str]:
         urls = {}
-        for key, name in (("flux_result", "flux_generation"), ("gemini_result", "gemini_generation")):
+        for key, name in (("flux_result", AssetName.FLUX_GENERATION), ("gemini_result", AssetName.GEMINI_GENERATION)):
             if result.get(f"{key}_base64") is None:
                 continue  # preprocess results, or Gemini absent: nothing to link to
             url = self._store.signed_url(artifact_path(request_id, name, "png"), self._url_lifetime)
@@ -77,15 +76,15 @@ class ResultReader:
 
     def _build(self, request_id: str, job_name: str) -> dict[str, Any]:
         uris = {
-            "imageUri": self._uri(request_id, "background_removed_image"),
-            "maskUri": self._uri(request_id, "jewelry_mask"),
+            "imageUri": self._uri(request_id, AssetName.BACKGROUND_REMOVED_IMAGE),
+            "maskUri": self._uri(request_id, AssetName.JEWELRY_MASK),
         }
         if job_name == PREPROCESS_JOB:
             return uris
         return {
-            "flux_result_base64": self._jpeg_base64(request_id, "flux_generation"),
-            "gemini_result_base64": self._jpeg_base64(request_id, "gemini_generation"),
-            "flux_metrics": self._json(request_id, "flux_metrics"),
+            "flux_result_base64": self._jpeg_base64(request_id, AssetName.FLUX_GENERATION),
+            "gemini_result_base64": self._jpeg_base64(request_id, AssetName.GEMINI_GENERATION),
+            "flux_metrics": self._json(request_id, AssetName.FLUX_METRICS),
             **uris,
-            "finalMaskUri": self._uri(request_id, "final_mask"),
+            "finalMaskUri": self._uri(request_id, AssetName.FINAL_MASK),
         }

@@ -4,29 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
+
+from jewel_dagster.defs.config import BrushStroke, MaskPoint
 
 WorkflowStatus = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
-
-
-class MaskPoint(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    x: float = Field(ge=0.0, le=1.0, description="Normalised x on the uploaded image.")
-    y: float = Field(ge=0.0, le=1.0, description="Normalised y on the uploaded image.")
-    label: Literal[0, 1] = Field(default=1, description="1 = on the jewelry, 0 = not.")
-
-
-class StrokePoint(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    x: float = Field(ge=0.0, le=1.0)
-    y: float = Field(ge=0.0, le=1.0)
-
-
-class BrushStroke(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    points: list[StrokePoint] = Field(min_length=1, max_length=10_000)
-    mode: Literal["add", "remove"]
-    size: float = Field(gt=0.0, le=2667.0, description="Brush diameter in pixels of the 2000x2667 canvas.")
+ServiceState = Literal["online", "offline", "local", "unknown"]
 
 
 class StartRequest(BaseModel):
@@ -85,4 +68,4 @@ class HealthResponse(BaseModel):
     status: Literal["healthy", "degraded"]
     dagster: Literal["connected", "disconnected"]
     temporal: Literal["connected", "disconnected"] = Field(description="Alias of `dagster` for the old frontend.")
-    services: dict[str, Literal["online", "offline", "local", "unknown"]]
+    services: dict[str, ServiceState]

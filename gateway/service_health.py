@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from gateway.schemas import ServiceState
 from gateway.settings import GatewaySettings
 
 
@@ -22,14 +23,14 @@ class ServiceProbe:
         self._ttl = ttl
         self._timeout = timeout
         self._lock = threading.Lock()
-        self._cached: tuple[float, dict[str, str]] | None = None
+        self._cached: tuple[float, dict[str, ServiceState]] | None = None
 
-    def states(self) -> dict[str, str]:
+    def states(self) -> dict[str, ServiceState]:
         with self._lock:
             if self._cached and time.monotonic() - self._cached[0] < self._ttl:
                 return dict(self._cached[1])
         configured = {name: url for name, url in self._urls.items() if url}
-        states = {name: "local" for name, url in self._urls.items() if not url}
+        states: dict[str, ServiceState] = {name: "local" for name, url in self._urls.items() if not url}
         if configured:
             with ThreadPoolExecutor(max_workers=len(configured)) as pool:
                 results = pool.map(self._probe, configured.values())
@@ -40,7 +41,7 @@ class ServiceProbe:
             self._cached = (time.monotonic(), ordered)
         return dict(ordered)
 
-    def _probe(self, url: str) -> str:
+    def _probe(self, url: str) -> ServiceState:
         try:
             response = httpx.get(f"{url.rstrip('/')}/health", timeout=self._timeout)
         except httpx.HTTPError:
@@ -48,9 +49,8 @@ class ServiceProbe:
         return "online" if response.status_code == 200 else "offline"
 
 
-def _gemini_state(settings: GatewaySettings) -> str:
-    if settings.gemini_api_key is not None:
+def _gemini_state(settings: GatewaySettings) -> ServiceState:
+    backend = settings.gemini_backend
+    if backend == "google":
         return "unknown"  # Google's API has no health endpoint we may poll
-    if settings.a100_server_url or not settings.local_gemini_enabled:
-        return "offline"
-    return "local"
+    return "local" if backend == "local" else "offline"

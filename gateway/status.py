@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.dagster_runs import RunInfo
-from jewel_dagster.steps import JOB_OPS, SEED_STEP_OF_OP, STEP_PROGRESS
+from gateway.dagster_api.models import RunInfo
+from gateway.schemas import WorkflowStatus
+from jewel_dagster.contract import JOB_OPS, SEED_STEP_OF_OP, STEP_PROGRESS, WILL_RETRY_TAG
 
-_RUN_STATUS = {
+_RUN_STATUS: dict[str, WorkflowStatus] = {
     "QUEUED": "RUNNING",
     "NOT_STARTED": "RUNNING",
     "STARTING": "RUNNING",
@@ -27,21 +28,20 @@ _DONE = ("SUCCESS", "SKIPPED")
 
 @dataclass(frozen=True)
 class WorkflowPosition:
-    status: str
+    status: WorkflowStatus
     current_step: str
     progress: int
     failed_op: str | None = None
 
 
-def workflow_status(run_status: str) -> str:
+def workflow_status(run_status: str) -> WorkflowStatus:
     return _RUN_STATUS.get(run_status, "RUNNING")
 
 
-WILL_RETRY_TAG = "dagster/will_retry"
 
 
 def position_of(run: RunInfo) -> WorkflowPosition:
-    status = workflow_status(run.status)
+    status: WorkflowStatus = workflow_status(run.status)
     if run.status == "FAILURE" and run.tags.get(WILL_RETRY_TAG) == "true":
         status = "RUNNING"  # Dagster's retry daemon re-launches it: not over yet for the person waiting
     if status == "COMPLETED":

@@ -25,17 +25,17 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from gateway.dagster_runs import PARTITION_TAG, DagsterError, DagsterRuns, RunInfo, run_info_from
+from gateway.dagster_api.client import DagsterRuns
+from gateway.dagster_api.errors import DagsterError
+from gateway.dagster_api.models import RunInfo, run_info_from
 from gateway.results import ResultReader
 from gateway.settings import GatewaySettings
-from gateway.status import WILL_RETRY_TAG
 from gateway.workflow_state import state_of
-from jewel_dagster.storage import BlobStore
+from jewel_dagster.contract import PARTITION_TAG, WEBHOOK_TAG, WEBHOOK_URL_TAG, WILL_RETRY_TAG
+from jewel_dagster.resources.blob_store import BlobStore
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_TAG = "jewel/webhook"  # "1" on runs that owe a webhook: Dagster filters tags by key and value
-WEBHOOK_URL_TAG = "jewel/webhook-url"
 SIGNATURE_HEADER = "X-Jewel-Signature"
 _RESOLVE_SECONDS = 5.0
 _SETTLE_SECONDS = 3.0  # a failed run gets its will_retry tag a moment after its status

@@ -5,11 +5,12 @@ Kept apart from the routes so that all three answer the same thing for the same 
 
 from __future__ import annotations
 
-from gateway.dagster_runs import DagsterRuns, RunInfo
+from gateway.dagster_api.client import DagsterRuns
+from gateway.dagster_api.models import RunInfo
 from gateway.results import ResultReader
 from gateway.schemas import WorkflowState
 from gateway.status import position_of
-from jewel_dagster.steps import SEED_STEP_OF_OP
+from jewel_dagster.contract import SEED_STEP_OF_OP
 
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 

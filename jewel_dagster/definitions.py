@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from jewel_dagster.assets import ALL_ASSETS
-from jewel_dagster.jobs import ALL_JOBS
-from jewel_dagster.regeneration import build_regeneration_automation
-from jewel_dagster.resources import build_resources
+from jewel_dagster.defs.assets import ALL_ASSETS
+from jewel_dagster.defs.jobs import ALL_JOBS
+from jewel_dagster.defs.regeneration import build_regeneration_automation
+from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import get_settings
 
 _settings = get_settings()

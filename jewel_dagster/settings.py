@@ -87,6 +87,17 @@ class PipelineSettings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @property
+    def gemini_backend(self) -> Literal["google", "no-key", "local", "off"]:
+        """Which Gemini runs, decided here once: the resources, the code versions and /health
+        all follow it. A key selects Google's API; real generators elsewhere (an A100 URL)
+        without a key mean none, so a local stand-in is never passed off as Gemini."""
+        if self.gemini_api_key is not None:
+            return "google"
+        if self.a100_server_url:
+            return "no-key"
+        return "local" if self.local_gemini_enabled else "off"
+
+    @property
     def uses_azure(self) -> bool:
         return bool(self.azure_storage_connection_string or (self.azure_account_name and self.azure_account_key))
 

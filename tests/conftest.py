@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from jewel_dagster.resources import build_resources
+from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 
 

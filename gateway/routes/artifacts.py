@@ -12,23 +12,13 @@ from starlette.concurrency import run_in_threadpool
 from gateway.deps import RunsDep, StoreDep
 from gateway.routes.workflows import owned_run
 from gateway.security import CallerDep
-from jewel_dagster.storage import BlobNotFoundError, artifact_path
+from jewel_dagster.contract import AssetName
+from jewel_dagster.resources.blob_store import BlobNotFoundError, artifact_path
 
 router = APIRouter(prefix="/workflow", tags=["artifacts"])
 
-IMAGE_ARTIFACTS = frozenset(
-    {
-        "original_image",
-        "resized_image",
-        "background_removed_image",
-        "jewelry_mask",
-        "refined_mask",
-        "final_mask",
-        "flux_generation",
-        "gemini_generation",
-    }
-)
-JSON_ARTIFACTS = frozenset({"canvas_transform", "zoom_check", "flux_metrics"})
+IMAGE_ARTIFACTS = frozenset(AssetName) - {AssetName.CANVAS_TRANSFORM, AssetName.ZOOM_CHECK, AssetName.FLUX_METRICS}
+JSON_ARTIFACTS = frozenset({AssetName.CANVAS_TRANSFORM, AssetName.ZOOM_CHECK, AssetName.FLUX_METRICS})
 _MEDIA_TYPES = {"png": "image/png", "json": "application/json"}
 
 

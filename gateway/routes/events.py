@@ -16,7 +16,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from gateway.dagster_runs import DagsterError, DagsterRuns
+from gateway.dagster_api.client import DagsterRuns
+from gateway.dagster_api.errors import DagsterError
 from gateway.deps import ResultsDep, RunsDep, SettingsDep
 from gateway.results import ResultReader
 from gateway.routes.workflows import owned_run

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
 
 from gateway.deps import ProbeDep, RunsDep
@@ -13,9 +15,10 @@ router = APIRouter(tags=["health"])
 @router.get("/health", response_model=HealthResponse)
 def health(runs: RunsDep, probe: ProbeDep) -> HealthResponse:
     """Open to everyone and free of secrets: states only, no URLs or keys."""
-    connected = "connected" if runs.ping() else "disconnected"
+    up = runs.ping()
+    connected: Literal["connected", "disconnected"] = "connected" if up else "disconnected"
     return HealthResponse(
-        status="healthy" if connected == "connected" else "degraded",
+        status="healthy" if up else "degraded",
         dagster=connected,
         temporal=connected,
         services=probe.states(),

@@ -10,25 +10,36 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, status
 
-from gateway.dagster_runs import PARTITION_TAG, DagsterError, DagsterRuns, DagsterUnavailable, RunInfo
+from gateway.dagster_api.client import DagsterRuns
+from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
+from gateway.dagster_api.models import RunInfo
 from gateway.deps import ResultsDep, RunsDep, SettingsDep, StoreDep
-from gateway.schemas import BrushStroke, GenerateRequest, StartRequest, StartResponse, WorkflowState
+from gateway.schemas import GenerateRequest, StartRequest, StartResponse, WorkflowState
 from gateway.security import ANONYMOUS, CallerDep
 from gateway.settings import GatewaySettings
 from gateway.status import position_of
 from gateway.uploads import decode_base64_image
-from gateway.webhooks import WEBHOOK_TAG, WEBHOOK_URL_TAG, WebhookRefused, check_webhook_url
+from gateway.webhooks import WebhookRefused, check_webhook_url
 from gateway.workflow_state import state_of
-from jewel_dagster.steps import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB
-from jewel_dagster.storage import BlobStore, BlobStoreError, artifact_path
+from jewel_dagster.contract import (
+    FULL_JOB,
+    GENERATE_JOB,
+    IDEMPOTENCY_TAG,
+    LAUNCH_TAG,
+    OWNER_TAG,
+    PARTITION_TAG,
+    PREPROCESS_JOB,
+    WEBHOOK_TAG,
+    WEBHOOK_URL_TAG,
+    AssetName,
+)
+from jewel_dagster.defs.config import BrushStroke
+from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError, artifact_path
 
 router = APIRouter(prefix="/workflow", tags=["workflow"])
 
 WORKFLOW_ID = re.compile(r"^jewelry-gen-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _OWN_ARTIFACT = re.compile(r"^requests/(?P<rid>[^/]+)/(?P<name>[a-z_]+)\.png$")
-OWNER_TAG = "jewel/owner"
-IDEMPOTENCY_TAG = "jewel/idempotency"
-LAUNCH_TAG = "jewel/launch"
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 _idempotency_locks: dict[str, threading.Lock] = {}
 _idempotency_guard = threading.Lock()
@@ -134,7 +145,7 @@ def _idempotent(runs: DagsterRuns, caller: str, key: str | None, launch: Any) ->
         if earlier is not None:
             return StartResponse(
                 workflowId=earlier.tags[PARTITION_TAG],
-                status=position_of(earlier).status,  # type: ignore[arg-type]
+                status=position_of(earlier).status,
             )
         return launch({OWNER_TAG: caller, IDEMPOTENCY_TAG: digest})
 
@@ -164,11 +175,11 @@ def _store_and_launch(
     request_id = _new_request_id()
     upload_uri = store.put(f"requests/{request_id}/upload", image)
     ops: dict[str, Any] = {
-        "original_image": {"config": {"image_uri": upload_uri}},
-        "jewelry_mask": {"config": {"points": [p.model_dump() for p in body.maskPoints]}},
+        AssetName.ORIGINAL_IMAGE: {"config": {"image_uri": upload_uri}},
+        AssetName.JEWELRY_MASK: {"config": {"points": [p.model_dump() for p in body.maskPoints]}},
     }
     if job == FULL_JOB:
-        ops["refined_mask"] = {"config": {"brush_strokes": _strokes(body.brushStrokes)}}
+        ops[AssetName.REFINED_MASK] = {"config": {"brush_strokes": _strokes(body.brushStrokes)}}
     try:
         return _launch(runs, job, request_id, {"ops": ops}, new=True, tags=tags)
     except HTTPException:
@@ -232,13 +243,13 @@ def generate_workflow(
     if not runs.ping(timeout=None):
         raise pipeline_unavailable(DagsterUnavailable("Dagster is not reachable"))
     image_match, mask_match = _OWN_ARTIFACT.match(image_path), _OWN_ARTIFACT.match(mask_path)
-    strokes = {"refined_mask": {"config": {"brush_strokes": _strokes(body.brushStrokes)}}}
+    strokes = {AssetName.REFINED_MASK: {"config": {"brush_strokes": _strokes(body.brushStrokes)}}}
     if (
         image_match
         and mask_match
         and image_match["rid"] == mask_match["rid"]
-        and image_path == artifact_path(image_match["rid"], "background_removed_image", "png")
-        and mask_path == artifact_path(mask_match["rid"], "jewelry_mask", "png")
+        and image_path == artifact_path(image_match["rid"], AssetName.BACKGROUND_REMOVED_IMAGE, "png")
+        and mask_path == artifact_path(mask_match["rid"], AssetName.JEWELRY_MASK, "png")
     ):
         earlier = owned_run(runs, image_match["rid"], caller)  # 404 unless the caller owns it
         return _idempotent(
@@ -253,9 +264,9 @@ def generate_workflow(
         if match and caller != ANONYMOUS:
             owned_run(runs, match["rid"], caller)  # another caller's blobs are not ours to read
     ops = {
-        "original_image": {"config": {"image_uri": body.imageUri}},
-        "background_removed_image": {"config": {"mode": "keep"}},
-        "jewelry_mask": {"config": {"mask_uri": body.maskUri}},
+        AssetName.ORIGINAL_IMAGE: {"config": {"image_uri": body.imageUri}},
+        AssetName.BACKGROUND_REMOVED_IMAGE: {"config": {"mode": "keep"}},
+        AssetName.JEWELRY_MASK: {"config": {"mask_uri": body.maskUri}},
         **strokes,
     }
     return _idempotent(

@@ -1,0 +1,305 @@
+"""A reference model server: every service contract, served by the local implementations.
+
+    python -m devtools.reference_server --port 9000 \
+        --latency sam3/segment=1.0 --latency a100/generate=3.0 --failure-rate 0.3
+
+Each service lives under its own prefix (`/image-manipulator`, `/birefnet`, `/sam3`, `/a100`),
+so each `*_URL` setting points at `http://host:port/<prefix>`, and each has `GET <prefix>/health`.
+Knobs model slow and flaky GPU services for tests, benchmarks and docker-compose: a fixed
+latency per endpoint, a random failure rate (503), hanging the next N calls, and rejecting
+calls with a fixed 4xx. They can be changed at run time with `PUT /_knobs`; `GET /_stats`
+counts calls per endpoint so a test can see retries happen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import random
+import threading
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import uvicorn
+from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from jewel_dagster.resources import wire
+from jewel_dagster.resources.local_services import (
+    InstantBackgroundRemover,
+    InstantGenerator,
+    InstantSegmenter,
+    LocalBackgroundRemover,
+    LocalImageManipulator,
+    LocalMaskRefiner,
+    LocalSegmenter,
+    LocalStudioGenerator,
+)
+from jewel_dagster.vision import classical, imaging
+from jewel_dagster.vision.classical import PixelPoint
+from jewel_dagster.vision.imaging import CanvasStroke
+
+ENDPOINTS = (
+    "image-manipulator/resize",
+    "image-manipulator/zoom-check",
+    "birefnet/remove-background",
+    "sam3/segment",
+    "sam3/find-jewelry",
+    "a100/refine-mask",
+    "a100/generate",
+    "gemini/generate-content",
+)
+
+
+def service_env(base_url: str) -> dict[str, str]:
+    """The environment that points the four model services at a reference server at `base_url`."""
+    return {
+        "IMAGE_MANIPULATOR_URL": f"{base_url}/image-manipulator",
+        "BIREFNET_URL": f"{base_url}/birefnet",
+        "SAM3_URL": f"{base_url}/sam3",
+        "A100_SERVER_URL": f"{base_url}/a100",
+    }
+
+
+class Knobs(BaseModel):
+    latency: dict[str, float] = Field(default_factory=dict, description="Endpoint -> added seconds.")
+    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of calls answered 503.")
+    hang: dict[str, int] = Field(default_factory=dict, description="Endpoint -> how many next calls hang.")
+    hang_seconds: float = 3600.0
+    reject: dict[str, int] = Field(default_factory=dict, description="Endpoint -> 4xx status to answer.")
+    seed: int = 0
+
+
+class ServerState:
+    def __init__(self, knobs: Knobs, zoom_threshold: float = 0.25, instant: bool = False) -> None:
+        self.lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.set_knobs(knobs)
+        self.manipulator = LocalImageManipulator(zoom_threshold=zoom_threshold)
+        self.refiner = LocalMaskRefiner()
+        # instant: trivial stand-ins, so that a load test on one machine measures the latency
+        # knobs (the "GPU time") and the orchestration, not this server's classical vision.
+        self.remover = InstantBackgroundRemover() if instant else LocalBackgroundRemover()
+        self.segmenter = InstantSegmenter() if instant else LocalSegmenter()
+        self.generator = InstantGenerator() if instant else LocalStudioGenerator(style="sweep")
+
+    def set_knobs(self, knobs: Knobs) -> None:
+        with self.lock:
+            self.knobs = knobs
+            self.hangs_left = dict(knobs.hang)
+            self.rng = random.Random(knobs.seed)
+
+    async def gate(self, endpoint: str) -> None:
+        """Apply the knobs to one call: count it, then reject, hang, fail or delay it."""
+        with self.lock:
+            self.calls[endpoint] += 1
+            knobs = self.knobs
+            hang = self.hangs_left.get(endpoint, 0) > 0
+            if hang:
+                self.hangs_left[endpoint] -= 1
+            fail = knobs.failure_rate > 0 and self.rng.random() < knobs.failure_rate
+        if endpoint in knobs.reject:
+            raise HTTPException(knobs.reject[endpoint], detail=f"{endpoint} rejected the request (reject knob)")
+        if hang:
+            await asyncio.sleep(knobs.hang_seconds)
+        if fail:
+            raise HTTPException(503, detail=f"{endpoint} is overloaded (failure-rate knob)")
+        delay = knobs.latency.get(endpoint, 0.0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class ImageBody(BaseModel):
+    image: str
+
+
+class SegmentBody(BaseModel):
+    image: str
+    points: list[tuple[float, float]] = Field(min_length=1)
+    labels: list[int]
+
+
+class FindJewelryBody(BaseModel):
+    image: str
+    reference_mask: str
+
+
+class StrokeBody(BaseModel):
+    points: list[tuple[float, float]] = Field(min_length=1)
+    mode: str = Field(pattern="^(add|remove)$")
+    size: float = Field(gt=0)
+
+
+class RefineBody(BaseModel):
+    mask: str
+    strokes: list[StrokeBody] = Field(default_factory=list)
+
+
+class GenerateBody(BaseModel):
+    image: str
+    mask: str
+    seed: int = 0
+    prompt: str = ""
+
+
+def _decode(decode: Any, text: str, field: str) -> Any:
+    try:
+        return decode(text)
+    except ValueError as exc:
+        raise HTTPException(400, detail=f"{field}: {exc}") from None
+
+
+def create_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="jewel-dagster reference model server")
+    manipulator = APIRouter(prefix="/image-manipulator")
+    birefnet = APIRouter(prefix="/birefnet")
+    sam3 = APIRouter(prefix="/sam3")
+    a100 = APIRouter(prefix="/a100")
+
+    for router in (manipulator, birefnet, sam3, a100):
+        router.add_api_route("/health", lambda: {"status": "ok"}, methods=["GET"])
+
+    @manipulator.post("/resize")
+    async def resize(body: ImageBody) -> dict[str, Any]:
+        await state.gate("image-manipulator/resize")
+        image = _decode(wire.decode_image, body.image, "image")
+        canvas, transform = await run_in_threadpool(state.manipulator.resize_to_canvas, image)
+        return {"image": wire.encode_array(canvas), "transform": transform.to_dict()}
+
+    @manipulator.post("/zoom-check")
+    async def zoom_check(body: ImageBody) -> dict[str, Any]:
+        await state.gate("image-manipulator/zoom-check")
+        image = _decode(wire.decode_image, body.image, "image")
+        return (await run_in_threadpool(state.manipulator.check_zoom, image)).to_dict()
+
+    @birefnet.post("/remove-background")
+    async def remove_background(body: ImageBody) -> dict[str, Any]:
+        await state.gate("birefnet/remove-background")
+        image = _decode(wire.decode_image, body.image, "image")
+        return {"image": wire.encode_array(await run_in_threadpool(state.remover.remove_background, image))}
+
+    @sam3.post("/segment")
+    async def segment(body: SegmentBody) -> dict[str, Any]:
+        await state.gate("sam3/segment")
+        if len(body.labels) != len(body.points) or any(label not in (0, 1) for label in body.labels):
+            raise HTTPException(400, detail="labels: one 0/1 label per point")
+        image = _decode(wire.decode_image, body.image, "image")
+        points = [PixelPoint(x, y, label) for (x, y), label in zip(body.points, body.labels, strict=True)]
+        try:
+            mask = await run_in_threadpool(state.segmenter.segment, image, points)
+        except ValueError as exc:
+            raise HTTPException(400, detail=str(exc)) from None
+        return {"mask": wire.encode_array(mask)}
+
+    @sam3.post("/find-jewelry")
+    async def find_jewelry(body: FindJewelryBody) -> dict[str, Any]:
+        await state.gate("sam3/find-jewelry")
+        image = _decode(wire.decode_image, body.image, "image")
+        reference = _decode(wire.decode_mask, body.reference_mask, "reference_mask")
+        if reference.shape != image.shape[:2]:
+            raise HTTPException(400, detail="reference_mask: must have the image's size")
+        return {"mask": wire.encode_array(await run_in_threadpool(state.segmenter.find_jewelry, image, reference))}
+
+    @a100.post("/refine-mask")
+    async def refine_mask(body: RefineBody) -> dict[str, Any]:
+        await state.gate("a100/refine-mask")
+        mask = _decode(wire.decode_mask, body.mask, "mask")
+        strokes = [CanvasStroke(tuple(s.points), s.mode, s.size) for s in body.strokes]  # type: ignore[arg-type]
+        return {"mask": wire.encode_array(await run_in_threadpool(state.refiner.refine, mask, strokes))}
+
+    @a100.post("/generate")
+    async def generate(body: GenerateBody) -> dict[str, Any]:
+        await state.gate("a100/generate")
+        image = _decode(wire.decode_image, body.image, "image")
+        mask = _decode(wire.decode_mask, body.mask, "mask")
+        if mask.shape != image.shape[:2]:
+            raise HTTPException(400, detail="mask: must have the image's size")
+        result = await run_in_threadpool(state.generator.generate, image, mask, body.seed, body.prompt)
+        return {"image": wire.encode_array(result.image), "model": "reference-" + result.model}
+
+    @app.post("/gemini/{version}/models/{model_call:path}")
+    async def gemini_generate_content(version: str, model_call: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Gemini's generateContent, enough of it for google-genai: the image part in, an image out.
+
+        Point the SDK here with GEMINI_BASE_URL=http://host:port/gemini and any GEMINI_API_KEY.
+        """
+        await state.gate("gemini/generate-content")
+        try:
+            parts = body["contents"][0]["parts"]
+            inline = next(p["inlineData"] for p in parts if "inlineData" in p)
+            data = inline["data"]  # the SDK sends URL-safe base64
+            image = imaging.decode_image(base64.b64decode(data + "=" * (-len(data) % 4), altchars=b"-_"))
+        except (KeyError, IndexError, StopIteration, ValueError, TypeError) as exc:
+            raise HTTPException(400, detail=f"contents: expected a text part and an image part ({exc})") from None
+        # No mask travels to Gemini: the whole image is the "jewelry"; the client pastes the
+        # real jewelry pixels back, so a radial backdrop blended in is enough to differ.
+        backdrop = classical.studio_background(image.shape[:2], seed=0, radial=True)
+        out = ((image.astype(np.uint16) + backdrop) // 2).astype(np.uint8)
+        data = base64.b64encode(imaging.encode_png(out)).decode("ascii")
+        part = {"inlineData": {"mimeType": "image/png", "data": data}}
+        return {"candidates": [{"finishReason": "STOP", "content": {"role": "model", "parts": [part]}}]}
+
+    for router in (manipulator, birefnet, sam3, a100):
+        app.include_router(router)
+
+    @app.get("/_knobs")
+    def get_knobs() -> Knobs:
+        return state.knobs
+
+    @app.put("/_knobs")
+    def put_knobs(knobs: Knobs) -> Knobs:
+        state.set_knobs(knobs)
+        return knobs
+
+    @app.get("/_stats")
+    def stats() -> dict[str, int]:
+        with state.lock:
+            return dict(state.calls)
+
+    @app.delete("/_stats")
+    def reset_stats() -> dict[str, int]:
+        with state.lock:
+            state.calls.clear()
+        return {}
+
+    return app
+
+
+def _pairs(values: list[str], cast: type) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values:
+        key, _, value = item.partition("=")
+        if key not in ENDPOINTS:
+            raise SystemExit(f"unknown endpoint {key!r}; one of {', '.join(ENDPOINTS)}")
+        out[key] = cast(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--latency", action="append", default=[], help="ENDPOINT=SECONDS, repeatable")
+    parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument("--hang", action="append", default=[], help="ENDPOINT=N: the next N calls hang")
+    parser.add_argument("--reject", action="append", default=[], help="ENDPOINT=STATUS: answer this 4xx")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--zoom-threshold", type=float, default=0.25)
+    parser.add_argument("--instant", action="store_true", help="trivial stand-ins instead of classical vision")
+    args = parser.parse_args(argv)
+    knobs = Knobs(
+        latency=_pairs(args.latency, float),
+        failure_rate=args.failure_rate,
+        hang=_pairs(args.hang, int),
+        reject=_pairs(args.reject, int),
+        seed=args.seed,
+    )
+    app = create_app(ServerState(knobs, zoom_threshold=args.zoom_threshold, instant=args.instant))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

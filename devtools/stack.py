@@ -1,0 +1,363 @@
+"""Starts and stops the three processes of the embedded default: `python -m devtools.stack`.
+
+dagster-webserver (UI and GraphQL, port 3000), dagster-daemon (run queue, schedules,
+sensors) and the gateway (port 8001). Each runs in its own process group so that stopping
+the stack also stops the code servers and run workers they spawned. The end-to-end tests
+use the same class, so what they test is what `make run` starts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from urllib.parse import quote
+
+import httpx
+import yaml
+from dotenv import dotenv_values
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _wait_until(ready: Callable[[], bool], what: str, timeout: float, process: subprocess.Popen[bytes] | None) -> None:
+    """Poll ``ready`` until it holds, the deadline passes, or the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before {what}")
+        if ready():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
+
+
+def wait_for_http(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers 200, the deadline passes, or the process exits."""
+
+    def answers() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    _wait_until(answers, f"{url} answered", timeout, process)
+
+
+def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll until something accepts TCP connections on ``host:port`` (a gRPC server, say)."""
+
+    def listens() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return True
+        except OSError:
+            return False
+
+    _wait_until(listens, f"{host}:{port} listened", timeout, process)
+
+
+_WORKSPACE = """
+{ workspaceOrError { ... on Workspace { locationEntries {
+    loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
+def _location_state(dagster_url: str) -> str:
+    """ "loaded", "loading" or "error: <message>" for the workspace's code location."""
+    try:
+        body = httpx.post(f"{dagster_url}/graphql", json={"query": _WORKSPACE}, timeout=5).json()
+        entries = body["data"]["workspaceOrError"]["locationEntries"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return "loading"
+    if not entries:
+        return "loading"
+    entry = entries[0]
+    loaded = entry.get("locationOrLoadError") or {}
+    if loaded.get("__typename") == "PythonError":
+        return f"error: {loaded.get('message', '')[:500]}"
+    if entry.get("loadStatus") == "LOADED" and loaded.get("__typename") == "RepositoryLocation":
+        return "loaded"
+    return "loading"
+
+
+class Stack:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        dagster_port: int = 3000,
+        gateway_port: int = 8001,
+        log_dir: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        if "DAGSTER_HOME" not in env:
+            raise ValueError("DAGSTER_HOME must be set: it holds dagster.yaml and the run storage")
+        self.env = {
+            **env,
+            # The gateway shares DAGSTER_HOME here: it reads run status from the storage.
+            "STATUS_SOURCE": env.get("STATUS_SOURCE") or "storage",
+            "DAGSTER_PORT": str(dagster_port),
+            "DAGSTER_HOST": host,
+            "API_PORT": str(gateway_port),
+        }
+        self.host = host
+        self.dagster_port = dagster_port
+        self.gateway_port = gateway_port
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.code_server_port: int | None = None
+
+    @property
+    def dagster_url(self) -> str:
+        return f"http://{self.host}:{self.dagster_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}"
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        out = open(self.log_dir / f"{name}.log", "ab") if self.log_dir else None  # noqa: SIM115
+        self.processes[name] = subprocess.Popen(
+            args,
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+
+    def start_dagster(self, timeout: float = 120.0) -> None:
+        workspace = self._start_code_server(timeout)
+        self._spawn(
+            "webserver",
+            [str(BIN / "dagster-webserver"), "-w", workspace, "-h", self.host, "-p", str(self.dagster_port)],
+        )
+        self._spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace])
+        deadline = time.monotonic() + timeout
+        wait_for_http(f"{self.dagster_url}/server_info", timeout, self.processes["webserver"])
+        # The webserver answers before its code location is loaded; a launch then finds no
+        # partitions definition. Wait until the location is loaded (or say why it is not).
+        while True:
+            state = _location_state(self.dagster_url)
+            if state == "loaded":
+                return
+            if state.startswith("error"):
+                raise RuntimeError(f"the code location failed to load: {state}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the code location did not load within {timeout:.0f} s ({state})")
+            time.sleep(0.2)
+
+    def _start_code_server(self, timeout: float) -> str:
+        """The workspace file the webserver and daemon load: our warm code server's address, or
+        (CODE_SERVER=managed, the stock path) the module, for them to spawn code servers of their own."""
+        if (self.env.get("CODE_SERVER") or "warm") == "managed":
+            return str(REPO_ROOT / "workspace.yaml")
+        if "code_server" not in self.processes:
+            self.code_server_port = free_port()
+            self._spawn(
+                "code_server",
+                [sys.executable, "-m", "jewel_dagster.runtime.warm_code_server", "-m", "jewel_dagster.definitions",
+                 "--location-name", "jewel_dagster", "-h", self.host, "-p", str(self.code_server_port)],
+            )  # fmt: skip
+            wait_for_port(self.host, self.code_server_port, timeout, self.processes["code_server"])
+        workspace = Path(self.env["DAGSTER_HOME"]) / "workspace.yaml"
+        entry = {"host": self.host, "port": self.code_server_port, "location_name": "jewel_dagster"}
+        workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": entry}]}))
+        return str(workspace)
+
+    def start_gateway(self, timeout: float = 60.0) -> None:
+        self._spawn(
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "gateway.main:app",
+                "--host",
+                self.host,
+                "--port",
+                str(self.gateway_port),
+                "--log-level",
+                "warning",
+            ],
+        )
+        wait_for_http(f"{self.gateway_url}/health", timeout, self.processes["gateway"])
+
+    def start(self) -> None:
+        self.start_dagster()
+        self.start_gateway()
+
+    def stop(self, names: tuple[str, ...] | None = None, grace: float = 10.0) -> None:
+        """SIGTERM each process group, then SIGKILL what is still alive after ``grace``."""
+        chosen = [n for n in (names or tuple(self.processes)) if n in self.processes]
+        for name in chosen:
+            _signal_group(self.processes[name], signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for name in chosen:
+            process = self.processes.pop(name)
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            # The group may hold children (code server, run workers) even after the leader exits.
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+
+    def stop_dagster(self) -> None:
+        self.stop(("webserver", "daemon", "code_server"))
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of a process (0 when it is gone), from /proc."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def descendants(roots: list[int]) -> list[int]:
+    """Every process below ``roots`` (children, their children, ...): run workers, code servers."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            children.setdefault(parent_pid(int(entry)), []).append(int(entry))
+    found, todo = [], list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def temporary_stack(root: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[Stack]:
+    """The whole stack on free loopback ports with its state under ``root``; for tests and benchmarks."""
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(root / "dagster_home"),
+        "LOCAL_BLOB_ROOT": str(root / "blobs"),
+        **(extra_env or {}),
+    }
+    prepare_dagster_home(env)
+    stack = Stack(env, dagster_port=free_port(), gateway_port=free_port(), log_dir=logs)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+SAMPLE_CURL = """\
+Try one request (the sample is a ring photo that ships with the repo):
+
+  IMG=$(base64 -w0 samples/ring.jpg)
+  curl -s -X POST {gw}/workflow/start -H 'Content-Type: application/json' \\
+    -d '{{"originalImageBase64": "'$IMG'", "maskPoints": [{{"x": 0.5, "y": 0.32, "label": 1}}]}}'
+  curl -s {gw}/workflow/<workflowId> | head -c 300
+"""
+
+
+def prepare_dagster_home(env: dict[str, str]) -> None:
+    """Write $DAGSTER_HOME/dagster.yaml: SQLite by default, PostgreSQL when DAGSTER_PG_* says so.
+
+    Fills DAGSTER_PG_URL from DAGSTER_PG_HOST/PORT/USERNAME/PASSWORD/DB when only those are set.
+    """
+    home = Path(env["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    if env.get("DAGSTER_PG_HOST") and not env.get("DAGSTER_PG_URL"):
+        user = quote(env.get("DAGSTER_PG_USERNAME", "postgres"), safe="")
+        password = env.get("DAGSTER_PG_PASSWORD", "")
+        auth = f"{user}:{quote(password, safe='')}" if password else user
+        env["DAGSTER_PG_URL"] = (
+            f"postgresql://{auth}@{env['DAGSTER_PG_HOST']}:{env.get('DAGSTER_PG_PORT', '5432')}"
+            f"/{env.get('DAGSTER_PG_DB', 'dagster')}"
+        )
+    url = env.get("DAGSTER_PG_URL", "")
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            # SQLAlchemy 2.1 maps a plain postgresql:// to psycopg 3; dagster-postgres ships psycopg2.
+            env["DAGSTER_PG_URL"] = "postgresql+psycopg2://" + url[len(plain) :]
+    template = "dagster.postgres.yaml" if url else "dagster.yaml"
+    config = yaml.safe_load((REPO_ROOT / template).read_text())
+    stock = env.get("DAGSTER_STOCK_SETTINGS", "").lower() in ("1", "true")
+    if not url and not stock:
+        config["event_log_storage"] = {
+            "module": "jewel_dagster.runtime.pool_claims",
+            "class": "QuickClaimSqliteEventLogStorage",
+            "config": {"base_dir": str(home / "history" / "runs"), "claim_interval_seconds": 0.25},
+        }
+    if stock:
+        # Dagster's defaults (queue polled every 5 s, no threads, pool claims backing off to
+        # 15 s): the benchmarks' baseline.
+        config["run_coordinator"]["config"] = {}
+        if url:
+            config["event_log_storage"]["module"] = "dagster_postgres.event_log"
+            config["event_log_storage"]["class"] = "PostgresEventLogStorage"
+            config["event_log_storage"]["config"].pop("claim_interval_seconds")
+    if env.get("GPU_POOL_SIZE"):
+        config["concurrency"]["pools"]["default_limit"] = int(env["GPU_POOL_SIZE"])
+    if env.get("MAX_CONCURRENT_RUNS"):
+        config["concurrency"]["runs"]["max_concurrent_runs"] = int(env["MAX_CONCURRENT_RUNS"])
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def main() -> None:
+    # .env fills in what the shell did not set, for these processes as for the settings classes.
+    dotenv = {k: v for k, v in dotenv_values(REPO_ROOT / ".env").items() if v is not None}
+    env = {**dotenv, **os.environ}
+    env.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".data" / "dagster_home"))
+    prepare_dagster_home(env)
+    stack = Stack(
+        env,
+        dagster_port=int(env.get("DAGSTER_PORT", "3000")),
+        gateway_port=int(env.get("API_PORT", "8001")),
+        host=env.get("BIND_HOST", "127.0.0.1"),
+    )
+    stopping = False
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        stack.start()
+        sys.stderr.write(
+            f"\nDagster UI: {stack.dagster_url}   gateway: {stack.gateway_url}   (Ctrl-C stops all three)\n\n"
+            + SAMPLE_CURL.format(gw=stack.gateway_url)
+        )
+        while not stopping:
+            dead = [n for n, p in stack.processes.items() if p.poll() is not None]
+            if dead:
+                sys.stderr.write(f"{', '.join(dead)} exited; stopping the stack\n")
+                break
+            time.sleep(0.5)
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

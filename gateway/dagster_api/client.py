@@ -1,0 +1,336 @@
+"""Everything the gateway asks of Dagster, over dagster-webserver's GraphQL API.
+
+Runs are launched and terminated with `dagster_graphql.DagsterGraphQLClient`; the few queries
+that client has no method for (dynamic partitions, a partition's newest run, a failure's
+message) are sent as narrow GraphQL documents over httpx with a short timeout.
+
+Exceptions::
+
+    DagsterError            Dagster answered, but not with what we asked for
+    └── DagsterUnavailable  Dagster did not answer (connection refused, timeout)
+
+(both in `gateway.dagster_api.errors`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from typing import Any
+
+import httpx
+import requests
+from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from gql.transport.exceptions import TransportConnectionFailed
+
+from gateway.dagster_api.errors import DagsterError, DagsterUnavailable, readable_error
+from gateway.dagster_api.models import RunInfo, run_info_from
+from gateway.dagster_api.storage_reader import StorageRunReader
+from gateway.settings import GatewaySettings
+from jewel_dagster.contract import CHECK_NAME, PARTITION_TAG, PARTITIONS_NAME
+
+_FIRST_RUN = """
+query FirstRun($tags: [ExecutionTag!]!) {
+  runsOrError(filter: {tags: $tags}) {
+    __typename
+    ... on Runs { results { runId tags { key value } } }
+  }
+}"""
+
+_LATEST_RUN = """
+query LatestRun($tags: [ExecutionTag!]!) {
+  runsOrError(filter: {tags: $tags}, limit: 1) {
+    __typename
+    ... on Runs { results { runId jobName status tags { key value } stepStats { stepKey status startTime } } }
+    ... on PythonError { message }
+  }
+}"""
+
+_RUN_FAILURE = """
+query RunFailure($runId: ID!) {
+  logsForRun(runId: $runId, limit: 1000) {
+    __typename
+    ... on EventConnection {
+      events {
+        __typename
+        ... on ExecutionStepFailureEvent { stepKey error { message cause { message } } }
+        ... on RunFailureEvent { message }
+      }
+    }
+  }
+}"""
+
+_CHECK = """
+query Check($partition: String!, $check: String!) {
+  assetCheckExecutions(assetKey: {path: ["flux_metrics"]}, checkName: $check, partition: $partition, limit: 1) {
+    runId
+    status
+    evaluation { success metadataEntries { label ... on TextMetadataEntry { text } } }
+  }
+}"""
+
+_ADD_PARTITION = """
+mutation AddPartition($selector: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
+    __typename
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+
+_DELETE_PARTITION = """
+mutation DeletePartition($selector: RepositorySelector!, $name: String!, $key: String!) {
+  deleteDynamicPartitions(repositorySelector: $selector, partitionsDefName: $name, partitionKeys: [$key]) {
+    __typename
+  }
+}"""
+
+
+class DagsterRuns:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._settings = settings
+        self._selector = {
+            "repositoryLocationName": settings.dagster_location_name,
+            "repositoryName": settings.dagster_repository_name,
+        }
+        self._url = f"http://{settings.dagster_host}:{settings.dagster_port}/graphql"
+        self._http = httpx.Client(timeout=settings.dagster_timeout_seconds)
+        self._local = threading.local()
+        self.launch_slots = threading.BoundedSemaphore(settings.max_parallel_launches)
+        self._status_cache: dict[str, tuple[float, RunInfo | None]] = {}
+        self._cache_locks: dict[str, threading.Lock] = {}
+        self._cache_guard = threading.Lock()
+        self._refreshing: set[str] = set()
+        self._epochs: dict[str, int] = {}  # bumped by forget(), so an older refresh cannot undo it
+        self._refresher = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="status-refresh")
+        self.launch_wait_seconds = settings.launch_wait_seconds
+        self._storage = StorageRunReader() if settings.status_source == "storage" else None
+
+    @property
+    def _client(self) -> DagsterGraphQLClient:
+        """One client per thread: its gql transport holds one session and is not thread-safe
+        (shared across FastAPI's worker threads, concurrent launches failed)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = DagsterGraphQLClient(
+                self._settings.dagster_host,
+                port_number=self._settings.dagster_port,
+                timeout=max(1, int(self._settings.dagster_timeout_seconds)),
+            )
+            self._local.client = client
+        return client
+
+    def close(self) -> None:
+        self._refresher.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
+        if self._storage is not None:
+            self._storage.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _query(self, document: str, variables: dict[str, Any], attempts: int = 2, timeout: float | None = None) -> Any:
+        """POST a GraphQL document; reads are retried once on a dropped connection."""
+        last: Exception | None = None
+        for _ in range(attempts):
+            try:
+                response = self._http.post(
+                    self._url,
+                    json={"query": document, "variables": variables},
+                    timeout=timeout or self._settings.dagster_timeout_seconds,
+                )
+            except httpx.TransportError as exc:
+                last = exc
+                continue
+            if response.status_code != 200:
+                raise DagsterError(f"Dagster answered HTTP {response.status_code}: {response.text[:300]}")
+            body = response.json()
+            if body.get("errors"):
+                raise DagsterError(f"Dagster GraphQL error: {body['errors'][0].get('message')}")
+            return body["data"]
+        raise DagsterUnavailable(f"Dagster is not reachable at {self._url}: {last}")
+
+    def query(self, document: str, variables: dict[str, Any]) -> Any:
+        """A read of our own (webhooks, tests); retried once on a dropped connection."""
+        return self._query(document, variables)
+
+    def _unwrap_client_error(self, exc: DagsterGraphQLClientError) -> DagsterError:
+        cause = exc.__cause__
+        if isinstance(
+            cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout | TransportConnectionFailed
+        ):
+            return DagsterUnavailable(f"Dagster did not answer in time at {self._url}")
+        if cause is not None:
+            return DagsterError(f"Dagster refused the request: {type(cause).__name__}: {str(cause)[:300]}")
+        return DagsterError(f"Dagster refused the request: {str(exc.args[-1] if exc.args else exc)[:300]}")
+
+    # ------------------------------------------------------------------ calls
+
+    def ping(self, timeout: float | None = 2.0) -> bool:
+        """Is Dagster answering? /health uses the short default; starts wait the full timeout."""
+        try:
+            self._query("{ version }", {}, attempts=1, timeout=timeout)
+            return True
+        except DagsterError:
+            return False
+
+    def add_partition(self, request_id: str) -> None:
+        data = self._query(
+            _ADD_PARTITION, {"selector": self._selector, "name": PARTITIONS_NAME, "key": request_id}, attempts=1
+        )
+        answer = data["addDynamicPartition"]
+        if answer["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
+            raise DagsterError(f"could not add partition {request_id}: {answer.get('message', answer['__typename'])}")
+
+    def delete_partition(self, request_id: str) -> None:
+        """Best effort: undo add_partition when the launch after it failed."""
+        try:
+            self._query(
+                _DELETE_PARTITION, {"selector": self._selector, "name": PARTITIONS_NAME, "key": request_id}, attempts=1
+            )
+        except DagsterError:
+            pass
+
+    def launch(
+        self, job_name: str, request_id: str, run_config: dict[str, Any], tags: dict[str, str] | None = None
+    ) -> str:
+        """Launch `job_name` for one request partition; not retried, as it is not idempotent."""
+        try:
+            return self._client.submit_job_execution(
+                job_name,
+                repository_location_name=self._settings.dagster_location_name,
+                repository_name=self._settings.dagster_repository_name,
+                run_config=run_config,
+                tags={**(tags or {}), PARTITION_TAG: request_id},
+            )
+        except DagsterGraphQLClientError as exc:
+            raise self._unwrap_client_error(exc) from exc
+
+    def latest_run(self, request_id: str) -> RunInfo | None:
+        """The newest run of the partition: a rerun or regeneration supersedes older runs."""
+        return self.newest_run_tagged({PARTITION_TAG: request_id})
+
+    def latest_run_cached(self, request_id: str) -> RunInfo | None:
+        """`latest_run`, at most `status_ttl()` old, one query per id at a time.
+
+        A frontend polls every couple of seconds and many may poll: without this, every poll
+        is a GraphQL query (~100+ ms of webserver time) and a crowd of pollers slows the
+        webserver for everyone, launches included. An answer that expired but is younger than
+        `status_stale_seconds` is returned at once while one background query refreshes it
+        (stale-while-revalidate): pollers never queue behind the query.
+        """
+        ttl = self._settings.status_ttl()
+        if ttl <= 0:
+            return self.latest_run(request_id)
+        hit = self._status_cache.get(request_id)
+        if hit is not None:
+            age = time.monotonic() - hit[0]
+            if age < ttl:
+                return hit[1]
+            if age < self._settings.status_stale_seconds:
+                self._refresh_soon(request_id)
+                return hit[1]
+        with self._cache_guard:
+            lock = self._cache_locks.setdefault(request_id, threading.Lock())
+        with lock:
+            hit = self._status_cache.get(request_id)
+            if hit is not None and time.monotonic() - hit[0] < ttl:
+                return hit[1]
+            return self._refresh(request_id)
+
+    def _refresh(self, request_id: str) -> RunInfo | None:
+        epoch = self._epochs.get(request_id, 0)
+        run = self.latest_run(request_id)
+        with self._cache_guard:
+            if self._epochs.get(request_id, 0) != epoch:
+                return run  # forgotten meanwhile (a launch): this answer may predate the new run
+            self._status_cache[request_id] = (time.monotonic(), run)
+            if len(self._status_cache) > 10_000:  # forget the oldest half
+                for key in sorted(self._status_cache, key=lambda k: self._status_cache[k][0])[:5_000]:
+                    self._status_cache.pop(key, None)
+                    self._cache_locks.pop(key, None)
+                    self._epochs.pop(key, None)
+        return run
+
+    def _refresh_soon(self, request_id: str) -> None:
+        with self._cache_guard:
+            if request_id in self._refreshing:
+                return
+            self._refreshing.add(request_id)
+
+        def refresh() -> None:
+            try:
+                self._refresh(request_id)
+            except DagsterError:
+                pass  # the entry ages out; the next poll after that asks (and reports) itself
+            finally:
+                with self._cache_guard:
+                    self._refreshing.discard(request_id)
+
+        self._refresher.submit(refresh)
+
+    def forget(self, request_id: str) -> None:
+        """Drop the cached state after an action that changes it (a launch, a cancel)."""
+        with self._cache_guard:
+            self._status_cache.pop(request_id, None)
+            self._epochs[request_id] = self._epochs.get(request_id, 0) + 1
+            if len(self._epochs) > 20_000:  # ids nobody polls; a refresh in flight is rarer still
+                self._epochs = {request_id: self._epochs[request_id]}
+
+    def newest_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
+        if self._storage is not None:
+            return self._storage.runs_tagged(tags)
+        variables = {"tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        data = self._query(_LATEST_RUN, variables)["runsOrError"]
+        if data["__typename"] != "Runs":
+            raise DagsterError(data.get("message", data["__typename"]))
+        return run_info_from(data["results"][0]) if data["results"] else None
+
+    def first_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
+        """The oldest run with these tags (runs come newest first; a request has few)."""
+        if self._storage is not None:
+            return self._storage.runs_tagged(tags, newest=False, with_steps=False)
+        variables = {"tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        data = self._query(_FIRST_RUN, variables)["runsOrError"]
+        if data["__typename"] != "Runs" or not data["results"]:
+            return None
+        run = data["results"][-1]
+        return RunInfo(run["runId"], "", "", [], {t["key"]: t["value"] for t in run["tags"]})
+
+    def failure_of(self, run_id: str) -> tuple[str | None, str]:
+        """(failed step key, a message a person can read) of a failed run."""
+        data = self._query(_RUN_FAILURE, {"runId": run_id})["logsForRun"]
+        events = data.get("events", []) if data["__typename"] == "EventConnection" else []
+        for event in events:
+            if event["__typename"] == "ExecutionStepFailureEvent":
+                error = event.get("error") or {}
+                message = readable_error(error.get("message") or "")
+                cause = (error.get("cause") or {}).get("message")
+                if cause:  # e.g. "Exceeded max_retries of 3": the cause is what a person needs
+                    message = f"{readable_error(cause)} ({message})"
+                return event["stepKey"], message
+        for event in events:
+            if event["__typename"] == "RunFailureEvent":
+                return None, event["message"]
+        return None, "the run failed"
+
+    def fidelity_check(self, request_id: str) -> dict[str, Any] | None:
+        """The newest `fidelity` check result of the request: {"passed", "status", "violations"}."""
+        executions = self._query(_CHECK, {"partition": request_id, "check": CHECK_NAME})["assetCheckExecutions"]
+        if not executions:
+            return None
+        newest = executions[0]
+        evaluation = newest.get("evaluation") or {}
+        texts = {e["label"]: e.get("text") for e in evaluation.get("metadataEntries", [])}
+        return {
+            "passed": evaluation.get("success"),
+            "status": newest["status"],
+            "violations": texts.get("violations"),
+            "runId": newest["runId"],
+        }
+
+    def terminate(self, run_id: str) -> None:
+        try:
+            self._client.terminate_run(run_id)
+        except DagsterGraphQLClientError as exc:
+            raise self._unwrap_client_error(exc) from exc

@@ -1,0 +1,28 @@
+"""A run as the gateway sees it, whichever source (GraphQL or the run storage) read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StepStat:
+    step_key: str
+    status: str | None  # IN_PROGRESS | SUCCESS | FAILURE | SKIPPED
+    start_time: float | None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    job_name: str
+    status: str  # Dagster's DagsterRunStatus name
+    steps: list[StepStat] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def run_info_from(raw: dict[str, Any]) -> RunInfo:
+    """A run from GraphQL fields runId, jobName, status, tags and stepStats."""
+    steps = [StepStat(s["stepKey"], s["status"], s["startTime"]) for s in raw["stepStats"]]
+    return RunInfo(raw["runId"], raw["jobName"], raw["status"], steps, {t["key"]: t["value"] for t in raw["tags"]})

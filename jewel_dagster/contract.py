@@ -1,0 +1,87 @@
+"""The names the pipeline and the gateway share: steps, progress, assets, jobs, tags.
+
+The gateway imports this module (and the request models in `defs.config`), never the assets:
+it names what the pipeline makes without loading it. Kept free of Dagster imports, so the
+gateway's status path costs nothing to import.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class AssetName(StrEnum):
+    """Every asset of the request graph (an output of `resize_to_canvas` and `generations` too)."""
+
+    ORIGINAL_IMAGE = "original_image"
+    RESIZED_IMAGE = "resized_image"
+    CANVAS_TRANSFORM = "canvas_transform"
+    ZOOM_CHECK = "zoom_check"
+    BACKGROUND_REMOVED_IMAGE = "background_removed_image"
+    JEWELRY_MASK = "jewelry_mask"
+    REFINED_MASK = "refined_mask"
+    FINAL_MASK = "final_mask"
+    FLUX_GENERATION = "flux_generation"
+    GEMINI_GENERATION = "gemini_generation"
+    FLUX_METRICS = "flux_metrics"
+
+
+PARTITIONS_NAME = "requests"
+CHECK_NAME = "fidelity"  # the asset check on flux_metrics
+GPU_POOL = "gpu"  # the Dagster pool of steps that call the GPU services
+
+# Run tags Dagster sets and we read.
+PARTITION_TAG = "dagster/partition"
+WILL_RETRY_TAG = "dagster/will_retry"
+RETRY_NUMBER_TAG = "dagster/retry_number"
+CODE_VERSION_TAG = "dagster/code_version"
+
+# Run tags we set.
+OWNER_TAG = "jewel/owner"
+IDEMPOTENCY_TAG = "jewel/idempotency"
+LAUNCH_TAG = "jewel/launch"
+WEBHOOK_TAG = "jewel/webhook"  # "1" on runs that owe a webhook: Dagster filters tags by key and value
+WEBHOOK_URL_TAG = "jewel/webhook-url"
+REGENERATE_REASON_TAG = "jewel/regenerate-reason"
+REGENERATE_ATTEMPT_TAG = "jewel/regenerate-attempt"
+
+# The seed README's "Workflow Steps" table, in order.
+STEP_PROGRESS: dict[str, int] = {
+    "UPLOADING_IMAGE": 5,
+    "RESIZING_IMAGE": 15,
+    "CHECKING_ZOOM": 20,
+    "REMOVING_BACKGROUND": 30,
+    "GENERATING_MASK": 45,
+    "REFINING_MASK": 55,
+    "UPLOADING_MASK": 60,
+    "GENERATING_IMAGES": 70,
+    "COMPLETED": 100,
+}
+
+# Dagster step (op) key -> the seed step it performs.
+SEED_STEP_OF_OP: dict[str, str] = {
+    "original_image": "UPLOADING_IMAGE",
+    "resize_to_canvas": "RESIZING_IMAGE",
+    "zoom_check": "CHECKING_ZOOM",
+    "background_removed_image": "REMOVING_BACKGROUND",
+    "jewelry_mask": "GENERATING_MASK",
+    "refined_mask": "REFINING_MASK",
+    "final_mask": "UPLOADING_MASK",
+    "generations": "GENERATING_IMAGES",
+    "flux_metrics": "GENERATING_IMAGES",
+}
+
+FULL_JOB = "jewelry_generation"
+PREPROCESS_JOB = "jewelry_preprocess"
+GENERATE_JOB = "jewelry_generate"
+REGENERATE_JOB = "jewelry_regenerate"
+_PREPROCESS_OPS = ["original_image", "resize_to_canvas", "zoom_check", "background_removed_image", "jewelry_mask"]
+_GENERATE_OPS = ["refined_mask", "final_mask", "generations", "flux_metrics"]
+
+# Each job's steps in execution order (the in-process executor runs them one at a time).
+JOB_OPS: dict[str, list[str]] = {
+    FULL_JOB: _PREPROCESS_OPS + _GENERATE_OPS,
+    PREPROCESS_JOB: _PREPROCESS_OPS,
+    GENERATE_JOB: _GENERATE_OPS,
+    REGENERATE_JOB: ["generations", "flux_metrics"],
+}

@@ -1,0 +1,251 @@
+"""Blob storage behind one interface: a local folder (embedded default) or Azure (production).
+
+Images travel between the gateway and the pipeline as blob URIs, never inside run config,
+because run config lives in Dagster's event log. A URI names its container:
+``local://<container>/<path>`` or ``azure://<container>/<path>``; a store only accepts URIs
+of its own scheme and container, so a caller can never make it read somewhere else.
+
+Exceptions::
+
+    BlobStoreError
+    ├── BlobNotFoundError   the URI is ours but nothing is stored there
+    └── ForeignUriError     the URI is not in this store's container (or is malformed)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class BlobStoreError(Exception):
+    pass
+
+
+class BlobNotFoundError(BlobStoreError):
+    pass
+
+
+class ForeignUriError(BlobStoreError):
+    pass
+
+
+def check_path(path: str) -> str:
+    """A blob path is '/'-joined plain segments: no '..', no empty or hidden parts."""
+    segments = path.split("/")
+    if not path or not all(_SEGMENT.match(s) and s not in (".", "..") for s in segments):
+        raise ForeignUriError(f"not a valid blob path: {path!r}")
+    return path
+
+
+def request_folder(request_id: str) -> str:
+    if not REQUEST_ID.match(request_id):
+        raise ForeignUriError(f"not a valid request id: {request_id!r}")
+    return f"requests/{request_id}"
+
+
+def artifact_path(request_id: str, name: str, extension: str) -> str:
+    """Where a request's artifact lives; the gateway and the IO manager share this."""
+    return check_path(f"{request_folder(request_id)}/{name}.{extension}")
+
+
+class BlobStore(dg.ConfigurableResource, ABC):
+    """Abstract blob store; assets and the gateway depend on this type only."""
+
+    container: str = "jewelry-uploads"
+
+    @property
+    @abstractmethod
+    def scheme(self) -> str: ...
+
+    @abstractmethod
+    def put_path(self, path: str, data: bytes, content_type: str) -> None: ...
+
+    @abstractmethod
+    def get_path(self, path: str) -> bytes:
+        """Raise BlobNotFoundError when nothing is stored at ``path``."""
+
+    @abstractmethod
+    def exists_path(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def delete_path(self, path: str) -> None:
+        """Remove the blob if it exists (idempotent)."""
+
+    def uri_for(self, path: str) -> str:
+        return f"{self.scheme}://{self.container}/{check_path(path)}"
+
+    def path_of(self, uri: str) -> str:
+        """The blob path inside our container, or ForeignUriError for any other URI."""
+        prefix = f"{self.scheme}://{self.container}/"
+        if not isinstance(uri, str) or not uri.startswith(prefix):
+            raise ForeignUriError(f"URI is not in the storage container {prefix!r}: {uri!r}")
+        return check_path(uri[len(prefix) :])
+
+    def signed_url(self, path: str, lifetime: timedelta) -> str | None:
+        """A time-limited URL a browser can fetch the blob from, when the store has such URLs."""
+        return None
+
+    @abstractmethod
+    def link(self, path: str) -> str:
+        """Where an operator finds the full artifact (no credentials in it): a file or blob URL."""
+
+    def put(self, path: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        self.put_path(check_path(path), data, content_type)
+        return self.uri_for(path)
+
+    def get(self, uri: str) -> bytes:
+        return self.get_path(self.path_of(uri))
+
+    def exists(self, uri: str) -> bool:
+        return self.exists_path(self.path_of(uri))
+
+    def delete(self, uri: str) -> None:
+        self.delete_path(self.path_of(uri))
+
+
+class LocalBlobStore(BlobStore):
+    """Blobs as files under ``root/<container>/``: the embedded default, no service needed."""
+
+    root: str
+
+    @property
+    def scheme(self) -> str:
+        return "local"
+
+    def _file(self, path: str) -> Path:
+        return Path(self.root) / self.container / check_path(path)
+
+    def put_path(self, path: str, data: bytes, content_type: str) -> None:
+        target = self._file(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a reader polling for the blob never sees half of it.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_path(self, path: str) -> bytes:
+        try:
+            return self._file(path).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"no blob at {self.uri_for(path)}") from None
+
+    def exists_path(self, path: str) -> bool:
+        return self._file(path).is_file()
+
+    def delete_path(self, path: str) -> None:
+        self._file(path).unlink(missing_ok=True)
+
+    def link(self, path: str) -> str:
+        return self._file(path).resolve().as_uri()
+
+
+class AzureBlobStore(BlobStore):
+    """Azure Blob Storage (or Azurite): `azure://<container>/<blob>` URIs.
+
+    The SDK's own retry policy (exponential, bounded) and timeouts apply to every call; the
+    container is created on first use when it is missing.
+    """
+
+    connection_string: str | None = None
+    account_name: str | None = None
+    account_key: str | None = None
+    account_url: str | None = Field(default=None, description="Defaults to https://<account>.blob.core.windows.net")
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 60.0
+    retries: int = 3
+    _container_client: Any = PrivateAttr(default=None)
+
+    @property
+    def scheme(self) -> str:
+        return "azure"
+
+    def _container(self) -> Any:
+        if self._container_client is None:
+            from azure.core.exceptions import ResourceExistsError
+            from azure.storage.blob import BlobServiceClient
+
+            options: dict[str, Any] = {
+                "retry_total": self.retries,
+                "connection_timeout": self.connect_timeout_seconds,
+                "read_timeout": self.read_timeout_seconds,
+            }
+            if self.connection_string:
+                service = BlobServiceClient.from_connection_string(self.connection_string, **options)
+            elif self.account_name and self.account_key:
+                url = self.account_url or f"https://{self.account_name}.blob.core.windows.net"
+                credential = {"account_name": self.account_name, "account_key": self.account_key}
+                service = BlobServiceClient(url, credential=credential, **options)
+            else:
+                raise BlobStoreError("Azure storage needs a connection string or an account name and key")
+            container = service.get_container_client(self.container)
+            try:
+                container.create_container()
+            except ResourceExistsError:
+                pass
+            self._container_client = container
+        return self._container_client
+
+    def put_path(self, path: str, data: bytes, content_type: str) -> None:
+        from azure.storage.blob import ContentSettings
+
+        self._container().upload_blob(
+            path, data, overwrite=True, content_settings=ContentSettings(content_type=content_type)
+        )
+
+    def get_path(self, path: str) -> bytes:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self._container().download_blob(path).readall()
+        except ResourceNotFoundError:
+            raise BlobNotFoundError(f"no blob at {self.uri_for(path)}") from None
+
+    def exists_path(self, path: str) -> bool:
+        return bool(self._container().get_blob_client(path).exists())
+
+    def delete_path(self, path: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self._container().delete_blob(path)
+        except ResourceNotFoundError:
+            pass
+
+    def link(self, path: str) -> str:
+        return str(self._container().get_blob_client(check_path(path)).url)
+
+    def signed_url(self, path: str, lifetime: timedelta) -> str | None:
+        """A read-only SAS URL valid for ``lifetime``: results handed out without our keys."""
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        blob = self._container().get_blob_client(check_path(path))
+        credential = blob.credential
+        account_key = getattr(credential, "account_key", None)
+        if not account_key:
+            return None
+        token = generate_blob_sas(
+            account_name=blob.account_name,
+            container_name=self.container,
+            blob_name=path,
+            account_key=account_key,
+            permission=BlobSasPermissions(read=True),
+            expiry=datetime.now(UTC) + lifetime,
+        )
+        return f"{blob.url}?{token}"

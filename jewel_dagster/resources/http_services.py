@@ -1,0 +1,171 @@
+"""HTTP clients for the model services (image manipulator, BiRefNet, SAM3, A100 server).
+
+The contracts are documented in `docs/service-contracts.md`; `reference_server.py` serves them.
+Every call has a timeout. Failure handling is split so that Dagster's RetryPolicy on the asset
+does the retrying:
+
+- transient (connection error, timeout, 429, 5xx) -> `TransientServiceError`, which the step's
+  RetryPolicy retries with exponential backoff and jitter;
+- permanent (any other 4xx, a response we cannot decode) -> `dg.Failure(allow_retries=False)`
+  naming the service, the status and the service's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+import httpx
+from pydantic import PrivateAttr
+
+from jewel_dagster.resources import wire
+from jewel_dagster.resources.services import (
+    BackgroundRemover,
+    Generation,
+    ImageGenerator,
+    ImageManipulator,
+    MaskRefiner,
+    Segmenter,
+    ServiceBackend,
+    ZoomCheck,
+)
+from jewel_dagster.vision.classical import PixelPoint
+from jewel_dagster.vision.imaging import CanvasStroke, CanvasTransform, Mask, RGBImage
+
+
+class TransientServiceError(Exception):
+    """A failure worth retrying; raised to let the step's RetryPolicy retry it."""
+
+
+class HttpBackend(ServiceBackend):
+    """Shared plumbing: one pooled httpx client per resource, JSON in and out."""
+
+    base_url: str
+    timeout_seconds: float = 120.0
+    connect_timeout_seconds: float = 5.0
+    _http: httpx.Client | None = PrivateAttr(default=None)
+
+    @property
+    def service_name(self) -> str:
+        return type(self).__name__.removeprefix("Http")
+
+    @property
+    def backend_name(self) -> str:
+        return f"http:{self.base_url}"
+
+    def _client(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(
+                base_url=self.base_url.rstrip("/"),
+                timeout=httpx.Timeout(self.timeout_seconds, connect=self.connect_timeout_seconds),
+                limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+            )
+        return self._http
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        where = f"{self.service_name} ({self.base_url.rstrip('/')}{path})"
+        try:
+            response = self._client().post(path, json=payload)
+        except httpx.TimeoutException as exc:
+            raise TransientServiceError(f"{where} timed out after {self.timeout_seconds} s") from exc
+        except httpx.TransportError as exc:
+            raise TransientServiceError(f"{where} is unreachable: {exc}") from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientServiceError(f"{where} answered {response.status_code}: {_message(response)}")
+        if response.status_code >= 400:
+            raise dg.Failure(
+                description=f"{where} answered {response.status_code}: {_message(response)}",
+                allow_retries=False,
+            )
+        try:
+            body = response.json()
+            if not isinstance(body, dict):
+                raise ValueError("the body is not a JSON object")
+            return body
+        except ValueError as exc:
+            raise dg.Failure(description=f"{where} sent an undecodable response: {exc}", allow_retries=False) from exc
+
+    def _decode(self, decode: Any, body: dict[str, Any], field: str) -> Any:
+        try:
+            return decode(body[field])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise dg.Failure(
+                description=f"{self.service_name} sent an undecodable '{field}': {exc}", allow_retries=False
+            ) from exc
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        if isinstance(body, dict) and "detail" in body:
+            return str(body["detail"])
+    except ValueError:
+        pass
+    return response.text[:300] or response.reason_phrase
+
+
+class HttpImageManipulator(HttpBackend, ImageManipulator):
+    def resize_to_canvas(self, image: RGBImage) -> tuple[RGBImage, CanvasTransform]:
+        body = self._post("/resize", {"image": wire.encode_array(image)})
+        canvas = self._decode(wire.decode_image, body, "image")
+        transform = self._decode(CanvasTransform.from_dict, body, "transform")
+        return canvas, transform
+
+    def check_zoom(self, image: RGBImage) -> ZoomCheck:
+        body = self._post("/zoom-check", {"image": wire.encode_array(image)})
+        try:
+            return ZoomCheck(bool(body["needs_background_removal"]), float(body["score"]), float(body["threshold"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise dg.Failure(description=f"ImageManipulator sent an undecodable zoom check: {exc}") from exc
+
+
+class HttpBackgroundRemover(HttpBackend, BackgroundRemover):
+    def remove_background(self, image: RGBImage) -> RGBImage:
+        body = self._post("/remove-background", {"image": wire.encode_array(image)})
+        return self._decode(wire.decode_image, body, "image")
+
+
+class HttpSegmenter(HttpBackend, Segmenter):
+    def segment(self, image: RGBImage, points: Sequence[PixelPoint]) -> Mask:
+        body = self._post(
+            "/segment",
+            {
+                "image": wire.encode_array(image),
+                "points": [[p.x, p.y] for p in points],
+                "labels": [p.label for p in points],
+            },
+        )
+        return self._decode(wire.decode_mask, body, "mask")
+
+    def find_jewelry(self, image: RGBImage, reference: Mask) -> Mask:
+        body = self._post(
+            "/find-jewelry", {"image": wire.encode_array(image), "reference_mask": wire.encode_array(reference)}
+        )
+        return self._decode(wire.decode_mask, body, "mask")
+
+
+class HttpMaskRefiner(HttpBackend, MaskRefiner):
+    def refine(self, mask: Mask, strokes: Sequence[CanvasStroke]) -> Mask:
+        body = self._post(
+            "/refine-mask",
+            {
+                "mask": wire.encode_array(mask),
+                "strokes": [{"points": [list(p) for p in s.points], "mode": s.mode, "size": s.size} for s in strokes],
+            },
+        )
+        return self._decode(wire.decode_mask, body, "mask")
+
+
+class HttpFluxGenerator(HttpBackend, ImageGenerator):
+    def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
+        body = self._post(
+            "/generate",
+            {"image": wire.encode_array(image), "mask": wire.encode_array(mask), "seed": seed, "prompt": prompt},
+        )
+        return Generation(image=self._decode(wire.decode_image, body, "image"), model=str(body.get("model", "flux")))

@@ -1,0 +1,160 @@
+"""In-process *local* backends: classical CPU image processing standing in for the ML services.
+
+They really do the work (see `classical.py`), deterministically, so the whole pipeline
+runs on a fresh machine. Their names say "local" everywhere they are shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from jewel_dagster.resources.services import (
+    BackgroundRemover,
+    Generation,
+    ImageGenerator,
+    ImageManipulator,
+    MaskRefiner,
+    Segmenter,
+    ZoomCheck,
+)
+from jewel_dagster.vision import classical, imaging
+from jewel_dagster.vision.classical import PixelPoint
+from jewel_dagster.vision.imaging import CanvasStroke, CanvasTransform, Mask, RGBImage
+
+
+class LocalImageManipulator(ImageManipulator):
+    """Letterbox resize and a frame-clutter score instead of the image-manipulator service."""
+
+    zoom_threshold: float = 0.25
+
+    @property
+    def backend_name(self) -> str:
+        return "local-classical"
+
+    def resize_to_canvas(self, image: RGBImage) -> tuple[RGBImage, CanvasTransform]:
+        return imaging.fit_to_canvas(image)
+
+    def check_zoom(self, image: RGBImage) -> ZoomCheck:
+        score = classical.background_busyness(image)
+        return ZoomCheck(score > self.zoom_threshold, round(score, 4), self.zoom_threshold)
+
+
+class LocalBackgroundRemover(BackgroundRemover):
+    """Border-seeded GrabCut instead of BiRefNet."""
+
+    @property
+    def backend_name(self) -> str:
+        return "local-grabcut"
+
+    def remove_background(self, image: RGBImage) -> RGBImage:
+        cut_out, _ = classical.remove_background(image)
+        return cut_out
+
+
+class LocalSegmenter(Segmenter):
+    """Flood fill + GrabCut from the clicks instead of SAM3."""
+
+    @property
+    def backend_name(self) -> str:
+        return "local-grabcut"
+
+    def segment(self, image: RGBImage, points: Sequence[PixelPoint]) -> Mask:
+        return classical.segment_from_points(image, points)
+
+    def find_jewelry(self, image: RGBImage, reference: Mask) -> Mask:
+        return classical.segment_like_reference(image, reference)
+
+
+class LocalMaskRefiner(MaskRefiner):
+    """Exact brush-stroke rasterising instead of the A100 server's refinement."""
+
+    @property
+    def backend_name(self) -> str:
+        return "local-brush"
+
+    def refine(self, mask: Mask, strokes: Sequence[CanvasStroke]) -> Mask:
+        return imaging.apply_strokes(mask, strokes)
+
+
+class LocalStudioGenerator(ImageGenerator):
+    """Composites the untouched jewelry onto a rendered studio backdrop (no diffusion model).
+
+    ``grow_px`` makes it bleed the jewelry into the backdrop, a known-bad generation for
+    exercising the quality checks.
+    """
+
+    style: str = "sweep"
+    grow_px: int = 0
+    grow_seeds: list[int] | None = None  # seeds the bleed applies to; None = all
+
+    @property
+    def backend_name(self) -> str:
+        return f"local-studio-{self.style}"
+
+    def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
+        bleeds = self.grow_seeds is None or seed in self.grow_seeds
+        out = classical.composite_generation(
+            image, mask, seed=seed, radial=self.style == "radial", grow_px=self.grow_px if bleeds else 0
+        )
+        return Generation(image=out, model=self.backend_name)
+
+
+class DisabledGenerator(ImageGenerator):
+    """No generator configured: the result is null, with the reason, and the run succeeds."""
+
+    reason: str = "generator not configured"
+
+    @property
+    def backend_name(self) -> str:
+        return "disabled"
+
+    def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
+        return Generation(image=None, model="disabled", reason=self.reason)
+
+
+# --------------------------------------------------------------------------- instant stand-ins
+# For load tests and orchestration benchmarks (LOCAL_BACKENDS=instant): they do the least work
+# that still yields valid artifacts, so what is measured is the orchestration, not the vision.
+
+
+class InstantBackgroundRemover(BackgroundRemover):
+    """Passes the image through."""
+
+    @property
+    def backend_name(self) -> str:
+        return "instant"
+
+    def remove_background(self, image: RGBImage) -> RGBImage:
+        return image
+
+
+class InstantSegmenter(Segmenter):
+    """A disc around each positive click; the reference mask as the generated jewelry."""
+
+    radius: int = 120
+
+    @property
+    def backend_name(self) -> str:
+        return "instant"
+
+    def segment(self, image: RGBImage, points: Sequence[PixelPoint]) -> Mask:
+        strokes = [CanvasStroke(((p.x, p.y),), "add", 2.0 * self.radius) for p in points if p.label == 1]
+        return imaging.apply_strokes(np.zeros(image.shape[:2], dtype=bool), strokes)
+
+    def find_jewelry(self, image: RGBImage, reference: Mask) -> Mask:
+        return reference.copy()
+
+
+class InstantGenerator(ImageGenerator):
+    """A flat grey backdrop with the jewelry pixels pasted in."""
+
+    @property
+    def backend_name(self) -> str:
+        return "instant"
+
+    def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
+        out = np.full_like(image, 200)
+        out[mask] = image[mask]
+        return Generation(image=out, model="instant")

@@ -1,0 +1,352 @@
+"""Pure image functions: decoding, the canvas transform, brush strokes and mask metrics.
+
+Nothing here imports Dagster or an HTTP library, so every function can be tested and
+benchmarked alone; the assets and the service backends compose them.
+
+Coordinates: an image of width W spans the continuous range [0, W); pixel i covers
+[i, i + 1) and its centre is i + 0.5. A normalised point (x, y) in [0, 1] therefore sits at
+(x * W, y * H) in continuous coordinates of the image it was clicked on.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+CANVAS_WIDTH = 2000
+CANVAS_HEIGHT = 2667
+DEFAULT_MAX_PIXELS = 50_000_000
+
+RGBImage = np.ndarray  # (H, W, 3) uint8
+Mask = np.ndarray  # (H, W) bool
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image we can read (or are larger than the pixel limit)."""
+
+
+# --------------------------------------------------------------------------- codecs
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> RGBImage:
+    """Decode an upload to RGB with its EXIF orientation applied.
+
+    Phone photos are stored sideways with an orientation tag; the click points were given on
+    the image as the browser showed it, i.e. after the rotation, so we must rotate too.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > max_pixels:
+                raise ImageDecodeError(f"image is {img.width}x{img.height} pixels; the limit is {max_pixels} pixels")
+            img.draft("RGB", (img.width, img.height))
+            oriented = ImageOps.exif_transpose(img)
+            if oriented.mode in ("RGBA", "LA", "PA") or (oriented.mode == "P" and "transparency" in oriented.info):
+                # Transparent pixels become white, as a browser shows them on a white page.
+                rgba = oriented.convert("RGBA")
+                flat = Image.new("RGB", rgba.size, (255, 255, 255))
+                flat.paste(rgba, mask=rgba.getchannel("A"))
+                oriented = flat
+            return np.asarray(oriented.convert("RGB")).copy()
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"not a readable image: {exc}") from exc
+    except Image.DecompressionBombError as exc:  # pragma: no cover - subclass of Exception
+        raise ImageDecodeError(str(exc)) from exc
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Lossless encoding; fast compression because these PNGs are intermediate artifacts."""
+    pixels: np.ndarray
+    if array.dtype == bool:
+        pixels = array.astype(np.uint8) * 255
+    elif array.ndim == 3:
+        pixels = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    else:
+        pixels = array
+    ok, buf = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # pragma: no cover - cv2 only fails on unsupported dtypes
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Inverse of :func:`encode_png`: one channel comes back as a bool mask, three as RGB."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    pixels = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise ImageDecodeError("not a readable PNG")
+    if pixels.ndim == 2:
+        return pixels > 127
+    if pixels.shape[2] == 4:
+        pixels = pixels[:, :, :3]
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+
+
+def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Mask:
+    """A mask from any image: white (or any bright value, or opaque alpha) is jewelry."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > max_pixels:
+                raise ImageDecodeError(f"mask is larger than {max_pixels} pixels")
+            if img.mode in ("RGBA", "LA"):
+                return np.asarray(img.getchannel("A")) > 127
+            return np.asarray(img.convert("L")) > 127
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"not a readable mask image: {exc}") from exc
+
+
+def encode_jpeg(image: RGBImage, quality: int = 92) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def preview_data_uri(array: np.ndarray, max_side: int = 96) -> str:
+    """A tiny JPEG as a data URI: small enough to live in Dagster's event log."""
+    pixels = array.astype(np.uint8) * 255 if array.dtype == bool else array
+    h, w = pixels.shape[:2]
+    scale = max_side / max(h, w)
+    small = cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    if small.ndim == 2:
+        small = np.stack([small] * 3, axis=-1)
+    encoded = base64.b64encode(encode_jpeg(small, quality=70)).decode("ascii")
+    return f"data:image/jpeg;base64,{encoded}"
+
+
+# --------------------------------------------------------------------------- canvas
+
+
+@dataclass(frozen=True)
+class CanvasTransform:
+    """How an original image was placed on the canvas: uniform scale, then an offset.
+
+    Recorded so that points given on the original image can be moved onto the canvas.
+    """
+
+    source_width: int
+    source_height: int
+    canvas_width: int
+    canvas_height: int
+    content_width: int
+    content_height: int
+    offset_x: int
+    offset_y: int
+
+    @property
+    def scale_x(self) -> float:
+        return self.content_width / self.source_width
+
+    @property
+    def scale_y(self) -> float:
+        return self.content_height / self.source_height
+
+    def to_canvas(self, x: float, y: float) -> tuple[float, float]:
+        """Normalised (x, y) on the original image -> continuous canvas coordinates."""
+        return (self.offset_x + x * self.content_width, self.offset_y + y * self.content_height)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, int]) -> CanvasTransform:
+        return cls(**{k: int(data[k]) for k in cls.__dataclass_fields__})
+
+    @classmethod
+    def identity(cls, width: int, height: int) -> CanvasTransform:
+        return cls(width, height, width, height, width, height, 0, 0)
+
+
+def plan_canvas(
+    source_width: int,
+    source_height: int,
+    canvas_width: int = CANVAS_WIDTH,
+    canvas_height: int = CANVAS_HEIGHT,
+) -> CanvasTransform:
+    """The largest uniform scale that fits the canvas, centred: never distorts the photo."""
+    if source_width <= 0 or source_height <= 0:
+        raise ValueError("image has no pixels")
+    scale = min(canvas_width / source_width, canvas_height / source_height)
+    content_w = min(canvas_width, max(1, round(source_width * scale)))
+    content_h = min(canvas_height, max(1, round(source_height * scale)))
+    return CanvasTransform(
+        source_width=source_width,
+        source_height=source_height,
+        canvas_width=canvas_width,
+        canvas_height=canvas_height,
+        content_width=content_w,
+        content_height=content_h,
+        offset_x=(canvas_width - content_w) // 2,
+        offset_y=(canvas_height - content_h) // 2,
+    )
+
+
+def border_colour(image: RGBImage, width: int = 4) -> tuple[int, int, int]:
+    """Median colour of the outer frame: the colour a letterbox should continue."""
+    strips = np.concatenate(
+        [
+            image[:width].reshape(-1, 3),
+            image[-width:].reshape(-1, 3),
+            image[:, :width].reshape(-1, 3),
+            image[:, -width:].reshape(-1, 3),
+        ]
+    )
+    med = np.median(strips, axis=0)
+    return (int(med[0]), int(med[1]), int(med[2]))
+
+
+def fit_to_canvas(
+    image: RGBImage,
+    canvas_width: int = CANVAS_WIDTH,
+    canvas_height: int = CANVAS_HEIGHT,
+) -> tuple[RGBImage, CanvasTransform]:
+    """Scale the photo uniformly onto the canvas; the margin takes the photo's border colour."""
+    h, w = image.shape[:2]
+    transform = plan_canvas(w, h, canvas_width, canvas_height)
+    return apply_canvas_transform(image, transform), transform
+
+
+def apply_canvas_transform(
+    array: np.ndarray, transform: CanvasTransform, fill: Sequence[int] | None = None
+) -> np.ndarray:
+    """Place an image (RGB) or a mask (bool) on the canvas as ``transform`` says."""
+    is_mask = array.dtype == bool
+    src = array.astype(np.uint8) * 255 if is_mask else array
+    size = (transform.content_width, transform.content_height)
+    if size == (src.shape[1], src.shape[0]):
+        content = src
+    else:
+        shrinking = transform.content_width < src.shape[1]
+        interp = cv2.INTER_NEAREST if is_mask else (cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+        content = cv2.resize(src, size, interpolation=interp)
+    if is_mask:
+        canvas = np.zeros((transform.canvas_height, transform.canvas_width), dtype=np.uint8)
+    else:
+        colour = fill if fill is not None else border_colour(array)
+        canvas = np.empty((transform.canvas_height, transform.canvas_width, 3), dtype=np.uint8)
+        canvas[:] = np.asarray(colour, dtype=np.uint8)
+    y0, x0 = transform.offset_y, transform.offset_x
+    canvas[y0 : y0 + transform.content_height, x0 : x0 + transform.content_width] = content
+    return canvas > 127 if is_mask else canvas
+
+
+# --------------------------------------------------------------------------- strokes
+
+StrokeMode = Literal["add", "remove"]
+
+
+@dataclass(frozen=True)
+class CanvasStroke:
+    """A brush stroke in canvas pixel coordinates; ``size`` is the brush diameter."""
+
+    points: tuple[tuple[float, float], ...]
+    mode: StrokeMode
+    size: float
+
+
+def stroke_to_canvas(
+    points: Iterable[tuple[float, float]], mode: StrokeMode, size: float, transform: CanvasTransform
+) -> CanvasStroke:
+    return CanvasStroke(points=tuple(transform.to_canvas(x, y) for x, y in points), mode=mode, size=float(size))
+
+
+def rasterize_stroke(shape: tuple[int, int], stroke: CanvasStroke) -> Mask:
+    """Pixels whose centre lies within size/2 of the stroke's polyline.
+
+    Computed exactly (distance to each segment) inside the stroke's bounding box, so a test can
+    predict every covered pixel, and the cost scales with the stroke, not the canvas.
+    """
+    height, width = shape
+    covered = np.zeros(shape, dtype=bool)
+    radius = stroke.size / 2.0
+    if radius <= 0 or not stroke.points:
+        return covered
+    pts = stroke.points if len(stroke.points) > 1 else (stroke.points[0], stroke.points[0])
+    for (ax, ay), (bx, by) in zip(pts[:-1], pts[1:], strict=True):
+        x0 = max(0, math.floor(min(ax, bx) - radius - 0.5))
+        x1 = min(width, math.ceil(max(ax, bx) + radius + 0.5))
+        y0 = max(0, math.floor(min(ay, by) - radius - 0.5))
+        y1 = min(height, math.ceil(max(ay, by) + radius + 0.5))
+        if x0 >= x1 or y0 >= y1:
+            continue
+        cx = np.arange(x0, x1, dtype=np.float64)[None, :] + 0.5
+        cy = np.arange(y0, y1, dtype=np.float64)[:, None] + 0.5
+        dx, dy = bx - ax, by - ay
+        seg_len2 = dx * dx + dy * dy
+        if seg_len2 == 0.0:
+            t = np.zeros((1, 1))
+        else:
+            t = np.clip(((cx - ax) * dx + (cy - ay) * dy) / seg_len2, 0.0, 1.0)
+        dist2 = (cx - (ax + t * dx)) ** 2 + (cy - (ay + t * dy)) ** 2
+        covered[y0:y1, x0:x1] |= dist2 <= radius * radius
+    return covered
+
+
+def apply_strokes(mask: Mask, strokes: Sequence[CanvasStroke]) -> Mask:
+    """Paint strokes in order: later strokes win where they overlap earlier ones."""
+    refined = mask.copy()
+    for stroke in strokes:
+        covered = rasterize_stroke(refined.shape, stroke)
+        if stroke.mode == "add":
+            refined |= covered
+        else:
+            refined &= ~covered
+    return refined
+
+
+def remove_specks(mask: Mask, min_area: int) -> Mask:
+    """Drop connected components smaller than ``min_area`` pixels (stray brush dabs, noise)."""
+    if min_area <= 1 or not mask.any():
+        return mask.copy()
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(count, dtype=bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
+    return keep[labels]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class MaskMetrics:
+    """Fidelity of a generated image's jewelry mask G against the reference mask R.
+
+    precision = |G ∩ R| / |G|, recall = |G ∩ R| / |R|, iou = |G ∩ R| / |G ∪ R|,
+    growth_ratio = |G| / |R|.  An empty G gives precision 0.
+    """
+
+    precision: float
+    recall: float
+    iou: float
+    growth_ratio: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def mask_metrics(generated: Mask, reference: Mask) -> MaskMetrics:
+    if generated.shape != reference.shape:
+        raise ValueError(f"mask shapes differ: {generated.shape} vs {reference.shape}")
+    ref_area = int(np.count_nonzero(reference))
+    if ref_area == 0:
+        raise ValueError("the reference mask is empty")
+    gen_area = int(np.count_nonzero(generated))
+    inter = int(np.count_nonzero(generated & reference))
+    union = gen_area + ref_area - inter
+    return MaskMetrics(
+        precision=inter / gen_area if gen_area else 0.0,
+        recall=inter / ref_area,
+        iou=inter / union,
+        growth_ratio=gen_area / ref_area,
+    )

@@ -1,0 +1,129 @@
+"""End to end: real dagster-webserver + dagster-daemon + gateway over loopback HTTP."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from devtools.stack import Stack
+from jewel_dagster.resources.blob_store import LocalBlobStore
+from jewel_dagster.vision import imaging
+from tests.support.e2e_flows import CUP, PHOTO, full_request_completes
+from tests.support.e2e_flows import finished as _finished
+from tests.support.e2e_stack import poll, running_stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as c:
+        yield c
+
+
+def _store(stack: Stack) -> LocalBlobStore:
+    return LocalBlobStore(root=stack.env["LOCAL_BLOB_ROOT"])
+
+
+def test_start_reports_progress_then_results(client: httpx.Client) -> None:
+    final = full_request_completes(client)
+    assert "flux_result_url" not in final["result"]  # a local folder has no URL to hand out
+
+
+def test_preprocess_then_generate_with_a_brush_stroke(client: httpx.Client, stack: Stack) -> None:
+    pre = client.post("/workflow/preprocess", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}).json()
+    done = poll(client, pre["workflowId"], _finished)[-1]
+    assert done["status"] == "COMPLETED", done
+    uris = done["result"]
+    assert set(uris) == {"imageUri", "maskUri"}
+
+    # A stroke in the photo's top-left corner, far from the cup: jewelry must appear there.
+    stroke = {"points": [{"x": 0.05, "y": 0.1}, {"x": 0.2, "y": 0.1}], "mode": "add", "size": 60}
+    gen = client.post("/workflow/generate", json={**uris, "brushStrokes": [stroke]})
+    assert gen.status_code == 200, gen.text
+    assert gen.json()["workflowId"] == pre["workflowId"]  # same request partition, one lineage
+    done = poll(
+        client, pre["workflowId"], lambda s: s["status"] == "COMPLETED" and "flux_metrics" in s.get("result", {})
+    )
+    result = done[-1]["result"]
+    store = _store(stack)
+    before = imaging.decode_png(store.get(uris["maskUri"]))
+    after = imaging.decode_png(store.get(result["finalMaskUri"]))
+    transform = imaging.plan_canvas(600, 400)
+    x, y = transform.to_canvas(0.12, 0.1)
+    assert not before[int(y), int(x)] and after[int(y), int(x)]
+    assert np.count_nonzero(after & ~before) > 1000
+
+
+def test_cancel_a_running_request(client: httpx.Client) -> None:
+    started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}).json()
+    cancel = client.post(f"/workflow/{started['workflowId']}/cancel")
+    assert cancel.status_code == 200, cancel.text
+    assert cancel.json() == {"workflowId": started["workflowId"], "status": "CANCELLED"}
+    final = poll(client, started["workflowId"], _finished, timeout=60)[-1]
+    assert final["status"] == "CANCELLED", final
+    assert "result" not in final
+    again = client.post(f"/workflow/{started['workflowId']}/cancel")
+    assert again.status_code == 409
+
+
+def test_failed_request_names_the_step_and_the_reason(client: httpx.Client) -> None:
+    # The cup photo with a click on the plain table edge and a brush that removes everything.
+    erase = {"points": [{"x": 0.0, "y": 0.5}, {"x": 1.0, "y": 0.5}], "mode": "remove", "size": 2667}
+    started = client.post(
+        "/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP], "brushStrokes": [erase]}
+    ).json()
+    final = poll(client, started["workflowId"], _finished)[-1]
+    assert final["status"] == "FAILED"
+    assert final["failedStep"] == "UPLOADING_MASK" and final["currentStep"] == "UPLOADING_MASK"
+    assert "refined mask is empty" in final["error"]
+
+
+def test_unknown_workflow_is_404(client: httpx.Client) -> None:
+    assert client.get("/workflow/jewelry-gen-00000000-0000-0000-0000-000000000000").status_code == 404
+    assert client.get("/workflow/not-ours").status_code == 404
+    assert client.post("/workflow/not-ours/cancel").status_code == 404
+
+
+def test_dagster_down_gives_503_and_health_says_disconnected(tmp_path: Path) -> None:
+    with running_stack(tmp_path) as own:
+        with httpx.Client(base_url=own.gateway_url, timeout=30) as c:
+            assert c.get("/health").json()["dagster"] == "connected"
+            own.stop_dagster()
+            response = c.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
+            assert response.status_code == 503
+            assert "Dagster" in response.json()["detail"]
+            health = c.get("/health").json()
+            assert health["dagster"] == "disconnected" and health["temporal"] == "disconnected"
+            assert health["status"] == "degraded"
+        blobs = Path(own.env["LOCAL_BLOB_ROOT"])
+        assert not blobs.exists() or not any(blobs.rglob("upload")), "nothing is stored for a refused request"
+
+
+def test_concurrent_starts_are_all_accepted(client: httpx.Client, stack: Stack) -> None:
+    """Found by the load benchmark: one shared GraphQL client failed concurrent launches."""
+    answers: list[httpx.Response] = []
+
+    def post() -> None:
+        with httpx.Client(base_url=stack.gateway_url, timeout=60) as own:
+            answers.append(own.post("/workflow/preprocess", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}))
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [a.status_code for a in answers] == [200] * 8, [a.text[:200] for a in answers if a.status_code != 200]
+    for answer in answers:  # free the CPU for the other tests
+        client.post(f"/workflow/{answer.json()['workflowId']}/cancel")

@@ -1,0 +1,238 @@
+"""For the people who use it, end to end on the real stack: event stream, webhooks, artifacts, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from devtools.stack import REPO_ROOT, Stack
+from gateway.webhooks import SIGNATURE_HEADER, record_path, signature
+from jewel_dagster.contract import STEP_PROGRESS
+from jewel_dagster.resources.blob_store import LocalBlobStore
+from tests.support.e2e_flows import CUP, PHOTO, finished
+from tests.support.e2e_stack import free_port, poll, running_stack
+from tests.support.receivers import Receiver, webhook_receiver
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "test-webhook-secret"
+RING = REPO_ROOT / "samples" / "ring.jpg"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_ALLOW_PRIVATE": "true",  # the receiver listens on loopback
+        "WEBHOOK_BACKOFF_SECONDS": "0.3",
+        "WEBHOOK_POLL_SECONDS": "0.5",
+        "REGENERATION_SENSOR_ENABLED": "false",
+    }
+    with running_stack(tmp_path_factory.mktemp("live"), env) as running:
+        yield running
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as c:
+        yield c
+
+
+def read_events(
+    client: httpx.Client, workflow_id: str, timeout: float = 120.0
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """Every (id, event, data) of the stream until the server ends it."""
+    events: list[tuple[int, str, dict[str, Any]]] = []
+    with client.stream("GET", f"/workflow/{workflow_id}/events", timeout=timeout) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        for line in response.iter_lines():
+            if not line:
+                if "data" in fields:
+                    events.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value.strip()
+    return events
+
+
+def _start(client: httpx.Client, **extra: Any) -> str:
+    response = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP], **extra})
+    assert response.status_code == 200, response.text
+    return response.json()["workflowId"]
+
+
+def test_events_arrive_in_order_and_end_with_the_final_state(client: httpx.Client) -> None:
+    workflow_id = _start(client)
+    events = read_events(client, workflow_id)
+    names = [name for _, name, _ in events]
+    assert names[-1] == "final" and set(names[:-1]) == {"progress"}, names
+    ids = [event_id for event_id, _, _ in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    progress = [data["progress"] for _, name, data in events if name == "progress"]
+    assert progress == sorted(progress) and len(progress) >= 2, progress
+    steps = [data["currentStep"] for _, name, data in events if name == "progress"]
+    assert set(steps) <= set(STEP_PROGRESS)
+    final = events[-1][2]
+    assert final["status"] == "COMPLETED" and final["progress"] == 100
+    assert final == client.get(f"/workflow/{workflow_id}").json()  # the same state GET answers
+
+
+def test_events_of_an_unknown_workflow_are_404(client: httpx.Client) -> None:
+    response = client.get("/workflow/jewelry-gen-00000000-0000-0000-0000-000000000000/events")
+    assert response.status_code == 404
+
+
+def _wait_for_posts(receiver: Receiver, count: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(receiver.posts()) < count:
+        assert time.monotonic() < deadline, f"{len(receiver.posts())} webhook POSTs, expected {count}"
+        time.sleep(0.1)
+
+
+def test_one_signed_webhook_per_workflow(client: httpx.Client) -> None:
+    with webhook_receiver() as receiver:
+        first = _start(client, webhookUrl=receiver.url)
+        second = _start(client, webhookUrl=receiver.url + "?n=2")
+        _wait_for_posts(receiver, 2, timeout=180)
+        time.sleep(2.5)  # a few more dispatcher ticks: nothing may arrive twice
+        posts = receiver.posts()
+    assert len(posts) == 2
+    for post in posts:
+        assert post.headers[SIGNATURE_HEADER] == signature(SECRET, post.body)
+    bodies = {json.loads(p.body)["workflowId"]: json.loads(p.body) for p in posts}
+    assert set(bodies) == {first, second}
+    assert bodies[first] == client.get(f"/workflow/{first}").json()
+    assert bodies[first]["status"] == "COMPLETED" and bodies[first]["result"]["flux_result_base64"]
+
+
+def test_a_failing_receiver_is_retried_and_the_outcome_recorded(client: httpx.Client, stack: Stack) -> None:
+    with webhook_receiver(answers=[500, 502]) as receiver:
+        workflow_id = _start(client, webhookUrl=receiver.url)
+        _wait_for_posts(receiver, 3, timeout=180)
+        posts = receiver.posts()
+    assert len({p.body for p in posts}) == 1 and len({p.headers["X-Jewel-Delivery"] for p in posts}) == 1
+    store = LocalBlobStore(root=stack.env["LOCAL_BLOB_ROOT"])
+    run_id = posts[0].headers["X-Jewel-Delivery"]
+    deadline = time.monotonic() + 10
+    while not store.exists_path(record_path(workflow_id, run_id)):
+        assert time.monotonic() < deadline, "no delivery record"
+        time.sleep(0.1)
+    record = json.loads(store.get_path(record_path(workflow_id, run_id)))
+    assert record["delivered"] is True and record["attempts"] == 3 and record["status_code"] == 200
+
+
+def test_artifacts_are_served_and_unknown_names_refused(client: httpx.Client) -> None:
+    workflow_id = _start(client)
+    poll(client, workflow_id, finished)
+    mask = client.get(f"/workflow/{workflow_id}/artifacts/jewelry_mask.png")
+    assert mask.status_code == 200 and mask.headers["content-type"] == "image/png"
+    transform = client.get(f"/workflow/{workflow_id}/artifacts/canvas_transform.json").json()
+    assert transform["canvas_width"] == 2000 and transform["source_width"] == 600
+    assert client.get(f"/workflow/{workflow_id}/artifacts/upload").status_code == 404
+    assert client.get(f"/workflow/{workflow_id}/artifacts/..%2F..%2Fsecret.png").status_code == 404
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def _jewel(stack: Stack, *args: str, gateway: str | None = None) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("jewel")  # the console script pip installed
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+    return subprocess.run(
+        [*command, "--gateway", gateway or stack.gateway_url, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_run_writes_the_images_and_metrics(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = _jewel(stack, "run", str(RING), "--point", "0.245,0.467", "--negative", "0.9,0.9",
+                  "--stroke", "add:30:0.24,0.46:0.25,0.47", "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in out.iterdir()} == {"flux.png", "gemini.png", "metrics.json"}
+    assert Image.open(out / "flux.png").size == (2000, 2667)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["workflowId"].startswith("jewelry-gen-") and 0 <= metrics["flux_metrics"]["iou"] <= 1
+    assert "%" in done.stderr  # the progress bar
+    status = _jewel(stack, "status", metrics["workflowId"])
+    assert status.returncode == 0 and json.loads(status.stdout)["status"] == "COMPLETED"
+    cancel = _jewel(stack, "cancel", metrics["workflowId"])
+    assert cancel.returncode == 2 and "already ended" in cancel.stderr
+
+
+def test_cli_reports_refusals_and_an_unreachable_gateway(stack: Stack, tmp_path: Path) -> None:
+    not_a_photo = tmp_path / "notes.jpg"
+    not_a_photo.write_text("not an image")
+    refused = _jewel(stack, "run", str(not_a_photo), "--point", "0.5,0.5", "--out", str(tmp_path / "o"))
+    assert refused.returncode == 2 and "image" in refused.stderr.lower(), refused.stderr
+    assert not (tmp_path / "o").exists()
+    unknown = _jewel(stack, "status", "jewelry-gen-00000000-0000-0000-0000-000000000000")
+    assert unknown.returncode == 2 and "no workflow" in unknown.stderr
+    gone = _jewel(stack, "status", "x", gateway=f"http://127.0.0.1:{free_port()}")
+    assert gone.returncode == 3 and "cannot reach" in gone.stderr
+    usage = _jewel(stack, "run", str(RING), "--point", "1.5,0.2")
+    assert usage.returncode == 2 and "0 to 1" in usage.stderr
+
+
+# ------------------------------------------------------------------ the web page, in a real browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def test_the_page_takes_a_photo_and_clicks_to_results(stack: Stack, tmp_path: Path) -> None:
+    """Load the page, upload a photo, click the ring, see the mask, paint, generate, see results."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    console: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+            page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+            page.goto(f"{stack.gateway_url}/")
+            page.set_input_files("#file", str(RING))
+            page.wait_for_function("document.getElementById('photo-canvas').width > 1")
+            photo = page.locator("#photo-canvas").bounding_box()
+            assert photo is not None
+            page.mouse.click(photo["x"] + 0.245 * photo["width"], photo["y"] + 0.467 * photo["height"])
+            page.click("#preprocess")
+            page.wait_for_selector("#step-mask", state="visible", timeout=120_000)
+            page.screenshot(path=str(tmp_path / "1-mask.png"), full_page=True)
+
+            page.locator("#mask-canvas").scroll_into_view_if_needed()
+            canvas = page.locator("#mask-canvas").bounding_box()
+            assert canvas is not None
+            page.mouse.move(canvas["x"] + 0.2 * canvas["width"], canvas["y"] + 0.3 * canvas["height"])
+            page.mouse.down()
+            page.mouse.move(canvas["x"] + 0.3 * canvas["width"], canvas["y"] + 0.3 * canvas["height"], steps=8)
+            page.mouse.up()
+            assert page.locator("#undo-stroke").is_enabled()  # the stroke was recorded
+            page.click("#generate")
+            page.wait_for_selector("#results", state="visible", timeout=180_000)
+            page.wait_for_function("document.getElementById('flux-img').naturalWidth === 2000", timeout=30_000)
+            page.wait_for_function("document.getElementById('gemini-img').naturalWidth === 2000", timeout=30_000)
+            assert page.locator("#step-name").inner_text() == "COMPLETED"
+            assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
+            assert page.locator("#metrics tr").count() >= 3
+            assert page.get_attribute("#flux-download", "href", timeout=5_000).startswith("blob:")
+            page.screenshot(path=str(tmp_path / "2-results.png"), full_page=True)
+        finally:
+            browser.close()
+    print(f"screenshots: {tmp_path}")
+    assert not [line for line in console if line.startswith(("error", "pageerror"))], console

@@ -1,0 +1,41 @@
+"""The stack on the production parts: PostgreSQL instance storage and Azure Blob (Azurite)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.support.e2e_flows import full_request_completes
+from tests.support.e2e_stack import running_stack
+from tests.support.infra import azurite, postgres_database
+
+pytestmark = pytest.mark.e2e
+
+
+def test_postgres_and_azurite_survive_a_restart(tmp_path: Path) -> None:
+    with postgres_database() as pg_url, azurite(tmp_path / "azurite") as connection:
+        env = {"DAGSTER_PG_URL": pg_url, "AZURE_STORAGE_CONNECTION_STRING": connection}
+        with running_stack(tmp_path / "stack", env) as stack:
+            assert "postgres" in (Path(stack.env["DAGSTER_HOME"]) / "dagster.yaml").read_text()
+            with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+                final = full_request_completes(client)
+                result = final["result"]
+                assert result["imageUri"].startswith("azure://jewelry-uploads/requests/")
+                flux = httpx.get(result["flux_result_url"], timeout=10)
+                assert flux.status_code == 200
+                assert Image.open(io.BytesIO(flux.content)).size == (2000, 2667)
+            assert not Path(stack.env["LOCAL_BLOB_ROOT"]).exists(), "nothing may go to the local folder"
+
+            stack.stop()  # webserver, daemon and gateway all go away ...
+            stack.start()  # ... and come back on the same storage
+            with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+                again = client.get(f"/workflow/{final['workflowId']}")
+                assert again.status_code == 200
+                body = again.json()
+                assert body["status"] == "COMPLETED" and body["progress"] == 100
+                for key in ("flux_result_base64", "gemini_result_base64", "flux_metrics"):
+                    assert body["result"][key] == result[key]

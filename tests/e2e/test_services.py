@@ -1,0 +1,82 @@
+"""The stack with every model service over HTTP on the reference server (loopback)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.e2e_stack import free_port, poll, running_stack, runs_of
+from tests.support.photos import coffee_jpeg
+from tests.support.servers import reference_server, service_urls, set_knobs
+
+pytestmark = pytest.mark.e2e
+
+
+_REEXECUTE = """
+mutation Reexecute($parentRunId: String!) {
+  launchRunReexecution(reexecutionParams: {parentRunId: $parentRunId, strategy: FROM_FAILURE}) {
+    __typename
+    ... on PythonError { message }
+  }
+}"""
+
+
+def _services_when(client: httpx.Client, state: str, timeout: float = 15.0) -> dict[str, str]:
+    """Poll /health until sam3 reports ``state`` (probes are cached for 5 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        services = client.get("/health").json()["services"]
+        if services["sam3"] == state or time.monotonic() > deadline:
+            return services
+        time.sleep(0.5)
+
+
+def test_service_failure_reaches_the_gateway_and_health_probes_services(tmp_path: Path) -> None:
+    port = free_port()
+    env = {key.upper(): value for key, value in service_urls(f"http://127.0.0.1:{port}").items()}
+    with running_stack(tmp_path, env) as stack, httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        with reference_server(port=port) as server:
+            set_knobs(server, reject={"a100/generate": 400})
+            assert _services_when(client, "online") == {
+                "a100": "online",
+                "imageManipulator": "online",
+                "birefnet": "online",
+                "sam3": "online",
+                "gemini": "offline",
+            }
+            photo = base64.b64encode(coffee_jpeg()).decode()
+            response = client.post(
+                "/workflow/start", json={"originalImageBase64": photo, "maskPoints": [{"x": 0.45, "y": 0.42}]}
+            )
+            assert response.status_code == 200, response.text
+            started = response.json()
+            final = poll(client, started["workflowId"], lambda s: s["status"] != "RUNNING")[-1]
+            assert final["status"] == "FAILED", final
+            assert final["failedStep"] == "GENERATING_IMAGES"
+            assert "FluxGenerator" in final["error"] and "400" in final["error"]
+            assert "rejected the request" in final["error"]
+            assert httpx.get(f"{server}/_stats").json()["a100/generate"] == 1  # permanent: not retried
+
+            # Fix the service, then "Re-execute from failure" as the Dagster UI does, over GraphQL:
+            # the gateway reports the partition's newest run, which completes.
+            set_knobs(server)
+            failed_run = runs_of(stack.dagster_url, started["workflowId"])[0]["runId"]
+            launched = httpx.post(
+                f"{stack.dagster_url}/graphql",
+                json={"query": _REEXECUTE, "variables": {"parentRunId": failed_run}},
+                timeout=30,
+            ).json()["data"]["launchRunReexecution"]
+            assert launched["__typename"] == "LaunchRunSuccess", launched
+            done = poll(client, started["workflowId"], lambda s: s["status"] == "COMPLETED")[-1]
+            assert done["result"]["flux_metrics"]["iou"] > 0
+            calls = httpx.get(f"{server}/_stats").json()
+            assert calls.get("sam3/segment", 0) == 0, "steps that had succeeded are not run again"
+            assert calls["a100/generate"] == 1
+
+        # The reference server is gone: once the health cache expires the probes say so.
+        services = _services_when(client, "offline")
+        assert services["sam3"] == "offline" and services["a100"] == "offline"

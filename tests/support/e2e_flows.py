@@ -1,0 +1,50 @@
+"""Request flows the end-to-end tests run against more than one deployment."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from jewel_dagster.contract import STEP_PROGRESS
+from tests.support.e2e_stack import poll
+from tests.support.photos import coffee_jpeg
+
+PHOTO = base64.b64encode(coffee_jpeg()).decode()
+CUP = {"x": 0.45, "y": 0.42, "label": 1}
+
+
+def finished(state: dict[str, Any]) -> bool:
+    return state["status"] != "RUNNING"
+
+
+def full_request_completes(client: httpx.Client) -> dict[str, Any]:
+    """POST /workflow/start with a real photo, poll every 0.2 s, check the states; returns the last."""
+    started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
+    assert started.status_code == 200, started.text
+    body = started.json()
+    assert list(body) == ["workflowId", "status"] and body["status"] == "RUNNING"
+    assert body["workflowId"].startswith("jewelry-gen-")
+
+    states = poll(client, body["workflowId"], finished)
+    final = states[-1]
+    assert final["status"] == "COMPLETED", final
+    assert final["progress"] == 100 and final["currentStep"] == "COMPLETED"
+    running = [s for s in states if s["status"] == "RUNNING"]
+    assert all(list(s) == ["workflowId", "status", "progress", "currentStep"] for s in running)
+    steps = {s["currentStep"] for s in running}
+    assert steps <= set(STEP_PROGRESS) and len(steps) >= 3, steps
+    progress = [s["progress"] for s in states]
+    assert progress == sorted(progress)
+
+    result = final["result"]
+    for key in ("flux_result_base64", "gemini_result_base64"):
+        image = Image.open(io.BytesIO(base64.b64decode(result[key])))
+        assert image.format == "JPEG" and image.size == (2000, 2667)
+    metrics = result["flux_metrics"]
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("precision", "recall", "iou"))
+    assert metrics["growth_ratio"] > 0
+    return final

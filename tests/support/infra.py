@@ -1,0 +1,109 @@
+"""Real backing services for tests: Azurite (Azure Blob emulator, from npm) and PostgreSQL.
+
+A test that needs one and cannot find it fails in CI (CI=true) and is skipped elsewhere,
+with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from devtools.stack import REPO_ROOT
+from tests.support.e2e_stack import free_port
+
+NODE_BIN = REPO_ROOT / ".data" / "node" / "node_modules" / ".bin"
+AZURITE_ACCOUNT = "devstoreaccount1"
+# Azurite's documented, public development key (not a secret).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+PG_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+
+
+def missing(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must have it: .ci/run installs it)")
+    pytest.skip(reason)
+
+
+def _wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"azurite exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"azurite did not listen on {port} within {timeout} s")
+
+
+@contextmanager
+def azurite(location: Path) -> Iterator[str]:
+    """Start azurite-blob on a free port; yields a connection string."""
+    binary = shutil.which("azurite-blob", path=f"{NODE_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if binary is None:
+        missing("Azurite is not installed (make node-tools installs it from the npm registry)")
+    port = free_port()
+    location.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [
+            binary,
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--location",
+            str(location),
+            "--silent",
+            "--skipApiVersionCheck",
+            "--loose",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_for_port(port, 30, process)
+        yield (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+        )
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL server for this test run; yields its URL."""
+    import psycopg2
+
+    try:
+        admin = psycopg2.connect(PG_DSN, connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        missing(f"PostgreSQL is not reachable ({PG_DSN}): {exc}")
+    admin.autocommit = True
+    name = f"jewel_test_{uuid.uuid4().hex[:12]}"
+    params = admin.get_dsn_parameters()
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://{params['user']}@{params['host']}:{params['port']}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -1,0 +1,67 @@
+"""Real HTTP servers on loopback for tests: the reference model server and small fakes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import uvicorn
+
+from devtools.reference_server import service_env
+from devtools.stack import REPO_ROOT, wait_for_http
+from tests.support.e2e_stack import free_port
+
+
+@contextmanager
+def reference_server(*args: str, port: int | None = None) -> Iterator[str]:
+    """`python -m devtools.reference_server` in a subprocess; yields its base URL."""
+    port = port or free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devtools.reference_server", "--port", str(port), *args], cwd=REPO_ROOT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/sam3/health", 60, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=3)  # a hung request keeps uvicorn's graceful shutdown waiting
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def set_knobs(url: str, **knobs: Any) -> None:
+    httpx.put(f"{url}/_knobs", json=knobs, timeout=5).raise_for_status()
+    httpx.delete(f"{url}/_stats", timeout=5).raise_for_status()
+
+
+def service_urls(url: str) -> dict[str, str]:
+    """Settings (field names) that point every model service at the reference server."""
+    return {name.lower(): value for name, value in service_env(url).items()}
+
+
+@contextmanager
+def app_in_thread(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a daemon thread on a free loopback port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the fake server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

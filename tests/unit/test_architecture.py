@@ -1,0 +1,54 @@
+"""Where Dagster's private APIs may be used: in jewel_dagster/runtime only, each use listed.
+
+`lint-imports` (make lint) checks the rest of the import rules; it sees external packages only
+by their top-level name, so `dagster._...` is checked here.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from devtools.stack import REPO_ROOT
+
+RUNTIME = REPO_ROOT / "jewel_dagster" / "runtime"
+CHECKED = ["jewel_dagster", "gateway", "devtools", "benchmarks", "tests"]
+
+
+def _private_dagster_imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        found += [n for n in names if n.split(".")[0].startswith("dagster") and "._" in n]
+    return found
+
+
+def test_private_dagster_modules_are_imported_in_the_runtime_folder_only() -> None:
+    outside = {
+        str(path.relative_to(REPO_ROOT)): imports
+        for folder in CHECKED
+        for path in (REPO_ROOT / folder).rglob("*.py")
+        if RUNTIME not in path.parents and (imports := _private_dagster_imports(path))
+    }
+    assert outside == {}
+
+
+def test_each_runtime_module_lists_the_private_symbols_it_uses() -> None:
+    """A reader (or a Dagster upgrade) finds every private use in the module docstrings."""
+    for path in RUNTIME.glob("*.py"):
+        imports = _private_dagster_imports(path)
+        docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if imports:
+            assert "checked against dagster 1.13.27" in docstring, path.name
+            for module in imports:
+                assert module in docstring, f"{path.name} does not list {module}"
+
+
+def test_the_checker_sees_a_private_import(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("import dagster as dg\nfrom dagster._core.events import X\nimport dagster_postgres._x\n")
+    assert _private_dagster_imports(sample) == ["dagster._core.events", "dagster_postgres._x"]

@@ -1,0 +1,27 @@
+"""Workflow ids that are not ours are 404 before any query is made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.gateway_client import gateway_client
+
+
+@pytest.mark.parametrize(
+    "workflow_id",
+    [
+        "not-ours",
+        "jewelry-gen-1234",
+        'jewelry-gen-00000000-0000-0000-0000-000000000000"}) { __typename }',
+        "jewelry-gen-00000000-0000-0000-0000-00000000000G",
+        "..%2F..%2Fetc",
+        "x" * 5000,
+    ],
+)
+def test_ids_that_are_not_ours(tmp_path: Path, workflow_id: str) -> None:
+    # Dagster is unreachable here: a 404 (not a 503) proves no query was attempted.
+    with gateway_client(tmp_path) as client:
+        assert client.get(f"/workflow/{workflow_id}").status_code == 404
+        assert client.post(f"/workflow/{workflow_id}/cancel").status_code == 404

@@ -1,0 +1,38 @@
+"""imageUri / maskUri outside our storage: the generate endpoint never fetches them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.gateway_client import gateway_client
+
+OURS = "local://jewelry-uploads/requests/jewelry-gen-x/upload"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "https://example.com/ring.png",
+        "file:///etc/passwd",
+        "azure://jewelry-uploads/requests/x/upload",  # another scheme than the configured store's
+        "local://other-container/requests/x/upload",
+        "local://jewelry-uploads/../../etc/passwd",
+        "local://jewelry-uploads/requests/%2e%2e/x",
+        "local://jewelry-uploads/requests//x",
+        "",
+    ],
+)
+def test_foreign_uris_are_refused(tmp_path: Path, uri: str) -> None:
+    with gateway_client(tmp_path) as client:
+        response = client.post("/workflow/generate", json={"imageUri": uri, "maskUri": OURS})
+    assert response.status_code in (400, 422), response.text
+    assert "imageUri" in response.json()["detail"]
+
+
+def test_our_uri_with_nothing_stored_is_404(tmp_path: Path) -> None:
+    with gateway_client(tmp_path) as client:
+        response = client.post("/workflow/generate", json={"imageUri": OURS, "maskUri": OURS})
+    assert response.status_code == 404 and "nothing is stored" in response.json()["detail"]

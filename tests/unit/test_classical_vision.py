@@ -1,0 +1,62 @@
+"""The classical local backends on images whose truth is known."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jewel_dagster.vision import classical, imaging
+from jewel_dagster.vision.classical import PixelPoint
+from tests.support.photos import synthetic_ring
+
+
+def test_segmenter_finds_known_object_from_one_click() -> None:
+    image, truth = synthetic_ring()
+    ys, xs = np.nonzero(truth)
+    i = len(ys) // 3
+    mask = classical.segment_from_points(image, [PixelPoint(float(xs[i]), float(ys[i]), 1)])
+    assert imaging.mask_metrics(mask, truth).iou >= 0.9
+
+
+def test_segmenter_needs_a_positive_point() -> None:
+    image, _ = synthetic_ring(400, 533)
+    try:
+        classical.segment_from_points(image, [PixelPoint(10, 10, 0)])
+    except ValueError as exc:
+        assert "label 1" in str(exc)
+    else:
+        raise AssertionError("expected a ValueError")
+
+
+def test_generation_keeps_jewelry_pixels_and_replaces_background() -> None:
+    image, truth = synthetic_ring(600, 800)
+    out = classical.composite_generation(image, truth, seed=3)
+    assert np.array_equal(out[truth], image[truth])
+    assert np.mean(np.abs(out[~truth].astype(int) - image[~truth].astype(int))) > 20
+
+
+def test_find_jewelry_scores_an_exact_generation_high_and_a_grown_one_low() -> None:
+    image, truth = synthetic_ring(1000, 1333)
+    exact = classical.composite_generation(image, truth, seed=0)
+    grown = classical.composite_generation(image, truth, seed=0, grow_px=20)
+    good = imaging.mask_metrics(classical.segment_like_reference(exact, truth), truth)
+    bad = imaging.mask_metrics(classical.segment_like_reference(grown, truth), truth)
+    assert good.iou >= 0.95 and 0.95 <= good.growth_ratio <= 1.05
+    assert bad.growth_ratio > 1.2 and bad.iou < 0.85
+
+
+def test_busyness_tells_plain_from_cluttered_backgrounds() -> None:
+    plain = np.full((800, 600, 3), 240, np.uint8)
+    blocks = np.random.default_rng(0).integers(0, 256, (20, 15, 3), dtype=np.uint8)
+    cluttered = np.kron(blocks, np.ones((40, 40, 1), np.uint8))  # a room: patches of colour
+    assert classical.background_busyness(plain) < 0.05
+    assert classical.background_busyness(cluttered) > 0.8
+
+
+def test_background_removal_keeps_centre_object_on_plain_backdrop() -> None:
+    image = np.full((800, 600, 3), (30, 90, 160), np.uint8)
+    image[300:500, 200:400] = (230, 200, 40)
+    cut, fg = classical.remove_background(image)
+    truth = np.zeros((800, 600), bool)
+    truth[300:500, 200:400] = True
+    assert imaging.mask_metrics(fg, truth).iou > 0.9
+    assert tuple(cut[10, 10]) == (255, 255, 255)

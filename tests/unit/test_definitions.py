@@ -1,0 +1,34 @@
+from jewel_dagster.contract import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB, SEED_STEP_OF_OP, STEP_PROGRESS
+from jewel_dagster.definitions import defs
+
+
+def test_every_job_resolves() -> None:
+    for name in (FULL_JOB, PREPROCESS_JOB, GENERATE_JOB):
+        job = defs.resolve_job_def(name)
+        assert job.partitions_def is not None and job.partitions_def.name == "requests"
+
+
+def test_every_step_maps_to_a_seed_step() -> None:
+    full = defs.resolve_job_def(FULL_JOB)
+    op_names = {node.name for node in full.graph.nodes}
+    assert op_names == set(SEED_STEP_OF_OP)
+    assert set(SEED_STEP_OF_OP.values()) <= set(STEP_PROGRESS)
+
+
+def test_every_asset_is_partitioned_per_request() -> None:
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).partitions_def.name == "requests", key
+
+
+def test_job_step_orders_match_the_jobs() -> None:
+    from jewel_dagster.contract import JOB_OPS
+
+    for name, ops in JOB_OPS.items():
+        job = defs.resolve_job_def(name)
+        assert {node.name for node in job.graph.nodes} == set(ops), name
+        # Execution order: every op comes after the ops it depends on.
+        position = {op: i for i, op in enumerate(ops)}
+        for node in job.graph.nodes:
+            for upstream in job.graph.dependency_structure.all_upstream_outputs_from_node(node.name):
+                assert position[upstream.node_name] < position[node.name]

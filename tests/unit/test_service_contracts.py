@@ -1,0 +1,125 @@
+"""HTTP clients against the reference model server on loopback: parity, retries, failures."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import httpx
+import numpy as np
+import pytest
+
+from jewel_dagster.defs.assets import ALL_ASSETS
+from jewel_dagster.resources.blob_store import BlobStore, artifact_path
+from jewel_dagster.resources.selection import build_resources
+from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.vision import imaging
+from tests.support.photos import coffee_jpeg
+from tests.support.servers import reference_server, service_urls, set_knobs
+
+ARRAYS = (
+    "original_image",
+    "resized_image",
+    "background_removed_image",
+    "jewelry_mask",
+    "refined_mask",
+    "final_mask",
+    "flux_generation",
+)
+DOCS = ("canvas_transform", "zoom_check", "flux_metrics")
+STROKE = {"points": [{"x": 0.05, "y": 0.1}, {"x": 0.15, "y": 0.1}], "mode": "add", "size": 40}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with reference_server() as url:
+        yield url
+
+
+def _run(resources: dict[str, Any], rid: str) -> tuple[dg.ExecuteInProcessResult, BlobStore]:
+    store: BlobStore = resources["blob_store"]
+    upload = store.put(f"requests/{rid}/upload", coffee_jpeg())
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("requests", [rid])
+        result = dg.materialize(
+            ALL_ASSETS,
+            partition_key=rid,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            run_config={
+                "ops": {
+                    "original_image": {"config": {"image_uri": upload}},
+                    "jewelry_mask": {"config": {"points": [{"x": 0.45, "y": 0.42, "label": 1}]}},
+                    "refined_mask": {"config": {"brush_strokes": [STROKE]}},
+                }
+            },
+        )
+    return result, store
+
+
+def _http_resources(tmp_path: Any, url: str, **extra: Any) -> dict[str, Any]:
+    return build_resources(PipelineSettings(local_blob_root=str(tmp_path / "http"), **service_urls(url), **extra))
+
+
+def _retries(result: dg.ExecuteInProcessResult) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in result.all_events:
+        if event.event_type_value == "STEP_UP_FOR_RETRY":
+            counts[event.step_key] = counts.get(event.step_key, 0) + 1
+    return counts
+
+
+def test_http_clients_match_the_local_run_pixel_for_pixel(tmp_path: Any, server: str) -> None:
+    set_knobs(server)
+    local, local_store = _run(build_resources(PipelineSettings(local_blob_root=str(tmp_path / "local"))), "parity")
+    remote, remote_store = _run(_http_resources(tmp_path, server), "parity")
+    assert local.success and remote.success
+    for name in ARRAYS:
+        a = imaging.decode_png(local_store.get_path(artifact_path("parity", name, "png")))
+        b = imaging.decode_png(remote_store.get_path(artifact_path("parity", name, "png")))
+        assert a.shape == b.shape and np.array_equal(a, b), name
+    for name in DOCS:
+        path = artifact_path("parity", name, "json")
+        assert json.loads(local_store.get_path(path)) == json.loads(remote_store.get_path(path)), name
+    calls = httpx.get(f"{server}/_stats").json()
+    assert calls["sam3/segment"] == 1 and calls["a100/generate"] == 1 and calls["sam3/find-jewelry"] == 1
+    # With the real generators elsewhere and no key, Gemini is null, with the reason.
+    assert json.loads(remote_store.get_path(artifact_path("parity", "gemini_generation", "json"))) is None
+    backends = {
+        e.asset_key.path[-1]: e.materialization.metadata.get("backend")
+        for e in remote.get_asset_materialization_events()
+    }
+    assert backends["jewelry_mask"].value.startswith("http:")
+
+
+def test_a_30_percent_failure_rate_still_completes_with_retries(tmp_path: Any, server: str) -> None:
+    set_knobs(server, failure_rate=0.3, seed=7)
+    result, _ = _run(_http_resources(tmp_path, server), "flaky")
+    assert result.success
+    assert sum(_retries(result).values()) >= 1, "the 503s must show up as step retries"
+
+
+def test_a_hang_is_cut_by_the_timeout_and_retried(tmp_path: Any, server: str) -> None:
+    set_knobs(server, hang={"sam3/segment": 1})
+    start = time.monotonic()
+    result, _ = _run(_http_resources(tmp_path, server, service_timeout_seconds=2.0), "hang")
+    assert result.success
+    assert _retries(result).get("jewelry_mask") == 1
+    assert time.monotonic() - start >= 2.0
+    assert httpx.get(f"{server}/_stats").json()["sam3/segment"] == 2
+
+
+def test_a_permanent_400_fails_at_once_with_the_services_message(tmp_path: Any, server: str) -> None:
+    set_knobs(server, reject={"a100/generate": 400})
+    result, _ = _run(_http_resources(tmp_path, server), "reject")
+    assert not result.success
+    assert "generations" not in _retries(result)
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.event_specific_data.error.message
+    assert failure.step_key == "generations"
+    assert "FluxGenerator" in message and "400" in message and "rejected the request" in message
+    assert httpx.get(f"{server}/_stats").json()["a100/generate"] == 1

@@ -1,0 +1,124 @@
+"""Webhook URL checks, signatures and delivery retries, against a real loopback receiver."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.dagster_api.client import DagsterRuns
+from gateway.results import ResultReader
+from gateway.settings import GatewaySettings
+from gateway.webhooks import SIGNATURE_HEADER, WebhookDispatcher, WebhookRefused, check_webhook_url, signature
+from jewel_dagster.resources.blob_store import LocalBlobStore
+from tests.support.gateway_client import gateway_client, start_body
+from tests.support.receivers import webhook_receiver
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9000/hook",
+        "http://localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.7/hook",
+        "http://172.16.5.5/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://0.0.0.0/hook",
+        "http://100.64.0.1/hook",
+    ],
+)
+def test_private_and_loopback_addresses_are_refused(url: str) -> None:
+    with pytest.raises(WebhookRefused, match="loopback or private"):
+        check_webhook_url(url, allow_private=False)
+
+
+@pytest.mark.parametrize("url", ["ftp://8.8.8.8/hook", "file:///etc/passwd", "http:///nohost", "http://[::1/x"])
+def test_other_schemes_and_broken_urls_are_refused(url: str) -> None:
+    with pytest.raises(WebhookRefused):
+        check_webhook_url(url, allow_private=True)
+
+
+def test_public_addresses_and_allowed_private_ones_pass() -> None:
+    check_webhook_url("https://8.8.8.8/hook", allow_private=False)
+    check_webhook_url("http://[2001:4860:4860::8888]:8443/x", allow_private=False)
+    check_webhook_url("http://127.0.0.1:9000/hook", allow_private=True)
+
+
+def test_signature_is_hmac_sha256_of_the_body() -> None:
+    body = b'{"workflowId":"x","status":"COMPLETED"}'
+    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert signature("s3cret", body) == f"sha256={expected}"
+    assert signature("other", body) != signature("s3cret", body)
+
+
+def _dispatcher(tmp_path: Path, **overrides: object) -> WebhookDispatcher:
+    settings = GatewaySettings(
+        local_blob_root=str(tmp_path),
+        webhook_secret="s3cret",
+        webhook_allow_private=True,
+        webhook_backoff_seconds=0.05,
+        **overrides,  # type: ignore[arg-type]
+    )
+    store = LocalBlobStore(root=str(tmp_path))
+    return WebhookDispatcher(settings, DagsterRuns(settings), ResultReader(store), store)
+
+
+def test_a_failing_receiver_is_retried_until_it_accepts(tmp_path: Path) -> None:
+    dispatcher = _dispatcher(tmp_path, webhook_attempts=5)
+    body = json.dumps({"workflowId": "w", "status": "COMPLETED"}).encode()
+    with webhook_receiver(answers=[500, 503]) as receiver:
+        outcome = dispatcher._post_with_retries(receiver.url, body, delivery_id="run-1")
+    posts = receiver.posts()
+    assert outcome is not None and outcome.delivered and outcome.attempts == 3
+    assert [p.body for p in posts] == [body] * 3
+    assert {p.headers["X-Jewel-Delivery"] for p in posts} == {"run-1"}
+    assert all(p.headers[SIGNATURE_HEADER] == signature("s3cret", body) for p in posts)
+
+
+def test_delivery_gives_up_after_its_attempts_and_on_a_refusal(tmp_path: Path) -> None:
+    dispatcher = _dispatcher(tmp_path, webhook_attempts=3)
+    with webhook_receiver(answers=[500, 500, 500, 500]) as receiver:
+        outcome = dispatcher._post_with_retries(receiver.url, b"{}", delivery_id="r")
+    assert outcome is not None and not outcome.delivered and outcome.attempts == 3
+    assert len(receiver.posts()) == 3 and outcome.error == "HTTP 500"
+    with webhook_receiver(answers=[410]) as receiver:
+        outcome = dispatcher._post_with_retries(receiver.url, b"{}", delivery_id="r")
+    assert outcome is not None and not outcome.delivered and outcome.attempts == 1
+
+
+def test_the_gateway_refuses_a_webhook_it_cannot_send(tmp_path: Path) -> None:
+    with gateway_client(tmp_path) as client:  # no WEBHOOK_SECRET
+        response = client.post("/workflow/start", json=start_body(webhookUrl="https://8.8.8.8/hook"))
+        assert response.status_code == 400
+        assert "WEBHOOK_SECRET" in response.json()["detail"]
+    with gateway_client(tmp_path, webhook_secret="s") as client:
+        private = client.post("/workflow/start", json=start_body(webhookUrl="http://10.0.0.8/hook"))
+        assert private.status_code == 400 and "private" in private.json()["detail"]
+        scheme = client.post("/workflow/start", json=start_body(webhookUrl="gopher://8.8.8.8/"))
+        assert scheme.status_code == 400 and "http" in scheme.json()["detail"]
+        # A public URL passes the check and the request goes on (to a Dagster that is not there).
+        public = client.post("/workflow/start", json=start_body(webhookUrl="https://8.8.8.8/hook"))
+        assert public.status_code == 503
+    assert not list((tmp_path / "blobs").rglob("upload*"))  # refused requests store nothing
+
+
+def test_a_state_dagster_cannot_give_is_recorded_not_invented(tmp_path: Path) -> None:
+    """Dagster down while a failed run's message is read: nothing is POSTed, the record says why."""
+    from gateway.dagster_api.models import RunInfo
+    from gateway.webhooks import record_path
+    from jewel_dagster.contract import WEBHOOK_URL_TAG
+    from tests.support.e2e_stack import free_port
+
+    dispatcher = _dispatcher(tmp_path, webhook_attempts=2, dagster_port=free_port())
+    with webhook_receiver() as receiver:
+        run = RunInfo("run-9", "jewelry_generation", "FAILURE", [], {WEBHOOK_URL_TAG: receiver.url})
+        dispatcher._deliver("jewelry-gen-x", run)
+        assert receiver.posts() == []
+    record = json.loads(LocalBlobStore(root=str(tmp_path)).get_path(record_path("jewelry-gen-x", "run-9")))
+    assert record["delivered"] is False and "could not be read" in record["error"]
