@@ -12,11 +12,9 @@ WorkflowStatus = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
 ServiceState = Literal["online", "offline", "local", "unknown"]
 
 
-class StartRequest(BaseModel):
-    """Body of /workflow/start and /workflow/preprocess."""
+class _StrokesAndWebhook(BaseModel):
+    """What every workflow request may add: brush strokes, and where to POST the final state."""
 
-    originalImageBase64: str = Field(min_length=1, description="The photo, base64 (a data: URL prefix is allowed).")
-    maskPoints: list[MaskPoint] = Field(min_length=1, max_length=100)
     brushStrokes: list[BrushStroke] = Field(default_factory=list, max_length=200)
     webhookUrl: str | None = Field(
         default=None,
@@ -24,6 +22,13 @@ class StartRequest(BaseModel):
         max_length=2048,
         description="http(s) URL that gets the final state POSTed once the workflow ends, signed (X-Jewel-Signature).",
     )
+
+
+class StartRequest(_StrokesAndWebhook):
+    """Body of /workflow/start and /workflow/preprocess."""
+
+    originalImageBase64: str = Field(min_length=1, description="The photo, base64 (a data: URL prefix is allowed).")
+    maskPoints: list[MaskPoint] = Field(min_length=1, max_length=100)
 
     @field_validator("maskPoints")
     @classmethod
@@ -33,18 +38,11 @@ class StartRequest(BaseModel):
         return points
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(_StrokesAndWebhook):
     """Body of /workflow/generate: a preprocessed image and mask, plus brush strokes."""
 
     imageUri: str = Field(min_length=1, max_length=1024)
     maskUri: str = Field(min_length=1, max_length=1024)
-    brushStrokes: list[BrushStroke] = Field(default_factory=list, max_length=200)
-    webhookUrl: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=2048,
-        description="http(s) URL that gets the final state POSTed once the workflow ends, signed (X-Jewel-Signature).",
-    )
 
 
 class StartResponse(BaseModel):

@@ -46,6 +46,18 @@ SPECK_AREA = 64  # mask components smaller than this (canvas pixels) are noise, 
 T = TypeVar("T")
 
 
+def _gpu_image_step(group_name: str, code_version: str) -> Any:
+    """An image asset made by a model service: retried on transient failures, in the `gpu` pool."""
+    return dg.asset(
+        partitions_def=requests_partitions,
+        group_name=group_name,
+        kinds={"image"},
+        retry_policy=SERVICE_RETRY,
+        pool=GPU_POOL,
+        code_version=code_version,
+    )
+
+
 def _timed(call: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     result = call()
@@ -116,14 +128,7 @@ def zoom_check(resized_image: np.ndarray, image_manipulator: ImageManipulator) -
     )
 
 
-@dg.asset(
-    partitions_def=requests_partitions,
-    group_name="preprocess",
-    kinds={"image"},
-    retry_policy=SERVICE_RETRY,
-    pool=GPU_POOL,
-    code_version=_versions.background_remover,
-)
+@_gpu_image_step("preprocess", _versions.background_remover)
 def background_removed_image(
     config: BackgroundConfig,
     resized_image: np.ndarray,
@@ -142,14 +147,7 @@ def background_removed_image(
     return dg.Output(image, metadata=meta)
 
 
-@dg.asset(
-    partitions_def=requests_partitions,
-    group_name="preprocess",
-    kinds={"image"},
-    retry_policy=SERVICE_RETRY,
-    pool=GPU_POOL,
-    code_version=_versions.segmenter,
-)
+@_gpu_image_step("preprocess", _versions.segmenter)
 def jewelry_mask(
     config: JewelryMaskConfig,
     background_removed_image: np.ndarray,
@@ -194,14 +192,7 @@ def _supplied_mask(uri: str, transform: CanvasTransform, blob_store: BlobStore) 
     return mask, meta
 
 
-@dg.asset(
-    partitions_def=requests_partitions,
-    group_name="generate",
-    kinds={"image"},
-    retry_policy=SERVICE_RETRY,
-    pool=GPU_POOL,
-    code_version=_versions.mask_refiner,
-)
+@_gpu_image_step("generate", _versions.mask_refiner)
 def refined_mask(
     config: RefineConfig,
     jewelry_mask: np.ndarray,

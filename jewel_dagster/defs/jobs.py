@@ -15,41 +15,32 @@ from jewel_dagster.defs.assets import (
     PREPROCESS_ASSETS,
     flux_metrics,
     generations,
-    requests_partitions,
 )
 from jewel_dagster.settings import get_settings
 
 # JOB_EXECUTOR=multiprocess restores Dagster's stock executor (the benchmarks' baseline).
 EXECUTOR = dg.multiprocess_executor if get_settings().job_executor == "multiprocess" else dg.in_process_executor
 
-full_job = dg.define_asset_job(
-    FULL_JOB,
-    selection=dg.AssetSelection.assets(*ALL_ASSETS),
-    partitions_def=requests_partitions,
-    executor_def=EXECUTOR,
-    description="Photo to generations: the /workflow/start endpoint.",
-)
-preprocess_job = dg.define_asset_job(
-    PREPROCESS_JOB,
-    selection=dg.AssetSelection.assets(*PREPROCESS_ASSETS),
-    partitions_def=requests_partitions,
-    executor_def=EXECUTOR,
-    description="Upload, resize, background and jewelry mask: the /workflow/preprocess endpoint.",
-)
-generate_job = dg.define_asset_job(
-    GENERATE_JOB,
-    selection=dg.AssetSelection.assets(*GENERATE_ASSETS),
-    partitions_def=requests_partitions,
-    executor_def=EXECUTOR,
-    description="Brush refinement and generations for a preprocessed request: /workflow/generate.",
-)
 
-regenerate_job = dg.define_asset_job(
+
+def _request_job(name: str, assets: list[dg.AssetsDefinition], description: str) -> dg.UnresolvedAssetJobDefinition:
+    """A job over some of the request assets; its partitions (`requests`) come from them."""
+    return dg.define_asset_job(
+        name, selection=dg.AssetSelection.assets(*assets), executor_def=EXECUTOR, description=description
+    )
+
+
+full_job = _request_job(FULL_JOB, ALL_ASSETS, "Photo to generations: the /workflow/start endpoint.")
+preprocess_job = _request_job(
+    PREPROCESS_JOB, PREPROCESS_ASSETS, "Upload, resize, background and jewelry mask: the /workflow/preprocess endpoint."
+)
+generate_job = _request_job(
+    GENERATE_JOB, GENERATE_ASSETS, "Brush refinement and generations for a preprocessed request: /workflow/generate."
+)
+regenerate_job = _request_job(
     REGENERATE_JOB,
-    selection=dg.AssetSelection.assets(generations, flux_metrics),
-    partitions_def=requests_partitions,
-    executor_def=EXECUTOR,
-    description="New Flux/Gemini images for a request whose check failed or whose generator changed.",
+    [generations, flux_metrics],
+    "New Flux/Gemini images for a request whose check failed or whose generator changed.",
 )
 
 ALL_JOBS = [full_job, preprocess_job, generate_job, regenerate_job]
