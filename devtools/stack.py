@@ -126,7 +126,10 @@ class Stack:
         out = open(self.log_dir / f"{name}.log", "ab") if self.log_dir else None  # noqa: SIM115
         self.processes[name] = subprocess.Popen(
             args,
-            cwd=REPO_ROOT,
+            # Not the repo: Dagster's CLI loads a `.env` from its working folder over the
+            # environment it was given (a relative DAGSTER_HOME there stopped it). The environment
+            # built here already holds what `.env` says.
+            cwd=self.env["DAGSTER_HOME"],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
@@ -323,11 +326,24 @@ def prepare_dagster_home(env: dict[str, str]) -> None:
     (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+def make_run_environment(shell: Mapping[str, str], dotenv_path: Path) -> dict[str, str]:
+    """What `make run` gives its processes: the shell's variables, then `.env` for the rest.
+
+    Empty values in `.env` mean unset (as for the settings classes), and the folders it names
+    relative to the repo become absolute: every process starts elsewhere, and Dagster refuses a
+    relative DAGSTER_HOME.
+    """
+    dotenv = {k: v for k, v in dotenv_values(dotenv_path).items() if v} if dotenv_path.exists() else {}
+    env = {**dotenv, **shell}
+    env.setdefault("DAGSTER_HOME", ".data/dagster_home")
+    for folder in ("DAGSTER_HOME", "LOCAL_BLOB_ROOT"):
+        if env.get(folder):
+            env[folder] = str((REPO_ROOT / env[folder]).resolve())
+    return env
+
+
 def main() -> None:
-    # .env fills in what the shell did not set, for these processes as for the settings classes.
-    dotenv = {k: v for k, v in dotenv_values(REPO_ROOT / ".env").items() if v is not None}
-    env = {**dotenv, **os.environ}
-    env.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".data" / "dagster_home"))
+    env = make_run_environment(os.environ, REPO_ROOT / ".env")
     prepare_dagster_home(env)
     stack = Stack(
         env,

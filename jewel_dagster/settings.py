@@ -5,12 +5,14 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class PipelineSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # `.env.example` lists every variable, many with an empty value: empty means unset, for
+    # every setting of the pipeline and the gateway alike.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     local_blob_root: str = Field(
         default=".data/blobs", description="Folder of the local blob store (embedded default)."
@@ -66,25 +68,6 @@ class PipelineSettings(BaseSettings):
     gemini_api_key: SecretStr | None = Field(default=None, description="Enables Gemini through google-genai.")
     gemini_model: str = "gemini-2.5-flash-image"
     gemini_base_url: str | None = Field(default=None, description="Override the Gemini API endpoint.")
-
-    @field_validator(
-        "image_manipulator_url",
-        "birefnet_url",
-        "sam3_url",
-        "a100_server_url",
-        "gemini_api_key",
-        "gemini_base_url",
-        "azure_storage_connection_string",
-        "azure_account_name",
-        "azure_account_key",
-        "azure_account_url",
-        "local_flux_grow_seeds",
-        mode="before",
-    )
-    @classmethod
-    def empty_means_unset(cls, value: object) -> object:
-        """`.env.example` lists every variable with an empty value: empty is the same as unset."""
-        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def gemini_backend(self) -> Literal["google", "no-key", "local", "off"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from devtools.stack import REPO_ROOT
+from gateway.settings import GatewaySettings
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 
@@ -30,6 +31,8 @@ def test_every_variable_of_env_example_can_be_left_empty(monkeypatch: pytest.Mon
     assert not settings.uses_azure and settings.gemini_api_key is None and settings.local_flux_grow_seeds is None
     kinds = _kinds(settings)
     assert kinds["blob_store"] == "LocalBlobStore" and kinds["segmenter"] == "LocalSegmenter"
+    gateway = GatewaySettings()  # the gateway reads the same file: STATUS_SOURCE= and friends are unset
+    assert gateway.status_cache_seconds is None and gateway.status_source == "graphql"
 
 
 def test_urls_select_http_clients_and_production_never_fakes_gemini() -> None:
