@@ -263,6 +263,10 @@ def temporary_stack(root: Path, extra_env: Mapping[str, str] | None = None) -> I
         "LOCAL_BLOB_ROOT": str(root / "blobs"),
         **(extra_env or {}),
     }
+    if env.get("GATEWAY_API_KEYS"):
+        env.setdefault("GATEWAY_SECRET", "a-test-stack-secret-" + root.name)
+    else:
+        env.setdefault("ALLOW_ANONYMOUS", "true")  # loopback only, and gone with the test
     prepare_dagster_home(env)
     stack = Stack(env, dagster_port=free_port(), gateway_port=free_port(), log_dir=logs)
     try:
@@ -344,6 +348,10 @@ def make_run_environment(shell: Mapping[str, str], dotenv_path: Path) -> dict[st
 
 def main() -> None:
     env = make_run_environment(os.environ, REPO_ROOT / ".env")
+    if not env.get("GATEWAY_API_KEYS") and env.get("BIND_HOST", "127.0.0.1") in ("127.0.0.1", "localhost", "::1"):
+        # The embedded default listens on loopback only, for the person at the machine; bound
+        # anywhere else, the gateway asks for keys (or an explicit ALLOW_ANONYMOUS=true).
+        env.setdefault("ALLOW_ANONYMOUS", "true")
     prepare_dagster_home(env)
     stack = Stack(
         env,

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from gateway.dagster_api.client import DagsterRuns
 from gateway.results import ResultReader
 from gateway.routes import artifacts, events, health, page, workflows
-from gateway.security import BodyLimitMiddleware, TokenBuckets
+from gateway.security import BodyLimitMiddleware, RateLimits, refuse_to_start_open
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings, get_settings
 from gateway.webhooks import WebhookDispatcher
@@ -43,12 +43,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        refuse_to_start_open(resolved)
         app.state.settings = resolved
         app.state.store = build_blob_store(resolved, inside_dagster=False)
         app.state.runs = DagsterRuns(resolved)
         app.state.results = ResultReader(app.state.store, timedelta(minutes=resolved.result_url_minutes))
         app.state.probe = ServiceProbe(resolved)
-        app.state.rate_limits = TokenBuckets(resolved.rate_limit_per_minute)
+        app.state.rate_limits = RateLimits(resolved)
         webhooks = None
         if resolved.webhook_secret:
             webhooks = WebhookDispatcher(resolved, app.state.runs, app.state.results, app.state.store)

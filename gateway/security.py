@@ -1,9 +1,14 @@
 """Who may call the API, how often, and how much they may send.
 
 - API keys (`GATEWAY_API_KEYS`): when set, every /workflow call needs one, as `X-API-Key` or
-  `Authorization: Bearer`. A caller is known by a hash of its key, never the key itself; runs
-  are tagged with it so a caller reads and cancels only its own workflows.
-- Rate limit per caller: a token bucket (`RATE_LIMIT_PER_MINUTE`), 429 with `Retry-After`.
+  `Authorization: Bearer` (FastAPI security schemes, so the OpenAPI document shows both). A
+  caller is known by an HMAC of its key under `GATEWAY_SECRET`, never the key itself: runs are
+  tagged with it, and a leaked tag cannot be tested against guessed keys without the secret.
+  Without keys the gateway refuses to start unless `ALLOW_ANONYMOUS=true` (`make run` sets it).
+- Rate limits on the `limits` library (memory, or Redis when `REDIS_URL` is set, so replicas
+  share them): `RATE_LIMIT_PER_MINUTE` per caller (per key, or per address without keys: an
+  IPv6 client counts by its /64, which one host can rotate through), and
+  `AUTH_FAILURES_PER_MINUTE` wrong keys per address. 429 with `Retry-After`.
 - Body size: `BodyLimitMiddleware` refuses a body over `MAX_BODY_BYTES` before reading it whole,
   from Content-Length when given and while streaming otherwise.
 """
@@ -12,81 +17,153 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
+import logging
 import math
-import threading
 import time
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.storage import storage_from_string
+from limits.strategies import SlidingWindowCounterRateLimiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.settings import GatewaySettings
 
 ANONYMOUS = "anonymous"
+log = logging.getLogger("gateway.security")
 
 
-def caller_id(api_key: str) -> str:
-    """What runs are tagged with: a hash, so Dagster's UI and logs never show a key."""
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:24]
+def caller_id(api_key: str, secret: str) -> str:
+    """What runs are tagged with: a keyed hash, so Dagster's UI and logs never show a key."""
+    return hmac.new(secret.encode(), api_key.encode(), hashlib.sha256).hexdigest()[:24]
 
 
-class TokenBuckets:
-    """One bucket per caller: `rate` tokens a minute, holding at most `rate` (a minute's burst)."""
+def client_network(host: str | None) -> str:
+    """The address a limit counts by: an IPv4 address, or an IPv6 client's /64."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return host or ANONYMOUS
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
-    def __init__(self, per_minute: int) -> None:
-        self._rate = per_minute / 60.0
-        self._capacity = float(per_minute)
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
 
-    def take(self, key: str) -> float:
-        """0 when a token was taken, else the seconds until one is available."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, stamp = self._buckets.get(key, (self._capacity, now))
-            tokens = min(self._capacity, tokens + (now - stamp) * self._rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
+class RateLimits:
+    """The gateway's limits, counted in a `limits` storage: `memory://` or Redis.
+
+    Memory storage expires idle counters by itself, so a crowd of addresses costs nothing once
+    it went quiet; Redis shares the counts between gateway replicas. A storage that fails
+    (Redis down) lets requests through and says so in the log: the limits protect the service,
+    they must not take it down.
+    """
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        uri = settings.redis_url or "memory://"
+        options: dict[str, float | str | bool] = {}
+        if uri.startswith(("redis://", "rediss://")):
+            options = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+        self._limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri, **options))
+        self.calls = RateLimitItemPerMinute(settings.rate_limit_per_minute)
+        self.auth_failures = RateLimitItemPerMinute(settings.auth_failures_per_minute)
+
+    def take(self, item: RateLimitItem, key: str) -> float:
+        """0 when the call is allowed (and counted), else the seconds until one is."""
+        try:
+            if self._limiter.hit(item, key):
                 return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self._rate
+            reset = self._limiter.get_window_stats(item, key).reset_time
+        except Exception as exc:  # noqa: BLE001 - any storage failure: fail open, loudly
+            log.warning("rate limit storage failed (%s: %s); request let through", type(exc).__name__, exc)
+            return 0.0
+        return max(1.0, reset - time.time())
+
+    def exhausted(self, item: RateLimitItem, key: str) -> float:
+        """Like `take`, without counting: the seconds until the next call is allowed, or 0."""
+        try:
+            if self._limiter.test(item, key):
+                return 0.0
+            reset = self._limiter.get_window_stats(item, key).reset_time
+        except Exception as exc:  # noqa: BLE001
+            log.warning("rate limit storage failed (%s: %s); request let through", type(exc).__name__, exc)
+            return 0.0
+        return max(1.0, reset - time.time())
+
+
+def _too_many(what: str, wait: float) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        detail=f"{what}; retry later",
+        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+    )
+
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="One of GATEWAY_API_KEYS.")
+bearer_token = HTTPBearer(auto_error=False, description="One of GATEWAY_API_KEYS, as a bearer token.")
 
 
 def authenticate(
     request: Request,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    api_key: Annotated[str | None, Security(api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_token)],
 ) -> str:
     """The caller's id (or "anonymous" when no keys are configured); 401/429 otherwise."""
     settings: GatewaySettings = request.app.state.settings
+    limits: RateLimits = request.app.state.rate_limits
+    network = client_network(request.client.host if request.client else None)
     keys = settings.api_key_list()
     if keys:
-        given = x_api_key
-        if given is None and authorization and authorization.lower().startswith("bearer "):
-            given = authorization[7:].strip()
+        given = api_key if api_key is not None else (bearer.credentials if bearer else None)
+        wait = limits.exhausted(limits.auth_failures, f"auth:{network}")
+        if wait > 0:
+            raise _too_many("too many requests with a wrong API key from this address", wait)
         if not given or not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+            if given:
+                limits.take(limits.auth_failures, f"auth:{network}")
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 detail="a valid API key is required (X-API-Key header or Authorization: Bearer)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        caller = caller_id(given)
-        bucket = caller
+        caller = caller_id(given, settings.gateway_secret)
+        bucket = f"caller:{caller}"
     else:
         caller = ANONYMOUS
-        bucket = request.client.host if request.client else ANONYMOUS
-    wait = request.app.state.rate_limits.take(bucket)
+        bucket = f"address:{network}"
+    wait = limits.take(limits.calls, bucket)
     if wait > 0:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"rate limit of {settings.rate_limit_per_minute} requests a minute reached; retry later",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
-        )
+        raise _too_many(f"rate limit of {settings.rate_limit_per_minute} requests a minute reached", wait)
     return caller
 
 
 CallerDep = Annotated[str, Depends(authenticate)]
+
+
+def refuse_to_start_open(settings: GatewaySettings) -> None:
+    """An API without keys is open to anyone who can reach it: only when asked for, and loudly."""
+    if settings.api_key_list():
+        if len(settings.gateway_secret) < 16:
+            raise RuntimeError(
+                "GATEWAY_SECRET must be set (16+ characters, random) when GATEWAY_API_KEYS is: "
+                "callers are known by a keyed hash of their key"
+            )
+        return
+    if not settings.allow_anonymous:
+        raise RuntimeError(
+            "no GATEWAY_API_KEYS configured: the API would be open to anyone who can reach it. "
+            "Set GATEWAY_API_KEYS (and GATEWAY_SECRET), or ALLOW_ANONYMOUS=true for a machine "
+            "nobody else can reach (make run does)."
+        )
+    log.warning(
+        "ANONYMOUS ACCESS: no API keys configured and ALLOW_ANONYMOUS=true; anyone who reaches "
+        "this gateway can start, read and cancel every workflow"
+    )
 
 
 class BodyLimitMiddleware:

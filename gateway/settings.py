@@ -35,6 +35,14 @@ class GatewaySettings(PipelineSettings):
     max_body_bytes: int = Field(default=25 * 1024 * 1024, description="Largest request body (refused unread).")
     max_image_bytes: int = Field(default=25 * 1024 * 1024, description="Largest decoded upload accepted.")
     gateway_api_keys: str = Field(default="", description="Comma-separated API keys; empty = no authentication.")
+    gateway_secret: str = Field(
+        default="", description="Key of the HMAC that names callers in run tags; required with API keys."
+    )
+    allow_anonymous: bool = Field(
+        default=False, description="Start without API keys (anyone who reaches the gateway may use it)."
+    )
+    redis_url: str | None = Field(default=None, description="Rate-limit counters in Redis (shared by replicas).")
+    auth_failures_per_minute: int = Field(default=20, ge=1, description="Wrong API keys a minute per address.")
     cors_origins: str = Field(default="", description="Comma-separated origins allowed to call from a browser.")
     rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests a minute per caller (per key).")
     max_image_pixels: int = Field(default=50_000_000, description="Largest image (width x height) accepted.")

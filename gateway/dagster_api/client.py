@@ -105,6 +105,8 @@ class DagsterRuns:
         self._epochs: dict[str, int] = {}  # bumped by forget(), so an older refresh cannot undo it
         self._refresher = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="status-refresh")
         self.launch_wait_seconds = settings.launch_wait_seconds
+        self._ping_lock = threading.Lock()
+        self._last_ping: tuple[float, bool] | None = None
         self._storage = StorageRunReader() if settings.status_source == "storage" else None
 
     @property
@@ -173,6 +175,15 @@ class DagsterRuns:
             return True
         except DagsterError:
             return False
+
+    def ping_cached(self, ttl: float = 2.0) -> bool:
+        """`ping`, at most `ttl` old: /health is open to anyone, and must not be a way to load Dagster."""
+        with self._ping_lock:
+            if self._last_ping is not None and time.monotonic() - self._last_ping[0] < ttl:
+                return self._last_ping[1]
+            up = self.ping()
+            self._last_ping = (time.monotonic(), up)
+            return up
 
     def add_partition(self, request_id: str) -> None:
         data = self._query(

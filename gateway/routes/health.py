@@ -15,7 +15,7 @@ router = APIRouter(tags=["health"])
 @router.get("/health", response_model=HealthResponse)
 def health(runs: RunsDep, probe: ProbeDep) -> HealthResponse:
     """Open to everyone and free of secrets: states only, no URLs or keys."""
-    up = runs.ping()
+    up = runs.ping_cached()
     connected: Literal["connected", "disconnected"] = "connected" if up else "disconnected"
     return HealthResponse(
         status="healthy" if up else "degraded",

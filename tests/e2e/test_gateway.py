@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,7 +105,10 @@ def test_dagster_down_gives_503_and_health_says_disconnected(tmp_path: Path) -> 
             response = c.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
             assert response.status_code == 503
             assert "Dagster" in response.json()["detail"]
-            health = c.get("/health").json()
+            # /health asks Dagster at most every 2 s: the answer turns within that.
+            deadline = time.monotonic() + 10
+            while (health := c.get("/health").json())["dagster"] == "connected" and time.monotonic() < deadline:
+                time.sleep(0.2)
             assert health["dagster"] == "disconnected" and health["temporal"] == "disconnected"
             assert health["status"] == "degraded"
         blobs = Path(own.env["LOCAL_BLOB_ROOT"])

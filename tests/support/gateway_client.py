@@ -22,9 +22,13 @@ from tests.support.e2e_stack import free_port
 
 
 @contextmanager
-def gateway_client(tmp_path: Path, **overrides: Any) -> Iterator[TestClient]:
+def gateway_client(tmp_path: Path, client_address: str = "testclient", **overrides: Any) -> Iterator[TestClient]:
+    if overrides.get("gateway_api_keys"):
+        overrides.setdefault("gateway_secret", "test-secret-of-the-gateway")
+    else:
+        overrides.setdefault("allow_anonymous", True)
     settings = GatewaySettings(local_blob_root=str(tmp_path / "blobs"), dagster_port=free_port(), **overrides)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), client=(client_address, 50000)) as client:
         yield client
 
 

@@ -107,3 +107,13 @@ def postgres_database() -> Iterator[str]:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def redis_url(db: int = 15) -> str:
+    """The machine's Redis (127.0.0.1:6379), checked reachable; tests keep their keys unique."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1.0):
+            pass
+    except OSError:
+        missing("Redis is not running on 127.0.0.1:6379")
+    return f"redis://127.0.0.1:6379/{db}"

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from pathlib import Path
 
+import pytest
+
+from gateway.security import caller_id, client_network
 from tests.support.gateway_client import gateway_client
+from tests.support.infra import redis_url
 
 WORKFLOW = "/workflow/jewelry-gen-00000000-0000-0000-0000-000000000000"
+# Redis is shared by every test run on this machine: each run uses keys and addresses of its own.
+RUN = uuid.uuid4().hex[:8]
 
 
 def test_keys_are_required_when_configured(tmp_path: Path) -> None:
@@ -52,3 +60,72 @@ def test_cors_allows_only_configured_origins(tmp_path: Path) -> None:
         )
     assert allowed.headers.get("access-control-allow-origin") == "http://shop.test"
     assert "access-control-allow-origin" not in refused.headers
+
+
+def test_without_keys_the_gateway_starts_only_when_anonymous_access_is_asked_for(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="ALLOW_ANONYMOUS"):
+        with gateway_client(tmp_path, allow_anonymous=False):
+            pass
+    with pytest.raises(RuntimeError, match="GATEWAY_SECRET"):
+        with gateway_client(tmp_path, gateway_api_keys="alpha-key", gateway_secret=""):
+            pass
+    with gateway_client(tmp_path, allow_anonymous=True) as client:
+        assert client.get("/health").status_code == 200
+
+
+def test_wrong_keys_are_rate_limited_per_address(tmp_path: Path) -> None:
+    with gateway_client(tmp_path, gateway_api_keys="alpha-key", auth_failures_per_minute=3) as client:
+        codes = [client.get(WORKFLOW, headers={"X-API-Key": f"guess-{i}"}).status_code for i in range(4)]
+        assert codes == [401, 401, 401, 429], codes
+    with gateway_client(tmp_path, "10.0.0.9", gateway_api_keys="alpha-key", auth_failures_per_minute=3) as other:
+        assert other.get(WORKFLOW, headers={"X-API-Key": "guess"}).status_code == 401  # its own count
+
+
+def test_an_ipv6_client_is_limited_by_its_64_prefix() -> None:
+    assert client_network("2001:db8:1:2:aaaa::1") == client_network("2001:db8:1:2:ffff::7") == "2001:db8:1:2::/64"
+    assert client_network("2001:db8:1:3::1") != client_network("2001:db8:1:2::1")
+    assert client_network("::ffff:192.0.2.7") == "192.0.2.7" and client_network("192.0.2.7") == "192.0.2.7"
+
+
+def test_one_ipv6_host_rotating_addresses_shares_one_limit(tmp_path: Path) -> None:
+    prefix = f"2001:db8:{int(RUN[:4], 16):x}:{int(RUN[4:], 16):x}"
+    codes = []
+    for suffix in ("1", "2", "3"):  # three addresses of one /64: one bucket
+        with gateway_client(tmp_path, f"{prefix}::{suffix}", redis_url=redis_url(), rate_limit_per_minute=2) as client:
+            codes.append(client.get(WORKFLOW).status_code)
+    assert codes == [503, 503, 429], codes
+
+
+def test_replicas_share_rate_limits_through_redis(tmp_path: Path) -> None:
+    """Two gateways (two apps, as two replicas would be) count one caller's calls together."""
+    key = f"key-{RUN}"
+    settings = {"gateway_api_keys": key, "rate_limit_per_minute": 3, "redis_url": redis_url()}
+    with gateway_client(tmp_path, **settings) as first, gateway_client(tmp_path, **settings) as second:
+        codes = [c.get(WORKFLOW, headers={"X-API-Key": key}).status_code for c in (first, second, first, second)]
+    assert codes == [503, 503, 503, 429], codes
+
+
+def test_callers_are_named_by_a_keyed_hash() -> None:
+    assert caller_id("alpha-key", "secret-one") != caller_id("alpha-key", "secret-two")
+    assert caller_id("alpha-key", "secret-one") != hashlib.sha256(b"alpha-key").hexdigest()[:24]
+
+
+def test_the_openapi_document_shows_both_ways_to_send_a_key(tmp_path: Path) -> None:
+    with gateway_client(tmp_path, gateway_api_keys="alpha-key") as client:
+        schemes = client.get("/openapi.json").json()["components"]["securitySchemes"]
+    assert schemes["APIKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key", **_description(schemes)}
+    assert schemes["HTTPBearer"]["scheme"] == "bearer"
+
+
+def _description(schemes: dict[str, dict[str, str]]) -> dict[str, str]:
+    return {"description": schemes["APIKeyHeader"]["description"]}
+
+
+def test_health_asks_dagster_at_most_once_in_two_seconds(tmp_path: Path) -> None:
+    with gateway_client(tmp_path) as client:
+        runs = client.app.state.runs  # type: ignore[attr-defined]
+        asked = []
+        real_query = runs._query
+        runs._query = lambda *args, **kwargs: asked.append(args[0]) or real_query(*args, **kwargs)
+        answers = {client.get("/health").json()["dagster"] for _ in range(20)}
+    assert answers == {"disconnected"} and len(asked) == 1, asked

@@ -43,10 +43,25 @@ def test_compose_has_the_standard_dagster_split(compose: dict[str, Any]) -> None
         "daemon",
         "gateway",
     }
-    assert "3000:3000" in services["webserver"]["ports"] and "8001:8001" in services["gateway"]["ports"]
+    assert "8001:8001" in services["gateway"]["ports"]
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
+
+
+def test_compose_publishes_only_the_gateway_to_the_network(compose: dict[str, Any]) -> None:
+    """Dagster's GraphQL can launch and terminate any run; Azurite holds every photo."""
+    published = {
+        name: port
+        for name, service in compose["services"].items()
+        for port in service.get("ports", [])
+        if not str(port).startswith("127.0.0.1:")
+    }
+    assert published == {"gateway": "8001:8001"}
+    assert compose["services"]["webserver"]["ports"] == ["127.0.0.1:3000:3000"]
+    gateway_env = compose["services"]["gateway"]["environment"]
+    assert gateway_env["GATEWAY_API_KEYS"].startswith("${GATEWAY_API_KEYS:?")  # compose refuses to start without
+    assert "ALLOW_ANONYMOUS" not in gateway_env
 
 
 def test_every_file_the_deployment_names_exists(compose: dict[str, Any]) -> None:
