@@ -40,6 +40,8 @@ Private symbols used (checked against dagster 1.13.27):
 - `dagster._utils.concurrency.ConcurrencySlotStatus`: what `_claim_concurrency_slot` answers.
 `dagster_postgres.event_log.PostgresEventLogStorage` and `dagster_postgres.utils` are that
 package's public modules.
+Canaries: tests/unit/test_pool_claim_race.py (one grant per slot; the stock storages still race)
+and tests/unit/test_pool_claims.py (a blocked claim names our interval).
 """
 
 from __future__ import annotations
