@@ -1,27 +1,61 @@
-"""Event log storages whose blocked pool claims are re-tried every quarter second.
+"""Event log storages for pool claims: a slot is never granted twice, and a blocked claim is
+re-tried every quarter second.
 
-A step of the `gpu` pool that finds both slots taken asks again after 1 s, then ever longer, up
-to 15 s (Dagster's InstanceConcurrencyContext backs off unless the storage names an interval).
-Under a burst the GPU then idles for seconds while steps sleep: measured here, 20 requests took
-4.2x the GPU bound. These storages are Dagster's own SQLite and PostgreSQL event log storages
-that answer a blocked claim with a fixed `claim_interval_seconds`, which the context honours;
-nothing else changes. dagster.yaml names them (devtools.stack writes the SQLite path in).
+Double claims. Dagster 1.13.27's `SqlEventLogStorage._claim_concurrency_slot`
+(dagster/_core/storage/event_log/sql_event_log.py) selects a free slot row
+`with_for_update(skip_locked=True)`, then updates it `WHERE id = ?` in a second statement. On SQLite
+`FOR UPDATE` compiles to nothing (and pysqlite runs the SELECT outside the write transaction); on
+PostgreSQL dagster-postgres's index connection is AUTOCOMMIT, so the row lock ends with the SELECT.
+Steps claiming the same slot at once all read it free, all update it, all are told CLAIMED: with a
+`gpu` pool of 1, two generations then share the GPU. Measured with the test below (30 trials, 3 or
+4 processes), stock SQLite granted the one slot more than once in 16-25 trials, stock PostgreSQL
+in 5-10; with this override, 0 of 180 on each. Our override keeps the select but makes the update
+conditional (`WHERE id = ? AND step_key IS NULL AND NOT deleted`) and reads its row count: SQLite
+serialises writers and PostgreSQL re-checks the WHERE on the row a concurrent UPDATE just
+committed, so only the first update changes the row. An update that changes no row means someone
+else took that slot: we try the next free slot, skipping the ones already lost, and answer BLOCKED
+when none is left (the step keeps its assigned pending entry and asks again, as Dagster's loop
+already does).
+tests/unit/test_pool_claim_race.py reproduces it: several processes wait on a barrier and claim the
+only slot of a fresh pool at the same instant, many trials, on SQLite and PostgreSQL; it asserts
+exactly one claim is granted per trial, and (canary) that Dagster's stock storages do grant it twice.
+
+Quick retries. A step of the `gpu` pool that finds both slots taken asks again after 1 s, then ever
+longer, up to 15 s (Dagster's InstanceConcurrencyContext backs off unless the storage names an
+interval). Under a burst the GPU then idles for seconds while steps sleep: measured here, 20
+requests took 4.2x the GPU bound. These storages answer a blocked claim with a fixed
+`claim_interval_seconds`, which the context honours. dagster.yaml names them (devtools.stack writes
+the SQLite path in). Everything else is Dagster's own SQLite and PostgreSQL event log storage.
 
 Private symbols used (checked against dagster 1.13.27):
 - `dagster._core.storage.event_log.sqlite.sqlite_event_log.SqliteEventLogStorage`: subclassed.
+- `dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._claim_concurrency_slot`:
+  overridden (signature `(concurrency_key, run_id, step_key) -> ConcurrencySlotStatus`; called by
+  the public `claim_concurrency_slot` once the step's pending entry is assigned). Our version uses
+  the storage's `index_connection()`, an abstract method of that class.
+- `dagster._core.storage.event_log.schema.ConcurrencySlotsTable`: the slot rows (`id`,
+  `concurrency_key`, `run_id`, `step_key`, `deleted`).
 - `dagster._serdes.ConfigurableClassData`: the `from_config_value` signature.
 - `dagster._utils.concurrency.ConcurrencyClaimStatus`: the claim answer, given an interval.
+- `dagster._utils.concurrency.ConcurrencySlotStatus`: what `_claim_concurrency_slot` answers.
+`dagster_postgres.event_log.PostgresEventLogStorage` and `dagster_postgres.utils` are that
+package's public modules.
+Canaries: tests/unit/test_pool_claim_race.py (one grant per slot; the stock storages still race)
+and tests/unit/test_pool_claims.py (a blocked claim names our interval).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import dagster as dg
+import sqlalchemy as db
+from dagster._core.storage.event_log.schema import ConcurrencySlotsTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._serdes import ConfigurableClassData
-from dagster._utils.concurrency import ConcurrencyClaimStatus
+from dagster._utils.concurrency import ConcurrencyClaimStatus, ConcurrencySlotStatus
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_config, pg_url_from_config
 
@@ -33,6 +67,39 @@ def _quick(status: ConcurrencyClaimStatus, interval: float) -> ConcurrencyClaimS
     if status.is_claimed or status.sleep_interval is not None:
         return status
     return status.with_sleep_interval(interval)
+
+
+def claim_free_slot(
+    index_connection: AbstractContextManager[db.Connection], concurrency_key: str, run_id: str, step_key: str
+) -> ConcurrencySlotStatus:
+    """Give `step_key` of `run_id` one free slot of `concurrency_key`, or answer BLOCKED.
+
+    Dagster's select-then-update, with an update that only takes a slot still free: a slot is
+    granted to whoever's update lands first, never twice.
+    """
+    slots = ConcurrencySlotsTable.c
+    free = db.and_(
+        slots.concurrency_key == concurrency_key,
+        slots.step_key.is_(None),
+        slots.deleted == False,  # noqa: E712  # Dagster's own comparison; SQLite stores 0/1
+    )
+    lost: list[int] = []
+    with index_connection as conn:
+        while True:
+            candidates = db.select(slots.id).where(free)
+            if lost:
+                candidates = candidates.where(slots.id.not_in(lost))
+            row = conn.execute(candidates.with_for_update(skip_locked=True).limit(1)).fetchone()
+            if row is None:
+                return ConcurrencySlotStatus.BLOCKED
+            taken = conn.execute(
+                ConcurrencySlotsTable.update()
+                .where(db.and_(slots.id == row[0], free))
+                .values(run_id=run_id, step_key=step_key)
+            )
+            if taken.rowcount == 1:
+                return ConcurrencySlotStatus.CLAIMED
+            lost.append(row[0])  # claimed by another step between our select and our update
 
 
 class QuickClaimSqliteEventLogStorage(SqliteEventLogStorage):
@@ -60,6 +127,9 @@ class QuickClaimSqliteEventLogStorage(SqliteEventLogStorage):
     ) -> ConcurrencyClaimStatus:
         status = super().claim_concurrency_slot(concurrency_key, run_id, step_key, priority)
         return _quick(status, self._claim_interval)
+
+    def _claim_concurrency_slot(self, concurrency_key: str, run_id: str, step_key: str) -> ConcurrencySlotStatus:
+        return claim_free_slot(self.index_connection(), concurrency_key, run_id, step_key)
 
 
 class QuickClaimPostgresEventLogStorage(PostgresEventLogStorage):
@@ -90,3 +160,6 @@ class QuickClaimPostgresEventLogStorage(PostgresEventLogStorage):
     ) -> ConcurrencyClaimStatus:
         status = super().claim_concurrency_slot(concurrency_key, run_id, step_key, priority)
         return _quick(status, self._claim_interval)
+
+    def _claim_concurrency_slot(self, concurrency_key: str, run_id: str, step_key: str) -> ConcurrencySlotStatus:
+        return claim_free_slot(self.index_connection(), concurrency_key, run_id, step_key)

@@ -16,6 +16,7 @@ Private symbols used (checked against dagster 1.13.27):
 - `dagster._cli.api.grpc_command`: imports `DagsterApiServer` from `dagster._grpc.server` when
   called, so replacing the module attribute hands it ours. If that import moves, the server
   still works but spawns its workers: the canary test sees a worker that was not forked.
+Canary: tests/e2e/test_warm_code_server.py (the run worker's parent, from /proc, is the forkserver).
 """
 
 from __future__ import annotations

@@ -4,13 +4,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jewel_dagster.runtime.pool_claims import QuickClaimSqliteEventLogStorage, SqliteEventLogStorage
+import pytest
+
+from jewel_dagster.runtime.pool_claims import (
+    QuickClaimPostgresEventLogStorage,
+    QuickClaimSqliteEventLogStorage,
+    SqliteEventLogStorage,
+)
+from tests.support.infra import postgres_database
 
 
-def test_a_blocked_claim_is_retried_after_the_configured_interval(tmp_path: Path) -> None:
-    storage = QuickClaimSqliteEventLogStorage.from_config_value(
-        None, {"base_dir": str(tmp_path), "claim_interval_seconds": 0.2}
-    )
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_blocked_claim_is_retried_after_the_configured_interval(backend: str, tmp_path: Path) -> None:
+    """Canary: fails (interval None) if our `claim_concurrency_slot` override stops taking effect."""
+    if backend == "sqlite":
+        _blocked_claim_interval(
+            QuickClaimSqliteEventLogStorage.from_config_value(
+                None, {"base_dir": str(tmp_path), "claim_interval_seconds": 0.2}
+            )
+        )
+        return
+    with postgres_database() as url:
+        # SQLAlchemy 2.1 maps a plain postgresql:// to psycopg 3; dagster-postgres ships psycopg2.
+        pg_url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
+        storage = QuickClaimPostgresEventLogStorage.from_config_value(
+            None, {"postgres_url": pg_url, "claim_interval_seconds": 0.2}
+        )
+        try:
+            _blocked_claim_interval(storage)
+        finally:
+            storage.dispose()
+
+
+def _blocked_claim_interval(storage: QuickClaimSqliteEventLogStorage | QuickClaimPostgresEventLogStorage) -> None:
     storage.set_concurrency_slots("gpu", 1)
     first = storage.claim_concurrency_slot("gpu", "run-a", "generations")
     assert first.is_claimed and first.sleep_interval is None

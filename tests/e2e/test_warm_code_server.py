@@ -1,0 +1,63 @@
+"""Canary for jewel_dagster/runtime/warm_code_server.py: run workers are forked, not spawned.
+
+The patch replaces `dagster._grpc.server.DagsterApiServer` before `dagster api grpc` imports it. If
+Dagster stops looking the class up there, the code server still works but spawns its run workers
+(`python -c 'from multiprocessing.spawn import spawn_main; ...'`) and every request pays the
+imports again. This test launches one request and looks, from /proc, at how its run worker began.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devtools.stack import Stack, descendants, parent_pid
+from tests.support.e2e_flows import CUP, PHOTO, finished
+from tests.support.e2e_stack import running_stack
+
+pytestmark = pytest.mark.e2e
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _run_workers(stack: Stack) -> tuple[list[int], list[int]]:
+    """Processes the code server started for runs: (forked from its forkserver, spawned)."""
+    code_server = stack.processes["code_server"].pid
+    forked, spawned = [], []
+    for pid in descendants([code_server]):
+        parent = parent_pid(pid)
+        if parent == code_server and "spawn_main" in _cmdline(pid):
+            spawned.append(pid)
+        elif parent_pid(parent) == code_server and "forkserver" in _cmdline(parent):
+            forked.append(pid)
+    return forked, spawned
+
+
+def test_run_workers_are_forked_from_the_preloaded_forkserver(tmp_path: Path) -> None:
+    with running_stack(tmp_path, {"REGENERATION_SENSOR_ENABLED": "false"}) as stack:
+        assert "code_server" in stack.processes, "the stack runs the warm code server by default"
+        with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+            started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
+            assert started.status_code == 200, started.text
+            workflow = started.json()["workflowId"]
+            deadline = time.monotonic() + 120
+            while True:
+                forked, spawned = _run_workers(stack)
+                assert spawned == [], f"run worker spawned, not forked: {[_cmdline(p) for p in spawned]}"
+                if forked:
+                    break
+                state = client.get(f"/workflow/{workflow}").json()
+                assert not finished(state), f"the run ended and no forked run worker was seen: {state}"
+                assert time.monotonic() < deadline, "no run worker appeared within 120 s"
+                time.sleep(0.05)
+            (worker,) = forked
+            assert "spawn_main" not in _cmdline(worker)
+            assert "forkserver" in _cmdline(parent_pid(worker))

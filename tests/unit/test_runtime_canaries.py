@@ -1,0 +1,58 @@
+"""Canaries for the Dagster internals jewel_dagster/runtime relies on, one per patch.
+
+- check_history.py: here (a failed check is seen as failed, a passed one not, per partition).
+- pool_claims.py: tests/unit/test_pool_claims.py (the quick retry interval) and
+  tests/unit/test_pool_claim_race.py (a slot is granted once).
+- warm_code_server.py: tests/e2e/test_warm_code_server.py (run workers forked, not spawned).
+"""
+
+# No `from __future__ import annotations` here: Dagster reads the asset's annotations at run time.
+from collections.abc import Iterator
+
+import dagster as dg
+
+from jewel_dagster.runtime.check_history import newest_check_failed
+
+PARTITIONS = dg.StaticPartitionsDefinition(["passes", "fails", "recovers", "never-checked"])
+CHECK = dg.AssetCheckKey(dg.AssetKey("measured"), "fidelity")
+
+
+class Outcome(dg.Config):
+    passed: bool
+
+
+@dg.asset(
+    partitions_def=PARTITIONS,
+    check_specs=[dg.AssetCheckSpec("fidelity", asset="measured", partitions_def=PARTITIONS)],
+)
+def measured(config: Outcome) -> Iterator[dg.Output[int] | dg.AssetCheckResult]:
+    yield dg.Output(1)
+    yield dg.AssetCheckResult(check_name="fidelity", passed=config.passed)
+
+
+def _run(instance: dg.DagsterInstance, partition: str, passed: bool) -> None:
+    result = dg.materialize(
+        [measured],
+        partition_key=partition,
+        instance=instance,
+        run_config={"ops": {"measured": {"config": {"passed": passed}}}},
+    )
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed is passed
+
+
+def test_newest_check_failed_reads_the_newest_result_of_that_partition() -> None:
+    with dg.instance_for_test() as instance:
+        _run(instance, "passes", passed=True)
+        _run(instance, "fails", passed=False)
+        _run(instance, "recovers", passed=False)
+        _run(instance, "recovers", passed=True)
+
+        assert newest_check_failed(instance, CHECK, "fails")
+        assert not newest_check_failed(instance, CHECK, "passes")
+        assert not newest_check_failed(instance, CHECK, "recovers"), "an older failure must not count"
+        assert not newest_check_failed(instance, CHECK, "never-checked")
+        # The partition filter is applied: another partition's failure is not this one's.
+        _run(instance, "passes", passed=False)
+        assert newest_check_failed(instance, CHECK, "passes")
+        assert not newest_check_failed(instance, CHECK, "recovers")
