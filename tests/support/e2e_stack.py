@@ -11,12 +11,12 @@ import httpx
 from devtools.stack import free_port, temporary_stack
 
 running_stack = temporary_stack
-__all__ = ["free_port", "poll", "running_stack", "runs_of"]
+__all__ = ["free_port", "poll", "running_stack", "runs_of", "step_status", "wait_until"]
 
 _RUNS = """
 query Runs($tag: String!) {
   runsOrError(filter: {tags: [{key: "dagster/partition", value: $tag}]}) {
-    ... on Runs { results { runId jobName status tags { key value } stepStats { stepKey startTime endTime } } }
+    ... on Runs { results { runId jobName status tags { key value } stepStats { stepKey status startTime endTime } } }
   }
 }"""
 
@@ -25,6 +25,25 @@ def runs_of(dagster_url: str, partition: str) -> list[dict[str, Any]]:
     """Every run of a request partition, newest first, straight from Dagster's GraphQL."""
     response = httpx.post(f"{dagster_url}/graphql", json={"query": _RUNS, "variables": {"tag": partition}}, timeout=30)
     return response.json()["data"]["runsOrError"]["results"]
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 120.0, every: float = 0.2) -> Any:
+    """Call ``condition`` until it returns something truthy (returned), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(every)
+
+
+def step_status(dagster_url: str, partition: str, step: str) -> str | None:
+    """The Dagster status of one step (IN_PROGRESS, SUCCESS, ...) in the partition's newest run."""
+    runs = runs_of(dagster_url, partition)
+    stats = {s["stepKey"]: s["status"] for s in runs[0]["stepStats"]} if runs else {}
+    return stats.get(step)
 
 
 def poll(

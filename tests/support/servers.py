@@ -8,8 +8,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 import uvicorn
 
@@ -65,3 +67,49 @@ def app_in_thread(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@dataclass
+class Gate:
+    """Holds the proxied calls it gates: `entered` is set once one arrived, `release` lets them on."""
+
+    entered: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def wait_entered(self, timeout: float = 120.0) -> None:
+        if not self.entered.wait(timeout):
+            raise AssertionError(f"no gated call arrived within {timeout:.0f} s")
+
+
+@contextmanager
+def gated_proxy(target: str, gated: str) -> Iterator[tuple[str, Gate]]:
+    """A loopback proxy to ``target`` that holds every request whose path ends with ``gated``
+    until ``gate.release`` is set: a model call that takes exactly as long as a test needs."""
+    gate = Gate()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["path"].endswith(gated):
+            gate.entered.set()
+            while not gate.release.is_set():
+                await anyio.sleep(0.05)
+        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.lower() == b"content-type"}
+        async with httpx.AsyncClient(timeout=600) as http:
+            answer = await http.request(scope["method"], f"{target}{scope['path']}", content=body, headers=headers)
+        content_type = answer.headers.get("content-type", "application/json").encode()
+        await send({"type": "http.response.start", "status": answer.status_code,
+                    "headers": [(b"content-type", content_type)]})  # fmt: skip
+        await send({"type": "http.response.body", "body": answer.content})
+
+    with app_in_thread(app) as url:
+        try:
+            yield url, gate
+        finally:
+            gate.release.set()  # let held calls end before the server stops
