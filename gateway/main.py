@@ -73,7 +73,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-API-Key", "Authorization", "Idempotency-Key"],
         )
-    app.add_middleware(BodyLimitMiddleware, limit=resolved.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=resolved.max_body_bytes,
+        small_limit=resolved.max_small_body_bytes,
+        max_objects=resolved.max_json_objects,
+        upload_paths=frozenset({"/workflow/start", "/workflow/preprocess"}),
+    )
     return app
 
 

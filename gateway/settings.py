@@ -32,7 +32,15 @@ class GatewaySettings(PipelineSettings):
     max_parallel_launches: int = Field(default=4, ge=1, description="Launches in flight at once.")
     launch_wait_seconds: float = Field(default=30.0, description="How long a start waits for a launch slot.")
     api_port: int = Field(default=8001, description="Port the gateway listens on (the seed's API_PORT).")
-    max_body_bytes: int = Field(default=25 * 1024 * 1024, description="Largest request body (refused unread).")
+    max_body_bytes: int = Field(
+        default=25 * 1024 * 1024, description="Largest body of a route that takes a photo (refused unread)."
+    )
+    max_small_body_bytes: int = Field(
+        default=2 * 1024 * 1024, description="Largest body of every other route (/workflow/generate: strokes only)."
+    )
+    max_json_objects: int = Field(
+        default=25_000, ge=10, description="Most JSON objects (points, strokes) in a body, counted before parsing."
+    )
     max_image_bytes: int = Field(default=25 * 1024 * 1024, description="Largest decoded upload accepted.")
     gateway_api_keys: str = Field(default="", description="Comma-separated API keys; empty = no authentication.")
     gateway_secret: str = Field(

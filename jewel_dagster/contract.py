@@ -26,6 +26,10 @@ class AssetName(StrEnum):
     FLUX_METRICS = "flux_metrics"
 
 
+# How each asset is stored (resources/io_manager.py): arrays as PNG, the rest as JSON.
+JSON_ASSETS = frozenset({AssetName.CANVAS_TRANSFORM, AssetName.ZOOM_CHECK, AssetName.FLUX_METRICS})
+IMAGE_ASSETS = frozenset(AssetName) - JSON_ASSETS
+
 PARTITIONS_NAME = "requests"
 CHECK_NAME = "fidelity"  # the asset check on flux_metrics
 GPU_POOL = "gpu"  # the Dagster pool of steps that call the GPU services
@@ -39,6 +43,7 @@ CODE_VERSION_TAG = "dagster/code_version"
 # Run tags we set.
 OWNER_TAG = "jewel/owner"
 IDEMPOTENCY_TAG = "jewel/idempotency"
+IDEMPOTENCY_REQUEST_TAG = "jewel/idempotency-request"  # which endpoint and body the key was first used with
 LAUNCH_TAG = "jewel/launch"
 WEBHOOK_TAG = "jewel/webhook"  # "1" on runs that owe a webhook: Dagster filters tags by key and value
 WEBHOOK_URL_TAG = "jewel/webhook-url"

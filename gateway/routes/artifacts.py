@@ -12,21 +12,19 @@ from starlette.concurrency import run_in_threadpool
 from gateway.deps import RunsDep, StoreDep
 from gateway.routes.workflows import owned_run
 from gateway.security import CallerDep
-from jewel_dagster.contract import AssetName
+from jewel_dagster.contract import IMAGE_ASSETS, JSON_ASSETS
 from jewel_dagster.resources.blob_store import BlobNotFoundError, artifact_path
 
 router = APIRouter(prefix="/workflow", tags=["artifacts"])
 
-IMAGE_ARTIFACTS = frozenset(AssetName) - {AssetName.CANVAS_TRANSFORM, AssetName.ZOOM_CHECK, AssetName.FLUX_METRICS}
-JSON_ARTIFACTS = frozenset({AssetName.CANVAS_TRANSFORM, AssetName.ZOOM_CHECK, AssetName.FLUX_METRICS})
 _MEDIA_TYPES = {"png": "image/png", "json": "application/json"}
 
 
 def _split(name: str) -> tuple[str, str]:
     stem, _, extension = name.rpartition(".")
-    allowed = IMAGE_ARTIFACTS if extension == "png" else JSON_ARTIFACTS if extension == "json" else frozenset()
+    allowed = IMAGE_ASSETS if extension == "png" else JSON_ASSETS if extension == "json" else frozenset()
     if stem not in allowed:
-        names = sorted([f"{n}.png" for n in IMAGE_ARTIFACTS] + [f"{n}.json" for n in JSON_ARTIFACTS])
+        names = sorted([f"{n}.png" for n in IMAGE_ASSETS] + [f"{n}.json" for n in JSON_ASSETS])
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no artifact {name[:80]!r}; one of {', '.join(names)}")
     return stem, extension
 

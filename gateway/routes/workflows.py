@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, status
+from pydantic import BaseModel
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
@@ -24,7 +26,9 @@ from gateway.workflow_state import state_of
 from jewel_dagster.contract import (
     FULL_JOB,
     GENERATE_JOB,
+    IDEMPOTENCY_REQUEST_TAG,
     IDEMPOTENCY_TAG,
+    IMAGE_ASSETS,
     LAUNCH_TAG,
     OWNER_TAG,
     PARTITION_TAG,
@@ -34,15 +38,22 @@ from jewel_dagster.contract import (
     AssetName,
 )
 from jewel_dagster.defs.config import BrushStroke
-from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError, artifact_path
+from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
 
 router = APIRouter(prefix="/workflow", tags=["workflow"])
 
-WORKFLOW_ID = re.compile(r"^jewelry-gen-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_OWN_ARTIFACT = re.compile(r"^requests/(?P<rid>[^/]+)/(?P<name>[a-z_]+)\.png$")
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-_idempotency_locks: dict[str, threading.Lock] = {}
-_idempotency_guard = threading.Lock()
+# Matched with fullmatch: `$` would let a trailing newline through.
+WORKFLOW_ID = re.compile(r"jewelry-gen-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_ARTIFACT_PATH = re.compile(r"requests/(?P<rid>[^/]+)/(?P<name>[a-z_]+)\.png")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+# Striped locks: a fixed table, however many keys and requests pass through (a dict of one lock
+# per key grew forever). Two keys sharing a stripe only wait for each other.
+_LOCK_STRIPES = [threading.Lock() for _ in range(256)]
+log = logging.getLogger("gateway.workflows")
+
+
+def _stripe(key: str) -> threading.Lock:
+    return _LOCK_STRIPES[int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % len(_LOCK_STRIPES)]
 
 IdempotencyHeader = Annotated[
     str | None,
@@ -51,13 +62,18 @@ IdempotencyHeader = Annotated[
 
 
 def pipeline_unavailable(exc: DagsterError) -> HTTPException:
+    """A generic answer with an error id; what Dagster said (addresses included) goes to the log."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("error %s: %s: %s", error_id, type(exc).__name__, exc)
     if isinstance(exc, DagsterUnavailable):
         return HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"The pipeline is unavailable: {exc}. Start Dagster (make run) and retry.",
+            detail=f"The pipeline (Dagster) is unavailable; retry shortly (error id {error_id}).",
             headers={"Retry-After": "5"},
         )
-    return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"The pipeline refused the request: {exc}")
+    return HTTPException(
+        status.HTTP_502_BAD_GATEWAY, detail=f"The pipeline refused the request (error id {error_id})."
+    )
 
 
 def _webhook_tags(url: str | None, settings: GatewaySettings) -> dict[str, str]:
@@ -124,30 +140,35 @@ def _new_request_id() -> str:
     return f"jewelry-gen-{uuid.uuid4()}"
 
 
-def _idempotent(runs: DagsterRuns, caller: str, key: str | None, launch: Any) -> StartResponse:
+def _idempotent(
+    runs: DagsterRuns, caller: str, key: str | None, request: BaseModel, endpoint: str, launch: Any
+) -> StartResponse:
     """Run `launch(tags)` once per (caller, Idempotency-Key); a retry gets the first workflow back.
 
-    The key is stored as a run tag (hashed with the caller), so it survives gateway restarts; a
-    lock per key covers the window between looking it up and the run appearing.
+    The key is stored as a run tag (hashed with the caller), so it survives gateway restarts,
+    beside a digest of the endpoint and body it came with: the same key with another request is
+    a client bug, answered 422 rather than with a workflow that is not the one asked for. A
+    lock covers the window between looking the key up and the run appearing.
     """
     if key is None:
         return launch({OWNER_TAG: caller})
-    if not _IDEMPOTENCY_KEY.match(key):
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="Idempotency-Key: 1 to 200 printable characters")
     digest = hashlib.sha256(f"{caller}:{key}".encode()).hexdigest()[:32]
-    with _idempotency_guard:
-        lock = _idempotency_locks.setdefault(digest, threading.Lock())
-    with lock:
+    asked = hashlib.sha256(f"{endpoint}\n{request.model_dump_json()}".encode()).hexdigest()[:32]
+    with _stripe(digest):
         try:
             earlier = runs.newest_run_tagged({IDEMPOTENCY_TAG: digest})
         except DagsterError as exc:
             raise pipeline_unavailable(exc) from exc
         if earlier is not None:
-            return StartResponse(
-                workflowId=earlier.tags[PARTITION_TAG],
-                status=position_of(earlier).status,
-            )
-        return launch({OWNER_TAG: caller, IDEMPOTENCY_TAG: digest})
+            if earlier.tags.get(IDEMPOTENCY_REQUEST_TAG, asked) != asked:
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_ENTITY,
+                    detail="Idempotency-Key was already used with a different request; use a new key",
+                )
+            return StartResponse(workflowId=earlier.tags[PARTITION_TAG], status=position_of(earlier).status)
+        return launch({OWNER_TAG: caller, IDEMPOTENCY_TAG: digest, IDEMPOTENCY_REQUEST_TAG: asked})
 
 
 def _start(
@@ -165,7 +186,12 @@ def _start(
         # Checked before storing anything, so an outage leaves no orphaned upload behind.
         raise pipeline_unavailable(DagsterUnavailable("Dagster is not reachable"))
     return _idempotent(
-        runs, caller, idempotency_key, lambda tags: _store_and_launch(job, body, image, runs, store, {**tags, **hook})
+        runs,
+        caller,
+        idempotency_key,
+        body,
+        job,
+        lambda tags: _store_and_launch(job, body, image, runs, store, {**tags, **hook}),
     )
 
 
@@ -213,14 +239,27 @@ def preprocess_workflow(
     return _start(PREPROCESS_JOB, body, runs, store, settings, caller, idempotency_key)
 
 
-def _path_in_store(store: BlobStore, uri: str, field: str) -> str:
+def _artifact_input(runs: DagsterRuns, store: BlobStore, uri: str, field: str, caller: str) -> tuple[str, str]:
+    """(request id, asset name) of an artifact URI this API handed out, owned by the caller.
+
+    Only the PNG artifacts of a request are inputs: not its upload, not any other path. The
+    owner is checked before the blob is looked at, so another caller's request answers 404
+    like an unknown one and nobody can probe which paths exist.
+    """
     try:
         path = store.path_of(uri)
     except BlobStoreError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=f"{field}: {exc}") from None
+    match = _ARTIFACT_PATH.fullmatch(path)
+    if match is None or match["name"] not in IMAGE_ASSETS:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail=f"{field}: not an image artifact of this API; pass the imageUri/maskUri a preprocess returned",
+        )
+    owned_run(runs, match["rid"], caller)  # 404 unless the request exists and is the caller's
     if not store.exists_path(path):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{field}: nothing is stored at {uri}")
-    return path
+    return match["rid"], match["name"]
 
 
 @router.post("/generate", response_model=StartResponse)
@@ -234,35 +273,27 @@ def generate_workflow(
 ) -> StartResponse:
     """Refine a preprocessed mask with brush strokes and generate.
 
-    URIs from one earlier preprocess run continue that request's partition (one lineage);
-    any other pair of stored blobs starts a new request with them as inputs.
+    The imageUri/maskUri of one earlier preprocess continue that request's partition (one
+    lineage; 409 while a run of it is still going); any other pair of the caller's image
+    artifacts starts a new request with them as inputs.
     """
-    image_path = _path_in_store(store, body.imageUri, "imageUri")
-    mask_path = _path_in_store(store, body.maskUri, "maskUri")
     hook = _webhook_tags(body.webhookUrl, settings)
-    if not runs.ping(timeout=None):
-        raise pipeline_unavailable(DagsterUnavailable("Dagster is not reachable"))
-    image_match, mask_match = _OWN_ARTIFACT.match(image_path), _OWN_ARTIFACT.match(mask_path)
+    image_rid, image_name = _artifact_input(runs, store, body.imageUri, "imageUri", caller)
+    mask_rid, mask_name = _artifact_input(runs, store, body.maskUri, "maskUri", caller)
     strokes = {AssetName.REFINED_MASK: {"config": {"brush_strokes": _strokes(body.brushStrokes)}}}
-    if (
-        image_match
-        and mask_match
-        and image_match["rid"] == mask_match["rid"]
-        and image_path == artifact_path(image_match["rid"], AssetName.BACKGROUND_REMOVED_IMAGE, "png")
-        and mask_path == artifact_path(mask_match["rid"], AssetName.JEWELRY_MASK, "png")
-    ):
-        earlier = owned_run(runs, image_match["rid"], caller)  # 404 unless the caller owns it
-        return _idempotent(
-            runs,
-            caller,
-            idempotency_key,
-            lambda tags: _launch(
-                runs, GENERATE_JOB, earlier.tags[PARTITION_TAG], {"ops": strokes}, False, {**tags, **hook}
-            ),
-        )
-    for match in (image_match, mask_match):
-        if match and caller != ANONYMOUS:
-            owned_run(runs, match["rid"], caller)  # another caller's blobs are not ours to read
+    if (image_rid, image_name, mask_name) == (mask_rid, AssetName.BACKGROUND_REMOVED_IMAGE, AssetName.JEWELRY_MASK):
+
+        def continue_request(tags: dict[str, str]) -> StartResponse:
+            with _stripe(f"request:{image_rid}"):  # two generates at once: one launches, one gets 409
+                latest = owned_run(runs, image_rid, caller)
+                if position_of(latest).status == "RUNNING":
+                    raise HTTPException(
+                        status.HTTP_409_CONFLICT,
+                        detail=f"workflow {image_rid} is still running; wait for it to end or cancel it",
+                    )
+                return _launch(runs, GENERATE_JOB, image_rid, {"ops": strokes}, False, {**tags, **hook})
+
+        return _idempotent(runs, caller, idempotency_key, body, GENERATE_JOB, continue_request)
     ops = {
         AssetName.ORIGINAL_IMAGE: {"config": {"image_uri": body.imageUri}},
         AssetName.BACKGROUND_REMOVED_IMAGE: {"config": {"mode": "keep"}},
@@ -273,6 +304,8 @@ def generate_workflow(
         runs,
         caller,
         idempotency_key,
+        body,
+        FULL_JOB,
         lambda tags: _launch(runs, FULL_JOB, _new_request_id(), {"ops": ops}, True, {**tags, **hook}),
     )
 
@@ -283,7 +316,7 @@ def owned_run(runs: DagsterRuns, workflow_id: str, caller: str, cached: bool = F
     Shared by every route that reads one workflow, so ownership is checked in one place.
     """
     not_found = HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no workflow {workflow_id[:100]!r}")
-    if not WORKFLOW_ID.match(workflow_id):
+    if not WORKFLOW_ID.fullmatch(workflow_id):
         raise not_found
     try:
         run = runs.latest_run_cached(workflow_id) if cached else runs.latest_run(workflow_id)

@@ -100,3 +100,5 @@ def test_service_outage_longer_than_the_retry_budget_fails_naming_the_service(tm
     assert final["status"] == "FAILED"
     assert final["failedStep"] == "RESIZING_IMAGE"
     assert "ImageManipulator" in final["error"] and "unreachable" in final["error"]
+    # The service's internal address stays in the logs (issue 14, finding 7).
+    assert "127.0.0.1" not in final["error"] and "[internal address]" in final["error"], final["error"]

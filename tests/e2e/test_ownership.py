@@ -69,3 +69,53 @@ def test_events_and_artifacts_are_the_owners_alone(client: httpx.Client) -> None
     assert mask.content.startswith(b"\x89PNG")
     transform = client.get(f"/workflow/{workflow}/artifacts/canvas_transform.json", headers=A)
     assert transform.status_code == 200 and transform.json()["source_width"] == 600
+
+
+def test_blob_uris_of_another_callers_request_are_refused_without_telling_what_exists(client: httpx.Client) -> None:
+    """Issue 14, finding 3: B once ran /generate on A's upload and downloaded it as its own."""
+    started = client.post("/workflow/preprocess", json=BODY, headers=A)
+    workflow = started.json()["workflowId"]
+    final = poll(client, workflow, finished, headers=A)[-1]
+    assert final["status"] == "COMPLETED", final
+    image, mask = final["result"]["imageUri"], final["result"]["maskUri"]
+    folder = image.rsplit("/", 1)[0]
+
+    # Not an artifact (the upload, any other path): refused for everyone, owner included.
+    for headers in (A, B):
+        upload = client.post(
+            "/workflow/generate", json={"imageUri": f"{folder}/upload", "maskUri": mask}, headers=headers
+        )
+        assert upload.status_code == 400 and "not an image artifact" in upload.json()["detail"], upload.text
+    # A's artifacts, stored or not, answer B the same 404: no way to tell which paths exist.
+    for uri in (image, f"{folder}/final_mask.png"):
+        denied = client.post("/workflow/generate", json={"imageUri": uri, "maskUri": mask}, headers=B)
+        assert denied.status_code == 404 and denied.json()["detail"] == f"no workflow {workflow!r}", denied.text
+    # The owner continues the request as before.
+    again = client.post("/workflow/generate", json={"imageUri": image, "maskUri": mask}, headers=A)
+    assert again.status_code == 200 and again.json()["workflowId"] == workflow, again.text
+
+
+def test_a_second_generate_while_the_first_runs_is_409(client: httpx.Client) -> None:
+    started = client.post("/workflow/preprocess", json=BODY, headers=A)
+    workflow = started.json()["workflowId"]
+    result = poll(client, workflow, finished, headers=A)[-1]["result"]
+    body = {"imageUri": result["imageUri"], "maskUri": result["maskUri"]}
+    first = client.post("/workflow/generate", json=body, headers=A)
+    assert first.status_code == 200, first.text
+    second = client.post("/workflow/generate", json=body, headers=A)
+    # The first generate takes seconds on the local backends: the second one finds it running.
+    assert second.status_code == 409 and "still running" in second.json()["detail"], second.text
+    assert poll(client, workflow, finished, headers=A)[-1]["status"] == "COMPLETED"
+
+
+def test_a_reused_idempotency_key_with_another_body_is_422(client: httpx.Client) -> None:
+    key = {"Idempotency-Key": f"retry-{PHOTO[-12:]}", **A}
+    first = client.post("/workflow/preprocess", json=BODY, headers=key)
+    assert first.status_code == 200, first.text
+    same = client.post("/workflow/preprocess", json=BODY, headers=key)
+    assert same.json()["workflowId"] == first.json()["workflowId"]
+    other_body = client.post("/workflow/preprocess", json={**BODY, "maskPoints": [{**CUP, "x": 0.4}]}, headers=key)
+    other_endpoint = client.post("/workflow/start", json=BODY, headers=key)
+    for refused in (other_body, other_endpoint):
+        assert refused.status_code == 422 and "different request" in refused.json()["detail"], refused.text
+    poll(client, first.json()["workflowId"], finished, headers=A)

@@ -25,3 +25,17 @@ def test_ids_that_are_not_ours(tmp_path: Path, workflow_id: str) -> None:
     with gateway_client(tmp_path) as client:
         assert client.get(f"/workflow/{workflow_id}").status_code == 404
         assert client.post(f"/workflow/{workflow_id}/cancel").status_code == 404
+
+
+def test_a_workflow_id_with_a_trailing_newline_is_unknown(tmp_path: Path) -> None:
+    """`$` in a pattern matches before a final newline: ids are matched whole (fullmatch)."""
+    with gateway_client(tmp_path) as client:
+        response = client.get("/workflow/jewelry-gen-00000000-0000-0000-0000-000000000000%0A")
+    assert response.status_code == 404
+
+
+def test_an_unreachable_pipeline_is_named_without_its_address(tmp_path: Path) -> None:
+    with gateway_client(tmp_path) as client:
+        response = client.get("/workflow/jewelry-gen-00000000-0000-0000-0000-000000000000")
+    detail = response.json()["detail"]
+    assert response.status_code == 503 and "error id" in detail and "127.0.0.1" not in detail, detail

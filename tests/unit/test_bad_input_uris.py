@@ -32,7 +32,8 @@ def test_foreign_uris_are_refused(tmp_path: Path, uri: str) -> None:
     assert "imageUri" in response.json()["detail"]
 
 
-def test_our_uri_with_nothing_stored_is_404(tmp_path: Path) -> None:
+def test_a_path_of_ours_that_is_not_an_artifact_is_refused(tmp_path: Path) -> None:
+    """A request's upload (or any other path) is no input: only the image artifacts a run made."""
     with gateway_client(tmp_path) as client:
         response = client.post("/workflow/generate", json={"imageUri": OURS, "maskUri": OURS})
-    assert response.status_code == 404 and "nothing is stored" in response.json()["detail"]
+    assert response.status_code == 400 and "not an image artifact" in response.json()["detail"]

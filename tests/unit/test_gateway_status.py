@@ -7,6 +7,7 @@ import pytest
 from gateway.dagster_api.errors import readable_error
 from gateway.dagster_api.models import RunInfo, StepStat
 from gateway.status import position_of
+from gateway.workflow_state import public_error
 from jewel_dagster.contract import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB
 
 
@@ -68,3 +69,11 @@ def test_a_failed_run_that_dagster_will_retry_is_still_running() -> None:
     assert (position_of(retried).status, position_of(retried).current_step) == ("RUNNING", "UPLOADING_IMAGE")
     final = RunInfo("r", FULL_JOB, "FAILURE", failed.steps, {"dagster/will_retry": "false"})
     assert position_of(final).status == "FAILED"
+
+
+def test_failure_messages_keep_internal_addresses_to_the_log() -> None:
+    message = "SAM3 (http://10.0.0.7:9000/sam3/segment) timed out after 120.0 s; also https://x.internal/a?b=c"
+    shown = public_error(message, "0123456789abcdef")
+    assert "10.0.0.7" not in shown and "x.internal" not in shown and "SAM3" in shown and "timed out" in shown
+    assert "(run 01234567;" in shown
+    assert public_error("the mask is empty", "r") == "the mask is empty"
