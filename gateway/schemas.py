@@ -36,8 +36,10 @@ class StartRequest(BaseModel):
 class GenerateRequest(BaseModel):
     """Body of /workflow/generate: a preprocessed image and mask, plus brush strokes."""
 
-    imageUri: str = Field(min_length=1, max_length=1024)
-    maskUri: str = Field(min_length=1, max_length=1024)
+    # No min_length: an empty URI is a URI outside our storage like any other, refused with 400
+    # (the README's promise for imageUri/maskUri), not a 422 schema error.
+    imageUri: str = Field(max_length=1024, description="A URI in the configured store, e.g. a preprocess result.")
+    maskUri: str = Field(max_length=1024, description="A URI in the configured store, e.g. a preprocess result.")
     brushStrokes: list[BrushStroke] = Field(default_factory=list, max_length=200)
     webhookUrl: str | None = Field(
         default=None,
