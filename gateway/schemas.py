@@ -41,8 +41,10 @@ class StartRequest(_StrokesAndWebhook):
 class GenerateRequest(_StrokesAndWebhook):
     """Body of /workflow/generate: a preprocessed image and mask, plus brush strokes."""
 
-    imageUri: str = Field(min_length=1, max_length=1024)
-    maskUri: str = Field(min_length=1, max_length=1024)
+    # No min_length: an empty URI is a URI outside our storage like any other, refused with 400
+    # (the README's promise for imageUri/maskUri), not a 422 schema error.
+    imageUri: str = Field(max_length=1024, description="A URI in the configured store, e.g. a preprocess result.")
+    maskUri: str = Field(max_length=1024, description="A URI in the configured store, e.g. a preprocess result.")
 
 
 class StartResponse(BaseModel):
@@ -67,3 +69,52 @@ class HealthResponse(BaseModel):
     dagster: Literal["connected", "disconnected"]
     temporal: Literal["connected", "disconnected"] = Field(description="Alias of `dagster` for the old frontend.")
     services: dict[str, ServiceState]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx the gateway answers itself: `detail` names the field or says what to do."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ValidationErrorBody(BaseModel):
+    """422: the request does not match the schema; `detail` joins the first `errors`."""
+
+    detail: str
+    errors: list[FieldError]
+
+
+_ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Bad input (the field is named in `detail`)",
+    401: "No valid API key (when the gateway has keys)",
+    404: "No such workflow, or not the caller's; or nothing stored",
+    409: "The workflow already ended",
+    413: "The body or the image is too large",
+    415: "An image format that is not accepted",
+    422: "The request does not match the schema",
+    429: "Rate limit reached (see Retry-After)",
+    502: "Dagster refused the request",
+    503: "Dagster is unreachable or busy (see Retry-After)",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for route decorators: the gateway's error bodies, so clients (and the
+    fuzz test's conformance checks) know every status a route can answer."""
+    return {
+        code: {"model": ValidationErrorBody if code == 422 else ErrorBody, "description": _ERROR_DESCRIPTIONS[code]}
+        for code in codes
+    }
+
+
+# What every route behind authentication can answer, whatever it does.
+AUTHENTICATED = (401, 422, 429)
+# What every route that reads one workflow can answer on top of that.
+ONE_WORKFLOW = (*AUTHENTICATED, 404, 502, 503)
+# What a start-like POST with a body can answer.
+STARTS = (*AUTHENTICATED, 400, 404, 413, 415, 502, 503)

@@ -38,8 +38,6 @@ def workflow_status(run_status: str) -> WorkflowStatus:
     return _RUN_STATUS.get(run_status, "RUNNING")
 
 
-
-
 def position_of(run: RunInfo) -> WorkflowPosition:
     status: WorkflowStatus = workflow_status(run.status)
     if run.status == "FAILURE" and run.tags.get(WILL_RETRY_TAG) == "true":

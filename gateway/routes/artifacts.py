@@ -10,7 +10,8 @@ from fastapi import APIRouter, HTTPException, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from gateway.deps import RunsDep, StoreDep
-from gateway.routes.workflows import owned_run
+from gateway.routes.workflows import WorkflowIdPath, owned_run
+from gateway.schemas import ONE_WORKFLOW, error_responses
 from gateway.security import CallerDep
 from jewel_dagster.contract import IMAGE_ASSETS, JSON_ASSETS
 from jewel_dagster.resources.blob_store import BlobNotFoundError, artifact_path
@@ -32,9 +33,11 @@ def _split(name: str) -> tuple[str, str]:
 @router.get(
     "/{workflow_id}/artifacts/{name}",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}, "application/json": {}}}},
+    responses={200: {"content": {"image/png": {}, "application/json": {}}}, **error_responses(*ONE_WORKFLOW)},
 )
-async def get_artifact(workflow_id: str, name: str, runs: RunsDep, store: StoreDep, caller: CallerDep) -> Response:
+async def get_artifact(
+    workflow_id: WorkflowIdPath, name: str, runs: RunsDep, store: StoreDep, caller: CallerDep
+) -> Response:
     """The newest stored value of one asset of the request, as PNG (images, masks) or JSON."""
     stem, extension = _split(name)
     await run_in_threadpool(owned_run, runs, workflow_id, caller, True)

@@ -20,8 +20,8 @@ from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError
 from gateway.deps import ResultsDep, RunsDep, SettingsDep
 from gateway.results import ResultReader
-from gateway.routes.workflows import owned_run
-from gateway.schemas import WorkflowState
+from gateway.routes.workflows import WorkflowIdPath, owned_run
+from gateway.schemas import ONE_WORKFLOW, WorkflowState, error_responses
 from gateway.security import CallerDep
 from gateway.settings import GatewaySettings
 from gateway.workflow_state import FINAL_STATUSES, progress_of, state_of
@@ -86,10 +86,18 @@ async def _stream(
 @router.get(
     "/{workflow_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "progress events, then one final event"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "progress events, then one final event"},
+        **error_responses(*ONE_WORKFLOW),
+    },
 )
 async def workflow_events(
-    workflow_id: str, request: Request, runs: RunsDep, results: ResultsDep, settings: SettingsDep, caller: CallerDep
+    workflow_id: WorkflowIdPath,
+    request: Request,
+    runs: RunsDep,
+    results: ResultsDep,
+    settings: SettingsDep,
+    caller: CallerDep,
 ) -> StreamingResponse:
     """`progress` on every step change, then `final` with what GET returns once the workflow ended.
 

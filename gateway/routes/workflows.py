@@ -9,14 +9,22 @@ import threading
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, status
+from fastapi import APIRouter, Header, HTTPException, Path, status
 from pydantic import BaseModel
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
 from gateway.dagster_api.models import RunInfo
 from gateway.deps import ResultsDep, RunsDep, SettingsDep, StoreDep
-from gateway.schemas import GenerateRequest, StartRequest, StartResponse, WorkflowState
+from gateway.schemas import (
+    ONE_WORKFLOW,
+    STARTS,
+    GenerateRequest,
+    StartRequest,
+    StartResponse,
+    WorkflowState,
+    error_responses,
+)
 from gateway.security import ANONYMOUS, CallerDep
 from gateway.settings import GatewaySettings
 from gateway.status import position_of
@@ -54,6 +62,15 @@ log = logging.getLogger("gateway.workflows")
 
 def _stripe(key: str) -> threading.Lock:
     return _LOCK_STRIPES[int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % len(_LOCK_STRIPES)]
+
+# Documented, not validated by FastAPI: an id of another shape is 404 (no such workflow), not 422.
+WorkflowIdPath = Annotated[
+    str,
+    Path(
+        description="`jewelry-gen-<uuid>`, as /workflow/start answered; any other id is 404.",
+        json_schema_extra={"pattern": WORKFLOW_ID.pattern},
+    ),
+]
 
 IdempotencyHeader = Annotated[
     str | None,
@@ -213,7 +230,7 @@ def _store_and_launch(
         raise
 
 
-@router.post("/start", response_model=StartResponse)
+@router.post("/start", response_model=StartResponse, responses=error_responses(*STARTS))
 def start_workflow(
     body: StartRequest,
     runs: RunsDep,
@@ -226,7 +243,7 @@ def start_workflow(
     return _start(FULL_JOB, body, runs, store, settings, caller, idempotency_key)
 
 
-@router.post("/preprocess", response_model=StartResponse)
+@router.post("/preprocess", response_model=StartResponse, responses=error_responses(*STARTS))
 def preprocess_workflow(
     body: StartRequest,
     runs: RunsDep,
@@ -262,7 +279,7 @@ def _artifact_input(runs: DagsterRuns, store: BlobStore, uri: str, field: str, c
     return match["rid"], match["name"]
 
 
-@router.post("/generate", response_model=StartResponse)
+@router.post("/generate", response_model=StartResponse, responses=error_responses(*STARTS, 409))
 def generate_workflow(
     body: GenerateRequest,
     runs: RunsDep,
@@ -339,8 +356,13 @@ def _owner(runs: DagsterRuns, run: RunInfo, workflow_id: str) -> str | None:
     return first.tags.get(OWNER_TAG) if first else None
 
 
-@router.get("/{workflow_id}", response_model=WorkflowState, response_model_exclude_none=True)
-def get_workflow(workflow_id: str, runs: RunsDep, results: ResultsDep, caller: CallerDep) -> WorkflowState:
+@router.get(
+    "/{workflow_id}",
+    response_model=WorkflowState,
+    response_model_exclude_none=True,
+    responses=error_responses(*ONE_WORKFLOW),
+)
+def get_workflow(workflow_id: WorkflowIdPath, runs: RunsDep, results: ResultsDep, caller: CallerDep) -> WorkflowState:
     """Status of the request's newest run; results once it completed."""
     run = owned_run(runs, workflow_id, caller, cached=True)
     try:
@@ -349,8 +371,8 @@ def get_workflow(workflow_id: str, runs: RunsDep, results: ResultsDep, caller: C
         raise pipeline_unavailable(exc) from exc
 
 
-@router.post("/{workflow_id}/cancel", response_model=StartResponse)
-def cancel_workflow(workflow_id: str, runs: RunsDep, caller: CallerDep) -> StartResponse:
+@router.post("/{workflow_id}/cancel", response_model=StartResponse, responses=error_responses(*ONE_WORKFLOW, 409))
+def cancel_workflow(workflow_id: WorkflowIdPath, runs: RunsDep, caller: CallerDep) -> StartResponse:
     """Terminate the request's running run."""
     run = owned_run(runs, workflow_id, caller)
     state = position_of(run).status

@@ -2,12 +2,15 @@
 
 Input checks run before the gateway talks to Dagster, so these tests need no Dagster; a
 request that passes them would get 503, which the tests treat as "got past validation".
+`gateway_with_fake_dagster` swaps in a Dagster that answers and records every call instead, so a
+test can tell "refused before anything was stored or launched" from "stopped by the 503".
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from gateway.dagster_api.models import RunInfo
 from gateway.main import create_app
 from gateway.settings import GatewaySettings
 from tests.support.e2e_stack import free_port
@@ -30,6 +34,62 @@ def gateway_client(tmp_path: Path, client_address: str = "testclient", **overrid
     settings = GatewaySettings(local_blob_root=str(tmp_path / "blobs"), dagster_port=free_port(), **overrides)
     with TestClient(create_app(settings), client=(client_address, 50000)) as client:
         yield client
+
+
+class FakeDagster:
+    """Stands in for `DagsterRuns`: always reachable, no runs yet, every write recorded."""
+
+    def __init__(self) -> None:
+        self.launch_slots = threading.BoundedSemaphore(4)
+        self.launch_wait_seconds = 5.0
+        self.partitions_added: list[str] = []
+        self.launches: list[tuple[str, str]] = []  # (job, partition)
+
+    def ping(self, timeout: float | None = 2.0) -> bool:
+        return True
+
+    def add_partition(self, request_id: str) -> None:
+        self.partitions_added.append(request_id)
+
+    def delete_partition(self, request_id: str) -> None:
+        self.partitions_added.remove(request_id)
+
+    def launch(
+        self, job_name: str, request_id: str, run_config: dict[str, Any], tags: dict[str, str] | None = None
+    ) -> str:
+        self.launches.append((job_name, request_id))
+        return f"run-{len(self.launches)}"
+
+    def latest_run(self, request_id: str) -> RunInfo | None:
+        return None
+
+    latest_run_cached = latest_run
+
+    def newest_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
+        return None
+
+    first_run_tagged = newest_run_tagged
+
+    def forget(self, request_id: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@contextmanager
+def gateway_with_fake_dagster(tmp_path: Path, **overrides: Any) -> Iterator[tuple[TestClient, FakeDagster]]:
+    with gateway_client(tmp_path, **overrides) as client:
+        client.app.state.runs.close()  # type: ignore[attr-defined]
+        fake = FakeDagster()
+        client.app.state.runs = fake  # type: ignore[attr-defined]
+        yield client, fake
+
+
+def stored_blobs(tmp_path: Path) -> list[str]:
+    """Every file the gateway's local blob store holds (the folder `gateway_client` gives it)."""
+    root = tmp_path / "blobs"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
 def png_base64(size: tuple[int, int] = (40, 30)) -> str:

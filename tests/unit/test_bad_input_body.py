@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from tests.support.gateway_client import gateway_client, start_body
+import pytest
+
+from tests.support.gateway_client import gateway_client, gateway_with_fake_dagster, start_body, stored_blobs
 
 
 def test_body_over_the_limit_is_413_from_its_content_length(tmp_path: Path) -> None:
@@ -39,3 +42,23 @@ def test_missing_fields_are_named(tmp_path: Path) -> None:
     assert response.status_code == 422
     assert "originalImageBase64" in response.json()["detail"]
     assert response.json()["errors"][0]["field"] == "originalImageBase64"
+
+
+@pytest.mark.parametrize(
+    ("url", "settings", "words"),
+    [
+        ("https://hooks.example.com/done", {}, "webhooks are off"),  # no WEBHOOK_SECRET on this gateway
+        ("ftp://hooks.example.com/done", {"webhook_secret": "s3cret"}, "http:// or https://"),
+        ("http://127.0.0.1:9/done", {"webhook_secret": "s3cret"}, "loopback or private"),
+    ],
+    ids=["webhooks-off", "scheme", "loopback"],
+)
+def test_a_refused_webhook_stores_and_launches_nothing(
+    tmp_path: Path, url: str, settings: dict[str, Any], words: str
+) -> None:
+    with gateway_with_fake_dagster(tmp_path, **settings) as (client, dagster):
+        response = client.post("/workflow/start", json=start_body(webhookUrl=url))
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith("webhookUrl") and words in response.json()["detail"]
+    assert stored_blobs(tmp_path) == []
+    assert dagster.partitions_added == [] and dagster.launches == []

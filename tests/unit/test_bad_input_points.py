@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.gateway_client import gateway_client, start_body
+from tests.support.gateway_client import gateway_client, gateway_with_fake_dagster, start_body, stored_blobs
 
 STROKE = {"points": [{"x": 0.1, "y": 0.1}], "mode": "add", "size": 10}
 
@@ -38,3 +38,22 @@ def test_rejected_with_the_field_named(tmp_path: Path, changes: dict[str, Any], 
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
     assert detail.startswith(field) and words in detail, detail
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"maskPoints": [{"x": 1.5, "y": 0.5, "label": 1}]},
+        {"maskPoints": [{"x": 0.5, "y": 0.5, "label": 0}]},
+        {"maskPoints": []},
+        {"brushStrokes": [{**STROKE, "mode": "smudge"}]},
+    ],
+    ids=["outside", "no-positive", "none", "bad-stroke"],
+)
+def test_refused_points_store_and_launch_nothing(tmp_path: Path, changes: dict[str, Any]) -> None:
+    # Dagster answers here, so only the input check stands between the request and a stored upload.
+    with gateway_with_fake_dagster(tmp_path) as (client, dagster):
+        response = client.post("/workflow/start", json=start_body(**changes))
+    assert response.status_code == 422, response.text
+    assert stored_blobs(tmp_path) == []
+    assert dagster.partitions_added == [] and dagster.launches == []

@@ -28,8 +28,18 @@ OURS = "local://jewelry-uploads/requests/jewelry-gen-x/upload"
 def test_foreign_uris_are_refused(tmp_path: Path, uri: str) -> None:
     with gateway_client(tmp_path) as client:
         response = client.post("/workflow/generate", json={"imageUri": uri, "maskUri": OURS})
-    assert response.status_code in (400, 422), response.text
-    assert "imageUri" in response.json()["detail"]
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith("imageUri"), response.text
+
+
+@pytest.mark.parametrize("uri", ["https://example.com/mask.png", "local://other-container/requests/x/upload", ""])
+def test_foreign_mask_uris_are_refused(tmp_path: Path, uri: str) -> None:
+    with gateway_client(tmp_path) as client:
+        (tmp_path / "blobs" / "jewelry-uploads" / "requests" / "jewelry-gen-x").mkdir(parents=True)
+        (tmp_path / "blobs" / "jewelry-uploads" / "requests" / "jewelry-gen-x" / "upload").write_bytes(b"x")
+        response = client.post("/workflow/generate", json={"imageUri": OURS, "maskUri": uri})
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith("maskUri"), response.text
 
 
 def test_a_path_of_ours_that_is_not_an_artifact_is_refused(tmp_path: Path) -> None:

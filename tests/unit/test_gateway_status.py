@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dagster as dg
 import pytest
 
 from gateway.dagster_api.errors import readable_error
 from gateway.dagster_api.models import RunInfo, StepStat
-from gateway.status import position_of
+from gateway.status import position_of, workflow_status
 from gateway.workflow_state import public_error
 from jewel_dagster.contract import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB
 
@@ -50,6 +51,45 @@ def run(job: str, status: str, **steps: str) -> RunInfo:
 def test_position(info: RunInfo, expected: tuple[str, str, int]) -> None:
     p = position_of(info)
     assert (p.status, p.current_step, p.progress) == expected
+
+
+# Every Dagster run status (and one Dagster may add later) -> (status, currentStep, progress), on a
+# full-pipeline run whose first step finished (second one running, or failed for FAILURE), so the
+# current step shows whether it came from the steps or from the run status.
+MIDWAY = {"original_image": "SUCCESS", "resize_to_canvas": "IN_PROGRESS"}
+UNKNOWN = "SOME_FUTURE_STATUS"
+EVERY_RUN_STATUS: dict[str, tuple[dict[str, str], tuple[str, str, int]]] = {
+    # Not started yet: no step stats, so the first step.
+    "QUEUED": ({}, ("RUNNING", "UPLOADING_IMAGE", 5)),
+    "NOT_STARTED": ({}, ("RUNNING", "UPLOADING_IMAGE", 5)),
+    "STARTING": ({}, ("RUNNING", "UPLOADING_IMAGE", 5)),
+    "STARTED": (MIDWAY, ("RUNNING", "RESIZING_IMAGE", 15)),
+    "MANAGED": (MIDWAY, ("RUNNING", "RESIZING_IMAGE", 15)),
+    "SUSPENDED": (MIDWAY, ("RUNNING", "RESIZING_IMAGE", 15)),
+    # Done: COMPLETED and 100 whatever the steps say.
+    "SUCCESS": (MIDWAY, ("COMPLETED", "COMPLETED", 100)),
+    "FAILURE": ({**MIDWAY, "resize_to_canvas": "FAILURE"}, ("FAILED", "RESIZING_IMAGE", 15)),
+    # A cancel in progress already reads CANCELLED: the person asked for it and it will not resume.
+    "CANCELING": (MIDWAY, ("CANCELLED", "RESIZING_IMAGE", 15)),
+    "CANCELED": (MIDWAY, ("CANCELLED", "RESIZING_IMAGE", 15)),
+    # A status this gateway does not know yet: still running, rather than a false end.
+    UNKNOWN: (MIDWAY, ("RUNNING", "RESIZING_IMAGE", 15)),
+}
+
+
+@pytest.mark.parametrize("run_status", list(EVERY_RUN_STATUS))
+def test_every_run_status_maps_onto_the_seed(run_status: str) -> None:
+    steps, expected = EVERY_RUN_STATUS[run_status]
+    p = position_of(run(FULL_JOB, run_status, **steps))
+    assert (p.status, p.current_step, p.progress) == expected
+    assert workflow_status(run_status) == expected[0]
+    assert p.failed_op == ("resize_to_canvas" if run_status == "FAILURE" else None)
+
+
+def test_the_status_table_covers_every_dagster_run_status() -> None:
+    # A status a new Dagster adds must get a deliberate mapping (and a row above), not the fallback.
+    assert set(EVERY_RUN_STATUS) - {UNKNOWN} == {s.value for s in dg.DagsterRunStatus}
+    assert UNKNOWN not in {s.value for s in dg.DagsterRunStatus}
 
 
 def test_failed_step_is_reported() -> None:

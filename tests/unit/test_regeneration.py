@@ -6,11 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
 
 from jewel_dagster.contract import REGENERATE_ATTEMPT_TAG as ATTEMPT_TAG
+from jewel_dagster.contract import REGENERATE_JOB
 from jewel_dagster.contract import REGENERATE_REASON_TAG as REASON_TAG
 from jewel_dagster.defs.assets import ALL_ASSETS, flux_metrics, generations
-from jewel_dagster.defs.regeneration import current_flux_version, regeneration_requests
+from jewel_dagster.defs.regeneration import (
+    build_regeneration_automation,
+    current_flux_version,
+    regeneration_requests,
+)
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from tests.support.photos import RING_CLICK, synthetic_ring, to_jpeg
@@ -112,3 +118,36 @@ def test_a_new_generator_version_marks_old_generations_stale(tmp_path: Path) -> 
             tags=request.tags,
         )
         assert list(regeneration_requests(instance, "model-v2", max_attempts=3)) == []
+
+
+def test_the_schedule_asks_for_what_the_sensor_asks_for(tmp_path: Path) -> None:
+    settings = PipelineSettings(local_blob_root=str(tmp_path), local_flux_grow_px=30, regeneration_max_attempts=3)
+    sensor, schedule = build_regeneration_automation(settings)
+    with dg.instance_for_test() as instance:
+        assert not _check_passed(_full_run(build_resources(settings), instance, "bad"))
+
+        # Invoked directly with a context, as the daemon would evaluate them on a tick.
+        ticked = list(schedule(dg.build_schedule_context(instance=instance)))
+        sensed = list(sensor(dg.build_sensor_context(instance=instance)))
+        assert len(ticked) == 1 and isinstance(ticked[0], dg.RunRequest)
+        (request,) = ticked
+        assert request.partition_key == "bad" and request.run_key == "bad:failed-check:1"
+        assert request.tags[REASON_TAG] == "failed-check" and request.tags[ATTEMPT_TAG] == "1"
+        assert request.run_config == {"ops": {"generations": {"config": {"seed": 1}}}}
+        assert ticked == sensed
+        assert schedule.job_name == sensor.job_name == REGENERATE_JOB
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_schedule_and_sensor_default_status_follow_the_settings(enabled: bool) -> None:
+    sensor, schedule = build_regeneration_automation(
+        PipelineSettings(
+            regeneration_schedule_enabled=enabled,
+            regeneration_sensor_enabled=not enabled,
+            regeneration_cron="15 4 * * 1",
+        )
+    )
+    running, stopped = dg.DefaultScheduleStatus.RUNNING, dg.DefaultScheduleStatus.STOPPED
+    assert schedule.default_status == (running if enabled else stopped)
+    assert sensor.default_status == (dg.DefaultSensorStatus.STOPPED if enabled else dg.DefaultSensorStatus.RUNNING)
+    assert schedule.cron_schedule == "15 4 * * 1"
