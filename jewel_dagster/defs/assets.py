@@ -8,10 +8,13 @@ from typing import Any, TypeVar
 
 import dagster as dg
 import numpy as np
+from pydantic import ValidationError
 
 from jewel_dagster.contract import CHECK_NAME, GPU_POOL, PARTITIONS_NAME
 from jewel_dagster.defs.config import (
+    BRUSH_STROKES,
     BackgroundConfig,
+    BrushStroke,
     GenerationConfig,
     JewelryMaskConfig,
     OriginalImageConfig,
@@ -192,22 +195,38 @@ def _supplied_mask(uri: str, transform: CanvasTransform, blob_store: BlobStore) 
     return mask, meta
 
 
+def _load_strokes(uri: str | None, blob_store: BlobStore) -> list[BrushStroke]:
+    """The request's brush strokes from their blob, checked by the gateway's own request type."""
+    if not uri:
+        return []
+    data = _load_image_blob(blob_store, uri, "brush strokes")
+    try:
+        return BRUSH_STROKES.validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise _permanent(f"the brush strokes at {uri} are not valid: {where}: {first['msg']}") from None
+
+
 @_gpu_image_step("generate", _versions.mask_refiner)
 def refined_mask(
     config: RefineConfig,
     jewelry_mask: np.ndarray,
     canvas_transform: dict[str, int],
     mask_refiner: MaskRefiner,
+    blob_store: BlobStore,
 ) -> dg.Output[np.ndarray]:
     """The jewelry mask with the person's brush strokes applied (add / remove)."""
     transform = CanvasTransform.from_dict(canvas_transform)
     strokes = [
         imaging.stroke_to_canvas(((p.x, p.y) for p in s.points), s.mode, s.size, transform)
-        for s in config.brush_strokes
+        for s in _load_strokes(config.strokes_uri, blob_store)
     ]
     mask, seconds = _timed(lambda: mask_refiner.refine(jewelry_mask, strokes))
     meta = _image_metadata(mask, seconds, mask_refiner.backend_name)
     meta["strokes"] = len(strokes)
+    if config.strokes_uri:
+        meta["strokes_uri"] = config.strokes_uri
     meta["changed_pixels"] = int(np.count_nonzero(mask != jewelry_mask))
     return dg.Output(mask, metadata=meta)
 

@@ -1,7 +1,8 @@
 """Per-request inputs, one Dagster `Config` per asset that takes input.
 
-Images are never in here: run config is stored in Dagster's event log, so images travel as
-blob URIs. Coordinates are normalised to [0, 1] on the image the person clicked on.
+Images and brush strokes are never in here: run config is stored in Dagster's event log, so
+they travel as blob URIs (strokes as a JSON list of `BrushStroke`, validated again on load).
+Coordinates are normalised to [0, 1] on the image the person clicked on.
 
 `MaskPoint`, `StrokePoint` and `BrushStroke` are also the gateway's request models (in
 `gateway.schemas`): one definition, so what the API accepts is what a run accepts. They forbid
@@ -122,7 +123,10 @@ class JewelryMaskConfig(dg.Config):
 
 
 class RefineConfig(dg.Config):
-    brush_strokes: list[BrushStroke] = Field(default_factory=list)
+    strokes_uri: str | None = Field(
+        default=None,
+        description="Blob URI of the request's brush strokes (JSON, a list of BrushStroke); none: no strokes.",
+    )
 
 
 class GenerationConfig(dg.Config):
