@@ -85,7 +85,7 @@ def _strokes(store: BlobStore, request_id: str, strokes: list[BrushStroke]) -> d
     return {"strokes_uri": store.put(strokes_path(request_id, uuid.uuid4().hex), data, "application/json")}
 
 
-def _drop_strokes(store: BlobStore, ops: dict[str, Any]) -> None:
+def _drop_strokes(store: BlobStore, ops: dict[Any, Any]) -> None:
     """Delete the strokes blob of a launch that did not happen."""
     uri = ops.get(AssetName.REFINED_MASK, {}).get("config", {}).get("strokes_uri")
     if uri:
@@ -258,7 +258,7 @@ def generate_workflow(
     image_match, mask_match = _OWN_ARTIFACT.match(image_path), _OWN_ARTIFACT.match(mask_path)
 
     def launch_with_strokes(
-        job: str, request_id: str, ops: dict[str, Any], new: bool, tags: dict[str, str]
+        job: str, request_id: str, ops: dict[Any, Any], new: bool, tags: dict[str, str]
     ) -> StartResponse:
         ops = {**ops, AssetName.REFINED_MASK: {"config": _strokes(store, request_id, body.brushStrokes)}}
         try:
