@@ -8,6 +8,12 @@
 - mask metrics on the 2000x2667 canvas, against a float64 numpy formulation. Target <= 20 ms.
 - brush refinement, 20 strokes of 8 points, size 40, against cv2.polylines-free naive
   per-pixel distance over the whole canvas for one stroke x 20. Target <= 30 ms.
+- brush strokes, painted (`imaging.apply_strokes`, OpenCV) against the exact per-segment
+  bounding-box distance it replaced (issue 14): a typical request (20 strokes of 200 points at
+  60 px, as the web page sends) and the costliest strokes the request limits allow (a 1,830-point
+  zig-zag between the canvas corners at 300 px, ~2e9 px of painted-area bound; 20,000 points
+  over 200 strokes at 1 px). The old version is timed on a prefix of the pathological strokes
+  and scaled by segment count (it is linear in segments): 1,830 segments of it take ~3 minutes.
 Prints median and p95 of each, and ratio = baseline median / ours.
 """
 
@@ -96,6 +102,70 @@ def _baseline_strokes(mask: np.ndarray, strokes: list[imaging.CanvasStroke]) -> 
     return out
 
 
+def _exact_bbox_stroke(shape: tuple[int, int], stroke: imaging.CanvasStroke) -> np.ndarray:
+    """The rasteriser before issue 14: exact distance over each segment's bounding box, float64."""
+    height, width = shape
+    covered = np.zeros(shape, dtype=bool)
+    radius = stroke.size / 2.0
+    pts = stroke.points if len(stroke.points) > 1 else (stroke.points[0], stroke.points[0])
+    for (ax, ay), (bx, by) in zip(pts[:-1], pts[1:], strict=True):
+        x0 = max(0, int(np.floor(min(ax, bx) - radius - 0.5)))
+        x1 = min(width, int(np.ceil(max(ax, bx) + radius + 0.5)))
+        y0 = max(0, int(np.floor(min(ay, by) - radius - 0.5)))
+        y1 = min(height, int(np.ceil(max(ay, by) + radius + 0.5)))
+        if x0 >= x1 or y0 >= y1:
+            continue
+        cx = np.arange(x0, x1, dtype=np.float64)[None, :] + 0.5
+        cy = np.arange(y0, y1, dtype=np.float64)[:, None] + 0.5
+        dx, dy = bx - ax, by - ay
+        seg_len2 = dx * dx + dy * dy
+        t = np.zeros((1, 1)) if seg_len2 == 0.0 else np.clip(((cx - ax) * dx + (cy - ay) * dy) / seg_len2, 0.0, 1.0)
+        covered[y0:y1, x0:x1] |= (cx - (ax + t * dx)) ** 2 + (cy - (ay + t * dy)) ** 2 <= radius * radius
+    return covered
+
+
+def _exact_bbox_strokes(mask: np.ndarray, strokes: list[imaging.CanvasStroke]) -> np.ndarray:
+    refined = mask.copy()
+    for stroke in strokes:
+        covered = _exact_bbox_stroke(refined.shape, stroke)
+        refined = refined | covered if stroke.mode == "add" else refined & ~covered
+    return refined
+
+
+def _typical_strokes() -> list[imaging.CanvasStroke]:
+    """20 strokes of 200 pointer moves (~4 px each) at 60 px: a person painting on the web page."""
+    rng = np.random.default_rng(2)
+    strokes = []
+    for i in range(20):
+        start, step = rng.uniform(300, 1700, 2), rng.uniform(-4, 4, 2)
+        points = tuple((float(start[0] + step[0] * k), float(start[1] + step[1] * k)) for k in range(200))
+        strokes.append(imaging.CanvasStroke(points, "add" if i % 4 else "remove", 60.0))
+    return strokes
+
+
+def _zigzag(points: int, size: float) -> list[imaging.CanvasStroke]:
+    corners = tuple((0.0, 0.0) if i % 2 == 0 else (2000.0, 2667.0) for i in range(points))
+    return [imaging.CanvasStroke(corners, "add", size)]
+
+
+def _thin_many() -> list[imaging.CanvasStroke]:
+    rng = np.random.default_rng(3)
+    return [
+        imaging.CanvasStroke(tuple(map(tuple, rng.uniform(0, 2000, (100, 2)).tolist())), "add", 1.0)
+        for _ in range(200)
+    ]
+
+
+def _report_scaled(name: str, ours: list[float], old: list[float], scale: float) -> None:
+    med, base = statistics.median(ours), statistics.median(old) * scale
+    print(
+        f"{name}: ours median {med * 1000:.1f} ms p95 {percentile(ours, 95) * 1000:.1f} ms | "
+        f"old exact-bbox median {base * 1000:.1f} ms"
+        + (f" (measured on 1/{scale:.0f} of the segments, scaled)" if scale != 1 else "")
+        + f" | ratio {base / med:.0f}x"
+    )
+
+
 def _report(name: str, ours: list[float], baseline: list[float], target: float) -> None:
     med, base = statistics.median(ours), statistics.median(baseline)
     verdict = "meets" if med <= target else "MISSES"
@@ -132,6 +202,35 @@ def main() -> None:
         _time(lambda: imaging.apply_strokes(reference, strokes), args.repeats),
         _time(lambda: _baseline_strokes(reference, strokes), 3),
         0.030,
+    )
+    typical = _typical_strokes()
+    _report_scaled(
+        "strokes, typical (20 x 200 points, 60 px)",
+        _time(lambda: imaging.apply_strokes(reference, typical), args.repeats),
+        _time(lambda: _exact_bbox_strokes(reference, typical), 3),
+        1.0,
+    )
+    worst = _zigzag(1830, 300.0)
+    prefix = _zigzag(19, 300.0)  # 18 segments of the 1,829
+    _report_scaled(
+        "strokes, costliest allowed (1,830-point corner zig-zag, 300 px)",
+        _time(lambda: imaging.apply_strokes(reference, worst), args.repeats),
+        _time(lambda: _exact_bbox_strokes(reference, prefix), 3),
+        1829 / 18,
+    )
+    thin = _thin_many()
+    _report_scaled(
+        "strokes, 200 x 100 random points, 1 px (20,000 points)",
+        _time(lambda: imaging.apply_strokes(reference, thin), args.repeats),
+        _time(lambda: _exact_bbox_strokes(reference, thin[:4]), 3),
+        50.0,
+    )
+    old_bomb = _zigzag(10_000, 2667.0)  # issue 14's body, refused with 422 now
+    _report_scaled(
+        "strokes, issue 14's bomb (10,000-point zig-zag, 2,667 px; now refused)",
+        _time(lambda: imaging.apply_strokes(reference, old_bomb), 3),
+        _time(lambda: _exact_bbox_strokes(reference, _zigzag(11, 2667.0)), 3),
+        9999 / 10,
     )
 
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from jewel_dagster.defs.config import BrushStroke, MaskPoint
+from jewel_dagster.defs.config import BrushStrokes, MaskPoint
 
 WorkflowStatus = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
 ServiceState = Literal["online", "offline", "local", "unknown"]
@@ -15,7 +15,11 @@ ServiceState = Literal["online", "offline", "local", "unknown"]
 class _StrokesAndWebhook(BaseModel):
     """What every workflow request may add: brush strokes, and where to POST the final state."""
 
-    brushStrokes: list[BrushStroke] = Field(default_factory=list, max_length=200)
+    brushStrokes: BrushStrokes = Field(
+        default_factory=list,
+        description="Painted in order. Limits: 200 strokes, 10,000 points a stroke and 20,000 in all, size at most "
+        "300, and a bounded painted area (sum over segments of (length + size) x size, at most 2e9 canvas pixels).",
+    )
     webhookUrl: str | None = Field(
         default=None,
         min_length=1,

@@ -32,6 +32,11 @@ class PipelineSettings(BaseSettings):
     job_executor: Literal["in_process", "multiprocess"] = Field(
         default="in_process", description="multiprocess is Dagster's stock executor (a process per step)."
     )
+    local_refine_busy_seconds: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Tests only: the local mask refiner first keeps a core busy this long (a step to cancel).",
+    )
     local_flux_grow_px: int = Field(
         default=0,
         description="Make the local Flux stand-in bleed the jewelry by N pixels (demonstrates failing checks).",

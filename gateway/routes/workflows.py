@@ -45,8 +45,8 @@ from jewel_dagster.contract import (
     WEBHOOK_URL_TAG,
     AssetName,
 )
-from jewel_dagster.defs.config import BrushStroke
-from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
+from jewel_dagster.defs.config import BRUSH_STROKES, BrushStroke
+from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError, strokes_path
 
 router = APIRouter(prefix="/workflow", tags=["workflow"])
 
@@ -109,8 +109,20 @@ def _webhook_tags(url: str | None, settings: GatewaySettings) -> dict[str, str]:
     return {WEBHOOK_TAG: "1", WEBHOOK_URL_TAG: url}
 
 
-def _strokes(strokes: list[BrushStroke]) -> list[dict[str, Any]]:
-    return [s.model_dump() for s in strokes]
+def _strokes(store: BlobStore, request_id: str, strokes: list[BrushStroke]) -> dict[str, Any]:
+    """The `refined_mask` config: the validated strokes stored as a JSON blob, only its URI in run
+    config (run config lives in Dagster's event log); no strokes, no blob."""
+    if not strokes:
+        return {}
+    data = BRUSH_STROKES.dump_json(strokes)
+    return {"strokes_uri": store.put(strokes_path(request_id, uuid.uuid4().hex), data, "application/json")}
+
+
+def _drop_strokes(store: BlobStore, ops: dict[Any, Any]) -> None:
+    """Delete the strokes blob of a launch that did not happen."""
+    uri = ops.get(AssetName.REFINED_MASK, {}).get("config", {}).get("strokes_uri")
+    if uri:
+        store.delete(uri)
 
 
 def _launch(
@@ -222,11 +234,12 @@ def _store_and_launch(
         AssetName.JEWELRY_MASK: {"config": {"points": [p.model_dump() for p in body.maskPoints]}},
     }
     if job == FULL_JOB:
-        ops[AssetName.REFINED_MASK] = {"config": {"brush_strokes": _strokes(body.brushStrokes)}}
+        ops[AssetName.REFINED_MASK] = {"config": _strokes(store, request_id, body.brushStrokes)}
     try:
         return _launch(runs, job, request_id, {"ops": ops}, new=True, tags=tags)
     except HTTPException:
         store.delete(upload_uri)  # the request never started: keep no orphaned upload
+        _drop_strokes(store, ops)
         raise
 
 
@@ -297,7 +310,17 @@ def generate_workflow(
     hook = _webhook_tags(body.webhookUrl, settings)
     image_rid, image_name = _artifact_input(runs, store, body.imageUri, "imageUri", caller)
     mask_rid, mask_name = _artifact_input(runs, store, body.maskUri, "maskUri", caller)
-    strokes = {AssetName.REFINED_MASK: {"config": {"brush_strokes": _strokes(body.brushStrokes)}}}
+
+    def launch_with_strokes(
+        job: str, request_id: str, ops: dict[Any, Any], new: bool, tags: dict[str, str]
+    ) -> StartResponse:
+        ops = {**ops, AssetName.REFINED_MASK: {"config": _strokes(store, request_id, body.brushStrokes)}}
+        try:
+            return _launch(runs, job, request_id, {"ops": ops}, new, {**tags, **hook})
+        except HTTPException:
+            _drop_strokes(store, ops)
+            raise
+
     if (image_rid, image_name, mask_name) == (mask_rid, AssetName.BACKGROUND_REMOVED_IMAGE, AssetName.JEWELRY_MASK):
 
         def continue_request(tags: dict[str, str]) -> StartResponse:
@@ -308,14 +331,13 @@ def generate_workflow(
                         status.HTTP_409_CONFLICT,
                         detail=f"workflow {image_rid} is still running; wait for it to end or cancel it",
                     )
-                return _launch(runs, GENERATE_JOB, image_rid, {"ops": strokes}, False, {**tags, **hook})
+                return launch_with_strokes(GENERATE_JOB, image_rid, {}, False, tags)
 
         return _idempotent(runs, caller, idempotency_key, body, GENERATE_JOB, continue_request)
     ops = {
         AssetName.ORIGINAL_IMAGE: {"config": {"image_uri": body.imageUri}},
         AssetName.BACKGROUND_REMOVED_IMAGE: {"config": {"mode": "keep"}},
         AssetName.JEWELRY_MASK: {"config": {"mask_uri": body.maskUri}},
-        **strokes,
     }
     return _idempotent(
         runs,
@@ -323,7 +345,7 @@ def generate_workflow(
         idempotency_key,
         body,
         FULL_JOB,
-        lambda tags: _launch(runs, FULL_JOB, _new_request_id(), {"ops": ops}, True, {**tags, **hook}),
+        lambda tags: launch_with_strokes(FULL_JOB, _new_request_id(), ops, True, tags),
     )
 
 

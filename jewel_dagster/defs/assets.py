@@ -8,10 +8,13 @@ from typing import Any, TypeVar
 
 import dagster as dg
 import numpy as np
+from pydantic import ValidationError
 
 from jewel_dagster.contract import CHECK_NAME, GPU_POOL, PARTITIONS_NAME
 from jewel_dagster.defs.config import (
+    BRUSH_STROKES,
     BackgroundConfig,
+    BrushStroke,
     GenerationConfig,
     JewelryMaskConfig,
     OriginalImageConfig,
@@ -28,7 +31,7 @@ from jewel_dagster.resources.services import (
     Segmenter,
 )
 from jewel_dagster.resources.versions import code_versions
-from jewel_dagster.settings import get_settings
+from jewel_dagster.settings import PipelineSettings, get_settings
 from jewel_dagster.vision import imaging
 from jewel_dagster.vision.classical import PixelPoint
 from jewel_dagster.vision.imaging import CanvasTransform, ImageDecodeError
@@ -40,22 +43,29 @@ requests_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
 SERVICE_RETRY = dg.RetryPolicy(max_retries=3, delay=0.5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 # Code versions name the algorithm or model behind an asset: changing one marks earlier
 # partitions stale, and the regeneration sensor picks them up.
-_versions = code_versions(get_settings())
+_settings = get_settings()
+_versions = code_versions(_settings)
 SPECK_AREA = 64  # mask components smaller than this (canvas pixels) are noise, not jewelry
 
 T = TypeVar("T")
 
 
-def _gpu_image_step(group_name: str, code_version: str) -> Any:
+def _gpu_image_step(group_name: str, code_version: str, pool: str | None = GPU_POOL) -> Any:
     """An image asset made by a model service: retried on transient failures, in the `gpu` pool."""
     return dg.asset(
         partitions_def=requests_partitions,
         group_name=group_name,
         kinds={"image"},
         retry_policy=SERVICE_RETRY,
-        pool=GPU_POOL,
+        pool=pool,
         code_version=code_version,
     )
+
+
+def refiner_pool(settings: PipelineSettings) -> str | None:
+    """The `gpu` pool only when the A100 server refines the mask: the local rasteriser is CPU
+    work, and holding a GPU slot for it would queue other requests' GPU steps behind it."""
+    return GPU_POOL if settings.a100_server_url else None
 
 
 def _timed(call: Callable[[], T]) -> tuple[T, float]:
@@ -192,22 +202,38 @@ def _supplied_mask(uri: str, transform: CanvasTransform, blob_store: BlobStore) 
     return mask, meta
 
 
-@_gpu_image_step("generate", _versions.mask_refiner)
+def _load_strokes(uri: str | None, blob_store: BlobStore) -> list[BrushStroke]:
+    """The request's brush strokes from their blob, checked by the gateway's own request type."""
+    if not uri:
+        return []
+    data = _load_image_blob(blob_store, uri, "brush strokes")
+    try:
+        return BRUSH_STROKES.validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise _permanent(f"the brush strokes at {uri} are not valid: {where}: {first['msg']}") from None
+
+
+@_gpu_image_step("generate", _versions.mask_refiner, refiner_pool(_settings))
 def refined_mask(
     config: RefineConfig,
     jewelry_mask: np.ndarray,
     canvas_transform: dict[str, int],
     mask_refiner: MaskRefiner,
+    blob_store: BlobStore,
 ) -> dg.Output[np.ndarray]:
     """The jewelry mask with the person's brush strokes applied (add / remove)."""
     transform = CanvasTransform.from_dict(canvas_transform)
     strokes = [
         imaging.stroke_to_canvas(((p.x, p.y) for p in s.points), s.mode, s.size, transform)
-        for s in config.brush_strokes
+        for s in _load_strokes(config.strokes_uri, blob_store)
     ]
     mask, seconds = _timed(lambda: mask_refiner.refine(jewelry_mask, strokes))
     meta = _image_metadata(mask, seconds, mask_refiner.backend_name)
     meta["strokes"] = len(strokes)
+    if config.strokes_uri:
+        meta["strokes_uri"] = config.strokes_uri
     meta["changed_pixels"] = int(np.count_nonzero(mask != jewelry_mask))
     return dg.Output(mask, metadata=meta)
 

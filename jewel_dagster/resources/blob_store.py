@@ -55,6 +55,12 @@ def request_folder(request_id: str) -> str:
     return f"requests/{request_id}"
 
 
+def strokes_path(request_id: str, key: str) -> str:
+    """Where one launch's brush strokes live (JSON); a new key per launch, so a rerun of an
+    earlier run reads the strokes it was launched with."""
+    return check_path(f"{request_folder(request_id)}/strokes/{key}.json")
+
+
 def artifact_path(request_id: str, name: str, extension: str) -> str:
     """Where a request's artifact lives; the gateway and the IO manager share this."""
     return check_path(f"{request_folder(request_id)}/{name}.{extension}")

@@ -99,7 +99,11 @@ def build_resources(settings: PipelineSettings) -> dict[str, Any]:
             if settings.sam3_url
             else LocalSegmenter()
         ),
-        "mask_refiner": (HttpMaskRefiner(base_url=a100, timeout_seconds=timeout) if a100 else LocalMaskRefiner()),
+        "mask_refiner": (
+            HttpMaskRefiner(base_url=a100, timeout_seconds=timeout)
+            if a100
+            else LocalMaskRefiner(busy_seconds=settings.local_refine_busy_seconds)
+        ),
         "flux_generator": (
             HttpFluxGenerator(base_url=a100, timeout_seconds=timeout)
             if a100

@@ -10,9 +10,19 @@ worker entry point), so the UI, run monitoring, termination and retries work unc
 `CODE_SERVER=managed` (devtools.stack) keeps the stock path: the webserver and daemon then
 spawn their own code servers from workspace.yaml.
 
+A cancel also ends the work: Dagster's cancel only interrupts the run worker (SIGINT), and a
+step's RetryPolicy turns that interrupt into a step retry (`op_execution_error_boundary`), while
+code inside a long C call never sees it; the run then stayed CANCELING with the step burning a
+core. So `CancelExecution` here also arms a timer: a worker still alive `CANCEL_GRACE_SECONDS`
+later is killed and its run reported CANCELED (an engine event says why).
+
 Private symbols used (checked against dagster 1.13.27):
 - `dagster._grpc.server.DagsterApiServer`: subclassed; its `_mp_ctx` (a spawn context) replaced.
 - `dagster._grpc.impl`: preloaded in the forkserver (the run worker's entry point).
+- `DagsterApiServer.CancelExecution(request, context)`: extended (super() first); the request is
+  a `CancelExecutionRequest` serialized in `request.serialized_cancel_execution_request`.
+- `DagsterApiServer._executions` (run id -> (process, instance ref)) under `_execution_lock`.
+- `dagster._grpc.types.CancelExecutionRequest`, `dagster._serdes.deserialize_value`.
 - `dagster._cli.api.grpc_command`: imports `DagsterApiServer` from `dagster._grpc.server` when
   called, so replacing the module attribute hands it ours. If that import moves, the server
   still works but spawns its workers: the canary test sees a worker that was not forked.
@@ -23,9 +33,17 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+import threading
 from typing import Any
 
 import dagster._grpc.server as dagster_grpc_server  # the class `dagster api grpc` instantiates
+from dagster import DagsterInstance, DagsterRunStatus
+from dagster._grpc.types import CancelExecutionRequest
+from dagster._serdes import deserialize_value
+
+# A run worker gets this long to stop by itself after a cancel (Dagster's interrupt, its events
+# written), then it is killed.
+CANCEL_GRACE_SECONDS = 5.0
 
 # Imported once in the forkserver; every run worker forked from it starts with them loaded.
 PRELOAD = ["dagster", "dagster._grpc.impl", "jewel_dagster.definitions"]
@@ -39,6 +57,42 @@ class WarmApiServer(dagster_grpc_server.DagsterApiServer):
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
         self._mp_ctx = context  # type: ignore[assignment]  # Dagster declares a SpawnContext
+
+    def CancelExecution(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
+        reply = super().CancelExecution(request, context)
+        try:
+            run_id = deserialize_value(request.serialized_cancel_execution_request, CancelExecutionRequest).run_id
+        except Exception:  # noqa: BLE001 - super() already answered for a malformed request
+            return reply
+        with self._execution_lock:
+            execution = self._executions.get(run_id)
+        if execution is not None:
+            process, instance_ref = execution
+            timer = threading.Timer(CANCEL_GRACE_SECONDS, end_cancelled_worker, (run_id, process, instance_ref))
+            timer.daemon = True
+            timer.start()
+        return reply
+
+
+def end_cancelled_worker(run_id: str, process: Any, instance_ref: Any) -> bool:
+    """Kill a run worker that outlived its cancel's grace, and report its run CANCELED.
+
+    Returns whether it had to: a worker that stopped by itself is left alone.
+    """
+    if not process.is_alive():
+        return False
+    process.kill()
+    process.join(10)
+    with DagsterInstance.from_ref(instance_ref) as instance:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.status == DagsterRunStatus.CANCELING:
+            instance.report_engine_event(
+                f"The run worker (pid {process.pid}) did not stop within {CANCEL_GRACE_SECONDS:.0f} s of the "
+                "cancel and was killed.",
+                run,
+            )
+            instance.report_run_canceled(run)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -261,48 +260,60 @@ def stroke_to_canvas(
     return CanvasStroke(points=tuple(transform.to_canvas(x, y) for x, y in points), mode=mode, size=float(size))
 
 
-def rasterize_stroke(shape: tuple[int, int], stroke: CanvasStroke) -> Mask:
-    """Pixels whose centre lies within size/2 of the stroke's polyline.
+# Fractional bits of the coordinates handed to OpenCV's drawing functions (1/16 px).
+_DRAW_SHIFT = 4
+# OpenCV fills a shape's boundary pixels inclusively, so shapes drawn at the exact radius cover
+# pixels whose centre lies up to ~0.7 px outside it; drawing a quarter pixel narrower balances
+# that (largest error 0.57 px on random strokes against the exact distance, mostly added pixels).
+_DRAW_INSET = 0.25
+_DRAW_LIMIT = float(1 << 26)  # coordinates beyond this would overflow OpenCV's fixed point
 
-    Computed exactly (distance to each segment) inside the stroke's bounding box, so a test can
-    predict every covered pixel, and the cost scales with the stroke, not the canvas.
+
+def rasterize_stroke(shape: tuple[int, int], stroke: CanvasStroke) -> Mask:
+    """Pixels whose centre lies within size/2 of the stroke's polyline, up to ~0.6 px at the edge.
+
+    Painted with OpenCV: a filled disc at every point (the round caps and joins) and a filled
+    rectangle along every segment, at sub-pixel precision. OpenCV clips to the image and fills
+    whole spans, so the cost is proportional to the painted area (sum over segments of about
+    (length + size) x size, clipped to the image), not to the stroke's bounding box.
     """
-    height, width = shape
-    covered = np.zeros(shape, dtype=bool)
-    radius = stroke.size / 2.0
-    if radius <= 0 or not stroke.points:
-        return covered
-    pts = stroke.points if len(stroke.points) > 1 else (stroke.points[0], stroke.points[0])
-    for (ax, ay), (bx, by) in zip(pts[:-1], pts[1:], strict=True):
-        x0 = max(0, math.floor(min(ax, bx) - radius - 0.5))
-        x1 = min(width, math.ceil(max(ax, bx) + radius + 0.5))
-        y0 = max(0, math.floor(min(ay, by) - radius - 0.5))
-        y1 = min(height, math.ceil(max(ay, by) + radius + 0.5))
-        if x0 >= x1 or y0 >= y1:
-            continue
-        cx = np.arange(x0, x1, dtype=np.float64)[None, :] + 0.5
-        cy = np.arange(y0, y1, dtype=np.float64)[:, None] + 0.5
-        dx, dy = bx - ax, by - ay
-        seg_len2 = dx * dx + dy * dy
-        if seg_len2 == 0.0:
-            t = np.zeros((1, 1))
-        else:
-            t = np.clip(((cx - ax) * dx + (cy - ay) * dy) / seg_len2, 0.0, 1.0)
-        dist2 = (cx - (ax + t * dx)) ** 2 + (cy - (ay + t * dy)) ** 2
-        covered[y0:y1, x0:x1] |= dist2 <= radius * radius
-    return covered
+    covered = np.zeros(shape, dtype=np.uint8)
+    _paint(covered, stroke, 1)
+    return covered.view(bool)
+
+
+def _paint(canvas: np.ndarray, stroke: CanvasStroke, value: int) -> None:
+    """Set the stroke's pixels of a uint8 ``canvas`` to ``value`` (see `rasterize_stroke`)."""
+    if stroke.size <= 0 or not stroke.points:
+        return
+    one = 1 << _DRAW_SHIFT
+    radius = max(stroke.size / 2.0 - _DRAW_INSET, 0.0)
+    # Continuous coordinates (pixel i's centre at i + 0.5) -> OpenCV's (pixel i's centre at i).
+    points = np.clip(np.asarray(stroke.points, dtype=np.float64) - 0.5, -_DRAW_LIMIT, _DRAW_LIMIT)
+    fixed_radius = round(radius * one)
+    for x, y in np.round(points * one).astype(np.int64).tolist():
+        cv2.circle(canvas, (x, y), fixed_radius, value, cv2.FILLED, cv2.LINE_8, _DRAW_SHIFT)
+    starts, ends = points[:-1], points[1:]
+    delta = ends - starts
+    length = np.hypot(delta[:, 0], delta[:, 1])
+    moving = length > 0
+    normal = np.stack([-delta[moving, 1], delta[moving, 0]], axis=1) / length[moving, None] * radius
+    a, b = starts[moving], ends[moving]
+    quads = np.stack([a + normal, b + normal, b - normal, a - normal], axis=1)
+    for quad in np.round(quads * one).astype(np.int32):
+        cv2.fillConvexPoly(canvas, quad, value, cv2.LINE_8, _DRAW_SHIFT)
 
 
 def apply_strokes(mask: Mask, strokes: Sequence[CanvasStroke]) -> Mask:
-    """Paint strokes in order: later strokes win where they overlap earlier ones."""
-    refined = mask.copy()
+    """Paint strokes in order: later strokes win where they overlap earlier ones.
+
+    Painted straight into one copy of the mask (add paints 1, remove paints 0), so a request
+    with many small strokes costs their area, not a canvas-sized buffer per stroke.
+    """
+    refined = mask.astype(np.uint8)
     for stroke in strokes:
-        covered = rasterize_stroke(refined.shape, stroke)
-        if stroke.mode == "add":
-            refined |= covered
-        else:
-            refined &= ~covered
-    return refined
+        _paint(refined, stroke, 1 if stroke.mode == "add" else 0)
+    return refined.view(bool)
 
 
 def remove_specks(mask: Mask, min_area: int) -> Mask:

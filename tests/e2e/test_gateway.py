@@ -81,7 +81,9 @@ def test_cancel_a_running_request(client: httpx.Client) -> None:
 
 def test_failed_request_names_the_step_and_the_reason(client: httpx.Client) -> None:
     # The cup photo with a click on the plain table edge and a brush that removes everything.
-    erase = {"points": [{"x": 0.0, "y": 0.5}, {"x": 1.0, "y": 0.5}], "mode": "remove", "size": 2667}
+    # Brushes are at most 300 px: sweep the whole photo in rows 0.05 apart (<= 134 canvas px).
+    rows = [{"x": float(i % 2 == j % 2), "y": i / 20} for i in range(21) for j in range(2)]
+    erase = {"points": rows, "mode": "remove", "size": 300}
     started = client.post(
         "/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP], "brushStrokes": [erase]}
     ).json()

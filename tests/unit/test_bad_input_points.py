@@ -10,6 +10,7 @@ import pytest
 from tests.support.gateway_client import gateway_client, gateway_with_fake_dagster, start_body, stored_blobs
 
 STROKE = {"points": [{"x": 0.1, "y": 0.1}], "mode": "add", "size": 10}
+ZIGZAG = [{"x": float(i % 2), "y": float(i % 2)} for i in range(10_000)]  # corner to corner and back
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,15 @@ STROKE = {"points": [{"x": 0.1, "y": 0.1}], "mode": "add", "size": 10}
             "at most 10000",
         ),
         ({"brushStrokes": [STROKE] * 201}, "brushStrokes", "at most 200"),
+        ({"brushStrokes": [{**STROKE, "size": 2667}]}, "brushStrokes[0].size", "less than or equal to 300"),
+        ({"brushStrokes": [{**STROKE, "size": 300.5}]}, "brushStrokes[0].size", "less than or equal to 300"),
+        (
+            {"brushStrokes": [{**STROKE, "points": [{"x": 0.1, "y": 0.1}] * 10_000}] * 2 + [STROKE]},
+            "brushStrokes",
+            "at most 20000 are allowed",
+        ),
+        ({"brushStrokes": [{"points": ZIGZAG, "mode": "add", "size": 300}]}, "brushStrokes", "at most 2,000 million"),
+        ({"brushStrokes": [{"points": ZIGZAG[:3700], "mode": "add", "size": 300}]}, "brushStrokes", "2,000 million"),
     ],
 )
 def test_rejected_with_the_field_named(tmp_path: Path, changes: dict[str, Any], field: str, words: str) -> None:
@@ -57,3 +67,13 @@ def test_refused_points_store_and_launch_nothing(tmp_path: Path, changes: dict[s
     assert response.status_code == 422, response.text
     assert stored_blobs(tmp_path) == []
     assert dagster.partitions_added == [] and dagster.launches == []
+
+
+def test_stroke_limits_hold_for_the_canvas_and_the_web_page() -> None:
+    from jewel_dagster.defs import config
+    from jewel_dagster.vision import imaging
+
+    assert config.STROKE_CANVAS == (imaging.CANVAS_WIDTH, imaging.CANVAS_HEIGHT)
+    # What the web page sends at its largest brush: 50 strokes of 200 pointer moves of 5 px.
+    stroke = {"points": [{"x": 0.3 + 0.0025 * i, "y": 0.5} for i in range(200)], "mode": "add", "size": 300}
+    assert config.BRUSH_STROKES.validate_python([stroke] * 50)

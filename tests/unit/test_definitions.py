@@ -32,3 +32,16 @@ def test_job_step_orders_match_the_jobs() -> None:
         for node in job.graph.nodes:
             for upstream in job.graph.dependency_structure.all_upstream_outputs_from_node(node.name):
                 assert position[upstream.node_name] < position[node.name]
+
+
+def test_the_local_rasteriser_holds_no_gpu_slot() -> None:
+    # CPU work in the GPU pool queued other requests' GPU steps behind it (issue 14).
+    from jewel_dagster.contract import GPU_POOL
+    from jewel_dagster.defs.assets import jewelry_mask, refined_mask, refiner_pool
+    from jewel_dagster.settings import PipelineSettings, get_settings
+
+    assert refiner_pool(PipelineSettings(a100_server_url=None)) is None
+    assert refiner_pool(PipelineSettings(a100_server_url="http://a100.example")) == GPU_POOL
+    if not get_settings().a100_server_url:
+        assert refined_mask.op.pool is None
+    assert jewelry_mask.op.pool == GPU_POOL

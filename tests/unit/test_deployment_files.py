@@ -97,3 +97,12 @@ def test_compose_uses_no_outside_service_hosts() -> None:
     assert not re.search(
         r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b", text.replace("0.0.0.0", "").replace("127.0.0.1", "")
     )
+
+
+@pytest.mark.parametrize("name", ["dagster.yaml", "dagster.postgres.yaml"])
+def test_every_run_has_a_maximum_runtime(name: str) -> None:
+    # Issue 14: a run busy for hours (or stuck CANCELING) must end by itself.
+    monitoring = yaml.safe_load((REPO_ROOT / name).read_text())["run_monitoring"]
+    assert monitoring["enabled"] is True
+    assert 3600 <= monitoring["max_runtime_seconds"] <= 4 * 3600
+    assert 0 < monitoring["cancel_timeout_seconds"] <= 120

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import dagster as dg
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from jewel_dagster.defs.assets import ALL_ASSETS, GENERATE_ASSETS, PREPROCESS_ASSETS
-from jewel_dagster.resources.blob_store import BlobStore, artifact_path
+from jewel_dagster.resources.blob_store import BlobStore, artifact_path, strokes_path
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.vision import imaging
@@ -25,6 +26,11 @@ def _artifact(store: BlobStore, rid: str, name: str) -> Any:
     if store.exists_path(png):
         return imaging.decode_png(store.get_path(png))
     return json.loads(store.get_path(artifact_path(rid, name, "json")))
+
+
+def _strokes(store: BlobStore, rid: str, strokes: list[dict[str, Any]]) -> dict[str, str]:
+    """The refined_mask config for ``strokes``: stored as a blob, as the gateway does."""
+    return {"strokes_uri": store.put(strokes_path(rid, "test"), json.dumps(strokes).encode())}
 
 
 def _materialize(
@@ -55,7 +61,7 @@ def test_full_job_on_a_real_photo(local_resources: dict[str, Any]) -> None:
             {
                 "original_image": {"image_uri": upload},
                 "jewelry_mask": {"points": [{"x": 0.45, "y": 0.42, "label": 1}, {"x": 0.02, "y": 0.98, "label": 0}]},
-                "refined_mask": {"brush_strokes": [stroke]},
+                "refined_mask": _strokes(store, rid, [stroke]),
             },
             instance,
         )
@@ -150,9 +156,9 @@ def test_preprocess_then_generate_on_the_same_partition(local_resources: dict[st
         )
         assert pre.success
         assert not store.exists_path(artifact_path(rid, "final_mask", "png"))
-        remove_all = {"points": [{"x": 0.0, "y": 0.5}, {"x": 1.0, "y": 0.5}], "mode": "remove", "size": 400}
+        remove_all = {"points": [{"x": 0.0, "y": 0.5}, {"x": 1.0, "y": 0.5}], "mode": "remove", "size": 300}
         gen = _materialize(
-            GENERATE_ASSETS, rid, local_resources, {"refined_mask": {"brush_strokes": [remove_all]}}, instance
+            GENERATE_ASSETS, rid, local_resources, {"refined_mask": _strokes(store, rid, [remove_all])}, instance
         )
         assert gen.success
     jewelry = _artifact(store, rid, "jewelry_mask")

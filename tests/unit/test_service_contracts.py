@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jewel_dagster.defs.assets import ALL_ASSETS
-from jewel_dagster.resources.blob_store import BlobStore, artifact_path
+from jewel_dagster.resources.blob_store import BlobStore, artifact_path, strokes_path
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.vision import imaging
@@ -42,6 +42,7 @@ def server() -> Iterator[str]:
 def _run(resources: dict[str, Any], rid: str) -> tuple[dg.ExecuteInProcessResult, BlobStore]:
     store: BlobStore = resources["blob_store"]
     upload = store.put(f"requests/{rid}/upload", coffee_jpeg())
+    strokes = store.put(strokes_path(rid, "test"), json.dumps([STROKE]).encode())
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("requests", [rid])
         result = dg.materialize(
@@ -54,7 +55,7 @@ def _run(resources: dict[str, Any], rid: str) -> tuple[dg.ExecuteInProcessResult
                 "ops": {
                     "original_image": {"config": {"image_uri": upload}},
                     "jewelry_mask": {"config": {"points": [{"x": 0.45, "y": 0.42, "label": 1}]}},
-                    "refined_mask": {"config": {"brush_strokes": [STROKE]}},
+                    "refined_mask": {"config": {"strokes_uri": strokes}},
                 }
             },
         )

@@ -1,0 +1,103 @@
+"""Issue 14: brush strokes cannot stall the service, and a cancel stops a CPU-bound step."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devtools.stack import descendants
+from tests.support.e2e_flows import CUP, PHOTO, finished, full_request_completes
+from tests.support.e2e_stack import poll, running_stack, runs_of
+
+pytestmark = pytest.mark.e2e
+
+CORNERS = [{"x": float(i % 2), "y": float(i % 2)} for i in range(10_000)]  # zig-zag corner to corner
+DENSE = [{"x": 0.5 + (i % 100) / 2000, "y": 0.5} for i in range(10_000)]  # 20,000 points, 1 px moves
+BOMB = {"points": CORNERS, "mode": "add", "size": 2667}  # issue 14: ~16 CPU-minutes before
+
+
+def _step_seconds(run: dict[str, Any], step: str) -> float:
+    (stats,) = [s for s in run["stepStats"] if s["stepKey"] == step]
+    return float(stats["endTime"] - stats["startTime"])
+
+
+def test_stroke_bombs_are_refused_or_cheap_beside_a_normal_request(tmp_path: Path) -> None:
+    with running_stack(tmp_path) as stack, httpx.Client(base_url=stack.gateway_url, timeout=60) as client:
+        normal: dict[str, Any] = {}
+        beside = threading.Thread(target=lambda: normal.update(full_request_completes(client)))
+        beside.start()
+        for strokes in ([BOMB], [{**BOMB, "size": 300}], [{**BOMB, "points": CORNERS[:3700], "size": 300}]):
+            start = time.monotonic()
+            refused = client.post(
+                "/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP], "brushStrokes": strokes}
+            )
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["detail"].startswith("brushStrokes")
+            assert time.monotonic() - start < 5
+        # The costliest strokes the limits allow: each is painted in well under 5 s.
+        allowed = [
+            [{"points": CORNERS[:1830], "mode": "add", "size": 300}],
+            [{"points": CORNERS[:100], "mode": "add", "size": 300}] * 18,
+            [{"points": DENSE, "mode": "remove", "size": 300}] * 2,
+        ]
+        for strokes in allowed:
+            started = client.post(
+                "/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP], "brushStrokes": strokes}
+            )
+            assert started.status_code == 200, started.text
+            rid = started.json()["workflowId"]
+            final = poll(client, rid, finished, timeout=180)[-1]
+            assert final["status"] in ("COMPLETED", "FAILED"), final  # an all-removing stroke fails UPLOADING_MASK
+            (run,) = runs_of(stack.dagster_url, rid)
+            assert _step_seconds(run, "refined_mask") < 5, run["stepStats"]
+        beside.join(timeout=300)
+        assert normal.get("status") == "COMPLETED", normal
+
+
+def test_cancel_stops_a_cpu_bound_step_and_the_run_ends_canceled(tmp_path: Path) -> None:
+    # The local refiner keeps a core busy for 10 minutes: a stand-in for any CPU-bound step.
+    with (
+        running_stack(tmp_path, {"LOCAL_REFINE_BUSY_SECONDS": "600"}) as stack,
+        httpx.Client(base_url=stack.gateway_url, timeout=60) as client,
+    ):
+        started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}).json()
+        rid = started["workflowId"]
+        poll(client, rid, lambda s: s["currentStep"] == "REFINING_MASK", timeout=180)
+        cancelled_at = time.monotonic()
+        assert client.post(f"/workflow/{rid}/cancel").status_code == 200
+        final = poll(client, rid, finished, timeout=60)[-1]
+        assert final["status"] == "CANCELLED", final
+        deadline = time.monotonic() + 30
+        while True:
+            (run,) = runs_of(stack.dagster_url, rid)
+            if run["status"] == "CANCELED":
+                break
+            assert time.monotonic() < deadline, f"run still {run['status']}: {run['stepStats']}"
+            time.sleep(0.5)
+        ended = time.monotonic() - cancelled_at
+        assert ended < 30, ended
+        # The work stopped too: nothing under the code server keeps burning a core.
+        tree = [stack.processes["code_server"].pid, *descendants([stack.processes["code_server"].pid])]
+        before, start = _cpu_seconds(tree), time.monotonic()
+        deadline = start + 2.0
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _cpu_seconds(tree) - before < 0.5 * (time.monotonic() - start)
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the processes still alive, from /proc."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
