@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from gateway.dagster_api.errors import DagsterError
 from gateway.schemas import WorkflowState
 from gateway.workflow_state import FINAL_STATUSES
+
+log = logging.getLogger(__name__)
 
 # What a 429 suggests: streams end by themselves (final, timeout) or when their client leaves.
 RETRY_AFTER_SECONDS = 5
@@ -75,6 +78,10 @@ class Watch:
                 snapshot = Snapshot(await run_in_threadpool(self._read))
             except DagsterError as exc:
                 snapshot = Snapshot(None, error=str(exc))
+                delay = self._poll_seconds * 4
+            except Exception:  # e.g. the blob store while reading a result: the listeners must hear of it
+                log.exception("event stream: reading the state of %s failed", self.workflow_id)
+                snapshot = Snapshot(None, error="the gateway could not read the workflow's state")
                 delay = self._poll_seconds * 4
             if snapshot.error is not None or snapshot != self.snapshot:
                 self._publish(snapshot)
