@@ -10,6 +10,12 @@ requests and waits until each is generating. Then, for `--seconds` each:
   them; each has had its first event, so it is idle from then on).
 Prints median and p99 of each and their ratio. Everything runs on loopback and ends within
 about `2 x --seconds` plus the stack's start (bounded by `--budget`).
+
+Measured (2 cores shared with other test runs; `--runs 3 --seconds 8`, 10 pollers every 0.1 s):
+- one poll per stream (before): none median 8.4 ms p99 57 ms; 1,000 streams median 55 ms
+  p99 1,151 ms, and the pollers got half their answers (47/s of 96/s): 6.6x median, 20x p99;
+- one shared watcher per workflow: none median 9.7 ms p99 55 ms; 1,000 streams median 10.9 ms
+  p99 74 ms: 1.12x median, 1.36x p99.
 """
 
 from __future__ import annotations
