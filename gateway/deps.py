@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.dagster_api.client import DagsterRuns
+from gateway.event_streams import EventStreams
 from gateway.results import ResultReader
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings
@@ -33,8 +34,13 @@ def _probe(request: Request) -> ServiceProbe:
     return request.app.state.probe
 
 
+def _event_streams(request: Request) -> EventStreams:
+    return request.app.state.event_streams
+
+
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
 RunsDep = Annotated[DagsterRuns, Depends(_runs)]
 StoreDep = Annotated[BlobStore, Depends(_store)]
 ResultsDep = Annotated[ResultReader, Depends(_results)]
 ProbeDep = Annotated[ServiceProbe, Depends(_probe)]
+EventStreamsDep = Annotated[EventStreams, Depends(_event_streams)]

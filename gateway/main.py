@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from gateway.dagster_api.client import DagsterRuns
+from gateway.event_streams import EventStreams
 from gateway.results import ResultReader
 from gateway.routes import artifacts, events, health, page, workflows
 from gateway.security import BodyLimitMiddleware, RateLimits, refuse_to_start_open
@@ -50,11 +51,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.results = ResultReader(app.state.store, timedelta(minutes=resolved.result_url_minutes))
         app.state.probe = ServiceProbe(resolved)
         app.state.rate_limits = RateLimits(resolved)
+        app.state.event_streams = EventStreams(
+            resolved.event_poll_seconds, resolved.event_streams_per_caller, resolved.event_streams_total
+        )
         webhooks = None
         if resolved.webhook_secret:
             webhooks = WebhookDispatcher(resolved, app.state.runs, app.state.results, app.state.store)
             webhooks.start()
         yield
+        await app.state.event_streams.close()
         if webhooks is not None:
             webhooks.stop()
         app.state.runs.close()

@@ -56,6 +56,10 @@ class GatewaySettings(PipelineSettings):
     max_image_pixels: int = Field(default=50_000_000, description="Largest image (width x height) accepted.")
     event_poll_seconds: float = Field(default=0.25, gt=0.0, description="How often an event stream looks for a change.")
     event_stream_max_seconds: float = Field(default=3600.0, gt=0.0, description="An event stream ends after this.")
+    event_streams_per_caller: int = Field(
+        default=10, ge=1, description="Open event streams per caller (per client address without keys); 429 beyond."
+    )
+    event_streams_total: int = Field(default=1000, ge=1, description="Open event streams in all; 429 beyond.")
     webhook_secret: str = Field(default="", description="HMAC-SHA256 key of webhook signatures; empty = no webhooks.")
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhooks to loopback and private addresses (tests, a trusted network)."

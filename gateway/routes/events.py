@@ -1,8 +1,10 @@
 """Live progress as Server-Sent Events: GET /workflow/{id}/events.
 
 A page or CLI gets a step change the moment the gateway sees it instead of polling every two
-seconds. The stream reads the same cached run state as GET, so a crowd of listeners costs
-Dagster no more than one poller per workflow.
+seconds. The streams of one workflow share one status poll (gateway.event_streams), which reads
+the same cached run state as GET: a crowd of listeners costs Dagster and the gateway no more
+than one poller per workflow, and an idle stream only waits. Open streams are capped per caller
+and in total.
 """
 
 from __future__ import annotations
@@ -10,19 +12,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 
-import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from gateway.dagster_api.client import DagsterRuns
-from gateway.dagster_api.errors import DagsterError
-from gateway.deps import ResultsDep, RunsDep, SettingsDep
+from gateway.deps import EventStreamsDep, ResultsDep, RunsDep, SettingsDep
+from gateway.event_streams import RETRY_AFTER_SECONDS, StreamLease, StreamLimitReached, Watch
 from gateway.results import ResultReader
 from gateway.routes.workflows import WorkflowIdPath, owned_run
 from gateway.schemas import ONE_WORKFLOW, WorkflowState, error_responses
-from gateway.security import CallerDep
+from gateway.security import ANONYMOUS, CallerDep, client_network
 from gateway.settings import GatewaySettings
 from gateway.workflow_state import FINAL_STATUSES, progress_of, state_of
 
@@ -49,38 +52,66 @@ def _current_state(workflow_id: str, runs: DagsterRuns, results: ResultReader) -
     return state_of(workflow_id, run, runs, results) if state.status in FINAL_STATUSES else state
 
 
-async def _stream(
-    workflow_id: str, request: Request, runs: DagsterRuns, results: ResultReader, settings: GatewaySettings
-) -> AsyncIterator[str]:
-    last: tuple[str, str, int] | None = None
-    event_id = 0
-    started = last_write = time.monotonic()
-    yield f"retry: {int(settings.event_poll_seconds * 4000)}\n\n"
-    while time.monotonic() - started < settings.event_stream_max_seconds:
-        if await request.is_disconnected():
-            return
+async def _stream(workflow_id: str, watch: Watch, lease: StreamLease, settings: GatewaySettings) -> AsyncIterator[str]:
+    """The events of one listener of the workflow's shared watch; idle, it only waits on an event.
+
+    A client that goes away is noticed by the response (Starlette cancels the stream), which
+    then releases the lease.
+    """
+    try:
+        last: tuple[str, str, int] | None = None
+        event_id = seen = 0
+        started = last_write = time.monotonic()
+        yield f"retry: {int(settings.event_poll_seconds * 4000)}\n\n"
+        while (left := settings.event_stream_max_seconds - (time.monotonic() - started)) > 0:
+            until_keepalive = KEEPALIVE_SECONDS - (time.monotonic() - last_write)
+            if not await watch.wait(seen, min(left, until_keepalive)):
+                if time.monotonic() - last_write >= KEEPALIVE_SECONDS:
+                    last_write = time.monotonic()
+                    yield ": keep-alive\n\n"  # proxies close idle connections
+                continue
+            seen, snapshot = watch.version, watch.snapshot
+            assert snapshot is not None
+            if snapshot.error is not None:
+                yield f": the pipeline did not answer ({snapshot.error}); retrying\n\n"
+                continue
+            state = snapshot.state
+            if state is None:  # deleted from Dagster while we listened
+                yield sse("error", {"detail": f"workflow {workflow_id} no longer exists"}, event_id + 1)
+                return
+            if state.status in FINAL_STATUSES:
+                yield sse("final", _body(state), event_id + 1)
+                return
+            key = (state.status, state.currentStep, state.progress)
+            if key != last:
+                event_id += 1
+                last, last_write = key, time.monotonic()
+                yield sse("progress", _body(state), event_id)
+        yield sse("timeout", {"detail": "the stream's time is up; reconnect to keep listening"}, event_id + 1)
+    finally:
+        lease.release()
+
+
+class EventStreamResponse(StreamingResponse):
+    """A StreamingResponse that gives its stream's place back however it ends.
+
+    The generator's own `finally` does not run when it never started (the client left before
+    the headers went out), so the response releases the lease too (releasing is idempotent).
+    """
+
+    def __init__(self, content: AsyncIterator[str], lease: StreamLease) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.lease = lease
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            state = await run_in_threadpool(_current_state, workflow_id, runs, results)
-        except DagsterError as exc:
-            yield f": the pipeline did not answer ({exc}); retrying\n\n"
-            await anyio.sleep(settings.event_poll_seconds * 4)
-            continue
-        if state is None:  # deleted from Dagster while we listened
-            yield sse("error", {"detail": f"workflow {workflow_id} no longer exists"}, event_id + 1)
-            return
-        if state.status in FINAL_STATUSES:
-            yield sse("final", _body(state), event_id + 1)
-            return
-        key = (state.status, state.currentStep, state.progress)
-        if key != last:
-            event_id += 1
-            last, last_write = key, time.monotonic()
-            yield sse("progress", _body(state), event_id)
-        elif time.monotonic() - last_write > KEEPALIVE_SECONDS:
-            last_write = time.monotonic()
-            yield ": keep-alive\n\n"  # proxies close idle connections
-        await anyio.sleep(settings.event_poll_seconds)
-    yield sse("timeout", {"detail": "the stream's time is up; reconnect to keep listening"}, event_id + 1)
+            await super().__call__(scope, receive, send)
+        finally:
+            self.lease.release()
 
 
 @router.get(
@@ -97,15 +128,26 @@ async def workflow_events(
     runs: RunsDep,
     results: ResultsDep,
     settings: SettingsDep,
+    streams: EventStreamsDep,
     caller: CallerDep,
 ) -> StreamingResponse:
     """`progress` on every step change, then `final` with what GET returns once the workflow ended.
 
-    Polling GET /workflow/{id} keeps working unchanged; this is the same state, pushed.
+    Polling GET /workflow/{id} keeps working unchanged; this is the same state, pushed. At most
+    `EVENT_STREAMS_PER_CALLER` open streams per caller (per client address without API keys) and
+    `EVENT_STREAMS_TOTAL` in all; beyond either, 429 with `Retry-After`.
     """
-    await run_in_threadpool(owned_run, runs, workflow_id, caller, True)  # 404 before the stream opens
-    return StreamingResponse(
-        _stream(workflow_id, request, runs, results, settings),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    holder = caller if caller != ANONYMOUS else client_network(request.client.host if request.client else None)
+    try:
+        lease = streams.open(holder)
+    except StreamLimitReached as exc:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, detail=str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        ) from None
+    try:
+        await run_in_threadpool(owned_run, runs, workflow_id, caller, True)  # 404 before the stream opens
+        watch = lease.follow(workflow_id, partial(_current_state, workflow_id, runs, results))
+    except BaseException:
+        lease.release()
+        raise
+    return EventStreamResponse(_stream(workflow_id, watch, lease, settings), lease)
