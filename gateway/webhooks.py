@@ -17,6 +17,7 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -50,17 +51,35 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+# IPv6 forms that carry an IPv4 address, which a translator or tunnel on the way may turn into
+# 127.0.0.1 or 10.x: refused whole (the standard library calls some of them global).
+_EMBEDDING_IPV4 = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "64:ff9b::/96",  # NAT64, well-known prefix (RFC 6052)
+        "64:ff9b:1::/48",  # NAT64, local use (RFC 8215)
+        "2002::/16",  # 6to4 (RFC 3056)
+        "::/96",  # IPv4-compatible (deprecated, RFC 4291), with :: and ::1
+        "::ffff:0:0/96",  # IPv4-mapped
+    )
+)
+_MAX_ADDRESSES = 3  # tried in the resolver's order when a connection fails
+
+
 def _public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if any(ip in network for network in _EMBEDDING_IPV4):
+        return False
     return ip.is_global and not ip.is_multicast
 
 
-def check_webhook_url(url: str, allow_private: bool) -> None:
+def check_webhook_url(url: str, allow_private: bool) -> list[str]:
     """Refuse what a webhook must not reach: other schemes, and (unless allowed) any host that
     resolves to a loopback, private, link-local or otherwise non-public address, so a caller
-    cannot make the gateway probe the network it sits in."""
+    cannot make the gateway probe the network it sits in.
+
+    Returns the addresses the host resolved to, in the resolver's order: the POST connects to
+    these (`PinnedTransport`), never to what a second lookup might answer."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -68,8 +87,6 @@ def check_webhook_url(url: str, allow_private: bool) -> None:
         raise WebhookRefused(f"webhookUrl is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookRefused("webhookUrl must be an http:// or https:// URL with a host")
-    if allow_private:
-        return
     host = parts.hostname
     try:
         infos = _resolver.submit(
@@ -77,12 +94,50 @@ def check_webhook_url(url: str, allow_private: bool) -> None:
         ).result(timeout=_RESOLVE_SECONDS)
     except (OSError, concurrent.futures.TimeoutError):
         raise WebhookRefused(f"webhookUrl: the host {host!r} cannot be resolved") from None
-    for info in infos:
-        address = str(info[4][0])
-        if not _public(address):
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise WebhookRefused(f"webhookUrl: the host {host!r} cannot be resolved")
+    for address in addresses:
+        if not allow_private and not _public(address):
             raise WebhookRefused(
                 f"webhookUrl: {host} is {address}, a loopback or private address; webhooks go to public hosts only"
             )
+    return addresses
+
+
+class PinnedTransport(httpx.BaseTransport):
+    """Connects to the addresses that were checked, whatever the URL's name resolves to now.
+
+    Looking the name up again to connect would let a name server answer a public address for
+    the check and 127.0.0.1 for the connection (DNS rebinding). Only the connection's address
+    changes: the request keeps the name in its Host header and, for https, as the TLS server
+    name (SNI), which is also what the certificate is checked against. One transport serves one
+    URL (a client per attempt), so no pooled connection is shared between names.
+    """
+
+    def __init__(self, addresses: list[str], verify: ssl.SSLContext | bool = True) -> None:
+        if not addresses:
+            raise ValueError("no address to connect to")
+        self._addresses = addresses[:_MAX_ADDRESSES]
+        self._inner = httpx.HTTPTransport(verify=verify, trust_env=False)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        request.extensions = {**request.extensions, "sni_hostname": url.host}
+        failure: httpx.TransportError | None = None
+        for address in self._addresses:
+            request.url = url.copy_with(host=address.split("%", 1)[0])
+            try:
+                return self._inner.handle_request(request)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                failure = exc
+            finally:
+                request.url = url
+        assert failure is not None
+        raise failure
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 @dataclass(frozen=True)
@@ -124,14 +179,21 @@ class WebhookDispatcher:
     slow receiver delays only its own webhook. Only one gateway replica should run it.
     """
 
-    def __init__(self, settings: GatewaySettings, runs: DagsterRuns, results: ResultReader, store: BlobStore) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        runs: DagsterRuns,
+        results: ResultReader,
+        store: BlobStore,
+        verify: ssl.SSLContext | bool = True,  # the certificates https receivers are checked against
+    ) -> None:
         self._settings = settings
+        self._verify = verify
         self._runs = runs
         self._results = results
         self._store = store
         self._stop = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
-        self._http = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
         self._handled: dict[str, float] = {}  # run id -> when it was handled
         self._settling: dict[str, float] = {}  # failed run id -> when first seen without will_retry
         # After a restart, look back this far for runs that finished while no gateway watched.
@@ -145,7 +207,6 @@ class WebhookDispatcher:
         self._stop.set()
         self._thread.join(timeout=10)
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._http.close()
 
     # ------------------------------------------------------------------ watching
 
@@ -249,8 +310,15 @@ class WebhookDispatcher:
         attempts = self._settings.webhook_attempts
         for attempt in range(1, attempts + 1):
             try:
-                check_webhook_url(url, self._settings.webhook_allow_private)  # DNS may have changed
-                response = self._http.post(url, content=body, headers=headers)
+                # DNS may have changed since the submission: check again, and connect to what was checked.
+                addresses = check_webhook_url(url, self._settings.webhook_allow_private)
+                with httpx.Client(
+                    transport=PinnedTransport(addresses, self._verify),
+                    timeout=self._settings.webhook_timeout_seconds,
+                    follow_redirects=False,
+                    trust_env=False,  # a proxy from the environment would look the name up itself
+                ) as client:
+                    response = client.post(url, content=body, headers=headers)
                 status_code, error = response.status_code, f"HTTP {response.status_code}"
                 if response.is_success:
                     return Delivery(url, True, attempt, status_code, None)

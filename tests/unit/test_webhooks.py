@@ -58,13 +58,8 @@ def test_signature_is_hmac_sha256_of_the_body() -> None:
 
 
 def _dispatcher(tmp_path: Path, **overrides: object) -> WebhookDispatcher:
-    settings = GatewaySettings(
-        local_blob_root=str(tmp_path),
-        webhook_secret="s3cret",
-        webhook_allow_private=True,
-        webhook_backoff_seconds=0.05,
-        **overrides,  # type: ignore[arg-type]
-    )
+    options: dict[str, object] = {"webhook_allow_private": True, "webhook_backoff_seconds": 0.05, **overrides}
+    settings = GatewaySettings(local_blob_root=str(tmp_path), webhook_secret="s3cret", **options)  # type: ignore[arg-type]
     store = LocalBlobStore(root=str(tmp_path))
     return WebhookDispatcher(settings, DagsterRuns(settings), ResultReader(store), store)
 
@@ -122,3 +117,119 @@ def test_a_state_dagster_cannot_give_is_recorded_not_invented(tmp_path: Path) ->
         assert receiver.posts() == []
     record = json.loads(LocalBlobStore(root=str(tmp_path)).get_path(record_path("jewelry-gen-x", "run-9")))
     assert record["delivered"] is False and "could not be read" in record["error"]
+
+
+# ------------------------------------------------------------------ DNS rebinding and address forms
+
+
+class _RebindingResolver:
+    """A name server double for `name`: the first answer is `first`, every later one `then`.
+    Other names resolve as usual."""
+
+    def __init__(self, name: str, first: str, then: str) -> None:
+        import socket
+
+        self.name, self.first, self.then, self.calls = name, first, then, 0
+        self._real = socket.getaddrinfo
+
+    def __call__(self, host: object, port: object, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        import socket
+
+        if host != self.name:
+            return self._real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+        self.calls += 1
+        address = self.first if self.calls == 1 else self.then
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, 6, "", (address, int(port or 80)))]  # type: ignore[call-overload]
+
+
+def test_a_name_that_rebinds_to_loopback_after_the_check_gets_no_post(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check sees a public address; a second lookup would say 127.0.0.1, where the receiver
+    listens. The POST must go to the address that was checked (unreachable here), never the
+    receiver."""
+    import socket
+
+    dispatcher = _dispatcher(tmp_path, webhook_attempts=1, webhook_allow_private=False, webhook_timeout_seconds=1.0)
+    with webhook_receiver() as receiver:
+        port = receiver.url.split(":")[2].split("/")[0]
+        resolver = _RebindingResolver("rebind.example.test", first="192.0.0.9", then="127.0.0.1")
+        monkeypatch.setattr(socket, "getaddrinfo", resolver)
+        outcome = dispatcher._post_with_retries(f"http://rebind.example.test:{port}/hook", b"{}", delivery_id="r")
+        monkeypatch.undo()
+        assert receiver.posts() == []
+    assert outcome is not None and not outcome.delivered
+
+
+def test_the_pinned_connection_keeps_the_host_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connecting to the checked address still sends the name in Host (allowed private here, so
+    the loopback receiver may be the checked address); a later, different answer is not used."""
+    import socket
+
+    dispatcher = _dispatcher(tmp_path, webhook_attempts=1, webhook_timeout_seconds=1.0)
+    with webhook_receiver() as receiver:
+        port = receiver.url.split(":")[2].split("/")[0]
+        resolver = _RebindingResolver("hooks.example.test", first="127.0.0.1", then="192.0.2.1")
+        monkeypatch.setattr(socket, "getaddrinfo", resolver)
+        outcome = dispatcher._post_with_retries(f"http://hooks.example.test:{port}/hook?x=1", b"{}", delivery_id="r")
+        monkeypatch.undo()
+        posts = receiver.posts()
+    assert outcome is not None and outcome.delivered, outcome
+    assert len(posts) == 1 and posts[0].path == "/hook?x=1"
+    assert posts[0].headers["Host"] == f"hooks.example.test:{port}"
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::808:808",  # NAT64 of a public address: the prefix is refused whole
+        "64:ff9b:1::a00:1",  # local-use NAT64
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+        "2002:808:808::1",  # 6to4 of a public address
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+        "::ffff:8.8.8.8",  # IPv4-mapped, even of a public address
+    ],
+)
+def test_ipv6_forms_that_embed_ipv4_are_refused(address: str) -> None:
+    with pytest.raises(WebhookRefused, match="loopback or private"):
+        check_webhook_url(f"http://[{address}]/hook", allow_private=False)
+
+
+def test_https_to_the_pinned_address_checks_the_certificate_against_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TLS server name (SNI) and the certificate check use the URL's name, not the address
+    connected to: a certificate for the name passes, one for another name does not."""
+    import socket
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    for cert_name, delivered in (("hooks.example.test", True), ("other.example.test", False)):
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(cert_name).configure_cert(server_context)
+        names: list[str | None] = []
+        server_context.sni_callback = lambda _sock, name, _ctx, names=names: names.append(name)  # type: ignore[misc]
+        settings = GatewaySettings(
+            local_blob_root=str(tmp_path), webhook_secret="s3cret", webhook_allow_private=True, webhook_attempts=1
+        )
+        store = LocalBlobStore(root=str(tmp_path))
+        dispatcher = WebhookDispatcher(
+            settings, DagsterRuns(settings), ResultReader(store), store, verify=client_context
+        )
+        with webhook_receiver(tls=server_context) as receiver:
+            port = receiver.url.split(":")[2].split("/")[0]
+            monkeypatch.setattr(
+                socket, "getaddrinfo", _RebindingResolver("hooks.example.test", "127.0.0.1", "127.0.0.1")
+            )
+            outcome = dispatcher._post_with_retries(f"https://hooks.example.test:{port}/hook", b"{}", delivery_id="r")
+            monkeypatch.undo()
+            posts = receiver.posts()
+        assert outcome is not None and outcome.delivered is delivered, (cert_name, outcome)
+        assert names == ["hooks.example.test"]
+        assert len(posts) == (1 if delivered else 0)
