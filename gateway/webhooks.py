@@ -1,8 +1,11 @@
 """Webhooks: the final state of a workflow POSTed to the caller's URL, signed, retried.
 
-The URL rides on the run as tags, and each delivery leaves a record in the blob store next to the
-request's artifacts. So a gateway that restarts finds what it still owes from Dagster and the
-store alone, and a receiver gets one POST per workflow run, not one per gateway life.
+The full URL may carry credentials (`user:pass@`) or a token in its query, so it is stored only
+where the dispatcher reads it: a blob `webhooks/<key>.json`, written when the run is launched,
+whose key rides on the run as a tag beside a redacted URL (no userinfo, no query) for people
+reading Dagster's UI. Each delivery leaves a record (with the redacted URL) in the blob store next
+to the request's artifacts. So a gateway that restarts finds what it still owes from Dagster and
+the store alone, and a receiver gets one POST per workflow run, not one per gateway life.
 
 Receivers verify `X-Jewel-Signature: sha256=<hex>`, the HMAC-SHA256 of the raw body under the
 shared secret (compare with hmac.compare_digest).
@@ -10,6 +13,7 @@ shared secret (compare with hmac.compare_digest).
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import hashlib
 import hmac
@@ -20,6 +24,7 @@ import socket
 import ssl
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,8 +37,8 @@ from gateway.dagster_api.models import RunInfo, run_info_from
 from gateway.results import ResultReader
 from gateway.settings import GatewaySettings
 from gateway.workflow_state import state_of
-from jewel_dagster.contract import PARTITION_TAG, WEBHOOK_TAG, WEBHOOK_URL_TAG, WILL_RETRY_TAG
-from jewel_dagster.resources.blob_store import BlobStore
+from jewel_dagster.contract import PARTITION_TAG, WEBHOOK_KEY_TAG, WEBHOOK_TAG, WEBHOOK_URL_TAG, WILL_RETRY_TAG
+from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +145,30 @@ class PinnedTransport(httpx.BaseTransport):
         self._inner.close()
 
 
+def redact(url: str) -> str:
+    """What logs, run tags and delivery records show of a webhook URL: scheme://host[:port]/path,
+    without credentials, query or fragment (where tokens travel)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def url_path(key: str) -> str:
+    return f"webhooks/{key}.json"
+
+
+def store_webhook_url(store: BlobStore, url: str) -> dict[str, str]:
+    """Keep the full URL in the blob store and return the run tags that lead the dispatcher to it.
+
+    Called when the run is launched (after the URL was checked); the key is random, so the blob
+    is named by nothing a caller sees."""
+    key = uuid.uuid4().hex
+    store.put(url_path(key), json.dumps({"url": url}).encode(), "application/json")
+    return {WEBHOOK_TAG: "1", WEBHOOK_URL_TAG: redact(url), WEBHOOK_KEY_TAG: key}
+
+
 @dataclass(frozen=True)
 class Delivery:
-    """What became of one webhook, stored as `requests/<id>/webhooks/<run id>.json`."""
+    """What became of one webhook, stored as `requests/<id>/webhooks/<run id>.json` (redacted URL)."""
 
     url: str
     delivered: bool
@@ -268,12 +294,24 @@ class WebhookDispatcher:
 
     # ------------------------------------------------------------------ delivering
 
+    def _full_url(self, run: RunInfo) -> str:
+        """The URL as the caller gave it; runs launched before URLs were kept in the store carry
+        it in their tag."""
+        key = run.tags.get(WEBHOOK_KEY_TAG)
+        if key is None:
+            return run.tags.get(WEBHOOK_URL_TAG, "")
+        return str(json.loads(self._store.get_path(url_path(key)))["url"])
+
     def _deliver(self, workflow_id: str, run: RunInfo) -> None:
-        url = run.tags.get(WEBHOOK_URL_TAG, "")
+        shown = redact(run.tags.get(WEBHOOK_URL_TAG, ""))
+        outcome: Delivery | None
         try:
+            url = self._full_url(run)
             body = self._final_state(workflow_id, run)
+        except (BlobStoreError, OSError, ValueError, KeyError) as exc:  # the URL's blob is gone or broken
+            outcome = Delivery(shown, False, 0, None, f"the webhook URL cannot be read: {type(exc).__name__}")
         except DagsterError as exc:  # Dagster kept failing: say so in the record, send nothing made up
-            outcome: Delivery | None = Delivery(url, False, 0, None, f"the final state could not be read: {exc}")
+            outcome = Delivery(shown, False, 0, None, f"the final state could not be read: {exc}")
         else:
             outcome = self._post_with_retries(url, body, delivery_id=run.run_id) if body is not None else None
         if outcome is None:
@@ -296,8 +334,35 @@ class WebhookDispatcher:
                     return None
         return None
 
+    def _post(self, url: str, addresses: list[str], body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """One POST to one of `addresses`, on the transport itself: httpx's client would log the
+        full URL (its credentials and query), follow no proxy we want, and offer nothing else here.
+        Credentials in the URL become Basic auth, as a client would send them."""
+        target = httpx.URL(url)
+        headers = dict(headers)
+        if target.username or target.password:
+            pair = f"{target.username}:{target.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        request = httpx.Request(
+            "POST",
+            target.copy_with(username=None, password=None),
+            content=body,
+            headers=headers,
+            extensions={"timeout": httpx.Timeout(self._settings.webhook_timeout_seconds).as_dict()},
+        )
+        with PinnedTransport(addresses, self._verify) as transport:
+            response = transport.handle_request(request)
+            try:
+                response.read()
+            finally:
+                response.close()
+        return response
+
     def _post_with_retries(self, url: str, body: bytes, delivery_id: str) -> Delivery | None:
-        """POST until a 2xx, a refusal (4xx) or the last attempt; None when stopped meanwhile."""
+        """POST until a 2xx, a refusal (4xx) or the last attempt; None when stopped meanwhile.
+
+        The outcome and the log name the URL redacted."""
+        shown = redact(url)
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: signature(self._settings.webhook_secret, body),
@@ -312,23 +377,17 @@ class WebhookDispatcher:
             try:
                 # DNS may have changed since the submission: check again, and connect to what was checked.
                 addresses = check_webhook_url(url, self._settings.webhook_allow_private)
-                with httpx.Client(
-                    transport=PinnedTransport(addresses, self._verify),
-                    timeout=self._settings.webhook_timeout_seconds,
-                    follow_redirects=False,
-                    trust_env=False,  # a proxy from the environment would look the name up itself
-                ) as client:
-                    response = client.post(url, content=body, headers=headers)
+                response = self._post(url, addresses, body, headers)
                 status_code, error = response.status_code, f"HTTP {response.status_code}"
                 if response.is_success:
-                    return Delivery(url, True, attempt, status_code, None)
+                    return Delivery(shown, True, attempt, status_code, None)
                 if 400 <= status_code < 500 and status_code not in (408, 425, 429):
-                    return Delivery(url, False, attempt, status_code, f"the receiver refused it: {error}")
+                    return Delivery(shown, False, attempt, status_code, f"the receiver refused it: {error}")
             except WebhookRefused as exc:
-                return Delivery(url, False, attempt, None, str(exc))
+                return Delivery(shown, False, attempt, None, str(exc))
             except httpx.HTTPError as exc:
                 status_code, error = None, f"{type(exc).__name__}: {exc}"[:300]
             if attempt < attempts and self._stop.wait(self._settings.webhook_backoff_seconds * 2 ** (attempt - 1)):
                 return None
-        log.warning("webhooks: gave up on %s after %d attempts: %s", url, attempts, error)
-        return Delivery(url, False, attempts, status_code, error)
+        log.warning("webhooks: gave up on %s after %d attempts: %s", shown, attempts, error)
+        return Delivery(shown, False, attempts, status_code, error)

@@ -6,6 +6,7 @@ import hashlib
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, status
@@ -19,7 +20,7 @@ from gateway.security import ANONYMOUS, CallerDep
 from gateway.settings import GatewaySettings
 from gateway.status import position_of
 from gateway.uploads import decode_base64_image
-from gateway.webhooks import WebhookRefused, check_webhook_url
+from gateway.webhooks import WebhookRefused, check_webhook_url, store_webhook_url
 from gateway.workflow_state import state_of
 from jewel_dagster.contract import (
     FULL_JOB,
@@ -29,8 +30,6 @@ from jewel_dagster.contract import (
     OWNER_TAG,
     PARTITION_TAG,
     PREPROCESS_JOB,
-    WEBHOOK_TAG,
-    WEBHOOK_URL_TAG,
     AssetName,
 )
 from jewel_dagster.defs.config import BrushStroke
@@ -60,11 +59,12 @@ def pipeline_unavailable(exc: DagsterError) -> HTTPException:
     return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"The pipeline refused the request: {exc}")
 
 
-def _webhook_tags(url: str | None, settings: GatewaySettings) -> dict[str, str]:
-    """Run tags that make the webhook dispatcher deliver the final state; checked before anything
-    is stored, so a refused URL costs nothing."""
+def _webhook_tags(url: str | None, settings: GatewaySettings, store: BlobStore) -> Callable[[], dict[str, str]]:
+    """Run tags that make the webhook dispatcher deliver the final state; the URL is checked now,
+    before anything is stored, so a refused URL costs nothing. The returned function, called when
+    the run is launched, keeps the full URL in the store and gives tags with a redacted one."""
     if url is None:
-        return {}
+        return dict
     if not settings.webhook_secret:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, detail="webhookUrl: webhooks are off on this gateway (no WEBHOOK_SECRET set)"
@@ -73,7 +73,7 @@ def _webhook_tags(url: str | None, settings: GatewaySettings) -> dict[str, str]:
         check_webhook_url(url, settings.webhook_allow_private)
     except WebhookRefused as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
-    return {WEBHOOK_TAG: "1", WEBHOOK_URL_TAG: url}
+    return lambda: store_webhook_url(store, url)
 
 
 def _strokes(strokes: list[BrushStroke]) -> list[dict[str, Any]]:
@@ -160,12 +160,12 @@ def _start(
     idempotency_key: str | None,
 ) -> StartResponse:
     image = decode_base64_image(body.originalImageBase64, settings.max_image_bytes, settings.max_image_pixels)
-    hook = _webhook_tags(body.webhookUrl, settings)
+    hook = _webhook_tags(body.webhookUrl, settings, store)
     if not runs.ping(timeout=None):
         # Checked before storing anything, so an outage leaves no orphaned upload behind.
         raise pipeline_unavailable(DagsterUnavailable("Dagster is not reachable"))
     return _idempotent(
-        runs, caller, idempotency_key, lambda tags: _store_and_launch(job, body, image, runs, store, {**tags, **hook})
+        runs, caller, idempotency_key, lambda tags: _store_and_launch(job, body, image, runs, store, {**tags, **hook()})
     )
 
 
@@ -239,7 +239,7 @@ def generate_workflow(
     """
     image_path = _path_in_store(store, body.imageUri, "imageUri")
     mask_path = _path_in_store(store, body.maskUri, "maskUri")
-    hook = _webhook_tags(body.webhookUrl, settings)
+    hook = _webhook_tags(body.webhookUrl, settings, store)
     if not runs.ping(timeout=None):
         raise pipeline_unavailable(DagsterUnavailable("Dagster is not reachable"))
     image_match, mask_match = _OWN_ARTIFACT.match(image_path), _OWN_ARTIFACT.match(mask_path)
@@ -257,7 +257,7 @@ def generate_workflow(
             caller,
             idempotency_key,
             lambda tags: _launch(
-                runs, GENERATE_JOB, earlier.tags[PARTITION_TAG], {"ops": strokes}, False, {**tags, **hook}
+                runs, GENERATE_JOB, earlier.tags[PARTITION_TAG], {"ops": strokes}, False, {**tags, **hook()}
             ),
         )
     for match in (image_match, mask_match):
@@ -273,7 +273,7 @@ def generate_workflow(
         runs,
         caller,
         idempotency_key,
-        lambda tags: _launch(runs, FULL_JOB, _new_request_id(), {"ops": ops}, True, {**tags, **hook}),
+        lambda tags: _launch(runs, FULL_JOB, _new_request_id(), {"ops": ops}, True, {**tags, **hook()}),
     )
 
 

@@ -233,3 +233,43 @@ def test_https_to_the_pinned_address_checks_the_certificate_against_the_name(
         assert outcome is not None and outcome.delivered is delivered, (cert_name, outcome)
         assert names == ["hooks.example.test"]
         assert len(posts) == (1 if delivered else 0)
+
+
+# ------------------------------------------------------------------ credentials and tokens in the URL
+
+
+def test_credentials_and_query_tokens_stay_out_of_tags_records_and_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Run tags, the delivery record and the log show scheme://host:port/path; the full URL is
+    read from the store by a dispatcher that was not there when the run was launched."""
+    from gateway.dagster_api.models import RunInfo
+    from gateway.routes.workflows import _webhook_tags
+    from jewel_dagster.contract import WEBHOOK_URL_TAG
+
+    store = LocalBlobStore(root=str(tmp_path))
+    settings = GatewaySettings(local_blob_root=str(tmp_path), webhook_secret="s3cret", webhook_allow_private=True)
+    with webhook_receiver(answers=[500, 500]) as receiver:
+        port = receiver.url.split(":")[2].split("/")[0]
+        secret_url = f"http://alice:pa55word@127.0.0.1:{port}/hook?token=t0ken-123"
+        tags = _webhook_tags(secret_url, settings, store)()
+        assert tags[WEBHOOK_URL_TAG] == f"http://127.0.0.1:{port}/hook"
+        assert not any("pa55word" in v or "t0ken" in v for v in tags.values())
+        run = RunInfo("run-5", "jewelry_generation", "SUCCESS", [], tags)
+        dispatcher = _dispatcher(tmp_path, webhook_attempts=2)  # a new gateway: only tags and store
+        with caplog.at_level("INFO"):
+            outcome = dispatcher._post_with_retries(dispatcher._full_url(run), b"{}", delivery_id=run.run_id)
+        posts = receiver.posts()
+    assert [p.path for p in posts] == ["/hook?token=t0ken-123"] * 2  # the receiver gets the full URL
+    assert posts[0].headers["Authorization"].startswith("Basic ")
+    assert outcome is not None and outcome.url == f"http://127.0.0.1:{port}/hook"
+    assert "pa55word" not in caplog.text and "t0ken" not in caplog.text  # httpx's client logged it whole
+
+
+def test_runs_launched_before_urls_were_stored_still_get_their_webhook(tmp_path: Path) -> None:
+    from gateway.dagster_api.models import RunInfo
+    from jewel_dagster.contract import WEBHOOK_URL_TAG
+
+    dispatcher = _dispatcher(tmp_path)
+    run = RunInfo("run-6", "jewelry_generation", "SUCCESS", [], {WEBHOOK_URL_TAG: "http://h.example/x?t=1"})
+    assert dispatcher._full_url(run) == "http://h.example/x?t=1"
