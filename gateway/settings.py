@@ -48,7 +48,11 @@ class GatewaySettings(PipelineSettings):
     max_image_pixels: int = Field(default=50_000_000, description="Largest image (width x height) accepted.")
     event_poll_seconds: float = Field(default=0.25, gt=0.0, description="How often an event stream looks for a change.")
     event_stream_max_seconds: float = Field(default=3600.0, gt=0.0, description="An event stream ends after this.")
-    webhook_secret: str = Field(default="", description="HMAC-SHA256 key of webhook signatures; empty = no webhooks.")
+    webhook_secret: str = Field(
+        default="",
+        description="Master key of webhook signatures (whsec_<base64>, or any string); each caller signs with a "
+        "secret derived from it (GET /webhooks/secret); empty = no webhooks.",
+    )
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhooks to loopback and private addresses (tests, a trusted network)."
     )

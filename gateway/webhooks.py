@@ -7,13 +7,20 @@ reading Dagster's UI. Each delivery leaves a record (with the redacted URL) in t
 to the request's artifacts. So a gateway that restarts finds what it still owes from Dagster and
 the store alone, and a receiver gets one POST per workflow run, not one per gateway life.
 
-Receivers verify `X-Jewel-Signature: sha256=<hex>`, the HMAC-SHA256 of the raw body under the
-shared secret (compare with hmac.compare_digest).
+Signatures follow Standard Webhooks (https://www.standardwebhooks.com): `webhook-id` (the run id,
+the same on every retry), `webhook-timestamp` (unix seconds of this attempt) and
+`webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, made with the
+`standardwebhooks` library. Each caller has a secret of its own, derived from WEBHOOK_SECRET and
+its caller id (`caller_secret`), which it reads with `GET /webhooks/secret` and its API key; the
+dispatcher derives it again from the run's owner tag, so nothing per caller is configured or
+stored. Receivers verify the signature, refuse timestamps more than 5 minutes off and remember
+the ids they accepted (README, "Security").
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import concurrent.futures
 import hashlib
 import hmac
@@ -26,23 +33,33 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from standardwebhooks import Webhook as StandardWebhook
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError
 from gateway.dagster_api.models import RunInfo, run_info_from
 from gateway.results import ResultReader
+from gateway.security import ANONYMOUS
 from gateway.settings import GatewaySettings
 from gateway.workflow_state import state_of
-from jewel_dagster.contract import PARTITION_TAG, WEBHOOK_KEY_TAG, WEBHOOK_TAG, WEBHOOK_URL_TAG, WILL_RETRY_TAG
+from jewel_dagster.contract import (
+    OWNER_TAG,
+    PARTITION_TAG,
+    WEBHOOK_KEY_TAG,
+    WEBHOOK_TAG,
+    WEBHOOK_URL_TAG,
+    WILL_RETRY_TAG,
+)
 from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-Jewel-Signature"
+_SECRET_PREFIX = "whsec_"  # how Standard Webhooks writes a secret: whsec_<base64 of the key>
 _RESOLVE_SECONDS = 5.0
 _SETTLE_SECONDS = 3.0  # a failed run gets its will_retry tag a moment after its status
 _resolver = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
@@ -52,8 +69,37 @@ class WebhookRefused(ValueError):
     """The URL may not receive webhooks; the message is meant for the person who sent it."""
 
 
-def signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def master_key(webhook_secret: str) -> bytes:
+    """WEBHOOK_SECRET's key: `whsec_<base64>` as Standard Webhooks writes secrets, or any other
+    string as its UTF-8 bytes (what older settings hold). ValueError when the base64 is broken."""
+    if webhook_secret.startswith(_SECRET_PREFIX):
+        try:
+            key = base64.b64decode(webhook_secret[len(_SECRET_PREFIX) :], validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"WEBHOOK_SECRET: whsec_ must be followed by base64: {exc}") from None
+    else:
+        key = webhook_secret.encode()
+    if not key:
+        raise ValueError("WEBHOOK_SECRET is empty")
+    return key
+
+
+def caller_secret(webhook_secret: str, caller: str) -> str:
+    """The secret that signs `caller`'s webhooks, as `whsec_<base64>`: HMAC-SHA256 of the caller
+    id under WEBHOOK_SECRET. One caller's secret tells nothing of another's or of the master."""
+    key = hmac.new(master_key(webhook_secret), f"jewel-webhooks/v1:{caller}".encode(), hashlib.sha256).digest()
+    return _SECRET_PREFIX + base64.b64encode(key).decode()
+
+
+def signed_headers(secret: str, message_id: str, body: bytes, now: float) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt: signed again with each attempt's time, so a
+    late retry still passes a receiver's 5-minute window."""
+    when = datetime.fromtimestamp(int(now), tz=UTC)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(now)),
+        "webhook-signature": StandardWebhook(secret).sign(message_id, when, body.decode()),
+    }
 
 
 # IPv6 forms that carry an IPv4 address, which a translator or tunnel on the way may turn into
@@ -213,6 +259,7 @@ class WebhookDispatcher:
         store: BlobStore,
         verify: ssl.SSLContext | bool = True,  # the certificates https receivers are checked against
     ) -> None:
+        master_key(settings.webhook_secret)  # a broken WEBHOOK_SECRET stops the start, not each POST
         self._settings = settings
         self._verify = verify
         self._runs = runs
@@ -313,7 +360,8 @@ class WebhookDispatcher:
         except DagsterError as exc:  # Dagster kept failing: say so in the record, send nothing made up
             outcome = Delivery(shown, False, 0, None, f"the final state could not be read: {exc}")
         else:
-            outcome = self._post_with_retries(url, body, delivery_id=run.run_id) if body is not None else None
+            caller = run.tags.get(OWNER_TAG, ANONYMOUS)  # runs without one (from the UI) were nobody's
+            outcome = self._post_with_retries(url, body, run.run_id, caller) if body is not None else None
         if outcome is None:
             return  # shutting down: no record, so the next gateway delivers it
         record = json.dumps(outcome.__dict__).encode()
@@ -358,17 +406,16 @@ class WebhookDispatcher:
                 response.close()
         return response
 
-    def _post_with_retries(self, url: str, body: bytes, delivery_id: str) -> Delivery | None:
+    def _post_with_retries(self, url: str, body: bytes, delivery_id: str, caller: str = ANONYMOUS) -> Delivery | None:
         """POST until a 2xx, a refusal (4xx) or the last attempt; None when stopped meanwhile.
 
         The outcome and the log name the URL redacted."""
         shown = redact(url)
+        secret = caller_secret(self._settings.webhook_secret, caller)
         headers = {
             "Content-Type": "application/json",
-            SIGNATURE_HEADER: signature(self._settings.webhook_secret, body),
             "X-Jewel-Event": "workflow.finished",
-            "X-Jewel-Delivery": delivery_id,
-            "User-Agent": "jewel-dagster-webhooks/1",
+            "User-Agent": "jewel-dagster-webhooks/2",
         }
         status_code: int | None = None
         error = "not attempted"
@@ -377,7 +424,8 @@ class WebhookDispatcher:
             try:
                 # DNS may have changed since the submission: check again, and connect to what was checked.
                 addresses = check_webhook_url(url, self._settings.webhook_allow_private)
-                response = self._post(url, addresses, body, headers)
+                signed = {**headers, **signed_headers(secret, delivery_id, body, time.time())}
+                response = self._post(url, addresses, body, signed)
                 status_code, error = response.status_code, f"HTTP {response.status_code}"
                 if response.is_success:
                     return Delivery(shown, True, attempt, status_code, None)

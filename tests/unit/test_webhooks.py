@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import time
 from pathlib import Path
 
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.results import ResultReader
 from gateway.settings import GatewaySettings
-from gateway.webhooks import SIGNATURE_HEADER, WebhookDispatcher, WebhookRefused, check_webhook_url, signature
+from gateway.webhooks import WebhookDispatcher, WebhookRefused, caller_secret, check_webhook_url, signed_headers
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from tests.support.gateway_client import gateway_client, start_body
 from tests.support.receivers import webhook_receiver
@@ -50,11 +53,30 @@ def test_public_addresses_and_allowed_private_ones_pass() -> None:
     check_webhook_url("http://127.0.0.1:9000/hook", allow_private=True)
 
 
-def test_signature_is_hmac_sha256_of_the_body() -> None:
+def test_signature_follows_standard_webhooks() -> None:
+    """v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}"> under the key a whsec_ secret holds."""
     body = b'{"workflowId":"x","status":"COMPLETED"}'
-    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
-    assert signature("s3cret", body) == f"sha256={expected}"
-    assert signature("other", body) != signature("s3cret", body)
+    key = b"0123456789abcdef0123456789abcdef"
+    secret = "whsec_" + base64.b64encode(key).decode()
+    headers = signed_headers(secret, "run-1", body, now=1_700_000_000.7)
+    expected = hmac.new(key, b"run-1.1700000000." + body, hashlib.sha256).digest()
+    assert headers == {
+        "webhook-id": "run-1",
+        "webhook-timestamp": "1700000000",
+        "webhook-signature": "v1," + base64.b64encode(expected).decode(),
+    }
+
+
+def test_each_caller_has_a_secret_of_its_own() -> None:
+    alice, bob = caller_secret("master", "alice-id"), caller_secret("master", "bob-id")
+    assert alice.startswith("whsec_") and len(base64.b64decode(alice[6:])) == 32
+    assert alice != bob and alice == caller_secret("master", "alice-id")
+    assert caller_secret("another master", "alice-id") != alice
+    # A whsec_ master is used by its decoded key, as the spec writes secrets.
+    raw = b"k" * 32
+    assert caller_secret("whsec_" + base64.b64encode(raw).decode(), "a") == caller_secret(raw.decode(), "a")
+    with pytest.raises(ValueError, match="base64"):
+        caller_secret("whsec_not*base64", "a")
 
 
 def _dispatcher(tmp_path: Path, **overrides: object) -> WebhookDispatcher:
@@ -72,8 +94,40 @@ def test_a_failing_receiver_is_retried_until_it_accepts(tmp_path: Path) -> None:
     posts = receiver.posts()
     assert outcome is not None and outcome.delivered and outcome.attempts == 3
     assert [p.body for p in posts] == [body] * 3
-    assert {p.headers["X-Jewel-Delivery"] for p in posts} == {"run-1"}
-    assert all(p.headers[SIGNATURE_HEADER] == signature("s3cret", body) for p in posts)
+    assert {p.headers["webhook-id"] for p in posts} == {"run-1"}  # stable across retries
+    verifier = Webhook(caller_secret("s3cret", "anonymous"))
+    for post in posts:
+        assert verifier.verify(post.body, post.headers) == {"workflowId": "w", "status": "COMPLETED"}
+        assert abs(int(post.headers["webhook-timestamp"]) - time.time()) < 60
+        assert "X-Jewel-Signature" not in post.headers
+
+
+def test_a_callers_webhook_verifies_with_its_secret_only(tmp_path: Path) -> None:
+    dispatcher = _dispatcher(tmp_path)
+    with webhook_receiver() as receiver:
+        dispatcher._post_with_retries(receiver.url, b'{"a":1}', delivery_id="run-2", caller="alice-id")
+        (post,) = receiver.posts()
+    assert Webhook(caller_secret("s3cret", "alice-id")).verify(post.body, post.headers) == {"a": 1}
+    for other in (caller_secret("s3cret", "bob-id"), caller_secret("s3cret", "anonymous")):
+        with pytest.raises(WebhookVerificationError):
+            Webhook(other).verify(post.body, post.headers)
+    stale = {**post.headers, "webhook-timestamp": str(int(time.time()) - 600)}
+    with pytest.raises(WebhookVerificationError, match="too old"):  # what receivers refuse: replays
+        Webhook(caller_secret("s3cret", "alice-id")).verify(post.body, stale)
+
+
+def test_a_caller_reads_its_webhook_secret_with_its_key(tmp_path: Path) -> None:
+    with gateway_client(tmp_path, gateway_api_keys="key-a,key-b", webhook_secret="s3cret") as client:
+        a = client.get("/webhooks/secret", headers={"X-API-Key": "key-a"})
+        b = client.get("/webhooks/secret", headers={"Authorization": "Bearer key-b"})
+        assert client.get("/webhooks/secret").status_code == 401
+        assert a.status_code == 200 and a.headers["Cache-Control"] == "no-store"
+    assert a.json()["secret"].startswith("whsec_") and a.json()["secret"] != b.json()["secret"]
+    from gateway.security import caller_id
+
+    assert a.json()["secret"] == caller_secret("s3cret", caller_id("key-a", "test-secret-of-the-gateway"))
+    with gateway_client(tmp_path) as client:  # webhooks off
+        assert client.get("/webhooks/secret").status_code == 404
 
 
 def test_delivery_gives_up_after_its_attempts_and_on_a_refusal(tmp_path: Path) -> None:
@@ -273,3 +327,17 @@ def test_runs_launched_before_urls_were_stored_still_get_their_webhook(tmp_path:
     dispatcher = _dispatcher(tmp_path)
     run = RunInfo("run-6", "jewelry_generation", "SUCCESS", [], {WEBHOOK_URL_TAG: "http://h.example/x?t=1"})
     assert dispatcher._full_url(run) == "http://h.example/x?t=1"
+
+
+def test_the_runs_owner_picks_the_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.dagster_api.models import RunInfo
+    from jewel_dagster.contract import OWNER_TAG, WEBHOOK_URL_TAG
+
+    dispatcher = _dispatcher(tmp_path)
+    monkeypatch.setattr(dispatcher, "_final_state", lambda workflow_id, run: b'{"s":1}')
+    with webhook_receiver() as receiver:
+        tags = {WEBHOOK_URL_TAG: receiver.url, OWNER_TAG: "alice-id"}
+        dispatcher._deliver("jewelry-gen-x", RunInfo("run-7", "jewelry_generation", "SUCCESS", [], tags))
+        (post,) = receiver.posts()
+    assert post.headers["webhook-id"] == "run-7"
+    assert Webhook(caller_secret("s3cret", "alice-id")).verify(post.body, post.headers) == {"s": 1}
