@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from gateway.dagster_api.client import DagsterRuns
 from gateway.event_streams import EventStreams
 from gateway.results import ResultReader
-from gateway.routes import artifacts, events, health, page, workflows
+from gateway.routes import artifacts, events, health, page, webhooks, workflows
 from gateway.security import BodyLimitMiddleware, RateLimits, refuse_to_start_open
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings, get_settings
@@ -54,14 +54,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.event_streams = EventStreams(
             resolved.event_poll_seconds, resolved.event_streams_per_caller, resolved.event_streams_total
         )
-        webhooks = None
+        dispatcher = None
         if resolved.webhook_secret:
-            webhooks = WebhookDispatcher(resolved, app.state.runs, app.state.results, app.state.store)
-            webhooks.start()
+            dispatcher = WebhookDispatcher(resolved, app.state.runs, app.state.results, app.state.store)
+            dispatcher.start()
         yield
         await app.state.event_streams.close()
-        if webhooks is not None:
-            webhooks.stop()
+        if dispatcher is not None:
+            dispatcher.stop()
         app.state.runs.close()
 
     app = FastAPI(title="jewel-dagster gateway", version="0.1.0", lifespan=lifespan)
@@ -69,6 +69,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(artifacts.router)
     app.include_router(workflows.router)
+    app.include_router(webhooks.router)
     app.include_router(health.router)
     page.mount(app)
     if resolved.cors_origin_list():

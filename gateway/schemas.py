@@ -24,7 +24,8 @@ class _StrokesAndWebhook(BaseModel):
         default=None,
         min_length=1,
         max_length=2048,
-        description="http(s) URL that gets the final state POSTed once the workflow ends, signed (X-Jewel-Signature).",
+        description="http(s) URL that gets the final state POSTed once the workflow ends, signed as Standard "
+        "Webhooks say (webhook-id, webhook-timestamp, webhook-signature) with the secret of GET /webhooks/secret.",
     )
 
 

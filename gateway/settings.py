@@ -60,7 +60,11 @@ class GatewaySettings(PipelineSettings):
         default=10, ge=1, description="Open event streams per caller (per client address without keys); 429 beyond."
     )
     event_streams_total: int = Field(default=1000, ge=1, description="Open event streams in all; 429 beyond.")
-    webhook_secret: str = Field(default="", description="HMAC-SHA256 key of webhook signatures; empty = no webhooks.")
+    webhook_secret: str = Field(
+        default="",
+        description="Master key of webhook signatures (whsec_<base64>, or any string); each caller signs with a "
+        "secret derived from it (GET /webhooks/secret); empty = no webhooks.",
+    )
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhooks to loopback and private addresses (tests, a trusted network)."
     )

@@ -1,15 +1,26 @@
 """Webhooks: the final state of a workflow POSTed to the caller's URL, signed, retried.
 
-The URL rides on the run as tags, and each delivery leaves a record in the blob store next to the
-request's artifacts. So a gateway that restarts finds what it still owes from Dagster and the
-store alone, and a receiver gets one POST per workflow run, not one per gateway life.
+The full URL may carry credentials (`user:pass@`) or a token in its query, so it is stored only
+where the dispatcher reads it: a blob `webhooks/<key>.json`, written when the run is launched,
+whose key rides on the run as a tag beside a redacted URL (no userinfo, no query) for people
+reading Dagster's UI. Each delivery leaves a record (with the redacted URL) in the blob store next
+to the request's artifacts. So a gateway that restarts finds what it still owes from Dagster and
+the store alone, and a receiver gets one POST per workflow run, not one per gateway life.
 
-Receivers verify `X-Jewel-Signature: sha256=<hex>`, the HMAC-SHA256 of the raw body under the
-shared secret (compare with hmac.compare_digest).
+Signatures follow Standard Webhooks (https://www.standardwebhooks.com): `webhook-id` (the run id,
+the same on every retry), `webhook-timestamp` (unix seconds of this attempt) and
+`webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, made with the
+`standardwebhooks` library. Each caller has a secret of its own, derived from WEBHOOK_SECRET and
+its caller id (`caller_secret`), which it reads with `GET /webhooks/secret` and its API key; the
+dispatcher derives it again from the run's owner tag, so nothing per caller is configured or
+stored. Receivers verify the signature, refuse timestamps more than 5 minutes off and remember
+the ids they accepted (README, "Security").
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import concurrent.futures
 import hashlib
 import hmac
@@ -17,26 +28,38 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from standardwebhooks import Webhook as StandardWebhook
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError
 from gateway.dagster_api.models import RunInfo, run_info_from
 from gateway.results import ResultReader
+from gateway.security import ANONYMOUS
 from gateway.settings import GatewaySettings
 from gateway.workflow_state import state_of
-from jewel_dagster.contract import PARTITION_TAG, WEBHOOK_TAG, WEBHOOK_URL_TAG, WILL_RETRY_TAG
-from jewel_dagster.resources.blob_store import BlobStore
+from jewel_dagster.contract import (
+    OWNER_TAG,
+    PARTITION_TAG,
+    WEBHOOK_KEY_TAG,
+    WEBHOOK_TAG,
+    WEBHOOK_URL_TAG,
+    WILL_RETRY_TAG,
+)
+from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-Jewel-Signature"
+_SECRET_PREFIX = "whsec_"  # how Standard Webhooks writes a secret: whsec_<base64 of the key>
 _RESOLVE_SECONDS = 5.0
 _SETTLE_SECONDS = 3.0  # a failed run gets its will_retry tag a moment after its status
 _resolver = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
@@ -46,21 +69,68 @@ class WebhookRefused(ValueError):
     """The URL may not receive webhooks; the message is meant for the person who sent it."""
 
 
-def signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def master_key(webhook_secret: str) -> bytes:
+    """WEBHOOK_SECRET's key: `whsec_<base64>` as Standard Webhooks writes secrets, or any other
+    string as its UTF-8 bytes (what older settings hold). ValueError when the base64 is broken."""
+    if webhook_secret.startswith(_SECRET_PREFIX):
+        try:
+            key = base64.b64decode(webhook_secret[len(_SECRET_PREFIX) :], validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"WEBHOOK_SECRET: whsec_ must be followed by base64: {exc}") from None
+    else:
+        key = webhook_secret.encode()
+    if not key:
+        raise ValueError("WEBHOOK_SECRET is empty")
+    return key
+
+
+def caller_secret(webhook_secret: str, caller: str) -> str:
+    """The secret that signs `caller`'s webhooks, as `whsec_<base64>`: HMAC-SHA256 of the caller
+    id under WEBHOOK_SECRET. One caller's secret tells nothing of another's or of the master."""
+    key = hmac.new(master_key(webhook_secret), f"jewel-webhooks/v1:{caller}".encode(), hashlib.sha256).digest()
+    return _SECRET_PREFIX + base64.b64encode(key).decode()
+
+
+def signed_headers(secret: str, message_id: str, body: bytes, now: float) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt: signed again with each attempt's time, so a
+    late retry still passes a receiver's 5-minute window."""
+    when = datetime.fromtimestamp(int(now), tz=UTC)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(now)),
+        "webhook-signature": StandardWebhook(secret).sign(message_id, when, body.decode()),
+    }
+
+
+# IPv6 forms that carry an IPv4 address, which a translator or tunnel on the way may turn into
+# 127.0.0.1 or 10.x: refused whole (the standard library calls some of them global).
+_EMBEDDING_IPV4 = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "64:ff9b::/96",  # NAT64, well-known prefix (RFC 6052)
+        "64:ff9b:1::/48",  # NAT64, local use (RFC 8215)
+        "2002::/16",  # 6to4 (RFC 3056)
+        "::/96",  # IPv4-compatible (deprecated, RFC 4291), with :: and ::1
+        "::ffff:0:0/96",  # IPv4-mapped
+    )
+)
+_MAX_ADDRESSES = 3  # tried in the resolver's order when a connection fails
 
 
 def _public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if any(ip in network for network in _EMBEDDING_IPV4):
+        return False
     return ip.is_global and not ip.is_multicast
 
 
-def check_webhook_url(url: str, allow_private: bool) -> None:
+def check_webhook_url(url: str, allow_private: bool) -> list[str]:
     """Refuse what a webhook must not reach: other schemes, and (unless allowed) any host that
     resolves to a loopback, private, link-local or otherwise non-public address, so a caller
-    cannot make the gateway probe the network it sits in."""
+    cannot make the gateway probe the network it sits in.
+
+    Returns the addresses the host resolved to, in the resolver's order: the POST connects to
+    these (`PinnedTransport`), never to what a second lookup might answer."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -68,8 +138,6 @@ def check_webhook_url(url: str, allow_private: bool) -> None:
         raise WebhookRefused(f"webhookUrl is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookRefused("webhookUrl must be an http:// or https:// URL with a host")
-    if allow_private:
-        return
     host = parts.hostname
     try:
         infos = _resolver.submit(
@@ -77,17 +145,76 @@ def check_webhook_url(url: str, allow_private: bool) -> None:
         ).result(timeout=_RESOLVE_SECONDS)
     except (OSError, concurrent.futures.TimeoutError):
         raise WebhookRefused(f"webhookUrl: the host {host!r} cannot be resolved") from None
-    for info in infos:
-        address = str(info[4][0])
-        if not _public(address):
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise WebhookRefused(f"webhookUrl: the host {host!r} cannot be resolved")
+    for address in addresses:
+        if not allow_private and not _public(address):
             raise WebhookRefused(
                 f"webhookUrl: {host} is {address}, a loopback or private address; webhooks go to public hosts only"
             )
+    return addresses
+
+
+class PinnedTransport(httpx.BaseTransport):
+    """Connects to the addresses that were checked, whatever the URL's name resolves to now.
+
+    Looking the name up again to connect would let a name server answer a public address for
+    the check and 127.0.0.1 for the connection (DNS rebinding). Only the connection's address
+    changes: the request keeps the name in its Host header and, for https, as the TLS server
+    name (SNI), which is also what the certificate is checked against. One transport serves one
+    URL (a client per attempt), so no pooled connection is shared between names.
+    """
+
+    def __init__(self, addresses: list[str], verify: ssl.SSLContext | bool = True) -> None:
+        if not addresses:
+            raise ValueError("no address to connect to")
+        self._addresses = addresses[:_MAX_ADDRESSES]
+        self._inner = httpx.HTTPTransport(verify=verify, trust_env=False)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        request.extensions = {**request.extensions, "sni_hostname": url.host}
+        failure: httpx.TransportError | None = None
+        for address in self._addresses:
+            request.url = url.copy_with(host=address.split("%", 1)[0])
+            try:
+                return self._inner.handle_request(request)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                failure = exc
+            finally:
+                request.url = url
+        assert failure is not None
+        raise failure
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def redact(url: str) -> str:
+    """What logs, run tags and delivery records show of a webhook URL: scheme://host[:port]/path,
+    without credentials, query or fragment (where tokens travel)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def url_path(key: str) -> str:
+    return f"webhooks/{key}.json"
+
+
+def store_webhook_url(store: BlobStore, url: str) -> dict[str, str]:
+    """Keep the full URL in the blob store and return the run tags that lead the dispatcher to it.
+
+    Called when the run is launched (after the URL was checked); the key is random, so the blob
+    is named by nothing a caller sees."""
+    key = uuid.uuid4().hex
+    store.put(url_path(key), json.dumps({"url": url}).encode(), "application/json")
+    return {WEBHOOK_TAG: "1", WEBHOOK_URL_TAG: redact(url), WEBHOOK_KEY_TAG: key}
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """What became of one webhook, stored as `requests/<id>/webhooks/<run id>.json`."""
+    """What became of one webhook, stored as `requests/<id>/webhooks/<run id>.json` (redacted URL)."""
 
     url: str
     delivered: bool
@@ -124,14 +251,22 @@ class WebhookDispatcher:
     slow receiver delays only its own webhook. Only one gateway replica should run it.
     """
 
-    def __init__(self, settings: GatewaySettings, runs: DagsterRuns, results: ResultReader, store: BlobStore) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        runs: DagsterRuns,
+        results: ResultReader,
+        store: BlobStore,
+        verify: ssl.SSLContext | bool = True,  # the certificates https receivers are checked against
+    ) -> None:
+        master_key(settings.webhook_secret)  # a broken WEBHOOK_SECRET stops the start, not each POST
         self._settings = settings
+        self._verify = verify
         self._runs = runs
         self._results = results
         self._store = store
         self._stop = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
-        self._http = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
         self._handled: dict[str, float] = {}  # run id -> when it was handled
         self._settling: dict[str, float] = {}  # failed run id -> when first seen without will_retry
         # After a restart, look back this far for runs that finished while no gateway watched.
@@ -145,7 +280,6 @@ class WebhookDispatcher:
         self._stop.set()
         self._thread.join(timeout=10)
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._http.close()
 
     # ------------------------------------------------------------------ watching
 
@@ -207,14 +341,27 @@ class WebhookDispatcher:
 
     # ------------------------------------------------------------------ delivering
 
+    def _full_url(self, run: RunInfo) -> str:
+        """The URL as the caller gave it; runs launched before URLs were kept in the store carry
+        it in their tag."""
+        key = run.tags.get(WEBHOOK_KEY_TAG)
+        if key is None:
+            return run.tags.get(WEBHOOK_URL_TAG, "")
+        return str(json.loads(self._store.get_path(url_path(key)))["url"])
+
     def _deliver(self, workflow_id: str, run: RunInfo) -> None:
-        url = run.tags.get(WEBHOOK_URL_TAG, "")
+        shown = redact(run.tags.get(WEBHOOK_URL_TAG, ""))
+        outcome: Delivery | None
         try:
+            url = self._full_url(run)
             body = self._final_state(workflow_id, run)
+        except (BlobStoreError, OSError, ValueError, KeyError) as exc:  # the URL's blob is gone or broken
+            outcome = Delivery(shown, False, 0, None, f"the webhook URL cannot be read: {type(exc).__name__}")
         except DagsterError as exc:  # Dagster kept failing: say so in the record, send nothing made up
-            outcome: Delivery | None = Delivery(url, False, 0, None, f"the final state could not be read: {exc}")
+            outcome = Delivery(shown, False, 0, None, f"the final state could not be read: {exc}")
         else:
-            outcome = self._post_with_retries(url, body, delivery_id=run.run_id) if body is not None else None
+            caller = run.tags.get(OWNER_TAG, ANONYMOUS)  # runs without one (from the UI) were nobody's
+            outcome = self._post_with_retries(url, body, run.run_id, caller) if body is not None else None
         if outcome is None:
             return  # shutting down: no record, so the next gateway delivers it
         record = json.dumps(outcome.__dict__).encode()
@@ -235,32 +382,60 @@ class WebhookDispatcher:
                     return None
         return None
 
-    def _post_with_retries(self, url: str, body: bytes, delivery_id: str) -> Delivery | None:
-        """POST until a 2xx, a refusal (4xx) or the last attempt; None when stopped meanwhile."""
+    def _post(self, url: str, addresses: list[str], body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """One POST to one of `addresses`, on the transport itself: httpx's client would log the
+        full URL (its credentials and query), follow no proxy we want, and offer nothing else here.
+        Credentials in the URL become Basic auth, as a client would send them."""
+        target = httpx.URL(url)
+        headers = dict(headers)
+        if target.username or target.password:
+            pair = f"{target.username}:{target.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        request = httpx.Request(
+            "POST",
+            target.copy_with(username=None, password=None),
+            content=body,
+            headers=headers,
+            extensions={"timeout": httpx.Timeout(self._settings.webhook_timeout_seconds).as_dict()},
+        )
+        with PinnedTransport(addresses, self._verify) as transport:
+            response = transport.handle_request(request)
+            try:
+                response.read()
+            finally:
+                response.close()
+        return response
+
+    def _post_with_retries(self, url: str, body: bytes, delivery_id: str, caller: str = ANONYMOUS) -> Delivery | None:
+        """POST until a 2xx, a refusal (4xx) or the last attempt; None when stopped meanwhile.
+
+        The outcome and the log name the URL redacted."""
+        shown = redact(url)
+        secret = caller_secret(self._settings.webhook_secret, caller)
         headers = {
             "Content-Type": "application/json",
-            SIGNATURE_HEADER: signature(self._settings.webhook_secret, body),
             "X-Jewel-Event": "workflow.finished",
-            "X-Jewel-Delivery": delivery_id,
-            "User-Agent": "jewel-dagster-webhooks/1",
+            "User-Agent": "jewel-dagster-webhooks/2",
         }
         status_code: int | None = None
         error = "not attempted"
         attempts = self._settings.webhook_attempts
         for attempt in range(1, attempts + 1):
             try:
-                check_webhook_url(url, self._settings.webhook_allow_private)  # DNS may have changed
-                response = self._http.post(url, content=body, headers=headers)
+                # DNS may have changed since the submission: check again, and connect to what was checked.
+                addresses = check_webhook_url(url, self._settings.webhook_allow_private)
+                signed = {**headers, **signed_headers(secret, delivery_id, body, time.time())}
+                response = self._post(url, addresses, body, signed)
                 status_code, error = response.status_code, f"HTTP {response.status_code}"
                 if response.is_success:
-                    return Delivery(url, True, attempt, status_code, None)
+                    return Delivery(shown, True, attempt, status_code, None)
                 if 400 <= status_code < 500 and status_code not in (408, 425, 429):
-                    return Delivery(url, False, attempt, status_code, f"the receiver refused it: {error}")
+                    return Delivery(shown, False, attempt, status_code, f"the receiver refused it: {error}")
             except WebhookRefused as exc:
-                return Delivery(url, False, attempt, None, str(exc))
+                return Delivery(shown, False, attempt, None, str(exc))
             except httpx.HTTPError as exc:
                 status_code, error = None, f"{type(exc).__name__}: {exc}"[:300]
             if attempt < attempts and self._stop.wait(self._settings.webhook_backoff_seconds * 2 ** (attempt - 1)):
                 return None
-        log.warning("webhooks: gave up on %s after %d attempts: %s", url, attempts, error)
-        return Delivery(url, False, attempts, status_code, error)
+        log.warning("webhooks: gave up on %s after %d attempts: %s", shown, attempts, error)
+        return Delivery(shown, False, attempts, status_code, error)

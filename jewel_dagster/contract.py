@@ -46,7 +46,8 @@ IDEMPOTENCY_TAG = "jewel/idempotency"
 IDEMPOTENCY_REQUEST_TAG = "jewel/idempotency-request"  # which endpoint and body the key was first used with
 LAUNCH_TAG = "jewel/launch"
 WEBHOOK_TAG = "jewel/webhook"  # "1" on runs that owe a webhook: Dagster filters tags by key and value
-WEBHOOK_URL_TAG = "jewel/webhook-url"
+WEBHOOK_URL_TAG = "jewel/webhook-url"  # redacted: scheme://host[:port]/path, no credentials, no query
+WEBHOOK_KEY_TAG = "jewel/webhook-key"  # names the blob that holds the full URL (gateway.webhooks)
 REGENERATE_REASON_TAG = "jewel/regenerate-reason"
 REGENERATE_ATTEMPT_TAG = "jewel/regenerate-attempt"
 

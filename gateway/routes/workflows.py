@@ -7,6 +7,7 @@ import logging
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Path, status
@@ -29,7 +30,7 @@ from gateway.security import ANONYMOUS, CallerDep
 from gateway.settings import GatewaySettings
 from gateway.status import position_of
 from gateway.uploads import decode_base64_image
-from gateway.webhooks import WebhookRefused, check_webhook_url
+from gateway.webhooks import WebhookRefused, check_webhook_url, store_webhook_url
 from gateway.workflow_state import state_of
 from jewel_dagster.contract import (
     FULL_JOB,
@@ -41,8 +42,6 @@ from jewel_dagster.contract import (
     OWNER_TAG,
     PARTITION_TAG,
     PREPROCESS_JOB,
-    WEBHOOK_TAG,
-    WEBHOOK_URL_TAG,
     AssetName,
 )
 from jewel_dagster.defs.config import BRUSH_STROKES, BrushStroke
@@ -93,11 +92,12 @@ def pipeline_unavailable(exc: DagsterError) -> HTTPException:
     )
 
 
-def _webhook_tags(url: str | None, settings: GatewaySettings) -> dict[str, str]:
-    """Run tags that make the webhook dispatcher deliver the final state; checked before anything
-    is stored, so a refused URL costs nothing."""
+def _webhook_tags(url: str | None, settings: GatewaySettings, store: BlobStore) -> Callable[[], dict[str, str]]:
+    """Run tags that make the webhook dispatcher deliver the final state; the URL is checked now,
+    before anything is stored, so a refused URL costs nothing. The returned function, called when
+    the run is launched, keeps the full URL in the store and gives tags with a redacted one."""
     if url is None:
-        return {}
+        return dict
     if not settings.webhook_secret:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, detail="webhookUrl: webhooks are off on this gateway (no WEBHOOK_SECRET set)"
@@ -106,7 +106,7 @@ def _webhook_tags(url: str | None, settings: GatewaySettings) -> dict[str, str]:
         check_webhook_url(url, settings.webhook_allow_private)
     except WebhookRefused as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
-    return {WEBHOOK_TAG: "1", WEBHOOK_URL_TAG: url}
+    return lambda: store_webhook_url(store, url)
 
 
 def _strokes(store: BlobStore, request_id: str, strokes: list[BrushStroke]) -> dict[str, Any]:
@@ -210,7 +210,7 @@ def _start(
     idempotency_key: str | None,
 ) -> StartResponse:
     image = decode_base64_image(body.originalImageBase64, settings.max_image_bytes, settings.max_image_pixels)
-    hook = _webhook_tags(body.webhookUrl, settings)
+    hook = _webhook_tags(body.webhookUrl, settings, store)
     if not runs.ping(timeout=None):
         # Checked before storing anything, so an outage leaves no orphaned upload behind.
         raise pipeline_unavailable(DagsterUnavailable("Dagster is not reachable"))
@@ -220,7 +220,7 @@ def _start(
         idempotency_key,
         body,
         job,
-        lambda tags: _store_and_launch(job, body, image, runs, store, {**tags, **hook}),
+        lambda tags: _store_and_launch(job, body, image, runs, store, {**tags, **hook()}),
     )
 
 
@@ -307,7 +307,7 @@ def generate_workflow(
     lineage; 409 while a run of it is still going); any other pair of the caller's image
     artifacts starts a new request with them as inputs.
     """
-    hook = _webhook_tags(body.webhookUrl, settings)
+    hook = _webhook_tags(body.webhookUrl, settings, store)
     image_rid, image_name = _artifact_input(runs, store, body.imageUri, "imageUri", caller)
     mask_rid, mask_name = _artifact_input(runs, store, body.maskUri, "maskUri", caller)
 
@@ -316,7 +316,7 @@ def generate_workflow(
     ) -> StartResponse:
         ops = {**ops, AssetName.REFINED_MASK: {"config": _strokes(store, request_id, body.brushStrokes)}}
         try:
-            return _launch(runs, job, request_id, {"ops": ops}, new, {**tags, **hook})
+            return _launch(runs, job, request_id, {"ops": ops}, new, {**tags, **hook()})
         except HTTPException:
             _drop_strokes(store, ops)
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,8 @@ class Receiver:
 
 
 @contextmanager
-def webhook_receiver(answers: list[int] | None = None) -> Iterator[Receiver]:
+def webhook_receiver(answers: list[int] | None = None, tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
+    """`tls`: serve https with this server context (its certificate names the host)."""
     receiver = Receiver(url="", answers=list(answers or []))
 
     class Handler(BaseHTTPRequestHandler):
@@ -46,7 +48,10 @@ def webhook_receiver(answers: list[int] | None = None) -> Iterator[Receiver]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    scheme = "https" if tls is not None else "http"
+    receiver.url = f"{scheme}://127.0.0.1:{server.server_address[1]}/hook"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

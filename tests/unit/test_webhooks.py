@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import time
 from pathlib import Path
 
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.results import ResultReader
 from gateway.settings import GatewaySettings
-from gateway.webhooks import SIGNATURE_HEADER, WebhookDispatcher, WebhookRefused, check_webhook_url, signature
+from gateway.webhooks import WebhookDispatcher, WebhookRefused, caller_secret, check_webhook_url, signed_headers
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from tests.support.gateway_client import gateway_client, start_body
 from tests.support.receivers import webhook_receiver
@@ -50,21 +53,35 @@ def test_public_addresses_and_allowed_private_ones_pass() -> None:
     check_webhook_url("http://127.0.0.1:9000/hook", allow_private=True)
 
 
-def test_signature_is_hmac_sha256_of_the_body() -> None:
+def test_signature_follows_standard_webhooks() -> None:
+    """v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}"> under the key a whsec_ secret holds."""
     body = b'{"workflowId":"x","status":"COMPLETED"}'
-    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
-    assert signature("s3cret", body) == f"sha256={expected}"
-    assert signature("other", body) != signature("s3cret", body)
+    key = b"0123456789abcdef0123456789abcdef"
+    secret = "whsec_" + base64.b64encode(key).decode()
+    headers = signed_headers(secret, "run-1", body, now=1_700_000_000.7)
+    expected = hmac.new(key, b"run-1.1700000000." + body, hashlib.sha256).digest()
+    assert headers == {
+        "webhook-id": "run-1",
+        "webhook-timestamp": "1700000000",
+        "webhook-signature": "v1," + base64.b64encode(expected).decode(),
+    }
+
+
+def test_each_caller_has_a_secret_of_its_own() -> None:
+    alice, bob = caller_secret("master", "alice-id"), caller_secret("master", "bob-id")
+    assert alice.startswith("whsec_") and len(base64.b64decode(alice[6:])) == 32
+    assert alice != bob and alice == caller_secret("master", "alice-id")
+    assert caller_secret("another master", "alice-id") != alice
+    # A whsec_ master is used by its decoded key, as the spec writes secrets.
+    raw = b"k" * 32
+    assert caller_secret("whsec_" + base64.b64encode(raw).decode(), "a") == caller_secret(raw.decode(), "a")
+    with pytest.raises(ValueError, match="base64"):
+        caller_secret("whsec_not*base64", "a")
 
 
 def _dispatcher(tmp_path: Path, **overrides: object) -> WebhookDispatcher:
-    settings = GatewaySettings(
-        local_blob_root=str(tmp_path),
-        webhook_secret="s3cret",
-        webhook_allow_private=True,
-        webhook_backoff_seconds=0.05,
-        **overrides,  # type: ignore[arg-type]
-    )
+    options: dict[str, object] = {"webhook_allow_private": True, "webhook_backoff_seconds": 0.05, **overrides}
+    settings = GatewaySettings(local_blob_root=str(tmp_path), webhook_secret="s3cret", **options)  # type: ignore[arg-type]
     store = LocalBlobStore(root=str(tmp_path))
     return WebhookDispatcher(settings, DagsterRuns(settings), ResultReader(store), store)
 
@@ -77,8 +94,40 @@ def test_a_failing_receiver_is_retried_until_it_accepts(tmp_path: Path) -> None:
     posts = receiver.posts()
     assert outcome is not None and outcome.delivered and outcome.attempts == 3
     assert [p.body for p in posts] == [body] * 3
-    assert {p.headers["X-Jewel-Delivery"] for p in posts} == {"run-1"}
-    assert all(p.headers[SIGNATURE_HEADER] == signature("s3cret", body) for p in posts)
+    assert {p.headers["webhook-id"] for p in posts} == {"run-1"}  # stable across retries
+    verifier = Webhook(caller_secret("s3cret", "anonymous"))
+    for post in posts:
+        assert verifier.verify(post.body, post.headers) == {"workflowId": "w", "status": "COMPLETED"}
+        assert abs(int(post.headers["webhook-timestamp"]) - time.time()) < 60
+        assert "X-Jewel-Signature" not in post.headers
+
+
+def test_a_callers_webhook_verifies_with_its_secret_only(tmp_path: Path) -> None:
+    dispatcher = _dispatcher(tmp_path)
+    with webhook_receiver() as receiver:
+        dispatcher._post_with_retries(receiver.url, b'{"a":1}', delivery_id="run-2", caller="alice-id")
+        (post,) = receiver.posts()
+    assert Webhook(caller_secret("s3cret", "alice-id")).verify(post.body, post.headers) == {"a": 1}
+    for other in (caller_secret("s3cret", "bob-id"), caller_secret("s3cret", "anonymous")):
+        with pytest.raises(WebhookVerificationError):
+            Webhook(other).verify(post.body, post.headers)
+    stale = {**post.headers, "webhook-timestamp": str(int(time.time()) - 600)}
+    with pytest.raises(WebhookVerificationError, match="too old"):  # what receivers refuse: replays
+        Webhook(caller_secret("s3cret", "alice-id")).verify(post.body, stale)
+
+
+def test_a_caller_reads_its_webhook_secret_with_its_key(tmp_path: Path) -> None:
+    with gateway_client(tmp_path, gateway_api_keys="key-a,key-b", webhook_secret="s3cret") as client:
+        a = client.get("/webhooks/secret", headers={"X-API-Key": "key-a"})
+        b = client.get("/webhooks/secret", headers={"Authorization": "Bearer key-b"})
+        assert client.get("/webhooks/secret").status_code == 401
+        assert a.status_code == 200 and a.headers["Cache-Control"] == "no-store"
+    assert a.json()["secret"].startswith("whsec_") and a.json()["secret"] != b.json()["secret"]
+    from gateway.security import caller_id
+
+    assert a.json()["secret"] == caller_secret("s3cret", caller_id("key-a", "test-secret-of-the-gateway"))
+    with gateway_client(tmp_path) as client:  # webhooks off
+        assert client.get("/webhooks/secret").status_code == 404
 
 
 def test_delivery_gives_up_after_its_attempts_and_on_a_refusal(tmp_path: Path) -> None:
@@ -122,3 +171,173 @@ def test_a_state_dagster_cannot_give_is_recorded_not_invented(tmp_path: Path) ->
         assert receiver.posts() == []
     record = json.loads(LocalBlobStore(root=str(tmp_path)).get_path(record_path("jewelry-gen-x", "run-9")))
     assert record["delivered"] is False and "could not be read" in record["error"]
+
+
+# ------------------------------------------------------------------ DNS rebinding and address forms
+
+
+class _RebindingResolver:
+    """A name server double for `name`: the first answer is `first`, every later one `then`.
+    Other names resolve as usual."""
+
+    def __init__(self, name: str, first: str, then: str) -> None:
+        import socket
+
+        self.name, self.first, self.then, self.calls = name, first, then, 0
+        self._real = socket.getaddrinfo
+
+    def __call__(self, host: object, port: object, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        import socket
+
+        if host != self.name:
+            return self._real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+        self.calls += 1
+        address = self.first if self.calls == 1 else self.then
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, 6, "", (address, int(port or 80)))]  # type: ignore[call-overload]
+
+
+def test_a_name_that_rebinds_to_loopback_after_the_check_gets_no_post(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check sees a public address; a second lookup would say 127.0.0.1, where the receiver
+    listens. The POST must go to the address that was checked (unreachable here), never the
+    receiver."""
+    import socket
+
+    dispatcher = _dispatcher(tmp_path, webhook_attempts=1, webhook_allow_private=False, webhook_timeout_seconds=1.0)
+    with webhook_receiver() as receiver:
+        port = receiver.url.split(":")[2].split("/")[0]
+        resolver = _RebindingResolver("rebind.example.test", first="192.0.0.9", then="127.0.0.1")
+        monkeypatch.setattr(socket, "getaddrinfo", resolver)
+        outcome = dispatcher._post_with_retries(f"http://rebind.example.test:{port}/hook", b"{}", delivery_id="r")
+        monkeypatch.undo()
+        assert receiver.posts() == []
+    assert outcome is not None and not outcome.delivered
+
+
+def test_the_pinned_connection_keeps_the_host_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connecting to the checked address still sends the name in Host (allowed private here, so
+    the loopback receiver may be the checked address); a later, different answer is not used."""
+    import socket
+
+    dispatcher = _dispatcher(tmp_path, webhook_attempts=1, webhook_timeout_seconds=1.0)
+    with webhook_receiver() as receiver:
+        port = receiver.url.split(":")[2].split("/")[0]
+        resolver = _RebindingResolver("hooks.example.test", first="127.0.0.1", then="192.0.2.1")
+        monkeypatch.setattr(socket, "getaddrinfo", resolver)
+        outcome = dispatcher._post_with_retries(f"http://hooks.example.test:{port}/hook?x=1", b"{}", delivery_id="r")
+        monkeypatch.undo()
+        posts = receiver.posts()
+    assert outcome is not None and outcome.delivered, outcome
+    assert len(posts) == 1 and posts[0].path == "/hook?x=1"
+    assert posts[0].headers["Host"] == f"hooks.example.test:{port}"
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::808:808",  # NAT64 of a public address: the prefix is refused whole
+        "64:ff9b:1::a00:1",  # local-use NAT64
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+        "2002:808:808::1",  # 6to4 of a public address
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+        "::ffff:8.8.8.8",  # IPv4-mapped, even of a public address
+    ],
+)
+def test_ipv6_forms_that_embed_ipv4_are_refused(address: str) -> None:
+    with pytest.raises(WebhookRefused, match="loopback or private"):
+        check_webhook_url(f"http://[{address}]/hook", allow_private=False)
+
+
+def test_https_to_the_pinned_address_checks_the_certificate_against_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TLS server name (SNI) and the certificate check use the URL's name, not the address
+    connected to: a certificate for the name passes, one for another name does not."""
+    import socket
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    for cert_name, delivered in (("hooks.example.test", True), ("other.example.test", False)):
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(cert_name).configure_cert(server_context)
+        names: list[str | None] = []
+        server_context.sni_callback = lambda _sock, name, _ctx, names=names: names.append(name)  # type: ignore[misc]
+        settings = GatewaySettings(
+            local_blob_root=str(tmp_path), webhook_secret="s3cret", webhook_allow_private=True, webhook_attempts=1
+        )
+        store = LocalBlobStore(root=str(tmp_path))
+        dispatcher = WebhookDispatcher(
+            settings, DagsterRuns(settings), ResultReader(store), store, verify=client_context
+        )
+        with webhook_receiver(tls=server_context) as receiver:
+            port = receiver.url.split(":")[2].split("/")[0]
+            monkeypatch.setattr(
+                socket, "getaddrinfo", _RebindingResolver("hooks.example.test", "127.0.0.1", "127.0.0.1")
+            )
+            outcome = dispatcher._post_with_retries(f"https://hooks.example.test:{port}/hook", b"{}", delivery_id="r")
+            monkeypatch.undo()
+            posts = receiver.posts()
+        assert outcome is not None and outcome.delivered is delivered, (cert_name, outcome)
+        assert names == ["hooks.example.test"]
+        assert len(posts) == (1 if delivered else 0)
+
+
+# ------------------------------------------------------------------ credentials and tokens in the URL
+
+
+def test_credentials_and_query_tokens_stay_out_of_tags_records_and_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Run tags, the delivery record and the log show scheme://host:port/path; the full URL is
+    read from the store by a dispatcher that was not there when the run was launched."""
+    from gateway.dagster_api.models import RunInfo
+    from gateway.routes.workflows import _webhook_tags
+    from jewel_dagster.contract import WEBHOOK_URL_TAG
+
+    store = LocalBlobStore(root=str(tmp_path))
+    settings = GatewaySettings(local_blob_root=str(tmp_path), webhook_secret="s3cret", webhook_allow_private=True)
+    with webhook_receiver(answers=[500, 500]) as receiver:
+        port = receiver.url.split(":")[2].split("/")[0]
+        secret_url = f"http://alice:pa55word@127.0.0.1:{port}/hook?token=t0ken-123"
+        tags = _webhook_tags(secret_url, settings, store)()
+        assert tags[WEBHOOK_URL_TAG] == f"http://127.0.0.1:{port}/hook"
+        assert not any("pa55word" in v or "t0ken" in v for v in tags.values())
+        run = RunInfo("run-5", "jewelry_generation", "SUCCESS", [], tags)
+        dispatcher = _dispatcher(tmp_path, webhook_attempts=2)  # a new gateway: only tags and store
+        with caplog.at_level("INFO"):
+            outcome = dispatcher._post_with_retries(dispatcher._full_url(run), b"{}", delivery_id=run.run_id)
+        posts = receiver.posts()
+    assert [p.path for p in posts] == ["/hook?token=t0ken-123"] * 2  # the receiver gets the full URL
+    assert posts[0].headers["Authorization"].startswith("Basic ")
+    assert outcome is not None and outcome.url == f"http://127.0.0.1:{port}/hook"
+    assert "pa55word" not in caplog.text and "t0ken" not in caplog.text  # httpx's client logged it whole
+
+
+def test_runs_launched_before_urls_were_stored_still_get_their_webhook(tmp_path: Path) -> None:
+    from gateway.dagster_api.models import RunInfo
+    from jewel_dagster.contract import WEBHOOK_URL_TAG
+
+    dispatcher = _dispatcher(tmp_path)
+    run = RunInfo("run-6", "jewelry_generation", "SUCCESS", [], {WEBHOOK_URL_TAG: "http://h.example/x?t=1"})
+    assert dispatcher._full_url(run) == "http://h.example/x?t=1"
+
+
+def test_the_runs_owner_picks_the_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.dagster_api.models import RunInfo
+    from jewel_dagster.contract import OWNER_TAG, WEBHOOK_URL_TAG
+
+    dispatcher = _dispatcher(tmp_path)
+    monkeypatch.setattr(dispatcher, "_final_state", lambda workflow_id, run: b'{"s":1}')
+    with webhook_receiver() as receiver:
+        tags = {WEBHOOK_URL_TAG: receiver.url, OWNER_TAG: "alice-id"}
+        dispatcher._deliver("jewelry-gen-x", RunInfo("run-7", "jewelry_generation", "SUCCESS", [], tags))
+        (post,) = receiver.posts()
+    assert post.headers["webhook-id"] == "run-7"
+    assert Webhook(caller_secret("s3cret", "alice-id")).verify(post.body, post.headers) == {"s": 1}
