@@ -269,12 +269,10 @@ def preprocess_workflow(
     return _start(PREPROCESS_JOB, body, runs, store, settings, caller, idempotency_key)
 
 
-def _artifact_input(runs: DagsterRuns, store: BlobStore, uri: str, field: str, caller: str) -> tuple[str, str]:
-    """(request id, asset name) of an artifact URI this API handed out, owned by the caller.
+def _artifact_path(store: BlobStore, uri: str, field: str) -> tuple[str, str, str]:
+    """(path, request id, asset name) of an image artifact URI this API hands out; 400 otherwise.
 
-    Only the PNG artifacts of a request are inputs: not its upload, not any other path. The
-    owner is checked before the blob is looked at, so another caller's request answers 404
-    like an unknown one and nobody can probe which paths exist.
+    Only the PNG artifacts of a request are inputs: not its upload, not any other path.
     """
     try:
         path = store.path_of(uri)
@@ -286,10 +284,18 @@ def _artifact_input(runs: DagsterRuns, store: BlobStore, uri: str, field: str, c
             status.HTTP_400_BAD_REQUEST,
             detail=f"{field}: not an image artifact of this API; pass the imageUri/maskUri a preprocess returned",
         )
-    owned_run(runs, match["rid"], caller)  # 404 unless the request exists and is the caller's
+    return path, match["rid"], match["name"]
+
+
+def _owned_artifact(
+    runs: DagsterRuns, store: BlobStore, artifact: tuple[str, str, str], field: str, caller: str
+) -> None:
+    """404 unless the artifact's request is the caller's, then unless the blob exists: the owner
+    is checked first, so another caller's request answers like an unknown one whatever is stored."""
+    path, request_id, _ = artifact
+    owned_run(runs, request_id, caller)
     if not store.exists_path(path):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{field}: nothing is stored at {uri}")
-    return match["rid"], match["name"]
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{field}: nothing is stored there")
 
 
 @router.post("/generate", response_model=StartResponse, responses=error_responses(*STARTS, 409))
@@ -308,8 +314,11 @@ def generate_workflow(
     artifacts starts a new request with them as inputs.
     """
     hook = _webhook_tags(body.webhookUrl, settings, store)
-    image_rid, image_name = _artifact_input(runs, store, body.imageUri, "imageUri", caller)
-    mask_rid, mask_name = _artifact_input(runs, store, body.maskUri, "maskUri", caller)
+    image = _artifact_path(store, body.imageUri, "imageUri")
+    mask = _artifact_path(store, body.maskUri, "maskUri")
+    _owned_artifact(runs, store, image, "imageUri", caller)
+    _owned_artifact(runs, store, mask, "maskUri", caller)
+    (_, image_rid, image_name), (_, mask_rid, mask_name) = image, mask
 
     def launch_with_strokes(
         job: str, request_id: str, ops: dict[Any, Any], new: bool, tags: dict[str, str]

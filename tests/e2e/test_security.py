@@ -103,7 +103,12 @@ def test_fuzzing_the_openapi_schema_gives_no_server_error(stack: Stack) -> None:
                 def send(case: schemathesis.Case) -> None:
                     kwargs = case.as_transport_kwargs(base_url=stack.gateway_url)
                     kwargs.pop("base_url", None)
-                    headers = {**(kwargs.pop("headers", None) or {}), **A}
+                    # Our key always: a generated Authorization (from the bearer scheme) may not even
+                    # be sendable ("Bearer " alone), and both ways to send a key are tested elsewhere.
+                    generated = {
+                        k: v for k, v in (kwargs.pop("headers", None) or {}).items() if k.lower() != "authorization"
+                    }
+                    headers = {**generated, **A}
                     response = http.request(
                         kwargs.pop("method"),
                         kwargs.pop("url"),

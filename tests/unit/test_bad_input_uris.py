@@ -9,6 +9,8 @@ import pytest
 from tests.support.gateway_client import gateway_client
 
 OURS = "local://jewelry-uploads/requests/jewelry-gen-x/upload"
+# A well-formed image artifact URI: the mask's refusal comes first, before any ownership lookup.
+ARTIFACT = "local://jewelry-uploads/requests/jewelry-gen-00000000-0000-0000-0000-000000000000/background_removed_image.png"
 
 
 @pytest.mark.parametrize(
@@ -35,9 +37,7 @@ def test_foreign_uris_are_refused(tmp_path: Path, uri: str) -> None:
 @pytest.mark.parametrize("uri", ["https://example.com/mask.png", "local://other-container/requests/x/upload", ""])
 def test_foreign_mask_uris_are_refused(tmp_path: Path, uri: str) -> None:
     with gateway_client(tmp_path) as client:
-        (tmp_path / "blobs" / "jewelry-uploads" / "requests" / "jewelry-gen-x").mkdir(parents=True)
-        (tmp_path / "blobs" / "jewelry-uploads" / "requests" / "jewelry-gen-x" / "upload").write_bytes(b"x")
-        response = client.post("/workflow/generate", json={"imageUri": OURS, "maskUri": uri})
+        response = client.post("/workflow/generate", json={"imageUri": ARTIFACT, "maskUri": uri})
     assert response.status_code == 400, response.text
     assert response.json()["detail"].startswith("maskUri"), response.text
 
