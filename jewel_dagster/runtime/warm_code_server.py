@@ -68,30 +68,38 @@ class WarmApiServer(dagster_grpc_server.DagsterApiServer):
             execution = self._executions.get(run_id)
         if execution is not None:
             process, instance_ref = execution
-            timer = threading.Timer(CANCEL_GRACE_SECONDS, end_cancelled_worker, (run_id, process, instance_ref))
+            timer = threading.Timer(
+                CANCEL_GRACE_SECONDS, end_cancelled_worker, (run_id, process, instance_ref, self._execution_lock)
+            )
             timer.daemon = True
             timer.start()
         return reply
 
 
-def end_cancelled_worker(run_id: str, process: Any, instance_ref: Any) -> bool:
+def end_cancelled_worker(
+    run_id: str, process: Any, instance_ref: Any, executions_lock: threading.Lock | None = None
+) -> bool:
     """Kill a run worker that outlived its cancel's grace, and report its run CANCELED.
 
-    Returns whether it had to: a worker that stopped by itself is left alone.
+    The run is reported CANCELED before the kill, under the server's executions lock: the
+    server's own orphan check (`_check_for_orphaned_runs`) reports a dead worker's unfinished run
+    FAILED, and run retries would then launch it again. Returns whether it had to: a worker that
+    stopped by itself is left alone.
     """
-    if not process.is_alive():
-        return False
-    process.kill()
-    process.join(10)
-    with DagsterInstance.from_ref(instance_ref) as instance:
-        run = instance.get_run_by_id(run_id)
-        if run is not None and run.status == DagsterRunStatus.CANCELING:
-            instance.report_engine_event(
-                f"The run worker (pid {process.pid}) did not stop within {CANCEL_GRACE_SECONDS:.0f} s of the "
-                "cancel and was killed.",
-                run,
-            )
-            instance.report_run_canceled(run)
+    with executions_lock or threading.Lock():
+        if not process.is_alive():
+            return False
+        with DagsterInstance.from_ref(instance_ref) as instance:
+            run = instance.get_run_by_id(run_id)
+            if run is not None and run.status == DagsterRunStatus.CANCELING:
+                instance.report_engine_event(
+                    f"The run worker (pid {process.pid}) did not stop within {CANCEL_GRACE_SECONDS:.0f} s of "
+                    "the cancel and was killed.",
+                    run,
+                )
+                instance.report_run_canceled(run)
+        process.kill()
+        process.join(10)
     return True
 
 

@@ -80,6 +80,7 @@ def test_random_sequences_on_started_workflows_keep_ownership_and_never_fail(sta
                 brush=strokes,
             )
             def start(self, endpoint: str, caller: str, points: list[Any], brush: list[Any]) -> tuple[str, str]:
+                """Any body: refused with a 4xx or started, as the rules say."""
                 body = {"originalImageBase64": PHOTO, "maskPoints": points, "brushStrokes": brush}
                 response = send("POST", f"/workflow/{endpoint}", caller, json=body)
                 valid = (
@@ -92,8 +93,20 @@ def test_random_sequences_on_started_workflows_keep_ownership_and_never_fail(sta
                     )
                 )  # fmt: skip
                 assert (response.status_code == 200) == valid, (response.status_code, response.text[:300], body)
-                if response.status_code != 200:
-                    return ("", caller)
+                return (response.json()["workflowId"], caller) if response.status_code == 200 else ("", caller)
+
+            @rule(
+                target=workflows,
+                endpoint=st.sampled_from(["start", "preprocess"]),
+                caller=st.sampled_from(["alpha", "beta"]),
+                x=st.floats(0.0, 1.0),
+                y=st.floats(0.0, 1.0),
+            )
+            def start_valid(self, endpoint: str, caller: str, x: float, y: float) -> tuple[str, str]:
+                """A valid body, so that sequences have workflows to act on."""
+                body = {"originalImageBase64": PHOTO, "maskPoints": [{"x": x, "y": y, "label": 1}]}
+                response = send("POST", f"/workflow/{endpoint}", caller, json=body)
+                assert response.status_code == 200, response.text[:300]
                 return (response.json()["workflowId"], caller)
 
             @rule(workflow=workflows, caller=st.sampled_from(list(CALLERS)))

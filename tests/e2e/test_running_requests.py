@@ -72,11 +72,6 @@ def test_graphql_status_reports_progress_until_completed(client: httpx.Client, d
     assert run["status"] == "SUCCESS"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug found by this test: a run whose step waits on a model service stays CANCELING until the "
-    "call times out (SERVICE_TIMEOUT_SECONDS, 120 s), and then its RetryPolicy re-runs the step",
-)
 def test_cancel_an_executing_request(client: httpx.Client, deployment: Deployment) -> None:
     stack, gate = deployment.stack, deployment.gate
     gate.entered.clear()

@@ -62,12 +62,16 @@ class CountingRuns:
         pass
 
 
+SECRET = "a-secret-for-the-stream-tests"
+
+
 @contextmanager
 def served(tmp_path: Path, runs: CountingRuns, **overrides: Any) -> Iterator[tuple[FastAPI, str]]:
     settings = GatewaySettings(
         local_blob_root=str(tmp_path / "blobs"),
         dagster_port=free_port(),
         gateway_api_keys=",".join(KEYS.values()),
+        gateway_secret=SECRET,
         rate_limit_per_minute=100_000,
         **overrides,
     )
@@ -78,7 +82,7 @@ def served(tmp_path: Path, runs: CountingRuns, **overrides: Any) -> Iterator[tup
 
 
 def owners(*pairs: tuple[str, str]) -> dict[str, str]:
-    return {wid: caller_id(KEYS[who]) for wid, who in pairs}
+    return {wid: caller_id(KEYS[who], SECRET) for wid, who in pairs}
 
 
 def until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

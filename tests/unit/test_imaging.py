@@ -111,7 +111,7 @@ def test_stroke_cost_follows_the_painted_area_not_the_bounding_box() -> None:
     mask = np.zeros((imaging.CANVAS_HEIGHT, imaging.CANVAS_WIDTH), bool)
     start = time.perf_counter()
     refined = imaging.apply_strokes(mask, [CanvasStroke(corners, "add", 300.0)])
-    assert time.perf_counter() - start < 1.5
+    assert time.perf_counter() - start < 5.0  # a bound far from 18 s, safe on a loaded machine
     assert refined[1333, 1000] and refined[0, 0] and not refined[0, 1999]
 
 
