@@ -53,6 +53,7 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as db
 from dagster._core.storage.event_log.schema import ConcurrencySlotsTable
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._serdes import ConfigurableClassData
 from dagster._utils.concurrency import ConcurrencyClaimStatus, ConcurrencySlotStatus
@@ -102,7 +103,23 @@ def claim_free_slot(
             lost.append(row[0])  # claimed by another step between our select and our update
 
 
-class QuickClaimSqliteEventLogStorage(SqliteEventLogStorage):
+class _QuickRaceFreeClaims(SqlEventLogStorage):
+    """What both storages change: blocked claims name a short retry interval, and a slot is
+    taken only while still free. Listed first in their bases, so `super()` is Dagster's storage."""
+
+    _claim_interval: float
+
+    def claim_concurrency_slot(
+        self, concurrency_key: str, run_id: str, step_key: str, priority: int | None = None
+    ) -> ConcurrencyClaimStatus:
+        status = super().claim_concurrency_slot(concurrency_key, run_id, step_key, priority)
+        return _quick(status, self._claim_interval)
+
+    def _claim_concurrency_slot(self, concurrency_key: str, run_id: str, step_key: str) -> ConcurrencySlotStatus:
+        return claim_free_slot(self.index_connection(), concurrency_key, run_id, step_key)
+
+
+class QuickClaimSqliteEventLogStorage(_QuickRaceFreeClaims, SqliteEventLogStorage):
     def __init__(
         self,
         base_dir: str,
@@ -122,17 +139,8 @@ class QuickClaimSqliteEventLogStorage(SqliteEventLogStorage):
     ) -> QuickClaimSqliteEventLogStorage:
         return cls(inst_data=inst_data, **config_value)
 
-    def claim_concurrency_slot(
-        self, concurrency_key: str, run_id: str, step_key: str, priority: int | None = None
-    ) -> ConcurrencyClaimStatus:
-        status = super().claim_concurrency_slot(concurrency_key, run_id, step_key, priority)
-        return _quick(status, self._claim_interval)
 
-    def _claim_concurrency_slot(self, concurrency_key: str, run_id: str, step_key: str) -> ConcurrencySlotStatus:
-        return claim_free_slot(self.index_connection(), concurrency_key, run_id, step_key)
-
-
-class QuickClaimPostgresEventLogStorage(PostgresEventLogStorage):
+class QuickClaimPostgresEventLogStorage(_QuickRaceFreeClaims, PostgresEventLogStorage):
     def __init__(
         self, *args: Any, claim_interval_seconds: float = DEFAULT_CLAIM_INTERVAL_SECONDS, **kwargs: Any
     ) -> None:
@@ -154,12 +162,3 @@ class QuickClaimPostgresEventLogStorage(PostgresEventLogStorage):
             token_provider=get_token_provider_from_config(config_value),
             claim_interval_seconds=config_value.get("claim_interval_seconds", DEFAULT_CLAIM_INTERVAL_SECONDS),
         )
-
-    def claim_concurrency_slot(
-        self, concurrency_key: str, run_id: str, step_key: str, priority: int | None = None
-    ) -> ConcurrencyClaimStatus:
-        status = super().claim_concurrency_slot(concurrency_key, run_id, step_key, priority)
-        return _quick(status, self._claim_interval)
-
-    def _claim_concurrency_slot(self, concurrency_key: str, run_id: str, step_key: str) -> ConcurrencySlotStatus:
-        return claim_free_slot(self.index_connection(), concurrency_key, run_id, step_key)

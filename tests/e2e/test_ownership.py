@@ -10,23 +10,18 @@ import pytest
 
 from devtools.stack import Stack
 from tests.support.e2e_flows import CUP, PHOTO, finished
-from tests.support.e2e_stack import poll, running_stack
+from tests.support.e2e_stack import ALPHA, BETA, TWO_CALLERS, poll, running_stack
 
 pytestmark = pytest.mark.e2e
 
-A = {"X-API-Key": "key-alpha"}
-B = {"Authorization": "Bearer key-beta"}
+A, B = ALPHA, BETA
 BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
 ARTIFACTS = ("jewelry_mask.png", "canvas_transform.json")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {
-        "GATEWAY_API_KEYS": "key-alpha,key-beta",
-        "RATE_LIMIT_PER_MINUTE": "100000",
-        "REGENERATION_SENSOR_ENABLED": "false",
-    }
+    env = TWO_CALLERS
     with running_stack(tmp_path_factory.mktemp("owners"), env) as running:
         yield running
 

@@ -18,22 +18,17 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 from devtools.stack import Stack
 from tests.support.e2e_flows import CUP, PHOTO, finished
-from tests.support.e2e_stack import poll, running_stack, runs_of
+from tests.support.e2e_stack import ALPHA, BETA, TWO_CALLERS, poll, running_stack, runs_of
 
 pytestmark = pytest.mark.e2e
 
-A = {"X-API-Key": "key-alpha"}
-B = {"Authorization": "Bearer key-beta"}
+A, B = ALPHA, BETA
 BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {
-        "GATEWAY_API_KEYS": "key-alpha,key-beta",
-        "RATE_LIMIT_PER_MINUTE": "100000",
-        "REGENERATION_SENSOR_ENABLED": "false",
-    }
+    env = TWO_CALLERS
     with running_stack(tmp_path_factory.mktemp("secure"), env) as running:
         yield running
 
@@ -98,7 +93,7 @@ def test_fuzzing_the_openapi_schema_gives_no_server_error(stack: Stack) -> None:
             modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE] if _has_inputs(operation) else []
             for mode in modes or [GenerationMode.POSITIVE]:
 
-                @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+                @settings(max_examples=90, deadline=None, database=None, suppress_health_check=list(HealthCheck))
                 @given(case=operation.as_strategy(generation_mode=mode))
                 def send(case: schemathesis.Case) -> None:
                     kwargs = case.as_transport_kwargs(base_url=stack.gateway_url)

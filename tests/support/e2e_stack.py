@@ -64,3 +64,14 @@ def poll(
             return seen
         time.sleep(0.2)
     raise AssertionError(f"workflow {workflow_id} did not reach the state in {timeout} s; last: {seen[-1:]}")
+
+
+# Two callers with API keys, no rate limit in the way, no background runs: the stacks that test
+# ownership, idempotency and fuzzing.
+TWO_CALLERS = {
+    "GATEWAY_API_KEYS": "key-alpha,key-beta",
+    "RATE_LIMIT_PER_MINUTE": "100000",
+    "REGENERATION_SENSOR_ENABLED": "false",
+}
+ALPHA = {"X-API-Key": "key-alpha"}
+BETA = {"Authorization": "Bearer key-beta"}
