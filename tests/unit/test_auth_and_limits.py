@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from pathlib import Path
 
@@ -129,3 +130,24 @@ def test_health_asks_dagster_at_most_once_in_two_seconds(tmp_path: Path) -> None
         runs._query = lambda *args, **kwargs: asked.append(args[0]) or real_query(*args, **kwargs)
         answers = {client.get("/health").json()["dagster"] for _ in range(20)}
     assert answers == {"disconnected"} and len(asked) == 1, asked
+
+
+def test_counters_of_addresses_gone_quiet_are_dropped(tmp_path: Path) -> None:
+    """Issue 14, finding 7: the old buckets kept every address ever seen (200k = 41 MB)."""
+    from limits import RateLimitItemPerSecond
+
+    from gateway.security import RateLimits
+    from gateway.settings import GatewaySettings
+
+    limits = RateLimits(GatewaySettings(allow_anonymous=True))
+    storage = limits._limiter.storage  # the memory storage: its counters are what grows
+    per_second = RateLimitItemPerSecond(5)
+    for i in range(2000):
+        assert limits.take(per_second, f"address:198.51.{i // 256}.{i % 256}") == 0.0
+    assert len(storage.storage) >= 2000  # type: ignore[attr-defined]
+    # Expired counters go with the storage's next expiry pass, which any later call starts.
+    deadline = time.monotonic() + 10
+    while len(storage.storage) > 2 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        limits.take(per_second, "address:192.0.2.1")
+        time.sleep(0.2)
+    assert len(storage.storage) <= 2  # type: ignore[attr-defined]  # the one still-active address
