@@ -109,13 +109,17 @@ def _webhook_tags(url: str | None, settings: GatewaySettings, store: BlobStore) 
     return lambda: store_webhook_url(store, url)
 
 
-def _strokes(store: BlobStore, request_id: str, strokes: list[BrushStroke]) -> dict[str, Any]:
+def _strokes(
+    store: BlobStore, request_id: str, strokes: list[BrushStroke], points_space: str = "photo"
+) -> dict[str, Any]:
     """The `refined_mask` config: the validated strokes stored as a JSON blob, only its URI in run
-    config (run config lives in Dagster's event log); no strokes, no blob."""
+    config (run config lives in Dagster's event log); no strokes, no blob. `points_space` says
+    what the points are normalised on: the uploaded photo, or the canvas image (imageUri)."""
     if not strokes:
         return {}
     data = BRUSH_STROKES.dump_json(strokes)
-    return {"strokes_uri": store.put(strokes_path(request_id, uuid.uuid4().hex), data, "application/json")}
+    uri = store.put(strokes_path(request_id, uuid.uuid4().hex), data, "application/json")
+    return {"strokes_uri": uri} if points_space == "photo" else {"strokes_uri": uri, "points_space": points_space}
 
 
 def _drop_strokes(store: BlobStore, ops: dict[Any, Any]) -> None:
@@ -323,7 +327,10 @@ def generate_workflow(
     def launch_with_strokes(
         job: str, request_id: str, ops: dict[Any, Any], new: bool, tags: dict[str, str]
     ) -> StartResponse:
-        ops = {**ops, AssetName.REFINED_MASK: {"config": _strokes(store, request_id, body.brushStrokes)}}
+        # Stroke points are normalised on the image at imageUri: the canvas when continuing a
+        # preprocessed request; on a new request that image is the request's photo.
+        space = "photo" if new else "canvas"
+        ops = {**ops, AssetName.REFINED_MASK: {"config": _strokes(store, request_id, body.brushStrokes, space)}}
         try:
             return _launch(runs, job, request_id, {"ops": ops}, new, {**tags, **hook()})
         except HTTPException:

@@ -324,8 +324,8 @@ function strokeEnd() {
   busy(false);
 }
 
-// Canvas pixels -> the API's stroke points: normalised on the uploaded photo, as the
-// pipeline moves them back onto the canvas with the same transform.
+// Canvas pixels -> the API's stroke points: /workflow/generate reads them normalised on the
+// image at imageUri, the canvas itself, so margins can be painted too.
 function apiStrokes() {
   const t = state.transform;
   const clamp = (v) => Math.min(1, Math.max(0, v));
@@ -333,8 +333,8 @@ function apiStrokes() {
     mode: s.mode,
     size: s.size,
     points: s.canvasPoints.map(([x, y]) => ({
-      x: +clamp((x - t.offset_x) / t.content_width).toFixed(5),
-      y: +clamp((y - t.offset_y) / t.content_height).toFixed(5),
+      x: +clamp(x / t.canvas_width).toFixed(6),
+      y: +clamp(y / t.canvas_height).toFixed(6),
     })),
   }));
 }

@@ -225,6 +225,8 @@ def refined_mask(
 ) -> dg.Output[np.ndarray]:
     """The jewelry mask with the person's brush strokes applied (add / remove)."""
     transform = CanvasTransform.from_dict(canvas_transform)
+    if config.points_space == "canvas":  # normalised on the canvas itself: no photo placement
+        transform = CanvasTransform.identity(transform.canvas_width, transform.canvas_height)
     strokes = [
         imaging.stroke_to_canvas(((p.x, p.y) for p in s.points), s.mode, s.size, transform)
         for s in _load_strokes(config.strokes_uri, blob_store)
@@ -234,6 +236,7 @@ def refined_mask(
     meta["strokes"] = len(strokes)
     if config.strokes_uri:
         meta["strokes_uri"] = config.strokes_uri
+        meta["points_space"] = config.points_space
     meta["changed_pixels"] = int(np.count_nonzero(mask != jewelry_mask))
     return dg.Output(mask, metadata=meta)
 

@@ -127,6 +127,13 @@ class RefineConfig(dg.Config):
         default=None,
         description="Blob URI of the request's brush strokes (JSON, a list of BrushStroke); none: no strokes.",
     )
+    points_space: Literal["photo", "canvas"] = Field(
+        default="photo",
+        description=(
+            "What the stroke points are normalised on: photo, the uploaded photo (/workflow/start), or "
+            "canvas, the 2000x2667 canvas image a preprocess returned as imageUri (/workflow/generate)."
+        ),
+    )
 
 
 class GenerationConfig(dg.Config):

@@ -49,8 +49,12 @@ def test_preprocess_then_generate_with_a_brush_stroke(client: httpx.Client, stac
     uris = done["result"]
     assert set(uris) == {"imageUri", "maskUri"}
 
-    # A stroke in the photo's top-left corner, far from the cup: jewelry must appear there.
-    stroke = {"points": [{"x": 0.05, "y": 0.1}, {"x": 0.2, "y": 0.1}], "mode": "add", "size": 60}
+    # A stroke in the photo's top-left corner, far from the cup: jewelry must appear there. On
+    # /generate its points are normalised on the canvas image (imageUri).
+    transform = imaging.plan_canvas(600, 400)
+    on_canvas = [transform.to_canvas(x, 0.1) for x in (0.05, 0.2)]
+    points = [{"x": x / 2000, "y": y / 2667} for x, y in on_canvas]
+    stroke = {"points": points, "mode": "add", "size": 60}
     gen = client.post("/workflow/generate", json={**uris, "brushStrokes": [stroke]})
     assert gen.status_code == 200, gen.text
     assert gen.json()["workflowId"] == pre["workflowId"]  # same request partition, one lineage
@@ -61,7 +65,6 @@ def test_preprocess_then_generate_with_a_brush_stroke(client: httpx.Client, stac
     store = _store(stack)
     before = imaging.decode_png(store.get(uris["maskUri"]))
     after = imaging.decode_png(store.get(result["finalMaskUri"]))
-    transform = imaging.plan_canvas(600, 400)
     x, y = transform.to_canvas(0.12, 0.1)
     assert not before[int(y), int(x)] and after[int(y), int(x)]
     assert np.count_nonzero(after & ~before) > 1000

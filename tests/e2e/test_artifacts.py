@@ -1,0 +1,88 @@
+"""End to end: where brush strokes land on /generate, and every run keeping its own artifacts."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from devtools.stack import Stack
+from jewel_dagster.resources.blob_store import LocalBlobStore
+from jewel_dagster.vision import imaging
+from tests.support.e2e_flows import finished as _finished
+from tests.support.e2e_stack import poll, running_stack
+from tests.support.photos import to_jpeg
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as c:
+        yield c
+
+
+def _store(stack: Stack) -> LocalBlobStore:
+    return LocalBlobStore(root=stack.env["LOCAL_BLOB_ROOT"])
+
+
+def _panorama() -> bytes:
+    """A 6:1 photo (1200x200): a gold ring on a noisy grey wall, left of centre."""
+    rng = np.random.default_rng(3)
+    image = np.clip(120 + rng.normal(0, 8, (200, 1200, 3)), 0, 255).astype(np.uint8)
+    ring = np.zeros((200, 1200), np.uint8)
+    cv2.circle(ring, (240, 100), 60, 1, -1)
+    cv2.circle(ring, (240, 100), 30, 0, -1)
+    image[ring > 0] = (212, 175, 55)
+    return to_jpeg(image)
+
+
+def _completed(client: httpx.Client, workflow_id: str, with_metrics: bool = False) -> dict[str, Any]:
+    states = poll(client, workflow_id, _finished)
+    done = states[-1]
+    assert done["status"] == "COMPLETED", done
+    if with_metrics:
+        assert "flux_metrics" in done["result"], done
+    return done
+
+
+def _preprocess(client: httpx.Client, photo_b64: str, point: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    pre = client.post("/workflow/preprocess", json={"originalImageBase64": photo_b64, "maskPoints": [point]})
+    assert pre.status_code == 200, pre.text
+    workflow_id = pre.json()["workflowId"]
+    return workflow_id, _completed(client, workflow_id)["result"]
+
+
+def _generate(client: httpx.Client, workflow_id: str, uris: dict[str, str], strokes: list[Any]) -> dict[str, Any]:
+    gen = client.post("/workflow/generate", json={**uris, "brushStrokes": strokes})
+    assert gen.status_code == 200, gen.text
+    assert gen.json()["workflowId"] == workflow_id
+    # GET reports the new run once it is registered: wait until it ran the generate steps.
+    return poll(
+        client, workflow_id, lambda s: s["status"] != "RUNNING" and "flux_metrics" in s.get("result", {}), timeout=180
+    )[-1]
+
+
+def test_generate_strokes_are_normalised_on_the_canvas_image(client: httpx.Client, stack: Stack) -> None:
+    workflow_id, uris = _preprocess(client, base64.b64encode(_panorama()).decode(), {"x": 0.2, "y": 0.5, "label": 1})
+    # (0.5, 0.9) on the canvas is in its bottom margin (the 6:1 photo fills 2000x333 of 2000x2667).
+    stroke = {"points": [{"x": 0.5, "y": 0.9}], "mode": "add", "size": 80}
+    done = _generate(client, workflow_id, uris, [stroke])
+    assert done["status"] == "COMPLETED", done
+    final = imaging.decode_png(_store(stack).get(done["result"]["finalMaskUri"]))
+    assert final.shape == (2667, 2000)
+    assert final[int(0.9 * 2667), 1000], "the stroke did not land where it was drawn on the canvas"
+    photo_x, photo_y = imaging.plan_canvas(1200, 200).to_canvas(0.5, 0.9)
+    window = final[int(photo_y) - 40 : int(photo_y) + 40, int(photo_x) - 40 : int(photo_x) + 40]
+    assert not window.any(), "the stroke landed where the point would be on the photo"
