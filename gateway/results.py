@@ -14,6 +14,34 @@ from jewel_dagster.contract import CHECK_NAME, PREPROCESS_JOB, AssetName
 from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore, artifact_path
 from jewel_dagster.vision import imaging
 
+# asset name -> blob path of the request's newest materialization of it (None: none recorded)
+Locate = Callable[[str], str | None]
+
+
+def _no_locate(name: str) -> str | None:
+    return None
+
+
+class _Paths:
+    """Where one run's result artifacts are: the run's own folder first (what it materialized),
+    then the newest materialization's recorded path (what it depended on, e.g. a generate run's
+    canvas and mask from its preprocess), then the flat path of artifacts stored before runs had
+    folders."""
+
+    def __init__(self, store: BlobStore, request_id: str, run_id: str, locate: Locate) -> None:
+        self._store, self._request_id, self._run_id, self._locate = store, request_id, run_id, locate
+
+    def find(self, name: str, extension: str) -> str | None:
+        """The path of the artifact, None when it is stored as the other kind (Gemini's JSON null)."""
+        for ext in (extension, *(e for e in ("png", "json") if e != extension)):
+            own = artifact_path(self._request_id, name, ext, self._run_id)
+            if self._store.exists_path(own):
+                return own if ext == extension else None
+        located = self._locate(name)
+        if located:
+            return located if located.endswith(f".{extension}") else None
+        return artifact_path(self._request_id, name, extension)
+
 
 class ResultReader:
     """Builds results once per run: the JPEG re-encoding of two canvases costs ~0.2 s."""
@@ -21,7 +49,7 @@ class ResultReader:
     def __init__(self, store: BlobStore, url_lifetime: timedelta = timedelta(hours=1), cache_size: int = 32) -> None:
         self._store = store
         self._url_lifetime = url_lifetime
-        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[dict[str, Any], dict[str, str]]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
@@ -31,60 +59,71 @@ class ResultReader:
         run_id: str,
         job_name: str,
         read_check: Callable[[str], dict[str, Any] | None],
+        locate: Locate = _no_locate,
     ) -> dict[str, Any]:
         with self._lock:
             cached = self._cache.get(run_id)
             if cached is not None:
                 self._cache.move_to_end(run_id)
         if cached is None:
-            cached = self._build(request_id, job_name)
+            cached = self._build(_Paths(self._store, request_id, run_id, locate), job_name)
             if job_name != PREPROCESS_JOB:
                 check = read_check(request_id)
-                cached["checks"] = {CHECK_NAME: check} if check else {}
+                cached[0]["checks"] = {CHECK_NAME: check} if check else {}
             with self._lock:
                 self._cache[run_id] = cached
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         # Signed URLs are made per answer: a cached one could be handed out after it expired.
-        return {**cached, **self._signed_urls(request_id, cached)}
+        result, generated = cached
+        return {**result, **self._signed_urls(result, generated)}
 
-    def _signed_urls(self, request_id: str, result: dict[str, Any]) -> dict[str, str]:
+    def _signed_urls(self, result: dict[str, Any], generated: dict[str, str]) -> dict[str, str]:
         urls = {}
-        for key, name in (("flux_result", AssetName.FLUX_GENERATION), ("gemini_result", AssetName.GEMINI_GENERATION)):
-            if result.get(f"{key}_base64") is None:
+        for key in ("flux_result", "gemini_result"):
+            if result.get(f"{key}_base64") is None or key not in generated:
                 continue  # preprocess results, or Gemini absent: nothing to link to
-            url = self._store.signed_url(artifact_path(request_id, name, "png"), self._url_lifetime)
+            url = self._store.signed_url(generated[key], self._url_lifetime)
             if url is not None:
                 urls[f"{key}_url"] = url
         return urls
 
-    def _uri(self, request_id: str, name: str) -> str:
-        return self._store.uri_for(artifact_path(request_id, name, "png"))
+    def _uri(self, paths: _Paths, name: str) -> str | None:
+        path = paths.find(name, "png")
+        return self._store.uri_for(path) if path else None
 
-    def _jpeg_base64(self, request_id: str, name: str) -> str | None:
+    def _jpeg_base64(self, path: str | None) -> str | None:
+        if path is None:
+            return None
         try:
-            png = self._store.get_path(artifact_path(request_id, name, "png"))
+            png = self._store.get_path(path)
         except BlobNotFoundError:
             return None  # e.g. Gemini absent: stored as JSON null
         return base64.b64encode(imaging.encode_jpeg(imaging.decode_png(png))).decode("ascii")
 
-    def _json(self, request_id: str, name: str) -> Any:
+    def _json(self, path: str | None) -> Any:
+        if path is None:
+            return None
         try:
-            return json.loads(self._store.get_path(artifact_path(request_id, name, "json")))
+            return json.loads(self._store.get_path(path))
         except BlobNotFoundError:
             return None
 
-    def _build(self, request_id: str, job_name: str) -> dict[str, Any]:
+    def _build(self, paths: _Paths, job_name: str) -> tuple[dict[str, Any], dict[str, str]]:
         uris = {
-            "imageUri": self._uri(request_id, AssetName.BACKGROUND_REMOVED_IMAGE),
-            "maskUri": self._uri(request_id, AssetName.JEWELRY_MASK),
+            "imageUri": self._uri(paths, AssetName.BACKGROUND_REMOVED_IMAGE),
+            "maskUri": self._uri(paths, AssetName.JEWELRY_MASK),
         }
         if job_name == PREPROCESS_JOB:
-            return uris
-        return {
-            "flux_result_base64": self._jpeg_base64(request_id, AssetName.FLUX_GENERATION),
-            "gemini_result_base64": self._jpeg_base64(request_id, AssetName.GEMINI_GENERATION),
-            "flux_metrics": self._json(request_id, AssetName.FLUX_METRICS),
+            return uris, {}
+        flux = paths.find(AssetName.FLUX_GENERATION, "png")
+        gemini = paths.find(AssetName.GEMINI_GENERATION, "png")
+        generated = {key: path for key, path in (("flux_result", flux), ("gemini_result", gemini)) if path}
+        result = {
+            "flux_result_base64": self._jpeg_base64(flux),
+            "gemini_result_base64": self._jpeg_base64(gemini),
+            "flux_metrics": self._json(paths.find(AssetName.FLUX_METRICS, "json")),
             **uris,
-            "finalMaskUri": self._uri(request_id, AssetName.FINAL_MASK),
+            "finalMaskUri": self._uri(paths, AssetName.FINAL_MASK),
         }
+        return result, generated

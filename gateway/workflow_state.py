@@ -45,7 +45,13 @@ def state_of(workflow_id: str, run: RunInfo, runs: DagsterRuns, results: ResultR
     """
     state = progress_of(workflow_id, run)
     if state.status == "COMPLETED":
-        state.result = results.result_of(workflow_id, run.run_id, run.job_name, runs.fidelity_check)
+        state.result = results.result_of(
+            workflow_id,
+            run.run_id,
+            run.job_name,
+            runs.fidelity_check,
+            lambda asset: runs.artifact_path(workflow_id, asset),
+        )
     elif state.status == "FAILED":
         failed_op, message = runs.failure_of(run.run_id)
         op = failed_op or position_of(run).failed_op

@@ -70,6 +70,19 @@ query Check($partition: String!, $check: String!) {
   }
 }"""
 
+_MATERIALIZATION_PATH = """
+query MaterializationPath($assetKey: AssetKeyInput!, $partition: String!) {
+  assetOrError(assetKey: $assetKey) {
+    __typename
+    ... on Asset {
+      assetMaterializations(partitions: [$partition], limit: 1) {
+        runId
+        metadataEntries { label ... on TextMetadataEntry { text } }
+      }
+    }
+  }
+}"""
+
 _ADD_PARTITION = """
 mutation AddPartition($selector: RepositorySelector!, $name: String!, $key: String!) {
   addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
@@ -339,6 +352,18 @@ class DagsterRuns:
             "violations": texts.get("violations"),
             "runId": newest["runId"],
         }
+
+    def artifact_path(self, request_id: str, asset: str) -> str | None:
+        """The blob path of the request's newest materialization of `asset` (its `path` metadata,
+        written by the IO manager); None when it has none (never materialized, or stored before
+        materializations named their path)."""
+        data = self._query(_MATERIALIZATION_PATH, {"assetKey": {"path": [asset]}, "partition": request_id})
+        found = data["assetOrError"]
+        for materialization in found.get("assetMaterializations") or []:
+            for entry in materialization.get("metadataEntries", []):
+                if entry.get("label") == "path" and entry.get("text"):
+                    return str(entry["text"])
+        return None
 
     def terminate(self, run_id: str) -> None:
         try:

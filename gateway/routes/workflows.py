@@ -51,7 +51,11 @@ router = APIRouter(prefix="/workflow", tags=["workflow"])
 
 # Matched with fullmatch: `$` would let a trailing newline through.
 WORKFLOW_ID = re.compile(r"jewelry-gen-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_ARTIFACT_PATH = re.compile(r"requests/(?P<rid>[^/]+)/(?P<name>[a-z_]+)\.png")
+# A run's artifact (`requests/<id>/<run id>/<asset>.png`), or one stored before runs had folders.
+_ARTIFACT_PATH = re.compile(
+    r"requests/(?P<rid>[^/]+)/(?:(?P<run>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/)?"
+    r"(?P<name>[a-z_]+)\.png"
+)
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 # Striped locks: a fixed table, however many keys and requests pass through (a dict of one lock
 # per key grew forever). Two keys sharing a stripe only wait for each other.

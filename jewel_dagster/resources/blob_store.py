@@ -61,9 +61,14 @@ def strokes_path(request_id: str, key: str) -> str:
     return check_path(f"{request_folder(request_id)}/strokes/{key}.json")
 
 
-def artifact_path(request_id: str, name: str, extension: str) -> str:
-    """Where a request's artifact lives; the gateway and the IO manager share this."""
-    return check_path(f"{request_folder(request_id)}/{name}.{extension}")
+def artifact_path(request_id: str, name: str, extension: str, run_id: str | None = None) -> str:
+    """Where one run's materialization of a request's artifact lives; the gateway and the IO
+    manager share this. Each run writes its own folder, so no run replaces a blob that an earlier
+    materialization points to. Without a run id: the flat path of artifacts stored before runs had
+    folders, still read as a fallback."""
+    if run_id is None:
+        return check_path(f"{request_folder(request_id)}/{name}.{extension}")
+    return check_path(f"{request_folder(request_id)}/{run_id}/{name}.{extension}")
 
 
 class BlobStore(dg.ConfigurableResource, ABC):

@@ -1,8 +1,12 @@
-"""Stores every asset value as a blob at a stable, per-request path.
+"""Stores every asset value as a blob in a folder of its own run, and loads the upstream
+materialization a step depends on.
 
 Arrays become PNG (lossless: the generations must keep the jewelry pixels exactly), anything
-else JSON. The path is `requests/<partition>/<asset>.<png|json>`, so the gateway can find a
-request's artifacts without asking Dagster.
+else JSON. The path is `requests/<partition>/<run id>/<asset>.<png|json>`: a re-generation, a
+rerun from the UI or a second /generate writes new blobs and never replaces one that an earlier
+materialization points to. Each materialization records its blob in its metadata (`path`,
+`uri`); `load_input` reads the path from the upstream asset's newest materialization of the
+partition (through the instance's public `fetch_materializations`).
 """
 
 import json
@@ -15,6 +19,20 @@ from jewel_dagster.resources.blob_store import BlobStore, artifact_path
 from jewel_dagster.vision import imaging
 
 EXTENSIONS = ("png", "json")
+PATH_METADATA = "path"  # the metadata entry that names a materialization's blob
+
+
+def latest_path(instance: dg.DagsterInstance, name: str, request_id: str) -> str | None:
+    """The blob path recorded by the newest materialization of `name` for the request, if any."""
+    result = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[request_id]), limit=1
+    )
+    for record in result.records:
+        materialization = record.asset_materialization
+        entry = materialization.metadata.get(PATH_METADATA) if materialization else None
+        if isinstance(entry, dg.TextMetadataValue) and entry.text:
+            return entry.text
+    return None
 
 
 class BlobIOManager(dg.ConfigurableIOManager):
@@ -28,15 +46,13 @@ class BlobIOManager(dg.ConfigurableIOManager):
         else:
             extension = "json"
             data, content_type = json.dumps(obj).encode("utf-8"), "application/json"
-        uri = self.blob_store.put(artifact_path(request_id, name, extension), data, content_type)
-        # A value of the other kind from an earlier run must not shadow this one.
-        for other in EXTENSIONS:
-            if other != extension:
-                self.blob_store.delete_path(artifact_path(request_id, name, other))
+        path = artifact_path(request_id, name, extension, context.run_id)
+        uri = self.blob_store.put(path, data, content_type)
         context.add_output_metadata(
             {
+                PATH_METADATA: dg.MetadataValue.text(path),
                 "uri": dg.MetadataValue.text(uri),
-                "artifact": dg.MetadataValue.url(self.blob_store.link(artifact_path(request_id, name, extension))),
+                "artifact": dg.MetadataValue.url(self.blob_store.link(path)),
                 "stored_bytes": len(data),
             }
         )
@@ -44,13 +60,15 @@ class BlobIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> Any:
         name = context.asset_key.path[-1]
         request_id = context.asset_partition_key
-        png = artifact_path(request_id, name, "png")
-        if self.blob_store.exists_path(png):
-            return imaging.decode_png(self.blob_store.get_path(png))
-        doc = artifact_path(request_id, name, "json")
-        if self.blob_store.exists_path(doc):
-            return json.loads(self.blob_store.get_path(doc))
+        recorded = latest_path(context.instance, name, request_id)
+        # Artifacts stored before runs had folders sit at the flat path and name no path.
+        candidates = [recorded] if recorded else [artifact_path(request_id, name, ext) for ext in EXTENSIONS]
+        for path in candidates:
+            if self.blob_store.exists_path(path):
+                data = self.blob_store.get_path(path)
+                return imaging.decode_png(data) if path.endswith(".png") else json.loads(data)
         raise dg.Failure(
-            description=f"{name} has not been materialized for request {request_id}",
+            description=f"{name} has not been materialized for request {request_id}"
+            + (f" (its blob {recorded} is gone)" if recorded else ""),
             allow_retries=False,
         )

@@ -14,8 +14,9 @@ import pytest
 from devtools.stack import Stack
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from jewel_dagster.vision import imaging
+from tests.support.e2e_flows import CUP, PHOTO
 from tests.support.e2e_flows import finished as _finished
-from tests.support.e2e_stack import poll, running_stack
+from tests.support.e2e_stack import poll, running_stack, runs_of
 from tests.support.photos import to_jpeg
 
 pytestmark = pytest.mark.e2e
@@ -86,3 +87,47 @@ def test_generate_strokes_are_normalised_on_the_canvas_image(client: httpx.Clien
     photo_x, photo_y = imaging.plan_canvas(1200, 200).to_canvas(0.5, 0.9)
     window = final[int(photo_y) - 40 : int(photo_y) + 40, int(photo_x) - 40 : int(photo_x) + 40]
     assert not window.any(), "the stroke landed where the point would be on the photo"
+
+
+_HISTORY = """
+query History($partition: String!) {
+  assetOrError(assetKey: {path: ["flux_generation"]}) {
+    ... on Asset {
+      assetMaterializations(partitions: [$partition]) {
+        runId
+        metadataEntries { label ... on TextMetadataEntry { text } }
+      }
+    }
+  }
+}"""
+
+
+def test_two_generates_keep_both_results(client: httpx.Client, stack: Stack) -> None:
+    workflow_id, uris = _preprocess(client, PHOTO, CUP)
+    store = _store(stack)
+    first = _generate(client, workflow_id, uris, [])
+    stroke = {"points": [{"x": 0.1, "y": 0.1}, {"x": 0.3, "y": 0.1}], "mode": "add", "size": 80}
+    second = _generate(client, workflow_id, uris, [stroke])
+    assert first["status"] == second["status"] == "COMPLETED"
+    assert first["result"]["finalMaskUri"] != second["result"]["finalMaskUri"]
+    generate_runs = [r["runId"] for r in runs_of(stack.dagster_url, workflow_id) if r["jobName"] == "jewelry_generate"]
+    assert len(generate_runs) == 2
+
+    response = httpx.post(
+        f"{stack.dagster_url}/graphql", json={"query": _HISTORY, "variables": {"partition": workflow_id}}, timeout=30
+    )
+    history = response.json()["data"]["assetOrError"]["assetMaterializations"]
+    assert sorted(m["runId"] for m in history) == sorted(generate_runs)
+    images = {}
+    for materialization in history:
+        path = {e["label"]: e.get("text") for e in materialization["metadataEntries"]}["path"]
+        assert materialization["runId"] in path, path  # its own blob
+        images[materialization["runId"]] = store.get_path(path)  # both still readable
+        served = client.get(
+            f"/workflow/{workflow_id}/artifacts/flux_generation.png", params={"runId": materialization["runId"]}
+        )
+        assert served.status_code == 200 and served.content == images[materialization["runId"]]
+    assert len(set(images.values())) == 2  # two different generations, neither replaced
+    # GET and the artifact without a run id report the newest run.
+    newest = client.get(f"/workflow/{workflow_id}/artifacts/final_mask.png")
+    assert newest.content == store.get(second["result"]["finalMaskUri"])

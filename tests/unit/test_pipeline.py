@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from jewel_dagster.defs.assets import ALL_ASSETS, GENERATE_ASSETS, PREPROCESS_ASSETS
-from jewel_dagster.resources.blob_store import BlobStore, artifact_path, strokes_path
+from jewel_dagster.resources.blob_store import BlobStore, strokes_path
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.vision import imaging
+from tests.support.artifacts import stored_path
 from tests.support.photos import RING_CLICK, coffee_jpeg, synthetic_ring, to_jpeg
 
 CANVAS = (imaging.CANVAS_HEIGHT, imaging.CANVAS_WIDTH)
@@ -22,10 +23,10 @@ CANVAS = (imaging.CANVAS_HEIGHT, imaging.CANVAS_WIDTH)
 def _artifact(store: BlobStore, rid: str, name: str) -> Any:
     import json
 
-    png = artifact_path(rid, name, "png")
+    png = stored_path(store, rid, name, "png")
     if store.exists_path(png):
         return imaging.decode_png(store.get_path(png))
-    return json.loads(store.get_path(artifact_path(rid, name, "json")))
+    return json.loads(store.get_path(stored_path(store, rid, name, "json")))
 
 
 def _strokes(store: BlobStore, rid: str, strokes: list[dict[str, Any]]) -> dict[str, str]:
@@ -155,7 +156,7 @@ def test_preprocess_then_generate_on_the_same_partition(local_resources: dict[st
             instance,
         )
         assert pre.success
-        assert not store.exists_path(artifact_path(rid, "final_mask", "png"))
+        assert not store.exists_path(stored_path(store, rid, "final_mask", "png"))
         remove_all = {"points": [{"x": 0.0, "y": 0.5}, {"x": 1.0, "y": 0.5}], "mode": "remove", "size": 300}
         gen = _materialize(
             GENERATE_ASSETS, rid, local_resources, {"refined_mask": _strokes(store, rid, [remove_all])}, instance

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from jewel_dagster.defs.assets import ALL_ASSETS
-from jewel_dagster.resources.blob_store import BlobStore, artifact_path, strokes_path
+from jewel_dagster.resources.blob_store import BlobStore, strokes_path
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.vision import imaging
+from tests.support.artifacts import stored_path
 from tests.support.photos import coffee_jpeg
 from tests.support.servers import reference_server, service_urls, set_knobs
 
@@ -80,16 +81,17 @@ def test_http_clients_match_the_local_run_pixel_for_pixel(tmp_path: Any, server:
     remote, remote_store = _run(_http_resources(tmp_path, server), "parity")
     assert local.success and remote.success
     for name in ARRAYS:
-        a = imaging.decode_png(local_store.get_path(artifact_path("parity", name, "png")))
-        b = imaging.decode_png(remote_store.get_path(artifact_path("parity", name, "png")))
+        a = imaging.decode_png(local_store.get_path(stored_path(local_store, "parity", name, "png")))
+        b = imaging.decode_png(remote_store.get_path(stored_path(remote_store, "parity", name, "png")))
         assert a.shape == b.shape and np.array_equal(a, b), name
     for name in DOCS:
-        path = artifact_path("parity", name, "json")
-        assert json.loads(local_store.get_path(path)) == json.loads(remote_store.get_path(path)), name
+        a_doc = local_store.get_path(stored_path(local_store, "parity", name, "json"))
+        b_doc = remote_store.get_path(stored_path(remote_store, "parity", name, "json"))
+        assert json.loads(a_doc) == json.loads(b_doc), name
     calls = httpx.get(f"{server}/_stats").json()
     assert calls["sam3/segment"] == 1 and calls["a100/generate"] == 1 and calls["sam3/find-jewelry"] == 1
     # With the real generators elsewhere and no key, Gemini is null, with the reason.
-    assert json.loads(remote_store.get_path(artifact_path("parity", "gemini_generation", "json"))) is None
+    assert json.loads(remote_store.get_path(stored_path(remote_store, "parity", "gemini_generation", "json"))) is None
     backends = {
         e.asset_key.path[-1]: e.materialization.metadata.get("backend")
         for e in remote.get_asset_materialization_events()
