@@ -415,7 +415,11 @@ def get_workflow(workflow_id: WorkflowIdPath, runs: RunsDep, results: ResultsDep
 
 @router.post("/{workflow_id}/cancel", response_model=StartResponse, responses=error_responses(*ONE_WORKFLOW, 409))
 def cancel_workflow(workflow_id: WorkflowIdPath, runs: RunsDep, caller: CallerDep) -> StartResponse:
-    """Terminate the request's running run."""
+    """Terminate the request's running run.
+
+    A run can end between the look and the terminate (Dagster then refuses to terminate it): the
+    answer is then the 409 of a run that already ended, not a 502.
+    """
     run = owned_run(runs, workflow_id, caller)
     state = position_of(run).status
     if state != "RUNNING":
@@ -423,6 +427,12 @@ def cancel_workflow(workflow_id: WorkflowIdPath, runs: RunsDep, caller: CallerDe
     try:
         runs.terminate(run.run_id)
     except DagsterError as exc:
+        runs.forget(workflow_id)
+        now = position_of(owned_run(runs, workflow_id, caller)).status
+        if now != "RUNNING" and not isinstance(exc, DagsterUnavailable):
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {now}"
+            ) from None
         raise pipeline_unavailable(exc) from exc
     runs.forget(workflow_id)
     return StartResponse(workflowId=workflow_id, status="CANCELLED")
