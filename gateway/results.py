@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -13,6 +14,13 @@ from typing import Any
 from jewel_dagster.contract import CHECK_NAME, PREPROCESS_JOB, AssetName
 from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore, artifact_path
 from jewel_dagster.vision import imaging
+
+_ADDRESS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s)'\"]+", re.IGNORECASE)
+
+
+def hide_addresses(message: str) -> str:
+    """A service's URL in a message is internal: the caller sees `[internal address]`."""
+    return _ADDRESS.sub("[internal address]", message)
 
 
 class ResultReader:
@@ -41,6 +49,10 @@ class ResultReader:
             if job_name != PREPROCESS_JOB:
                 check = read_check(request_id)
                 cached["checks"] = {CHECK_NAME: check} if check else {}
+                if cached.get("flux_metrics") is None:
+                    # Not in the reference: why the metrics are null (the images still stand).
+                    reason = (check or {}).get("reason") or "the fidelity metrics were not measured"
+                    cached["flux_metrics_error"] = hide_addresses(reason)
             with self._lock:
                 self._cache[run_id] = cached
                 while len(self._cache) > self._cache_size:

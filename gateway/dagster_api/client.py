@@ -326,7 +326,8 @@ class DagsterRuns:
         return None, "the run failed"
 
     def fidelity_check(self, request_id: str) -> dict[str, Any] | None:
-        """The newest `fidelity` check result of the request: {"passed", "status", "violations"}."""
+        """The newest `fidelity` check result of the request: {"passed", "status", "violations"},
+        and "reason" when the metrics could not be measured."""
         executions = self._query(_CHECK, {"partition": request_id, "check": CHECK_NAME})["assetCheckExecutions"]
         if not executions:
             return None
@@ -338,6 +339,7 @@ class DagsterRuns:
             "status": newest["status"],
             "violations": texts.get("violations"),
             "runId": newest["runId"],
+            **({"reason": texts["reason"]} if texts.get("reason") else {}),
         }
 
     def terminate(self, run_id: str) -> None:
