@@ -47,7 +47,6 @@ ENDPOINTS = (
     "image-manipulator/zoom-check",
     "birefnet/remove-background",
     "sam3/segment",
-    "sam3/find-jewelry",
     "a100/refine-mask",
     "a100/generate",
     "gemini/generate-content",
@@ -122,11 +121,6 @@ class SegmentBody(BaseModel):
     labels: list[int]
 
 
-class FindJewelryBody(BaseModel):
-    image: str
-    reference_mask: str
-
-
 class StrokeBody(BaseModel):
     points: list[tuple[float, float]] = Field(min_length=1)
     mode: str = Field(pattern="^(add|remove)$")
@@ -193,15 +187,6 @@ def create_app(state: ServerState) -> FastAPI:
         except ValueError as exc:
             raise HTTPException(400, detail=str(exc)) from None
         return {"mask": wire.encode_array(mask)}
-
-    @sam3.post("/find-jewelry")
-    async def find_jewelry(body: FindJewelryBody) -> dict[str, Any]:
-        await state.gate("sam3/find-jewelry")
-        image = _decode(wire.decode_image, body.image, "image")
-        reference = _decode(wire.decode_mask, body.reference_mask, "reference_mask")
-        if reference.shape != image.shape[:2]:
-            raise HTTPException(400, detail="reference_mask: must have the image's size")
-        return {"mask": wire.encode_array(await run_in_threadpool(state.segmenter.find_jewelry, image, reference))}
 
     @a100.post("/refine-mask")
     async def refine_mask(body: RefineBody) -> dict[str, Any]:

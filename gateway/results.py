@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -43,6 +44,14 @@ class _Paths:
         return artifact_path(self._request_id, name, extension)
 
 
+_ADDRESS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s)'\"]+", re.IGNORECASE)
+
+
+def hide_addresses(message: str) -> str:
+    """A service's URL in a message is internal: the caller sees `[internal address]`."""
+    return _ADDRESS.sub("[internal address]", message)
+
+
 class ResultReader:
     """Builds results once per run: the JPEG re-encoding of two canvases costs ~0.2 s."""
 
@@ -70,6 +79,10 @@ class ResultReader:
             if job_name != PREPROCESS_JOB:
                 check = read_check(request_id)
                 cached[0]["checks"] = {CHECK_NAME: check} if check else {}
+                if cached[0].get("flux_metrics") is None:
+                    # Not in the reference: why the metrics are null (the images still stand).
+                    reason = (check or {}).get("reason") or "the fidelity metrics were not measured"
+                    cached[0]["flux_metrics_error"] = hide_addresses(reason)
             with self._lock:
                 self._cache[run_id] = cached
                 while len(self._cache) > self._cache_size:

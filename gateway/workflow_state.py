@@ -6,28 +6,27 @@ Kept apart from the routes so that all three answer the same thing for the same 
 from __future__ import annotations
 
 import logging
-import re
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.models import RunInfo
-from gateway.results import ResultReader
+from gateway.results import ResultReader, hide_addresses
 from gateway.schemas import WorkflowState
 from gateway.status import position_of
 from jewel_dagster.contract import SEED_STEP_OF_OP
 
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
-# Service errors name the address they called ("SAM3 (http://10.0.0.7:9000/sam3/segment) timed
-# out"): internal, so the caller sees the service and the error, the log keeps the address.
-_ADDRESS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s)'\"]+", re.IGNORECASE)
 log = logging.getLogger("gateway.workflow_state")
 
 
 def public_error(message: str, run_id: str) -> str:
     """A failure message fit for the caller: addresses replaced, the run named for the operator."""
-    if not _ADDRESS.search(message):
+    # Service errors name the address they called ("SAM3 (http://10.0.0.7:9000/sam3/segment) timed
+    # out"): internal, so the caller sees the service and the error, the log keeps the address.
+    shown = hide_addresses(message)
+    if shown == message:
         return message
     log.warning("run %s failed: %s", run_id, message)
-    return f"{_ADDRESS.sub('[internal address]', message)} (run {run_id[:8]}; details in the service logs)"
+    return f"{shown} (run {run_id[:8]}; details in the service logs)"
 
 
 def progress_of(workflow_id: str, run: RunInfo) -> WorkflowState:

@@ -339,7 +339,8 @@ class DagsterRuns:
         return None, "the run failed"
 
     def fidelity_check(self, request_id: str) -> dict[str, Any] | None:
-        """The newest `fidelity` check result of the request: {"passed", "status", "violations"}."""
+        """The newest `fidelity` check result of the request: {"passed", "status", "violations"},
+        and "reason" when the metrics could not be measured."""
         executions = self._query(_CHECK, {"partition": request_id, "check": CHECK_NAME})["assetCheckExecutions"]
         if not executions:
             return None
@@ -351,6 +352,7 @@ class DagsterRuns:
             "status": newest["status"],
             "violations": texts.get("violations"),
             "runId": newest["runId"],
+            **({"reason": texts["reason"]} if texts.get("reason") else {}),
         }
 
     def artifact_path(self, request_id: str, asset: str) -> str | None:

@@ -143,12 +143,6 @@ class HttpSegmenter(HttpBackend, Segmenter):
         )
         return self._decode(wire.decode_mask, body, "mask")
 
-    def find_jewelry(self, image: RGBImage, reference: Mask) -> Mask:
-        body = self._post(
-            "/find-jewelry", {"image": wire.encode_array(image), "reference_mask": wire.encode_array(reference)}
-        )
-        return self._decode(wire.decode_mask, body, "mask")
-
 
 class HttpMaskRefiner(HttpBackend, MaskRefiner):
     def refine(self, mask: Mask, strokes: Sequence[CanvasStroke]) -> Mask:

@@ -64,9 +64,6 @@ class LocalSegmenter(Segmenter):
     def segment(self, image: RGBImage, points: Sequence[PixelPoint]) -> Mask:
         return classical.segment_from_points(image, points)
 
-    def find_jewelry(self, image: RGBImage, reference: Mask) -> Mask:
-        return classical.segment_like_reference(image, reference)
-
 
 class LocalMaskRefiner(MaskRefiner):
     """Brush-stroke rasterising (OpenCV, within a pixel of exact) instead of the A100 server's refinement.
@@ -140,7 +137,7 @@ class InstantBackgroundRemover(BackgroundRemover):
 
 
 class InstantSegmenter(Segmenter):
-    """A disc around each positive click; the reference mask as the generated jewelry."""
+    """A disc around each positive click."""
 
     radius: int = 120
 
@@ -151,9 +148,6 @@ class InstantSegmenter(Segmenter):
     def segment(self, image: RGBImage, points: Sequence[PixelPoint]) -> Mask:
         strokes = [CanvasStroke(((p.x, p.y),), "add", 2.0 * self.radius) for p in points if p.label == 1]
         return imaging.apply_strokes(np.zeros(image.shape[:2], dtype=bool), strokes)
-
-    def find_jewelry(self, image: RGBImage, reference: Mask) -> Mask:
-        return reference.copy()
 
 
 class InstantGenerator(ImageGenerator):

@@ -66,10 +66,6 @@ class Segmenter(ServiceBackend, ABC):
     def segment(self, image: RGBImage, points: Sequence[PixelPoint]) -> Mask:
         """The object under the positive clicks, as a mask of the image's size."""
 
-    @abstractmethod
-    def find_jewelry(self, image: RGBImage, reference: Mask) -> Mask:
-        """The jewelry in a generated image, with the mask it was generated from as a hint."""
-
 
 class MaskRefiner(ServiceBackend, ABC):
     @abstractmethod

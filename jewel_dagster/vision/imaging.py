@@ -326,6 +326,42 @@ def remove_specks(mask: Mask, min_area: int) -> Mask:
     return keep[labels]
 
 
+def interior_points(
+    mask: Mask, limit: int = 8, covered: Sequence[tuple[float, float]] = ()
+) -> list[tuple[float, float]]:
+    """One point deep inside each of the ``limit`` largest components of ``mask`` that hold none
+    of the ``covered`` points (the pixel farthest from the component's edge, as a pixel centre):
+    clicks that surely lie on each part of it."""
+    if not mask.any():
+        return []
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    h, w = mask.shape
+    taken = {int(labels[int(y), int(x)]) for x, y in covered if 0 <= x < w and 0 <= y < h}
+    order = sorted((i for i in range(1, count) if i not in taken), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
+    distance = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    points = []
+    for index in order[:limit]:
+        inside = np.where(labels == index, distance, -1.0)
+        y, x = np.unravel_index(int(np.argmax(inside)), inside.shape)
+        points.append((float(x) + 0.5, float(y) + 0.5))
+    return points
+
+
+def spread_points(mask: Mask, spacing: int = 120, depth: float = 12.0, limit: int = 32) -> list[tuple[float, float]]:
+    """Points spread over ``mask`` (one per ``spacing`` cell, each at least ``depth`` pixels and
+    half the mask's greatest depth inside it), at most ``limit``; a segmenter prompted with them
+    covers every part of the mask, where a single click would leave far parts out."""
+    distance = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    if not mask.any():
+        return []
+    ys, xs = np.nonzero(distance > max(depth, 0.5 * float(distance.max())))  # well inside: no edge pixels
+    cells: dict[tuple[int, int], tuple[float, float]] = {}
+    for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
+        cells.setdefault((x // spacing, y // spacing), (x + 0.5, y + 0.5))
+    points = list(cells.values())
+    step = max(1, -(-len(points) // limit))
+    return points[::step][:limit]
+
 # --------------------------------------------------------------------------- metrics
 
 

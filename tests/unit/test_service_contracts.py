@@ -40,7 +40,9 @@ def server() -> Iterator[str]:
         yield url
 
 
-def _run(resources: dict[str, Any], rid: str) -> tuple[dg.ExecuteInProcessResult, BlobStore]:
+def _run(
+    resources: dict[str, Any], rid: str, jewelry_mask: dict[str, Any] | None = None
+) -> tuple[dg.ExecuteInProcessResult, BlobStore]:
     store: BlobStore = resources["blob_store"]
     upload = store.put(f"requests/{rid}/upload", coffee_jpeg())
     strokes = store.put(strokes_path(rid, "test"), json.dumps([STROKE]).encode())
@@ -55,7 +57,7 @@ def _run(resources: dict[str, Any], rid: str) -> tuple[dg.ExecuteInProcessResult
             run_config={
                 "ops": {
                     "original_image": {"config": {"image_uri": upload}},
-                    "jewelry_mask": {"config": {"points": [{"x": 0.45, "y": 0.42, "label": 1}]}},
+                    "jewelry_mask": {"config": jewelry_mask or {"points": [{"x": 0.45, "y": 0.42, "label": 1}]}},
                     "refined_mask": {"config": {"strokes_uri": strokes}},
                 }
             },
@@ -89,7 +91,7 @@ def test_http_clients_match_the_local_run_pixel_for_pixel(tmp_path: Any, server:
         b_doc = remote_store.get_path(stored_path(remote_store, "parity", name, "json"))
         assert json.loads(a_doc) == json.loads(b_doc), name
     calls = httpx.get(f"{server}/_stats").json()
-    assert calls["sam3/segment"] == 1 and calls["a100/generate"] == 1 and calls["sam3/find-jewelry"] == 1
+    assert calls["sam3/segment"] == 2 and calls["a100/generate"] == 1  # the mask, then the metrics
     # With the real generators elsewhere and no key, Gemini is null, with the reason.
     assert json.loads(remote_store.get_path(stored_path(remote_store, "parity", "gemini_generation", "json"))) is None
     backends = {
@@ -122,7 +124,7 @@ def test_a_hang_is_cut_by_the_timeout_and_retried(tmp_path: Any, server: str) ->
     assert result.success
     assert _retries(result).get("jewelry_mask") == 1
     assert HANG_TIMEOUT <= elapsed < HANG_SECONDS, elapsed  # cut by the timeout, not by the hang ending
-    assert httpx.get(f"{server}/_stats").json()["sam3/segment"] == 2
+    assert httpx.get(f"{server}/_stats").json()["sam3/segment"] == 3  # the hung call, its retry, the metrics
 
 
 def test_a_permanent_400_fails_at_once_with_the_services_message(tmp_path: Any, server: str) -> None:
@@ -135,3 +137,40 @@ def test_a_permanent_400_fails_at_once_with_the_services_message(tmp_path: Any, 
     assert failure.step_key == "generations"
     assert "FluxGenerator" in message and "400" in message and "rejected the request" in message
     assert httpx.get(f"{server}/_stats").json()["a100/generate"] == 1
+
+
+def test_metrics_need_only_sam3_mask_generation(tmp_path: Any, server: str) -> None:
+    """A SAM3 with nothing but the reference's mask-from-points call: the request completes
+    with metrics (the old `/find-jewelry` is answered 404, as a real SAM3 would)."""
+    set_knobs(server, reject={"sam3/find-jewelry": 404})
+    result, store = _run(_http_resources(tmp_path, server), "sam3-only")
+    assert result.success
+    metrics = json.loads(store.get_path(stored_path(store, "sam3-only", "flux_metrics", "json")))
+    assert set(metrics) == {"precision", "recall", "iou", "growth_ratio"} and metrics["iou"] >= 0.9
+    calls = httpx.get(f"{server}/_stats").json()
+    assert calls.get("sam3/segment") == 2 and "sam3/find-jewelry" not in calls  # the mask, then the metrics
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed
+
+
+def test_a_metrics_failure_keeps_the_images_and_says_why(tmp_path: Any, server: str) -> None:
+    """SAM3 answers 400 to the metrics call (the mask is supplied, so it is SAM3's only call):
+    the run succeeds with both images, null metrics with the reason, and a failed check saying why."""
+    set_knobs(server, reject={"sam3/segment": 400, "sam3/find-jewelry": 400})
+    resources = _http_resources(tmp_path, server)
+    store: BlobStore = resources["blob_store"]
+    photo = imaging.decode_image(coffee_jpeg())
+    mask = np.zeros(photo.shape[:2], dtype=np.uint8)
+    h, w = mask.shape
+    mask[h // 3 : h // 2, w // 3 : w // 2] = 255
+    mask_uri = store.put("requests/metrics-fail/supplied.png", imaging.encode_png(mask))
+    result, store = _run(resources, "metrics-fail", jewelry_mask={"mask_uri": mask_uri})
+    assert result.success
+    assert store.exists_path(stored_path(store, "metrics-fail", "flux_generation", "png"))
+    assert json.loads(store.get_path(stored_path(store, "metrics-fail", "flux_metrics", "json"))) is None
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "flux_metrics"]
+    reason = event.materialization.metadata["reason"].value
+    assert isinstance(reason, str) and "400" in reason and "rejected" in reason
+    (check,) = result.get_asset_check_evaluations()
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["reason"].value == reason

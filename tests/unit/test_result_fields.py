@@ -1,0 +1,42 @@
+"""The COMPLETED result beyond the reference's fields: why metrics are null."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from gateway.results import ResultReader
+from jewel_dagster.resources.blob_store import LocalBlobStore, artifact_path
+from jewel_dagster.vision import imaging
+
+RID = "jewelry-gen-00000000-0000-0000-0000-000000000001"
+
+
+def _store_generation(store: LocalBlobStore, metrics: object) -> None:
+    image = np.full((32, 24, 3), 200, dtype=np.uint8)
+    for name in ("background_removed_image", "jewelry_mask", "final_mask", "flux_generation"):
+        store.put(artifact_path(RID, name, "png"), imaging.encode_png(image), "image/png")
+    store.put(artifact_path(RID, "gemini_generation", "json"), b"null", "application/json")
+    store.put(artifact_path(RID, "flux_metrics", "json"), json.dumps(metrics).encode(), "application/json")
+
+
+def test_null_metrics_come_with_the_reason_and_no_internal_address(tmp_path: Path) -> None:
+    store = LocalBlobStore(root=str(tmp_path), container="jewelry-uploads")
+    _store_generation(store, None)
+    reason = "the segmenter could not measure the Flux image: Segmenter (http://10.0.0.7:9000/sam3/segment) said 400"
+    check = {"passed": False, "status": "FAILED", "violations": f"metrics unavailable: {reason}", "reason": reason}
+    result = ResultReader(store).result_of(RID, "run-1", "jewelry_generation", lambda _: check)
+    assert result["flux_result_base64"] and result["flux_metrics"] is None
+    assert result["flux_metrics_error"].startswith("the segmenter could not measure the Flux image")
+    assert "10.0.0.7" not in result["flux_metrics_error"] and "[internal address]" in result["flux_metrics_error"]
+
+
+def test_measured_metrics_carry_no_error_field(tmp_path: Path) -> None:
+    store = LocalBlobStore(root=str(tmp_path), container="jewelry-uploads")
+    metrics = {"precision": 1.0, "recall": 1.0, "iou": 1.0, "growth_ratio": 1.0}
+    _store_generation(store, metrics)
+    check = {"passed": True, "status": "SUCCEEDED", "violations": "none"}
+    result = ResultReader(store).result_of(RID, "run-1", "jewelry_generation", lambda _: check)
+    assert result["flux_metrics"] == metrics and "flux_metrics_error" not in result
