@@ -236,8 +236,12 @@ def refined_mask(
         imaging.stroke_to_canvas(((p.x, p.y) for p in s.points), s.mode, s.size, transform)
         for s in _load_strokes(config.strokes_uri, blob_store)
     ]
+    cpu_before = time.process_time()
     mask, seconds = _timed(lambda: mask_refiner.refine(jewelry_mask, strokes))
     meta = _image_metadata(mask, seconds, mask_refiner.backend_name)
+    # What the strokes cost, whatever else the machine is doing: wall time grows with load, CPU time
+    # is the bill a request's strokes run up (bounded by the stroke limits of defs/config.py).
+    meta["cpu_seconds"] = round(time.process_time() - cpu_before, 3)
     meta["strokes"] = len(strokes)
     if config.strokes_uri:
         meta["strokes_uri"] = config.strokes_uri
