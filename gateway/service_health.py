@@ -20,7 +20,6 @@ import httpx
 from gateway.schemas import ServiceState
 from gateway.settings import GatewaySettings
 
-
 # Answers that say the service is there but has no health endpoint we may call.
 _NOT_PROBEABLE = frozenset({401, 403, 404, 405, 501})
 

@@ -116,6 +116,7 @@ class DagsterRuns:
         self._cache_guard = threading.Lock()
         self._refreshing: set[str] = set()
         self._epochs: dict[str, int] = {}  # bumped by forget(), so an older refresh cannot undo it
+        self._clock = time.monotonic  # the status cache's clock (a test moves it by hand)
         self._refresher = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="status-refresh")
         self.launch_wait_seconds = settings.launch_wait_seconds
         self._ping_lock = threading.Lock()
@@ -241,34 +242,37 @@ class DagsterRuns:
         is a GraphQL query (~100+ ms of webserver time) and a crowd of pollers slows the
         webserver for everyone, launches included. An answer that expired but is younger than
         `status_stale_seconds` is returned at once while one background query refreshes it
-        (stale-while-revalidate): pollers never queue behind the query.
+        (stale-while-revalidate): pollers never queue behind the query. A state that is not final
+        is returned stale only while younger than half of `frontend_poll_seconds`: an older one
+        predates the poller's previous poll, and the run's end would reach it one poll late.
         """
         ttl = self._settings.status_ttl()
         if ttl <= 0:
             return self.latest_run(request_id)
         hit = self._status_cache.get(request_id)
         if hit is not None:
-            age = time.monotonic() - hit[0]
+            age = self._clock() - hit[0]
             if age < ttl:
                 return hit[1]
-            if age < self._settings.status_stale_seconds:
+            if age < self._settings.stale_status_limit(hit[1] is not None and hit[1].ended):
                 self._refresh_soon(request_id)
                 return hit[1]
         with self._cache_guard:
             lock = self._cache_locks.setdefault(request_id, threading.Lock())
         with lock:
             hit = self._status_cache.get(request_id)
-            if hit is not None and time.monotonic() - hit[0] < ttl:
+            if hit is not None and self._clock() - hit[0] < ttl:
                 return hit[1]
             return self._refresh(request_id)
 
     def _refresh(self, request_id: str) -> RunInfo | None:
         epoch = self._epochs.get(request_id, 0)
+        asked = self._clock()  # the answer is as old as the question, not as its arrival
         run = self.latest_run(request_id)
         with self._cache_guard:
             if self._epochs.get(request_id, 0) != epoch:
                 return run  # forgotten meanwhile (a launch): this answer may predate the new run
-            self._status_cache[request_id] = (time.monotonic(), run)
+            self._status_cache[request_id] = (asked, run)
             if len(self._status_cache) > 10_000:  # forget the oldest half
                 for key in sorted(self._status_cache, key=lambda k: self._status_cache[k][0])[:5_000]:
                     self._status_cache.pop(key, None)
