@@ -38,7 +38,12 @@ class GatewaySettings(PipelineSettings):
     )
     max_parallel_launches: int = Field(default=4, ge=1, description="Launches in flight at once.")
     launch_wait_seconds: float = Field(default=30.0, description="How long a start waits for a launch slot.")
-    api_port: int = Field(default=8001, description="Port the gateway listens on (the seed's API_PORT).")
+    api_port: int = Field(
+        default=8001, ge=1, le=65535, description="Port `python -m gateway` listens on (the seed's API_PORT)."
+    )
+    bind_host: str = Field(
+        default="127.0.0.1", description="Address `python -m gateway` listens on (0.0.0.0 in a container)."
+    )
     max_body_bytes: int = Field(
         default=25 * 1024 * 1024, description="Largest body of a route that takes a photo (refused unread)."
     )
