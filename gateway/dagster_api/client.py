@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -82,6 +83,16 @@ query MaterializationPath($assetKey: AssetKeyInput!, $partition: String!) {
     }
   }
 }"""
+
+# One aliased field per asset (asset names are GraphQL names): one query for all of them.
+_NEWEST_METADATA = """
+  {alias}: assetOrError(assetKey: {{path: ["{asset}"]}}) {{
+    ... on Asset {{
+      assetMaterializations(partitions: [$partition], limit: 1) {{
+        metadataEntries {{ label ... on TextMetadataEntry {{ text }} }}
+      }}
+    }}
+  }}"""
 
 _ADD_PARTITION = """
 mutation AddPartition($selector: RepositorySelector!, $name: String!, $key: String!) {
@@ -370,6 +381,24 @@ class DagsterRuns:
                 if entry.get("label") == "path" and entry.get("text"):
                     return str(entry["text"])
         return None
+
+    def backends_of(self, request_id: str, assets: Iterable[str]) -> dict[str, str]:
+        """asset -> the implementation its newest materialization of the request names (its
+        `backend` metadata, or `model` for a generation without an image); assets whose newest
+        materialization names none (a step that called no service) are left out."""
+        names = list(dict.fromkeys(assets))
+        if not names:
+            return {}
+        fields = "".join(_NEWEST_METADATA.format(alias=f"a{i}", asset=name) for i, name in enumerate(names))
+        data = self._query(f"query Backends($partition: String!) {{{fields}\n}}", {"partition": request_id})
+        backends = {}
+        for i, name in enumerate(names):
+            for materialization in (data.get(f"a{i}") or {}).get("assetMaterializations") or []:
+                texts = {e["label"]: e.get("text") for e in materialization.get("metadataEntries", [])}
+                backend = texts.get("backend") or texts.get("model")
+                if backend:
+                    backends[name] = str(backend)
+        return backends
 
     def terminate(self, run_id: str) -> None:
         try:
