@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.e2e_flows import finished
 from tests.support.e2e_stack import free_port, poll, running_stack, runs_of
 from tests.support.photos import coffee_jpeg
 from tests.support.servers import reference_server, service_urls, set_knobs
@@ -80,6 +81,25 @@ def test_service_failure_reaches_the_gateway_and_health_probes_services(tmp_path
             assert {s["stepKey"] for s in retried["stepStats"]} == {"generations", "flux_metrics"}, retried
             assert calls.get("sam3/segment", 0) == 1, calls
             assert calls["a100/generate"] == 1
+            backends = done["result"]["backends"]
+            assert backends["sam3"] == "http" and backends["maskRefiner"] == "http", backends  # no address
+            assert backends["flux"] == "reference-local-studio-sweep"  # the model the A100 server named
+            assert str(port) not in str(backends)
+
+            # SAM3 now refuses: a generate on the same request makes its images, and its metrics
+            # read null with the reason (the address hidden), not a FAILED request.
+            set_knobs(server, reject={"sam3/segment": 400})
+            uris = {key: done["result"][key] for key in ("imageUri", "maskUri")}
+            again = client.post("/workflow/generate", json={**uris, "brushStrokes": []})
+            assert again.status_code == 200, again.text
+            assert again.json()["workflowId"] == started["workflowId"]
+            regenerated = poll(client, started["workflowId"], lambda s: finished(s) and s != done)[-1]
+            assert regenerated["status"] == "COMPLETED", regenerated
+            result = regenerated["result"]
+            assert result["flux_result_base64"] and result["flux_metrics"] is None
+            assert result["flux_metrics_error"].startswith("the segmenter could not measure the Flux image")
+            assert "rejected the request" in result["flux_metrics_error"] and str(port) not in str(result)
+            assert result["checks"]["fidelity"]["passed"] is False
 
         # The reference server is gone: once the health cache expires the probes say so.
         services = _services_when(client, "offline")

@@ -33,6 +33,7 @@ def test_null_metrics_come_with_the_reason_and_no_internal_address(tmp_path: Pat
     assert result["flux_result_base64"] and result["flux_metrics"] is None
     assert result["flux_metrics_error"].startswith("the segmenter could not measure the Flux image")
     assert "10.0.0.7" not in result["flux_metrics_error"] and "[internal address]" in result["flux_metrics_error"]
+    assert "10.0.0.7" not in json.dumps(result)  # nor in the check's violations and reason
 
 
 def test_measured_metrics_carry_no_error_field(tmp_path: Path) -> None:
