@@ -106,6 +106,7 @@ class Stack:
             "DAGSTER_PORT": str(dagster_port),
             "DAGSTER_HOST": host,
             "API_PORT": str(gateway_port),
+            "BIND_HOST": host,
         }
         self.host = host
         self.dagster_port = dagster_port
@@ -181,12 +182,7 @@ class Stack:
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
-                "gateway.main:app",
-                "--host",
-                self.host,
-                "--port",
-                str(self.gateway_port),
+                "gateway",  # listens on API_PORT and BIND_HOST, set in self.env
                 "--log-level",
                 "warning",
             ],

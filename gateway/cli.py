@@ -4,9 +4,11 @@
     jewel status jewelry-gen-...
     jewel cancel jewelry-gen-...
 
-Talks HTTP only (httpx), so it runs anywhere the gateway is reachable. Exit codes: 0 done,
-1 the workflow failed or was cancelled, 2 the gateway refused the request (the message says
-why), 3 the gateway could not be reached or did not finish in time.
+`run` prints the files it wrote on stdout, and on stderr which backend made each part (a model
+service, or a local stand-in: `result.backends`). Talks HTTP only (httpx), so it runs anywhere
+the gateway is reachable. Exit codes: 0 done, 1 the workflow failed or was cancelled, 2 the
+gateway refused the request (the message says why), 3 the gateway could not be reached or did
+not finish in time.
 """
 
 from __future__ import annotations
@@ -188,7 +190,15 @@ def run(gateway: Gateway, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     for path in save_results(gateway, workflow_id, final["result"], args.out):
         print(path)
+    print(describe_backends(final["result"]), file=sys.stderr)
     return EXIT_OK
+
+
+def describe_backends(result: dict[str, Any]) -> str:
+    """One line naming what made each part, so a local stand-in is never taken for the service."""
+    backends = result.get("backends") or {}
+    named = ", ".join(f"{service}={backend}" for service, backend in backends.items())
+    return f"backends: {named or 'not recorded'}"
 
 
 def save_results(gateway: Gateway, workflow_id: str, result: dict[str, Any], out: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Builds the FastAPI app: `uvicorn gateway.main:app --port 8001`."""
+"""Builds the FastAPI app: `python -m gateway` (API_PORT, BIND_HOST), or `uvicorn gateway.main:app`."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -17,10 +17,28 @@ from jewel_dagster.vision import imaging
 
 # asset name -> blob path of the request's newest materialization of it (None: none recorded)
 Locate = Callable[[str], str | None]
+# (request id, asset names) -> asset -> the backend its newest materialization names
+ReadBackends = Callable[[str, Sequence[str]], dict[str, str]]
+
+# `result.backends`: which implementation made each part of the result, named by the service
+# the reference README names (the A100 server does two jobs: its refiner and Flux).
+BACKEND_OF_ASSET: dict[str, str] = {
+    AssetName.RESIZED_IMAGE: "imageManipulator",
+    AssetName.BACKGROUND_REMOVED_IMAGE: "birefnet",
+    AssetName.JEWELRY_MASK: "sam3",
+    AssetName.REFINED_MASK: "maskRefiner",
+    AssetName.FLUX_GENERATION: "flux",
+    AssetName.GEMINI_GENERATION: "gemini",
+}
+_PREPROCESS_ASSETS = (AssetName.RESIZED_IMAGE, AssetName.BACKGROUND_REMOVED_IMAGE, AssetName.JEWELRY_MASK)
 
 
 def _no_locate(name: str) -> str | None:
     return None
+
+
+def _no_backends(request_id: str, assets: Sequence[str]) -> dict[str, str]:
+    return {}
 
 
 class _Paths:
@@ -52,6 +70,14 @@ def hide_addresses(message: str) -> str:
     return _ADDRESS.sub("[internal address]", message)
 
 
+def public_backend(name: str) -> str:
+    """A backend's name fit for the caller: `http:<url>` (a model service) reads `http`, since
+    the address is internal; local stand-ins and Gemini's model name read as they are."""
+    if name.startswith("http:"):
+        return "http"
+    return hide_addresses(name)
+
+
 class ResultReader:
     """Builds results once per run: the JPEG re-encoding of two canvases costs ~0.2 s."""
 
@@ -69,6 +95,7 @@ class ResultReader:
         job_name: str,
         read_check: Callable[[str], dict[str, Any] | None],
         locate: Locate = _no_locate,
+        read_backends: ReadBackends = _no_backends,
     ) -> dict[str, Any]:
         with self._lock:
             cached = self._cache.get(run_id)
@@ -76,8 +103,18 @@ class ResultReader:
                 self._cache.move_to_end(run_id)
         if cached is None:
             cached = self._build(_Paths(self._store, request_id, run_id, locate), job_name)
+            # Not in the reference: which implementation made each part (a stand-in or a service).
+            assets = _PREPROCESS_ASSETS if job_name == PREPROCESS_JOB else tuple(BACKEND_OF_ASSET)
+            found = read_backends(request_id, assets)
+            cached[0]["backends"] = {
+                BACKEND_OF_ASSET[asset]: public_backend(found[asset]) for asset in assets if asset in found
+            }
             if job_name != PREPROCESS_JOB:
                 check = read_check(request_id)
+                if check:  # its texts quote the service's error, and so its address
+                    check = {
+                        k: hide_addresses(v) if k in ("violations", "reason") and v else v for k, v in check.items()
+                    }
                 cached[0]["checks"] = {CHECK_NAME: check} if check else {}
                 if cached[0].get("flux_metrics") is None:
                     # Not in the reference: why the metrics are null (the images still stand).

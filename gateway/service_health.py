@@ -2,6 +2,11 @@
 
 /health may be polled by load balancers every second; probing four services on each call
 would multiply that load onto the GPU machines, so answers are cached for `ttl` seconds.
+
+States, as the reference README uses them: `online` (its /health answered 200), `offline` (nothing
+answers at the address, or it answers /health with an error), `unknown` (the service cannot be
+probed: it has no /health we may call, e.g. SAM3 and BiRefNet on Modal answer 404, or the probe
+timed out, as a cold-starting Modal container does), `local` (no URL: the in-process stand-in).
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import httpx
 
 from gateway.schemas import ServiceState
 from gateway.settings import GatewaySettings
+
+# Answers that say the service is there but has no health endpoint we may call.
+_NOT_PROBEABLE = frozenset({401, 403, 404, 405, 501})
 
 
 class ServiceProbe:
@@ -44,9 +52,13 @@ class ServiceProbe:
     def _probe(self, url: str) -> ServiceState:
         try:
             response = httpx.get(f"{url.rstrip('/')}/health", timeout=self._timeout)
+        except httpx.TimeoutException:
+            return "unknown"  # no answer within the probe's timeout is not proof that it is down
         except httpx.HTTPError:
             return "offline"
-        return "online" if response.status_code == 200 else "offline"
+        if response.status_code == 200:
+            return "online"
+        return "unknown" if response.status_code in _NOT_PROBEABLE else "offline"
 
 
 def _gemini_state(settings: GatewaySettings) -> ServiceState:

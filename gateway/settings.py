@@ -29,9 +29,21 @@ class GatewaySettings(PipelineSettings):
     status_stale_seconds: float = Field(
         default=5.0, ge=0.0, description="An expired status this young is answered while a refresh runs."
     )
+    frontend_poll_seconds: float = Field(
+        default=2.0,
+        gt=0.0,
+        description="How often a frontend polls GET /workflow/{id} (the reference frontend: every 2 s). A status "
+        "that is not final is answered from the cache only while younger than half of this, so each poll sees "
+        "a state newer than the previous poll (timers jitter: half leaves the margin).",
+    )
     max_parallel_launches: int = Field(default=4, ge=1, description="Launches in flight at once.")
     launch_wait_seconds: float = Field(default=30.0, description="How long a start waits for a launch slot.")
-    api_port: int = Field(default=8001, description="Port the gateway listens on (the seed's API_PORT).")
+    api_port: int = Field(
+        default=8001, ge=1, le=65535, description="Port `python -m gateway` listens on (the seed's API_PORT)."
+    )
+    bind_host: str = Field(
+        default="127.0.0.1", description="Address `python -m gateway` listens on (0.0.0.0 in a container)."
+    )
     max_body_bytes: int = Field(
         default=25 * 1024 * 1024, description="Largest body of a route that takes a photo (refused unread)."
     )
@@ -84,6 +96,13 @@ class GatewaySettings(PipelineSettings):
         # 0.25 s on the storage: at 0.1 s the refreshes (10 a second per polled workflow) took
         # the GIL from the answers: p99 157 ms against 49 ms (benchmarks.status, paced pollers).
         return 0.25 if self.status_source == "storage" else 0.5
+
+    def stale_status_limit(self, ended: bool) -> float:
+        """How old a cached status may be and still be answered while a refresh runs: a final
+        one cannot go stale (but for a rerun), one still running would answer a poll late."""
+        if ended:
+            return self.status_stale_seconds
+        return min(self.status_stale_seconds, self.frontend_poll_seconds / 2)
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.gateway_api_keys.split(",") if k.strip()]

@@ -50,6 +50,7 @@ def state_of(workflow_id: str, run: RunInfo, runs: DagsterRuns, results: ResultR
             run.job_name,
             runs.fidelity_check,
             lambda asset: runs.artifact_path(workflow_id, asset),
+            runs.backends_of,
         )
     elif state.status == "FAILED":
         failed_op, message = runs.failure_of(run.run_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -83,6 +84,16 @@ query MaterializationPath($assetKey: AssetKeyInput!, $partition: String!) {
   }
 }"""
 
+# One aliased field per asset (asset names are GraphQL names): one query for all of them.
+_NEWEST_METADATA = """
+  {alias}: assetOrError(assetKey: {{path: ["{asset}"]}}) {{
+    ... on Asset {{
+      assetMaterializations(partitions: [$partition], limit: 1) {{
+        metadataEntries {{ label ... on TextMetadataEntry {{ text }} }}
+      }}
+    }}
+  }}"""
+
 _ADD_PARTITION = """
 mutation AddPartition($selector: RepositorySelector!, $name: String!, $key: String!) {
   addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
@@ -116,6 +127,7 @@ class DagsterRuns:
         self._cache_guard = threading.Lock()
         self._refreshing: set[str] = set()
         self._epochs: dict[str, int] = {}  # bumped by forget(), so an older refresh cannot undo it
+        self._clock = time.monotonic  # the status cache's clock (a test moves it by hand)
         self._refresher = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="status-refresh")
         self.launch_wait_seconds = settings.launch_wait_seconds
         self._ping_lock = threading.Lock()
@@ -241,34 +253,37 @@ class DagsterRuns:
         is a GraphQL query (~100+ ms of webserver time) and a crowd of pollers slows the
         webserver for everyone, launches included. An answer that expired but is younger than
         `status_stale_seconds` is returned at once while one background query refreshes it
-        (stale-while-revalidate): pollers never queue behind the query.
+        (stale-while-revalidate): pollers never queue behind the query. A state that is not final
+        is returned stale only while younger than half of `frontend_poll_seconds`: an older one
+        predates the poller's previous poll, and the run's end would reach it one poll late.
         """
         ttl = self._settings.status_ttl()
         if ttl <= 0:
             return self.latest_run(request_id)
         hit = self._status_cache.get(request_id)
         if hit is not None:
-            age = time.monotonic() - hit[0]
+            age = self._clock() - hit[0]
             if age < ttl:
                 return hit[1]
-            if age < self._settings.status_stale_seconds:
+            if age < self._settings.stale_status_limit(hit[1] is not None and hit[1].ended):
                 self._refresh_soon(request_id)
                 return hit[1]
         with self._cache_guard:
             lock = self._cache_locks.setdefault(request_id, threading.Lock())
         with lock:
             hit = self._status_cache.get(request_id)
-            if hit is not None and time.monotonic() - hit[0] < ttl:
+            if hit is not None and self._clock() - hit[0] < ttl:
                 return hit[1]
             return self._refresh(request_id)
 
     def _refresh(self, request_id: str) -> RunInfo | None:
         epoch = self._epochs.get(request_id, 0)
+        asked = self._clock()  # the answer is as old as the question, not as its arrival
         run = self.latest_run(request_id)
         with self._cache_guard:
             if self._epochs.get(request_id, 0) != epoch:
                 return run  # forgotten meanwhile (a launch): this answer may predate the new run
-            self._status_cache[request_id] = (time.monotonic(), run)
+            self._status_cache[request_id] = (asked, run)
             if len(self._status_cache) > 10_000:  # forget the oldest half
                 for key in sorted(self._status_cache, key=lambda k: self._status_cache[k][0])[:5_000]:
                     self._status_cache.pop(key, None)
@@ -366,6 +381,24 @@ class DagsterRuns:
                 if entry.get("label") == "path" and entry.get("text"):
                     return str(entry["text"])
         return None
+
+    def backends_of(self, request_id: str, assets: Iterable[str]) -> dict[str, str]:
+        """asset -> the implementation its newest materialization of the request names (its
+        `backend` metadata, or `model` for a generation without an image); assets whose newest
+        materialization names none (a step that called no service) are left out."""
+        names = list(dict.fromkeys(assets))
+        if not names:
+            return {}
+        fields = "".join(_NEWEST_METADATA.format(alias=f"a{i}", asset=name) for i, name in enumerate(names))
+        data = self._query(f"query Backends($partition: String!) {{{fields}\n}}", {"partition": request_id})
+        backends = {}
+        for i, name in enumerate(names):
+            for materialization in (data.get(f"a{i}") or {}).get("assetMaterializations") or []:
+                texts = {e["label"]: e.get("text") for e in materialization.get("metadataEntries", [])}
+                backend = texts.get("backend") or texts.get("model")
+                if backend:
+                    backends[name] = str(backend)
+        return backends
 
     def terminate(self, run_id: str) -> None:
         try:

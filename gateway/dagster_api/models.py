@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from jewel_dagster.contract import WILL_RETRY_TAG
+
+_ENDED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
+
 
 @dataclass(frozen=True)
 class StepStat:
@@ -20,6 +24,11 @@ class RunInfo:
     status: str  # Dagster's DagsterRunStatus name
     steps: list[StepStat] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        """Final: the run ended and no retry of it (run_retries) is coming."""
+        return self.status in _ENDED and not (self.status == "FAILURE" and self.tags.get(WILL_RETRY_TAG) == "true")
 
 
 def run_info_from(raw: dict[str, Any]) -> RunInfo:

@@ -222,6 +222,7 @@ async function preprocess() {
     const final = await follow(started.workflowId);
     if (!ended(final)) return;
     state.uris = { imageUri: final.result.imageUri, maskUri: final.result.maskUri };
+    $("mask-backends").textContent = backendList(final.result.backends, PREPARED_BY);
     const [image, mask, transform] = await Promise.all([
       artifact("background_removed_image.png"),
       artifact("jewelry_mask.png"),
@@ -371,6 +372,10 @@ async function showResults(final) {
     $("gemini-img").src = `data:image/jpeg;base64,${gemini}`;
     $("gemini-download").href = blobUrl(await artifact("gemini_generation.png"));
   }
+  const backends = r.backends || {};
+  $("original-backends").textContent = backendList(backends, PREPARED_BY);
+  $("flux-backend").textContent = backends.flux || "not recorded";
+  $("gemini-backend").textContent = backends.gemini || "not recorded";
   const check = (r.checks || {}).fidelity;
   $("fidelity-verdict").textContent = check ? (check.passed ? "· passed" : `· failed: ${check.violations || ""}`) : "";
   $("fidelity-verdict").className = check ? (check.passed ? "pass" : "fail") : "";
@@ -381,6 +386,15 @@ async function showResults(final) {
   $("metrics-download").href = blobUrl(new Blob([JSON.stringify(metrics, null, 2)], { type: "application/json" }));
   $("results").hidden = false;
   $("results").scrollIntoView({ behavior: "smooth" });
+}
+
+// result.backends names which implementation made each part: a model service ("http"), Gemini's
+// model, or one of the local stand-ins ("local-…"), so a stand-in is never mistaken for the real one.
+const PREPARED_BY = ["imageManipulator", "birefnet", "sam3", "maskRefiner"];
+
+function backendList(backends, services) {
+  const named = services.filter((s) => (backends || {})[s]).map((s) => `${s} ${backends[s]}`);
+  return named.length ? named.join(" · ") : "not recorded";
 }
 
 function escapeHtml(text) {

@@ -46,8 +46,10 @@ def test_preprocess_then_generate_with_a_brush_stroke(client: httpx.Client, stac
     pre = client.post("/workflow/preprocess", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}).json()
     done = poll(client, pre["workflowId"], _finished)[-1]
     assert done["status"] == "COMPLETED", done
-    uris = done["result"]
-    assert set(uris) == {"imageUri", "maskUri"}
+    assert set(done["result"]) == {"imageUri", "maskUri", "backends"}
+    backends = {"imageManipulator": "local-classical", "birefnet": "local-grabcut", "sam3": "local-grabcut"}
+    assert done["result"]["backends"] == backends  # the local stand-ins
+    uris = {key: done["result"][key] for key in ("imageUri", "maskUri")}
 
     # A stroke in the photo's top-left corner, far from the cup: jewelry must appear there. On
     # /generate its points are normalised on the canvas image (imageUri).

@@ -186,6 +186,8 @@ def test_cli_run_writes_the_images_and_metrics(stack: Stack, tmp_path: Path) -> 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["workflowId"].startswith("jewelry-gen-") and 0 <= metrics["flux_metrics"]["iou"] <= 1
     assert "%" in done.stderr  # the progress bar
+    assert metrics["backends"]["flux"] == "local-studio-sweep"  # the result's backends, saved and printed
+    assert "backends: imageManipulator=local-classical" in done.stderr and "flux=local-studio-sweep" in done.stderr
     status = _jewel(stack, "status", metrics["workflowId"])
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "COMPLETED"
     cancel = _jewel(stack, "cancel", metrics["workflowId"])
@@ -253,6 +255,10 @@ def test_the_page_takes_a_photo_and_clicks_to_results(chromium: Path, stack: Sta
             page.mouse.click(photo["x"] + 0.245 * photo["width"], photo["y"] + 0.467 * photo["height"])
             page.click("#preprocess")
             page.wait_for_selector("#step-mask", state="visible", timeout=120_000)
+            # Which implementation made the canvas and the mask: here the local stand-ins (the
+            # ring's background was kept, so no background remover is named).
+            backends = page.locator("#mask-backends").inner_text()
+            assert backends == "imageManipulator local-classical · sam3 local-grabcut", backends
             page.screenshot(path=str(tmp_path / "1-mask.png"), full_page=True)
 
             page.locator("#mask-canvas").scroll_into_view_if_needed()
@@ -270,6 +276,9 @@ def test_the_page_takes_a_photo_and_clicks_to_results(chromium: Path, stack: Sta
             assert page.locator("#step-name").inner_text() == "COMPLETED"
             assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
             assert page.locator("#metrics tr").count() >= 3
+            assert page.locator("#flux-backend").inner_text() == "local-studio-sweep"
+            assert page.locator("#gemini-backend").inner_text() == "local-studio-radial"
+            assert page.locator("#original-backends").inner_text().endswith("maskRefiner local-brush")
             assert page.get_attribute("#flux-download", "href", timeout=5_000).startswith("blob:")
             page.screenshot(path=str(tmp_path / "2-results.png"), full_page=True)
         finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.e2e_flows import finished
 from tests.support.e2e_stack import free_port, poll, running_stack, runs_of
 from tests.support.photos import coffee_jpeg
 from tests.support.servers import reference_server, service_urls, set_knobs
@@ -61,9 +62,12 @@ def test_service_failure_reaches_the_gateway_and_health_probes_services(tmp_path
             assert "rejected the request" in final["error"]
             assert httpx.get(f"{server}/_stats").json()["a100/generate"] == 1  # permanent: not retried
 
-            # Fix the service, then "Re-execute from failure" as the Dagster UI does, over GraphQL:
-            # the gateway reports the partition's newest run, which completes.
-            set_knobs(server)
+            # Fix Flux, then "Re-execute from failure" as the Dagster UI does, over GraphQL: the
+            # gateway reports the partition's newest run, which completes. SAM3 now refuses the
+            # metrics call: the images still stand, the metrics read null with the reason (the
+            # internal address hidden), and the fidelity check says why. (Metrics measured over
+            # HTTP: tests/unit/test_service_contracts.py.)
+            set_knobs(server, reject={"sam3/segment": 400})
             failed_run = runs_of(stack.dagster_url, started["workflowId"])[0]["runId"]
             launched = httpx.post(
                 f"{stack.dagster_url}/graphql",
@@ -71,14 +75,24 @@ def test_service_failure_reaches_the_gateway_and_health_probes_services(tmp_path
                 timeout=30,
             ).json()["data"]["launchRunReexecution"]
             assert launched["__typename"] == "LaunchRunSuccess", launched
-            done = poll(client, started["workflowId"], lambda s: s["status"] == "COMPLETED")[-1]
-            assert done["result"]["flux_metrics"]["iou"] > 0
+            # (the failed run's state stays in the gateway's cache a moment: wait for another one)
+            done = poll(client, started["workflowId"], lambda s: finished(s) and s != final)[-1]
+            assert done["status"] == "COMPLETED", done
+            result = done["result"]
+            assert result["flux_result_base64"] and result["flux_metrics"] is None
+            assert result["flux_metrics_error"].startswith("the segmenter could not measure the Flux image")
+            assert "rejected the request" in result["flux_metrics_error"]
+            assert result["checks"]["fidelity"]["passed"] is False
+            assert str(port) not in str(result)  # no internal address anywhere in the result
+            backends = result["backends"]
+            assert backends["sam3"] == "http" and backends["maskRefiner"] == "http", backends
+            assert backends["flux"] == "reference-local-studio-sweep"  # the model the A100 server named
             calls = httpx.get(f"{server}/_stats").json()
             # Steps that had succeeded are not run again: the re-execution runs the failed step and
             # what follows it (flux_metrics asks SAM3 once, to measure; jewelry_mask does not run).
             retried = runs_of(stack.dagster_url, started["workflowId"])[0]
             assert {s["stepKey"] for s in retried["stepStats"]} == {"generations", "flux_metrics"}, retried
-            assert calls.get("sam3/segment", 0) == 1, calls
+            assert calls.get("sam3/segment", 0) == 1, calls  # refused at once: not retried
             assert calls["a100/generate"] == 1
 
         # The reference server is gone: once the health cache expires the probes say so.

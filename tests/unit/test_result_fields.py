@@ -1,12 +1,14 @@
-"""The COMPLETED result beyond the reference's fields: why metrics are null."""
+"""The COMPLETED result beyond the reference's fields: why metrics are null, which backends made it."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from gateway.cli import describe_backends
 from gateway.results import ResultReader
 from jewel_dagster.resources.blob_store import LocalBlobStore, artifact_path
 from jewel_dagster.vision import imaging
@@ -31,6 +33,7 @@ def test_null_metrics_come_with_the_reason_and_no_internal_address(tmp_path: Pat
     assert result["flux_result_base64"] and result["flux_metrics"] is None
     assert result["flux_metrics_error"].startswith("the segmenter could not measure the Flux image")
     assert "10.0.0.7" not in result["flux_metrics_error"] and "[internal address]" in result["flux_metrics_error"]
+    assert "10.0.0.7" not in json.dumps(result)  # nor in the check's violations and reason
 
 
 def test_measured_metrics_carry_no_error_field(tmp_path: Path) -> None:
@@ -40,3 +43,44 @@ def test_measured_metrics_carry_no_error_field(tmp_path: Path) -> None:
     check = {"passed": True, "status": "SUCCEEDED", "violations": "none"}
     result = ResultReader(store).result_of(RID, "run-1", "jewelry_generation", lambda _: check)
     assert result["flux_metrics"] == metrics and "flux_metrics_error" not in result
+
+
+def test_backends_name_each_part_without_internal_addresses(tmp_path: Path) -> None:
+    store = LocalBlobStore(root=str(tmp_path), container="jewelry-uploads")
+    metrics = {"precision": 1.0, "recall": 1.0, "iou": 1.0, "growth_ratio": 1.0}
+    _store_generation(store, metrics)
+    recorded = {  # what the materializations' metadata say (`backend`, or `model` for a null image)
+        "resized_image": "local-classical",
+        "jewelry_mask": "http:http://10.0.0.7:9000/sam3",
+        "flux_generation": "local-studio-flux",
+        "gemini_generation": "gemini:gemini-2.5-flash-image",
+    }
+    asked: list[tuple[str, ...]] = []
+
+    def read_backends(request_id: str, assets: Sequence[str]) -> dict[str, str]:
+        asked.append(tuple(assets))
+        return {a: recorded[a] for a in assets if a in recorded}
+
+    check = {"passed": True, "status": "SUCCEEDED", "violations": "none"}
+    plain = ResultReader(store).result_of(RID, "run-1", "jewelry_generation", lambda _: check)
+    result = ResultReader(store).result_of(
+        RID, "run-1", "jewelry_generation", lambda _: check, read_backends=read_backends
+    )
+    assert result["backends"] == {
+        "imageManipulator": "local-classical",
+        "sam3": "http",  # a model service: its address is internal
+        "flux": "local-studio-flux",
+        "gemini": "gemini:gemini-2.5-flash-image",
+    }
+    assert "10.0.0.7" not in json.dumps(result)
+    assert plain["backends"] == {}
+    # The reference's fields are untouched, byte for byte.
+    for key in ("flux_result_base64", "gemini_result_base64", "flux_metrics"):
+        assert json.dumps(result[key]) == json.dumps(plain[key])
+    assert set(asked[0]) >= {"flux_generation", "gemini_generation", "jewelry_mask", "refined_mask"}
+
+
+def test_the_cli_names_the_backends() -> None:
+    line = describe_backends({"backends": {"sam3": "local-grabcut", "flux": "http"}})
+    assert line == "backends: sam3=local-grabcut, flux=http"
+    assert describe_backends({}) == "backends: not recorded"
