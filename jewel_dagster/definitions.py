@@ -8,6 +8,7 @@ from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.defs.jobs import ALL_JOBS
 from jewel_dagster.defs.regeneration import build_regeneration_automation
 from jewel_dagster.resources.selection import build_resources
+from jewel_dagster.runtime.json_logs import json_logger
 from jewel_dagster.settings import get_settings
 
 _settings = get_settings()
@@ -19,4 +20,6 @@ defs = dg.Definitions(
     sensors=[regeneration_sensor],
     schedules=[regeneration_schedule],
     resources=build_resources(_settings),
+    # JSON lines from the run workers (LOG_FORMAT=json); text keeps Dagster's console logger.
+    loggers={"json": json_logger} if _settings.log_format == "json" else None,
 )
