@@ -230,9 +230,10 @@ class DagsterFigures(Collector):
                 self._queue_wait.observe((job,), seconds)
                 continue
             self._durations.observe((job, ENDINGS[event_type.removeprefix("RUN_")]), seconds)
-            self._count_run_events(instance, run.dagster_run.run_id)
+            # A cancel interrupts the running step: its failure is the cancel, not the service's.
+            self._count_run_events(instance, run.dagster_run.run_id, failures=event_type != "RUN_CANCELED")
 
-    def _count_run_events(self, instance: Any, run_id: str) -> None:
+    def _count_run_events(self, instance: Any, run_id: str, failures: bool) -> None:
         """The model calls and fidelity checks of one ended run, from its own events (one query)."""
         from dagster import DagsterEventType
 
@@ -252,7 +253,7 @@ class DagsterFigures(Collector):
                 evaluation = event.event_specific_data
                 if evaluation.check_name == CHECK_NAME:
                     self._checks["passed" if evaluation.passed else "failed"] += 1
-            else:
+            elif failures:
                 self._count_step_failure(event)
 
     def _count_materialization(self, materialization: Any) -> None:

@@ -7,8 +7,11 @@ as long as a test needs, however loaded the machine is.
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +20,7 @@ from devtools.stack import Stack
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import poll, running_stack, runs_of, step_status, wait_until
 from tests.support.servers import Gate, gated_proxy, reference_server, service_urls, set_knobs
+from tests.unit.test_observability import samples, value
 
 pytestmark = pytest.mark.e2e
 BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
@@ -37,6 +41,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         env["A100_SERVER_URL"] = f"{proxy}/a100"
         env["STATUS_SOURCE"] = "graphql"
         env["REGENERATION_SENSOR_ENABLED"] = "false"
+        env["METRICS_CACHE_SECONDS"] = "0"  # each scrape reads Dagster's storage afresh
         with running_stack(tmp_path_factory.mktemp("graphql"), env) as stack:
             yield Deployment(stack, reference, gate)
 
@@ -103,3 +108,114 @@ def test_cancel_an_executing_request(client: httpx.Client, deployment: Deploymen
         gate.release.set()
     assert step_status(stack.dagster_url, workflow, "flux_metrics") is None, "nothing ran after the cancel"
     assert client.post(f"/workflow/{workflow}/cancel").status_code == 409
+
+
+def _json_lines(path: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def test_metrics_move_by_exactly_the_requests_made_and_one_request_id_follows_a_run(
+    client: httpx.Client, deployment: Deployment
+) -> None:
+    """One cancelled, one failed (the reference server rejects SAM3) and one completed request:
+    /metrics moves by exactly those, and the completed one's X-Request-ID is on the gateway's
+    lines and on its run's lines (each with its run id and step)."""
+    stack, gate = deployment.stack, deployment.gate
+
+    def scrape() -> dict[Any, float]:
+        response = client.get("/metrics")
+        assert response.status_code == 200, response.text
+        return samples(response.text)
+
+    before = scrape()
+    assert value(before, "jewel_dagster_storage_up") == 1
+    gate.entered.clear()
+    gate.release.clear()  # the cancelled request waits in GENERATING_IMAGES
+    try:
+        cancelled = client.post("/workflow/start", json=BODY).json()["workflowId"]
+        gate.wait_entered(timeout=180)  # past SAM3: the rejection below cannot reach it
+        set_knobs(deployment.reference, reject={"sam3/segment": 400})
+        try:
+            failed = client.post("/workflow/preprocess", json=BODY).json()["workflowId"]
+            assert poll(client, failed, finished, timeout=120)[-1]["status"] == "FAILED"
+        finally:
+            set_knobs(deployment.reference)
+        assert client.post(f"/workflow/{cancelled}/cancel").status_code == 200
+        assert poll(client, cancelled, finished, timeout=120)[-1]["status"] == "CANCELLED"
+    finally:
+        gate.release.set()
+    request_id = f"e2e-{uuid.uuid4().hex}"
+    started = client.post("/workflow/start", json=BODY, headers={"X-Request-ID": request_id})
+    assert started.headers["X-Request-ID"] == request_id
+    completed = started.json()["workflowId"]
+    final = poll(client, completed, finished, timeout=180)[-1]
+    assert final["status"] == "COMPLETED", final
+    fidelity = "passed" if final["result"]["checks"]["fidelity"]["passed"] else "failed"
+
+    full, pre = "jewelry_generation", "jewelry_preprocess"
+    ended = "jewel_workflows_finished_total"
+    expected_endings = {(full, "completed"): 1, (full, "cancelled"): 1, (pre, "failed"): 1}
+
+    def all_ended() -> dict[Any, float] | None:
+        now = scrape()  # the cancelled run reaches CANCELED a moment after GET says CANCELLED
+        moved = {
+            (job, status): value(now, ended, dagster_job=job, status=status)
+            - value(before, ended, dagster_job=job, status=status)
+            for job, status in expected_endings
+        }
+        return now if moved == expected_endings else None
+
+    after = wait_until(all_ended, "the three runs counted as ended", timeout=90)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("jewel_workflows_started_total", dagster_job=full) == 2
+    assert moved("jewel_workflows_started_total", dagster_job=pre) == 1
+    for job, status in ((full, "failed"), (pre, "completed"), (pre, "cancelled")):
+        assert moved(ended, dagster_job=job, status=status) == 0, (job, status)
+    duration = "jewel_workflow_duration_seconds"
+    for (job, status), count in expected_endings.items():
+        assert moved(f"{duration}_count", dagster_job=job, status=status) == count
+        assert moved(f"{duration}_bucket", dagster_job=job, status=status, le="+Inf") == count
+    assert moved(f"{duration}_sum", dagster_job=full, status="completed") > 0
+    assert moved("jewel_run_queue_wait_seconds_count", dagster_job=full) == 2
+    assert moved("jewel_run_queue_wait_seconds_count", dagster_job=pre) == 1
+    # Model calls: SAM3 answered the cancelled and the completed request's masks and the completed
+    # one's fidelity metrics, and refused the failed one's; the A100 refined both full requests'
+    # masks and generated once (the cancelled request's generate never answered its run).
+    calls = "jewel_model_calls_total"
+    assert moved(calls, service="sam3", outcome="ok") == 3
+    assert moved(calls, service="sam3", outcome="error") == 1
+    assert moved(calls, service="a100", outcome="ok") == 2
+    assert moved(calls, service="flux", outcome="ok") == 1
+    assert moved(calls, service="flux", outcome="error") == 0  # a cancel is not a service error
+    assert moved(calls, service="image_manipulator", outcome="ok") == 6  # resize and zoom check, 3 runs
+    assert moved("jewel_model_call_duration_seconds_count", service="sam3") == 3
+    assert moved("jewel_fidelity_checks_total", result=fidelity) == 1
+    assert (
+        moved("jewel_fidelity_checks_total", result="passed") + moved("jewel_fidelity_checks_total", result="failed")
+        == 1
+    )
+    http = "jewel_http_requests_total"
+    assert moved(http, method="POST", route="/workflow/start", status="200") == 2
+    assert moved(http, method="POST", route="/workflow/preprocess", status="200") == 1
+    assert moved(http, method="POST", route="/workflow/{workflow_id}/cancel", status="200") == 1
+    assert moved("jewel_http_request_duration_seconds_count", method="POST", route="/workflow/start") == 2
+    assert value(after, "jewel_pool_slots", pool="gpu") == 2
+    assert value(after, "jewel_runs_in_progress") == 0 and value(after, "jewel_runs_queued") == 0
+
+    # One request id through the gateway's lines and the run's (the run worker logs to the code
+    # server's output: it is forked from it).
+    (run,) = runs_of(stack.dagster_url, completed)
+    assert stack.log_dir is not None
+    gateway_lines = [x for x in _json_lines(stack.log_dir / "gateway.log") if x.get("requestId") == request_id]
+    launched = next(x for x in gateway_lines if x["message"].startswith("launched"))
+    assert launched["workflowId"] == completed and launched["runId"] == run["runId"]
+    access = next(x for x in gateway_lines if x["logger"] == "gateway.http")
+    assert access["route"] == "/workflow/start" and access["status"] == 200 and access["workflowId"] == completed
+    run_lines = [x for x in _json_lines(stack.log_dir / "code_server.log") if x.get("requestId") == request_id]
+    assert {x["runId"] for x in run_lines} == {run["runId"]}
+    assert {x["workflowId"] for x in run_lines} == {completed}
+    steps = {x.get("step") for x in run_lines if x.get("event") == "STEP_SUCCESS"}
+    assert {"jewelry_mask", "generations", "flux_metrics"} <= steps, steps
