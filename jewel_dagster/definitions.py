@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from jewel_dagster.contract import JSON_LOGGER
 from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.defs.jobs import ALL_JOBS
 from jewel_dagster.defs.regeneration import build_regeneration_automation
@@ -20,6 +21,6 @@ defs = dg.Definitions(
     sensors=[regeneration_sensor],
     schedules=[regeneration_schedule],
     resources=build_resources(_settings),
-    # JSON lines from the run workers (LOG_FORMAT=json); text keeps Dagster's console logger.
-    loggers={"json": json_logger} if _settings.log_format == "json" else None,
+    # JSON lines from the run workers, for runs whose run config names it (LOG_FORMAT=json).
+    loggers={JSON_LOGGER: json_logger},
 )

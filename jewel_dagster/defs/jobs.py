@@ -16,23 +16,17 @@ from jewel_dagster.defs.assets import (
     flux_metrics,
     generations,
 )
-from jewel_dagster.runtime.json_logs import json_logging_run_config
 from jewel_dagster.settings import get_settings
 
 # JOB_EXECUTOR=multiprocess restores Dagster's stock executor (the benchmarks' baseline).
 EXECUTOR = dg.multiprocess_executor if get_settings().job_executor == "multiprocess" else dg.in_process_executor
-# LOG_FORMAT=json (the default): run workers log JSON lines (the `json` logger of Definitions).
-RUN_CONFIG = json_logging_run_config() if get_settings().log_format == "json" else None
+
 
 
 def _request_job(name: str, assets: list[dg.AssetsDefinition], description: str) -> dg.UnresolvedAssetJobDefinition:
     """A job over some of the request assets; its partitions (`requests`) come from them."""
     return dg.define_asset_job(
-        name,
-        selection=dg.AssetSelection.assets(*assets),
-        executor_def=EXECUTOR,
-        description=description,
-        config=RUN_CONFIG,
+        name, selection=dg.AssetSelection.assets(*assets), executor_def=EXECUTOR, description=description
     )
 
 

@@ -6,6 +6,10 @@ wants fields: this logger writes one JSON object a line (`jewel_dagster.log_form
 ...) and `requestId` (the `jewel/request-id` run tag the gateway set from the call's
 X-Request-ID), so one grep on a request id finds the gateway's lines and the run's.
 
+Registered as `json` in the Definitions; a run uses it when its run config names it
+(`jewel_dagster.contract.json_logging_run_config`), which every launch of ours does with
+LOG_FORMAT=json; a run without it logs Dagster's console text.
+
 Dagster hands a logger each record with its run context in a private attribute; no public
 call reads it.
 
@@ -60,8 +64,3 @@ def json_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
     logger.addHandler(handler)
     return logger
 
-
-def json_logging_run_config() -> dict[str, Any]:
-    """The part of a job's default run config that turns the logger on (Dagster uses a job's
-    loggers only when its run config names them)."""
-    return {"loggers": {"json": {}}}

@@ -7,8 +7,8 @@ import json
 import dagster as dg
 import pytest
 
-from jewel_dagster.contract import PARTITION_TAG, REQUEST_ID_TAG
-from jewel_dagster.runtime.json_logs import json_logger, json_logging_run_config
+from jewel_dagster.contract import JSON_LOGGER, PARTITION_TAG, REQUEST_ID_TAG, json_logging_run_config
+from jewel_dagster.runtime.json_logs import json_logger
 
 
 @dg.asset
@@ -18,13 +18,13 @@ def measured(context: dg.AssetExecutionContext) -> int:
 
 
 def test_a_runs_lines_carry_its_ids(capsys: pytest.CaptureFixture[str]) -> None:
-    job = dg.define_asset_job(
-        "logged", selection=[measured], executor_def=dg.in_process_executor, config=json_logging_run_config()
-    )
-    defs = dg.Definitions(assets=[measured], jobs=[job], loggers={"json": json_logger})
+    job = dg.define_asset_job("logged", selection=[measured], executor_def=dg.in_process_executor)
+    defs = dg.Definitions(assets=[measured], jobs=[job], loggers={JSON_LOGGER: json_logger})
     tags = {PARTITION_TAG: "jewelry-gen-1", REQUEST_ID_TAG: "req-7"}
     with dg.instance_for_test() as instance:
-        result = defs.resolve_job_def("logged").execute_in_process(instance=instance, tags=tags)
+        result = defs.resolve_job_def("logged").execute_in_process(
+            instance=instance, tags=tags, run_config=json_logging_run_config()
+        )
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert lines, "no JSON lines on stderr"
     assert all(line["runId"] == result.run_id and line["requestId"] == "req-7" for line in lines)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability.logs import request_id_from
@@ -94,3 +95,32 @@ def test_the_request_id_is_echoed_or_made_and_logged_as_json(
 )
 def test_request_ids_are_plain_tokens(header: str | None, kept: bool) -> None:
     assert (request_id_from(header) == header) is kept
+
+
+def test_webhook_deliveries_are_counted_by_outcome(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.dagster_api.client import DagsterRuns
+    from gateway.dagster_api.models import RunInfo
+    from gateway.observability.registry import GatewayMetrics
+    from gateway.results import ResultReader
+    from gateway.settings import GatewaySettings
+    from gateway.webhooks import WebhookDispatcher
+    from jewel_dagster.contract import WEBHOOK_URL_TAG
+    from jewel_dagster.resources.blob_store import LocalBlobStore
+    from tests.support.receivers import webhook_receiver
+
+    metrics = GatewayMetrics()
+    settings = GatewaySettings(
+        local_blob_root=str(tmp_path), webhook_secret="s3cret", webhook_allow_private=True, webhook_attempts=1
+    )
+    store = LocalBlobStore(root=str(tmp_path))
+    dispatcher = WebhookDispatcher(
+        settings, DagsterRuns(settings), ResultReader(store), store, on_delivery=metrics.webhook_delivered
+    )
+    monkeypatch.setattr(dispatcher, "_final_state", lambda workflow_id, run: b'{"s":1}')
+    with webhook_receiver() as accepting, webhook_receiver(answers=[400]) as refusing:
+        for index, url in enumerate((accepting.url, accepting.url, refusing.url)):
+            run = RunInfo(f"run-{index}", "jewelry_generation", "SUCCESS", [], {WEBHOOK_URL_TAG: url})
+            dispatcher._deliver("jewelry-gen-x", run)
+    scrape = samples(generate_latest(metrics.registry).decode())
+    assert value(scrape, "jewel_webhook_deliveries_total", outcome="delivered") == 2
+    assert value(scrape, "jewel_webhook_deliveries_total", outcome="failed") == 1
