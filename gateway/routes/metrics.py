@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.deps import SettingsDep
 from gateway.observability.registry import GatewayMetrics
+from gateway.schemas import error_responses
 from gateway.security import RateLimits, client_network
 
 router = APIRouter(tags=["operations"])
@@ -61,7 +62,10 @@ def require_metrics_token(
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
+        **error_responses(401, 403, 429),
+    },
 )
 def metrics(request: Request, _: Annotated[None, Security(require_metrics_token)]) -> Response:
     """Gateway and pipeline figures for Prometheus (README, Observability)."""
