@@ -137,6 +137,10 @@ def test_metrics_move_by_exactly_the_requests_made_and_one_request_id_follows_a_
         assert response.status_code == 200, response.text
         return samples(response.text)
 
+    # The cancel test before this one killed its run worker in a step that held a GPU slot: the
+    # daemon frees it once the run has ended (run_monitoring.free_slots_after_run_end_seconds);
+    # without that, the failed request below would wait for a slot forever.
+    wait_until(lambda: value(scrape(), "jewel_pool_slots_claimed", pool="gpu") == 0, "the GPU slots freed", timeout=60)
     before = scrape()
     assert value(before, "jewel_dagster_storage_up") == 1
     request_id = f"e2e-{uuid.uuid4().hex}"
