@@ -24,8 +24,8 @@ import yaml
 from devtools.stack import REPO_ROOT, Stack, free_port, wait_for_http
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import poll, running_stack, runs_of, step_status, wait_until
+from tests.support.metrics import samples, value
 from tests.support.servers import Gate, gated_proxy, reference_server, service_urls, set_knobs
-from tests.unit.test_observability import samples, value
 
 pytestmark = pytest.mark.e2e
 BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}

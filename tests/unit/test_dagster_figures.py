@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.observability.dagster_figures import DagsterFigures
 from jewel_dagster.contract import FULL_JOB, PREPROCESS_JOB
-from tests.unit.test_observability import samples, value
+from tests.support.metrics import samples, value
 
 
 @pytest.fixture

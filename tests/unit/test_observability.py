@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability.logs import request_id_from
 from tests.support.gateway_client import gateway_client
+from tests.support.metrics import samples, value
 
 WORKFLOW = "/workflow/jewelry-gen-00000000-0000-0000-0000-000000000000"
 
@@ -19,19 +19,6 @@ WORKFLOW = "/workflow/jewelry-gen-00000000-0000-0000-0000-000000000000"
 def _no_dagster_home(monkeypatch: pytest.MonkeyPatch) -> None:
     """The figures read from Dagster need a DAGSTER_HOME; these tests give them none (or their own)."""
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a scrape, parsed by prometheus_client's own parser: (name, labels) -> value."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return scrape.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_http_calls_are_counted_by_route_template_and_status(tmp_path: Path) -> None:
