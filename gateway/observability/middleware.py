@@ -3,7 +3,8 @@
 Plain ASGI rather than Starlette's BaseHTTPMiddleware: event streams pass through unbuffered,
 and the status is read from the response start message. The route label is the matched
 route's template (`/workflow/{workflow_id}`), never the raw path, so ids do not multiply series;
-anything no route matched is `unmatched`.
+anything no route matched is `unmatched`, and so is a body refused before routing (the 413s of
+BodyLimitMiddleware, inside this one).
 """
 
 from __future__ import annotations
