@@ -14,8 +14,12 @@ from fastapi.responses import JSONResponse
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.event_streams import EventStreams
+from gateway.observability.dagster_figures import DagsterFigures
+from gateway.observability.logs import configure_logging
+from gateway.observability.middleware import ObservabilityMiddleware
+from gateway.observability.registry import GatewayMetrics
 from gateway.results import ResultReader
-from gateway.routes import artifacts, events, health, page, webhooks, workflows
+from gateway.routes import artifacts, events, health, metrics, page, webhooks, workflows
 from gateway.security import BodyLimitMiddleware, RateLimits, refuse_to_start_open
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings, get_settings
@@ -41,10 +45,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     resolved = settings or get_settings()
+    observed = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(resolved.log_format, resolved.log_level)
         refuse_to_start_open(resolved)
+        figures = DagsterFigures(resolved.metrics_cache_seconds)
+        observed.registry.register(figures)
+        app.state.dagster_figures = figures
         app.state.settings = resolved
         app.state.store = build_blob_store(resolved, inside_dagster=False)
         app.state.runs = DagsterRuns(resolved)
@@ -56,21 +65,27 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         )
         dispatcher = None
         if resolved.webhook_secret:
-            dispatcher = WebhookDispatcher(resolved, app.state.runs, app.state.results, app.state.store)
+            dispatcher = WebhookDispatcher(
+                resolved, app.state.runs, app.state.results, app.state.store, on_delivery=observed.webhook_delivered
+            )
             dispatcher.start()
         yield
         await app.state.event_streams.close()
         if dispatcher is not None:
             dispatcher.stop()
         app.state.runs.close()
+        observed.registry.unregister(figures)
+        figures.close()
 
     app = FastAPI(title="jewel-dagster gateway", version="0.1.0", lifespan=lifespan)
+    app.state.metrics = observed
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(events.router)
     app.include_router(artifacts.router)
     app.include_router(workflows.router)
     app.include_router(webhooks.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     page.mount(app)
     if resolved.cors_origin_list():
         app.add_middleware(
@@ -86,6 +101,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         max_objects=resolved.max_json_objects,
         upload_paths=frozenset({"/workflow/start", "/workflow/preprocess"}),
     )
+    app.add_middleware(ObservabilityMiddleware, metrics=observed)  # outermost: sees every answer, 413s too
     return app
 
 

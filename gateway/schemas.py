@@ -97,6 +97,7 @@ class ValidationErrorBody(BaseModel):
 _ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Bad input (the field is named in `detail`)",
     401: "No valid API key (when the gateway has keys)",
+    403: "Off: /metrics while API keys are on and METRICS_API_KEY is unset",
     404: "No such workflow, or not the caller's; or nothing stored",
     409: "The workflow already ended",
     413: "The body or the image is too large",

@@ -89,6 +89,13 @@ class GatewaySettings(PipelineSettings):
     webhook_backoff_seconds: float = Field(
         default=1.0, ge=0.0, description="Wait before the 2nd POST; doubles for each further one."
     )
+    metrics_api_key: str = Field(
+        default="",
+        description="Bearer token of GET /metrics; required there whenever API keys are on (else /metrics is 403).",
+    )
+    metrics_cache_seconds: float = Field(
+        default=10.0, ge=0.0, description="How old the figures read from Dagster's storage may be when scraped."
+    )
 
     def status_ttl(self) -> float:
         if self.status_cache_seconds is not None:

@@ -32,6 +32,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -258,10 +259,12 @@ class WebhookDispatcher:
         results: ResultReader,
         store: BlobStore,
         verify: ssl.SSLContext | bool = True,  # the certificates https receivers are checked against
+        on_delivery: Callable[[bool], None] | None = None,  # told each outcome (delivered or not): metrics
     ) -> None:
         master_key(settings.webhook_secret)  # a broken WEBHOOK_SECRET stops the start, not each POST
         self._settings = settings
         self._verify = verify
+        self._on_delivery = on_delivery
         self._runs = runs
         self._results = results
         self._store = store
@@ -366,6 +369,8 @@ class WebhookDispatcher:
             return  # shutting down: no record, so the next gateway delivers it
         record = json.dumps(outcome.__dict__).encode()
         self._store.put(record_path(workflow_id, run.run_id), record, "application/json")
+        if self._on_delivery is not None:
+            self._on_delivery(outcome.delivered)
 
     def _final_state(self, workflow_id: str, run: RunInfo) -> bytes | None:
         """GET's body for the run, asked again with backoff while Dagster does not answer; None

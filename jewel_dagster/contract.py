@@ -50,6 +50,29 @@ WEBHOOK_URL_TAG = "jewel/webhook-url"  # redacted: scheme://host[:port]/path, no
 WEBHOOK_KEY_TAG = "jewel/webhook-key"  # names the blob that holds the full URL (gateway.webhooks)
 REGENERATE_REASON_TAG = "jewel/regenerate-reason"
 REGENERATE_ATTEMPT_TAG = "jewel/regenerate-attempt"
+REQUEST_ID_TAG = "jewel/request-id"  # the correlation id of the API call that launched the run (X-Request-ID)
+
+# The Dagster logger that writes a run's log lines as JSON (jewel_dagster/runtime/json_logs.py).
+JSON_LOGGER = "json"
+
+
+def json_logging_run_config() -> dict[str, dict[str, dict[str, object]]]:
+    """The run config that turns the JSON logger on for one run. Dagster uses a job's loggers only
+    when the run config names them (a partitioned job ignores a job's default config), so each
+    launch asks for it: the gateway's, the re-generation sensor's; a UI re-execution inherits it."""
+    return {"loggers": {JSON_LOGGER: {}}}
+
+
+# Which model service each step calls, for metrics and logs; `generations` calls Flux and Gemini.
+STEP_SERVICES: dict[str, tuple[str, ...]] = {
+    "resize_to_canvas": ("image_manipulator",),
+    "zoom_check": ("image_manipulator",),
+    "background_removed_image": ("birefnet",),
+    "jewelry_mask": ("sam3",),
+    "refined_mask": ("a100",),
+    "generations": ("flux", "gemini"),
+    "flux_metrics": ("sam3",),
+}
 
 # The seed README's "Workflow Steps" table, in order.
 STEP_PROGRESS: dict[str, int] = {

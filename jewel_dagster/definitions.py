@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from jewel_dagster.contract import JSON_LOGGER
 from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.defs.jobs import ALL_JOBS
 from jewel_dagster.defs.regeneration import build_regeneration_automation
 from jewel_dagster.resources.selection import build_resources
+from jewel_dagster.runtime.json_logs import json_logger
 from jewel_dagster.settings import get_settings
 
 _settings = get_settings()
@@ -19,4 +21,6 @@ defs = dg.Definitions(
     sensors=[regeneration_sensor],
     schedules=[regeneration_schedule],
     resources=build_resources(_settings),
+    # JSON lines from the run workers, for runs whose run config names it (LOG_FORMAT=json).
+    loggers={JSON_LOGGER: json_logger},
 )

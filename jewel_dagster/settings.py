@@ -50,6 +50,13 @@ class PipelineSettings(BaseSettings):
     )
     generator_version: str = Field(default="1", description="Bump when a generator's model changes: marks stale.")
 
+    # Logs of the gateway and the run workers: JSON lines (one object a line, for a log shipper)
+    # or Dagster's and Python's plain text.
+    log_format: Literal["json", "text"] = Field(default="json", description="json: one JSON object a line.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level logged by the gateway and the pipeline's JSON logger."
+    )
+
     # Fidelity thresholds of the `fidelity` asset check.
     check_min_iou: float = 0.90
     check_min_precision: float = 0.90

@@ -29,7 +29,7 @@ from gateway.dagster_api.errors import DagsterError, DagsterUnavailable, readabl
 from gateway.dagster_api.models import RunInfo, run_info_from
 from gateway.dagster_api.storage_reader import StorageRunReader
 from gateway.settings import GatewaySettings
-from jewel_dagster.contract import CHECK_NAME, PARTITION_TAG, PARTITIONS_NAME
+from jewel_dagster.contract import CHECK_NAME, PARTITION_TAG, PARTITIONS_NAME, json_logging_run_config
 
 _FIRST_RUN = """
 query FirstRun($tags: [ExecutionTag!]!) {
@@ -231,6 +231,8 @@ class DagsterRuns:
         self, job_name: str, request_id: str, run_config: dict[str, Any], tags: dict[str, str] | None = None
     ) -> str:
         """Launch `job_name` for one request partition; not retried, as it is not idempotent."""
+        if self._settings.log_format == "json":  # the run logs JSON lines too
+            run_config = {**run_config, **json_logging_run_config()}
         try:
             return self._client.submit_job_execution(
                 job_name,

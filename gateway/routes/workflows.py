@@ -17,6 +17,7 @@ from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
 from gateway.dagster_api.models import RunInfo
 from gateway.deps import ResultsDep, RunsDep, SettingsDep, StoreDep
+from gateway.observability import logs
 from gateway.schemas import (
     ONE_WORKFLOW,
     STARTS,
@@ -42,6 +43,7 @@ from jewel_dagster.contract import (
     OWNER_TAG,
     PARTITION_TAG,
     PREPROCESS_JOB,
+    REQUEST_ID_TAG,
     AssetName,
 )
 from jewel_dagster.defs.config import BRUSH_STROKES, BrushStroke
@@ -149,10 +151,12 @@ def _launch(
             headers={"Retry-After": "5"},
         )
     launch_tag = uuid.uuid4().hex  # tells this launch's run from the partition's earlier ones
+    logs.bind(workflowId=request_id)
+    correlation = {REQUEST_ID_TAG: rid} if (rid := logs.current_request_id()) else {}
     try:
         if new:
             runs.add_partition(request_id)
-        runs.launch(job, request_id, run_config, {**tags, LAUNCH_TAG: launch_tag})
+        run_id = runs.launch(job, request_id, run_config, {**tags, **correlation, LAUNCH_TAG: launch_tag})
     except DagsterError as exc:
         if _run_exists(runs, request_id, launch_tag):
             return StartResponse(workflowId=request_id, status="RUNNING")
@@ -161,6 +165,8 @@ def _launch(
         raise pipeline_unavailable(exc) from exc
     finally:
         runs.launch_slots.release()
+    logs.bind(runId=run_id)
+    log.info("launched %s", job, extra=logs.fields(job=job))
     runs.forget(request_id)  # a poll right after a generate must see the new run
     return StartResponse(workflowId=request_id, status="RUNNING")
 

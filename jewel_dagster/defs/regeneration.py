@@ -19,11 +19,12 @@ from jewel_dagster.contract import (
     REGENERATE_ATTEMPT_TAG,
     REGENERATE_REASON_TAG,
     AssetName,
+    json_logging_run_config,
 )
 from jewel_dagster.defs.assets import generations
 from jewel_dagster.defs.jobs import regenerate_job
 from jewel_dagster.runtime.check_history import newest_check_failed
-from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.settings import PipelineSettings, get_settings
 
 FLUX = dg.AssetKey(AssetName.FLUX_GENERATION)
 FIDELITY = dg.AssetCheckKey(dg.AssetKey(AssetName.FLUX_METRICS), CHECK_NAME)
@@ -47,7 +48,10 @@ def _regeneration_request(partition: str, reason: str, attempt: int, key: str) -
     return dg.RunRequest(
         partition_key=partition,
         run_key=f"{partition}:{key}",
-        run_config={"ops": {generations.node_def.name: {"config": {"seed": attempt}}}},
+        run_config={
+            "ops": {generations.node_def.name: {"config": {"seed": attempt}}},
+            **(json_logging_run_config() if get_settings().log_format == "json" else {}),
+        },
         tags={REGENERATE_REASON_TAG: reason, REGENERATE_ATTEMPT_TAG: str(attempt)},
     )
 
@@ -57,9 +61,7 @@ def regeneration_requests(
 ) -> Iterator[dg.RunRequest]:
     partitions = instance.get_dynamic_partitions(PARTITIONS_NAME)[-SCAN_LIMIT:]
     for partition in partitions:
-        busy = instance.get_runs_count(
-            dg.RunsFilter(tags={PARTITION_TAG: partition}, statuses=UNFINISHED_RUN_STATUSES)
-        )
+        busy = instance.get_runs_count(dg.RunsFilter(tags={PARTITION_TAG: partition}, statuses=UNFINISHED_RUN_STATUSES))
         if busy:
             continue  # its running run may fix it; look again next tick
         latest = instance.fetch_materializations(

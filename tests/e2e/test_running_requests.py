@@ -7,19 +7,31 @@ as long as a test needs, however loaded the machine is.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import time
+import urllib.parse
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 
-from devtools.stack import Stack
+from devtools.stack import REPO_ROOT, Stack, free_port, wait_for_http
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import poll, running_stack, runs_of, step_status, wait_until
+from tests.support.metrics import samples, value
 from tests.support.servers import Gate, gated_proxy, reference_server, service_urls, set_knobs
 
 pytestmark = pytest.mark.e2e
 BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
+METRICS_TOKEN = "metrics-token-of-the-test"
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+PROMETHEUS = Path("/usr/bin/prometheus")  # Debian's `prometheus` package
 
 
 @dataclass
@@ -37,6 +49,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         env["A100_SERVER_URL"] = f"{proxy}/a100"
         env["STATUS_SOURCE"] = "graphql"
         env["REGENERATION_SENSOR_ENABLED"] = "false"
+        env["METRICS_CACHE_SECONDS"] = "0"  # each scrape reads Dagster's storage afresh
+        env["METRICS_API_KEY"] = METRICS_TOKEN
         with running_stack(tmp_path_factory.mktemp("graphql"), env) as stack:
             yield Deployment(stack, reference, gate)
 
@@ -103,3 +117,171 @@ def test_cancel_an_executing_request(client: httpx.Client, deployment: Deploymen
         gate.release.set()
     assert step_status(stack.dagster_url, workflow, "flux_metrics") is None, "nothing ran after the cancel"
     assert client.post(f"/workflow/{workflow}/cancel").status_code == 409
+
+
+def _json_lines(path: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def test_metrics_move_by_exactly_the_requests_made_and_one_request_id_follows_a_run(
+    client: httpx.Client, deployment: Deployment
+) -> None:
+    """One completed (a preprocess), one cancelled (held in GENERATING_IMAGES) and one failed
+    request (the reference server rejects SAM3), overlapping: /metrics moves by exactly those,
+    and the completed one's X-Request-ID is on the gateway's lines and on its run's lines (each
+    with its run id and step)."""
+    stack, gate = deployment.stack, deployment.gate
+
+    def scrape() -> dict[Any, float]:
+        response = client.get("/metrics", headers=SCRAPER)
+        assert response.status_code == 200, response.text
+        return samples(response.text)
+
+    # The cancel test before this one killed its run worker in a step that held a GPU slot: the
+    # daemon frees it once the run has ended (run_monitoring.free_slots_after_run_end_seconds);
+    # without that, the failed request below would wait for a slot forever.
+    wait_until(lambda: value(scrape(), "jewel_pool_slots_claimed", pool="gpu") == 0, "the GPU slots freed", timeout=60)
+    before = scrape()
+    assert value(before, "jewel_dagster_storage_up") == 1
+    request_id = f"e2e-{uuid.uuid4().hex}"
+    gate.entered.clear()
+    gate.release.clear()  # the cancelled request waits in GENERATING_IMAGES
+    try:
+        cancelled = client.post("/workflow/start", json=BODY).json()["workflowId"]
+        started = client.post("/workflow/preprocess", json=BODY, headers={"X-Request-ID": request_id})
+        assert started.headers["X-Request-ID"] == request_id
+        completed = started.json()["workflowId"]
+        assert poll(client, completed, finished, timeout=180)[-1]["status"] == "COMPLETED"
+        gate.wait_entered(timeout=180)  # both past SAM3: the rejection below reaches neither
+        set_knobs(deployment.reference, reject={"sam3/segment": 400})
+        try:
+            failed = client.post("/workflow/preprocess", json=BODY).json()["workflowId"]
+            assert poll(client, failed, finished, timeout=120)[-1]["status"] == "FAILED"
+        finally:
+            set_knobs(deployment.reference)
+        assert client.post(f"/workflow/{cancelled}/cancel").status_code == 200
+        assert poll(client, cancelled, finished, timeout=120)[-1]["status"] == "CANCELLED"
+    finally:
+        gate.release.set()
+
+    full, pre = "jewelry_generation", "jewelry_preprocess"
+    ended = "jewel_workflows_finished_total"
+    expected_endings = {(pre, "completed"): 1, (pre, "failed"): 1, (full, "cancelled"): 1}
+
+    def all_ended() -> dict[Any, float] | None:
+        now = scrape()  # the cancelled run reaches CANCELED a moment after GET says CANCELLED
+        moved = {
+            (job, status): value(now, ended, dagster_job=job, status=status)
+            - value(before, ended, dagster_job=job, status=status)
+            for job, status in expected_endings
+        }
+        return now if moved == expected_endings else None
+
+    after = wait_until(all_ended, "the three runs counted as ended", timeout=90)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("jewel_workflows_started_total", dagster_job=full) == 1
+    assert moved("jewel_workflows_started_total", dagster_job=pre) == 2
+    for job, status in ((full, "completed"), (full, "failed"), (pre, "cancelled")):
+        assert moved(ended, dagster_job=job, status=status) == 0, (job, status)
+    duration = "jewel_workflow_duration_seconds"
+    for (job, status), count in expected_endings.items():
+        assert moved(f"{duration}_count", dagster_job=job, status=status) == count
+        assert moved(f"{duration}_bucket", dagster_job=job, status=status, le="+Inf") == count
+    assert moved(f"{duration}_sum", dagster_job=pre, status="completed") > 0
+    assert moved("jewel_run_queue_wait_seconds_count", dagster_job=full) == 1
+    assert moved("jewel_run_queue_wait_seconds_count", dagster_job=pre) == 2
+    # Model calls: SAM3 answered the completed and the cancelled request's masks and refused the
+    # failed one's; the A100 refined the cancelled request's mask, and its generate call never
+    # answered the run (a cancel is not a service error); resize and zoom check ran in all three.
+    calls = "jewel_model_calls_total"
+    assert moved(calls, service="sam3", outcome="ok") == 2
+    assert moved(calls, service="sam3", outcome="error") == 1
+    assert moved(calls, service="a100", outcome="ok") == 1
+    assert moved(calls, service="flux", outcome="ok") + moved(calls, service="flux", outcome="error") == 0
+    assert moved(calls, service="image_manipulator", outcome="ok") == 6
+    assert moved(calls, service="image_manipulator", outcome="error") == 0
+    assert moved("jewel_model_call_duration_seconds_count", service="sam3") == 2
+    assert moved("jewel_model_call_duration_seconds_sum", service="sam3") > 0
+    http = "jewel_http_requests_total"
+    assert moved(http, method="POST", route="/workflow/start", status="200") == 1
+    assert moved(http, method="POST", route="/workflow/preprocess", status="200") == 2
+    assert moved(http, method="POST", route="/workflow/{workflow_id}/cancel", status="200") == 1
+    assert moved("jewel_http_request_duration_seconds_count", method="POST", route="/workflow/preprocess") == 2
+    assert value(after, "jewel_pool_slots", pool="gpu") == 2
+    assert value(after, "jewel_runs_in_progress") == 0 and value(after, "jewel_runs_queued") == 0
+
+    # One request id through the gateway's lines and the run's (the run worker logs to the code
+    # server's output: it is forked from it).
+    (run,) = runs_of(stack.dagster_url, completed)
+    assert stack.log_dir is not None
+    gateway_lines = [x for x in _json_lines(stack.log_dir / "gateway.log") if x.get("requestId") == request_id]
+    launched = next(x for x in gateway_lines if x["message"].startswith("launched"))
+    assert launched["workflowId"] == completed and launched["runId"] == run["runId"]
+    access = next(x for x in gateway_lines if x["logger"] == "gateway.http")
+    assert access["route"] == "/workflow/preprocess" and access["status"] == 200
+    assert access["workflowId"] == completed
+    run_lines = [x for x in _json_lines(stack.log_dir / "code_server.log") if x.get("requestId") == request_id]
+    assert {x["runId"] for x in run_lines} == {run["runId"]}
+    assert {x["workflowId"] for x in run_lines} == {completed}
+    steps = {x.get("step") for x in run_lines if x.get("event") == "STEP_SUCCESS"}
+    assert {"resize_to_canvas", "zoom_check", "jewelry_mask"} <= steps, steps
+
+
+def _dashboard_queries() -> list[str]:
+    dashboard = json.loads((REPO_ROOT / "deploy/grafana/dashboards/jewel-dagster.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_a_real_prometheus_scrapes_the_gateway_and_every_dashboard_query_has_series(
+    client: httpx.Client, deployment: Deployment, tmp_path: Path
+) -> None:
+    """Debian's Prometheus, configured from deploy/prometheus/prometheus.yml (its bearer-token file
+    included), scrapes the gateway every second; each PromQL query of the Grafana dashboard then
+    answers series through Prometheus' HTTP API."""
+    if not PROMETHEUS.exists():
+        pytest.skip("Debian's prometheus package is not installed (apt-get install prometheus; .ci/run does)")
+    config = yaml.safe_load((REPO_ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    (scrape,) = config["scrape_configs"]
+    scrape["static_configs"] = [{"targets": [urllib.parse.urlsplit(deployment.stack.gateway_url).netloc]}]
+    token = tmp_path / "metrics_api_key"
+    token.write_text(METRICS_TOKEN)
+    scrape["authorization"]["credentials_file"] = str(token)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "prometheus.log", "wb") as out:
+        process = subprocess.Popen(
+            [str(PROMETHEUS), f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for_http(f"{url}/-/ready", 60, process)
+
+        def query(expr: str) -> list[Any]:
+            answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
+            assert answer["status"] == "success", (expr, answer)
+            return list(answer["data"]["result"])
+
+        # Traffic between scrapes (the earlier tests of this module made the runs).
+        wait_until(lambda: query('count_over_time(up{job="jewel-gateway"}[1m]) >= 3'), "three scrapes", timeout=60)
+        client.get("/health")
+        assert query('up{job="jewel-gateway"}')[0]["value"][1] == "1", "the scrape was refused"
+        # A query over rate() needs two samples of its series: look again for a while.
+        deadline = time.monotonic() + 30
+        empty = _dashboard_queries()
+        while empty and time.monotonic() < deadline:
+            time.sleep(0.5)
+            empty = [expr for expr in empty if not query(expr)]
+        assert empty == []
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -42,6 +42,8 @@ def test_compose_has_the_standard_dagster_split(compose: dict[str, Any]) -> None
         "webserver",
         "daemon",
         "gateway",
+        "prometheus",
+        "grafana",
     }
     assert "8001:8001" in services["gateway"]["ports"]
     for name, service in services.items():
@@ -106,3 +108,20 @@ def test_every_run_has_a_maximum_runtime(name: str) -> None:
     assert monitoring["enabled"] is True
     assert 3600 <= monitoring["max_runtime_seconds"] <= 4 * 3600
     assert 0 < monitoring["cancel_timeout_seconds"] <= 120
+
+
+def test_observability_is_a_profile_that_is_off_by_default(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    profiled = {name for name, service in services.items() if service.get("profiles")}
+    assert profiled == {"prometheus", "grafana"}
+    assert all(services[name]["profiles"] == ["observability"] for name in profiled)
+    for name in profiled:
+        for volume in services[name]["volumes"]:
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (REPO_ROOT / source).exists(), f"{name} mounts missing {source}"
+    prometheus = yaml.safe_load((REPO_ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    (scrape,) = prometheus["scrape_configs"]
+    assert scrape["metrics_path"] == "/metrics" and scrape["static_configs"][0]["targets"] == ["gateway:8001"]
+    assert scrape["authorization"]["credentials_file"] in services["prometheus"]["entrypoint"][-1]
+    assert "METRICS_API_KEY" in services["gateway"]["environment"]

@@ -71,7 +71,7 @@ def test_failed_check_is_regenerated_once_with_a_new_seed_and_then_passes(tmp_pa
             partition_key="bad",
             instance=instance,
             resources=resources,
-            run_config=request.run_config,
+            run_config={"ops": request.run_config["ops"]},  # materialize() has no json logger
             tags=request.tags,
         )
         assert _check_passed(rerun)
@@ -91,7 +91,7 @@ def test_attempts_are_bounded(tmp_path: Path) -> None:
                 partition_key="always-bad",
                 instance=instance,
                 resources=resources,
-                run_config=request.run_config,
+                run_config={"ops": request.run_config["ops"]},  # materialize() has no json logger
                 tags=request.tags,
             )
         assert list(regeneration_requests(instance, current_flux_version(), max_attempts=2)) == []
@@ -114,7 +114,7 @@ def test_a_new_generator_version_marks_old_generations_stale(tmp_path: Path) -> 
             partition_key="r1",
             instance=instance,
             resources=resources,
-            run_config=request.run_config,
+            run_config={"ops": request.run_config["ops"]},  # materialize() has no json logger
             tags=request.tags,
         )
         assert list(regeneration_requests(instance, "model-v2", max_attempts=3)) == []
@@ -133,7 +133,7 @@ def test_the_schedule_asks_for_what_the_sensor_asks_for(tmp_path: Path) -> None:
         (request,) = ticked
         assert request.partition_key == "bad" and request.run_key == "bad:failed-check:1"
         assert request.tags[REASON_TAG] == "failed-check" and request.tags[ATTEMPT_TAG] == "1"
-        assert request.run_config == {"ops": {"generations": {"config": {"seed": 1}}}}
+        assert request.run_config == {"ops": {"generations": {"config": {"seed": 1}}}, "loggers": {"json": {}}}
         assert ticked == sensed
         assert schedule.job_name == sensor.job_name == REGENERATE_JOB
 

@@ -4,6 +4,7 @@
 - pool_claims.py: tests/unit/test_pool_claims.py (the quick retry interval) and
   tests/unit/test_pool_claim_race.py (a slot is granted once).
 - warm_code_server.py: tests/e2e/test_warm_code_server.py (run workers forked, not spawned).
+- json_logs.py: tests/unit/test_json_logs.py (a run's JSON lines carry its ids).
 """
 
 # No `from __future__ import annotations` here: Dagster reads the asset's annotations at run time.
