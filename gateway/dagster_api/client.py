@@ -42,7 +42,7 @@ _LATEST_RUN = """
 query LatestRun($tags: [ExecutionTag!]!) {
   runsOrError(filter: {tags: $tags}, limit: 1) {
     __typename
-    ... on Runs { results { runId jobName status tags { key value } stepStats { stepKey status startTime } } }
+    ... on Runs { results { runId jobName status endTime tags { key value } stepStats { stepKey status startTime } } }
     ... on PythonError { message }
   }
 }"""

@@ -117,3 +117,16 @@ def test_failure_messages_keep_internal_addresses_to_the_log() -> None:
     assert "10.0.0.7" not in shown and "x.internal" not in shown and "SAM3" in shown and "timed out" in shown
     assert "(run 01234567;" in shown
     assert public_error("the mask is empty", "r") == "the mask is empty"
+
+
+def test_a_failure_is_final_only_once_dagster_decided_about_its_retry() -> None:
+    """FAILURE is stored before the `dagster/will_retry` tag: in between, it is not yet FAILED."""
+    ended = 1_000_000.0
+
+    def failed(tags: dict[str, str]) -> RunInfo:
+        return RunInfo("r", FULL_JOB, "FAILURE", [StepStat("original_image", "FAILURE", 0.0)], tags, ended)
+
+    assert position_of(failed({}), now=ended + 0.1).status == "RUNNING"  # the tag is on its way
+    assert position_of(failed({}), now=ended + 10).status == "FAILED"  # no run retries configured
+    assert position_of(failed({"dagster/will_retry": "true"}), now=ended + 60).status == "RUNNING"
+    assert position_of(failed({"dagster/will_retry": "false"}), now=ended + 0.1).status == "FAILED"

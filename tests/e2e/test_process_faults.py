@@ -1,0 +1,159 @@
+"""Faults of the processes that own the runs, on one stack: a run worker killed inside a `gpu` step,
+the code server killed (kill -9 of its process group) and started again, the daemon and the
+webserver restarted. Every run ends within a bound, and the next request completes.
+
+One `gpu` slot (GPU_POOL_SIZE=1), so a slot that stayed claimed by a dead run would wedge every
+later request. SAM3's /segment (the `jewelry_mask` step, in the `gpu` pool) is held at a gate, so
+each fault hits a run that holds the slot mid-step. The bounds below are what README "Deployment"
+promises, with room for a loaded 2-core machine; the times measured are printed (-s).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from devtools.stack import Stack
+from tests.support.e2e_flows import CUP, PHOTO, finished
+from tests.support.e2e_stack import poll, run_worker, running_stack, runs_of, wait_until
+from tests.support.servers import Gate, gated_proxy, reference_server, service_urls
+
+pytestmark = pytest.mark.e2e
+BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
+
+# Run monitoring polls every 5 s and frees a dead run's slots 5 s after its end (dagster.yaml):
+# measured 6-12 s from the kill to a free slot.
+SLOT_FREED_WITHIN = 30.0
+# Kill to COMPLETED of the retried request: the failure is seen (code server at once for a dead
+# worker, or the launcher's health check at the next 5 s poll), the retry is queued and launched,
+# waits for the freed slot, and runs (~5 s).
+RECOVERED_WITHIN = 60.0
+
+_GPU_SLOTS = '{ instance { concurrencyLimit(concurrencyKey: "gpu") { slotCount claimedSlots { runId stepKey } } } }'
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Gate]]:
+    # Instant stand-ins behind the services: the runs' work is not what is tested here.
+    with reference_server("--instant") as reference, gated_proxy(reference, "/sam3/segment") as (proxy, gate):
+        env = {key.upper(): value for key, value in service_urls(reference).items()}
+        env |= {"SAM3_URL": f"{proxy}/sam3", "GPU_POOL_SIZE": "1", "LOCAL_BACKENDS": "instant"}
+        env["REGENERATION_SENSOR_ENABLED"] = "false"
+        with running_stack(tmp_path_factory.mktemp("process-faults"), env) as stack:
+            yield stack, gate
+
+
+def _gpu_claims(stack: Stack) -> list[str]:
+    """Run ids holding a `gpu` slot, as the Dagster UI (Deployment > Concurrency) shows them."""
+    body = httpx.post(f"{stack.dagster_url}/graphql", json={"query": _GPU_SLOTS}, timeout=30).json()
+    limit = body["data"]["instance"]["concurrencyLimit"]
+    assert limit["slotCount"] == 1
+    return [slot["runId"] for slot in limit["claimedSlots"]]
+
+
+def _start_held_in_gpu_step(client: httpx.Client, stack: Stack, gate: Gate) -> tuple[str, str]:
+    """POST a request and wait until its run holds the `gpu` slot, held at the gate; (workflow, run id)."""
+    gate.rearm()
+    started = client.post("/workflow/start", json=BODY)
+    assert started.status_code == 200, started.text
+    workflow = started.json()["workflowId"]
+    gate.wait_entered(timeout=120)
+    (run,) = runs_of(stack.dagster_url, workflow)
+    assert _gpu_claims(stack) == [run["runId"]]
+    return workflow, run["runId"]
+
+
+def _recovers(client: httpx.Client, stack: Stack, workflow: str, since: float, what: str) -> list[dict[str, Any]]:
+    """The request ends COMPLETED through one retry, in time; GET says RUNNING until then."""
+    states = poll(client, workflow, finished, timeout=RECOVERED_WITHIN)
+    took = time.monotonic() - since
+    print(f"\n{what}: COMPLETED {took:.1f} s after the fault")
+    assert [s["status"] for s in states if s["status"] != "RUNNING"] == ["COMPLETED"], states[-1]
+    runs = runs_of(stack.dagster_url, workflow)
+    assert sorted(r["status"] for r in runs) == ["FAILURE", "SUCCESS"], runs
+    return runs
+
+
+def _start(client: httpx.Client) -> str:
+    started = client.post("/workflow/start", json=BODY)
+    assert started.status_code == 200, started.text
+    return str(started.json()["workflowId"])
+
+
+def _completes(client: httpx.Client, workflow: str) -> None:
+    final = poll(client, workflow, finished, timeout=RECOVERED_WITHIN)[-1]
+    assert final["status"] == "COMPLETED", final
+
+
+def test_a_run_worker_killed_in_a_gpu_step_gives_the_slot_back(faults: tuple[Stack, Gate]) -> None:
+    stack, gate = faults
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        workflow, dead_run = _start_held_in_gpu_step(client, stack, gate)
+        worker = run_worker(stack)
+        assert worker is not None, "the run worker process was not found mid-run"
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
+        gate.release.set()
+        wait_until(lambda: dead_run not in _gpu_claims(stack), "the dead run's gpu slot freed", SLOT_FREED_WITHIN)
+        print(f"\nworker killed: gpu slot free {time.monotonic() - killed:.1f} s after the kill")
+        # With one slot, the retry can only run its gpu steps on the slot the dead run held.
+        _recovers(client, stack, workflow, killed, "worker killed")
+        assert _gpu_claims(stack) == []
+
+
+def test_a_killed_code_server_fails_its_runs_and_they_are_retried(faults: tuple[Stack, Gate]) -> None:
+    stack, gate = faults
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        workflow, dead_run = _start_held_in_gpu_step(client, stack, gate)
+        stack.kill("code_server")  # its run workers are in its process group: they die with it
+        killed = time.monotonic()
+        assert client.get(f"/workflow/{workflow}").json()["status"] == "RUNNING"
+        stack.start_code_server()
+        following = _start(client)  # the next request, launched on the new code server
+        gate.release.set()
+        runs = _recovers(client, stack, workflow, killed, "code server killed")
+        failed = next(r for r in runs if r["runId"] == dead_run)
+        assert failed["status"] == "FAILURE"
+        assert dead_run not in _gpu_claims(stack)
+        _completes(client, following)
+
+
+def test_daemon_restart_mid_run_loses_no_run(faults: tuple[Stack, Gate]) -> None:
+    stack, gate = faults
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        workflow, _ = _start_held_in_gpu_step(client, stack, gate)
+        stack.stop(("daemon",))
+        queued = _start(client)  # no daemon: it waits in the queue
+        assert client.get(f"/workflow/{queued}").json()["status"] == "RUNNING"
+        stack.start_daemon()
+        restarted = time.monotonic()
+        gate.release.set()
+        for each in (workflow, queued):
+            _completes(client, each)
+            assert [r["status"] for r in runs_of(stack.dagster_url, each)] == ["SUCCESS"]
+        print(f"\ndaemon restarted: both requests COMPLETED {time.monotonic() - restarted:.1f} s after the restart")
+
+
+def test_webserver_restart_mid_run_loses_no_run(faults: tuple[Stack, Gate]) -> None:
+    stack, gate = faults
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        workflow, _ = _start_held_in_gpu_step(client, stack, gate)
+        stack.stop(("webserver",))
+        # Status comes from the run storage: GET goes on; a launch needs the webserver: 503.
+        assert client.get(f"/workflow/{workflow}").json()["status"] == "RUNNING"
+        refused = client.post("/workflow/start", json=BODY)
+        assert refused.status_code == 503, refused.text
+        stack.start_webserver()
+        restarted = time.monotonic()
+        following = _start(client)
+        gate.release.set()
+        _completes(client, workflow)
+        assert [r["status"] for r in runs_of(stack.dagster_url, workflow)] == ["SUCCESS"]
+        _completes(client, following)
+        print(f"\nwebserver restarted: run and next request COMPLETED {time.monotonic() - restarted:.1f} s after")
