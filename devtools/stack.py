@@ -347,6 +347,11 @@ def prepare_dagster_home(env: dict[str, str]) -> None:
             config["event_log_storage"]["module"] = "dagster_postgres.event_log"
             config["event_log_storage"]["class"] = "PostgresEventLogStorage"
             config["event_log_storage"]["config"].pop("claim_interval_seconds")
+    uses_azure = env.get("AZURE_STORAGE_CONNECTION_STRING") or (
+        env.get("AZURE_ACCOUNT_NAME") and env.get("AZURE_ACCOUNT_KEY")
+    )
+    if not uses_azure:
+        config.pop("compute_logs", None)  # step logs in Azure Blob need Azure storage
     if env.get("GPU_POOL_SIZE"):
         config["concurrency"]["pools"]["default_limit"] = int(env["GPU_POOL_SIZE"])
     if env.get("MAX_CONCURRENT_RUNS"):
