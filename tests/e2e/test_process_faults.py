@@ -1,6 +1,8 @@
 """Faults of the processes that own the runs, on one stack: a run worker killed inside a `gpu` step,
 the code server killed (kill -9 of its process group) and started again, the daemon and the
-webserver restarted. Every run ends within a bound, and the next request completes.
+webserver restarted. Every run ends within a bound, and the next request completes. And a
+SIGTERM to the gateway: the upload in flight becomes a request, open event streams end with a
+`retry:` hint.
 
 One `gpu` slot (GPU_POOL_SIZE=1), so a slot that stayed claimed by a dead run would wedge every
 later request. SAM3's /segment (the `jewelry_mask` step, in the `gpu` pool) is held at a gate, so
@@ -10,8 +12,10 @@ promises, with room for a loaded 2-core machine; the times measured are printed 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +24,7 @@ import httpx
 import pytest
 
 from devtools.stack import Stack
+from gateway.event_streams import SHUTDOWN_RETRY_MS
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import poll, run_worker, running_stack, runs_of, wait_until
 from tests.support.servers import Gate, gated_proxy, reference_server, service_urls
@@ -173,3 +178,57 @@ def test_webserver_restart_mid_run_loses_no_run(faults: tuple[Stack, Gate]) -> N
         assert [r["status"] for r in runs_of(stack.dagster_url, workflow)] == ["SUCCESS"]
         _completes(client, following)
         print(f"\nwebserver restarted: run and next request COMPLETED {time.monotonic() - restarted:.1f} s after")
+
+
+def test_sigterm_on_the_gateway_finishes_requests_in_flight_and_closes_event_streams(
+    faults: tuple[Stack, Gate],
+) -> None:
+    stack, gate = faults
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        workflow, _ = _start_held_in_gpu_step(client, stack, gate)
+    lines: list[str] = []
+    progress_seen = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{stack.gateway_url}/workflow/{workflow}/events", timeout=60) as events:
+            for line in events.iter_lines():
+                lines.append(line)
+                if line == "event: progress":
+                    progress_seen.set()
+
+    body = json.dumps(BODY).encode()
+    half_sent, send_rest = threading.Event(), threading.Event()
+
+    def upload() -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        half_sent.set()
+        send_rest.wait(60)
+        yield body[len(body) // 2 :]
+
+    answer: list[httpx.Response] = []
+
+    def post() -> None:
+        url, headers = f"{stack.gateway_url}/workflow/start", {"Content-Type": "application/json"}
+        answer.append(httpx.post(url, content=upload(), headers=headers, timeout=60))
+
+    poster = threading.Thread(target=post)
+    listener = threading.Thread(target=listen)
+    listener.start()
+    assert progress_seen.wait(30), lines
+    poster.start()
+    assert half_sent.wait(30)
+    gateway = stack.processes.pop("gateway")
+    gateway.send_signal(signal.SIGTERM)
+    listener.join(timeout=10)
+    assert not listener.is_alive(), "the event stream stayed open after SIGTERM"
+    assert f"retry: {SHUTDOWN_RETRY_MS}" in lines and "event: shutdown" in lines, lines
+    assert gateway.poll() is None, "the gateway exited with an upload in flight"
+    send_rest.set()
+    poster.join(timeout=60)
+    assert answer and answer[0].status_code == 200, answer and answer[0].text
+    gateway.wait(timeout=30)  # and then it stops
+    stack.start_gateway()
+    gate.release.set()
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        _completes(client, workflow)
+        _completes(client, answer[0].json()["workflowId"])  # the upload in flight became a request
