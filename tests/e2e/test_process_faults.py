@@ -37,8 +37,9 @@ BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
 SLOT_FREED_WITHIN = 30.0
 # Kill to COMPLETED of the retried request: the failure is seen (code server at once for a dead
 # worker, or the launcher's health check at the next 5 s poll), the retry is queued and launched,
-# waits for the freed slot, and runs (~5 s).
-RECOVERED_WITHIN = 60.0
+# waits for the freed slot, and runs (~5 s unloaded). Measured 12-45 s on a 2-core machine shared
+# with other test suites (load 11-16); the room is for that.
+RECOVERED_WITHIN = 120.0
 
 _GPU_SLOTS = '{ instance { concurrencyLimit(concurrencyKey: "gpu") { slotCount claimedSlots { runId stepKey } } } }'
 
@@ -219,8 +220,10 @@ def test_sigterm_on_the_gateway_finishes_requests_in_flight_and_closes_event_str
     assert half_sent.wait(30)
     gateway = stack.processes.pop("gateway")
     gateway.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     listener.join(timeout=10)
     assert not listener.is_alive(), "the event stream stayed open after SIGTERM"
+    print(f"\ngateway SIGTERM: event stream closed {time.monotonic() - signalled:.2f} s after the signal")
     assert f"retry: {SHUTDOWN_RETRY_MS}" in lines and "event: shutdown" in lines, lines
     assert gateway.poll() is None, "the gateway exited with an upload in flight"
     send_rest.set()
