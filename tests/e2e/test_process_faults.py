@@ -37,8 +37,8 @@ BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
 SLOT_FREED_WITHIN = 30.0
 # Kill to COMPLETED of the retried request: the failure is seen (code server at once for a dead
 # worker, or the launcher's health check at the next 5 s poll), the retry is queued and launched,
-# waits for the freed slot, and runs (~5 s unloaded). Measured 12-45 s on a 2-core machine shared
-# with other test suites (load 11-16); the room is for that.
+# waits for the freed slot, and runs (~5 s unloaded). Measured 12-89 s on a 2-core machine shared
+# with other test suites (load 11-19); the room is for that.
 RECOVERED_WITHIN = 120.0
 
 _GPU_SLOTS = '{ instance { concurrencyLimit(concurrencyKey: "gpu") { slotCount claimedSlots { runId stepKey } } } }'
@@ -146,7 +146,8 @@ def test_a_killed_code_server_fails_its_runs_and_they_are_retried(faults: tuple[
         _completes(client, following)
 
 
-def test_daemon_restart_mid_run_loses_no_run(faults: tuple[Stack, Gate]) -> None:
+def test_daemon_and_webserver_restarts_mid_run_lose_no_run(faults: tuple[Stack, Gate]) -> None:
+    """One held run across both restarts (a held run per restart cost the suite ~25 s more)."""
     stack, gate = faults
     with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
         workflow, _ = _start_held_in_gpu_step(client, stack, gate)
@@ -154,31 +155,19 @@ def test_daemon_restart_mid_run_loses_no_run(faults: tuple[Stack, Gate]) -> None
         queued = _start(client)  # no daemon: it waits in the queue
         assert client.get(f"/workflow/{queued}").json()["status"] == "RUNNING"
         stack.start_daemon()
-        restarted = time.monotonic()
-        gate.release.set()
-        for each in (workflow, queued):
-            _completes(client, each)
-            assert [r["status"] for r in runs_of(stack.dagster_url, each)] == ["SUCCESS"]
-        print(f"\ndaemon restarted: both requests COMPLETED {time.monotonic() - restarted:.1f} s after the restart")
-
-
-def test_webserver_restart_mid_run_loses_no_run(faults: tuple[Stack, Gate]) -> None:
-    stack, gate = faults
-    with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
-        workflow, _ = _start_held_in_gpu_step(client, stack, gate)
         stack.stop(("webserver",))
         # Status comes from the run storage: GET goes on; a launch needs the webserver: 503.
         assert client.get(f"/workflow/{workflow}").json()["status"] == "RUNNING"
         refused = client.post("/workflow/start", json=BODY)
-        assert refused.status_code == 503, refused.text
+        assert refused.status_code == 503 and refused.headers.get("Retry-After"), refused.text
         stack.start_webserver()
         restarted = time.monotonic()
         following = _start(client)
         gate.release.set()
-        _completes(client, workflow)
-        assert [r["status"] for r in runs_of(stack.dagster_url, workflow)] == ["SUCCESS"]
-        _completes(client, following)
-        print(f"\nwebserver restarted: run and next request COMPLETED {time.monotonic() - restarted:.1f} s after")
+        for each in (workflow, queued, following):
+            _completes(client, each)
+            assert [r["status"] for r in runs_of(stack.dagster_url, each)] == ["SUCCESS"]
+        print(f"\ndaemon and webserver restarted: 3 requests COMPLETED {time.monotonic() - restarted:.1f} s after")
 
 
 def test_sigterm_on_the_gateway_finishes_requests_in_flight_and_closes_event_streams(
