@@ -138,12 +138,25 @@ class Stack:
         )
 
     def start_dagster(self, timeout: float = 120.0) -> None:
-        workspace = self._start_code_server(timeout)
-        self._spawn(
-            "webserver",
-            [str(BIN / "dagster-webserver"), "-w", workspace, "-h", self.host, "-p", str(self.dagster_port)],
-        )
-        self._spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace])
+        self.start_code_server(timeout)
+        self._spawn_webserver()
+        self.start_daemon()
+        self.wait_for_dagster(timeout)
+
+    def start_webserver(self, timeout: float = 120.0) -> None:
+        """(Re)start dagster-webserver alone and wait until its code location is loaded."""
+        self._spawn_webserver()
+        self.wait_for_dagster(timeout)
+
+    def _spawn_webserver(self) -> None:
+        args = [str(BIN / "dagster-webserver"), "-w", self._workspace(), "-h", self.host, "-p", str(self.dagster_port)]
+        self._spawn("webserver", args)
+
+    def start_daemon(self) -> None:
+        """(Re)start dagster-daemon; it picks up the queue and run monitoring where they were."""
+        self._spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", self._workspace()])
+
+    def wait_for_dagster(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         wait_for_http(f"{self.dagster_url}/server_info", timeout, self.processes["webserver"])
         # The webserver answers before its code location is loaded; a launch then finds no
@@ -158,23 +171,28 @@ class Stack:
                 raise TimeoutError(f"the code location did not load within {timeout:.0f} s ({state})")
             time.sleep(0.2)
 
-    def _start_code_server(self, timeout: float) -> str:
+    def _workspace(self) -> str:
         """The workspace file the webserver and daemon load: our warm code server's address, or
         (CODE_SERVER=managed, the stock path) the module, for them to spawn code servers of their own."""
         if (self.env.get("CODE_SERVER") or "warm") == "managed":
             return str(REPO_ROOT / "workspace.yaml")
-        if "code_server" not in self.processes:
-            self.code_server_port = free_port()
-            self._spawn(
-                "code_server",
-                [sys.executable, "-m", "jewel_dagster.runtime.warm_code_server", "-m", "jewel_dagster.definitions",
-                 "--location-name", "jewel_dagster", "-h", self.host, "-p", str(self.code_server_port)],
-            )  # fmt: skip
-            wait_for_port(self.host, self.code_server_port, timeout, self.processes["code_server"])
         workspace = Path(self.env["DAGSTER_HOME"]) / "workspace.yaml"
         entry = {"host": self.host, "port": self.code_server_port, "location_name": "jewel_dagster"}
         workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": entry}]}))
         return str(workspace)
+
+    def start_code_server(self, timeout: float = 120.0) -> None:
+        """(Re)start our warm code server, on the port it had before if it ran already: the
+        webserver and daemon reconnect to the same address."""
+        if (self.env.get("CODE_SERVER") or "warm") == "managed" or "code_server" in self.processes:
+            return
+        self.code_server_port = self.code_server_port or free_port()
+        self._spawn(
+            "code_server",
+            [sys.executable, "-m", "jewel_dagster.runtime.warm_code_server", "-m", "jewel_dagster.definitions",
+             "--location-name", "jewel_dagster", "-h", self.host, "-p", str(self.code_server_port)],
+        )  # fmt: skip
+        wait_for_port(self.host, self.code_server_port, timeout, self.processes["code_server"])
 
     def start_gateway(self, timeout: float = 60.0) -> None:
         self._spawn(
@@ -208,6 +226,12 @@ class Stack:
             # The group may hold children (code server, run workers) even after the leader exits.
             _signal_group(process, signal.SIGKILL)
             process.wait()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process group at once (a crash, an OOM kill): nothing of it gets to clean up."""
+        process = self.processes.pop(name)
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
 
     def stop_dagster(self) -> None:
         self.stop(("webserver", "daemon", "code_server"))
@@ -319,6 +343,11 @@ def prepare_dagster_home(env: dict[str, str]) -> None:
             config["event_log_storage"]["module"] = "dagster_postgres.event_log"
             config["event_log_storage"]["class"] = "PostgresEventLogStorage"
             config["event_log_storage"]["config"].pop("claim_interval_seconds")
+    uses_azure = env.get("AZURE_STORAGE_CONNECTION_STRING") or (
+        env.get("AZURE_ACCOUNT_NAME") and env.get("AZURE_ACCOUNT_KEY")
+    )
+    if not uses_azure:
+        config.pop("compute_logs", None)  # step logs in Azure Blob need Azure storage
     if env.get("GPU_POOL_SIZE"):
         config["concurrency"]["pools"]["default_limit"] = int(env["GPU_POOL_SIZE"])
     if env.get("MAX_CONCURRENT_RUNS"):

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # What a 429 suggests: streams end by themselves (final, timeout) or when their client leaves.
 RETRY_AFTER_SECONDS = 5
+# The `retry:` a stream closed by a shutdown sends: a restarted gateway (or another replica) is
+# there in a few seconds, and an EventSource reconnects by itself after this many milliseconds.
+SHUTDOWN_RETRY_MS = 3000
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,11 @@ class Watch:
         self.version += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()  # wakes every listener waiting on this tick's event, once
+
+    def wake(self) -> None:
+        """Wake every listener without a new snapshot (they look at why: the gateway is stopping)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def wait(self, seen: int, timeout: float) -> bool:
         """Whether a snapshot newer than version `seen` is there, waiting at most `timeout` s for one."""
@@ -100,6 +108,11 @@ class StreamLease:
         self._watch: Watch | None = None
         self._released = False
 
+    @property
+    def draining(self) -> bool:
+        """The gateway is shutting down: end the stream with a reconnect hint."""
+        return self._streams.draining
+
     def follow(self, workflow_id: str, read: Callable[[], WorkflowState | None]) -> Watch:
         """Listen to the workflow's shared poll (started on the first listener)."""
         assert self._watch is None and not self._released
@@ -125,9 +138,22 @@ class EventStreams:
         self._open: Counter[str] = Counter()
         self._total = 0
         self._watches: dict[str, Watch] = {}
+        self.draining = False
+
+    def drain(self) -> None:
+        """The server is stopping (SIGTERM): every open stream ends now with a `retry:` hint.
+
+        The server waits for responses in flight before it stops, and a stream only ends by itself
+        after EVENT_STREAM_MAX_SECONDS: without this, one listener held a shutdown for an hour.
+        """
+        self.draining = True
+        for watch in self._watches.values():
+            watch.wake()
 
     def open(self, caller: str) -> StreamLease:
         """A place for one more stream of `caller`; StreamLimitReached beyond either cap."""
+        if self.draining:
+            raise StreamLimitReached("the gateway is restarting; reconnect in a few seconds")
         if self._open[caller] >= self.per_caller:
             raise StreamLimitReached(
                 f"too many open event streams for this caller (at most {self.per_caller}); "

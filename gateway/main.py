@@ -23,6 +23,7 @@ from gateway.routes import artifacts, events, health, metrics, page, webhooks, w
 from gateway.security import BodyLimitMiddleware, RateLimits, refuse_to_start_open
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings, get_settings
+from gateway.shutdown import drain_streams_on_signals
 from gateway.webhooks import WebhookDispatcher
 from jewel_dagster.resources.selection import build_blob_store
 
@@ -63,6 +64,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.event_streams = EventStreams(
             resolved.event_poll_seconds, resolved.event_streams_per_caller, resolved.event_streams_total
         )
+        restore_signals = drain_streams_on_signals(app.state.event_streams)
         dispatcher = None
         if resolved.webhook_secret:
             dispatcher = WebhookDispatcher(
@@ -70,6 +72,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             )
             dispatcher.start()
         yield
+        restore_signals()
         await app.state.event_streams.close()
         if dispatcher is not None:
             dispatcher.stop()

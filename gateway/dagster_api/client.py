@@ -43,7 +43,7 @@ _LATEST_RUN = """
 query LatestRun($tags: [ExecutionTag!]!) {
   runsOrError(filter: {tags: $tags}, limit: 1) {
     __typename
-    ... on Runs { results { runId jobName status tags { key value } stepStats { stepKey status startTime } } }
+    ... on Runs { results { runId jobName status endTime tags { key value } stepStats { stepKey status startTime } } }
     ... on PythonError { message }
   }
 }"""
@@ -216,7 +216,13 @@ class DagsterRuns:
         )
         answer = data["addDynamicPartition"]
         if answer["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
-            raise DagsterError(f"could not add partition {request_id}: {answer.get('message', answer['__typename'])}")
+            message = f"could not add partition {request_id}: {answer.get('message', answer['__typename'])}"
+            if answer["__typename"] == "UnauthorizedError":
+                # What the webserver answers while it has no loaded code location to find the
+                # partitions definition in: for a few seconds after the code server restarted
+                # (measured: tests/e2e/test_process_faults.py). A retry soon works: 503, not 502.
+                raise DagsterUnavailable(f"Dagster's code location is not loaded (restarting?): {message}")
+            raise DagsterError(message)
 
     def delete_partition(self, request_id: str) -> None:
         """Best effort: undo add_partition when the launch after it failed."""

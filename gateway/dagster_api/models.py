@@ -24,6 +24,7 @@ class RunInfo:
     status: str  # Dagster's DagsterRunStatus name
     steps: list[StepStat] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
+    end_time: float | None = None  # unix seconds the run ended (None while it runs)
 
     @property
     def ended(self) -> bool:
@@ -34,4 +35,5 @@ class RunInfo:
 def run_info_from(raw: dict[str, Any]) -> RunInfo:
     """A run from GraphQL fields runId, jobName, status, tags and stepStats."""
     steps = [StepStat(s["stepKey"], s["status"], s["startTime"]) for s in raw["stepStats"]]
-    return RunInfo(raw["runId"], raw["jobName"], raw["status"], steps, {t["key"]: t["value"] for t in raw["tags"]})
+    tags = {t["key"]: t["value"] for t in raw["tags"]}
+    return RunInfo(raw["runId"], raw["jobName"], raw["status"], steps, tags, raw.get("endTime"))

@@ -26,14 +26,14 @@ class StorageRunReader:
         from dagster import RunsFilter
 
         try:
-            runs = self._instance.get_runs(filters=RunsFilter(tags=tags), limit=1, ascending=not newest)
-            if not runs:
+            records = self._instance.get_run_records(filters=RunsFilter(tags=tags), limit=1, ascending=not newest)
+            if not records:
                 return None
-            run = runs[0]
+            run, end_time = records[0].dagster_run, records[0].end_time
             stats = self._instance.get_run_step_stats(run.run_id) if with_steps else []
         except Exception as exc:  # the database is down or locked: as if Dagster did not answer
             raise DagsterUnavailable(f"Dagster's run storage did not answer: {type(exc).__name__}: {exc}") from exc
-        return RunInfo(run.run_id, run.job_name, run.status.name, [_step(s) for s in stats], dict(run.tags))
+        return RunInfo(run.run_id, run.job_name, run.status.name, [_step(s) for s in stats], dict(run.tags), end_time)
 
     def close(self) -> None:
         self._instance.dispose()

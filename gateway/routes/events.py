@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.deps import EventStreamsDep, ResultsDep, RunsDep, SettingsDep
-from gateway.event_streams import RETRY_AFTER_SECONDS, StreamLease, StreamLimitReached, Watch
+from gateway.event_streams import RETRY_AFTER_SECONDS, SHUTDOWN_RETRY_MS, StreamLease, StreamLimitReached, Watch
 from gateway.results import ResultReader
 from gateway.routes.workflows import WorkflowIdPath, owned_run
 from gateway.schemas import ONE_WORKFLOW, WorkflowState, error_responses
@@ -65,7 +65,12 @@ async def _stream(workflow_id: str, watch: Watch, lease: StreamLease, settings: 
         yield f"retry: {int(settings.event_poll_seconds * 4000)}\n\n"
         while (left := settings.event_stream_max_seconds - (time.monotonic() - started)) > 0:
             until_keepalive = KEEPALIVE_SECONDS - (time.monotonic() - last_write)
-            if not await watch.wait(seen, min(left, until_keepalive)):
+            woken = lease.draining or await watch.wait(seen, min(left, until_keepalive))
+            if lease.draining:  # before the wait, or what woke it
+                yield f"retry: {SHUTDOWN_RETRY_MS}\n\n"
+                yield sse("shutdown", {"detail": "the gateway is restarting; reconnect"}, event_id + 1)
+                return
+            if not woken:
                 if time.monotonic() - last_write >= KEEPALIVE_SECONDS:
                     last_write = time.monotonic()
                     yield ": keep-alive\n\n"  # proxies close idle connections

@@ -187,7 +187,8 @@ class AzureBlobStore(BlobStore):
     def scheme(self) -> str:
         return "azure"
 
-    def _container(self) -> Any:
+    def container_client(self) -> Any:
+        """The SDK container client (created with the container on first use); also used for Dagster's compute logs."""
         if self._container_client is None:
             from azure.core.exceptions import ResourceExistsError
             from azure.storage.blob import BlobServiceClient
@@ -216,7 +217,7 @@ class AzureBlobStore(BlobStore):
     def put_path(self, path: str, data: bytes, content_type: str) -> None:
         from azure.storage.blob import ContentSettings
 
-        self._container().upload_blob(
+        self.container_client().upload_blob(
             path, data, overwrite=True, content_settings=ContentSettings(content_type=content_type)
         )
 
@@ -224,29 +225,29 @@ class AzureBlobStore(BlobStore):
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return self._container().download_blob(path).readall()
+            return self.container_client().download_blob(path).readall()
         except ResourceNotFoundError:
             raise BlobNotFoundError(f"no blob at {self.uri_for(path)}") from None
 
     def exists_path(self, path: str) -> bool:
-        return bool(self._container().get_blob_client(path).exists())
+        return bool(self.container_client().get_blob_client(path).exists())
 
     def delete_path(self, path: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            self._container().delete_blob(path)
+            self.container_client().delete_blob(path)
         except ResourceNotFoundError:
             pass
 
     def link(self, path: str) -> str:
-        return str(self._container().get_blob_client(check_path(path)).url)
+        return str(self.container_client().get_blob_client(check_path(path)).url)
 
     def signed_url(self, path: str, lifetime: timedelta) -> str | None:
         """A read-only SAS URL valid for ``lifetime``: results handed out without our keys."""
         from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
-        blob = self._container().get_blob_client(check_path(path))
+        blob = self.container_client().get_blob_client(check_path(path))
         credential = blob.credential
         account_key = getattr(credential, "account_key", None)
         if not account_key:

@@ -46,7 +46,7 @@ from dagster._serdes import deserialize_value
 CANCEL_GRACE_SECONDS = 5.0
 
 # Imported once in the forkserver; every run worker forked from it starts with them loaded.
-PRELOAD = ["dagster", "dagster._grpc.impl", "jewel_dagster.definitions"]
+PRELOAD = ["dagster", "dagster._grpc.impl", "jewel_dagster.definitions", "jewel_dagster.runtime.compute_logs"]
 
 
 class WarmApiServer(dagster_grpc_server.DagsterApiServer):

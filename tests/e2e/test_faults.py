@@ -9,33 +9,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devtools.stack import Stack, descendants, parent_pid
+from devtools.stack import Stack
 from tests.support.e2e_flows import CUP, PHOTO, finished
-from tests.support.e2e_stack import free_port, poll, running_stack, runs_of
+from tests.support.e2e_stack import free_port, poll, run_worker, running_stack, runs_of
 from tests.support.servers import gated_proxy, reference_server, service_urls
 
 pytestmark = pytest.mark.e2e
 BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return b""
-
-
-def _run_worker(stack: Stack) -> int | None:
-    """The process executing the run: a child of our code server's forkserver (warm workers), or
-    a spawned multiprocessing child of the daemon's own code server (CODE_SERVER=managed)."""
-    root = stack.processes.get("code_server") or stack.processes["daemon"]
-    for pid in descendants([root.pid]):
-        cmdline = _cmdline(pid)
-        if b"spawn_main" in cmdline:
-            return pid
-        if b"forkserver" in cmdline and b"forkserver" in _cmdline(parent_pid(pid)):
-            return pid  # forked by the forkserver (the forkserver itself is the code server's child)
-    return None
 
 
 def test_killed_run_worker_is_detected_and_the_run_retried(tmp_path: Path) -> None:
@@ -43,7 +23,7 @@ def test_killed_run_worker_is_detected_and_the_run_retried(tmp_path: Path) -> No
         with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
             workflow = client.post("/workflow/start", json=BODY).json()["workflowId"]
             poll(client, workflow, lambda s: s["progress"] >= 15 or finished(s))
-            worker = _run_worker(stack)
+            worker = run_worker(stack)
             assert worker is not None, "the run worker process was not found mid-run"
             os.kill(worker, signal.SIGKILL)
             # GET every 0.2 s from the kill on: the retry is the same workflow, never FAILED meanwhile.

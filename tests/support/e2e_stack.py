@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from devtools.stack import free_port, temporary_stack
+from devtools.stack import Stack, descendants, free_port, parent_pid, temporary_stack
 
 running_stack = temporary_stack
-__all__ = ["free_port", "poll", "running_stack", "runs_of", "step_status", "wait_until"]
+__all__ = ["free_port", "poll", "run_worker", "running_stack", "runs_of", "step_status", "wait_until"]
 
 _RUNS = """
 query Runs($tag: String!) {
@@ -19,6 +20,26 @@ query Runs($tag: String!) {
     ... on Runs { results { runId jobName status tags { key value } stepStats { stepKey status startTime endTime } } }
   }
 }"""
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
+def run_worker(stack: Stack) -> int | None:
+    """The process executing the run: a child of our code server's forkserver (warm workers), or
+    a spawned multiprocessing child of the daemon's own code server (CODE_SERVER=managed)."""
+    root = stack.processes.get("code_server") or stack.processes["daemon"]
+    for pid in descendants([root.pid]):
+        cmdline = _cmdline(pid)
+        if b"spawn_main" in cmdline:
+            return pid
+        if b"forkserver" in cmdline and b"forkserver" in _cmdline(parent_pid(pid)):
+            return pid  # forked by the forkserver (the forkserver itself is the code server's child)
+    return None
 
 
 def runs_of(dagster_url: str, partition: str) -> list[dict[str, Any]]:

@@ -76,6 +76,11 @@ class Gate:
     entered: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
+    def rearm(self) -> None:
+        """Hold the next gated calls again (one proxy for several tests of a module)."""
+        self.release.clear()
+        self.entered.clear()
+
     def wait_entered(self, timeout: float = 120.0) -> None:
         if not self.entered.wait(timeout):
             raise AssertionError(f"no gated call arrived within {timeout:.0f} s")

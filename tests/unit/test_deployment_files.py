@@ -73,7 +73,9 @@ def test_every_file_the_deployment_names_exists(compose: dict[str, Any]) -> None
             context = REPO_ROOT / build["context"]
             assert (context / build.get("dockerfile", "Dockerfile")).is_file(), name
         for env_file in service.get("env_file", []):
-            assert (REPO_ROOT / env_file).is_file(), f"{name}: {env_file}"
+            # .env is the operator's copy of .env.example (README set-up), never in the repo.
+            assert env_file == ".env", f"{name}: reads {env_file}, not the operator's .env"
+            assert (REPO_ROOT / ".env.example").is_file()
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("."):

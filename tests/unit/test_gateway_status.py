@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dagster as dg
+import httpx
 import pytest
 
-from gateway.dagster_api.errors import readable_error
+from gateway.dagster_api.client import DagsterRuns
+from gateway.dagster_api.errors import DagsterError, DagsterUnavailable, readable_error
 from gateway.dagster_api.models import RunInfo, StepStat
+from gateway.settings import GatewaySettings
 from gateway.status import position_of, workflow_status
 from gateway.workflow_state import public_error
 from jewel_dagster.contract import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB
@@ -117,3 +120,37 @@ def test_failure_messages_keep_internal_addresses_to_the_log() -> None:
     assert "10.0.0.7" not in shown and "x.internal" not in shown and "SAM3" in shown and "timed out" in shown
     assert "(run 01234567;" in shown
     assert public_error("the mask is empty", "r") == "the mask is empty"
+
+
+def test_a_failure_is_final_only_once_dagster_decided_about_its_retry() -> None:
+    """FAILURE is stored before the `dagster/will_retry` tag: in between, it is not yet FAILED."""
+    ended = 1_000_000.0
+
+    def failed(tags: dict[str, str]) -> RunInfo:
+        return RunInfo("r", FULL_JOB, "FAILURE", [StepStat("original_image", "FAILURE", 0.0)], tags, ended)
+
+    assert position_of(failed({}), now=ended + 0.1).status == "RUNNING"  # the tag is on its way
+    assert position_of(failed({}), now=ended + 10).status == "FAILED"  # no run retries configured
+    assert position_of(failed({"dagster/will_retry": "true"}), now=ended + 60).status == "RUNNING"
+    assert position_of(failed({"dagster/will_retry": "false"}), now=ended + 0.1).status == "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ({"__typename": "UnauthorizedError", "message": "no dynamic partitions definition"}, DagsterUnavailable),
+        ({"__typename": "PythonError", "message": "boom"}, DagsterError),
+    ],
+)  # fmt: skip
+def test_a_partition_refused_while_the_code_location_reloads_is_unavailable_not_an_error(
+    answer: dict[str, str], error: type[DagsterError]
+) -> None:
+    """After a code server restart the webserver answers UnauthorizedError until its location is
+    loaded again: the gateway says 503 (retry soon), not 502."""
+    runs = DagsterRuns(GatewaySettings())
+    runs._http = httpx.Client(
+        transport=httpx.MockTransport(lambda _: httpx.Response(200, json={"data": {"addDynamicPartition": answer}}))
+    )
+    with pytest.raises(error) as raised:
+        runs.add_partition("jewelry-gen-x")
+    assert type(raised.value) is error

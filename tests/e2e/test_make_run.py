@@ -1,0 +1,72 @@
+"""`make run` (`python -m devtools.stack`): answers /health, a request completes, and SIGTERM (or
+Ctrl-C) stops every process it started, the code server's forkserver included.
+
+The `.env.example` half of `cp .env.example .env && make run` is tests/unit/test_make_run_environment.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devtools.stack import REPO_ROOT, descendants, free_port, wait_for_http
+from tests.support.e2e_flows import CUP, PHOTO, finished
+from tests.support.e2e_stack import poll
+
+pytestmark = pytest.mark.e2e
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_make_run_serves_a_request_and_stops_every_process_it_started(tmp_path: Path) -> None:
+    api_port = free_port()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "LOCAL_BLOB_ROOT": str(tmp_path / "blobs"),
+        "DAGSTER_PORT": str(free_port()),
+        "API_PORT": str(api_port),
+        "LOCAL_BACKENDS": "instant",
+        "REGENERATION_SENSOR_ENABLED": "false",
+    }
+    with open(tmp_path / "make-run.log", "wb") as log:
+        main = subprocess.Popen(
+            [sys.executable, "-m", "devtools.stack"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    started: list[int] = []
+    try:
+        gateway = f"http://127.0.0.1:{api_port}"
+        wait_for_http(f"{gateway}/health", 180, main)
+        with httpx.Client(base_url=gateway, timeout=30) as client:
+            answer = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
+            assert answer.status_code == 200, answer.text
+            assert poll(client, answer.json()["workflowId"], finished)[-1]["status"] == "COMPLETED"
+        started = descendants([main.pid])
+        names = {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace") for pid in started}
+        assert len(started) >= 5, names  # code server, its forkserver, webserver, daemon, gateway
+        main.send_signal(signal.SIGTERM)  # what Ctrl-C (SIGINT) does too
+        assert main.wait(timeout=60) == 0
+        deadline = time.monotonic() + 10
+        while (left := [pid for pid in started if _alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert left == [], f"still running after make run stopped: {left}"
+    finally:
+        if main.poll() is None:
+            main.kill()
+            main.wait()
+        for pid in started:  # only what this test started, by pid
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
