@@ -83,6 +83,8 @@ def _recovers(client: httpx.Client, stack: Stack, workflow: str, since: float, w
     assert [s["status"] for s in states if s["status"] != "RUNNING"] == ["COMPLETED"], states[-1]
     runs = runs_of(stack.dagster_url, workflow)
     assert sorted(r["status"] for r in runs) == ["FAILURE", "SUCCESS"], runs
+    retry = next(r for r in runs if r["status"] == "SUCCESS")
+    assert {"key": "dagster/retry_number", "value": "1"} in retry["tags"]
     return runs
 
 
@@ -220,7 +222,12 @@ def test_sigterm_on_the_gateway_finishes_requests_in_flight_and_closes_event_str
     assert answer and answer[0].status_code == 200, answer and answer[0].text
     gateway.wait(timeout=30)  # and then it stops
     stack.start_gateway()
-    gate.release.set()
     with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        # The run went on while no gateway was there, and the new gateway finds it where it is.
+        back = client.get(f"/workflow/{workflow}")
+        assert back.status_code == 200 and back.json()["status"] == "RUNNING", back.text
+        assert back.json()["currentStep"] == "GENERATING_MASK", back.json()
+        gate.release.set()
         _completes(client, workflow)
+        assert [r["status"] for r in runs_of(stack.dagster_url, workflow)] == ["SUCCESS"]  # the same run
         _completes(client, answer[0].json()["workflowId"])  # the upload in flight became a request
