@@ -94,7 +94,7 @@ def main() -> None:
         ours = results["ours"]
         for baseline in [b for b in results if b != "ours"]:
             ratio = statistics.median(results[baseline]) / statistics.median(ours)
-            print(f"ratio {baseline} / ours (median): {ratio:.1f}x")
+            print(f"ratio {baseline} / ours (median): {ratio:.2f}x")
         verdict = "meets" if statistics.median(ours) <= 0.5 and percentile(ours, 95) <= 1.0 else "MISSES"
         print(f"target p50 <= 0.5 s, p95 <= 1.0 s: {verdict}")
 
