@@ -53,7 +53,7 @@ class PipelineSettings(BaseSettings):
         default="up", description="adaptive is libpng's default filter choice: ~2.5x slower to encode."
     )
     artifact_reuse_megabytes: int = Field(
-        default=128, ge=0, description="Arrays a run's process stored, reused instead of decoded again; 0 = off."
+        default=64, ge=0, description="Arrays a run's process stored, reused instead of decoded again; 0 = off."
     )
     generator_version: str = Field(default="1", description="Bump when a generator's model changes: marks stale.")
 

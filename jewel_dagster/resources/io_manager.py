@@ -47,7 +47,7 @@ class BlobIOManager(dg.ConfigurableIOManager):
         default="up", description="PNG row filter of stored arrays; adaptive is libpng's default (slower)."
     )
     reuse_megabytes: int = Field(
-        default=128, ge=0, description="Arrays this process stored, kept to skip decoding them again; 0 = off."
+        default=64, ge=0, description="Arrays this process stored, kept to skip decoding them again; 0 = off."
     )
     _recent: RecentArrays | None = PrivateAttr(default=None)
 
