@@ -4,8 +4,11 @@
 
 SAM3 segmentation 1.0 s, Flux 3.0 s and Gemini 2.0 s (all four model services and Gemini on the
 reference server). Flux and Gemini overlap, so the critical path is 1.0 + max(3.0, 2.0) = 4.0 s;
-the target is end-to-end <= critical path + 0.5 s. Baseline in the same run: the same requests
-on Dagster's stock settings (5 s queue polling, multiprocess executor).
+the target is end-to-end <= critical path + 0.5 s. Baselines in the same run: the same requests
+on Dagster's stock settings (5 s queue polling, multiprocess executor), and on ours with the
+stock artifact encoding (libpng's adaptive PNG filter, every load decoding its blob).
+
+    .venv/bin/python -m benchmarks.critical_path --only ours --only "ours, stock artifacts"
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ from devtools.reference_server import service_env
 from devtools.stack import REPO_ROOT, free_port, temporary_stack, wait_for_http
 
 LATENCY = {"sam3/segment": 1.0, "a100/generate": 3.0, "gemini/generate-content": 2.0}
+SETUPS = {
+    "stock": {"DAGSTER_STOCK_SETTINGS": "true", "JOB_EXECUTOR": "multiprocess", "CODE_SERVER": "managed"},
+    "ours, stock artifacts": {"ARTIFACT_PNG_FILTER": "adaptive", "ARTIFACT_REUSE_MEGABYTES": "0"},
+    "ours": {},
+}
 CRITICAL_PATH = LATENCY["sam3/segment"] + max(LATENCY["a100/generate"], LATENCY["gemini/generate-content"])
 
 
@@ -46,6 +54,7 @@ def run_requests(env: dict[str, str], requests: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=5)
+    parser.add_argument("--only", choices=list(SETUPS), action="append", help="run only these setups")
     args = parser.parse_args()
     port = free_port()
     latency_args = [a for endpoint, s in LATENCY.items() for a in ("--latency", f"{endpoint}={s}")]
@@ -59,24 +68,26 @@ def main() -> None:
         "GEMINI_BASE_URL": f"{base}/gemini",
         **BENCH_ENV,
     }
+    results: dict[str, list[float]] = {}
     try:
         wait_for_http(f"{base}/sam3/health", 60, server)
-        ours = run_requests(env, args.requests)
-        stock_env = {**env, "DAGSTER_STOCK_SETTINGS": "true", "JOB_EXECUTOR": "multiprocess", "CODE_SERVER": "managed"}
-        stock = run_requests(stock_env, args.requests)
+        for name in args.only or SETUPS:
+            samples = results[name] = run_requests({**env, **SETUPS[name]}, args.requests)
+            print(
+                f"{name}: n={len(samples)} median={statistics.median(samples):.2f} s "
+                f"p95={percentile(samples, 95):.2f} s overhead over the {CRITICAL_PATH:.1f} s critical path: "
+                f"{statistics.median(samples) - CRITICAL_PATH:.2f} s",
+                flush=True,
+            )
     finally:
         server.terminate()
         server.wait(timeout=10)
-    for name, samples in (("ours", ours), ("stock", stock)):
-        print(
-            f"{name}: n={len(samples)} median={statistics.median(samples):.2f} s p95={percentile(samples, 95):.2f} s "
-            f"overhead over the {CRITICAL_PATH:.1f} s critical path: {statistics.median(samples) - CRITICAL_PATH:.2f} s"
-        )
-    verdict = "meets" if statistics.median(ours) <= CRITICAL_PATH + 0.5 else "MISSES"
-    print(
-        f"ratio stock/ours (median): {statistics.median(stock) / statistics.median(ours):.2f}x; "
-        f"target <= {CRITICAL_PATH + 0.5:.1f} s: {verdict}"
-    )
+    if "ours" in results:
+        ours = statistics.median(results["ours"])
+        for baseline in [b for b in results if b != "ours"]:
+            print(f"ratio {baseline} / ours (median): {statistics.median(results[baseline]) / ours:.2f}x")
+        verdict = "meets" if ours <= CRITICAL_PATH + 0.5 else "MISSES"
+        print(f"target <= {CRITICAL_PATH + 0.5:.1f} s: {verdict}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,13 @@ class PipelineSettings(BaseSettings):
     local_flux_grow_seeds: list[int] | None = Field(
         default=None, description="Seeds the grow setting applies to (unset: all), e.g. [0]: only first tries are bad."
     )
+    # Intermediate artifacts (the IO manager): PNG row filter, and arrays kept in the run's process.
+    artifact_png_filter: Literal["adaptive", "up", "sub", "none"] = Field(
+        default="up", description="adaptive is libpng's default filter choice: ~2.5x slower to encode."
+    )
+    artifact_reuse_megabytes: int = Field(
+        default=64, ge=0, description="Arrays a run's process stored, reused instead of decoded again; 0 = off."
+    )
     generator_version: str = Field(default="1", description="Bump when a generator's model changes: marks stale.")
 
     # Logs of the gateway and the run workers: JSON lines (one object a line, for a log shipper)

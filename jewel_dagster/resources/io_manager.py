@@ -7,6 +7,10 @@ rerun from the UI or a second /generate writes new blobs and never replaces one 
 materialization points to. Each materialization records its blob in its metadata (`path`,
 `uri`); `load_input` reads the path from the upstream asset's newest materialization of the
 partition (through the instance's public `fetch_materializations`).
+
+Within one run's process the IO manager also keeps the arrays it stored lately (`RecentArrays`,
+`reuse_megabytes`): a step loading what an earlier step of the same process stored gets the
+array back without decoding the PNG. `png_filter` picks the PNG row filter (`imaging.encode_png`).
 """
 
 import json
@@ -14,7 +18,9 @@ from typing import Any
 
 import dagster as dg
 import numpy as np
+from pydantic import Field, PrivateAttr
 
+from jewel_dagster.resources.array_cache import RecentArrays
 from jewel_dagster.resources.blob_store import BlobStore, artifact_path
 from jewel_dagster.vision import imaging
 
@@ -37,17 +43,32 @@ def latest_path(instance: dg.DagsterInstance, name: str, request_id: str) -> str
 
 class BlobIOManager(dg.ConfigurableIOManager):
     blob_store: dg.ResourceDependency[BlobStore]
+    png_filter: imaging.PngFilter = Field(
+        default="up", description="PNG row filter of stored arrays; adaptive is libpng's default (slower)."
+    )
+    reuse_megabytes: int = Field(
+        default=64, ge=0, description="Arrays this process stored, kept to skip decoding them again; 0 = off."
+    )
+    _recent: RecentArrays | None = PrivateAttr(default=None)
+
+    def _recent_arrays(self) -> RecentArrays | None:
+        if self.reuse_megabytes and self._recent is None:
+            self._recent = RecentArrays(self.reuse_megabytes * 1024 * 1024)
+        return self._recent
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         name = context.asset_key.path[-1]
         request_id = context.asset_partition_key
         if isinstance(obj, np.ndarray):
-            extension, data, content_type = "png", imaging.encode_png(obj), "image/png"
+            extension, data, content_type = "png", imaging.encode_png(obj, self.png_filter), "image/png"
         else:
             extension = "json"
             data, content_type = json.dumps(obj).encode("utf-8"), "application/json"
         path = artifact_path(request_id, name, extension, context.run_id)
         uri = self.blob_store.put(path, data, content_type)
+        recent = self._recent_arrays()
+        if recent is not None and isinstance(obj, np.ndarray):
+            recent.put(path, obj)  # only once the blob is stored
         context.add_output_metadata(
             {
                 PATH_METADATA: dg.MetadataValue.text(path),
@@ -63,6 +84,10 @@ class BlobIOManager(dg.ConfigurableIOManager):
         recorded = latest_path(context.instance, name, request_id)
         # Artifacts stored before runs had folders sit at the flat path and name no path.
         candidates = [recorded] if recorded else [artifact_path(request_id, name, ext) for ext in EXTENSIONS]
+        recent = self._recent_arrays()
+        kept = recent.get(recorded) if recent is not None and recorded else None
+        if kept is not None:
+            return kept
         for path in candidates:
             if self.blob_store.exists_path(path):
                 data = self.blob_store.get_path(path)

@@ -83,7 +83,11 @@ def build_resources(settings: PipelineSettings) -> dict[str, Any]:
     instant = settings.local_backends == "instant"
     resources = {
         "blob_store": blob_store,
-        "io_manager": BlobIOManager(blob_store=blob_store),
+        "io_manager": BlobIOManager(
+            blob_store=blob_store,
+            png_filter=settings.artifact_png_filter,
+            reuse_megabytes=settings.artifact_reuse_megabytes,
+        ),
         "image_manipulator": (
             HttpImageManipulator(base_url=settings.image_manipulator_url, timeout_seconds=timeout)
             if settings.image_manipulator_url

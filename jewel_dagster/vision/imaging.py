@@ -62,8 +62,15 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> RGBImage:
         raise ImageDecodeError(str(exc)) from exc
 
 
-def encode_png(array: np.ndarray) -> bytes:
-    """Lossless encoding; fast compression because these PNGs are intermediate artifacts."""
+# PNG row filters: libpng's adaptive choice (tries five filters per row) costs ~2.5x the time of
+# a fixed "up" filter on a canvas, for ~5 % smaller files (benchmarks.image_kernels).
+PngFilter = Literal["adaptive", "up", "sub", "none"]
+_PNG_FILTERS = {"up": cv2.IMWRITE_PNG_FILTER_UP, "sub": cv2.IMWRITE_PNG_FILTER_SUB, "none": cv2.IMWRITE_PNG_FILTER_NONE}
+
+
+def encode_png(array: np.ndarray, png_filter: PngFilter = "up") -> bytes:
+    """Lossless encoding; fast compression and one fixed row filter, because these PNGs are
+    intermediate artifacts and wire payloads, read by machines."""
     pixels: np.ndarray
     if array.dtype == bool:
         pixels = array.astype(np.uint8) * 255
@@ -71,7 +78,10 @@ def encode_png(array: np.ndarray) -> bytes:
         pixels = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
     else:
         pixels = array
-    ok, buf = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    if png_filter != "adaptive":
+        params += [cv2.IMWRITE_PNG_FILTER, _PNG_FILTERS[png_filter]]
+    ok, buf = cv2.imencode(".png", pixels, params)
     if not ok:  # pragma: no cover - cv2 only fails on unsupported dtypes
         raise ValueError("PNG encoding failed")
     return buf.tobytes()
