@@ -7,16 +7,18 @@ import dagster as dg
 from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.defs.jobs import ALL_JOBS
 from jewel_dagster.defs.regeneration import build_regeneration_automation
+from jewel_dagster.defs.retention import build_retention
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import get_settings
 
 _settings = get_settings()
 regeneration_sensor, regeneration_schedule = build_regeneration_automation(_settings)
+retention_job, retention_schedule = build_retention(_settings)
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    jobs=ALL_JOBS,
+    jobs=[*ALL_JOBS, retention_job],
     sensors=[regeneration_sensor],
-    schedules=[regeneration_schedule],
+    schedules=[regeneration_schedule, retention_schedule],
     resources=build_resources(_settings),
 )
