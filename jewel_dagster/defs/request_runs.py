@@ -13,6 +13,8 @@ import dagster as dg
 
 from jewel_dagster.contract import PARTITION_TAG
 
+BACKGROUND_TAG = "jewel/background"  # regeneration | retention: limited in dagster.yaml's tag_concurrency_limits
+
 # A run in one of these may still change the request's blobs and events: background jobs leave
 # its request alone.
 UNFINISHED_RUN_STATUSES = [

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from jewel_dagster.contract import OWNER_TAG, PARTITION_TAG, PARTITIONS_NAME, WEBHOOK_KEY_TAG
-from jewel_dagster.defs.request_runs import busy_partitions, runs_by_partition
+from jewel_dagster.defs.request_runs import BACKGROUND_TAG, busy_partitions, runs_by_partition
 from jewel_dagster.resources.blob_store import (
     TOMBSTONE_PREFIX,
     BlobStore,
@@ -39,7 +39,6 @@ from jewel_dagster.runtime.check_rows import delete_check_rows
 from jewel_dagster.settings import PipelineSettings
 
 RETENTION_JOB = "retention"
-BACKGROUND_TAG = "jewel/background"  # run tag limited in dagster.yaml's tag_concurrency_limits
 RUN_PAGE = 1_000  # run records read per query while looking for expired requests
 BATCH = 200  # requests removed per batch of queries (bounded IN lists)
 
