@@ -21,6 +21,7 @@ day and 365 days that is ~365,000 blobs of ~100 bytes; one GET of an unknown id 
 
 import json
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -41,6 +42,7 @@ from jewel_dagster.settings import PipelineSettings
 RETENTION_JOB = "retention"
 RUN_PAGE = 1_000  # run records read per query while looking for expired requests
 BATCH = 200  # requests removed per batch of queries (bounded IN lists)
+DELETE_THREADS = 8  # runs deleted at once on PostgreSQL (waits on connection set-up, not CPU)
 
 
 @dataclass
@@ -104,13 +106,19 @@ def remove_requests(
                         pass  # a malformed key names no blob of ours
         run_ids = [run.run_id for partition in removable for run in runs.get(partition, [])]
         report.check_rows_removed += delete_check_rows(instance, run_ids)
-        for partition in removable:
-            instance.delete_dynamic_partition(PARTITIONS_NAME, partition)
-        for run_id in run_ids:
-            instance.delete_run(run_id)
+        with ThreadPoolExecutor(_delete_threads(instance)) as pool:
+            list(pool.map(lambda partition: instance.delete_dynamic_partition(PARTITIONS_NAME, partition), removable))
+            list(pool.map(instance.delete_run, run_ids))
         report.requests_removed += len(removable)
         report.runs_removed += len(run_ids)
     return report
+
+
+def _delete_threads(instance: dg.DagsterInstance) -> int:
+    """`delete_run` opens ~7 PostgreSQL connections in turn (Dagster's storages do not pool them):
+    0.29 s a run measured here, 48 minutes for 10,000 requests. Runs are independent, so on
+    PostgreSQL several are deleted at once; SQLite has one writer, so one at a time there."""
+    return 1 if "sqlite" in type(instance.run_storage).__name__.lower() else DELETE_THREADS
 
 
 def expire_tombstones(store: BlobStore, before: datetime) -> int:
