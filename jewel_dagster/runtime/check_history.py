@@ -11,7 +11,8 @@ Private symbols used (checked against dagster 1.13.27):
 - `dagster._core.storage.event_log.schema.AssetCheckExecutionsTable` and
   `dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage` (`index_connection()`)
   (`failed_partitions`: Dagster's batched `get_asset_check_partition_info` joins the newest
-  materialization of every partition of the asset: 24.6 s for a page of 500 at 10,000 partitions on PostgreSQL, benchmarks/scale.py)
+  materialization of every partition of the asset: 24.6 s for a page of 500 at 10,000
+  partitions on PostgreSQL, benchmarks/scale.py)
 Canary: tests/unit/test_runtime_canaries.py (a failed check is seen as failed; a passed one not).
 """
 
