@@ -100,6 +100,7 @@ _ERROR_DESCRIPTIONS: dict[int, str] = {
     403: "Off: /metrics while API keys are on and METRICS_API_KEY is unset",
     404: "No such workflow, or not the caller's; or nothing stored",
     409: "The workflow already ended",
+    410: "The workflow was removed by retention (RETENTION_DAYS); its results are gone",
     413: "The body or the image is too large",
     415: "An image format that is not accepted",
     422: "The request does not match the schema",

@@ -78,6 +78,20 @@ class PipelineSettings(BaseSettings):
     regeneration_cron: str = "0 3 * * *"
     regeneration_schedule_enabled: bool = False
 
+    # Retention: requests older than this are removed (runs, partition, events, blobs); 0 keeps all.
+    retention_days: int = Field(default=30, ge=0, description="Days a request is kept; 0 keeps every request.")
+    retention_cron: str = "30 2 * * *"
+    retention_max_requests: int = Field(
+        default=20_000, ge=1, description="Requests one retention run removes at most: bounds a run's length."
+    )
+    retention_tombstone_days: int = Field(
+        default=365, ge=1, description="How long GET answers 410 for a removed request (then 404)."
+    )
+    regeneration_page_size: int = Field(
+        default=500, ge=1, description="Partitions the regeneration sensor looks at per tick (a cursor walks on)."
+    )
+    regeneration_max_runs_per_tick: int = Field(default=50, ge=1, description="Runs one sensor tick may request.")
+
     # Model services: an unset URL means the in-process local implementation.
     image_manipulator_url: str | None = None
     birefnet_url: str | None = None

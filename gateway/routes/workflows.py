@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import threading
@@ -47,7 +48,7 @@ from jewel_dagster.contract import (
     AssetName,
 )
 from jewel_dagster.defs.config import BRUSH_STROKES, BrushStroke
-from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError, strokes_path
+from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError, strokes_path, tombstone_path
 
 router = APIRouter(prefix="/workflow", tags=["workflow"])
 
@@ -67,6 +68,7 @@ log = logging.getLogger("gateway.workflows")
 
 def _stripe(key: str) -> threading.Lock:
     return _LOCK_STRIPES[int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % len(_LOCK_STRIPES)]
+
 
 # Documented, not validated by FastAPI: an id of another shape is 404 (no such workflow), not 422.
 WorkflowIdPath = Annotated[
@@ -93,9 +95,7 @@ def pipeline_unavailable(exc: DagsterError) -> HTTPException:
             detail=f"The pipeline (Dagster) is unavailable; retry shortly (error id {error_id}).",
             headers={"Retry-After": "5"},
         )
-    return HTTPException(
-        status.HTTP_502_BAD_GATEWAY, detail=f"The pipeline refused the request (error id {error_id})."
-    )
+    return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"The pipeline refused the request (error id {error_id}).")
 
 
 def _webhook_tags(url: str | None, settings: GatewaySettings, store: BlobStore) -> Callable[[], dict[str, str]]:
@@ -404,15 +404,43 @@ def _owner(runs: DagsterRuns, run: RunInfo, workflow_id: str) -> str | None:
     return first.tags.get(OWNER_TAG) if first else None
 
 
+def _removed(store: BlobStore, workflow_id: str, caller: str) -> HTTPException | None:
+    """410 when the retention job removed this workflow (its tombstone is the caller's), else None.
+
+    Asked only once Dagster knows no run of the id, so a GET of a live workflow costs nothing more.
+    Tombstones expire (RETENTION_TOMBSTONE_DAYS): then the id answers 404 like one never seen.
+    """
+    try:
+        tombstone = json.loads(store.get_path(tombstone_path(workflow_id)))
+    except (BlobStoreError, ValueError):
+        return None
+    if caller != ANONYMOUS and tombstone.get("owner") != caller:
+        return None  # another caller's request answers like an unknown one
+    removed_at = str(tombstone.get("removedAt", ""))[:10]
+    return HTTPException(
+        status.HTTP_410_GONE,
+        detail=f"workflow {workflow_id} was removed on {removed_at} with its images: results are kept for a "
+        "limited time; start a new workflow",
+    )
+
+
 @router.get(
     "/{workflow_id}",
     response_model=WorkflowState,
     response_model_exclude_none=True,
-    responses=error_responses(*ONE_WORKFLOW),
+    responses=error_responses(*ONE_WORKFLOW, 410),
 )
-def get_workflow(workflow_id: WorkflowIdPath, runs: RunsDep, results: ResultsDep, caller: CallerDep) -> WorkflowState:
-    """Status of the request's newest run; results once it completed."""
-    run = owned_run(runs, workflow_id, caller, cached=True)
+def get_workflow(
+    workflow_id: WorkflowIdPath, runs: RunsDep, results: ResultsDep, store: StoreDep, caller: CallerDep
+) -> WorkflowState:
+    """Status of the request's newest run; results once it completed; 410 once retention removed it."""
+    try:
+        run = owned_run(runs, workflow_id, caller, cached=True)
+    except HTTPException as exc:
+        gone = _removed(store, workflow_id, caller) if exc.status_code == status.HTTP_404_NOT_FOUND else None
+        if gone is not None:
+            raise gone from None
+        raise
     try:
         return state_of(workflow_id, run, runs, results)
     except DagsterError as exc:

@@ -3,18 +3,33 @@
 A request needs re-generation when its newest Flux image failed the `fidelity` check (retried
 with a new seed, at most `regeneration_max_attempts` times) or was made by an older generator
 (its code version differs from the current one). Every run requested says why in its tags.
+
+It has to scale to 100,000s of requests (issue 17). The sensor walks the `requests` partitions
+with a cursor, one page (`REGENERATION_PAGE_SIZE`) per tick, oldest first, and wraps around at
+the end: every retained request is looked at again every `partitions / page` ticks. A page costs
+a fixed number of batched queries, whatever its size: its busy partitions, the newest Flux
+materialization of each, the newest `fidelity` result of each, and the attempts of the failed
+ones. A tick requests at most `REGENERATION_MAX_RUNS_PER_TICK` runs; a page with more is walked
+again on the next tick (the requested ones are queued then, so skipped).
+
+Re-generation runs are background work: they carry a lower `dagster/priority` than a shopper's
+runs (which have the default 0) and the tag `jewel/background: regeneration`, which dagster.yaml
+limits to one run at a time (`tag_concurrency_limits`), so a generator version bump never queues
+hundreds of runs in front of shoppers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import dagster as dg
 
 from jewel_dagster.contract import (
     CHECK_NAME,
     CODE_VERSION_TAG,
-    PARTITION_TAG,
     PARTITIONS_NAME,
     REGENERATE_ATTEMPT_TAG,
     REGENERATE_REASON_TAG,
@@ -23,21 +38,15 @@ from jewel_dagster.contract import (
 )
 from jewel_dagster.defs.assets import generations
 from jewel_dagster.defs.jobs import regenerate_job
-from jewel_dagster.runtime.check_history import newest_check_failed
+from jewel_dagster.defs.request_runs import BACKGROUND_TAG, busy_partitions, runs_by_partition
+from jewel_dagster.runtime.check_history import failed_partitions
 from jewel_dagster.settings import PipelineSettings, get_settings
 
 FLUX = dg.AssetKey(AssetName.FLUX_GENERATION)
 FIDELITY = dg.AssetCheckKey(dg.AssetKey(AssetName.FLUX_METRICS), CHECK_NAME)
-# A run in one of these may still change the request's images: the sensor leaves it alone.
-UNFINISHED_RUN_STATUSES = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-    dg.DagsterRunStatus.SUSPENDED,
-]
-SCAN_LIMIT = 500  # newest partitions looked at per tick: bounds a tick's cost
+PRIORITY_TAG = "dagster/priority"
+REGENERATION_PRIORITY = "-10"  # below a shopper's runs (default 0): the queue starts theirs first
+SCHEDULE_BUDGET_SECONDS = 40.0  # a schedule tick walks pages until this (gRPC evaluation limit is 60 s)
 
 
 def current_flux_version() -> str:
@@ -52,33 +61,102 @@ def _regeneration_request(partition: str, reason: str, attempt: int, key: str) -
             "ops": {generations.node_def.name: {"config": {"seed": attempt}}},
             **(json_logging_run_config() if get_settings().log_format == "json" else {}),
         },
-        tags={REGENERATE_REASON_TAG: reason, REGENERATE_ATTEMPT_TAG: str(attempt)},
+        tags={
+            REGENERATE_REASON_TAG: reason,
+            REGENERATE_ATTEMPT_TAG: str(attempt),
+            PRIORITY_TAG: REGENERATION_PRIORITY,
+            BACKGROUND_TAG: "regeneration",
+        },
     )
 
 
+def _newest_flux_versions(instance: dg.DagsterInstance, partitions: Sequence[str]) -> dict[str, str | None]:
+    """Partition -> code version of its newest Flux materialization (absent: never generated)."""
+    newest: dict[str, str | None] = {}
+    cursor: str | None = None
+    while True:
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=FLUX, asset_partitions=list(partitions)),
+            limit=4 * len(partitions),
+            cursor=cursor,
+        )
+        for record in result.records:  # newest first: the first one seen per partition wins
+            partition = record.partition_key
+            if partition is not None and partition not in newest:
+                newest[partition] = (record.event_log_entry.tags or {}).get(CODE_VERSION_TAG)
+        if not result.has_more or len(newest) == len(partitions):
+            return newest
+        cursor = result.cursor
+
+
+def page_requests(
+    instance: dg.DagsterInstance, partitions: Sequence[str], flux_version: str, max_attempts: int
+) -> list[dg.RunRequest]:
+    """The re-generation runs a page of partitions needs, in at most five queries."""
+    idle = [p for p in partitions if p not in busy_partitions(instance, partitions)]
+    made_by = _newest_flux_versions(instance, idle)
+    generated = [p for p in idle if p in made_by]  # never generated: nothing to redo
+    stale = {p for p in generated if made_by[p] != flux_version}
+    failed = failed_partitions(instance, FIDELITY, [p for p in generated if p not in stale])
+    retried = runs_by_partition(instance, sorted(failed), tags={REGENERATE_REASON_TAG: "failed-check"})
+    requests = []
+    for partition in generated:
+        if partition in stale:
+            requests.append(_regeneration_request(partition, "stale", 0, f"stale:{flux_version}"))
+        elif partition in failed:
+            attempts = len(retried.get(partition, []))
+            if attempts < max_attempts:
+                key = f"failed-check:{attempts + 1}"
+                requests.append(_regeneration_request(partition, "failed-check", attempts + 1, key))
+    return requests
+
+
+@dataclass
+class Sweep:
+    """What one tick decided: its runs, and where the next tick starts (None: from the start)."""
+
+    requests: list[dg.RunRequest] = field(default_factory=list)
+    next_cursor: str | None = None
+    partitions_seen: int = 0
+
+
+def sweep_page(
+    instance: dg.DagsterInstance,
+    cursor: str | None,
+    flux_version: str,
+    max_attempts: int,
+    page_size: int,
+    max_runs: int,
+) -> Sweep:
+    """One page of the walk from `cursor`; the cursor stays when the page asked for more than
+    `max_runs` runs (the rest come next tick), and wraps to the start after the last page."""
+    page = instance.get_paginated_dynamic_partitions(PARTITIONS_NAME, limit=page_size, ascending=True, cursor=cursor)
+    requests = page_requests(instance, page.results, flux_version, max_attempts)
+    if len(requests) > max_runs:
+        return Sweep(requests[:max_runs], cursor, len(page.results))
+    return Sweep(requests, page.cursor if page.has_more else None, len(page.results))
+
+
 def regeneration_requests(
-    instance: dg.DagsterInstance, flux_version: str, max_attempts: int
+    instance: dg.DagsterInstance,
+    flux_version: str,
+    max_attempts: int,
+    page_size: int = 500,
+    max_runs: int | None = None,
+    budget_seconds: float | None = None,
 ) -> Iterator[dg.RunRequest]:
-    partitions = instance.get_dynamic_partitions(PARTITIONS_NAME)[-SCAN_LIMIT:]
-    for partition in partitions:
-        busy = instance.get_runs_count(dg.RunsFilter(tags={PARTITION_TAG: partition}, statuses=UNFINISHED_RUN_STATUSES))
-        if busy:
-            continue  # its running run may fix it; look again next tick
-        latest = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=FLUX, asset_partitions=[partition]), limit=1
-        ).records
-        if not latest:
-            continue  # never generated (preprocess only, or failed before): nothing to redo
-        made_by = (latest[0].event_log_entry.tags or {}).get(CODE_VERSION_TAG)
-        if made_by != flux_version:
-            yield _regeneration_request(partition, "stale", 0, f"stale:{flux_version}")
-            continue
-        if not newest_check_failed(instance, FIDELITY, partition):
-            continue
-        retried = {PARTITION_TAG: partition, REGENERATE_REASON_TAG: "failed-check"}
-        attempts = instance.get_runs_count(dg.RunsFilter(tags=retried))
-        if attempts < max_attempts:
-            yield _regeneration_request(partition, "failed-check", attempts + 1, f"failed-check:{attempts + 1}")
+    """A whole sweep, page after page (the schedule's), until the end, `max_runs` or the budget."""
+    deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
+    left = max_runs
+    cursor: str | None = None
+    while True:
+        sweep = sweep_page(instance, cursor, flux_version, max_attempts, page_size, left or 1 << 30)
+        yield from sweep.requests
+        if left is not None:
+            left -= len(sweep.requests)
+        if sweep.next_cursor is None or left == 0 or (deadline is not None and time.monotonic() > deadline):
+            return
+        cursor = sweep.next_cursor
 
 
 def build_regeneration_automation(settings: PipelineSettings) -> tuple[dg.SensorDefinition, dg.ScheduleDefinition]:
@@ -88,10 +166,21 @@ def build_regeneration_automation(settings: PipelineSettings) -> tuple[dg.Sensor
         default_status=(
             dg.DefaultSensorStatus.RUNNING if settings.regeneration_sensor_enabled else dg.DefaultSensorStatus.STOPPED
         ),
-        description="Re-generates requests whose fidelity check failed, or whose generator changed.",
+        description="Re-generates requests whose fidelity check failed, or whose generator changed "
+        "(a page of requests per tick).",
     )
     def regeneration_sensor(context: dg.SensorEvaluationContext) -> Iterator[dg.RunRequest]:
-        yield from regeneration_requests(context.instance, current_flux_version(), settings.regeneration_max_attempts)
+        state = json.loads(context.cursor) if context.cursor else {}
+        sweep = sweep_page(
+            context.instance,
+            state.get("partitions"),
+            current_flux_version(),
+            settings.regeneration_max_attempts,
+            settings.regeneration_page_size,
+            settings.regeneration_max_runs_per_tick,
+        )
+        context.update_cursor(json.dumps({"partitions": sweep.next_cursor}))
+        yield from sweep.requests
 
     @dg.schedule(
         job=regenerate_job,
@@ -104,6 +193,13 @@ def build_regeneration_automation(settings: PipelineSettings) -> tuple[dg.Sensor
         description="The same sweep as the sensor, on a fixed timetable (off by default).",
     )
     def regeneration_schedule(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
-        yield from regeneration_requests(context.instance, current_flux_version(), settings.regeneration_max_attempts)
+        yield from regeneration_requests(
+            context.instance,
+            current_flux_version(),
+            settings.regeneration_max_attempts,
+            settings.regeneration_page_size,
+            settings.regeneration_max_runs_per_tick,
+            SCHEDULE_BUDGET_SECONDS,
+        )
 
     return regeneration_sensor, regeneration_schedule

@@ -18,6 +18,8 @@ import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,32 @@ def artifact_path(request_id: str, name: str, extension: str, run_id: str | None
     return check_path(f"{request_folder(request_id)}/{run_id}/{name}.{extension}")
 
 
+def check_prefix(prefix: str) -> str:
+    """A folder prefix: a valid blob path followed by '/', so `requests/a` never matches `requests/ab`."""
+    if not prefix.endswith("/"):
+        raise ForeignUriError(f"a prefix ends with '/': {prefix!r}")
+    check_path(prefix[:-1])
+    return prefix
+
+
+def tombstone_path(request_id: str) -> str:
+    """Where the retention job records that it removed a request, so the gateway answers 410
+    Gone rather than 404 (a tiny JSON: when, whose). Expired with the tombstone lifetime."""
+    request_folder(request_id)  # validates the id
+    return f"{TOMBSTONE_PREFIX}{request_id}.json"
+
+
+TOMBSTONE_PREFIX = "removed/"
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """One listed blob: its path in the container and when it was last written."""
+
+    path: str
+    modified: datetime
+
+
 class BlobStore(dg.ConfigurableResource, ABC):
     """Abstract blob store; assets and the gateway depend on this type only."""
 
@@ -93,6 +121,18 @@ class BlobStore(dg.ConfigurableResource, ABC):
     @abstractmethod
     def delete_path(self, path: str) -> None:
         """Remove the blob if it exists (idempotent)."""
+
+    @abstractmethod
+    def list_prefix(self, prefix: str) -> Iterator[BlobInfo]:
+        """Every blob under the folder ``prefix`` (ending in '/'), in no particular order."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every blob under the folder ``prefix``; how many were removed (idempotent)."""
+        removed = 0
+        for blob in list(self.list_prefix(check_prefix(prefix))):
+            self.delete_path(blob.path)
+            removed += 1
+        return removed
 
     def uri_for(self, path: str) -> str:
         return f"{self.scheme}://{self.container}/{check_path(path)}"
@@ -162,6 +202,34 @@ class LocalBlobStore(BlobStore):
 
     def delete_path(self, path: str) -> None:
         self._file(path).unlink(missing_ok=True)
+
+    def list_prefix(self, prefix: str) -> Iterator[BlobInfo]:
+        base = Path(self.root) / self.container
+        folder = base / check_prefix(prefix)
+        if not folder.is_dir():
+            return
+        for dirpath, _, files in os.walk(folder):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue  # a write in progress (put_path renames it when done)
+                file = Path(dirpath) / name
+                try:
+                    modified = datetime.fromtimestamp(file.stat().st_mtime, UTC)
+                except FileNotFoundError:
+                    continue  # removed while we listed
+                yield BlobInfo(file.relative_to(base).as_posix(), modified)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Files first, then the folders they leave empty, so nothing of the request remains."""
+        removed = super().delete_prefix(prefix)
+        folder = Path(self.root) / self.container / prefix
+        if folder.is_dir():
+            for dirpath, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
+                try:
+                    Path(dirpath).rmdir()
+                except OSError:
+                    pass  # not empty: a blob written meanwhile stays
+        return removed
 
     def link(self, path: str) -> str:
         return self._file(path).resolve().as_uri()
@@ -239,6 +307,28 @@ class AzureBlobStore(BlobStore):
             self.container_client().delete_blob(path)
         except ResourceNotFoundError:
             pass
+
+    def list_prefix(self, prefix: str) -> Iterator[BlobInfo]:
+        # list_blobs pages by itself (5,000 names a call), each call under the SDK's timeouts.
+        for blob in self._container().list_blobs(name_starts_with=check_prefix(prefix)):
+            yield BlobInfo(str(blob.name), blob.last_modified)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Batched: one `delete_blobs` call per 256 names (the Blob Batch API's limit)."""
+        names = [blob.path for blob in self.list_prefix(prefix)]
+        for start in range(0, len(names), 256):
+            self._delete_batch(names[start : start + 256])
+        return len(names)
+
+    def _delete_batch(self, names: list[str]) -> None:
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            self._container().delete_blobs(*names, raise_on_any_failure=False)
+        except HttpResponseError:
+            # Azurite and some accounts refuse batch requests: one call per blob then.
+            for name in names:
+                self.delete_path(name)
 
     def link(self, path: str) -> str:
         return str(self.container_client().get_blob_client(check_path(path)).url)

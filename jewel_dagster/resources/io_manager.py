@@ -1,8 +1,8 @@
 """Stores every asset value as a blob in a folder of its own run, and loads the upstream
 materialization a step depends on.
 
-Arrays become PNG (lossless: the generations must keep the jewelry pixels exactly), anything
-else JSON. The path is `requests/<partition>/<run id>/<asset>.<png|json>`: a re-generation, a
+Arrays become PNG (lossless: the generations must keep the jewelry pixels exactly; masks one
+bit a pixel), anything else JSON. The path is `requests/<partition>/<run id>/<asset>.<png|json>`: a re-generation, a
 rerun from the UI or a second /generate writes new blobs and never replaces one that an earlier
 materialization points to. Each materialization records its blob in its metadata (`path`,
 `uri`); `load_input` reads the path from the upstream asset's newest materialization of the
@@ -60,7 +60,7 @@ class BlobIOManager(dg.ConfigurableIOManager):
         name = context.asset_key.path[-1]
         request_id = context.asset_partition_key
         if isinstance(obj, np.ndarray):
-            extension, data, content_type = "png", imaging.encode_png(obj, self.png_filter), "image/png"
+            extension, data, content_type = "png", imaging.encode_stored_png(obj, self.png_filter), "image/png"
         else:
             extension = "json"
             data, content_type = json.dumps(obj).encode("utf-8"), "application/json"

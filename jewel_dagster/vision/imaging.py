@@ -122,15 +122,30 @@ def encode_jpeg(image: RGBImage, quality: int = 92) -> bytes:
     return buf.tobytes()
 
 
-def preview_data_uri(array: np.ndarray, max_side: int = 96) -> str:
-    """A tiny JPEG as a data URI: small enough to live in Dagster's event log."""
-    pixels = array.astype(np.uint8) * 255 if array.dtype == bool else array
-    h, w = pixels.shape[:2]
-    scale = max_side / max(h, w)
-    small = cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+def encode_stored_png(array: np.ndarray, png_filter: PngFilter = "up") -> bytes:
+    """How artifacts are stored: a mask as a 1-bit PNG (mode "1": one bit a pixel, ~4x smaller
+    than 8-bit grey and faster to write), anything else as :func:`encode_png`. Every PNG reader
+    (:func:`decode_png`, :func:`decode_mask`, browsers, Pillow) reads it back unchanged."""
+    if array.dtype != bool:
+        return encode_png(array, png_filter)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def preview_data_uri(array: np.ndarray, max_side: int = 64) -> str:
+    """A tiny preview as a data URI, small enough to live in Dagster's event log (it is stored
+    there in the step output and the materialization): a mask as a 1-bit PNG (~0.3 KB), an
+    image as a low-quality JPEG (~1 KB)."""
+    h, w = array.shape[:2]
+    size = (max(1, round(w * max_side / max(h, w))), max(1, round(h * max_side / max(h, w))))
+    if array.dtype == bool:
+        grey = cv2.resize(array.astype(np.uint8) * 255, size, interpolation=cv2.INTER_AREA)
+        return "data:image/png;base64," + base64.b64encode(encode_stored_png(grey > 127)).decode("ascii")
+    small = cv2.resize(array, size, interpolation=cv2.INTER_AREA)
     if small.ndim == 2:
         small = np.stack([small] * 3, axis=-1)
-    encoded = base64.b64encode(encode_jpeg(small, quality=70)).decode("ascii")
+    encoded = base64.b64encode(encode_jpeg(small, quality=60)).decode("ascii")
     return f"data:image/jpeg;base64,{encoded}"
 
 
@@ -371,6 +386,7 @@ def spread_points(mask: Mask, spacing: int = 120, depth: float = 12.0, limit: in
     points = list(cells.values())
     step = max(1, -(-len(points) // limit))
     return points[::step][:limit]
+
 
 # --------------------------------------------------------------------------- metrics
 

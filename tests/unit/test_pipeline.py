@@ -72,8 +72,10 @@ def test_full_job_on_a_real_photo(local_resources: dict[str, Any]) -> None:
         for event in events:
             meta = event.materialization.metadata
             assert meta["artifact"].value.startswith("file://") and meta["uri"].value.startswith("local://")
-            if event.asset_key.path[-1] in ("resized_image", "final_mask", "flux_generation", "gemini_generation"):
+            if event.asset_key.path[-1] in ("resized_image", "flux_generation", "gemini_generation"):
                 assert meta["preview"].value.startswith("![preview](data:image/jpeg;base64,")
+            if event.asset_key.path[-1] == "final_mask":  # a mask: a 1-bit PNG preview
+                assert meta["preview"].value.startswith("![preview](data:image/png;base64,")
     assert materialized == {
         "original_image",
         "resized_image",

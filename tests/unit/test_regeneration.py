@@ -8,15 +8,18 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from jewel_dagster.contract import CODE_VERSION_TAG, PARTITION_TAG, REGENERATE_JOB, AssetName
 from jewel_dagster.contract import REGENERATE_ATTEMPT_TAG as ATTEMPT_TAG
-from jewel_dagster.contract import REGENERATE_JOB
 from jewel_dagster.contract import REGENERATE_REASON_TAG as REASON_TAG
 from jewel_dagster.defs.assets import ALL_ASSETS, flux_metrics, generations
 from jewel_dagster.defs.regeneration import (
+    PRIORITY_TAG,
+    REGENERATION_PRIORITY,
     build_regeneration_automation,
     current_flux_version,
     regeneration_requests,
 )
+from jewel_dagster.defs.request_runs import BACKGROUND_TAG
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from tests.support.photos import RING_CLICK, synthetic_ring, to_jpeg
@@ -151,3 +154,62 @@ def test_the_schedule_and_sensor_default_status_follow_the_settings(enabled: boo
     assert schedule.default_status == (running if enabled else stopped)
     assert sensor.default_status == (dg.DefaultSensorStatus.STOPPED if enabled else dg.DefaultSensorStatus.RUNNING)
     assert schedule.cron_schedule == "15 4 * * 1"
+
+
+def _generated(instance: dg.DagsterInstance, partition: str, version: str) -> None:
+    """A Flux materialization of `partition` by generator `version`, without running anything."""
+    instance.add_dynamic_partitions("requests", [partition])
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key=AssetName.FLUX_GENERATION, partition=partition, tags={CODE_VERSION_TAG: version}
+        )
+    )
+
+
+def test_the_sensor_walks_every_partition_a_page_a_tick_with_bounded_runs() -> None:
+    settings = PipelineSettings(regeneration_page_size=5, regeneration_max_runs_per_tick=3)
+    sensor, _ = build_regeneration_automation(settings)
+    stale = [f"r{i:02d}" for i in range(14)]
+    with dg.instance_for_test() as instance:
+        for partition in stale:
+            _generated(instance, partition, "old-model")
+        _generated(instance, "busy", "old-model")  # has a run going: left alone
+        instance.add_run(
+            dg.DagsterRun(job_name=REGENERATE_JOB, status=dg.DagsterRunStatus.STARTED, tags={PARTITION_TAG: "busy"})
+        )
+        _generated(instance, "current", current_flux_version())  # up to date: nothing to do
+        instance.add_dynamic_partitions("requests", ["preprocess-only"])  # never generated
+
+        requested: list[str] = []
+        cursor = None
+        for _ in range(9):  # 4 pages; the pages with 4-5 stale partitions need 2 ticks each
+            context = dg.build_sensor_context(instance=instance, cursor=cursor)
+            tick = list(sensor(context))
+            cursor = context.cursor
+            assert len(tick) <= 3
+            for request in tick:
+                assert isinstance(request, dg.RunRequest)
+                assert request.tags[PRIORITY_TAG] == REGENERATION_PRIORITY and int(REGENERATION_PRIORITY) < 0
+                assert request.tags[BACKGROUND_TAG] == "regeneration" and request.tags[REASON_TAG] == "stale"
+                # The daemon would launch it: from then on the partition has a run in progress.
+                instance.add_run(
+                    dg.DagsterRun(
+                        job_name=REGENERATE_JOB,
+                        status=dg.DagsterRunStatus.NOT_STARTED,
+                        tags={**request.tags, PARTITION_TAG: str(request.partition_key)},
+                    )
+                )
+                requested.append(str(request.partition_key))
+        assert sorted(requested) == stale  # every partition reached, each once
+
+
+def test_background_runs_have_their_own_limit_in_both_instance_files() -> None:
+    import yaml
+
+    from devtools.stack import REPO_ROOT
+
+    for name in ("dagster.yaml", "dagster.postgres.yaml"):
+        runs = yaml.safe_load((REPO_ROOT / name).read_text())["concurrency"]["runs"]
+        limits = {(limit["key"], limit["value"]): limit["limit"] for limit in runs["tag_concurrency_limits"]}
+        assert limits[(BACKGROUND_TAG, "regeneration")] < runs["max_concurrent_runs"], name
+        assert limits[(BACKGROUND_TAG, "retention")] == 1, name

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from jewel_dagster.runtime.check_history import newest_check_failed
+from jewel_dagster.runtime.check_history import failed_partitions, newest_check_failed
 
 PARTITIONS = dg.StaticPartitionsDefinition(["passes", "fails", "recovers", "never-checked"])
 CHECK = dg.AssetCheckKey(dg.AssetKey("measured"), "fidelity")
@@ -57,3 +57,7 @@ def test_newest_check_failed_reads_the_newest_result_of_that_partition() -> None
         _run(instance, "passes", passed=False)
         assert newest_check_failed(instance, CHECK, "passes")
         assert not newest_check_failed(instance, CHECK, "recovers")
+        # The batched form (the regeneration sensor's) agrees, and keeps to the partitions asked.
+        assert failed_partitions(instance, CHECK, list(PARTITIONS.get_partition_keys())) == {"fails", "passes"}
+        assert failed_partitions(instance, CHECK, ["fails", "recovers"]) == {"fails"}
+        assert failed_partitions(instance, CHECK, []) == set()

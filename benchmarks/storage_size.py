@@ -1,0 +1,102 @@
+"""Bytes one request adds to Dagster's storage and to the blob store (issue 17).
+
+Runs whole requests in-process (`dg.materialize`, the local classical backends, the sample
+photo) against a fresh instance, on SQLite (the embedded default) or PostgreSQL (`--postgres`),
+and prints the growth per request after a first warm-up request. SQLite: the bytes of the
+instance folder (per-run event files, index, runs, compute logs). PostgreSQL: the growth of
+`pg_database_size` (tables and indexes), on a database created and dropped here.
+
+    .venv/bin/python -m benchmarks.storage_size [--requests 3] [--postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import sqlalchemy as sa
+
+from benchmarks.common import REPO_ROOT
+from jewel_dagster.defs.assets import ALL_ASSETS
+from jewel_dagster.resources.selection import build_resources
+from jewel_dagster.settings import PipelineSettings
+
+PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    name = f"jewel_storage_size_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def pg_size(url: str) -> Callable[[], int]:
+    engine = sa.create_engine(url)
+
+    def measure() -> int:
+        with engine.connect() as conn:
+            conn.execute(sa.text("CHECKPOINT"))
+            return int(conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar_one())
+
+    return measure
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3)
+    parser.add_argument("--postgres", action="store_true")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="storage-size-"))
+    (tmp / "home").mkdir()
+    resources = build_resources(PipelineSettings(local_blob_root=str(tmp / "blobs")))
+    store = resources["blob_store"]
+    photo = (REPO_ROOT / "samples" / "ring.jpg").read_bytes()
+
+    def one(instance: dg.DagsterInstance) -> None:
+        rid = f"jewelry-gen-{uuid.uuid4()}"
+        upload = store.put(f"requests/{rid}/upload", photo)
+        instance.add_dynamic_partitions("requests", [rid])
+        config = {
+            "original_image": {"config": {"image_uri": upload}},
+            "jewelry_mask": {"config": {"points": [{"x": 0.245, "y": 0.467, "label": 1}]}},
+        }
+        result = dg.materialize(
+            ALL_ASSETS, partition_key=rid, instance=instance, resources=resources, run_config={"ops": config}
+        )
+        assert result.success
+
+    with contextmanager(lambda: (yield None))() if not args.postgres else postgres_database() as url:
+        overrides = {"storage": {"postgres": {"postgres_url": url}}} if url else None
+        with dg.instance_for_test(temp_dir=str(tmp / "home"), overrides=overrides) as instance:
+            dagster_bytes = pg_size(url) if url else (lambda: folder_bytes(tmp / "home"))
+            one(instance)  # warm-up: schema, snapshots, first pages
+            before, blobs_before = dagster_bytes(), folder_bytes(tmp / "blobs")
+            for _ in range(args.requests):
+                one(instance)
+            per_request = (dagster_bytes() - before) / args.requests
+            blobs = (folder_bytes(tmp / "blobs") - blobs_before) / args.requests
+    storage = "PostgreSQL" if args.postgres else "SQLite"
+    print(
+        f"{storage}: Dagster storage {per_request / 1024:.1f} KB per request; blobs {blobs / 1024:.1f} KB per request"
+    )
+
+
+if __name__ == "__main__":
+    main()

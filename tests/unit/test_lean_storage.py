@@ -1,0 +1,65 @@
+"""What one request leaves in Dagster's event log and the blob store stays small (issue 17):
+previews of a few hundred bytes, masks one bit a pixel, readable by every loader."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import cv2
+import dagster as dg
+import numpy as np
+from PIL import Image
+
+from jewel_dagster.resources.blob_store import LocalBlobStore
+from jewel_dagster.resources.io_manager import BlobIOManager
+from jewel_dagster.vision import imaging
+from tests.support.photos import synthetic_ring
+
+
+def _mask() -> np.ndarray:
+    """A ring-sized blob on a third of the canvas (the sizes scale; the test stays fast)."""
+    mask = np.zeros((imaging.CANVAS_HEIGHT // 3, imaging.CANVAS_WIDTH // 3), np.uint8)
+    cv2.circle(mask, (333, 433), 100, 1, -1)
+    return mask.astype(bool)
+
+
+def test_previews_stay_small_enough_for_the_event_log() -> None:
+    photo, _ = synthetic_ring(imaging.CANVAS_WIDTH // 3, imaging.CANVAS_HEIGHT // 3)
+    image_preview = imaging.preview_data_uri(photo)
+    mask_preview = imaging.preview_data_uri(_mask())
+    # Each is stored twice per materialization (step output and materialization event).
+    assert image_preview.startswith("data:image/jpeg;base64,") and len(image_preview) <= 1500
+    assert mask_preview.startswith("data:image/png;base64,") and len(mask_preview) <= 400
+    shown = Image.open(io.BytesIO(base64.b64decode(mask_preview.split(",", 1)[1])))
+    assert shown.mode == "1" and max(shown.size) == 64
+
+
+def test_masks_are_stored_one_bit_a_pixel_and_every_loader_reads_them(tmp_path: Path) -> None:
+    mask = _mask()
+    stored = imaging.encode_stored_png(mask)
+    assert Image.open(io.BytesIO(stored)).mode == "1"
+    assert len(stored) * 2 < len(imaging.encode_png(mask))  # the 8-bit form it replaced
+    assert np.array_equal(imaging.decode_png(stored), mask)  # the IO manager's loader
+    assert np.array_equal(imaging.decode_mask(stored), mask)  # a maskUri given to /generate
+    rgb = np.random.default_rng(0).integers(0, 256, (31, 17, 3), dtype=np.uint8)
+    assert imaging.encode_stored_png(rgb) == imaging.encode_png(rgb)  # images are unchanged
+
+    # Through the IO manager, as an asset writes it and a downstream step reads it.
+    store = LocalBlobStore(root=str(tmp_path))
+    manager = BlobIOManager(blob_store=store)
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("requests", ["r"])
+        partitions = dg.DynamicPartitionsDefinition(name="requests")
+        out = dg.build_output_context(
+            asset_key=dg.AssetKey("final_mask"),
+            partition_key="r",
+            run_id="run-1",
+            asset_partitions_def=partitions,
+            instance=instance,
+        )
+        manager.handle_output(out, mask)
+    (blob,) = (tmp_path / store.container).rglob("final_mask.png")
+    assert Image.open(blob).mode == "1"
+    assert np.array_equal(imaging.decode_png(blob.read_bytes()), mask)
