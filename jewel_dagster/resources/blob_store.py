@@ -310,7 +310,7 @@ class AzureBlobStore(BlobStore):
 
     def list_prefix(self, prefix: str) -> Iterator[BlobInfo]:
         # list_blobs pages by itself (5,000 names a call), each call under the SDK's timeouts.
-        for blob in self._container().list_blobs(name_starts_with=check_prefix(prefix)):
+        for blob in self.container_client().list_blobs(name_starts_with=check_prefix(prefix)):
             yield BlobInfo(str(blob.name), blob.last_modified)
 
     def delete_prefix(self, prefix: str) -> int:
@@ -324,7 +324,7 @@ class AzureBlobStore(BlobStore):
         from azure.core.exceptions import HttpResponseError
 
         try:
-            self._container().delete_blobs(*names, raise_on_any_failure=False)
+            self.container_client().delete_blobs(*names, raise_on_any_failure=False)
         except HttpResponseError:
             # Azurite and some accounts refuse batch requests: one call per blob then.
             for name in names:
