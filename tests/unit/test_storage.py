@@ -46,6 +46,16 @@ def test_round_trip(store: BlobStore) -> None:
     assert not store.exists(uri)
 
 
+def test_a_folder_is_listed_and_removed_without_touching_its_neighbours(store: BlobStore) -> None:
+    """What retention relies on: a request's folder goes, a request whose id shares its prefix stays."""
+    for path in ("requests/r1/a.png", "requests/r1/run/b.png", "requests/r10/c.png"):
+        store.put_path(path, b"x", "image/png")
+    assert sorted(b.path for b in store.list_prefix("requests/r1/")) == ["requests/r1/a.png", "requests/r1/run/b.png"]
+    assert store.delete_prefix("requests/r1/") == 2
+    assert store.delete_prefix("requests/r1/") == 0  # idempotent
+    assert [b.path for b in store.list_prefix("requests/")] == ["requests/r10/c.png"]
+
+
 def test_missing_blob_is_a_clear_error(store: BlobStore) -> None:
     uri = f"{store.scheme}://{store.container}/requests/x/y.png"
     with pytest.raises(BlobNotFoundError, match=f"no blob at {uri}"):
