@@ -5,9 +5,13 @@ from __future__ import annotations
 import base64
 import statistics
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import sqlalchemy as sa
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = base64.b64encode((REPO_ROOT / "samples" / "ring.jpg").read_bytes()).decode()
@@ -48,3 +52,21 @@ def final_state(client: httpx.Client, workflow_id: str, interval: float = 0.02, 
             return state
         time.sleep(interval)
     raise TimeoutError(f"{workflow_id} still RUNNING after {timeout:.0f} s")
+
+
+PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+
+
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL for one benchmark run, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()

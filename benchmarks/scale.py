@@ -26,20 +26,18 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import httpx
-import sqlalchemy as sa
 from dagster_shared.record import copy as record_copy
 from dagster_shared.record import is_record
 
-from benchmarks.common import BENCH_ENV, BODY, percentile
+from benchmarks.common import BENCH_ENV, BODY, percentile, postgres_database
 from devtools.stack import Stack, free_port, prepare_dagster_home
 from jewel_dagster.contract import FULL_JOB, OWNER_TAG, PARTITION_TAG, PARTITIONS_NAME
 from jewel_dagster.defs.assets import ALL_ASSETS
@@ -49,7 +47,6 @@ from jewel_dagster.resources.blob_store import LocalBlobStore
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 
-PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 SEED_BATCH = 200
 SEED_THREADS = 8
 
@@ -66,20 +63,6 @@ PARTITIONS_VIEW = """query Partitions($key: AssetKeyInput!) {
     assetPartitionStatuses { ... on DefaultPartitionStatuses {
       materializedPartitions failedPartitions materializingPartitions } } } } }"""
 FLUX_KEY = {"path": ["flux_generation"]}
-
-
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    name = f"jewel_scale_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    try:
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 def template_events(instance: dg.DagsterInstance, blobs: Path) -> list[dg.EventLogEntry]:
@@ -242,7 +225,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     root = Path(tempfile.mkdtemp(prefix="scale-"))
     results: list[tuple[int, dict[str, float]]] = []
-    with postgres_database() as url:
+    with postgres_database("jewel_scale") as url:
         env = {
             **os.environ, **BENCH_ENV,
             "DAGSTER_HOME": str(root / "dagster_home"), "LOCAL_BLOB_ROOT": str(root / "blobs"),

@@ -14,37 +14,21 @@ from __future__ import annotations
 import argparse
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
 
-from benchmarks.common import REPO_ROOT
+from benchmarks.common import REPO_ROOT, postgres_database
 from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 
-PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
-
 
 def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    name = f"jewel_storage_size_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    try:
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 def pg_size(url: str) -> Callable[[], int]:
@@ -82,7 +66,8 @@ def main() -> None:
         )
         assert result.success
 
-    with contextmanager(lambda: (yield None))() if not args.postgres else postgres_database() as url:
+    database = postgres_database("jewel_storage_size") if args.postgres else nullcontext(None)
+    with database as url:
         overrides = {"storage": {"postgres": {"postgres_url": url}}} if url else None
         with dg.instance_for_test(temp_dir=str(tmp / "home"), overrides=overrides) as instance:
             dagster_bytes = pg_size(url) if url else (lambda: folder_bytes(tmp / "home"))
