@@ -26,6 +26,7 @@ from gateway.settings import GatewaySettings, get_settings
 from gateway.shutdown import drain_streams_on_signals
 from gateway.webhooks import WebhookDispatcher
 from jewel_dagster.resources.selection import build_blob_store
+from jewel_dagster.tracing import configure_tracing
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -52,6 +53,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(resolved.log_format, resolved.log_level)
         refuse_to_start_open(resolved)
+        configure_tracing("jewel-gateway")  # only with an OTLP endpoint in the environment
         figures = DagsterFigures(resolved.metrics_cache_seconds)
         observed.registry.register(figures)
         app.state.dagster_figures = figures

@@ -1,7 +1,7 @@
 """What can go wrong when the gateway asks Dagster.
 
-    DagsterError            Dagster answered, but not with what we asked for
-    └── DagsterUnavailable  Dagster did not answer (connection refused, timeout)
+DagsterError            Dagster answered, but not with what we asked for
+└── DagsterUnavailable  Dagster did not answer (connection refused, timeout)
 """
 
 from __future__ import annotations

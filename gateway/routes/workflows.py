@@ -34,6 +34,7 @@ from gateway.status import position_of
 from gateway.uploads import decode_base64_image
 from gateway.webhooks import WebhookRefused, check_webhook_url, store_webhook_url
 from gateway.workflow_state import state_of
+from jewel_dagster import tracing
 from jewel_dagster.contract import (
     FULL_JOB,
     GENERATE_JOB,
@@ -153,10 +154,15 @@ def _launch(
     launch_tag = uuid.uuid4().hex  # tells this launch's run from the partition's earlier ones
     logs.bind(workflowId=request_id)
     correlation = {REQUEST_ID_TAG: rid} if (rid := logs.current_request_id()) else {}
+    start_span = tracing.tracer().start_as_current_span(
+        f"start {job}", attributes=tracing.span_attributes(request_id, None, **{"dagster.job": job})
+    )
     try:
-        if new:
-            runs.add_partition(request_id)
-        run_id = runs.launch(job, request_id, run_config, {**tags, **correlation, LAUNCH_TAG: launch_tag})
+        with start_span:
+            if new:
+                runs.add_partition(request_id)
+            run_tags = {**tags, **correlation, **tracing.traceparent_tags(), LAUNCH_TAG: launch_tag}
+            run_id = runs.launch(job, request_id, run_config, run_tags)
     except DagsterError as exc:
         if _run_exists(runs, request_id, launch_tag):
             return StartResponse(workflowId=request_id, status="RUNNING")

@@ -57,11 +57,13 @@ class GeminiGenerator(ImageGenerator):
 
         client, types = self._sdk()
         try:
-            response = client.models.generate_content(
-                model=self.model,
-                contents=[prompt, types.Part.from_bytes(data=imaging.encode_png(image), mime_type="image/png")],
-                config=types.GenerateContentConfig(response_modalities=["IMAGE"], seed=seed),
-            )
+            attributes = {"jewel.service": "Gemini", "gen_ai.request.model": self.model}
+            with self.call_span("Gemini generate_content", **attributes):
+                response = client.models.generate_content(
+                    model=self.model,
+                    contents=[prompt, types.Part.from_bytes(data=imaging.encode_png(image), mime_type="image/png")],
+                    config=types.GenerateContentConfig(response_modalities=["IMAGE"], seed=seed),
+                )
         except errors.APIError as exc:
             return Generation(None, self.backend_name, f"Gemini answered {exc.code}: {exc.message}")
         except Exception as exc:  # noqa: BLE001 - transport failures after the SDK's retries

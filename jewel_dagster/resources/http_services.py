@@ -69,6 +69,11 @@ class HttpBackend(ServiceBackend):
             self._http = None
 
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One call, in a client span of the request's trace (an error marks the span failed)."""
+        with self.call_span(f"{self.service_name} POST {path}", **{"jewel.service": self.service_name}):
+            return self._answer(path, payload)
+
+    def _answer(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         where = f"{self.service_name} ({self.base_url.rstrip('/')}{path})"
         try:
             response = self._client().post(path, json=payload)

@@ -7,11 +7,17 @@ Assets annotate these abstract types; `resources.py` picks an implementation: th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
+from opentelemetry import trace
+from pydantic import PrivateAttr
 
+from jewel_dagster import tracing
+from jewel_dagster.contract import PARTITION_TAG
 from jewel_dagster.vision.classical import PixelPoint
 from jewel_dagster.vision.imaging import CanvasStroke, CanvasTransform, Mask, RGBImage
 
@@ -42,10 +48,33 @@ class Generation:
 
 
 class ServiceBackend(dg.ConfigurableResource, ABC):
+    _run_tags: dict[str, str] = PrivateAttr(default_factory=dict)
+    _run_id: str | None = PrivateAttr(default=None)
+
     @property
     @abstractmethod
     def backend_name(self) -> str:
         """Shown in asset metadata and /health: which implementation did the work."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Remember the run's tags: a model call's span joins the request's trace (`tracing`)."""
+        if context.run is not None:
+            self._run_tags, self._run_id = dict(context.run.tags), context.run.run_id
+
+    @contextmanager
+    def call_span(self, name: str, **attributes: Any) -> Iterator[trace.Span]:
+        """A client span around one model-service call, child of the gateway's start span
+        (non-recording, nearly free, when tracing is off)."""
+        workflow = self._run_tags.get(PARTITION_TAG)
+        with (
+            tracing.run_context(self._run_tags),
+            tracing.tracer().start_as_current_span(
+                name,
+                kind=trace.SpanKind.CLIENT,
+                attributes=tracing.span_attributes(workflow, self._run_id, **attributes),
+            ) as span,
+        ):
+            yield span
 
 
 class ImageManipulator(ServiceBackend, ABC):

@@ -63,4 +63,3 @@ def json_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
     handler.setFormatter(DagsterJsonFormatter())
     logger.addHandler(handler)
     return logger
-

@@ -27,6 +27,7 @@ from devtools.stack import Stack
 from gateway.event_streams import SHUTDOWN_RETRY_MS
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import poll, run_worker, running_stack, runs_of, wait_until
+from tests.support.otlp import Receiver, otlp_receiver
 from tests.support.servers import Gate, gated_proxy, reference_server, service_urls
 
 pytestmark = pytest.mark.e2e
@@ -45,12 +46,20 @@ _GPU_SLOTS = '{ instance { concurrencyLimit(concurrencyKey: "gpu") { slotCount c
 
 
 @pytest.fixture(scope="module")
-def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Gate]]:
+def traces() -> Iterator[Receiver]:
+    with otlp_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory: pytest.TempPathFactory, traces: Receiver) -> Iterator[tuple[Stack, Gate]]:
     # Instant stand-ins behind the services: the runs' work is not what is tested here.
     with reference_server("--instant") as reference, gated_proxy(reference, "/sam3/segment") as (proxy, gate):
         env = {key.upper(): value for key, value in service_urls(reference).items()}
         env |= {"SAM3_URL": f"{proxy}/sam3", "GPU_POOL_SIZE": "1", "LOCAL_BACKENDS": "instant"}
         env["REGENERATION_SENSOR_ENABLED"] = "false"
+        # Tracing on (its spans are checked at the end), exported at once rather than every 5 s.
+        env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": traces.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
         with running_stack(tmp_path_factory.mktemp("process-faults"), env) as stack:
             yield stack, gate
 
@@ -231,3 +240,31 @@ def test_sigterm_on_the_gateway_finishes_requests_in_flight_and_closes_event_str
         _completes(client, workflow)
         assert [r["status"] for r in runs_of(stack.dagster_url, workflow)] == ["SUCCESS"]  # the same run
         _completes(client, answer[0].json()["workflowId"])  # the upload in flight became a request
+
+
+def test_one_trace_holds_the_start_call_the_model_calls_and_the_run(
+    faults: tuple[Stack, Gate], traces: Receiver
+) -> None:
+    stack, gate = faults
+    gate.release.set()
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        workflow = _start(client)
+        _completes(client, workflow)
+    (run,) = runs_of(stack.dagster_url, workflow)
+
+    def trace_of_the_request() -> list[Any] | None:
+        mine = [s for s in traces.received() if s.attributes.get("workflow.id") == workflow]
+        ended = [s for s in mine if s.name == f"run {run['jobName']}"]
+        return mine if ended and any(s.service == "jewel-gateway" for s in mine) else None
+
+    spans = wait_until(trace_of_the_request, "the request's spans at the collector", 60)
+    (start,) = [s for s in spans if s.service == "jewel-gateway"]
+    assert start.name == f"start {run['jobName']}"
+    calls = {s.name for s in spans if s.attributes.get("jewel.service")}
+    assert {"ImageManipulator POST /resize", "Segmenter POST /segment", "FluxGenerator POST /generate"} <= calls, calls
+    for span in spans:
+        if span is not start:  # every pipeline span is the start span's child, in its trace
+            assert (span.trace_id, span.parent_span_id) == (start.trace_id, start.span_id), span
+            assert span.attributes["dagster.run_id"] == run["runId"]
+    (run_span,) = [s for s in spans if s.name.startswith("run ")]
+    assert run_span.attributes["dagster.status"] == "SUCCESS"

@@ -1,0 +1,51 @@
+"""The Dagster run as a span of the request's trace, reported when the run ends.
+
+A run is not one call that a span could wrap: it is launched by the gateway, queued, and executed
+by a run worker. So its span is written after the fact, from the run's record (start and end
+times, status), by a run status sensor per ending (success, failure, cancel), as a child of the
+gateway's start span (the `jewel/traceparent` run tag). Only built when tracing is on
+(`tracing.tracing_enabled()`): off, there is no sensor at all.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from jewel_dagster import tracing
+from jewel_dagster.contract import PARTITION_TAG
+
+_ENDINGS = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+def report_run_span(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
+    """One span from the run's start to its end (queue time before the start is not in it)."""
+    record = instance.get_run_record_by_id(run.run_id)
+    if record is None or record.start_time is None or record.end_time is None:
+        return  # ended before it started (cancelled in the queue): nothing ran to show
+    attributes = tracing.span_attributes(
+        run.tags.get(PARTITION_TAG), run.run_id, **{"dagster.job": run.job_name, "dagster.status": run.status.value}
+    )
+    with tracing.run_context(run.tags):
+        span = tracing.tracer().start_span(
+            f"run {run.job_name}", start_time=int(record.start_time * 1e9), attributes=attributes
+        )
+        span.end(end_time=int(record.end_time * 1e9))
+
+
+def _sensor(status: dg.DagsterRunStatus) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        run_status=status,
+        name=f"trace_runs_{status.value.lower()}",
+        minimum_interval_seconds=5,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Writes each ended run as a span of its request's trace (OpenTelemetry).",
+    )
+    def trace_run(context: dg.RunStatusSensorContext) -> None:
+        report_run_span(context.instance, context.dagster_run)
+
+    return trace_run
+
+
+def build_run_trace_sensors() -> list[dg.SensorDefinition]:
+    """The sensors, when an OTLP endpoint is set; none otherwise."""
+    return [_sensor(status) for status in _ENDINGS] if tracing.tracing_enabled() else []
