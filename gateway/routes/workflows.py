@@ -67,6 +67,7 @@ log = logging.getLogger("gateway.workflows")
 def _stripe(key: str) -> threading.Lock:
     return _LOCK_STRIPES[int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % len(_LOCK_STRIPES)]
 
+
 # Documented, not validated by FastAPI: an id of another shape is 404 (no such workflow), not 422.
 WorkflowIdPath = Annotated[
     str,
@@ -92,9 +93,7 @@ def pipeline_unavailable(exc: DagsterError) -> HTTPException:
             detail=f"The pipeline (Dagster) is unavailable; retry shortly (error id {error_id}).",
             headers={"Retry-After": "5"},
         )
-    return HTTPException(
-        status.HTTP_502_BAD_GATEWAY, detail=f"The pipeline refused the request (error id {error_id})."
-    )
+    return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"The pipeline refused the request (error id {error_id}).")
 
 
 def _webhook_tags(url: str | None, settings: GatewaySettings, store: BlobStore) -> Callable[[], dict[str, str]]:

@@ -33,7 +33,9 @@ def test_a_key_retried_on_the_other_replica_launches_once(tmp_path: Path) -> Non
         assert first.status_code == again.status_code == 200, (first.text, again.text)
         assert again.json() == first.json()
         assert len(fake_a.launches) + len(fake_b.launches) == 1
-        other = b.post("/workflow/preprocess", json=start_body(maskPoints=[{"x": 0.1, "y": 0.1, "label": 1}]), headers=key)
+        other = b.post(
+            "/workflow/preprocess", json=start_body(maskPoints=[{"x": 0.1, "y": 0.1, "label": 1}]), headers=key
+        )
         assert other.status_code == 422, other.text
 
 
