@@ -69,3 +69,24 @@ def test_a_stale_claim_whose_work_never_happened_is_taken_over(tmp_path: Path) -
     release(store, taken)
     again = claim(store, "x", {"by": "c"}, stale_after=60, settled=lambda held: False, now=lambda: clock[0])
     assert again.won and again.path.endswith(".2.json")
+
+
+def test_a_replica_never_answers_an_ended_run_from_its_cache(tmp_path: Path) -> None:
+    """Replica A saw the request COMPLETED; replica B then launched a generate on it. A's next GET
+    must show the new run, though A's cache never heard of it."""
+    from gateway.dagster_api.client import DagsterRuns
+    from gateway.dagster_api.models import RunInfo
+    from gateway.settings import GatewaySettings
+
+    runs = DagsterRuns(GatewaySettings(local_blob_root=str(tmp_path), status_cache_seconds=60.0))
+    answers = [
+        RunInfo("r1", "jewelry_preprocess", "SUCCESS", [], {}),
+        RunInfo("r2", "jewelry_generate", "STARTED", [], {}),
+    ]
+    runs.latest_run = lambda request_id: answers[0]  # type: ignore[method-assign]
+    assert runs.latest_run_cached("w").run_id == "r1"  # type: ignore[union-attr]
+    runs.latest_run = lambda request_id: answers[1]  # type: ignore[method-assign]
+    assert runs.latest_run_cached("w").run_id == "r2"  # type: ignore[union-attr]
+    runs.latest_run = lambda request_id: answers[0]  # type: ignore[method-assign]
+    assert runs.latest_run_cached("w").run_id == "r2"  # type: ignore[union-attr]  (a running run is cached)
+    runs.close()
