@@ -181,23 +181,17 @@ class Stack:
         workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": entry}]}))
         return str(workspace)
 
-    def start_gateway(self, timeout: float = 60.0) -> None:
+    def start_gateway(self, timeout: float = 60.0, name: str = "gateway", port: int | None = None) -> str:
+        """A gateway process (another replica when given another ``name`` and ``port``); its URL."""
+        port = port or self.gateway_port
         self._spawn(
-            "gateway",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "gateway.main:app",
-                "--host",
-                self.host,
-                "--port",
-                str(self.gateway_port),
-                "--log-level",
-                "warning",
-            ],
-        )
-        wait_for_http(f"{self.gateway_url}/health", timeout, self.processes["gateway"])
+            name,
+            [sys.executable, "-m", "uvicorn", "gateway.main:app", "--host", self.host, "--port", str(port),
+             "--log-level", "warning"],
+        )  # fmt: skip
+        url = f"http://{self.host}:{port}"
+        wait_for_http(f"{url}/health", timeout, self.processes[name])
+        return url
 
     def start_workers(self, count: int, concurrency: int = 2, timeout: float = 120.0) -> None:
         """``count`` Celery workers (`worker0`, ...; Celery names `w0@host`, ...), each running
@@ -211,7 +205,7 @@ class Stack:
             self._spawn(
                 f"worker{index}",
                 [sys.executable, "-m", "celery", "-A", "jewel_dagster.runtime.celery_worker", "worker",
-                 "-Q", self.env.get("CELERY_QUEUES", "dagster"), "-n", name, "--concurrency", str(concurrency),
+                 "-Q", self.env.get("CELERY_QUEUE", "dagster"), "-n", name, "--concurrency", str(concurrency),
                  "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
             )  # fmt: skip
             names.append(name)
@@ -375,6 +369,8 @@ def prepare_dagster_home(env: dict[str, str]) -> None:
         if not env.get("CELERY_BROKER_URL") or not env.get("CELERY_RESULT_BACKEND"):
             raise ValueError("RUN_LAUNCHER=celery needs CELERY_BROKER_URL and CELERY_RESULT_BACKEND")
         config.update(celery_overlay())
+        if env.get("CELERY_QUEUE"):
+            config["run_launcher"]["config"]["default_queue"] = env["CELERY_QUEUE"]
         if env.get("RUN_MONITORING_POLL_SECONDS"):
             config["run_monitoring"]["poll_interval_seconds"] = int(env["RUN_MONITORING_POLL_SECONDS"])
     if env.get("GPU_POOL_SIZE"):
