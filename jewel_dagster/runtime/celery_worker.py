@@ -27,17 +27,20 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 from celery.signals import task_prerun
 from dagster import DagsterInstance
 from dagster_celery.config import DEFAULT_CONFIG
 from dagster_celery.make_app import make_app
+from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
 
 from jewel_dagster.contract import WORKER_TAG
 
 DEFAULT_QUEUE = "dagster"
+TAG_WAIT_SECONDS = 5.0
 
 app = make_app(
     app_args={
@@ -69,7 +72,7 @@ def run_id_of(packed: object) -> str | None:
     # Read, not deserialized: the args hold the whole job origin, and this needs one field.
     if not isinstance(packed, dict) or packed.get("__class__") not in ("ExecuteRunArgs", "ResumeRunArgs"):
         return None
-    run_id = packed.get("run_id")
+    run_id = packed.get("pipeline_run_id", packed.get("run_id"))  # serdes stores run_id under its old name
     return run_id if isinstance(run_id, str) else None
 
 
@@ -79,4 +82,13 @@ def tag_run_with_worker(task: Any = None, kwargs: dict[str, Any] | None = None, 
     run_id = run_id_of((kwargs or {}).get("execute_job_args_packed"))
     if run_id is None or task is None:
         return
-    _dagster().add_run_tags(run_id, {WORKER_TAG: str(task.request.hostname)})
+    instance = _dagster()
+    # add_run_tags rewrites the stored run whole: the launcher's own add_run_tags (the task id,
+    # written just after sending the task) would otherwise race ours and drop one of them.
+    deadline = time.monotonic() + TAG_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.tags.get(DAGSTER_CELERY_TASK_ID_TAG) == task.request.id:
+            break
+        time.sleep(0.02)
+    instance.add_run_tags(run_id, {WORKER_TAG: str(task.request.hostname)})

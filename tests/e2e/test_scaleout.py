@@ -1,6 +1,6 @@
 """Scale-out: two gateway replicas, two Celery workers (--concurrency 2), Redis, PostgreSQL, Azurite.
 
-One stack for the module (the tests run in order): first 60 requests sent alternately to both
+One stack for the module (the tests run in order): first REQUESTS sent alternately to both
 gateways, a third of them sent again at the same moment to the other gateway with the same
 Idempotency-Key; then a worker killed with SIGKILL mid-run. Instant backends: what is tested is
 the orchestration, not the images (tests/e2e/test_production.py checks those on PostgreSQL and
@@ -29,7 +29,9 @@ from tests.support.infra import azurite, postgres_database, redis_url
 from tests.support.receivers import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.e2e
-REQUESTS = 60
+# The issue's acceptance run is 60 (SCALEOUT_REQUESTS=60, ~4 min here on 2 shared cores); the
+# suite sends 12, which exercises the same races (4 keys sent to both gateways at once).
+REQUESTS = int(os.environ.get("SCALEOUT_REQUESTS", "12"))
 MONITOR_SECONDS = 2  # run_monitoring.poll_interval_seconds here; production: 10
 ENDED = ("COMPLETED", "FAILED", "CANCELLED")
 
@@ -116,7 +118,7 @@ def test_sixty_requests_across_two_gateways_and_two_workers(scaleout: ScaleOut) 
     wait_until(one_post_each, "a webhook for every request", timeout=60)
     ids = Counter(p.headers["webhook-id"] for p in receiver.posts())
     assert ids == Counter({r[0]["runId"]: 1 for r in runs.values()}), "each webhook delivered exactly once"
-    print(f"\n60 requests on 2 workers: {elapsed:.1f} s; runs per worker {dict(workers)}")
+    print(f"\n{REQUESTS} requests on 2 workers: {elapsed:.1f} s; runs per worker {dict(workers)}")
 
 
 def _status(dagster_url: str, workflow_id: str) -> list[dict[str, Any]]:

@@ -90,7 +90,7 @@ def test_the_worker_reads_the_run_id_from_dagster_celerys_packed_arguments() -> 
     """The shape dagster-celery 0.29.27 packs ExecuteRunArgs in (recorded from a real task; the
     end-to-end test checks real runs get their worker tag)."""
     run_id = str(uuid.uuid4())
-    packed = {"__class__": "ExecuteRunArgs", "job_origin": None, "run_id": run_id, "instance_ref": None,
+    packed = {"__class__": "ExecuteRunArgs", "pipeline_origin": {}, "pipeline_run_id": run_id, "instance_ref": None,
               "set_exit_code_on_failure": True}  # fmt: skip
     assert run_id_of(packed) == run_id
     assert run_id_of("not a dict") is None
