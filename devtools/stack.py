@@ -371,11 +371,13 @@ def prepare_dagster_home(env: dict[str, str]) -> None:
         config.update(celery_overlay())
         if env.get("CELERY_QUEUE"):
             config["run_launcher"]["config"]["default_queue"] = env["CELERY_QUEUE"]
+        slots = int(env.get("CELERY_WORKERS", "2")) * int(env.get("CELERY_CONCURRENCY", "2"))
+        config["concurrency"]["runs"]["max_concurrent_runs"] = slots  # what the workers can take now
         if env.get("RUN_MONITORING_POLL_SECONDS"):
             config["run_monitoring"]["poll_interval_seconds"] = int(env["RUN_MONITORING_POLL_SECONDS"])
     if env.get("GPU_POOL_SIZE"):
         config["concurrency"]["pools"]["default_limit"] = int(env["GPU_POOL_SIZE"])
-    if env.get("MAX_CONCURRENT_RUNS") and "runs" in config["concurrency"]:
+    if env.get("MAX_CONCURRENT_RUNS") and not uses_celery(env):
         config["concurrency"]["runs"]["max_concurrent_runs"] = int(env["MAX_CONCURRENT_RUNS"])
     (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 

@@ -11,9 +11,10 @@ gets wrong for us, both seen against this project (DAGSTER-NOTES, "CeleryRunLaun
 - Its health check trusts the result backend: a worker killed with SIGKILL (or a machine lost)
   leaves its task STARTED forever, so run monitoring never fails the run. Here a STARTED task
   also needs its worker (the hostname Celery stored with the state) to answer a broadcast ping;
-  one that does not is reported FAILED, so monitoring fails the run and `run_retries` sends it to
-  another worker. One ping per worker per check, cached a few seconds: the daemon checks every
-  run each `poll_interval_seconds`.
+  one that has not answered for DEAD_AFTER_SECONDS is reported FAILED, so monitoring fails the
+  run and `run_retries` sends it to another worker. Not at the first missed ping: on a loaded
+  machine a live worker missed a 1 s ping and its running run was failed and retried. One ping per
+  worker per check, cached a few seconds: the daemon checks every run each `poll_interval_seconds`.
 
 Private Dagster API (checked against dagster 1.13.27, canary in tests/unit/test_celery_runs.py):
 `dagster._core.launcher` for `CheckRunHealthResult` and `WorkerStatus`, the types a launcher's
@@ -33,8 +34,9 @@ from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster_celery.launcher import CeleryRunLauncher
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
-PING_TIMEOUT_SECONDS = 1.0
-PING_CACHE_SECONDS = 5.0
+PING_TIMEOUT_SECONDS = 2.0
+PING_CACHE_SECONDS = 1.0
+DEAD_AFTER_SECONDS = 8.0  # unanswered pings for this long, across checks, before a worker counts as dead
 _FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 
 
@@ -44,7 +46,9 @@ class JewelCeleryRunLauncher(CeleryRunLauncher):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pings: dict[str, tuple[float, bool]] = {}  # worker hostname -> (when, answered)
+        self._silent_since: dict[str, float] = {}  # worker hostname -> first unanswered ping
         self._pings_lock = threading.Lock()
+        self.dead_after_seconds = DEAD_AFTER_SECONDS
 
     def terminate(self, run_id: str) -> bool:
         """Mark the run CANCELING, then revoke its task (the worker interrupts the run)."""
@@ -62,12 +66,24 @@ class JewelCeleryRunLauncher(CeleryRunLauncher):
         if task_id is None or self.celery.AsyncResult(task_id).state != "STARTED":
             return result
         hostname = _hostname(self.celery.AsyncResult(task_id))
-        if hostname is None or self._answers(hostname):
+        if hostname is None or self._alive(hostname):
             return result
         return CheckRunHealthResult(
             WorkerStatus.FAILED,
-            f"Celery worker {hostname} holds the run's task but does not answer a ping (killed, or its machine lost).",
+            f"Celery worker {hostname} holds the run's task but has not answered a ping for "
+            f"{self.dead_after_seconds:.0f} s (killed, or its machine lost).",
         )
+
+    def _alive(self, hostname: str) -> bool:
+        """False once ``hostname`` has missed every ping for ``dead_after_seconds``."""
+        answered = self._answers(hostname)
+        now = time.monotonic()
+        with self._pings_lock:
+            if answered:
+                self._silent_since.pop(hostname, None)
+                return True
+            first = self._silent_since.setdefault(hostname, now)
+            return now - first < self.dead_after_seconds
 
     def _answers(self, hostname: str) -> bool:
         now = time.monotonic()

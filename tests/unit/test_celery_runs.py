@@ -6,6 +6,7 @@ worker runs here (the end-to-end test in tests/e2e/test_scaleout.py has real one
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -63,6 +64,10 @@ def test_a_started_task_whose_worker_does_not_answer_is_failed(launched: Launche
     task_id = uuid.uuid4().hex
     launcher.celery.backend.store_result(task_id, {"pid": 1, "hostname": f"gone-{task_id}@nowhere"}, "STARTED")
     run = _started_run(instance, task_id)
+    launcher.dead_after_seconds = 0.5
+    assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING  # one missed ping is not death
+    time.sleep(0.6)
+    launcher._pings.clear()
     health = launcher.check_run_worker_health(run)
     assert health.status == WorkerStatus.FAILED
     assert f"gone-{task_id}@nowhere" in (health.msg or "")

@@ -41,15 +41,18 @@ def test_the_celery_overlay_replaces_whole_blocks_of_the_postgres_file(tmp_path:
         "CELERY_RESULT_BACKEND": "redis://b/1",
         "CELERY_QUEUE": "q",
         "RUN_MONITORING_POLL_SECONDS": "2",
-        "MAX_CONCURRENT_RUNS": "9",  # the queued coordinator's limit: ignored, the broker is the queue
+        "MAX_CONCURRENT_RUNS": "9",  # ignored: the workers' slots are the limit
+        "CELERY_WORKERS": "3",
+        "CELERY_CONCURRENCY": "2",
     }
     prepare_dagster_home(env)
     written = yaml.safe_load((tmp_path / "dagster.yaml").read_text())
-    assert written["run_coordinator"]["class"] == "DefaultRunCoordinator"
+    # Runs wait in Dagster's queue (rows), not in the broker where start_timeout_seconds fails them.
+    assert written["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert written["concurrency"]["runs"]["max_concurrent_runs"] == 6
     assert written["run_launcher"]["config"]["default_queue"] == "q"
     assert written["run_monitoring"]["poll_interval_seconds"] == 2
     assert written["run_storage"]["class"] == "PostgresRunStorage"  # kept from dagster.postgres.yaml
-    assert "runs" not in written["concurrency"]
 
 
 def test_the_embedded_default_needs_no_broker_and_celery_without_one_is_refused(tmp_path: Any) -> None:
