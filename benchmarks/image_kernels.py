@@ -151,7 +151,8 @@ def _zigzag(points: int, size: float) -> list[imaging.CanvasStroke]:
 def _thin_many() -> list[imaging.CanvasStroke]:
     rng = np.random.default_rng(3)
     return [
-        imaging.CanvasStroke(tuple(map(tuple, rng.uniform(0, 2000, (100, 2)).tolist())), "add", 1.0) for _ in range(200)
+        imaging.CanvasStroke(tuple(map(tuple, rng.uniform(0, 2000, (100, 2)).tolist())), "add", 1.0)
+        for _ in range(200)
     ]
 
 

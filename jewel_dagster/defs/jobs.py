@@ -22,6 +22,7 @@ from jewel_dagster.settings import get_settings
 EXECUTOR = dg.multiprocess_executor if get_settings().job_executor == "multiprocess" else dg.in_process_executor
 
 
+
 def _request_job(name: str, assets: list[dg.AssetsDefinition], description: str) -> dg.UnresolvedAssetJobDefinition:
     """A job over some of the request assets; its partitions (`requests`) come from them."""
     return dg.define_asset_job(

@@ -57,7 +57,9 @@ def regeneration_requests(
 ) -> Iterator[dg.RunRequest]:
     partitions = instance.get_dynamic_partitions(PARTITIONS_NAME)[-SCAN_LIMIT:]
     for partition in partitions:
-        busy = instance.get_runs_count(dg.RunsFilter(tags={PARTITION_TAG: partition}, statuses=UNFINISHED_RUN_STATUSES))
+        busy = instance.get_runs_count(
+            dg.RunsFilter(tags={PARTITION_TAG: partition}, statuses=UNFINISHED_RUN_STATUSES)
+        )
         if busy:
             continue  # its running run may fix it; look again next tick
         latest = instance.fetch_materializations(

@@ -84,13 +84,7 @@ def _grabcut(image: RGBImage, init: np.ndarray, iterations: int = 4) -> np.ndarr
     cv2.setRNGSeed(0)  # GrabCut's GMM initialisation uses OpenCV's RNG: keep runs identical
     try:
         cv2.grabCut(
-            cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-            labels,
-            None,
-            bgd,
-            fgd,
-            iterations,
-            cv2.GC_INIT_WITH_MASK,  # type: ignore[call-overload]
+            cv2.cvtColor(image, cv2.COLOR_RGB2BGR), labels, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK  # type: ignore[call-overload]
         )
     except cv2.error:
         return np.isin(init, (cv2.GC_FGD, cv2.GC_PR_FGD))

@@ -362,7 +362,6 @@ def spread_points(mask: Mask, spacing: int = 120, depth: float = 12.0, limit: in
     step = max(1, -(-len(points) // limit))
     return points[::step][:limit]
 
-
 # --------------------------------------------------------------------------- metrics
 
 
