@@ -1,6 +1,7 @@
 """Target 4: a burst of 100 requests posted within 10 s, GPU pool of 2.
 
     .venv/bin/python -m benchmarks.burst [--requests 100] [--window 10] [--pool 2]
+        [--celery-workers N --celery-concurrency C]   # the scale-out queue design (Redis broker)
 
 The reference model server answers with fixed latencies (SAM3 1.0 s, Flux 3.0 s, Gemini 2.0 s,
 its vision replaced by trivial stand-ins so that one machine measures the "GPU time" and the
@@ -45,13 +46,26 @@ def _pss_bytes(pid: int) -> int:
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, from /proc (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class MemorySampler:
-    """Samples the summed PSS of the stack's process trees (and ours) every half second."""
+    """Samples the summed PSS of the stack's process trees (and ours) every half second, and the
+    CPU time of every process in them (its last sample counts once it exited: a run worker that
+    ends between two samples loses at most a sampling interval of CPU)."""
 
     def __init__(self, roots: list[int]) -> None:
         self.roots = roots
         self.peak = 0
         self.peak_processes = 0
+        self.cpu: dict[int, float] = {}
+        self.cpu_roots = roots
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -64,11 +78,20 @@ class MemorySampler:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.5):
+        tick = 0
+        while not self._stop.wait(0.25):
+            for pid in self.cpu_roots + descendants(self.cpu_roots):
+                self.cpu[pid] = max(self.cpu.get(pid, 0.0), _cpu_seconds(pid))
+            tick += 1
+            if tick % 2:
+                continue
             pids = self.roots + descendants(self.roots)
             total = sum(_pss_bytes(pid) for pid in pids)
             if total > self.peak:
                 self.peak, self.peak_processes = total, len(pids)
+
+    def cpu_since(self, before: dict[int, float]) -> float:
+        return sum(seconds - before.get(pid, 0.0) for pid, seconds in self.cpu.items())
 
 
 def burst(stack: Stack, requests: int, window: float) -> dict[str, object]:
@@ -117,6 +140,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--window", type=float, default=10.0, help="seconds over which the requests are posted")
     parser.add_argument("--pool", type=int, default=2, help="GPU pool size")
+    parser.add_argument("--celery-workers", type=int, default=0, help="runs on this many Celery workers (0: today's)")
+    parser.add_argument("--celery-concurrency", type=int, default=2, help="runs at once per Celery worker")
     args = parser.parse_args()
     port = free_port()
     latency_args = [a for endpoint, s in LATENCY.items() for a in ("--latency", f"{endpoint}={s}")]
@@ -132,6 +157,15 @@ def main() -> None:
         "GPU_POOL_SIZE": str(args.pool),
         **BENCH_ENV,
     }
+    if args.celery_workers:
+        env |= {
+            "RUN_LAUNCHER": "celery",
+            "CELERY_WORKERS": str(args.celery_workers),
+            "CELERY_CONCURRENCY": str(args.celery_concurrency),
+            "CELERY_BROKER_URL": os.environ.get("BENCH_CELERY_BROKER", "redis://127.0.0.1:6379/5"),
+            "CELERY_RESULT_BACKEND": os.environ.get("BENCH_CELERY_BACKEND", "redis://127.0.0.1:6379/6"),
+            "CELERY_QUEUE": f"burst-{os.getpid()}",
+        }
     try:
         wait_for_http(f"{base}/sam3/health", 60, server)
         with tempfile.TemporaryDirectory() as root, temporary_stack(Path(root), env) as stack:
@@ -141,7 +175,13 @@ def main() -> None:
                     time.sleep(0.5)
             roots = [p.pid for p in stack.processes.values()] + [server.pid, os.getpid()]
             with MemorySampler(roots) as memory:
+                # CPU of the stack only: not the reference server (the "GPU") nor this load generator.
+                memory.cpu_roots = [p.pid for p in stack.processes.values()]
+                time.sleep(0.6)
+                before = dict(memory.cpu)
                 result = burst(stack, args.requests, args.window)
+                time.sleep(0.6)
+                cpu = memory.cpu_since(before)
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -167,6 +207,7 @@ def main() -> None:
         f"peak memory of all processes (PSS): {memory.peak / 2**30:.2f} GB over {memory.peak_processes} processes; "
         f"target <= 4 GB: {'meets' if memory.peak <= 4 * 2**30 else 'MISSES'}"
     )
+    print(f"CPU of the stack's processes: {cpu:.0f} s, {cpu / max(1, args.requests):.2f} CPU-seconds per request")
     everyone = result["stuck"] == 0 and result["accepted"] == args.requests and set(result["statuses"]) == {"COMPLETED"}  # type: ignore[arg-type]
     print(f"every request completed: {'yes' if everyone else 'NO'}")
 

@@ -7,6 +7,7 @@ requests against two stacks started here, one after the other:
 - stock: Dagster's default queue settings (polled every 5 s) and its default multiprocess
   executor (a process per step);
 - ours: the project's dagster.yaml (queue polled every 1 s, threads) and the in-process executor.
+- ours, celery worker: ours, but runs go through Redis to one Celery worker (RUN_LAUNCHER=celery).
 - ours, spawned workers: ours, but the run worker is spawned (fresh interpreter, imports) as
   stock Dagster does, instead of forked from the warm code server (CODE_SERVER=managed).
 - ours, stock artifacts: ours, but intermediates encoded with libpng's adaptive filter and every
@@ -37,6 +38,16 @@ SETUPS = {
     "ours, spawned workers": {**COMMON, "CODE_SERVER": "managed"},
     "ours, stock artifacts": {**COMMON, "ARTIFACT_PNG_FILTER": "adaptive", "ARTIFACT_REUSE_MEGABYTES": "0"},
     "ours": COMMON,
+    # Scale-out: the run goes through Redis to a Celery worker (forked pool child, imports paid once).
+    "ours, celery worker": {
+        **COMMON,
+        "RUN_LAUNCHER": "celery",
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/5",
+        "CELERY_RESULT_BACKEND": "redis://127.0.0.1:6379/6",
+        "CELERY_QUEUE": "bench-orchestration",
+        "CELERY_WORKERS": "1",
+        "CELERY_CONCURRENCY": "2",
+    },
 }
 
 

@@ -123,7 +123,7 @@ class Stack:
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> None:
         out = open(self.log_dir / f"{name}.log", "ab") if self.log_dir else None  # noqa: SIM115
         self.processes[name] = subprocess.Popen(
             args,
@@ -131,7 +131,7 @@ class Stack:
             # environment it was given (a relative DAGSTER_HOME there stopped it). The environment
             # built here already holds what `.env` says.
             cwd=self.env["DAGSTER_HOME"],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
@@ -171,10 +171,16 @@ class Stack:
                 raise TimeoutError(f"the code location did not load within {timeout:.0f} s ({state})")
             time.sleep(0.2)
 
+    @property
+    def celery(self) -> bool:
+        """RUN_LAUNCHER=celery: runs go to Celery workers (dagster.celery.yaml), not the code server."""
+        return uses_celery(self.env)
+
     def _workspace(self) -> str:
         """The workspace file the webserver and daemon load: our warm code server's address, or
-        (CODE_SERVER=managed, the stock path) the module, for them to spawn code servers of their own."""
-        if (self.env.get("CODE_SERVER") or "warm") == "managed":
+        (CODE_SERVER=managed, the stock path, and with Celery workers, which execute the runs) the
+        module, for them to spawn code servers of their own."""
+        if (self.env.get("CODE_SERVER") or "warm") == "managed" or self.celery:
             return str(REPO_ROOT / "workspace.yaml")
         workspace = Path(self.env["DAGSTER_HOME"]) / "workspace.yaml"
         entry = {"host": self.host, "port": self.code_server_port, "location_name": "jewel_dagster"}
@@ -184,7 +190,7 @@ class Stack:
     def start_code_server(self, timeout: float = 120.0) -> None:
         """(Re)start our warm code server, on the port it had before if it ran already: the
         webserver and daemon reconnect to the same address."""
-        if (self.env.get("CODE_SERVER") or "warm") == "managed" or "code_server" in self.processes:
+        if (self.env.get("CODE_SERVER") or "warm") == "managed" or self.celery or "code_server" in self.processes:
             return
         self.code_server_port = self.code_server_port or free_port()
         self._spawn(
@@ -194,21 +200,55 @@ class Stack:
         )  # fmt: skip
         wait_for_port(self.host, self.code_server_port, timeout, self.processes["code_server"])
 
-    def start_gateway(self, timeout: float = 60.0) -> None:
-        self._spawn(
-            "gateway",
-            [
-                sys.executable,
-                "-m",
-                "gateway",  # listens on API_PORT and BIND_HOST, set in self.env
-                "--log-level",
-                "warning",
-            ],
-        )
-        wait_for_http(f"{self.gateway_url}/health", timeout, self.processes["gateway"])
+    def start_gateway(self, timeout: float = 60.0, name: str = "gateway", port: int | None = None) -> str:
+        """A gateway process (another replica when given another ``name`` and ``port``); its URL.
+        `python -m gateway` listens on API_PORT and BIND_HOST, as a deployment's would."""
+        port = port or self.gateway_port
+        self._spawn(name, [sys.executable, "-m", "gateway", "--log-level", "warning"], {"API_PORT": str(port)})
+        url = f"http://{self.host}:{port}"
+        wait_for_http(f"{url}/health", timeout, self.processes[name])
+        return url
+
+    def start_workers(self, count: int, concurrency: int = 2, timeout: float = 120.0) -> None:
+        """``count`` Celery workers (`worker0`, ...; Celery names `w0@host`, ...), each running
+        ``concurrency`` runs at once; returns once every one answers a ping. Started after the
+        webserver, which made the instance: fresh instances made at once by several processes
+        can collide on schema migrations."""
+        first = sum(1 for n in self.processes if n.startswith("worker"))
+        names = []
+        for index in range(first, first + count):
+            name = f"w{index}@{socket.gethostname()}"
+            self._spawn(
+                f"worker{index}",
+                [sys.executable, "-m", "celery", "-A", "jewel_dagster.runtime.celery_worker", "worker",
+                 "-Q", self.env.get("CELERY_QUEUE", "dagster"), "-n", name, "--concurrency", str(concurrency),
+                 "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
+            )  # fmt: skip
+            names.append(name)
+        self._wait_for_workers(names, timeout)
+
+    def _wait_for_workers(self, names: list[str], timeout: float) -> None:
+        from celery import Celery
+
+        app = Celery(broker=self.env["CELERY_BROKER_URL"])
+        workers = [p for n, p in self.processes.items() if n.startswith("worker")]
+        try:
+
+            def all_answer() -> bool:
+                for process in workers:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"a Celery worker exited with {process.returncode}")
+                replies = app.control.ping(destination=names, timeout=1.0) or []
+                return {h for reply in replies for h in reply} >= set(names)
+
+            _wait_until(all_answer, f"Celery workers {names} answered", timeout, None)
+        finally:
+            app.close()
 
     def start(self) -> None:
         self.start_dagster()
+        if self.celery:
+            self.start_workers(int(self.env.get("CELERY_WORKERS", "2")), int(self.env.get("CELERY_CONCURRENCY", "2")))
         self.start_gateway()
 
     def stop(self, names: tuple[str, ...] | None = None, grace: float = 10.0) -> None:
@@ -234,7 +274,11 @@ class Stack:
         process.wait()
 
     def stop_dagster(self) -> None:
-        self.stop(("webserver", "daemon", "code_server"))
+        self.stop(("webserver", "daemon", "code_server", *(n for n in self.processes if n.startswith("worker"))))
+
+
+def uses_celery(env: Mapping[str, str]) -> bool:
+    return (env.get("RUN_LAUNCHER") or "default").lower() == "celery"
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -348,11 +392,27 @@ def prepare_dagster_home(env: dict[str, str]) -> None:
     )
     if not uses_azure:
         config.pop("compute_logs", None)  # step logs in Azure Blob need Azure storage
+    if uses_celery(env):
+        if not env.get("CELERY_BROKER_URL") or not env.get("CELERY_RESULT_BACKEND"):
+            raise ValueError("RUN_LAUNCHER=celery needs CELERY_BROKER_URL and CELERY_RESULT_BACKEND")
+        config.update(celery_overlay())
+        if env.get("CELERY_QUEUE"):
+            config["run_launcher"]["config"]["default_queue"] = env["CELERY_QUEUE"]
+        slots = int(env.get("CELERY_WORKERS", "2")) * int(env.get("CELERY_CONCURRENCY", "2"))
+        config["concurrency"]["runs"]["max_concurrent_runs"] = slots  # what the workers can take now
+        if env.get("RUN_MONITORING_POLL_SECONDS"):
+            config["run_monitoring"]["poll_interval_seconds"] = int(env["RUN_MONITORING_POLL_SECONDS"])
     if env.get("GPU_POOL_SIZE"):
         config["concurrency"]["pools"]["default_limit"] = int(env["GPU_POOL_SIZE"])
-    if env.get("MAX_CONCURRENT_RUNS"):
+    if env.get("MAX_CONCURRENT_RUNS") and not uses_celery(env):
         config["concurrency"]["runs"]["max_concurrent_runs"] = int(env["MAX_CONCURRENT_RUNS"])
     (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def celery_overlay() -> dict[str, object]:
+    """dagster.celery.yaml: the top-level blocks that replace dagster.postgres.yaml's for scale-out."""
+    overlay: dict[str, object] = yaml.safe_load((REPO_ROOT / "dagster.celery.yaml").read_text())
+    return overlay
 
 
 def make_run_environment(shell: Mapping[str, str], dotenv_path: Path) -> dict[str, str]:

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 import httpx
 from standardwebhooks import Webhook as StandardWebhook
 
+from gateway.claims import Claim, claim, release
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError
 from gateway.dagster_api.models import RunInfo, run_info_from
@@ -249,7 +250,8 @@ class WebhookDispatcher:
     """Watches Dagster for finished runs that owe a webhook and delivers each once.
 
     One thread asks Dagster (one query a tick while few runs finish); a small pool POSTs, so a
-    slow receiver delays only its own webhook. Only one gateway replica should run it.
+    slow receiver delays only its own webhook. Every gateway replica may run it: a run's webhook
+    is claimed in the shared blob store first, so one replica delivers it.
     """
 
     def __init__(
@@ -325,9 +327,27 @@ class WebhookDispatcher:
             return
         self._handled[run.run_id] = now
         workflow_id = run.tags.get(PARTITION_TAG, "")
-        if self._store.exists_path(record_path(workflow_id, run.run_id)):
+        record = record_path(workflow_id, run.run_id)
+        if self._store.exists_path(record):
             return  # delivered (or given up) before a restart
-        self._pool.submit(self._deliver, workflow_id, run)
+        # Every replica watches; the one that claims the run delivers (gateway/claims.py). A claim
+        # whose replica died before writing the record is taken over once stale, by whichever
+        # replica looks again (each one looks back WEBHOOK_RECOVERY_HOURS when it starts).
+        held = claim(
+            self._store,
+            f"webhooks/{run.run_id}",
+            {},
+            self._claim_stale_seconds(),
+            settled=lambda held: self._store.exists_path(record),
+        )
+        if held.won:
+            self._pool.submit(self._deliver, workflow_id, run, held)
+
+    def _claim_stale_seconds(self) -> float:
+        """Longer than one delivery can take: every attempt's timeout and backoff, plus a minute."""
+        attempts = self._settings.webhook_attempts
+        backoff = self._settings.webhook_backoff_seconds * (2 ** (attempts - 1) - 1)
+        return attempts * (self._settings.webhook_timeout_seconds + _RESOLVE_SECONDS) + backoff + 60.0
 
     def _owes_webhook(self, run: RunInfo, now: float) -> bool:
         """A failed run that Dagster will retry owes nothing: its retry run carries the webhook."""
@@ -352,7 +372,7 @@ class WebhookDispatcher:
             return run.tags.get(WEBHOOK_URL_TAG, "")
         return str(json.loads(self._store.get_path(url_path(key)))["url"])
 
-    def _deliver(self, workflow_id: str, run: RunInfo) -> None:
+    def _deliver(self, workflow_id: str, run: RunInfo, held: Claim | None = None) -> None:
         shown = redact(run.tags.get(WEBHOOK_URL_TAG, ""))
         outcome: Delivery | None
         try:
@@ -365,8 +385,10 @@ class WebhookDispatcher:
         else:
             caller = run.tags.get(OWNER_TAG, ANONYMOUS)  # runs without one (from the UI) were nobody's
             outcome = self._post_with_retries(url, body, run.run_id, caller) if body is not None else None
-        if outcome is None:
-            return  # shutting down: no record, so the next gateway delivers it
+        if outcome is None:  # shutting down: no record, so another replica or the next gateway delivers it
+            if held is not None:
+                release(self._store, held)
+            return
         record = json.dumps(outcome.__dict__).encode()
         self._store.put(record_path(workflow_id, run.run_id), record, "application/json")
         if self._on_delivery is not None:

@@ -45,6 +45,7 @@ OWNER_TAG = "jewel/owner"
 IDEMPOTENCY_TAG = "jewel/idempotency"
 IDEMPOTENCY_REQUEST_TAG = "jewel/idempotency-request"  # which endpoint and body the key was first used with
 LAUNCH_TAG = "jewel/launch"
+WORKER_TAG = "jewel/worker"  # the Celery worker (name@host) that executed the run, on scale-out
 WEBHOOK_TAG = "jewel/webhook"  # "1" on runs that owe a webhook: Dagster filters tags by key and value
 WEBHOOK_URL_TAG = "jewel/webhook-url"  # redacted: scheme://host[:port]/path, no credentials, no query
 WEBHOOK_KEY_TAG = "jewel/webhook-key"  # names the blob that holds the full URL (gateway.webhooks)

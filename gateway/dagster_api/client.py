@@ -111,6 +111,9 @@ mutation DeletePartition($selector: RepositorySelector!, $name: String!, $key: S
 }"""
 
 
+_SETTLED = frozenset({"SUCCESS", "FAILURE", "CANCELED", "CANCELING"})
+
+
 class DagsterRuns:
     def __init__(self, settings: GatewaySettings) -> None:
         self._settings = settings
@@ -291,6 +294,13 @@ class DagsterRuns:
         with self._cache_guard:
             if self._epochs.get(request_id, 0) != epoch:
                 return run  # forgotten meanwhile (a launch): this answer may predate the new run
+            if run is None or run.status in _SETTLED:
+                # Only a running run is cached: it cannot be superseded (a generate on a running
+                # request is refused), while another gateway replica may launch a newer run of
+                # an ended (or not yet visible) request at any moment, and this replica's
+                # forget() never hears of it. Callers stop polling an ended workflow anyway.
+                self._status_cache.pop(request_id, None)
+                return run
             self._status_cache[request_id] = (asked, run)
             if len(self._status_cache) > 10_000:  # forget the oldest half
                 for key in sorted(self._status_cache, key=lambda k: self._status_cache[k][0])[:5_000]:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Path, status
 from pydantic import BaseModel
 
+from gateway.claims import Claim, ClaimError, claim, release
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
 from gateway.dagster_api.models import RunInfo
@@ -189,15 +190,31 @@ def _new_request_id() -> str:
     return f"jewelry-gen-{uuid.uuid4()}"
 
 
-def _idempotent(
-    runs: DagsterRuns, caller: str, key: str | None, request: BaseModel, endpoint: str, launch: Any
-) -> StartResponse:
-    """Run `launch(tags)` once per (caller, Idempotency-Key); a retry gets the first workflow back.
+# A claimed Idempotency-Key whose run never appeared (its gateway died mid-launch) is taken over
+# after this long: above a launch's worst case (a 30 s wait for a launch slot, then GraphQL calls
+# of up to 30 s each, retried once).
+IDEMPOTENCY_CLAIM_STALE_SECONDS = 300.0
 
-    The key is stored as a run tag (hashed with the caller), so it survives gateway restarts,
-    beside a digest of the endpoint and body it came with: the same key with another request is
-    a client bug, answered 422 rather than with a workflow that is not the one asked for. A
-    lock covers the window between looking the key up and the run appearing.
+
+def _idempotent(
+    runs: DagsterRuns,
+    store: BlobStore,
+    caller: str,
+    key: str | None,
+    request: BaseModel,
+    endpoint: str,
+    request_id: str,
+    launch: Callable[[dict[str, str]], StartResponse],
+) -> StartResponse:
+    """Run `launch(tags)` once per (caller, Idempotency-Key); a retry gets the first workflow back,
+    whichever gateway replica it reaches.
+
+    The key (hashed with the caller) is claimed in the shared blob store (gateway/claims.py) with
+    the workflow id this launch will use and a digest of the endpoint and body: the first replica
+    to claim it launches, any other answers that workflow id (RUNNING) even before its run exists.
+    The same key with another request is a client bug, answered 422 rather than with a workflow
+    that is not the one asked for. The key also rides on the run as a tag, so keys used before
+    claims existed are still found.
     """
     if key is None:
         return launch({OWNER_TAG: caller})
@@ -205,19 +222,64 @@ def _idempotent(
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="Idempotency-Key: 1 to 200 printable characters")
     digest = hashlib.sha256(f"{caller}:{key}".encode()).hexdigest()[:32]
     asked = hashlib.sha256(f"{endpoint}\n{request.model_dump_json()}".encode()).hexdigest()[:32]
-    with _stripe(digest):
+
+    def reused() -> HTTPException:
+        return HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            detail="Idempotency-Key was already used with a different request; use a new key",
+        )
+
+    with _stripe(digest):  # in-process: the replica's own retries wait here instead of racing below
         try:
             earlier = runs.newest_run_tagged({IDEMPOTENCY_TAG: digest})
         except DagsterError as exc:
             raise pipeline_unavailable(exc) from exc
         if earlier is not None:
             if earlier.tags.get(IDEMPOTENCY_REQUEST_TAG, asked) != asked:
-                raise HTTPException(
-                    status.HTTP_422_UNPROCESSABLE_ENTITY,
-                    detail="Idempotency-Key was already used with a different request; use a new key",
-                )
+                raise reused()
             return StartResponse(workflowId=earlier.tags[PARTITION_TAG], status=position_of(earlier).status)
-        return launch({OWNER_TAG: caller, IDEMPOTENCY_TAG: digest, IDEMPOTENCY_REQUEST_TAG: asked})
+        try:
+            held = claim(
+                store,
+                f"idempotency/{digest}",
+                {"workflowId": request_id, "asked": asked},
+                IDEMPOTENCY_CLAIM_STALE_SECONDS,
+                settled=lambda held: _has_run(runs, str(held.get("workflowId", ""))),
+            )
+        except (BlobStoreError, ClaimError) as exc:
+            raise pipeline_unavailable(DagsterUnavailable(f"idempotency claim: {exc}")) from exc
+        if not held.won:
+            if held.data.get("asked") != asked:
+                raise reused()
+            return StartResponse(workflowId=str(held.data["workflowId"]), status="RUNNING")
+        try:
+            return launch({OWNER_TAG: caller, IDEMPOTENCY_TAG: digest, IDEMPOTENCY_REQUEST_TAG: asked})
+        except BaseException:
+            release(store, held)  # nothing launched: a retry with this key may try again
+            raise
+
+
+def _claim_or_unavailable(store: BlobStore, name: str, settled: Callable[[dict[str, Any]], bool]) -> Claim:
+    try:
+        return claim(store, name, {}, IDEMPOTENCY_CLAIM_STALE_SECONDS, settled)
+    except (BlobStoreError, ClaimError) as exc:
+        raise pipeline_unavailable(DagsterUnavailable(f"claim {name}: {exc}")) from exc
+
+
+def _newest_run_id(runs: DagsterRuns, workflow_id: str) -> str | None:
+    try:
+        run = runs.latest_run(workflow_id)
+    except DagsterError:
+        return None
+    return run.run_id if run else None
+
+
+def _has_run(runs: DagsterRuns, workflow_id: str) -> bool:
+    """Whether the workflow has a run; an unanswered question counts as yes (never launch twice)."""
+    try:
+        return runs.latest_run(workflow_id) is not None
+    except DagsterError:
+        return True
 
 
 def _start(
@@ -234,20 +296,28 @@ def _start(
     if not runs.ping(timeout=None):
         # Checked before storing anything, so an outage leaves no orphaned upload behind.
         raise pipeline_unavailable(DagsterUnavailable("Dagster is not reachable"))
+    request_id = _new_request_id()
     return _idempotent(
         runs,
+        store,
         caller,
         idempotency_key,
         body,
         job,
-        lambda tags: _store_and_launch(job, body, image, runs, store, {**tags, **hook()}),
+        request_id,
+        lambda tags: _store_and_launch(job, body, image, runs, store, request_id, {**tags, **hook()}),
     )
 
 
 def _store_and_launch(
-    job: str, body: StartRequest, image: bytes, runs: DagsterRuns, store: BlobStore, tags: dict[str, str]
+    job: str,
+    body: StartRequest,
+    image: bytes,
+    runs: DagsterRuns,
+    store: BlobStore,
+    request_id: str,
+    tags: dict[str, str],
 ) -> StartResponse:
-    request_id = _new_request_id()
     upload_uri = store.put(f"requests/{request_id}/upload", image)
     ops: dict[str, Any] = {
         AssetName.ORIGINAL_IMAGE: {"config": {"image_uri": upload_uri}},
@@ -363,21 +433,40 @@ def generate_workflow(
                         status.HTTP_409_CONFLICT,
                         detail=f"workflow {image_rid} is still running; wait for it to end or cancel it",
                     )
-                return launch_with_strokes(GENERATE_JOB, image_rid, {}, False, tags)
+                # Across replicas: one launch continues a given run; a concurrent one on another
+                # gateway finds the claim and gets the same 409.
+                held = _claim_or_unavailable(
+                    store,
+                    f"continue/{latest.run_id}",
+                    settled=lambda held: _newest_run_id(runs, image_rid) != latest.run_id,
+                )
+                if not held.won:
+                    raise HTTPException(
+                        status.HTTP_409_CONFLICT,
+                        detail=f"workflow {image_rid} is still running; wait for it to end or cancel it",
+                    )
+                try:
+                    return launch_with_strokes(GENERATE_JOB, image_rid, {}, False, tags)
+                except BaseException:
+                    release(store, held)
+                    raise
 
-        return _idempotent(runs, caller, idempotency_key, body, GENERATE_JOB, continue_request)
+        return _idempotent(runs, store, caller, idempotency_key, body, GENERATE_JOB, image_rid, continue_request)
     ops = {
         AssetName.ORIGINAL_IMAGE: {"config": {"image_uri": body.imageUri}},
         AssetName.BACKGROUND_REMOVED_IMAGE: {"config": {"mode": "keep"}},
         AssetName.JEWELRY_MASK: {"config": {"mask_uri": body.maskUri}},
     }
+    request_id = _new_request_id()
     return _idempotent(
         runs,
+        store,
         caller,
         idempotency_key,
         body,
         FULL_JOB,
-        lambda tags: launch_with_strokes(FULL_JOB, _new_request_id(), ops, True, tags),
+        request_id,
+        lambda tags: launch_with_strokes(FULL_JOB, request_id, ops, True, tags),
     )
 
 

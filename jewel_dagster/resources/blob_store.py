@@ -112,6 +112,11 @@ class BlobStore(dg.ConfigurableResource, ABC):
     def put_path(self, path: str, data: bytes, content_type: str) -> None: ...
 
     @abstractmethod
+    def create_path(self, path: str, data: bytes, content_type: str) -> bool:
+        """Store ``data`` only if nothing is at ``path`` yet, atomically for every process and
+        machine sharing the store; False when something was. Gateway replicas claim work with it."""
+
+    @abstractmethod
     def get_path(self, path: str) -> bytes:
         """Raise BlobNotFoundError when nothing is stored at ``path``."""
 
@@ -190,6 +195,22 @@ class LocalBlobStore(BlobStore):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def create_path(self, path: str, data: bytes, content_type: str) -> bool:
+        target = self._file(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Written aside, then hard-linked into place: link() fails when the name exists (atomic
+        # on one file system), and a reader never sees half of the blob.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def get_path(self, path: str) -> bytes:
         try:
@@ -288,6 +309,18 @@ class AzureBlobStore(BlobStore):
         self.container_client().upload_blob(
             path, data, overwrite=True, content_settings=ContentSettings(content_type=content_type)
         )
+
+    def create_path(self, path: str, data: bytes, content_type: str) -> bool:
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.blob import ContentSettings
+
+        try:  # overwrite=False sends If-None-Match: *, which the service decides atomically
+            self._container().upload_blob(
+                path, data, overwrite=False, content_settings=ContentSettings(content_type=content_type)
+            )
+        except ResourceExistsError:
+            return False
+        return True
 
     def get_path(self, path: str) -> bytes:
         from azure.core.exceptions import ResourceNotFoundError

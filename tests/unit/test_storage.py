@@ -98,3 +98,15 @@ def test_artifact_paths_refuse_unsafe_request_ids() -> None:
     for bad in ("../x", "a/b", "", ".hidden"):
         with pytest.raises(ForeignUriError):
             artifact_path(bad, "final_mask", "png")
+
+
+def test_create_is_won_by_exactly_one_of_many_concurrent_callers(store: BlobStore) -> None:
+    """Gateway replicas claim idempotency keys and webhooks with it: one winner, whoever races."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = "claims/race.json"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        won = list(pool.map(lambda i: store.create_path(path, f"{i}".encode(), "application/json"), range(16)))
+    assert won.count(True) == 1
+    assert store.get_path(path) == str(won.index(True)).encode()
+    assert store.create_path(path, b"again", "application/json") is False

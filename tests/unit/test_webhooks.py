@@ -341,3 +341,24 @@ def test_the_runs_owner_picks_the_secret(tmp_path: Path, monkeypatch: pytest.Mon
         (post,) = receiver.posts()
     assert post.headers["webhook-id"] == "run-7"
     assert Webhook(caller_secret("s3cret", "alice-id")).verify(post.body, post.headers) == {"s": 1}
+
+
+def test_two_replicas_that_both_see_a_finished_run_post_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every gateway replica runs a dispatcher; the claim in the shared store picks one."""
+    from jewel_dagster.contract import PARTITION_TAG, WEBHOOK_URL_TAG
+    from tests.support.e2e_stack import wait_until
+
+    replicas = [_dispatcher(tmp_path), _dispatcher(tmp_path)]
+    with webhook_receiver() as receiver:
+        tags = {WEBHOOK_URL_TAG: receiver.url, PARTITION_TAG: "jewelry-gen-y"}
+        raw = {"runId": "run-8", "jobName": "jewelry_generation", "status": "SUCCESS", "tags":
+               [{"key": k, "value": v} for k, v in tags.items()], "stepStats": []}  # fmt: skip
+        for replica in replicas:
+            monkeypatch.setattr(replica, "_final_state", lambda workflow_id, run: b'{"s":1}')
+            replica._consider(raw, time.time())
+        wait_until(lambda: receiver.posts(), "the webhook POST", timeout=10)
+        for replica in replicas:
+            replica._pool.shutdown(wait=True)
+        assert len(receiver.posts()) == 1

@@ -1,0 +1,110 @@
+"""Runs as Celery tasks on any number of worker machines: dagster-celery's launcher, two gaps closed.
+
+`dagster_celery.launcher.CeleryRunLauncher` sends each run to a broker; long-lived Celery workers
+(`jewel_dagster.runtime.celery_worker`) execute it in a pool child forked from a process that
+imported the code location once (warm, like our forkserver, but on many machines). Two things it
+gets wrong for us, both seen against this project (DAGSTER-NOTES, "CeleryRunLauncher tried"):
+
+- `terminate` revokes the task but never marks the run CANCELING, so the interrupted run worker
+  reports a failure, run monitoring calls it FAILURE and `run_retries` starts it again: a cancel
+  that restarts the request. Here the run is CANCELING first, as Dagster's own launchers do.
+- Its health check trusts the result backend: a worker killed with SIGKILL (or a machine lost)
+  leaves its task STARTED forever, so run monitoring never fails the run. Here a STARTED task
+  also needs its worker (the hostname Celery stored with the state) to answer a broadcast ping;
+  one that has not answered for DEAD_AFTER_SECONDS is reported FAILED, so monitoring fails the
+  run and `run_retries` sends it to another worker. Not at the first missed ping: on a loaded
+  machine a live worker missed a 1 s ping and its running run was failed and retried. One ping per
+  worker per check, cached a few seconds: the daemon checks every run each `poll_interval_seconds`.
+
+Private Dagster API (checked against dagster 1.13.27, canary in tests/unit/test_celery_runs.py):
+`dagster._core.launcher` for `CheckRunHealthResult` and `WorkerStatus`, the types a launcher's
+health check answers with (dagster-celery imports them from there too).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from celery.result import AsyncResult
+from dagster import DagsterRun, DagsterRunStatus
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster_celery.launcher import CeleryRunLauncher
+from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
+
+PING_TIMEOUT_SECONDS = 2.0
+PING_CACHE_SECONDS = 1.0
+DEAD_AFTER_SECONDS = 8.0  # unanswered pings for this long, across checks, before a worker counts as dead
+_FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+
+
+class JewelCeleryRunLauncher(CeleryRunLauncher):
+    """CeleryRunLauncher whose cancels stay cancels and whose dead workers fail their runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pings: dict[str, tuple[float, bool]] = {}  # worker hostname -> (when, answered)
+        self._silent_since: dict[str, float] = {}  # worker hostname -> first unanswered ping
+        self._pings_lock = threading.Lock()
+        self.dead_after_seconds = DEAD_AFTER_SECONDS
+
+    def terminate(self, run_id: str) -> bool:
+        """Mark the run CANCELING, then revoke its task (the worker interrupts the run)."""
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.status in _FINISHED or DAGSTER_CELERY_TASK_ID_TAG not in run.tags:
+            return False
+        if run.status != DagsterRunStatus.CANCELING:
+            self._instance.report_run_canceling(run)
+        return super().terminate(run_id)
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        """Celery's answer, except that a STARTED task whose worker is gone is FAILED."""
+        result = super().check_run_worker_health(run)
+        task_id = run.tags.get(DAGSTER_CELERY_TASK_ID_TAG)
+        if task_id is None or self.celery.AsyncResult(task_id).state != "STARTED":
+            return result
+        hostname = _hostname(self.celery.AsyncResult(task_id))
+        if hostname is None or self._alive(hostname):
+            return result
+        return CheckRunHealthResult(
+            WorkerStatus.FAILED,
+            f"Celery worker {hostname} holds the run's task but has not answered a ping for "
+            f"{self.dead_after_seconds:.0f} s (killed, or its machine lost).",
+        )
+
+    def _alive(self, hostname: str) -> bool:
+        """False once ``hostname`` has missed every ping for ``dead_after_seconds``."""
+        answered = self._answers(hostname)
+        now = time.monotonic()
+        with self._pings_lock:
+            if answered:
+                self._silent_since.pop(hostname, None)
+                return True
+            first = self._silent_since.setdefault(hostname, now)
+            return now - first < self.dead_after_seconds
+
+    def _answers(self, hostname: str) -> bool:
+        now = time.monotonic()
+        with self._pings_lock:
+            cached = self._pings.get(hostname)
+        if cached is not None and now - cached[0] < PING_CACHE_SECONDS:
+            return cached[1]
+        replies = self.celery.control.ping(destination=[hostname], timeout=PING_TIMEOUT_SECONDS) or []
+        answered = any(hostname in reply for reply in replies)
+        with self._pings_lock:
+            self._pings[hostname] = (now, answered)
+        return answered
+
+    @classmethod
+    def from_config_value(cls, inst_data: Any, config_value: Mapping[str, Any]) -> JewelCeleryRunLauncher:
+        return cls(inst_data=inst_data, **config_value)
+
+
+def _hostname(result: AsyncResult) -> str | None:
+    """The worker that accepted the task: Celery stores {"pid", "hostname"} with STARTED."""
+    info = result.info
+    if isinstance(info, Mapping) and isinstance(info.get("hostname"), str):
+        return str(info["hostname"])
+    return None

@@ -1,0 +1,92 @@
+"""Two gateway replicas (two apps on one blob store) behave as one: one launch per Idempotency-Key.
+
+Each replica gets its own fake Dagster that never shows the other's run: the window in which
+looking the key up in Dagster cannot tell two replicas apart (the launch is in flight, or
+Dagster's storage answers late). Only the claim in the shared blob store can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.claims import claim, release
+from jewel_dagster.resources.blob_store import LocalBlobStore
+from tests.support.gateway_client import FakeDagster, gateway_with_fake_dagster, start_body
+
+
+@contextmanager
+def two_replicas(tmp_path: Path) -> Iterator[list[tuple[TestClient, FakeDagster]]]:
+    with ExitStack() as stack:
+        yield [stack.enter_context(gateway_with_fake_dagster(tmp_path)) for _ in range(2)]
+
+
+def test_a_key_retried_on_the_other_replica_launches_once(tmp_path: Path) -> None:
+    with two_replicas(tmp_path) as [(a, fake_a), (b, fake_b)]:
+        body, key = start_body(), {"Idempotency-Key": "order-17"}
+        first = a.post("/workflow/preprocess", json=body, headers=key)
+        again = b.post("/workflow/preprocess", json=body, headers=key)
+        assert first.status_code == again.status_code == 200, (first.text, again.text)
+        assert again.json() == first.json()
+        assert len(fake_a.launches) + len(fake_b.launches) == 1
+        other = b.post(
+            "/workflow/preprocess", json=start_body(maskPoints=[{"x": 0.1, "y": 0.1, "label": 1}]), headers=key
+        )
+        assert other.status_code == 422, other.text
+
+
+def test_a_failed_launch_frees_the_key_for_a_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with two_replicas(tmp_path) as [(a, fake_a), (b, fake_b)]:
+        monkeypatch.setattr(fake_a, "ping", lambda timeout=None: True)
+
+        def broken(*args: object, **kwargs: object) -> str:
+            from gateway.dagster_api.errors import DagsterUnavailable
+
+            raise DagsterUnavailable("down")
+
+        monkeypatch.setattr(fake_a, "launch", broken)
+        key = {"Idempotency-Key": "order-18"}
+        assert a.post("/workflow/preprocess", json=start_body(), headers=key).status_code == 503
+        retried = b.post("/workflow/preprocess", json=start_body(), headers=key)
+        assert retried.status_code == 200, retried.text
+        assert len(fake_b.launches) == 1
+
+
+def test_a_stale_claim_whose_work_never_happened_is_taken_over(tmp_path: Path) -> None:
+    store = LocalBlobStore(root=str(tmp_path))
+    clock = [1000.0]
+    first = claim(store, "x", {"by": "a"}, stale_after=60, settled=lambda held: False, now=lambda: clock[0])
+    assert first.won
+    held = claim(store, "x", {"by": "b"}, stale_after=60, settled=lambda held: False, now=lambda: clock[0] + 59)
+    assert not held.won and held.data["by"] == "a"
+    clock[0] += 61
+    taken = claim(store, "x", {"by": "b"}, stale_after=60, settled=lambda held: False, now=lambda: clock[0])
+    assert taken.won and taken.path.endswith(".1.json")
+    release(store, taken)
+    again = claim(store, "x", {"by": "c"}, stale_after=60, settled=lambda held: False, now=lambda: clock[0])
+    assert again.won and again.path.endswith(".2.json")
+
+
+def test_a_replica_never_answers_an_ended_run_from_its_cache(tmp_path: Path) -> None:
+    """Replica A saw the request COMPLETED; replica B then launched a generate on it. A's next GET
+    must show the new run, though A's cache never heard of it."""
+    from gateway.dagster_api.client import DagsterRuns
+    from gateway.dagster_api.models import RunInfo
+    from gateway.settings import GatewaySettings
+
+    runs = DagsterRuns(GatewaySettings(local_blob_root=str(tmp_path), status_cache_seconds=60.0))
+    answers = [
+        RunInfo("r1", "jewelry_preprocess", "SUCCESS", [], {}),
+        RunInfo("r2", "jewelry_generate", "STARTED", [], {}),
+    ]
+    runs.latest_run = lambda request_id: answers[0]  # type: ignore[method-assign]
+    assert runs.latest_run_cached("w").run_id == "r1"  # type: ignore[union-attr]
+    runs.latest_run = lambda request_id: answers[1]  # type: ignore[method-assign]
+    assert runs.latest_run_cached("w").run_id == "r2"  # type: ignore[union-attr]
+    runs.latest_run = lambda request_id: answers[0]  # type: ignore[method-assign]
+    assert runs.latest_run_cached("w").run_id == "r2"  # type: ignore[union-attr]  (a running run is cached)
+    runs.close()
