@@ -315,7 +315,7 @@ class AzureBlobStore(BlobStore):
         from azure.storage.blob import ContentSettings
 
         try:  # overwrite=False sends If-None-Match: *, which the service decides atomically
-            self._container().upload_blob(
+            self.container_client().upload_blob(
                 path, data, overwrite=False, content_settings=ContentSettings(content_type=content_type)
             )
         except ResourceExistsError:
