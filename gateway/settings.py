@@ -104,11 +104,9 @@ class GatewaySettings(PipelineSettings):
         # the GIL from the answers: p99 157 ms against 49 ms (benchmarks.status, paced pollers).
         return 0.25 if self.status_source == "storage" else 0.5
 
-    def stale_status_limit(self, ended: bool) -> float:
-        """How old a cached status may be and still be answered while a refresh runs: a final
-        one cannot go stale (but for a rerun), one still running would answer a poll late."""
-        if ended:
-            return self.status_stale_seconds
+    def stale_status_limit(self) -> float:
+        """How old a cached (running) status may be and still be answered while a refresh runs:
+        older than half a poll interval, it would answer a poll with what the previous one saw."""
         return min(self.status_stale_seconds, self.frontend_poll_seconds / 2)
 
     def api_key_list(self) -> list[str]:

@@ -262,10 +262,10 @@ class DagsterRuns:
 
         A frontend polls every couple of seconds and many may poll: without this, every poll
         is a GraphQL query (~100+ ms of webserver time) and a crowd of pollers slows the
-        webserver for everyone, launches included. An answer that expired but is younger than
-        `status_stale_seconds` is returned at once while one background query refreshes it
-        (stale-while-revalidate): pollers never queue behind the query. A state that is not final
-        is returned stale only while younger than half of `frontend_poll_seconds`: an older one
+        webserver for everyone, launches included. Only running states are cached (see
+        `_refresh`). One that expired is returned at once while one background query refreshes
+        it (stale-while-revalidate), so pollers never queue behind the query, but only while
+        younger than half of `frontend_poll_seconds` (and `status_stale_seconds`): an older one
         predates the poller's previous poll, and the run's end would reach it one poll late.
         """
         ttl = self._settings.status_ttl()
@@ -276,7 +276,7 @@ class DagsterRuns:
             age = self._clock() - hit[0]
             if age < ttl:
                 return hit[1]
-            if age < self._settings.stale_status_limit(hit[1] is not None and hit[1].ended):
+            if age < self._settings.stale_status_limit():
                 self._refresh_soon(request_id)
                 return hit[1]
         with self._cache_guard:
