@@ -9,6 +9,7 @@ webserver from Azure Blob (Azurite): the code server's container wrote it, the w
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import uuid
@@ -146,7 +147,11 @@ def test_a_request_completes_through_the_compose_services(compose_stack: dict[st
         timeout=30,
     ).json()
     stderr = answer["data"]["runOrError"]["capturedLogs"]["stderr"] or ""
-    assert 'Started execution of step "jewelry_mask"' in stderr, stderr[-2000:]
+    # The run's log lines as compose writes them (LOG_FORMAT=json: one JSON object a line).
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert {"step": "jewelry_mask", "event": "STEP_START"} in [
+        {"step": line.get("step"), "event": line.get("event")} for line in lines
+    ], stderr[-2000:]
     container = ContainerClient.from_connection_string(compose_stack["azurite"], CONTAINER)
     names = [b.name for b in container.list_blobs(name_starts_with="compute-logs/")]
     assert any(run["runId"] in name for name in names), names[:20]

@@ -89,12 +89,14 @@ def service_env(service: Mapping[str, Any], project_dir: Path) -> dict[str, str]
 
 
 def listen_port(service: Mapping[str, Any]) -> int | None:
-    """The port a service's command listens on inside its container."""
+    """The port a service's command listens on inside its container: a port flag of its command,
+    else its API_PORT (`python -m gateway` listens where the settings say)."""
     command = [str(a) for a in service.get("command") or []]
     for flag, value in zip(command, command[1:], strict=False):
         if flag in _PORT_FLAGS:
             return int(value)
-    return None
+    api_port = (service.get("environment") or {}).get("API_PORT")
+    return int(api_port) if api_port else None
 
 
 @dataclass
@@ -166,6 +168,8 @@ def service_process(
     env["HOME"] = str(root / name)
     command = [str(a) for a in service["command"]]
     own_port = listen_port(service)
+    if "API_PORT" in env and own_port is not None:  # a service configured by its settings
+        env["API_PORT"], env["BIND_HOST"] = str(network.ports[(name, own_port)]), "127.0.0.1"
     argv: list[str] = []
     for i, arg in enumerate(command):
         before = command[i - 1] if i else ""
