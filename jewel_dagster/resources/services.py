@@ -50,6 +50,7 @@ class Generation:
 class ServiceBackend(dg.ConfigurableResource, ABC):
     _run_tags: dict[str, str] = PrivateAttr(default_factory=dict)
     _run_id: str | None = PrivateAttr(default=None)
+    _instance: dg.DagsterInstance | None = PrivateAttr(default=None)
 
     @property
     @abstractmethod
@@ -57,14 +58,28 @@ class ServiceBackend(dg.ConfigurableResource, ABC):
         """Shown in asset metadata and /health: which implementation did the work."""
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Remember the run's tags: a model call's span joins the request's trace (`tracing`)."""
+        """Remember the run: a model call's span joins the request's trace (`tracing`), and a
+        call is not made for a run being cancelled (`_refuse_if_cancelled`)."""
         if context.run is not None:
             self._run_tags, self._run_id = dict(context.run.tags), context.run.run_id
+            self._instance = context.instance
+
+    def _refuse_if_cancelled(self) -> None:
+        """Dagster turns a cancel's interrupt into a step retry when the step has a RetryPolicy
+        (`op_execution_error_boundary` retries interrupts): the retry then called the service
+        again, and a run whose call answered within the cancel grace went on to SUCCESS after
+        GET had said CANCELLED. One run-status read before each call ends that attempt instead."""
+        if self._instance is None or self._run_id is None:
+            return
+        run = self._instance.get_run_by_id(self._run_id)
+        if run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
+            raise dg.Failure(description="the run was cancelled", allow_retries=False)
 
     @contextmanager
     def call_span(self, name: str, **attributes: Any) -> Iterator[trace.Span]:
         """A client span around one model-service call, child of the gateway's start span
         (non-recording, nearly free, when tracing is off)."""
+        self._refuse_if_cancelled()
         workflow = self._run_tags.get(PARTITION_TAG)
         with (
             tracing.run_context(self._run_tags),
