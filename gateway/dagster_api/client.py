@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import requests
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
-from gql.transport.exceptions import TransportConnectionFailed
+from gql.transport import exceptions as gql_errors
 
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable, readable_error
 from gateway.dagster_api.models import RunInfo, run_info_from
@@ -110,6 +110,12 @@ mutation DeletePartition($selector: RepositorySelector!, $name: String!, $key: S
   }
 }"""
 
+# gql 4 wraps a refused connection in TransportConnectionFailed; gql 3 (what pip resolves with
+# some dependency sets) lets the requests error through, which the tuple above already catches.
+_GQL_CONNECTION_FAILED: tuple[type[Exception], ...] = tuple(
+    error for error in (getattr(gql_errors, "TransportConnectionFailed", None),) if error is not None
+)
+
 
 _SETTLED = frozenset({"SUCCESS", "FAILURE", "CANCELED", "CANCELING"})
 
@@ -187,7 +193,7 @@ class DagsterRuns:
     def _unwrap_client_error(self, exc: DagsterGraphQLClientError) -> DagsterError:
         cause = exc.__cause__
         if isinstance(
-            cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout | TransportConnectionFailed
+            cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, *_GQL_CONNECTION_FAILED)
         ):
             return DagsterUnavailable(f"Dagster did not answer in time at {self._url}")
         if cause is not None:
