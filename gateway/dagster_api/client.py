@@ -111,7 +111,7 @@ mutation DeletePartition($selector: RepositorySelector!, $name: String!, $key: S
 }"""
 
 # gql 4 wraps a refused connection in TransportConnectionFailed; gql 3 (what pip resolves with
-# some dependency sets) lets the requests error through, which the tuple above already catches.
+# some dependency sets) lets the requests error through, which the requests errors beside it catch.
 _GQL_CONNECTION_FAILED: tuple[type[Exception], ...] = tuple(
     error for error in (getattr(gql_errors, "TransportConnectionFailed", None),) if error is not None
 )
