@@ -183,14 +183,23 @@ class LocalBlobStore(BlobStore):
     def _file(self, path: str) -> Path:
         return Path(self.root) / self.container / check_path(path)
 
-    def put_path(self, path: str, data: bytes, content_type: str) -> None:
-        target = self._file(path)
+    def _written_aside(self, target: Path, data: bytes) -> str:
+        """The data in a temporary file beside ``target``, for the caller to rename or link into
+        place: a reader polling for the blob never sees half of it."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a reader polling for the blob never sees half of it.
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def put_path(self, path: str, data: bytes, content_type: str) -> None:
+        target = self._file(path)
+        tmp = self._written_aside(target, data)
+        try:
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -198,13 +207,9 @@ class LocalBlobStore(BlobStore):
 
     def create_path(self, path: str, data: bytes, content_type: str) -> bool:
         target = self._file(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Written aside, then hard-linked into place: link() fails when the name exists (atomic
-        # on one file system), and a reader never sees half of the blob.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        # Hard-linked into place: link() fails when the name exists (atomic on one file system).
+        tmp = self._written_aside(target, data)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
             os.link(tmp, target)
             return True
         except FileExistsError:
