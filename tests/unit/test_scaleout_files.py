@@ -59,6 +59,8 @@ def test_the_embedded_default_needs_no_broker_and_celery_without_one_is_refused(
     import pytest
 
     prepare_dagster_home({"DAGSTER_HOME": str(tmp_path)})
-    assert "run_launcher" not in yaml.safe_load((tmp_path / "dagster.yaml").read_text())
+    launcher = yaml.safe_load((tmp_path / "dagster.yaml").read_text())["run_launcher"]
+    # The default launcher with run-worker health checks (runtime/run_launcher.py), not Celery's.
+    assert launcher == {"module": "jewel_dagster.runtime.run_launcher", "class": "WorkerCheckingRunLauncher"}
     with pytest.raises(ValueError, match="CELERY_BROKER_URL"):
         prepare_dagster_home({"DAGSTER_HOME": str(tmp_path), "RUN_LAUNCHER": "celery"})
