@@ -60,6 +60,12 @@ from dagster._utils.concurrency import ConcurrencyClaimStatus, ConcurrencySlotSt
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_config, pg_url_from_config
 
+from jewel_dagster.runtime import claim_sleep
+
+# Where these storages are the instance's, a step blocked on a slot sleeps between its checks
+# (claim_sleep.py): the interval below is then the only cadence of a waiting step.
+claim_sleep.install()
+
 DEFAULT_CLAIM_INTERVAL_SECONDS = 0.25
 _INTERVAL_FIELD = dg.Field(float, is_required=False, default_value=DEFAULT_CLAIM_INTERVAL_SECONDS)
 
