@@ -1,7 +1,13 @@
 """Target 4: a burst of 100 requests posted within 10 s, GPU pool of 2.
 
     .venv/bin/python -m benchmarks.burst [--requests 100] [--window 10] [--pool 2]
-        [--celery-workers N --celery-concurrency C]   # the scale-out queue design (Redis broker)
+        [--designs default,celery-1x2,celery-2x1]   # designs measured one after the other
+
+Designs: `default` (the warm code server, 4 runs admitted, `gpu` steps wait for pool slots);
+`celery-1x2` and `celery-2x1`, the scale-out queue design (Redis broker, workers x concurrency =
+the GPU slots, so no step waits for a slot): one worker running 2 runs, or two workers running
+one each (both on this machine, sharing its cores). With several designs a last table compares
+them with the GPU bound and with the first one.
 
 The reference model server answers with fixed latencies (SAM3 1.0 s, Flux 3.0 s, Gemini 2.0 s,
 its vision replaced by trivial stand-ins so that one machine measures the "GPU time" and the
@@ -135,60 +141,52 @@ def burst(stack: Stack, requests: int, window: float) -> dict[str, object]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--window", type=float, default=10.0, help="seconds over which the requests are posted")
-    parser.add_argument("--pool", type=int, default=2, help="GPU pool size")
-    parser.add_argument("--celery-workers", type=int, default=0, help="runs on this many Celery workers (0: today's)")
-    parser.add_argument("--celery-concurrency", type=int, default=2, help="runs at once per Celery worker")
-    args = parser.parse_args()
-    port = free_port()
-    latency_args = [a for endpoint, s in LATENCY.items() for a in ("--latency", f"{endpoint}={s}")]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "devtools.reference_server", "--port", str(port), "--instant", *latency_args],
-        cwd=REPO_ROOT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **service_env(base),
-        "GEMINI_API_KEY": "reference-server",
-        "GEMINI_BASE_URL": f"{base}/gemini",
-        "GPU_POOL_SIZE": str(args.pool),
-        **BENCH_ENV,
-    }
-    if args.celery_workers:
+DESIGNS = {
+    # Today's embedded default: the warm code server, the queue admits 4 runs, `gpu` steps wait
+    # for the pool's slots (sleeping between checks since runtime/claim_sleep.py).
+    "default": {},
+    # The scale-out queue design: workers x concurrency = GPU slots, so no step waits for a slot.
+    "celery-1x2": {"CELERY_WORKERS": "1", "CELERY_CONCURRENCY": "2"},
+    "celery-2x1": {"CELERY_WORKERS": "2", "CELERY_CONCURRENCY": "1"},
+}
+
+
+def measure(design: str, base_env: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
+    """One design's burst on a fresh stack: the burst's figures, CPU of the stack and peak PSS."""
+    env = dict(base_env)
+    if design.startswith("celery"):
         env |= {
             "RUN_LAUNCHER": "celery",
-            "CELERY_WORKERS": str(args.celery_workers),
-            "CELERY_CONCURRENCY": str(args.celery_concurrency),
+            **DESIGNS[design],
             "CELERY_BROKER_URL": os.environ.get("BENCH_CELERY_BROKER", "redis://127.0.0.1:6379/5"),
             "CELERY_RESULT_BACKEND": os.environ.get("BENCH_CELERY_BACKEND", "redis://127.0.0.1:6379/6"),
-            "CELERY_QUEUE": f"burst-{os.getpid()}",
+            "CELERY_QUEUE": f"burst-{os.getpid()}-{design}",
         }
-    try:
-        wait_for_http(f"{base}/sam3/health", 60, server)
-        with tempfile.TemporaryDirectory() as root, temporary_stack(Path(root), env) as stack:
-            with httpx.Client(base_url=stack.gateway_url, timeout=60) as client:  # warm-up, not counted
-                warm = client.post("/workflow/start", json=BODY).json()["workflowId"]
-                while client.get(f"/workflow/{warm}").json()["status"] == "RUNNING":
-                    time.sleep(0.5)
-            roots = [p.pid for p in stack.processes.values()] + [server.pid, os.getpid()]
-            with MemorySampler(roots) as memory:
-                # CPU of the stack only: not the reference server (the "GPU") nor this load generator.
-                memory.cpu_roots = [p.pid for p in stack.processes.values()]
-                time.sleep(0.6)
-                before = dict(memory.cpu)
-                result = burst(stack, args.requests, args.window)
-                time.sleep(0.6)
-                cpu = memory.cpu_since(before)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with tempfile.TemporaryDirectory() as root, temporary_stack(Path(root), env) as stack:
+        with httpx.Client(base_url=stack.gateway_url, timeout=60) as client:  # warm-up, not counted
+            warm = client.post("/workflow/start", json=BODY).json()["workflowId"]
+            while client.get(f"/workflow/{warm}").json()["status"] == "RUNNING":
+                time.sleep(0.5)
+        roots = [p.pid for p in stack.processes.values()] + [os.getpid()]
+        with MemorySampler(roots) as memory:
+            # CPU of the stack only: not the reference server (the "GPU") nor this load generator.
+            memory.cpu_roots = [p.pid for p in stack.processes.values()]
+            time.sleep(0.6)
+            before = dict(memory.cpu)
+            result = burst(stack, args.requests, args.window)
+            time.sleep(0.6)
+            result["cpu"] = memory.cpu_since(before)
+        result["peak"], result["peak_processes"] = memory.peak, memory.peak_processes
+    return result
 
+
+def report(design: str, result: dict[str, object], args: argparse.Namespace) -> None:
     bound = args.requests * GPU_SECONDS / args.pool
     total = float(result["total"])  # type: ignore[arg-type]
     done_at: list[float] = result["done_at"]  # type: ignore[assignment]
+    cpu = float(result["cpu"])  # type: ignore[arg-type]
+    peak = int(result["peak"])  # type: ignore[call-overload]
+    print(f"== {design}")
     print(
         f"posted {args.requests} requests in {result['posted_in']:.1f} s: accepted {result['accepted']}, "
         f"refused {dict(result['refused'])}"  # type: ignore[call-overload]
@@ -204,12 +202,62 @@ def main() -> None:
         f"ratio {total / bound:.2f}; target <= 1.15: {'meets' if total <= 1.15 * bound else 'MISSES'}"
     )
     print(
-        f"peak memory of all processes (PSS): {memory.peak / 2**30:.2f} GB over {memory.peak_processes} processes; "
-        f"target <= 4 GB: {'meets' if memory.peak <= 4 * 2**30 else 'MISSES'}"
+        f"peak memory of all processes (PSS): {peak / 2**30:.2f} GB over {result['peak_processes']} processes; "
+        f"target <= 4 GB: {'meets' if peak <= 4 * 2**30 else 'MISSES'}"
     )
     print(f"CPU of the stack's processes: {cpu:.0f} s, {cpu / max(1, args.requests):.2f} CPU-seconds per request")
-    everyone = result["stuck"] == 0 and result["accepted"] == args.requests and set(result["statuses"]) == {"COMPLETED"}  # type: ignore[arg-type]
+    statuses: Counter[str] = result["statuses"]  # type: ignore[assignment]
+    everyone = result["stuck"] == 0 and result["accepted"] == args.requests and set(statuses) == {"COMPLETED"}
     print(f"every request completed: {'yes' if everyone else 'NO'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--window", type=float, default=10.0, help="seconds over which the requests are posted")
+    parser.add_argument("--pool", type=int, default=2, help="GPU pool size")
+    parser.add_argument(
+        "--designs",
+        default="default",
+        help=f"comma-separated, measured one after the other in this process: {', '.join(DESIGNS)}",
+    )
+    args = parser.parse_args()
+    designs = [d.strip() for d in args.designs.split(",") if d.strip()]
+    if unknown := [d for d in designs if d not in DESIGNS]:
+        parser.error(f"unknown design(s) {unknown}; choose from {list(DESIGNS)}")
+    port = free_port()
+    latency_args = [a for endpoint, s in LATENCY.items() for a in ("--latency", f"{endpoint}={s}")]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "devtools.reference_server", "--port", str(port), "--instant", *latency_args],
+        cwd=REPO_ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **service_env(base),
+        "GEMINI_API_KEY": "reference-server",
+        "GEMINI_BASE_URL": f"{base}/gemini",
+        "GPU_POOL_SIZE": str(args.pool),
+        **BENCH_ENV,
+    }
+    results: dict[str, dict[str, object]] = {}
+    try:
+        wait_for_http(f"{base}/sam3/health", 60, server)
+        for design in designs:
+            results[design] = measure(design, env, args)
+            report(design, results[design], args)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    if len(results) > 1:
+        first = designs[0]
+        bound = args.requests * GPU_SECONDS / args.pool
+        print(f"\n{'design':<12} {'total s':>8} {'x bound':>8} {'x ' + first:>12} {'CPU-s/req':>10} {'peak GB':>8}")
+        for design, result in results.items():
+            total, cpu = float(result["total"]), float(result["cpu"])  # type: ignore[arg-type]
+            print(
+                f"{design:<12} {total:>8.1f} {total / bound:>8.2f} {total / float(results[first]['total']):>12.2f} "  # type: ignore[arg-type]
+                f"{cpu / args.requests:>10.2f} {int(result['peak']) / 2**30:>8.2f}"  # type: ignore[call-overload]
+            )
 
 
 if __name__ == "__main__":
