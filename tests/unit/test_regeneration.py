@@ -203,13 +203,16 @@ def test_the_sensor_walks_every_partition_a_page_a_tick_with_bounded_runs() -> N
         assert sorted(requested) == stale  # every partition reached, each once
 
 
-def test_background_runs_have_their_own_limit_in_both_instance_files() -> None:
+def test_background_runs_have_their_own_limit_in_every_instance_file() -> None:
     import yaml
 
-    from devtools.stack import REPO_ROOT
+    from devtools.stack import REPO_ROOT, celery_overlay
 
-    for name in ("dagster.yaml", "dagster.postgres.yaml"):
-        runs = yaml.safe_load((REPO_ROOT / name).read_text())["concurrency"]["runs"]
+    files = {name: yaml.safe_load((REPO_ROOT / name).read_text()) for name in ("dagster.yaml", "dagster.postgres.yaml")}
+    # Scale-out: dagster.celery.yaml's blocks replace dagster.postgres.yaml's whole.
+    files["dagster.celery.yaml"] = {**files["dagster.postgres.yaml"], **celery_overlay()}
+    for name, config in files.items():
+        runs = config["concurrency"]["runs"]
         limits = {(limit["key"], limit["value"]): limit["limit"] for limit in runs["tag_concurrency_limits"]}
         assert limits[(BACKGROUND_TAG, "regeneration")] < runs["max_concurrent_runs"], name
         assert limits[(BACKGROUND_TAG, "retention")] == 1, name
