@@ -1,13 +1,14 @@
 """Target 4: a burst of 100 requests posted within 10 s, GPU pool of 2.
 
     .venv/bin/python -m benchmarks.burst [--requests 100] [--window 10] [--pool 2]
-        [--designs default,celery-1x2,celery-2x1]   # designs measured one after the other
+        [--designs default,celery-1x2,celery-2x1,celery-2x2]   # measured one after the other
 
 Designs: `default` (the warm code server, 4 runs admitted, `gpu` steps wait for pool slots);
 `celery-1x2` and `celery-2x1`, the scale-out queue design (Redis broker, workers x concurrency =
 the GPU slots, so no step waits for a slot): one worker running 2 runs, or two workers running
-one each (both on this machine, sharing its cores). With several designs a last table compares
-them with the GPU bound and with the first one.
+one each (both on this machine, sharing its cores); `celery-2x2` admits twice the GPU slots, as
+`default` does. With several designs a last table compares them with the GPU bound and with the
+first one.
 
 The reference model server answers with fixed latencies (SAM3 1.0 s, Flux 3.0 s, Gemini 2.0 s,
 its vision replaced by trivial stand-ins so that one machine measures the "GPU time" and the
@@ -148,6 +149,9 @@ DESIGNS = {
     # The scale-out queue design: workers x concurrency = GPU slots, so no step waits for a slot.
     "celery-1x2": {"CELERY_WORKERS": "1", "CELERY_CONCURRENCY": "2"},
     "celery-2x1": {"CELERY_WORKERS": "2", "CELERY_CONCURRENCY": "1"},
+    # Twice the GPU slots, as the default admits: two runs wait for a slot (sleeping) while two
+    # hold one, so a run's CPU steps overlap another's GPU steps.
+    "celery-2x2": {"CELERY_WORKERS": "2", "CELERY_CONCURRENCY": "2"},
 }
 
 
