@@ -41,9 +41,10 @@ from typing import Any, Literal
 from gateway.claims import ClaimError, claim
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
+from gateway.observability import logs
 from gateway.schemas import WorkflowState
 from gateway.settings import GatewaySettings
-from jewel_dagster.contract import LAUNCH_TAG, STEP_PROGRESS
+from jewel_dagster.contract import LAUNCH_TAG, REQUEST_ID_TAG, STEP_PROGRESS
 from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore, BlobStoreError, request_folder
 
 PENDING_PREFIX = "starts/"
@@ -251,6 +252,10 @@ class StartLauncher:
         if start is None:
             return
         runs = self._runs()
+        # The log lines of this launch carry the start call's request id, as they did when the
+        # launch happened inside the call.
+        logs.start_request(start.tags.get(REQUEST_ID_TAG) or logs.request_id_from(None))
+        logs.bind(workflowId=workflow_id)
         look_first = start.attempts > 0  # taken over, or launched before: its run decides
         added = False
         while True:
@@ -263,7 +268,7 @@ class StartLauncher:
                         look_first = True  # from here on, a launch may have gone through
                         runs.add_partition(workflow_id)
                         added = True
-                        runs.launch(start.job, workflow_id, start.runConfig, start.tags)
+                        logs.bind(runId=runs.launch(start.job, workflow_id, start.runConfig, start.tags))
                 except DagsterError as exc:
                     error = exc
             if error is None:
@@ -323,7 +328,7 @@ class StartLauncher:
                 log.warning("start of %s: cancelled while launching; terminate failed: %s", workflow_id, exc)
             runs.forget(workflow_id)
         forget_start(self._store, workflow_id)
-        log.info("launched %s for %s", start.job, workflow_id)
+        log.info("launched %s", start.job, extra=logs.fields(job=start.job))
 
     def _down_for(self) -> float:
         return 0.0 if self._down_since is None else time.monotonic() - self._down_since

@@ -308,10 +308,11 @@ def _start(
 ) -> StartResponse:
     image = decode_base64_image(body.originalImageBase64, settings.max_image_bytes, settings.max_image_pixels)
     hook = _webhook_tags(body.webhookUrl, settings, store)
-    # Checked before storing anything, so an outage leaves no orphaned upload behind. In the
-    # background a recent answer of Dagster's (the launches under load) is enough: a ping would
-    # queue on the webserver behind them.
-    if not (runs.reachable(REACHABLE_SECONDS) if settings.start_in_background else runs.ping(timeout=None)):
+    # Checked before storing anything, so an outage leaves no orphaned upload behind. While this
+    # gateway launches in the background, a recent answer of Dagster's to those launches is
+    # enough: a ping would queue on the busy webserver behind them. Idle, it asks (cheap then).
+    busy = settings.start_in_background and launcher.pending() > 0
+    if not (runs.reachable(REACHABLE_SECONDS) if busy else runs.ping(timeout=None)):
         raise pipeline_unavailable(DagsterUnavailable("Dagster is not reachable"))
     request_id = _new_request_id()
 
