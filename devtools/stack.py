@@ -200,11 +200,20 @@ class Stack:
         )  # fmt: skip
         wait_for_port(self.host, self.code_server_port, timeout, self.processes["code_server"])
 
-    def start_gateway(self, timeout: float = 60.0, name: str = "gateway", port: int | None = None) -> str:
-        """A gateway process (another replica when given another ``name`` and ``port``); its URL.
-        `python -m gateway` listens on API_PORT and BIND_HOST, as a deployment's would."""
+    def start_gateway(
+        self,
+        timeout: float = 60.0,
+        name: str = "gateway",
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> str:
+        """A gateway process (another replica when given another ``name`` and ``port``, settings of
+        its own in ``env``); its URL. `python -m gateway` listens on API_PORT and BIND_HOST, as a
+        deployment's would."""
         port = port or self.gateway_port
-        self._spawn(name, [sys.executable, "-m", "gateway", "--log-level", "warning"], {"API_PORT": str(port)})
+        self._spawn(
+            name, [sys.executable, "-m", "gateway", "--log-level", "warning"], {**(env or {}), "API_PORT": str(port)}
+        )
         url = f"http://{self.host}:{port}"
         wait_for_http(f"{url}/health", timeout, self.processes[name])
         return url

@@ -11,6 +11,7 @@ from gateway.event_streams import EventStreams
 from gateway.results import ResultReader
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings
+from gateway.starts import StartLauncher
 from jewel_dagster.resources.blob_store import BlobStore
 
 
@@ -34,6 +35,10 @@ def _probe(request: Request) -> ServiceProbe:
     return request.app.state.probe
 
 
+def _launcher(request: Request) -> StartLauncher:
+    return request.app.state.launcher
+
+
 def _event_streams(request: Request) -> EventStreams:
     return request.app.state.event_streams
 
@@ -43,4 +48,5 @@ RunsDep = Annotated[DagsterRuns, Depends(_runs)]
 StoreDep = Annotated[BlobStore, Depends(_store)]
 ResultsDep = Annotated[ResultReader, Depends(_results)]
 ProbeDep = Annotated[ServiceProbe, Depends(_probe)]
+LauncherDep = Annotated[StartLauncher, Depends(_launcher)]
 EventStreamsDep = Annotated[EventStreams, Depends(_event_streams)]

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.event_streams import EventStreams
@@ -24,6 +25,7 @@ from gateway.security import BodyLimitMiddleware, RateLimits, refuse_to_start_op
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings, get_settings
 from gateway.shutdown import drain_streams_on_signals
+from gateway.starts import StartLauncher
 from gateway.webhooks import WebhookDispatcher
 from jewel_dagster.resources.selection import build_blob_store
 from jewel_dagster.tracing import configure_tracing
@@ -67,6 +69,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             resolved.event_poll_seconds, resolved.event_streams_per_caller, resolved.event_streams_total
         )
         restore_signals = drain_streams_on_signals(app.state.event_streams)
+        # Started in either mode: it also takes over the pending starts other gateways left.
+        launcher = StartLauncher(resolved, app.state.store, lambda: app.state.runs)
+        app.state.launcher = launcher
+        observed.pending_starts.set_function(launcher.pending)
+        launcher.start()
         dispatcher = None
         if resolved.webhook_secret:
             dispatcher = WebhookDispatcher(
@@ -76,6 +83,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         yield
         restore_signals()
         await app.state.event_streams.close()
+        await run_in_threadpool(launcher.stop)  # queued starts launched, or left for a takeover
         if dispatcher is not None:
             dispatcher.stop()
         app.state.runs.close()

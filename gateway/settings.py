@@ -38,6 +38,21 @@ class GatewaySettings(PipelineSettings):
     )
     max_parallel_launches: int = Field(default=4, ge=1, description="Launches in flight at once.")
     launch_wait_seconds: float = Field(default=30.0, description="How long a start waits for a launch slot.")
+    start_in_background: bool = Field(
+        default=True,
+        description="/workflow/start and /preprocess store the upload and a pending start, answer RUNNING at once, "
+        "and the gateway's launcher adds the partition and submits the run; false: both inside the call (as before).",
+    )
+    start_give_up_seconds: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="A pending start whose launch found Dagster unreachable this long is FAILED, its upload deleted.",
+    )
+    start_takeover_seconds: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="Another gateway takes over the pending starts of a gateway whose heartbeat is this old.",
+    )
     api_port: int = Field(
         default=8001, ge=1, le=65535, description="Port `python -m gateway` listens on (the seed's API_PORT)."
     )

@@ -141,6 +141,7 @@ class DagsterRuns:
         self.launch_wait_seconds = settings.launch_wait_seconds
         self._ping_lock = threading.Lock()
         self._last_ping: tuple[float, bool] | None = None
+        self._contact: tuple[float, bool] | None = None  # (monotonic time, answered) of the last GraphQL call
         self._storage = StorageRunReader() if settings.status_source == "storage" else None
 
     @property
@@ -178,12 +179,14 @@ class DagsterRuns:
             except httpx.TransportError as exc:
                 last = exc
                 continue
+            self._contact = (time.monotonic(), True)
             if response.status_code != 200:
                 raise DagsterError(f"Dagster answered HTTP {response.status_code}: {response.text[:300]}")
             body = response.json()
             if body.get("errors"):
                 raise DagsterError(f"Dagster GraphQL error: {body['errors'][0].get('message')}")
             return body["data"]
+        self._contact = (time.monotonic(), False)
         raise DagsterUnavailable(f"Dagster is not reachable at {self._url}: {last}")
 
     def query(self, document: str, variables: dict[str, Any]) -> Any:
@@ -209,6 +212,15 @@ class DagsterRuns:
             return True
         except DagsterError:
             return False
+
+    def reachable(self, max_age: float) -> bool:
+        """Did Dagster answer a call of ours in the last `max_age` seconds, with none unanswered
+        since? Else a `ping` (full timeout). What a start asks before storing anything: under
+        load the launches answer it for free, where a ping would queue on the busy webserver."""
+        contact = self._contact
+        if contact is not None and contact[1] and time.monotonic() - contact[0] < max_age:
+            return True
+        return self.ping(timeout=None)
 
     def ping_cached(self, ttl: float = 2.0) -> bool:
         """`ping`, at most `ttl` old: /health is open to anyone, and must not be a way to load Dagster."""
@@ -249,7 +261,7 @@ class DagsterRuns:
         if self._settings.log_format == "json":  # the run logs JSON lines too
             run_config = {**run_config, **json_logging_run_config()}
         try:
-            return self._client.submit_job_execution(
+            run_id = self._client.submit_job_execution(
                 job_name,
                 repository_location_name=self._settings.dagster_location_name,
                 repository_name=self._settings.dagster_repository_name,
@@ -257,7 +269,11 @@ class DagsterRuns:
                 tags={**(tags or {}), PARTITION_TAG: request_id},
             )
         except DagsterGraphQLClientError as exc:
-            raise self._unwrap_client_error(exc) from exc
+            error = self._unwrap_client_error(exc)
+            self._contact = (time.monotonic(), not isinstance(error, DagsterUnavailable))
+            raise error from exc
+        self._contact = (time.monotonic(), True)
+        return run_id
 
     def latest_run(self, request_id: str) -> RunInfo | None:
         """The newest run of the partition: a rerun or regeneration supersedes older runs."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -53,6 +54,11 @@ class GatewayMetrics:
             "jewel_webhook_deliveries",
             "Webhooks handled by this gateway's dispatcher, by outcome (delivered or failed).",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.pending_starts = Gauge(
+            "jewel_starts_pending",
+            "Starts this gateway accepted whose run it has not launched yet (START_IN_BACKGROUND).",
             registry=self.registry,
         )
         for outcome in ("delivered", "failed"):  # present from the start, so rate() sees the first one

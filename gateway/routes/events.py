@@ -20,14 +20,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from gateway.dagster_api.client import DagsterRuns
-from gateway.deps import EventStreamsDep, ResultsDep, RunsDep, SettingsDep
+from gateway.deps import EventStreamsDep, ResultsDep, RunsDep, SettingsDep, StoreDep
 from gateway.event_streams import RETRY_AFTER_SECONDS, SHUTDOWN_RETRY_MS, StreamLease, StreamLimitReached, Watch
 from gateway.results import ResultReader
-from gateway.routes.workflows import WorkflowIdPath, owned_run
+from gateway.routes.workflows import WorkflowIdPath, owned_run_or_start
 from gateway.schemas import ONE_WORKFLOW, WorkflowState, error_responses
 from gateway.security import ANONYMOUS, CallerDep, client_network
 from gateway.settings import GatewaySettings
+from gateway.starts import read_start, state_of_start
 from gateway.workflow_state import FINAL_STATUSES, progress_of, state_of
+from jewel_dagster.resources.blob_store import BlobStore
 
 router = APIRouter(prefix="/workflow", tags=["workflow"])
 
@@ -43,11 +45,19 @@ def _body(state: WorkflowState) -> dict[str, object]:
     return state.model_dump(exclude_none=True)
 
 
-def _current_state(workflow_id: str, runs: DagsterRuns, results: ResultReader) -> WorkflowState | None:
-    """Progress while running (cheap), the full state once ended; None when the run is gone."""
+def _current_state(
+    workflow_id: str, runs: DagsterRuns, results: ResultReader, store: BlobStore
+) -> WorkflowState | None:
+    """Progress while running (cheap), the full state once ended; None when the run is gone.
+    Before its run exists, a workflow started in the background is its pending start."""
     run = runs.latest_run_cached(workflow_id)
     if run is None:
-        return None
+        start = read_start(store, workflow_id)
+        if start is not None:
+            return state_of_start(start)
+        run = runs.latest_run(workflow_id)  # launched meanwhile: the record goes once the run exists
+        if run is None:
+            return None
     state = progress_of(workflow_id, run)
     return state_of(workflow_id, run, runs, results) if state.status in FINAL_STATUSES else state
 
@@ -134,6 +144,7 @@ async def workflow_events(
     results: ResultsDep,
     settings: SettingsDep,
     streams: EventStreamsDep,
+    store: StoreDep,
     caller: CallerDep,
 ) -> StreamingResponse:
     """`progress` on every step change, then `final` with what GET returns once the workflow ended.
@@ -150,8 +161,8 @@ async def workflow_events(
             status.HTTP_429_TOO_MANY_REQUESTS, detail=str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
         ) from None
     try:
-        await run_in_threadpool(owned_run, runs, workflow_id, caller, True)  # 404 before the stream opens
-        watch = lease.follow(workflow_id, partial(_current_state, workflow_id, runs, results))
+        await run_in_threadpool(owned_run_or_start, runs, store, workflow_id, caller, True)  # 404 before it opens
+        watch = lease.follow(workflow_id, partial(_current_state, workflow_id, runs, results, store))
     except BaseException:
         lease.release()
         raise

@@ -18,7 +18,7 @@ from gateway.claims import Claim, ClaimError, claim, release
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
 from gateway.dagster_api.models import RunInfo
-from gateway.deps import ResultsDep, RunsDep, SettingsDep, StoreDep
+from gateway.deps import LauncherDep, ResultsDep, RunsDep, SettingsDep, StoreDep
 from gateway.observability import logs
 from gateway.schemas import (
     ONE_WORKFLOW,
@@ -31,9 +31,19 @@ from gateway.schemas import (
 )
 from gateway.security import ANONYMOUS, CallerDep
 from gateway.settings import GatewaySettings
+from gateway.starts import (
+    REACHABLE_SECONDS,
+    PendingStart,
+    StartLauncher,
+    forget_start,
+    mark_cancelled,
+    read_start,
+    state_of_start,
+    write_start,
+)
 from gateway.status import position_of
 from gateway.uploads import decode_base64_image
-from gateway.webhooks import WebhookRefused, check_webhook_url, store_webhook_url
+from gateway.webhooks import WebhookRefused, check_webhook_url, store_webhook_url, url_path
 from gateway.workflow_state import state_of
 from jewel_dagster import tracing
 from jewel_dagster.contract import (
@@ -47,6 +57,7 @@ from jewel_dagster.contract import (
     PARTITION_TAG,
     PREPROCESS_JOB,
     REQUEST_ID_TAG,
+    WEBHOOK_KEY_TAG,
     AssetName,
 )
 from jewel_dagster.defs.config import BRUSH_STROKES, BrushStroke
@@ -244,14 +255,16 @@ def _idempotent(
                 f"idempotency/{digest}",
                 {"workflowId": request_id, "asked": asked},
                 IDEMPOTENCY_CLAIM_STALE_SECONDS,
-                settled=lambda held: _has_run(runs, str(held.get("workflowId", ""))),
+                settled=lambda held: _has_run(runs, store, str(held.get("workflowId", ""))),
             )
         except (BlobStoreError, ClaimError) as exc:
             raise pipeline_unavailable(DagsterUnavailable(f"idempotency claim: {exc}")) from exc
         if not held.won:
             if held.data.get("asked") != asked:
                 raise reused()
-            return StartResponse(workflowId=str(held.data["workflowId"]), status="RUNNING")
+            workflow_id = str(held.data["workflowId"])
+            start = read_start(store, workflow_id)  # launched in the background: not a run yet
+            return StartResponse(workflowId=workflow_id, status=state_of_start(start).status if start else "RUNNING")
         try:
             return launch({OWNER_TAG: caller, IDEMPOTENCY_TAG: digest, IDEMPOTENCY_REQUEST_TAG: asked})
         except BaseException:
@@ -274,11 +287,12 @@ def _newest_run_id(runs: DagsterRuns, workflow_id: str) -> str | None:
     return run.run_id if run else None
 
 
-def _has_run(runs: DagsterRuns, workflow_id: str) -> bool:
-    """Whether the workflow has a run; an unanswered question counts as yes (never launch twice)."""
+def _has_run(runs: DagsterRuns, store: BlobStore, workflow_id: str) -> bool:
+    """Whether the workflow has a run, or a pending start (the run to come, or a start that
+    ended without one); an unanswered question counts as yes (never launch twice)."""
     try:
-        return runs.latest_run(workflow_id) is not None
-    except DagsterError:
+        return read_start(store, workflow_id) is not None or runs.latest_run(workflow_id) is not None
+    except (DagsterError, BlobStoreError):
         return True
 
 
@@ -288,36 +302,39 @@ def _start(
     runs: DagsterRuns,
     store: BlobStore,
     settings: SettingsDep,
+    launcher: StartLauncher,
     caller: str,
     idempotency_key: str | None,
 ) -> StartResponse:
     image = decode_base64_image(body.originalImageBase64, settings.max_image_bytes, settings.max_image_pixels)
     hook = _webhook_tags(body.webhookUrl, settings, store)
-    if not runs.ping(timeout=None):
-        # Checked before storing anything, so an outage leaves no orphaned upload behind.
+    # Checked before storing anything, so an outage leaves no orphaned upload behind. While this
+    # gateway launches in the background, a recent answer of Dagster's to those launches is
+    # enough: a ping would queue on the busy webserver behind them. Idle, it asks (cheap then).
+    busy = settings.start_in_background and launcher.pending() > 0
+    if not (runs.reachable(REACHABLE_SECONDS) if busy else runs.ping(timeout=None)):
         raise pipeline_unavailable(DagsterUnavailable("Dagster is not reachable"))
     request_id = _new_request_id()
-    return _idempotent(
-        runs,
-        store,
-        caller,
-        idempotency_key,
-        body,
-        job,
-        request_id,
-        lambda tags: _store_and_launch(job, body, image, runs, store, request_id, {**tags, **hook()}),
-    )
+
+    def store_and_start(tags: dict[str, str]) -> StartResponse:
+        upload_uri, ops = _store_upload(job, body, image, store, request_id)
+        tags = {**tags, **hook()}
+        if settings.start_in_background:
+            return _enqueue(job, store, launcher, request_id, upload_uri, ops, tags)
+        try:
+            return _launch(runs, job, request_id, {"ops": ops}, new=True, tags=tags)
+        except HTTPException:
+            store.delete(upload_uri)  # the request never started: keep no orphaned upload
+            _drop_strokes(store, ops)
+            raise
+
+    return _idempotent(runs, store, caller, idempotency_key, body, job, request_id, store_and_start)
 
 
-def _store_and_launch(
-    job: str,
-    body: StartRequest,
-    image: bytes,
-    runs: DagsterRuns,
-    store: BlobStore,
-    request_id: str,
-    tags: dict[str, str],
-) -> StartResponse:
+def _store_upload(
+    job: str, body: StartRequest, image: bytes, store: BlobStore, request_id: str
+) -> tuple[str, dict[str, Any]]:
+    """The upload (and strokes) stored; their URI and the run config's ops."""
     upload_uri = store.put(f"requests/{request_id}/upload", image)
     ops: dict[str, Any] = {
         AssetName.ORIGINAL_IMAGE: {"config": {"image_uri": upload_uri}},
@@ -325,12 +342,50 @@ def _store_and_launch(
     }
     if job == FULL_JOB:
         ops[AssetName.REFINED_MASK] = {"config": _strokes(store, request_id, body.brushStrokes)}
-    try:
-        return _launch(runs, job, request_id, {"ops": ops}, new=True, tags=tags)
-    except HTTPException:
-        store.delete(upload_uri)  # the request never started: keep no orphaned upload
-        _drop_strokes(store, ops)
-        raise
+    return upload_uri, ops
+
+
+def _enqueue(
+    job: str,
+    store: BlobStore,
+    launcher: StartLauncher,
+    request_id: str,
+    upload_uri: str,
+    ops: dict[str, Any],
+    tags: dict[str, str],
+) -> StartResponse:
+    """START_IN_BACKGROUND: store the pending start and hand it to this gateway's launcher
+    (gateway/starts.py), which adds the partition and launches; the caller gets RUNNING now."""
+    logs.bind(workflowId=request_id)
+    correlation = {REQUEST_ID_TAG: rid} if (rid := logs.current_request_id()) else {}
+    blobs = [upload_uri]
+    if strokes_uri := ops.get(AssetName.REFINED_MASK, {}).get("config", {}).get("strokes_uri"):
+        blobs.append(strokes_uri)
+    if webhook_key := tags.get(WEBHOOK_KEY_TAG):
+        blobs.append(store.uri_for(url_path(webhook_key)))
+    start_span = tracing.tracer().start_as_current_span(
+        f"start {job}", attributes=tracing.span_attributes(request_id, None, **{"dagster.job": job})
+    )
+    with start_span:  # the run's spans become children of this one through the traceparent tag
+        run_tags = {**tags, **correlation, **tracing.traceparent_tags(), LAUNCH_TAG: uuid.uuid4().hex}
+        pending = PendingStart(
+            workflowId=request_id,
+            owner=tags[OWNER_TAG],
+            job=job,
+            runConfig={"ops": ops},
+            tags=run_tags,
+            gateway=launcher.gateway_id,
+            blobs=blobs,
+        )
+        try:
+            write_start(store, pending)
+        except BlobStoreError as exc:
+            for uri in blobs:
+                store.delete(uri)
+            raise pipeline_unavailable(DagsterUnavailable(f"pending start not stored: {exc}")) from exc
+    launcher.submit(request_id)
+    log.info("queued %s", job, extra=logs.fields(job=job))
+    return StartResponse(workflowId=request_id, status="RUNNING")
 
 
 @router.post("/start", response_model=StartResponse, responses=error_responses(*STARTS))
@@ -339,11 +394,12 @@ def start_workflow(
     runs: RunsDep,
     store: StoreDep,
     settings: SettingsDep,
+    launcher: LauncherDep,
     caller: CallerDep,
     idempotency_key: IdempotencyHeader = None,
 ) -> StartResponse:
     """Photo and clicks to generations: the whole pipeline."""
-    return _start(FULL_JOB, body, runs, store, settings, caller, idempotency_key)
+    return _start(FULL_JOB, body, runs, store, settings, launcher, caller, idempotency_key)
 
 
 @router.post("/preprocess", response_model=StartResponse, responses=error_responses(*STARTS))
@@ -352,11 +408,12 @@ def preprocess_workflow(
     runs: RunsDep,
     store: StoreDep,
     settings: SettingsDep,
+    launcher: LauncherDep,
     caller: CallerDep,
     idempotency_key: IdempotencyHeader = None,
 ) -> StartResponse:
     """Upload, resize, background and mask; the result carries imageUri and maskUri for /generate."""
-    return _start(PREPROCESS_JOB, body, runs, store, settings, caller, idempotency_key)
+    return _start(PREPROCESS_JOB, body, runs, store, settings, launcher, caller, idempotency_key)
 
 
 def _artifact_path(store: BlobStore, uri: str, field: str) -> tuple[str, str, str]:
@@ -475,27 +532,60 @@ def owned_run(runs: DagsterRuns, workflow_id: str, caller: str, cached: bool = F
 
     Shared by every route that reads one workflow, so ownership is checked in one place.
     """
-    not_found = HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no workflow {workflow_id[:100]!r}")
-    if not WORKFLOW_ID.fullmatch(workflow_id):
-        raise not_found
     try:
-        run = runs.latest_run_cached(workflow_id) if cached else runs.latest_run(workflow_id)
+        run = _owned_run(runs, workflow_id, caller, cached)
     except DagsterError as exc:
         raise pipeline_unavailable(exc) from exc
+    if run is None:
+        raise _not_found(workflow_id)
+    return run
+
+
+def _not_found(workflow_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no workflow {workflow_id[:100]!r}")
+
+
+def _owned_run(runs: DagsterRuns, workflow_id: str, caller: str, cached: bool) -> RunInfo | None:
+    """The caller's newest run of the workflow, None if there is none; DagsterError if Dagster
+    cannot tell."""
+    if not WORKFLOW_ID.fullmatch(workflow_id):
+        return None
+    run = runs.latest_run_cached(workflow_id) if cached else runs.latest_run(workflow_id)
     # Runs started from the Dagster UI (reruns, re-generation) carry no owner: they inherit the
     # request's, which is on the request's first run.
     if run is None or (caller != ANONYMOUS and _owner(runs, run, workflow_id) != caller):
-        raise not_found
+        return None
     return run
+
+
+def owned_run_or_start(
+    runs: DagsterRuns, store: BlobStore, workflow_id: str, caller: str, cached: bool = False
+) -> RunInfo | PendingStart:
+    """`owned_run`, or the workflow's pending start when Dagster knows no run of it (started in
+    the background, its run not launched yet, or a start that ended without one) or cannot be
+    asked; 404 as `owned_run` when neither is the caller's. A live workflow costs nothing more."""
+    if not WORKFLOW_ID.fullmatch(workflow_id):
+        raise _not_found(workflow_id)
+    unanswered: DagsterError | None = None
+    try:
+        run = _owned_run(runs, workflow_id, caller, cached)
+    except DagsterError as exc:
+        run, unanswered = None, exc
+    if run is not None:
+        return run
+    start = read_start(store, workflow_id)
+    if start is not None and (caller == ANONYMOUS or start.owner == caller):
+        return start  # (another caller's start answers like an unknown workflow)
+    if unanswered is not None:
+        raise pipeline_unavailable(unanswered) from unanswered
+    # The launcher deletes the record once the run exists: it may have appeared meanwhile.
+    return owned_run(runs, workflow_id, caller)
 
 
 def _owner(runs: DagsterRuns, run: RunInfo, workflow_id: str) -> str | None:
     if OWNER_TAG in run.tags:
         return run.tags[OWNER_TAG]
-    try:
-        first = runs.first_run_tagged({PARTITION_TAG: workflow_id})
-    except DagsterError as exc:
-        raise pipeline_unavailable(exc) from exc
+    first = runs.first_run_tagged({PARTITION_TAG: workflow_id})
     return first.tags.get(OWNER_TAG) if first else None
 
 
@@ -530,12 +620,14 @@ def get_workflow(
 ) -> WorkflowState:
     """Status of the request's newest run; results once it completed; 410 once retention removed it."""
     try:
-        run = owned_run(runs, workflow_id, caller, cached=True)
+        run = owned_run_or_start(runs, store, workflow_id, caller, cached=True)
     except HTTPException as exc:
         gone = _removed(store, workflow_id, caller) if exc.status_code == status.HTTP_404_NOT_FOUND else None
         if gone is not None:
             raise gone from None
         raise
+    if isinstance(run, PendingStart):
+        return state_of_start(run)
     try:
         return state_of(workflow_id, run, runs, results)
     except DagsterError as exc:
@@ -543,13 +635,15 @@ def get_workflow(
 
 
 @router.post("/{workflow_id}/cancel", response_model=StartResponse, responses=error_responses(*ONE_WORKFLOW, 409))
-def cancel_workflow(workflow_id: WorkflowIdPath, runs: RunsDep, caller: CallerDep) -> StartResponse:
-    """Terminate the request's running run.
+def cancel_workflow(workflow_id: WorkflowIdPath, runs: RunsDep, store: StoreDep, caller: CallerDep) -> StartResponse:
+    """Terminate the request's running run, or cancel its start before the run exists.
 
     A run can end between the look and the terminate (Dagster then refuses to terminate it): the
     answer is then the 409 of a run that already ended, not a 502.
     """
-    run = owned_run(runs, workflow_id, caller)
+    run = owned_run_or_start(runs, store, workflow_id, caller)
+    if isinstance(run, PendingStart):
+        return _cancel_start(runs, store, run)
     state = position_of(run).status
     if state != "RUNNING":
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {state}")
@@ -563,5 +657,32 @@ def cancel_workflow(workflow_id: WorkflowIdPath, runs: RunsDep, caller: CallerDe
                 status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {now}"
             ) from None
         raise pipeline_unavailable(exc) from exc
+    runs.forget(workflow_id)
+    return StartResponse(workflowId=workflow_id, status="CANCELLED")
+
+
+def _cancel_start(runs: DagsterRuns, store: BlobStore, start: PendingStart) -> StartResponse:
+    """Cancel a start whose run does not exist yet: its cancel blob makes the launcher skip it.
+    The launcher may be launching it right now: if the run is there already, it is terminated
+    here (and the launcher, seeing the cancel after its launch, terminates it too)."""
+    workflow_id = start.workflowId
+    if start.state != "pending":
+        ended = state_of_start(start).status
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {ended}")
+    try:
+        mark_cancelled(store, workflow_id)
+    except BlobStoreError as exc:
+        raise pipeline_unavailable(DagsterUnavailable(f"cancel not stored: {exc}")) from exc
+    try:
+        run = runs.latest_run(workflow_id)
+    except DagsterError:
+        run = None  # the launcher reads the cancel before it launches, or terminates after
+    if run is not None and run.tags.get(LAUNCH_TAG) == start.launch_tag:
+        if position_of(run).status == "RUNNING":
+            try:
+                runs.terminate(run.run_id)
+            except DagsterError as exc:
+                log.warning("cancel of %s: terminate failed (the launcher may have done it): %s", workflow_id, exc)
+        forget_start(store, workflow_id)
     runs.forget(workflow_id)
     return StartResponse(workflowId=workflow_id, status="CANCELLED")

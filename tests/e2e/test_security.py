@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 from devtools.stack import Stack
 from tests.support.e2e_flows import CUP, PHOTO, finished
-from tests.support.e2e_stack import ALPHA, BETA, TWO_CALLERS, poll, running_stack, runs_of
+from tests.support.e2e_stack import ALPHA, BETA, TWO_CALLERS, launched_runs, poll, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +69,7 @@ def test_idempotency_key_returns_the_same_workflow(client: httpx.Client, stack: 
         t.join()
     post()  # and a late retry
     assert len(set(answers)) == 1, answers
-    assert len(runs_of(stack.dagster_url, answers[0])) == 1
+    assert len(launched_runs(stack.dagster_url, answers[0])) == 1
     other = client.post("/workflow/start", json=BODY, headers={**B, "Idempotency-Key": "order-1234-try"})
     assert other.json()["workflowId"] != answers[0]  # keys are per caller
     assert client.post("/workflow/start", json=BODY, headers={**A, "Idempotency-Key": "k" * 201}).status_code == 400

@@ -48,6 +48,12 @@ def runs_of(dagster_url: str, partition: str) -> list[dict[str, Any]]:
     return response.json()["data"]["runsOrError"]["results"]
 
 
+def launched_runs(dagster_url: str, partition: str, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """`runs_of` once the partition has a run: a start answers before its run is launched
+    (START_IN_BACKGROUND), so right after a POST Dagster may not know the run yet."""
+    return wait_until(lambda: runs_of(dagster_url, partition), f"a run of {partition}", timeout)  # type: ignore[no-any-return]
+
+
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = 120.0, every: float = 0.2) -> Any:
     """Call ``condition`` until it returns something truthy (returned), or fail after ``timeout``."""
     deadline = time.monotonic() + timeout

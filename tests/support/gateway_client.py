@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import io
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -23,6 +24,8 @@ from gateway.dagster_api.models import RunInfo
 from gateway.main import create_app
 from gateway.settings import GatewaySettings
 from tests.support.e2e_stack import free_port
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -47,6 +50,9 @@ class FakeDagster:
 
     def ping(self, timeout: float | None = 2.0) -> bool:
         return True
+
+    def reachable(self, max_age: float) -> bool:
+        return self.ping(timeout=None)
 
     def add_partition(self, request_id: str) -> None:
         self.partitions_added.append(request_id)
@@ -100,3 +106,15 @@ def png_base64(size: tuple[int, int] = (40, 30)) -> str:
 
 def start_body(**changes: Any) -> dict[str, Any]:
     return {"originalImageBase64": png_base64(), "maskPoints": [{"x": 0.5, "y": 0.5, "label": 1}], **changes}
+
+
+def poll_until(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 10.0) -> T:
+    """`read()` until `done` says so (the value is returned), or AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {value!r} after {timeout} s")
+        time.sleep(0.02)

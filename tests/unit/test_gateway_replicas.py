@@ -7,22 +7,24 @@ Dagster's storage answers late). Only the claim in the shared blob store can.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from gateway.claims import claim, release
 from jewel_dagster.resources.blob_store import LocalBlobStore
-from tests.support.gateway_client import FakeDagster, gateway_with_fake_dagster, start_body
+from tests.support.gateway_client import FakeDagster, gateway_with_fake_dagster, poll_until, start_body
 
 
 @contextmanager
-def two_replicas(tmp_path: Path) -> Iterator[list[tuple[TestClient, FakeDagster]]]:
+def two_replicas(tmp_path: Path, **overrides: Any) -> Iterator[list[tuple[TestClient, FakeDagster]]]:
     with ExitStack() as stack:
-        yield [stack.enter_context(gateway_with_fake_dagster(tmp_path)) for _ in range(2)]
+        yield [stack.enter_context(gateway_with_fake_dagster(tmp_path, **overrides)) for _ in range(2)]
 
 
 def test_a_key_retried_on_the_other_replica_launches_once(tmp_path: Path) -> None:
@@ -32,7 +34,9 @@ def test_a_key_retried_on_the_other_replica_launches_once(tmp_path: Path) -> Non
         again = b.post("/workflow/preprocess", json=body, headers=key)
         assert first.status_code == again.status_code == 200, (first.text, again.text)
         assert again.json() == first.json()
-        assert len(fake_a.launches) + len(fake_b.launches) == 1
+        launched = poll_until(lambda: len(fake_a.launches) + len(fake_b.launches), lambda n: n > 0)  # background
+        time.sleep(0.3)  # a second launch would show by now
+        assert launched == len(fake_a.launches) + len(fake_b.launches) == 1
         other = b.post(
             "/workflow/preprocess", json=start_body(maskPoints=[{"x": 0.1, "y": 0.1, "label": 1}]), headers=key
         )
@@ -40,7 +44,8 @@ def test_a_key_retried_on_the_other_replica_launches_once(tmp_path: Path) -> Non
 
 
 def test_a_failed_launch_frees_the_key_for_a_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with two_replicas(tmp_path) as [(a, fake_a), (b, fake_b)]:
+    """A launch inside the call (START_IN_BACKGROUND=false) that fails answers 503 and frees the key."""
+    with two_replicas(tmp_path, start_in_background=False) as [(a, fake_a), (b, fake_b)]:
         monkeypatch.setattr(fake_a, "ping", lambda timeout=None: True)
 
         def broken(*args: object, **kwargs: object) -> str:

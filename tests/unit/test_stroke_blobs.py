@@ -13,7 +13,7 @@ from gateway.dagster_api.errors import DagsterUnavailable
 from jewel_dagster.defs.assets import _load_strokes
 from jewel_dagster.defs.config import BRUSH_STROKES, RefineConfig
 from jewel_dagster.resources.blob_store import LocalBlobStore, strokes_path
-from tests.support.gateway_client import gateway_client, start_body
+from tests.support.gateway_client import gateway_client, poll_until, start_body, stored_blobs
 
 LONG = {"points": [{"x": 0.2 + 0.00005 * i, "y": 0.5} for i in range(10_000)], "mode": "add", "size": 40}
 
@@ -67,11 +67,26 @@ def test_no_strokes_no_blob(tmp_path: Path) -> None:
 
 def test_a_launch_that_fails_leaves_no_strokes_behind(tmp_path: Path) -> None:
     launches = _Launches(fail=True)
-    with gateway_client(tmp_path) as client:
+    with gateway_client(tmp_path, start_in_background=False) as client:
         launches.install(client.app.state.runs)  # type: ignore[attr-defined]
         response = client.post("/workflow/start", json=start_body(brushStrokes=[LONG]))
     assert response.status_code == 503, response.text
     assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+
+
+def test_a_background_launch_that_gives_up_leaves_no_upload_or_strokes_behind(tmp_path: Path) -> None:
+    """START_IN_BACKGROUND: the start was accepted; once the launcher gives up, GET says FAILED and
+    only the (failed) pending start is left, the record GET reads."""
+    launches = _Launches(fail=True)
+    with gateway_client(tmp_path, start_give_up_seconds=0.3) as client:
+        launches.install(client.app.state.runs)  # type: ignore[attr-defined]
+        response = client.post("/workflow/start", json=start_body(brushStrokes=[LONG]))
+        assert response.status_code == 200, response.text
+        workflow = response.json()["workflowId"]
+        state = poll_until(lambda: client.get(f"/workflow/{workflow}").json(), lambda s: s["status"] != "RUNNING")
+    assert state["status"] == "FAILED" and state["failedStep"] == "UPLOADING_IMAGE", state
+    assert "could not be reached" in state["error"], state
+    assert stored_blobs(tmp_path) == [f"jewelry-uploads/starts/{workflow}.json"]
 
 
 def test_the_step_loads_the_strokes_with_the_request_model(tmp_path: Path) -> None:

@@ -1,0 +1,277 @@
+"""START_IN_BACKGROUND (issue 19): a start call stores the upload and a pending start and answers
+at once; the gateway's launcher adds the partition and launches the run.
+
+Dagster is a double that keeps the runs it launched (so GET, cancel and the launch-tag checks see
+them) and can hold a launch at a gate or refuse to answer. Two apps on one blob store stand for
+two gateway replicas.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.dagster_api.errors import DagsterUnavailable
+from gateway.dagster_api.models import RunInfo
+from gateway.routes import workflows
+from gateway.starts import PendingStart, pending_path, write_start
+from jewel_dagster.contract import FULL_JOB, LAUNCH_TAG, OWNER_TAG, PARTITION_TAG
+from jewel_dagster.resources.blob_store import LocalBlobStore
+from tests.support.gateway_client import FakeDagster, gateway_client, poll_until, start_body, stored_blobs
+
+FAST = {"start_takeover_seconds": 0.3, "start_give_up_seconds": 0.3}
+
+
+class RecordingDagster(FakeDagster):
+    """A Dagster that keeps what it launched; `gate` holds launches, `down` refuses every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: dict[str, RunInfo] = {}
+        self.gate = threading.Event()
+        self.gate.set()
+        self.down = False
+        self.in_launch = threading.Event()
+        self._lock = threading.Lock()
+
+    def ping(self, timeout: float | None = 2.0) -> bool:
+        return not self.down
+
+    def launch(
+        self, job_name: str, request_id: str, run_config: dict[str, Any], tags: dict[str, str] | None = None
+    ) -> str:
+        if self.down:
+            raise DagsterUnavailable("down for the test")
+        self.in_launch.set()
+        assert self.gate.wait(20), "the test never opened the gate"
+        if self.down:
+            raise DagsterUnavailable("went down during the launch")
+        with self._lock:
+            self.launches.append((job_name, request_id))
+            run = RunInfo(
+                f"run-{len(self.launches)}", job_name, "QUEUED", [], {**(tags or {}), PARTITION_TAG: request_id}
+            )
+            self.runs[request_id] = run
+        return run.run_id
+
+    def latest_run(self, request_id: str) -> RunInfo | None:
+        if self.down:
+            raise DagsterUnavailable("down for the test")
+        return self.runs.get(request_id)
+
+    def latest_run_cached(self, request_id: str) -> RunInfo | None:
+        return self.latest_run(request_id)
+
+    def newest_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
+        found = [r for r in self.runs.values() if all(r.tags.get(k) == v for k, v in tags.items())]
+        return found[-1] if found else None
+
+    def terminate(self, run_id: str) -> None:
+        with self._lock:
+            for workflow, run in self.runs.items():
+                if run.run_id == run_id:
+                    self.runs[workflow] = RunInfo(run.run_id, run.job_name, "CANCELED", [], run.tags)
+
+
+@contextmanager
+def gateways(tmp_path: Path, count: int = 1, **overrides: Any) -> Iterator[tuple[list[TestClient], RecordingDagster]]:
+    """`count` gateway replicas on one blob store, all in front of one RecordingDagster."""
+    dagster = RecordingDagster()
+    with ExitStack() as stack:
+        clients = []
+        for _ in range(count):
+            client = stack.enter_context(gateway_client(tmp_path, **{**FAST, **overrides}))
+            client.app.state.runs.close()  # type: ignore[attr-defined]
+            client.app.state.runs = dagster  # type: ignore[attr-defined]
+            clients.append(client)
+        try:
+            yield clients, dagster
+        finally:
+            dagster.gate.set()
+
+
+def _pending_gauge(client: TestClient) -> float | None:
+    return client.app.state.metrics.registry.get_sample_value("jewel_starts_pending")  # type: ignore[attr-defined]
+
+
+def _pending_files(tmp_path: Path) -> list[str]:
+    return [b for b in stored_blobs(tmp_path) if b.startswith("jewelry-uploads/starts/")]
+
+
+def test_the_start_answers_at_once_and_reads_uploading_until_the_run_exists(tmp_path: Path) -> None:
+    with gateways(tmp_path) as ([client], dagster):
+        dagster.gate.clear()  # the webserver is busy: the launch hangs
+        began = time.monotonic()
+        started = client.post("/workflow/start", json=start_body())
+        took = time.monotonic() - began
+        assert started.status_code == 200, started.text
+        assert started.json()["status"] == "RUNNING" and took < 5, (started.json(), took)
+        workflow = started.json()["workflowId"]
+        assert dagster.in_launch.wait(5)
+        state = client.get(f"/workflow/{workflow}")
+        assert state.json() == {
+            "workflowId": workflow,
+            "status": "RUNNING",
+            "progress": 5,
+            "currentStep": "UPLOADING_IMAGE",
+        }, state.text
+        with client.stream("GET", f"/workflow/{workflow}/events") as stream:
+            lines = []
+            for line in stream.iter_lines():
+                lines.append(line)
+                if line.startswith("data:"):
+                    break
+        assert "event: progress" in lines, lines
+        assert json.loads(lines[-1][5:])["currentStep"] == "UPLOADING_IMAGE", lines
+        assert _pending_gauge(client) == 1
+        dagster.gate.set()
+        poll_until(lambda: _pending_files(tmp_path), lambda files: files == [])
+        assert dagster.launches == [(FULL_JOB, workflow)]
+        run = dagster.runs[workflow]
+        assert run.tags[OWNER_TAG] and run.tags[LAUNCH_TAG]
+        assert client.get(f"/workflow/{workflow}").json()["status"] == "RUNNING"
+        assert f"jewelry-uploads/requests/{workflow}/upload" in stored_blobs(tmp_path)
+        assert _pending_gauge(client) == 0
+
+
+def test_dagster_down_at_the_start_still_answers_503_and_stores_nothing(tmp_path: Path) -> None:
+    with gateways(tmp_path) as ([client], dagster):
+        dagster.down = True
+        refused = client.post("/workflow/start", json=start_body())
+        assert refused.status_code == 503, refused.text
+        assert stored_blobs(tmp_path) == []
+
+
+def test_a_start_whose_launch_never_reaches_dagster_fails_and_keeps_nothing(tmp_path: Path) -> None:
+    with gateways(tmp_path) as ([client], dagster):
+        dagster.gate.clear()
+        started = client.post("/workflow/preprocess", json=start_body(webhookUrl=None))
+        workflow = started.json()["workflowId"]
+        assert dagster.in_launch.wait(5)
+        dagster.down = True  # Dagster goes away while the launch hangs: the launch fails
+        dagster.gate.set()
+        state = poll_until(lambda: client.get(f"/workflow/{workflow}").json(), lambda s: s["status"] != "RUNNING")
+        assert state["status"] == "FAILED" and state["currentStep"] == "UPLOADING_IMAGE", state
+        kept = [b for b in stored_blobs(tmp_path) if not b.startswith("jewelry-uploads/start-gateways/")]
+        assert kept == [f"jewelry-uploads/starts/{workflow}.json"]  # the upload went
+        assert dagster.launches == []
+        dagster.down = False
+        assert client.post(f"/workflow/{workflow}/cancel").status_code == 409
+
+
+def test_an_idempotent_retry_while_pending_gets_the_same_workflow_and_one_launch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every claim is "stale" at once: only its `settled` check (a pending start counts) keeps a
+    # retry from launching the key again while the first run does not exist yet.
+    monkeypatch.setattr(workflows, "IDEMPOTENCY_CLAIM_STALE_SECONDS", 0.0)
+    with gateways(tmp_path, count=2) as ([a, b], dagster):
+        dagster.gate.clear()
+        key = {"Idempotency-Key": "order-19"}
+        first = a.post("/workflow/start", json=start_body(), headers=key)
+        assert first.status_code == 200, first.text
+        assert dagster.in_launch.wait(5)
+        for replica in (a, b):
+            again = replica.post("/workflow/start", json=start_body(), headers=key)
+            assert again.json() == first.json(), again.text
+        dagster.gate.set()
+        poll_until(lambda: _pending_files(tmp_path), lambda files: files == [])
+        again = b.post("/workflow/start", json=start_body(), headers=key)
+        assert again.json()["workflowId"] == first.json()["workflowId"]
+        assert len(dagster.launches) == 1, dagster.launches
+
+
+def _abandoned_start(tmp_path: Path, launched: RunInfo | None = None) -> PendingStart:
+    """A pending start of a gateway that died before launching it (no heartbeat), not yet stored."""
+    store = LocalBlobStore(root=str(tmp_path / "blobs"))
+    workflow = "jewelry-gen-00000000-0000-4000-8000-000000000019"
+    upload = store.put(f"requests/{workflow}/upload", b"photo")
+    start = PendingStart(
+        workflowId=workflow,
+        owner="anonymous",
+        job=FULL_JOB,
+        runConfig={"ops": {"original_image": {"config": {"image_uri": upload}}}},
+        tags={OWNER_TAG: "anonymous", LAUNCH_TAG: "tag-of-the-dead-gateway"},
+        gateway="a-gateway-that-died",
+        createdAt=time.time() - 60,
+        blobs=[upload],
+    )
+    return start
+
+
+def _backdate(tmp_path: Path, workflow: str) -> None:
+    """Make a pending start's record a minute old (the sweep leaves younger ones alone)."""
+    os.utime(tmp_path / "blobs" / "jewelry-uploads" / pending_path(workflow), (time.time() - 60,) * 2)
+
+
+@pytest.mark.parametrize("launched_before_dying", [False, True])
+def test_a_dead_gateways_pending_start_is_taken_over_and_launched_once(
+    tmp_path: Path, launched_before_dying: bool
+) -> None:
+    with gateways(tmp_path, count=3) as (replicas, dagster):
+        start = _abandoned_start(tmp_path)
+        if launched_before_dying:  # it launched, then died before deleting the record
+            dagster.runs[start.workflowId] = RunInfo("run-0", FULL_JOB, "STARTED", [], dict(start.tags))
+        write_start(LocalBlobStore(root=str(tmp_path / "blobs")), start)
+        _backdate(tmp_path, start.workflowId)
+        poll_until(lambda: _pending_files(tmp_path), lambda files: files == [])
+        time.sleep(0.5)  # three sweepers raced for it: give a second launch the time to show
+        expected = [] if launched_before_dying else [(FULL_JOB, start.workflowId)]
+        assert dagster.launches == expected
+        assert dagster.runs[start.workflowId].tags[LAUNCH_TAG] == "tag-of-the-dead-gateway"
+        assert replicas[0].get(f"/workflow/{start.workflowId}").json()["status"] == "RUNNING"
+
+
+def test_a_live_gateways_pending_start_is_left_to_it(tmp_path: Path) -> None:
+    with gateways(tmp_path, count=2) as ([a, b], dagster):
+        dagster.gate.clear()
+        workflow = a.post("/workflow/start", json=start_body()).json()["workflowId"]
+        assert dagster.in_launch.wait(5)
+        _backdate(tmp_path, workflow)
+        time.sleep(1.0)  # b swept a few times (every 0.1 s); a's heartbeat is fresh
+        assert b.app.state.launcher.pending() == 0  # type: ignore[attr-defined]
+        dagster.gate.set()
+        poll_until(lambda: _pending_files(tmp_path), lambda files: files == [])
+        assert dagster.launches == [(FULL_JOB, workflow)]
+
+
+def test_cancel_before_the_run_exists(tmp_path: Path) -> None:
+    with gateways(tmp_path, max_parallel_launches=1) as ([client], dagster):
+        dagster.gate.clear()
+        held = client.post("/workflow/start", json=start_body()).json()["workflowId"]
+        assert dagster.in_launch.wait(5)
+        queued = client.post("/workflow/start", json=start_body()).json()["workflowId"]
+        # One is inside its launch, the other waits in the queue: both are cancelled.
+        for workflow in (held, queued):
+            cancelled = client.post(f"/workflow/{workflow}/cancel")
+            assert cancelled.json() == {"workflowId": workflow, "status": "CANCELLED"}, cancelled.text
+            assert client.get(f"/workflow/{workflow}").json()["status"] == "CANCELLED"
+        dagster.gate.set()
+        poll_until(lambda: client.app.state.launcher.pending(), lambda n: n == 0)  # type: ignore[attr-defined]
+        assert dagster.launches == [(FULL_JOB, held)]  # it was in flight: launched, then terminated
+        assert dagster.runs[held].status == "CANCELED"
+        assert client.get(f"/workflow/{held}").json()["status"] == "CANCELLED"
+        assert client.get(f"/workflow/{queued}").json()["status"] == "CANCELLED"
+        assert f"jewelry-uploads/requests/{queued}/upload" not in stored_blobs(tmp_path)
+        assert client.post(f"/workflow/{queued}/cancel").status_code == 409
+
+
+def test_another_callers_pending_start_is_not_found(tmp_path: Path) -> None:
+    keys = {"gateway_api_keys": "key-one,key-two", "gateway_secret": "a-secret-of-the-test"}
+    with gateways(tmp_path, **keys) as ([client], dagster):
+        dagster.gate.clear()
+        started = client.post("/workflow/start", json=start_body(), headers={"X-API-Key": "key-one"})
+        workflow = started.json()["workflowId"]
+        assert client.get(f"/workflow/{workflow}", headers={"X-API-Key": "key-one"}).status_code == 200
+        for path in (f"/workflow/{workflow}", f"/workflow/{workflow}/events"):
+            assert client.get(path, headers={"X-API-Key": "key-two"}).status_code == 404
+        assert client.post(f"/workflow/{workflow}/cancel", headers={"X-API-Key": "key-two"}).status_code == 404
