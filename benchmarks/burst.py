@@ -37,7 +37,7 @@ import httpx
 
 from benchmarks.common import BENCH_ENV, BODY, percentile
 from devtools.reference_server import service_env
-from devtools.stack import REPO_ROOT, Stack, descendants, free_port, temporary_stack, wait_for_http
+from devtools.stack import REPO_ROOT, Stack, descendants, free_port, parent_pid, temporary_stack, wait_for_http
 
 LATENCY = {"sam3/segment": 1.0, "a100/generate": 3.0, "gemini/generate-content": 2.0}
 GPU_SECONDS = LATENCY["sam3/segment"] + max(LATENCY["a100/generate"], LATENCY["gemini/generate-content"])
@@ -51,6 +51,33 @@ def _pss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+ROLES = (
+    ("-m gateway", "gateway"),
+    ("dagster-webserver", "webserver"),
+    ("dagster-daemon", "daemon"),
+    ("watch_orphans", "orphan watchers"),
+    ("forkserver", "code server forkserver"),
+    ("api grpc", "code server"),
+    ("celery", "celery worker"),
+)
+
+
+def _role(pid: int) -> str:
+    """What a stack process is, from its command line; a process forked from one of the same
+    command line (a run worker forked by the forkserver, a Celery pool child) is `... child`."""
+
+    def cmdline(p: int) -> str:
+        try:
+            return Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+
+    own = cmdline(pid)
+    role = next((name for needle, name in ROLES if needle in own), "other")
+    parent = parent_pid(pid)
+    return f"{role} child" if role != "other" and parent and cmdline(parent) == own else role
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -72,6 +99,7 @@ class MemorySampler:
         self.peak = 0
         self.peak_processes = 0
         self.cpu: dict[int, float] = {}
+        self.roles: dict[int, str] = {}
         self.cpu_roots = roots
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -89,6 +117,8 @@ class MemorySampler:
         while not self._stop.wait(0.25):
             for pid in self.cpu_roots + descendants(self.cpu_roots):
                 self.cpu[pid] = max(self.cpu.get(pid, 0.0), _cpu_seconds(pid))
+                if pid not in self.roles:
+                    self.roles[pid] = _role(pid)
             tick += 1
             if tick % 2:
                 continue
@@ -99,6 +129,14 @@ class MemorySampler:
 
     def cpu_since(self, before: dict[int, float]) -> float:
         return sum(seconds - before.get(pid, 0.0) for pid, seconds in self.cpu.items())
+
+    def cpu_by_role(self, before: dict[int, float]) -> dict[str, float]:
+        """CPU-seconds since `before`, summed by what each process is (`_role`), largest first."""
+        spent: dict[str, float] = {}
+        for pid, seconds in self.cpu.items():
+            role = self.roles.get(pid, "other")
+            spent[role] = spent.get(role, 0.0) + seconds - before.get(pid, 0.0)
+        return dict(sorted(spent.items(), key=lambda item: -item[1]))
 
 
 def burst(stack: Stack, requests: int, window: float) -> dict[str, object]:
@@ -180,6 +218,7 @@ def measure(design: str, base_env: dict[str, str], args: argparse.Namespace) -> 
             result = burst(stack, args.requests, args.window)
             time.sleep(0.6)
             result["cpu"] = memory.cpu_since(before)
+            result["cpu_by_role"] = memory.cpu_by_role(before)
         result["peak"], result["peak_processes"] = memory.peak, memory.peak_processes
     return result
 
@@ -209,7 +248,13 @@ def report(design: str, result: dict[str, object], args: argparse.Namespace) -> 
         f"peak memory of all processes (PSS): {peak / 2**30:.2f} GB over {result['peak_processes']} processes; "
         f"target <= 4 GB: {'meets' if peak <= 4 * 2**30 else 'MISSES'}"
     )
-    print(f"CPU of the stack's processes: {cpu:.0f} s, {cpu / max(1, args.requests):.2f} CPU-seconds per request")
+    accepted = max(1, int(result["accepted"]))  # type: ignore[call-overload]
+    print(f"CPU of the stack's processes: {cpu:.0f} s, {cpu / accepted:.2f} CPU-seconds per accepted request")
+    by_role: dict[str, float] = result["cpu_by_role"]  # type: ignore[assignment]
+    print(
+        "  per request, by process: "
+        + ", ".join(f"{role} {seconds / accepted:.2f}" for role, seconds in by_role.items())
+    )
     statuses: Counter[str] = result["statuses"]  # type: ignore[assignment]
     everyone = result["stuck"] == 0 and result["accepted"] == args.requests and set(statuses) == {"COMPLETED"}
     print(f"every request completed: {'yes' if everyone else 'NO'}")
@@ -258,9 +303,10 @@ def main() -> None:
         print(f"\n{'design':<12} {'total s':>8} {'x bound':>8} {'x ' + first:>12} {'CPU-s/req':>10} {'peak GB':>8}")
         for design, result in results.items():
             total, cpu = float(result["total"]), float(result["cpu"])  # type: ignore[arg-type]
+            accepted = max(1, int(result["accepted"]))  # type: ignore[call-overload]
             print(
                 f"{design:<12} {total:>8.1f} {total / bound:>8.2f} {total / float(results[first]['total']):>12.2f} "  # type: ignore[arg-type]
-                f"{cpu / args.requests:>10.2f} {int(result['peak']) / 2**30:>8.2f}"  # type: ignore[call-overload]
+                f"{cpu / accepted:>10.2f} {int(result['peak']) / 2**30:>8.2f}"  # type: ignore[call-overload]
             )
 
 
