@@ -93,7 +93,7 @@ def test_fuzzing_the_openapi_schema_gives_no_server_error(stack: Stack) -> None:
             modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE] if _has_inputs(operation) else []
             for mode in modes or [GenerationMode.POSITIVE]:
 
-                @settings(max_examples=90, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+                @settings(max_examples=50, deadline=None, database=None, suppress_health_check=list(HealthCheck))
                 @given(case=operation.as_strategy(generation_mode=mode))
                 def send(case: schemathesis.Case) -> None:
                     kwargs = case.as_transport_kwargs(base_url=stack.gateway_url)
@@ -122,5 +122,5 @@ def test_fuzzing_the_openapi_schema_gives_no_server_error(stack: Stack) -> None:
                 send()
     total = sum(statuses.values())
     print(f"fuzz: {total} requests, statuses {dict(sorted(statuses.items()))}")
-    assert total >= 1000, statuses
+    assert total >= 500, statuses  # 50 examples per operation and mode: ~900 requests
     assert not failures, "\n\n".join(list(failures.values())[:8])
