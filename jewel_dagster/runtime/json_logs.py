@@ -46,6 +46,11 @@ class DagsterJsonFormatter(logging.Formatter):
             "step": meta.get("step_key"),
             "event": getattr(getattr(event, "event_type", None), "name", None),  # RUN_START, not PIPELINE_START
         }
+        # A failure event (STEP_FAILURE, RUN_FAILURE) carries its exception as data, not as the
+        # record's exc_info: without it the line says only "An exception was thrown".
+        error = getattr(getattr(event, "event_specific_data", None), "error", None)
+        if error is not None:
+            context["error"] = error.to_string() if hasattr(error, "to_string") else str(error)
         if meta.get("orig_message") is not None:
             record = logging.makeLogRecord({**record.__dict__, "msg": meta["orig_message"], "args": None})
         return json_line(record, context)

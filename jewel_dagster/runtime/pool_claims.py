@@ -20,6 +20,18 @@ tests/unit/test_pool_claim_race.py reproduces it: several processes wait on a ba
 only slot of a fresh pool at the same instant, many trials, on SQLite and PostgreSQL; it asserts
 exactly one claim is granted per trial, and (canary) that Dagster's stock storages do grant it twice.
 
+A pool's first claims on PostgreSQL. The first step to claim a pool with no limit row creates it
+from `concurrency.pools.default_limit` (`SqlEventLogStorage.initialize_concurrency_limit_to_default`):
+an INSERT in a transaction, and on IntegrityError an UPDATE in the same transaction. On PostgreSQL
+the failed INSERT has aborted that transaction, so the UPDATE raises InFailedSqlTransaction and
+the claiming run fails ("An exception was thrown during execution"): two runs reaching their first
+`gpu` step at the same moment on a fresh database (or after the default limit changed) lose one
+of them. Seen in the scale-out test, one run in 8-60 on its fresh database. Our PostgreSQL storage
+inserts with ON CONFLICT DO NOTHING instead and updates only when nothing was inserted, in one
+transaction that never aborts. SQLite rolls back only the failed statement, so its stock method
+stands. tests/unit/test_pool_initialization_race.py: processes initialising a fresh pool at the
+same instant; none may fail and the pool ends with the default's slots (canary: stock fails).
+
 Quick retries. A step of the `gpu` pool that finds both slots taken asks again after 1 s, then ever
 longer, up to 15 s (Dagster's InstanceConcurrencyContext backs off unless the storage names an
 interval). Under a burst the GPU then idles for seconds while steps sleep: measured here, 20
@@ -35,6 +47,12 @@ Private symbols used (checked against dagster 1.13.27):
   the storage's `index_connection()`, an abstract method of that class.
 - `dagster._core.storage.event_log.schema.ConcurrencySlotsTable`: the slot rows (`id`,
   `concurrency_key`, `run_id`, `step_key`, `deleted`).
+- `SqlEventLogStorage.initialize_concurrency_limit_to_default` (public name, private class):
+  overridden for PostgreSQL; ours reads `has_concurrency_limits_table`, `has_default_pool_limit_col`,
+  `has_instance`, `_instance.global_op_concurrency_default_limit`,
+  `_reconcile_concurrency_limits_from_slots()` and `_allocate_concurrency_slots(conn, key, n)` as
+  Dagster's own method does, and `ConcurrencyLimitsTable` (`concurrency_key` unique, `limit`,
+  `using_default_limit`).
 - `dagster._serdes.ConfigurableClassData`: the `from_config_value` signature.
 - `dagster._utils.concurrency.ConcurrencyClaimStatus`: the claim answer, given an interval.
 - `dagster._utils.concurrency.ConcurrencySlotStatus`: what `_claim_concurrency_slot` answers.
@@ -52,13 +70,14 @@ from typing import Any
 
 import dagster as dg
 import sqlalchemy as db
-from dagster._core.storage.event_log.schema import ConcurrencySlotsTable
+from dagster._core.storage.event_log.schema import ConcurrencyLimitsTable, ConcurrencySlotsTable
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._serdes import ConfigurableClassData
 from dagster._utils.concurrency import ConcurrencyClaimStatus, ConcurrencySlotStatus
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_config, pg_url_from_config
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
 
 from jewel_dagster.runtime import claim_sleep
 
@@ -152,6 +171,29 @@ class QuickClaimPostgresEventLogStorage(_QuickRaceFreeClaims, PostgresEventLogSt
     ) -> None:
         super().__init__(*args, **kwargs)
         self._claim_interval = claim_interval_seconds
+
+    def initialize_concurrency_limit_to_default(self, concurrency_key: str) -> bool:
+        """Dagster's method without its abort on PostgreSQL: the row is inserted ON CONFLICT DO
+        NOTHING, so a concurrent first claim of the same pool finds the row instead of failing."""
+        default_limit = self._instance.global_op_concurrency_default_limit if self.has_instance else None
+        if default_limit is None or not self.has_concurrency_limits_table or not self.has_default_pool_limit_col:
+            return super().initialize_concurrency_limit_to_default(concurrency_key)
+        self._reconcile_concurrency_limits_from_slots()
+        limits = ConcurrencyLimitsTable.c
+        with self.index_transaction() as conn:
+            inserted = conn.execute(
+                postgres_insert(ConcurrencyLimitsTable)
+                .values(concurrency_key=concurrency_key, limit=default_limit, using_default_limit=True)
+                .on_conflict_do_nothing(index_elements=[limits.concurrency_key])
+            )
+            if inserted.rowcount == 0:
+                conn.execute(
+                    ConcurrencyLimitsTable.update()
+                    .values(limit=default_limit)
+                    .where(db.and_(limits.concurrency_key == concurrency_key, limits.limit != default_limit))
+                )
+            self._allocate_concurrency_slots(conn, concurrency_key, default_limit)
+        return True
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:

@@ -17,6 +17,11 @@ def measured(context: dg.AssetExecutionContext) -> int:
     return 1
 
 
+@dg.asset
+def broken() -> int:
+    raise ValueError("the photo is upside down")
+
+
 def test_a_runs_lines_carry_its_ids(capsys: pytest.CaptureFixture[str]) -> None:
     job = dg.define_asset_job("logged", selection=[measured], executor_def=dg.in_process_executor)
     defs = dg.Definitions(assets=[measured], jobs=[job], loggers={JSON_LOGGER: json_logger})
@@ -33,3 +38,17 @@ def test_a_runs_lines_carry_its_ids(capsys: pytest.CaptureFixture[str]) -> None:
     assert {("measured", "STEP_START"), ("measured", "STEP_SUCCESS"), (None, "RUN_START")} <= events
     mine = next(line for line in lines if line["message"] == "measuring")
     assert mine["step"] == "measured" and mine["level"] == "INFO" and "event" not in mine
+
+
+def test_a_failure_line_carries_the_exception(capsys: pytest.CaptureFixture[str]) -> None:
+    job = dg.define_asset_job("failing", selection=[broken], executor_def=dg.in_process_executor)
+    defs = dg.Definitions(assets=[broken], jobs=[job], loggers={JSON_LOGGER: json_logger})
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("failing").execute_in_process(
+            instance=instance, run_config=json_logging_run_config(), raise_on_error=False
+        )
+    assert not result.success
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    failed = next(line for line in lines if line.get("event") == "STEP_FAILURE")
+    assert "ValueError: the photo is upside down" in failed["error"]
+    assert all("error" not in line for line in lines if line.get("event") == "STEP_SUCCESS")

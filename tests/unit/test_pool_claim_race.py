@@ -1,7 +1,7 @@
 """A pool slot is granted to one step only, even when several processes claim it at the same instant.
 
-Each trial is a fresh pool of one slot. PROCESSES worker processes (forked from a forkserver that
-has imported Dagster once) wait on a barrier, then all call `claim_concurrency_slot` on that pool;
+Each trial is a fresh pool of one slot. PROCESSES worker processes (tests/support/simultaneous.py)
+wait on a barrier, then all call `claim_concurrency_slot` on that pool;
 the test counts how many were told CLAIMED. Dagster 1.13.27's own storages grant the slot twice in
 a good share of the trials (see jewel_dagster/runtime/pool_claims.py); ours must grant it exactly
 once. The canary tests assert that the stock storages do race here, so a harness that stopped
@@ -10,14 +10,11 @@ reproducing the race (too slow, too serial) fails instead of passing silently.
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
-import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -29,10 +26,10 @@ from jewel_dagster.runtime.pool_claims import (
     SqliteEventLogStorage,
 )
 from tests.support.infra import postgres_database
+from tests.support.simultaneous import at_the_same_instant
 
 PROCESSES = 4
 TRIALS = 30
-DEADLINE_SECONDS = 60.0  # the whole run of trials; a healthy one takes a few seconds
 STEP = "generations"
 
 _STORAGES = {
@@ -53,19 +50,12 @@ class Target:
         return _STORAGES[(self.backend, self.kind)](self.location)
 
 
-def _claimer(target: Target, worker: int, keys: list[str], barrier: threading.Barrier, results: queue.Queue) -> None:
-    """Worker process: claim each pool once, at the barrier, and report what the storage answered."""
-    storage = target.storage()
-    for key in keys:
-        try:
-            barrier.wait(timeout=DEADLINE_SECONDS)
-        except threading.BrokenBarrierError:
-            return
-        try:
-            claimed = storage.claim_concurrency_slot(key, f"run-{worker}", STEP).is_claimed
-            results.put((key, worker, claimed, None))
-        except Exception as exc:  # reported to the test, which fails with it
-            results.put((key, worker, False, repr(exc)))
+def _storage(target: Target, _worker: int) -> SqliteEventLogStorage | PostgresEventLogStorage:
+    return target.storage()
+
+
+def _claim(storage: SqliteEventLogStorage | PostgresEventLogStorage, key: str, worker: int) -> bool:
+    return storage.claim_concurrency_slot(key, f"run-{worker}", STEP).is_claimed
 
 
 def claims_per_trial(target: Target, trials: int = TRIALS, processes: int = PROCESSES) -> list[int]:
@@ -77,36 +67,11 @@ def claims_per_trial(target: Target, trials: int = TRIALS, processes: int = PROC
         setup.set_concurrency_slots(key, 1)
     setup.dispose()
 
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    barrier = context.Barrier(processes)
-    results = context.Queue()
-    workers = [
-        context.Process(target=_claimer, args=(target, worker, keys, barrier, results), daemon=True)
-        for worker in range(processes)
-    ]
-    for process in workers:
-        process.start()
-    deadline = time.monotonic() + DEADLINE_SECONDS
+    outcomes = at_the_same_instant(partial(_storage, target), _claim, keys, processes, preload=__name__)
+    assert [o.error for o in outcomes if o.error] == []
     granted: Counter[str] = Counter()
-    errors = []
-    try:
-        for _ in range(trials * processes):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"claims did not finish within {DEADLINE_SECONDS} s")
-            key, _worker, claimed, error = results.get(timeout=remaining)
-            granted[key] += claimed
-            if error:
-                errors.append(error)
-    finally:
-        barrier.abort()
-        for process in workers:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-    assert errors == []
+    for outcome in outcomes:
+        granted[outcome.key] += bool(outcome.result)
     return [granted[key] for key in keys]
 
 
