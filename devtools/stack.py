@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -184,7 +185,11 @@ class Stack:
             return str(REPO_ROOT / "workspace.yaml")
         workspace = Path(self.env["DAGSTER_HOME"]) / "workspace.yaml"
         entry = {"host": self.host, "port": self.code_server_port, "location_name": "jewel_dagster"}
-        workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": entry}]}))
+        # Written whole or not at all: a daemon restarted a moment before the webserver reads the
+        # file while the webserver's start rewrites it (an empty file failed the daemon's start).
+        written = workspace.with_name(f".{workspace.name}.{os.getpid()}.{threading.get_ident()}")
+        written.write_text(yaml.safe_dump({"load_from": [{"grpc_server": entry}]}))
+        os.replace(written, workspace)
         return str(workspace)
 
     def start_code_server(self, timeout: float = 120.0) -> None:
