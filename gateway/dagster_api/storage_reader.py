@@ -35,6 +35,16 @@ class StorageRunReader:
             raise DagsterUnavailable(f"Dagster's run storage did not answer: {type(exc).__name__}: {exc}") from exc
         return RunInfo(run.run_id, run.job_name, run.status.name, [_step(s) for s in stats], dict(run.tags), end_time)
 
+    def newest_run_id(self, tags: dict[str, str]) -> str | None:
+        """Only the id of the newest run with these tags: one indexed read, no run body, no steps."""
+        from dagster import RunsFilter
+
+        try:
+            ids = self._instance.get_run_ids(filters=RunsFilter(tags=tags), limit=1)
+        except Exception as exc:  # the database is down or locked: as if Dagster did not answer
+            raise DagsterUnavailable(f"Dagster's run storage did not answer: {type(exc).__name__}: {exc}") from exc
+        return ids[0] if ids else None
+
     def close(self) -> None:
         self._instance.dispose()
 

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.models import RunInfo
 from gateway.settings import GatewaySettings
+from jewel_dagster.contract import PARTITION_TAG
 from tests.support.e2e_stack import free_port
 
 RID = "jewelry-gen-00000000-0000-0000-0000-0000000000c1"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
 
 
 class _Clock:
@@ -61,3 +74,74 @@ def test_young_states_are_answered_from_the_cache_final_ones_never(
     # (a generate, a rerun from the UI) at any moment, and this replica would never hear of it.
     history.append(RunInfo("run-2", "jewelry_regenerate", "STARTED"))
     assert dagster.latest_run_cached(RID).status == "STARTED"
+
+
+def test_polls_waiting_on_a_slow_read_share_its_answer() -> None:
+    """20 polls of one workflow arrive together and the read takes longer than the TTL: they
+    share at most two reads (the one in flight when they came, and one asked after they came),
+    where each used to ask again in turn: under 100 pollers GET fell to ~80 answers a second."""
+    settings = GatewaySettings(dagster_port=free_port(), status_cache_seconds=0.25, status_stale_seconds=5.0)
+    dagster = DagsterRuns(settings)
+    reads: list[float] = []
+    release = threading.Event()
+
+    def slow_latest_run(request_id: str) -> RunInfo:
+        reads.append(time.monotonic())
+        release.wait(timeout=10)  # held until every poll is waiting
+        time.sleep(0.3)  # longer than the TTL: the answer is stale by the time it arrives
+        return RunInfo("run-1", "jewelry_generation", "SUCCESS")  # final: never cached by age
+
+    dagster.latest_run = slow_latest_run  # type: ignore[method-assign]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+            polls = [pool.submit(dagster.latest_run_cached, RID) for _ in range(20)]
+            wait_for(lambda: len(reads) >= 1, timeout=10)
+            time.sleep(0.2)  # the other 19 reach the lock
+            release.set()
+            answers = [poll.result(timeout=30) for poll in polls]
+    finally:
+        dagster.close()
+    assert {a.status for a in answers} == {"SUCCESS"}
+    assert len(reads) <= 2, f"{len(reads)} reads for 20 polls that arrived together"
+
+
+@dg.op
+def _step() -> int:
+    return 1
+
+
+@dg.job
+def _ended_job() -> None:
+    _step()
+
+
+def test_an_ended_run_is_answered_without_reading_it_again_until_a_newer_run_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll of an ended workflow reads only the newest run id (a GET of a COMPLETED workflow
+    re-read the run and its steps, ~5 ms of CPU each); a newer run of the request, launched by
+    any replica, is answered at the next poll."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    instance = dg.DagsterInstance.get()
+    first = _ended_job.execute_in_process(instance=instance, tags={PARTITION_TAG: RID}).run_id
+    dagster = DagsterRuns(GatewaySettings(dagster_port=free_port(), status_source="storage"))
+    assert dagster._storage is not None
+    full_reads: list[dict[str, str]] = []
+    read = dagster._storage.runs_tagged
+
+    def counted(tags: dict[str, str], newest: bool = True, with_steps: bool = True) -> RunInfo | None:
+        full_reads.append(tags)
+        return read(tags, newest, with_steps)
+
+    dagster._storage.runs_tagged = counted  # type: ignore[method-assign]
+    try:
+        answers = [dagster.latest_run_cached(RID) for _ in range(6)]
+        assert [(a.run_id, a.status) for a in answers if a] == [(first, "SUCCESS")] * 6
+        assert len(full_reads) == 1, "an ended run is read once"
+        second = _ended_job.execute_in_process(instance=instance, tags={PARTITION_TAG: RID}).run_id
+        newer = dagster.latest_run_cached(RID)
+        assert newer is not None and newer.run_id == second
+    finally:
+        dagster.close()
+        instance.dispose()
