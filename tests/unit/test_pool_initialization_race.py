@@ -24,7 +24,7 @@ from tests.support.infra import postgres_database
 from tests.support.simultaneous import Outcome, at_the_same_instant
 
 PROCESSES = 4
-TRIALS = 15
+TRIALS = 8
 DEFAULT_LIMIT = 2
 _STORAGES = {
     "ours": ("jewel_dagster.runtime.pool_claims", "QuickClaimPostgresEventLogStorage"),
