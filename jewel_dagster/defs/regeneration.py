@@ -93,7 +93,8 @@ def page_requests(
     instance: dg.DagsterInstance, partitions: Sequence[str], flux_version: str, max_attempts: int
 ) -> list[dg.RunRequest]:
     """The re-generation runs a page of partitions needs, in at most five queries."""
-    idle = [p for p in partitions if p not in busy_partitions(instance, partitions)]
+    busy = busy_partitions(instance, partitions)
+    idle = [p for p in partitions if p not in busy]
     made_by = _newest_flux_versions(instance, idle)
     generated = [p for p in idle if p in made_by]  # never generated: nothing to redo
     stale = {p for p in generated if made_by[p] != flux_version}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import dagster as dg
 import pytest
@@ -18,6 +19,7 @@ from jewel_dagster.defs.regeneration import (
     build_regeneration_automation,
     current_flux_version,
     regeneration_requests,
+    sweep_page,
 )
 from jewel_dagster.defs.request_runs import BACKGROUND_TAG
 from jewel_dagster.resources.selection import build_resources
@@ -201,6 +203,26 @@ def test_the_sensor_walks_every_partition_a_page_a_tick_with_bounded_runs() -> N
                 )
                 requested.append(str(request.partition_key))
         assert sorted(requested) == stale  # every partition reached, each once
+
+
+def test_a_page_costs_the_same_queries_whatever_its_size() -> None:
+    """At 100,000s of partitions a tick must stay a few batched queries (issue 17): the
+    question "which of these partitions has a run going" is asked once a page, not once a
+    partition (a tick of 500 took ~8 s on PostgreSQL that way)."""
+    with dg.instance_for_test() as instance:
+        for i in range(40):
+            _generated(instance, f"r{i:02d}", current_flux_version() if i % 2 else "old-model")
+
+        def queries(page_size: int) -> int:
+            with (
+                mock.patch.object(instance, "get_run_records", wraps=instance.get_run_records) as runs,
+                mock.patch.object(instance, "fetch_materializations", wraps=instance.fetch_materializations) as found,
+            ):
+                sweep = sweep_page(instance, None, current_flux_version(), 3, page_size, 1000)
+            assert sweep.partitions_seen == page_size and len(sweep.requests) == page_size // 2
+            return runs.call_count + found.call_count
+
+        assert queries(40) == queries(4) <= 5
 
 
 def test_background_runs_have_their_own_limit_in_every_instance_file() -> None:
