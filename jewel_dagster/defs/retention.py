@@ -133,7 +133,12 @@ def with_pooled_connections(instance: dg.DagsterInstance, work: Callable[[dg.Dag
         return work(instance)
     pooled = dg.DagsterInstance.from_ref(instance.get_ref())
     try:
-        pooled.optimize_for_webserver(statement_timeout=STATEMENT_TIMEOUT_MS, pool_recycle=3600, max_overflow=0)
+        pooled.optimize_for_webserver(
+            # overflow: a storage call may connect again inside another (store_event_batch does)
+            statement_timeout=STATEMENT_TIMEOUT_MS,
+            pool_recycle=3600,
+            max_overflow=2,
+        )
         return work(pooled)
     finally:
         pooled.dispose()  # closes watchers, not the storages' engines: their pools go with the instance
