@@ -445,6 +445,8 @@ class DagsterRuns:
         """The blob path of the request's newest materialization of `asset` (its `path` metadata,
         written by the IO manager); None when it has none (never materialized, or stored before
         materializations named their path)."""
+        if self._storage is not None:
+            return self._storage.newest_texts(request_id, asset).get("path") or None
         data = self._query(_MATERIALIZATION_PATH, {"assetKey": {"path": [asset]}, "partition": request_id})
         found = data["assetOrError"]
         for materialization in found.get("assetMaterializations") or []:
@@ -460,6 +462,10 @@ class DagsterRuns:
         names = list(dict.fromkeys(assets))
         if not names:
             return {}
+        if self._storage is not None:
+            texts = {name: self._storage.newest_texts(request_id, name) for name in names}
+            named = {name: t.get("backend") or t.get("model") for name, t in texts.items()}
+            return {name: backend for name, backend in named.items() if backend}
         fields = "".join(_NEWEST_METADATA.format(alias=f"a{i}", asset=name) for i, name in enumerate(names))
         data = self._query(f"query Backends($partition: String!) {{{fields}\n}}", {"partition": request_id})
         backends = {}

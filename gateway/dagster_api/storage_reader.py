@@ -2,7 +2,8 @@
 
 A GraphQL status query costs the webserver ~20-100 ms of CPU and queues behind launches and
 the UI; the same rows read from the storage (SQLite or PostgreSQL, through Dagster's own
-DagsterInstance API) take a few milliseconds and load nothing but the database. Launches,
+DagsterInstance API) take a few milliseconds and load nothing but the database. The metadata a
+finished request's result names (blob paths, backends) is read the same way. Launches,
 terminations and everything that changes state still go through GraphQL.
 """
 
@@ -44,6 +45,24 @@ class StorageRunReader:
         except Exception as exc:  # the database is down or locked: as if Dagster did not answer
             raise DagsterUnavailable(f"Dagster's run storage did not answer: {type(exc).__name__}: {exc}") from exc
         return ids[0] if ids else None
+
+    def newest_texts(self, request_id: str, asset: str) -> dict[str, str]:
+        """The text metadata (label -> text) of the request's newest materialization of `asset`,
+        empty when it has none: one indexed read, where GraphQL costs the webserver a query."""
+        from dagster import AssetKey, AssetRecordsFilter, TextMetadataValue
+
+        try:
+            found = self._instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[request_id]), limit=1
+            )
+        except Exception as exc:  # the database is down or locked: as if Dagster did not answer
+            raise DagsterUnavailable(f"Dagster's event storage did not answer: {type(exc).__name__}: {exc}") from exc
+        for record in found.records:
+            materialization = record.asset_materialization
+            if materialization is not None:
+                metadata = materialization.metadata.items()
+                return {label: str(value.text) for label, value in metadata if isinstance(value, TextMetadataValue)}
+        return {}
 
     def close(self) -> None:
         self._instance.dispose()
