@@ -14,17 +14,21 @@
   zig-zag between the canvas corners at 300 px, ~2e9 px of painted-area bound; 20,000 points
   over 200 strokes at 1 px). The old version is timed on a prefix of the pathological strokes
   and scaled by segment count (it is linear in segments): 1,830 segments of it take ~3 minutes.
+- event-log previews (`imaging.preview_data_uri`, 11 a request) of the canvas and of a mask,
+  against the same preview resized from every pixel of the canvas (what it did before).
 Prints median and p95 of each, and ratio = baseline median / ours.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import statistics
 import time
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -70,6 +74,18 @@ def _baseline_pipeline(data: bytes) -> bytes:
 def _our_pipeline(data: bytes) -> bytes:
     canvas, _ = imaging.fit_to_canvas(imaging.decode_image(data))
     return imaging.encode_png(canvas)
+
+
+def _full_preview(array: np.ndarray) -> str:
+    """The preview resized from every pixel of the array: `preview_data_uri` before striding."""
+    h, w = array.shape[:2]
+    size = (round(w * 64 / max(h, w)), round(h * 64 / max(h, w)))
+    if array.dtype == bool:
+        grey = cv2.resize(array.astype(np.uint8) * 255, size, interpolation=cv2.INTER_AREA)
+        return base64.b64encode(imaging.encode_stored_png(grey > 127)).decode("ascii")
+    return base64.b64encode(
+        imaging.encode_jpeg(cv2.resize(array, size, interpolation=cv2.INTER_AREA), quality=60)
+    ).decode()
 
 
 def _baseline_metrics(generated: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -195,6 +211,14 @@ def main() -> None:
         _time(lambda: _baseline_metrics(generated, reference), args.repeats),
         0.020,
     )
+    canvas = imaging.decode_image(_our_pipeline(data))
+    for name, array in (("preview of the canvas", canvas), ("preview of a mask", reference)):
+        _report(
+            name,
+            _time(lambda a=array: imaging.preview_data_uri(a), args.repeats),
+            _time(lambda a=array: _full_preview(a), args.repeats),
+            0.005,
+        )
     strokes = _strokes()
     _report(
         "brush refinement (20 strokes)",

@@ -133,12 +133,19 @@ def encode_stored_png(array: np.ndarray, png_filter: PngFilter = "up") -> bytes:
     return buf.getvalue()
 
 
+PREVIEW_OVERSAMPLING = 4
+
+
 def preview_data_uri(array: np.ndarray, max_side: int = 64) -> str:
     """A tiny preview as a data URI, small enough to live in Dagster's event log (it is stored
     there in the step output and the materialization): a mask as a 1-bit PNG (~0.3 KB), an
     image as a low-quality JPEG (~1 KB)."""
     h, w = array.shape[:2]
     size = (max(1, round(w * max_side / max(h, w))), max(1, round(h * max_side / max(h, w))))
+    # Every PREVIEW_OVERSAMPLING-th pixel is still 4x4 samples per preview pixel for INTER_AREA to
+    # average; resizing the whole 5 MP canvas took ~20 ms a preview, 11 previews a request.
+    step = max(1, max(h, w) // (max_side * PREVIEW_OVERSAMPLING))
+    array = array[::step, ::step]
     if array.dtype == bool:
         grey = cv2.resize(array.astype(np.uint8) * 255, size, interpolation=cv2.INTER_AREA)
         return "data:image/png;base64," + base64.b64encode(encode_stored_png(grey > 127)).decode("ascii")

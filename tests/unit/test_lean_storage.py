@@ -63,3 +63,26 @@ def test_masks_are_stored_one_bit_a_pixel_and_every_loader_reads_them(tmp_path: 
     (blob,) = (tmp_path / store.container).rglob("final_mask.png")
     assert Image.open(blob).mode == "1"
     assert np.array_equal(imaging.decode_png(blob.read_bytes()), mask)
+
+
+def _shown(preview: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(preview.split(",", 1)[1]))).convert("L"), np.float32)
+
+
+def test_a_canvas_preview_shows_what_the_whole_canvas_averages_to() -> None:
+    """Previews are made from every few pixels (a full-canvas resize took ~20 ms each, 11 a
+    request): they must still look like the area average of every pixel, fine detail included."""
+    photo, _ = synthetic_ring(imaging.CANVAS_WIDTH, imaging.CANVAS_HEIGHT)
+    yy, xx = np.mgrid[0 : imaging.CANVAS_HEIGHT, 0 : imaging.CANVAS_WIDTH]
+    photo[(yy // 3 + xx // 3) % 2 == 0] //= 2  # a 3 px checkerboard: aliasing would show as stripes
+    mask = np.zeros((imaging.CANVAS_HEIGHT, imaging.CANVAS_WIDTH), bool)
+    cv2.circle(mask.view(np.uint8), (1000, 1300), 300, 1, -1)
+    for array in (photo, mask):
+        preview = _shown(imaging.preview_data_uri(array))
+        h, w = preview.shape
+        source = array.astype(np.uint8) * 255 if array.dtype == bool else cv2.cvtColor(array, cv2.COLOR_RGB2GRAY)
+        expected = cv2.resize(source, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+        if array.dtype == bool:
+            assert np.mean((preview > 127) != (expected > 127)) < 0.01
+        else:
+            assert np.abs(preview - expected).mean() < 6, np.abs(preview - expected).mean()
