@@ -280,6 +280,7 @@ def main() -> None:
             **os.environ, **BENCH_ENV,
             "DAGSTER_HOME": str(root / "dagster_home"), "LOCAL_BLOB_ROOT": str(root / "blobs"),
             "DAGSTER_PG_URL": url, "LOCAL_BACKENDS": "instant", "ALLOW_ANONYMOUS": "true", "RETENTION_DAYS": "0",
+            "STATUS_SOURCE": "storage",  # as docker-compose and make run set it
         }  # fmt: skip
         prepare_dagster_home(env)
         os.environ["DAGSTER_PG_URL"] = env["DAGSTER_PG_URL"]  # the instance here reads the same dagster.yaml
