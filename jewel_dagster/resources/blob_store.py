@@ -73,6 +73,13 @@ def artifact_path(request_id: str, name: str, extension: str, run_id: str | None
     return check_path(f"{request_folder(request_id)}/{run_id}/{name}.{extension}")
 
 
+def jpeg_rendition_path(png_path: str) -> str:
+    """Where the JPEG rendition of a stored PNG artifact lives (contract.JPEG_RENDITION_ASSETS)."""
+    if not png_path.endswith(".png"):
+        raise ForeignUriError(f"only a PNG artifact has a JPEG rendition: {png_path!r}")
+    return check_path(f"{png_path[: -len('.png')]}.jpg")
+
+
 def check_prefix(prefix: str) -> str:
     """A folder prefix: a valid blob path followed by '/', so `requests/a` never matches `requests/ab`."""
     if not prefix.endswith("/"):

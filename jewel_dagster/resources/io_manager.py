@@ -10,7 +10,8 @@ partition (through the instance's public `fetch_materializations`).
 
 Within one run's process the IO manager also keeps the arrays it stored lately (`RecentArrays`,
 `reuse_megabytes`): a step loading what an earlier step of the same process stored gets the
-array back without decoding the PNG. `png_filter` picks the PNG row filter (`imaging.encode_png`).
+array back without decoding the PNG. The generated images are also stored as the JPEG the
+gateway hands out (`contract.JPEG_RENDITION_ASSETS`). `png_filter` picks the PNG row filter (`imaging.encode_png`).
 """
 
 import json
@@ -20,8 +21,9 @@ import dagster as dg
 import numpy as np
 from pydantic import Field, PrivateAttr
 
+from jewel_dagster.contract import JPEG_RENDITION_ASSETS
 from jewel_dagster.resources.array_cache import RecentArrays
-from jewel_dagster.resources.blob_store import BlobStore, artifact_path
+from jewel_dagster.resources.blob_store import BlobStore, artifact_path, jpeg_rendition_path
 from jewel_dagster.vision import imaging
 
 EXTENSIONS = ("png", "json")
@@ -66,6 +68,8 @@ class BlobIOManager(dg.ConfigurableIOManager):
             data, content_type = json.dumps(obj).encode("utf-8"), "application/json"
         path = artifact_path(request_id, name, extension, context.run_id)
         uri = self.blob_store.put(path, data, content_type)
+        if extension == "png" and name in JPEG_RENDITION_ASSETS and obj.ndim == 3:
+            self.blob_store.put(jpeg_rendition_path(path), imaging.encode_jpeg(obj), "image/jpeg")
         recent = self._recent_arrays()
         if recent is not None and isinstance(obj, np.ndarray):
             recent.put(path, obj)  # only once the blob is stored

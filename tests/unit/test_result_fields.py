@@ -84,3 +84,43 @@ def test_the_cli_names_the_backends() -> None:
     line = describe_backends({"backends": {"sam3": "local-grabcut", "flux": "http"}})
     assert line == "backends: sam3=local-grabcut, flux=http"
     assert describe_backends({}) == "backends: not recorded"
+
+
+def test_generated_images_are_answered_from_the_jpeg_their_step_stored(tmp_path: Path) -> None:
+    """The IO manager stores each generated image's JPEG with its PNG; the result hands that
+    JPEG out as it is (no PNG decode and JPEG encode in the gateway, ~0.1 s an image), and
+    images stored before renditions existed are still re-encoded."""
+    import base64
+
+    import dagster as dg
+
+    from jewel_dagster.resources.blob_store import jpeg_rendition_path
+    from jewel_dagster.resources.io_manager import BlobIOManager
+
+    store = LocalBlobStore(root=str(tmp_path), container="jewelry-uploads")
+    _store_generation(store, None)
+    flux = np.random.default_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    manager = BlobIOManager(blob_store=store)
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("requests", [RID])
+        context = dg.build_output_context(
+            asset_key=dg.AssetKey("flux_generation"),
+            partition_key=RID,
+            run_id="run-2",
+            asset_partitions_def=dg.DynamicPartitionsDefinition(name="requests"),
+            instance=instance,
+        )
+        manager.handle_output(context, flux)
+    png = artifact_path(RID, "flux_generation", "png", "run-2")
+    stored = store.get_path(jpeg_rendition_path(png))
+    assert stored == imaging.encode_jpeg(flux)  # what the gateway would have encoded
+
+    reader = ResultReader(store)
+    check = {"passed": True, "status": "SUCCEEDED", "violations": "none"}
+    fresh = reader.result_of(RID, "run-2", "jewelry_generation", lambda _: check)
+    assert base64.b64decode(fresh["flux_result_base64"]) == stored
+    store.put(jpeg_rendition_path(png), b"the stored rendition", "image/jpeg")  # answered as it is
+    again = ResultReader(store).result_of(RID, "run-2", "jewelry_generation", lambda _: check)
+    assert base64.b64decode(again["flux_result_base64"]) == b"the stored rendition"
+    older = ResultReader(store).result_of(RID, "run-1", "jewelry_generation", lambda _: check)  # no rendition
+    assert base64.b64decode(older["flux_result_base64"]) == imaging.encode_jpeg(np.full((32, 24, 3), 200, np.uint8))
