@@ -147,7 +147,11 @@ class DagsterRuns:
         self._ping_lock = threading.Lock()
         self._last_ping: tuple[float, bool] | None = None
         self._contact: tuple[float, bool] | None = None  # (monotonic time, answered) of the last GraphQL call
-        self._storage = StorageRunReader() if settings.status_source == "storage" else None
+        self._storage = (
+            StorageRunReader(int(settings.dagster_timeout_seconds * 1000))
+            if settings.status_source == "storage"
+            else None
+        )
 
     @property
     def _client(self) -> DagsterGraphQLClient:

@@ -109,6 +109,27 @@ def postgres_database() -> Iterator[str]:
         admin.close()
 
 
+def pg_sessions_opened(url: str) -> int:
+    """Sessions PostgreSQL has counted for the database, once every other one has ended (a
+    backend's figures reach the statistics when it exits)."""
+    import psycopg2
+
+    with psycopg2.connect(url, connect_timeout=5) as conn, conn.cursor() as cur:
+        deadline = time.monotonic() + 30
+        while True:
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            others = cur.fetchone()[0]  # type: ignore[index]
+            if others == 0:
+                break
+            assert time.monotonic() < deadline, f"{others} connections to the database stay open"
+            time.sleep(0.1)
+        cur.execute("SELECT pg_stat_force_next_flush(), pg_stat_clear_snapshot()")
+        cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        return int(cur.fetchone()[0])  # type: ignore[index]
+
+
 def redis_url(db: int = 15) -> str:
     """The machine's Redis (127.0.0.1:6379), checked reachable; tests keep their keys unique."""
     try:

@@ -4,7 +4,6 @@ running ones stay; the gateway answers 410 for a removed workflow (404 for one n
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from jewel_dagster.resources.blob_store import LocalBlobStore, tombstone_path
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from tests.support.gateway_client import gateway_with_fake_dagster
-from tests.support.infra import postgres_database
+from tests.support.infra import pg_sessions_opened, postgres_database
 from tests.support.photos import RING_CLICK, synthetic_ring, to_jpeg
 
 FIDELITY = dg.AssetCheckKey(dg.AssetKey(AssetName.FLUX_METRICS), CHECK_NAME)
@@ -147,27 +146,6 @@ def test_get_answers_410_for_a_removed_workflow_and_404_for_one_never_seen(tmp_p
         assert client.get(f"/workflow/{unknown}").status_code == 404
 
 
-def _sessions_opened(url: str) -> int:
-    """Sessions PostgreSQL has counted for the database, once every other one has ended (a
-    backend's figures reach the statistics when it exits)."""
-    import psycopg2
-
-    with psycopg2.connect(url, connect_timeout=5) as conn, conn.cursor() as cur:
-        deadline = time.monotonic() + 30
-        while True:
-            cur.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            others = cur.fetchone()[0]  # type: ignore[index]
-            if others == 0:
-                break
-            assert time.monotonic() < deadline, f"{others} connections to the database stay open"
-            time.sleep(0.1)
-        cur.execute("SELECT pg_stat_force_next_flush(), pg_stat_clear_snapshot()")
-        cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
-        return int(cur.fetchone()[0])  # type: ignore[index]
-
-
 def test_retention_on_postgresql_reuses_its_connections(tmp_path: Path) -> None:
     """Dagster's PostgreSQL storages connect once a call; `delete_run` alone makes ~7 calls.
     Retention keeps a pool instead, so removing many requests costs a handful of sessions."""
@@ -184,9 +162,9 @@ def test_retention_on_postgresql_reuses_its_connections(tmp_path: Path) -> None:
     ):
         for _ in range(requests):
             _light_request(store, instance, _rid(), dg.DagsterRunStatus.SUCCESS)
-        before = _sessions_opened(url)
+        before = pg_sessions_opened(url)
         report = run_retention(instance, store, 1, 100, 365, now=datetime.now(UTC) + timedelta(days=2))
-        opened = _sessions_opened(url) - before
+        opened = pg_sessions_opened(url) - before
     assert report.requests_removed == requests and report.runs_removed == requests
     # Pooled: one a storage and a few for set-up; one a call would be ~7 a request.
     assert opened <= 12, f"{opened} PostgreSQL sessions to remove {requests} requests"
