@@ -104,6 +104,23 @@ SEED_STEP_OF_OP: dict[str, str] = {
     "flux_metrics": "GENERATING_IMAGES",
 }
 
+# Asset -> the seed step that makes it: progress follows the materializations a run reports, so a
+# run of any subset of the assets (a UI "Materialize selected", a re-execution from failure) is
+# placed at the seed steps it actually performs, whatever the Dagster step layout.
+SEED_STEP_OF_ASSET: dict[str, str] = {
+    AssetName.ORIGINAL_IMAGE: "UPLOADING_IMAGE",
+    AssetName.RESIZED_IMAGE: "RESIZING_IMAGE",
+    AssetName.CANVAS_TRANSFORM: "RESIZING_IMAGE",
+    AssetName.ZOOM_CHECK: "CHECKING_ZOOM",
+    AssetName.BACKGROUND_REMOVED_IMAGE: "REMOVING_BACKGROUND",
+    AssetName.JEWELRY_MASK: "GENERATING_MASK",
+    AssetName.REFINED_MASK: "REFINING_MASK",
+    AssetName.FINAL_MASK: "UPLOADING_MASK",
+    AssetName.FLUX_GENERATION: "GENERATING_IMAGES",
+    AssetName.GEMINI_GENERATION: "GENERATING_IMAGES",
+    AssetName.FLUX_METRICS: "GENERATING_IMAGES",
+}
+
 FULL_JOB = "jewelry_generation"
 PREPROCESS_JOB = "jewelry_preprocess"
 GENERATE_JOB = "jewelry_generate"
