@@ -8,7 +8,9 @@ so each `*_URL` setting points at `http://host:port/<prefix>`, and each has `GET
 Knobs model slow and flaky GPU services for tests, benchmarks and docker-compose: a fixed
 latency per endpoint, a random failure rate (503), hanging the next N calls, and rejecting
 calls with a fixed 4xx. They can be changed at run time with `PUT /_knobs`; `GET /_stats`
-counts calls per endpoint so a test can see retries happen.
+counts calls per endpoint so a test can see retries happen, `GET /_stats/wire` the content types
+they came as. Every endpoint speaks both wire modes of `docs/service-contracts.md`: a multipart
+request gets a binary answer, a JSON one a base64 JSON answer.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import base64
 import random
 import threading
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import uvicorn
-from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
 
 from jewel_dagster.resources import wire
 from jewel_dagster.resources.local_services import (
@@ -76,6 +81,7 @@ class ServerState:
     def __init__(self, knobs: Knobs, zoom_threshold: float = 0.25, instant: bool = False) -> None:
         self.lock = threading.Lock()
         self.calls: Counter[str] = Counter()
+        self.wire: dict[str, Counter[str]] = {}
         self.set_knobs(knobs)
         self.manipulator = LocalImageManipulator(zoom_threshold=zoom_threshold)
         self.refiner = LocalMaskRefiner()
@@ -90,6 +96,12 @@ class ServerState:
             self.knobs = knobs
             self.hangs_left = dict(knobs.hang)
             self.rng = random.Random(knobs.seed)
+
+    def count_wire(self, endpoint: str, content_type: str) -> None:
+        """Count what a call came as (request and image-part content types): a test can see
+        that binary mode never sent base64 JSON."""
+        with self.lock:
+            self.wire.setdefault(endpoint, Counter())[content_type] += 1
 
     async def gate(self, endpoint: str) -> None:
         """Apply the knobs to one call: count it, then reject, hang, fail or delay it."""
@@ -111,12 +123,11 @@ class ServerState:
             await asyncio.sleep(delay)
 
 
-class ImageBody(BaseModel):
-    image: str
+class NoFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-class SegmentBody(BaseModel):
-    image: str
+class SegmentFields(NoFields):
     points: list[tuple[float, float]] = Field(min_length=1)
     labels: list[int]
 
@@ -127,23 +138,93 @@ class StrokeBody(BaseModel):
     size: float = Field(gt=0)
 
 
-class RefineBody(BaseModel):
-    mask: str
+class RefineFields(NoFields):
     strokes: list[StrokeBody] = Field(default_factory=list)
 
 
-class GenerateBody(BaseModel):
-    image: str
-    mask: str
+class GenerateFields(NoFields):
     seed: int = 0
     prompt: str = ""
 
 
-def _decode(decode: Any, text: str, field: str) -> Any:
+F = TypeVar("F", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Call(Generic[F]):
+    """One request, whichever wire mode it came in: its images decoded, its other fields."""
+
+    images: dict[str, np.ndarray]
+    fields: F
+    binary: bool
+    accept: str | None
+
+
+async def read_call(
+    request: Request, state: ServerState, endpoint: str, images: dict[str, Any], fields: type[F]
+) -> Call[F]:
+    """Parse a multipart (binary) or JSON (base64) request: `images` maps each image part's
+    name to its decoder. Counts the request's content type, and each image part's, for tests."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    state.count_wire(endpoint, media or "none")
+    raw: dict[str, bytes | str] = {}
+    if media == wire.MULTIPART:
+        form = await request.form(max_files=len(images), max_fields=1, max_part_size=64 * 1024)
+        for name in images:
+            part = form.get(name)
+            if not isinstance(part, UploadFile):
+                raise HTTPException(400, detail=f"{name}: an image file part is required")
+            state.count_wire(endpoint, f"{name}: {part.content_type}")
+            raw[name] = await part.read()
+        text = form.get(wire.FIELDS_PART)
+        if text is not None and not isinstance(text, str):
+            raise HTTPException(400, detail=f"{wire.FIELDS_PART}: must be a JSON part, not a file")
+        parsed = _validate(fields.model_validate_json, text or "{}")
+    elif media == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, detail="the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise HTTPException(400, detail="the body must be a JSON object")
+        for name in images:
+            if not isinstance(body.get(name), str):
+                raise HTTPException(422, detail=f"{name}: a base64 image string is required")
+            raw[name] = body.pop(name)
+        parsed = _validate(fields.model_validate, body)
+    else:
+        raise HTTPException(415, detail=f"send {wire.MULTIPART} (binary) or application/json (base64)")
+    decoded = {name: await run_in_threadpool(_decode, images[name], data, name) for name, data in raw.items()}
+    return Call(decoded, parsed, media == wire.MULTIPART, request.headers.get("accept"))
+
+
+def _validate(validate: Callable[[Any], F], data: Any) -> F:
     try:
-        return decode(text)
+        return validate(data)
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise HTTPException(422, detail=errors) from None
+
+
+def _decode(decode: Any, data: bytes | str, field: str) -> Any:
+    try:
+        return decode(data)
     except ValueError as exc:
         raise HTTPException(400, detail=f"{field}: {exc}") from None
+
+
+async def answer(call: Call[Any], image: np.ndarray, **fields: Any) -> Response | dict[str, Any]:
+    """Answer in the request's mode: the image as the body (the encoding the client accepts)
+    with the other fields in `X-Fields`, or JSON with the image in base64."""
+    if call.binary:
+        data, content_type = await run_in_threadpool(wire.encode_binary, image, wire.accepted_encoding(call.accept))
+        headers = {wire.FIELDS_HEADER: wire.encode_fields(fields)} if fields else None
+        return Response(data, media_type=content_type, headers=headers)
+    name = "mask" if image.dtype == bool else "image"
+    return {name: await run_in_threadpool(wire.encode_array, image), **fields}
+
+
+IMAGE = {"image": wire.decode_image}
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -156,54 +237,56 @@ def create_app(state: ServerState) -> FastAPI:
     for router in (manipulator, birefnet, sam3, a100):
         router.add_api_route("/health", lambda: {"status": "ok"}, methods=["GET"])
 
-    @manipulator.post("/resize")
-    async def resize(body: ImageBody) -> dict[str, Any]:
+    @manipulator.post("/resize", response_model=None)
+    async def resize(request: Request) -> Response | dict[str, Any]:
         await state.gate("image-manipulator/resize")
-        image = _decode(wire.decode_image, body.image, "image")
-        canvas, transform = await run_in_threadpool(state.manipulator.resize_to_canvas, image)
-        return {"image": wire.encode_array(canvas), "transform": transform.to_dict()}
+        call = await read_call(request, state, "image-manipulator/resize", IMAGE, NoFields)
+        canvas, transform = await run_in_threadpool(state.manipulator.resize_to_canvas, call.images["image"])
+        return await answer(call, canvas, transform=transform.to_dict())
 
     @manipulator.post("/zoom-check")
-    async def zoom_check(body: ImageBody) -> dict[str, Any]:
+    async def zoom_check(request: Request) -> dict[str, Any]:
         await state.gate("image-manipulator/zoom-check")
-        image = _decode(wire.decode_image, body.image, "image")
-        return (await run_in_threadpool(state.manipulator.check_zoom, image)).to_dict()
+        call = await read_call(request, state, "image-manipulator/zoom-check", IMAGE, NoFields)
+        return (await run_in_threadpool(state.manipulator.check_zoom, call.images["image"])).to_dict()
 
-    @birefnet.post("/remove-background")
-    async def remove_background(body: ImageBody) -> dict[str, Any]:
+    @birefnet.post("/remove-background", response_model=None)
+    async def remove_background(request: Request) -> Response | dict[str, Any]:
         await state.gate("birefnet/remove-background")
-        image = _decode(wire.decode_image, body.image, "image")
-        return {"image": wire.encode_array(await run_in_threadpool(state.remover.remove_background, image))}
+        call = await read_call(request, state, "birefnet/remove-background", IMAGE, NoFields)
+        return await answer(call, await run_in_threadpool(state.remover.remove_background, call.images["image"]))
 
-    @sam3.post("/segment")
-    async def segment(body: SegmentBody) -> dict[str, Any]:
+    @sam3.post("/segment", response_model=None)
+    async def segment(request: Request) -> Response | dict[str, Any]:
         await state.gate("sam3/segment")
+        call = await read_call(request, state, "sam3/segment", IMAGE, SegmentFields)
+        body = call.fields
         if len(body.labels) != len(body.points) or any(label not in (0, 1) for label in body.labels):
             raise HTTPException(400, detail="labels: one 0/1 label per point")
-        image = _decode(wire.decode_image, body.image, "image")
         points = [PixelPoint(x, y, label) for (x, y), label in zip(body.points, body.labels, strict=True)]
         try:
-            mask = await run_in_threadpool(state.segmenter.segment, image, points)
+            mask = await run_in_threadpool(state.segmenter.segment, call.images["image"], points)
         except ValueError as exc:
             raise HTTPException(400, detail=str(exc)) from None
-        return {"mask": wire.encode_array(mask)}
+        return await answer(call, mask)
 
-    @a100.post("/refine-mask")
-    async def refine_mask(body: RefineBody) -> dict[str, Any]:
+    @a100.post("/refine-mask", response_model=None)
+    async def refine_mask(request: Request) -> Response | dict[str, Any]:
         await state.gate("a100/refine-mask")
-        mask = _decode(wire.decode_mask, body.mask, "mask")
-        strokes = [CanvasStroke(tuple(s.points), s.mode, s.size) for s in body.strokes]  # type: ignore[arg-type]
-        return {"mask": wire.encode_array(await run_in_threadpool(state.refiner.refine, mask, strokes))}
+        call = await read_call(request, state, "a100/refine-mask", {"mask": wire.decode_mask}, RefineFields)
+        strokes = [CanvasStroke(tuple(s.points), s.mode, s.size) for s in call.fields.strokes]  # type: ignore[arg-type]
+        return await answer(call, await run_in_threadpool(state.refiner.refine, call.images["mask"], strokes))
 
-    @a100.post("/generate")
-    async def generate(body: GenerateBody) -> dict[str, Any]:
+    @a100.post("/generate", response_model=None)
+    async def generate(request: Request) -> Response | dict[str, Any]:
         await state.gate("a100/generate")
-        image = _decode(wire.decode_image, body.image, "image")
-        mask = _decode(wire.decode_mask, body.mask, "mask")
+        decoders = {"image": wire.decode_image, "mask": wire.decode_mask}
+        call = await read_call(request, state, "a100/generate", decoders, GenerateFields)
+        image, mask = call.images["image"], call.images["mask"]
         if mask.shape != image.shape[:2]:
             raise HTTPException(400, detail="mask: must have the image's size")
-        result = await run_in_threadpool(state.generator.generate, image, mask, body.seed, body.prompt)
-        return {"image": wire.encode_array(result.image), "model": "reference-" + result.model}
+        result = await run_in_threadpool(state.generator.generate, image, mask, call.fields.seed, call.fields.prompt)
+        return await answer(call, result.image, model="reference-" + result.model)
 
     @app.post("/gemini/{version}/models/{model_call:path}")
     async def gemini_generate_content(version: str, model_call: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -244,10 +327,18 @@ def create_app(state: ServerState) -> FastAPI:
         with state.lock:
             return dict(state.calls)
 
+    @app.get("/_stats/wire")
+    def wire_stats() -> dict[str, dict[str, int]]:
+        """Endpoint -> {content type: calls}: the request's ("multipart/form-data",
+        "application/json") and each image part's ("image: image/bmp")."""
+        with state.lock:
+            return {endpoint: dict(counts) for endpoint, counts in state.wire.items()}
+
     @app.delete("/_stats")
     def reset_stats() -> dict[str, int]:
         with state.lock:
             state.calls.clear()
+            state.wire.clear()
         return {}
 
     return app

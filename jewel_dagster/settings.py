@@ -98,6 +98,12 @@ class PipelineSettings(BaseSettings):
     sam3_url: str | None = None
     a100_server_url: str | None = None
     service_timeout_seconds: float = Field(default=120.0, description="Timeout of one call to a model service.")
+    service_wire: Literal["binary", "json"] = Field(
+        default="binary", description="Images to the model services: binary multipart bodies, or base64 in JSON."
+    )
+    service_image_encoding: Literal["bmp", "png"] = Field(
+        default="bmp", description="Binary wire: RGB images as BMP (fast, 16 MB a canvas) or PNG (small, slow)."
+    )
     gemini_api_key: SecretStr | None = Field(default=None, description="Enables Gemini through google-genai.")
     gemini_model: str = "gemini-2.5-flash-image"
     gemini_base_url: str | None = Field(default=None, description="Override the Gemini API endpoint.")

@@ -8,6 +8,10 @@ does the retrying:
   RetryPolicy retries with exponential backoff and jitter;
 - permanent (any other 4xx, a response we cannot decode) -> `dg.Failure(allow_retries=False)`
   naming the service, the status and the service's message.
+
+Images travel as binary multipart parts and binary answer bodies by default, or as base64 in
+JSON (`wire_mode="json"`, setting `SERVICE_WIRE`) for a service that speaks nothing else (`wire.py`).
+An answer is read by its content type, whichever mode asked for it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 import dagster as dg
 import httpx
+import numpy as np
 from pydantic import PrivateAttr
 
 from jewel_dagster.resources import wire
@@ -39,11 +44,13 @@ class TransientServiceError(Exception):
 
 
 class HttpBackend(ServiceBackend):
-    """Shared plumbing: one pooled httpx client per resource, JSON in and out."""
+    """Shared plumbing: one pooled httpx client per resource, images binary or base64 JSON."""
 
     base_url: str
     timeout_seconds: float = 120.0
     connect_timeout_seconds: float = 5.0
+    wire_mode: wire.WireMode = "binary"
+    image_encoding: wire.ImageEncoding = "bmp"
     _http: httpx.Client | None = PrivateAttr(default=None)
 
     @property
@@ -68,15 +75,31 @@ class HttpBackend(ServiceBackend):
             self._http.close()
             self._http = None
 
-    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """One call, in a client span of the request's trace (an error marks the span failed)."""
-        with self.call_span(f"{self.service_name} POST {path}", **{"jewel.service": self.service_name}):
-            return self._answer(path, payload)
+    def _post(self, path: str, images: dict[str, np.ndarray], fields: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One call, in a client span of the request's trace (an error marks the span failed).
 
-    def _answer(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        Returns the answer's fields; an image answered as the body sits under `wire.BODY` as bytes,
+        one answered in JSON under its field name as base64 text: `wire.decode_*` take either."""
+        with self.call_span(f"{self.service_name} POST {path}", **{"jewel.service": self.service_name}):
+            return self._answer(path, self._request(images, fields or {}))
+
+    def _request(self, images: dict[str, np.ndarray], fields: dict[str, Any]) -> dict[str, Any]:
+        """httpx keyword arguments of one call in this resource's wire mode."""
+        if self.wire_mode == "json":
+            return {"json": {**{name: wire.encode_array(array) for name, array in images.items()}, **fields}}
+        files: dict[str, tuple[str | None, bytes | str, str]] = {}
+        for name, array in images.items():
+            data, content_type = wire.encode_binary(array, self.image_encoding)
+            files[name] = (f"{name}.{content_type.removeprefix('image/')}", data, content_type)
+        if fields:
+            files[wire.FIELDS_PART] = (None, wire.encode_fields(fields), "application/json")
+        accept = f"{wire.CONTENT_TYPES[self.image_encoding]}, image/*;q=0.9, application/json;q=0.5"
+        return {"files": files, "headers": {"Accept": accept}}
+
+    def _answer(self, path: str, request: dict[str, Any]) -> dict[str, Any]:
         where = f"{self.service_name} ({self.base_url.rstrip('/')}{path})"
         try:
-            response = self._client().post(path, json=payload)
+            response = self._client().post(path, **request)
         except httpx.TimeoutException as exc:
             raise TransientServiceError(f"{where} timed out after {self.timeout_seconds} s") from exc
         except httpx.TransportError as exc:
@@ -89,6 +112,8 @@ class HttpBackend(ServiceBackend):
                 allow_retries=False,
             )
         try:
+            if response.headers.get("content-type", "").startswith("image/"):
+                return {**wire.decode_fields(response.headers.get(wire.FIELDS_HEADER)), wire.BODY: response.content}
             body = response.json()
             if not isinstance(body, dict):
                 raise ValueError("the body is not a JSON object")
@@ -97,8 +122,9 @@ class HttpBackend(ServiceBackend):
             raise dg.Failure(description=f"{where} sent an undecodable response: {exc}", allow_retries=False) from exc
 
     def _decode(self, decode: Any, body: dict[str, Any], field: str) -> Any:
+        """A field of the answer; an image field comes from the binary body when there is one."""
         try:
-            return decode(body[field])
+            return decode(body[wire.BODY] if wire.BODY in body and field in ("image", "mask") else body[field])
         except (KeyError, ValueError, TypeError) as exc:
             raise dg.Failure(
                 description=f"{self.service_name} sent an undecodable '{field}': {exc}", allow_retries=False
@@ -117,13 +143,13 @@ def _message(response: httpx.Response) -> str:
 
 class HttpImageManipulator(HttpBackend, ImageManipulator):
     def resize_to_canvas(self, image: RGBImage) -> tuple[RGBImage, CanvasTransform]:
-        body = self._post("/resize", {"image": wire.encode_array(image)})
+        body = self._post("/resize", {"image": image})
         canvas = self._decode(wire.decode_image, body, "image")
         transform = self._decode(CanvasTransform.from_dict, body, "transform")
         return canvas, transform
 
     def check_zoom(self, image: RGBImage) -> ZoomCheck:
-        body = self._post("/zoom-check", {"image": wire.encode_array(image)})
+        body = self._post("/zoom-check", {"image": image})
         try:
             return ZoomCheck(bool(body["needs_background_removal"]), float(body["score"]), float(body["threshold"]))
         except (KeyError, TypeError, ValueError) as exc:
@@ -132,7 +158,7 @@ class HttpImageManipulator(HttpBackend, ImageManipulator):
 
 class HttpBackgroundRemover(HttpBackend, BackgroundRemover):
     def remove_background(self, image: RGBImage) -> RGBImage:
-        body = self._post("/remove-background", {"image": wire.encode_array(image)})
+        body = self._post("/remove-background", {"image": image})
         return self._decode(wire.decode_image, body, "image")
 
 
@@ -140,11 +166,8 @@ class HttpSegmenter(HttpBackend, Segmenter):
     def segment(self, image: RGBImage, points: Sequence[PixelPoint]) -> Mask:
         body = self._post(
             "/segment",
-            {
-                "image": wire.encode_array(image),
-                "points": [[p.x, p.y] for p in points],
-                "labels": [p.label for p in points],
-            },
+            {"image": image},
+            {"points": [[p.x, p.y] for p in points], "labels": [p.label for p in points]},
         )
         return self._decode(wire.decode_mask, body, "mask")
 
@@ -153,18 +176,13 @@ class HttpMaskRefiner(HttpBackend, MaskRefiner):
     def refine(self, mask: Mask, strokes: Sequence[CanvasStroke]) -> Mask:
         body = self._post(
             "/refine-mask",
-            {
-                "mask": wire.encode_array(mask),
-                "strokes": [{"points": [list(p) for p in s.points], "mode": s.mode, "size": s.size} for s in strokes],
-            },
+            {"mask": mask},
+            {"strokes": [{"points": [list(p) for p in s.points], "mode": s.mode, "size": s.size} for s in strokes]},
         )
         return self._decode(wire.decode_mask, body, "mask")
 
 
 class HttpFluxGenerator(HttpBackend, ImageGenerator):
     def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
-        body = self._post(
-            "/generate",
-            {"image": wire.encode_array(image), "mask": wire.encode_array(mask), "seed": seed, "prompt": prompt},
-        )
+        body = self._post("/generate", {"image": image, "mask": mask}, {"seed": seed, "prompt": prompt})
         return Generation(image=self._decode(wire.decode_image, body, "image"), model=str(body.get("model", "flux")))

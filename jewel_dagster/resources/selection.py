@@ -78,7 +78,12 @@ def _gemini(settings: PipelineSettings) -> ImageGenerator:
 
 def build_resources(settings: PipelineSettings) -> dict[str, Any]:
     blob_store = build_blob_store(settings)
-    timeout = settings.service_timeout_seconds
+    # Every HTTP model client: its timeout and how images travel (docs/service-contracts.md).
+    http: dict[str, Any] = {
+        "timeout_seconds": settings.service_timeout_seconds,
+        "wire_mode": settings.service_wire,
+        "image_encoding": settings.service_image_encoding,
+    }
     a100 = settings.a100_server_url
     instant = settings.local_backends == "instant"
     resources = {
@@ -89,27 +94,23 @@ def build_resources(settings: PipelineSettings) -> dict[str, Any]:
             reuse_megabytes=settings.artifact_reuse_megabytes,
         ),
         "image_manipulator": (
-            HttpImageManipulator(base_url=settings.image_manipulator_url, timeout_seconds=timeout)
+            HttpImageManipulator(base_url=settings.image_manipulator_url, **http)
             if settings.image_manipulator_url
             else LocalImageManipulator(zoom_threshold=settings.zoom_threshold)
         ),
         "background_remover": (
-            HttpBackgroundRemover(base_url=settings.birefnet_url, timeout_seconds=timeout)
+            HttpBackgroundRemover(base_url=settings.birefnet_url, **http)
             if settings.birefnet_url
             else LocalBackgroundRemover()
         ),
-        "segmenter": (
-            HttpSegmenter(base_url=settings.sam3_url, timeout_seconds=timeout)
-            if settings.sam3_url
-            else LocalSegmenter()
-        ),
+        "segmenter": (HttpSegmenter(base_url=settings.sam3_url, **http) if settings.sam3_url else LocalSegmenter()),
         "mask_refiner": (
-            HttpMaskRefiner(base_url=a100, timeout_seconds=timeout)
+            HttpMaskRefiner(base_url=a100, **http)
             if a100
             else LocalMaskRefiner(busy_seconds=settings.local_refine_busy_seconds)
         ),
         "flux_generator": (
-            HttpFluxGenerator(base_url=a100, timeout_seconds=timeout)
+            HttpFluxGenerator(base_url=a100, **http)
             if a100
             else LocalStudioGenerator(
                 style="sweep", grow_px=settings.local_flux_grow_px, grow_seeds=settings.local_flux_grow_seeds
