@@ -105,12 +105,14 @@ def gated_proxy(target: str, gated: str) -> Iterator[tuple[str, Gate]]:
             gate.entered.set()
             while not gate.release.is_set():
                 await anyio.sleep(0.05)
-        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.lower() == b"content-type"}
+        # The headers of the service contracts both ways (the binary wire's fields ride in X-Fields).
+        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.lower() in (b"content-type", b"accept")}
         async with httpx.AsyncClient(timeout=600) as http:
             answer = await http.request(scope["method"], f"{target}{scope['path']}", content=body, headers=headers)
         content_type = answer.headers.get("content-type", "application/json").encode()
-        await send({"type": "http.response.start", "status": answer.status_code,
-                    "headers": [(b"content-type", content_type)]})  # fmt: skip
+        passed = [(b"content-type", content_type)]
+        passed += [(b"x-fields", v.encode()) for v in answer.headers.get_list("x-fields")]
+        await send({"type": "http.response.start", "status": answer.status_code, "headers": passed})
         await send({"type": "http.response.body", "body": answer.content})
 
     with app_in_thread(app) as url:

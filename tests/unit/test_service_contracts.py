@@ -92,6 +92,9 @@ def test_http_clients_match_the_local_run_pixel_for_pixel(tmp_path: Any, server:
         assert json.loads(a_doc) == json.loads(b_doc), name
     calls = httpx.get(f"{server}/_stats").json()
     assert calls["sam3/segment"] == 2 and calls["a100/generate"] == 1  # the mask, then the metrics
+    # The default wire is binary: no call of the run went as base64 JSON (tests/unit/test_service_wire.py).
+    received = httpx.get(f"{server}/_stats/wire").json()
+    assert received and all(set(c) & {"multipart/form-data"} and "application/json" not in c for c in received.values())
     # With the real generators elsewhere and no key, Gemini is null, with the reason.
     assert json.loads(remote_store.get_path(stored_path(remote_store, "parity", "gemini_generation", "json"))) is None
     backends = {

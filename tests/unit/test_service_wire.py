@@ -1,0 +1,227 @@
+"""The two wire modes of docs/service-contracts.md: every HTTP client against the reference model
+server in binary (BMP and PNG images) and JSON mode, what each mode puts on the wire, and
+malformed or refused calls on both sides."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dagster as dg
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from devtools.reference_server import Knobs, ServerState, create_app
+from jewel_dagster.resources import wire
+from jewel_dagster.resources.http_services import (
+    HttpBackend,
+    HttpBackgroundRemover,
+    HttpFluxGenerator,
+    HttpImageManipulator,
+    HttpMaskRefiner,
+    HttpSegmenter,
+    TransientServiceError,
+)
+from jewel_dagster.resources.local_services import (
+    InstantBackgroundRemover,
+    InstantGenerator,
+    InstantSegmenter,
+    LocalImageManipulator,
+    LocalMaskRefiner,
+)
+from jewel_dagster.vision import imaging
+from jewel_dagster.vision.classical import PixelPoint
+from jewel_dagster.vision.imaging import CanvasStroke
+from tests.support.photos import coffee_jpeg
+from tests.support.servers import reference_server, set_knobs
+
+MODES = [("binary", "bmp"), ("binary", "png"), ("json", "bmp")]
+IMAGE_ENDPOINTS = (
+    "image-manipulator/resize",
+    "image-manipulator/zoom-check",
+    "birefnet/remove-background",
+    "sam3/segment",
+    "a100/refine-mask",
+    "a100/generate",
+)
+STROKES = [CanvasStroke(((100.0, 100.0), (400.0, 300.0)), "add", 40.0)]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """The reference server with its instant stand-ins: the wire is under test, not the vision."""
+    with reference_server("--instant") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return imaging.decode_image(coffee_jpeg())
+
+
+def _clients(url: str, mode: str, encoding: str) -> dict[str, Any]:
+    config: dict[str, Any] = {"wire_mode": mode, "image_encoding": encoding, "timeout_seconds": 60.0}
+    return {
+        "manipulator": HttpImageManipulator(base_url=f"{url}/image-manipulator", **config),
+        "remover": HttpBackgroundRemover(base_url=f"{url}/birefnet", **config),
+        "segmenter": HttpSegmenter(base_url=f"{url}/sam3", **config),
+        "refiner": HttpMaskRefiner(base_url=f"{url}/a100", **config),
+        "flux": HttpFluxGenerator(base_url=f"{url}/a100", **config),
+    }
+
+
+@pytest.mark.parametrize(("mode", "encoding"), MODES)
+def test_every_client_gives_the_local_pixels_and_sends_what_its_mode_says(
+    server: str, photo: np.ndarray, mode: str, encoding: str
+) -> None:
+    set_knobs(server)
+    http = _clients(server, mode, encoding)
+    canvas, transform = http["manipulator"].resize_to_canvas(photo)
+    local_canvas, local_transform = LocalImageManipulator().resize_to_canvas(photo)
+    assert np.array_equal(canvas, local_canvas) and transform == local_transform
+    assert http["manipulator"].check_zoom(canvas) == LocalImageManipulator().check_zoom(canvas)
+    removed = http["remover"].remove_background(canvas)
+    assert np.array_equal(removed, InstantBackgroundRemover().remove_background(canvas))
+    points = [PixelPoint(900.0, 1200.0, 1), PixelPoint(10.0, 10.0, 0)]
+    mask = http["segmenter"].segment(canvas, points)
+    assert mask.dtype == bool and np.array_equal(mask, InstantSegmenter().segment(canvas, points))
+    refined = http["refiner"].refine(mask, STROKES)
+    assert np.array_equal(refined, LocalMaskRefiner().refine(mask, STROKES))
+    generation = http["flux"].generate(canvas, refined, 3, "studio")
+    assert np.array_equal(generation.image, InstantGenerator().generate(canvas, refined, 3, "studio").image)
+    assert generation.model == "reference-instant"  # a field that rides beside the image
+
+    received = httpx.get(f"{server}/_stats/wire").json()
+    assert set(received) == set(IMAGE_ENDPOINTS)
+    for endpoint, counts in received.items():
+        if mode == "json":
+            assert counts == {"application/json": 1}, endpoint
+            continue
+        # Binary mode never sends JSON: multipart with image parts, masks as PNG, images as asked.
+        assert counts.get("multipart/form-data") == 1 and "application/json" not in counts, (endpoint, counts)
+        parts = {kind: n for kind, n in counts.items() if kind != "multipart/form-data"}
+        expected = {"a100/refine-mask": {"mask: image/png": 1}}.get(endpoint, {f"image: image/{encoding}": 1})
+        if endpoint == "a100/generate":
+            expected = {f"image: image/{encoding}": 1, "mask: image/png": 1}
+        assert parts == expected, endpoint
+
+
+# --------------------------------------------------------------------------- the server's side
+
+
+@pytest.fixture(scope="module")
+def app_client() -> Iterator[TestClient]:
+    with TestClient(create_app(ServerState(Knobs(), instant=True))) as client:
+        yield client
+
+
+def test_a_binary_request_gets_a_binary_answer_in_the_encoding_it_accepts(
+    app_client: TestClient, photo: np.ndarray
+) -> None:
+    data, content_type = wire.encode_binary(photo, "png")
+    for accept, answered in (("image/bmp", "image/bmp"), ("image/png", "image/png"), (None, "image/png")):
+        headers = {"Accept": accept} if accept else {}
+        response = app_client.post(
+            "/image-manipulator/resize", files={"image": ("image.png", data, content_type)}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == answered
+        transform = wire.decode_fields(response.headers[wire.FIELDS_HEADER])["transform"]
+        canvas = wire.decode_image(response.content)
+        assert canvas.shape == (transform["canvas_height"], transform["canvas_width"], 3)
+    # The mask answer of a binary call is a 1-bit PNG.
+    canvas_bmp, _ = wire.encode_binary(canvas, "bmp")
+    fields = wire.encode_fields({"points": [[900, 1200]], "labels": [1]})
+    response = app_client.post(
+        "/sam3/segment",
+        files={"image": ("image.bmp", canvas_bmp, "image/bmp"), "fields": (None, fields, "application/json")},
+    )
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.content[:8] == b"\x89PNG\r\n\x1a\n" and response.content[24] == 1  # bit depth 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        ({"content": b"image", "headers": {"Content-Type": "text/plain"}}, 415, "multipart/form-data"),
+        ({"files": {"other": ("x.png", b"x", "image/png")}}, 400, "image: an image file part is required"),
+        ({"files": {"image": ("x.png", b"not a png", "image/png")}}, 400, "image: "),
+        ({"json": {"image": 3}}, 422, "image: a base64 image string is required"),
+        ({"json": {"image": "%%%"}}, 400, "not base64"),
+        ({"json": [1]}, 400, "JSON object"),
+    ],
+)
+def test_a_malformed_request_is_a_clear_4xx(
+    app_client: TestClient, kwargs: dict[str, Any], status: int, message: str
+) -> None:
+    response = app_client.post("/birefnet/remove-background", **kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+def test_bad_fields_are_a_422_in_both_modes(app_client: TestClient, photo: np.ndarray) -> None:
+    data, content_type = wire.encode_binary(photo, "bmp")
+    bad = {"points": [], "labels": []}
+    binary = app_client.post(
+        "/sam3/segment",
+        files={"image": ("i.bmp", data, content_type), "fields": (None, wire.encode_fields(bad), "application/json")},
+    )
+    as_json = app_client.post("/sam3/segment", json={"image": wire.encode_array(photo), **bad})
+    for response in (binary, as_json):
+        assert response.status_code == 422 and "points" in response.json()["detail"], response.text
+    not_json = app_client.post(
+        "/sam3/segment", files={"image": ("i.bmp", data, content_type), "fields": (None, "{", "application/json")}
+    )
+    assert not_json.status_code == 422 and "json" in not_json.json()["detail"].lower(), not_json.text
+
+
+# --------------------------------------------------------------------------- the client's side
+
+
+def _fake(client: HttpBackend, handler: Callable[[httpx.Request], httpx.Response]) -> HttpBackend:
+    """Route the client's calls to `handler` (httpx's MockTransport): a service answering badly."""
+    client._http = httpx.Client(base_url=client.base_url, transport=httpx.MockTransport(handler))
+    return client
+
+
+def test_a_malformed_binary_answer_is_a_permanent_failure(photo: np.ndarray) -> None:
+    png, _ = wire.encode_binary(photo, "png")
+    answers = {
+        "not an image": httpx.Response(200, content=b"garbage", headers={"content-type": "image/png"}),
+        "fields not JSON": httpx.Response(200, content=png, headers={"content-type": "image/png", "X-Fields": "{"}),
+        "no transform": httpx.Response(200, content=png, headers={"content-type": "image/png"}),
+        "no image": httpx.Response(200, json={"transform": {}}),
+    }
+    messages = {}
+    for name, answer in answers.items():
+        client = _fake(HttpImageManipulator(base_url="http://svc"), lambda request, a=answer: a)
+        with pytest.raises(dg.Failure) as failure:
+            client.resize_to_canvas(photo)
+        assert failure.value.allow_retries is False, name
+        messages[name] = failure.value.description
+    assert "undecodable 'image'" in messages["not an image"]
+    assert "undecodable response" in messages["fields not JSON"]
+    assert "undecodable 'transform'" in messages["no transform"]
+    assert "undecodable 'image'" in messages["no image"]
+
+
+def test_a_binary_call_that_fails_stays_transient_or_permanent(photo: np.ndarray) -> None:
+    seen: list[httpx.Request] = []
+
+    def overloaded(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(503, json={"detail": "busy"})
+
+    with pytest.raises(TransientServiceError, match="503: busy"):
+        _fake(HttpBackgroundRemover(base_url="http://svc"), overloaded).remove_background(photo)
+    assert seen[0].headers["content-type"].startswith("multipart/form-data; boundary=")
+    assert b'name="image"; filename="image.bmp"' in seen[0].content
+    assert b"Content-Type: image/bmp" in seen[0].content
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(415, json={"detail": "JSON only"})
+
+    with pytest.raises(dg.Failure, match="415: JSON only"):
+        _fake(HttpBackgroundRemover(base_url="http://svc"), refused).remove_background(photo)
