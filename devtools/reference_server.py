@@ -31,6 +31,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartParser
 
 from jewel_dagster.resources import wire
 from jewel_dagster.resources.local_services import (
@@ -227,7 +228,13 @@ async def answer(call: Call[Any], image: np.ndarray, **fields: Any) -> Response 
 IMAGE = {"image": wire.decode_image}
 
 
+# A call's images stay in memory: past this size Starlette rolls a file part to a temporary file
+# and then writes it a 64 KB chunk at a time, each through the thread pool (a 16 MB BMP: 250 hops).
+SPOOL_BYTES = 128 * 1024 * 1024
+
+
 def create_app(state: ServerState) -> FastAPI:
+    MultiPartParser.spool_max_size = SPOOL_BYTES  # a public class setting; this process serves only this app
     app = FastAPI(title="jewel-dagster reference model server")
     manipulator = APIRouter(prefix="/image-manipulator")
     birefnet = APIRouter(prefix="/birefnet")

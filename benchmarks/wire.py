@@ -1,0 +1,149 @@
+"""What a model-service call costs on the wire: base64 JSON against binary (PNG and BMP images).
+
+    .venv/bin/python -m benchmarks.wire [--calls 15]
+
+One reference model server (`--instant`: the models cost next to nothing, so what is left is the
+wire) in a subprocess on loopback, and the project's HTTP clients in this process. Each round
+makes one call of each endpoint below in every mode, modes alternating call by call so machine
+load hits them alike:
+- `a100/generate`: canvas + mask in, canvas out (the heaviest call);
+- `sam3/segment`: canvas + points in, mask out;
+- `birefnet/remove-background`: canvas in, canvas out.
+Modes: `json` (base64 PNG in JSON: the baseline), `binary-png`, `binary-bmp` (the default).
+Two canvases (2000x2667, 5.3 MP): the studio sample (samples/ring.jpg on the canvas: flat
+backdrop, PNG makes it ~0.6 MB) and the same with +-3 grey-level noise, as a camera photo's
+sensor noise (PNG ~8.6 MB: lossless compression barely helps).
+
+Prints, per endpoint, canvas and mode: median and p95 of a call's wall time, the client's CPU
+and the server's CPU per call (/proc), the bytes sent + received, and the ratio of each median
+to the JSON baseline's (baseline / mode: above 1 is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from benchmarks.common import REPO_ROOT, percentile
+from jewel_dagster.resources.http_services import HttpBackend, HttpBackgroundRemover, HttpFluxGenerator, HttpSegmenter
+from jewel_dagster.vision import imaging
+from jewel_dagster.vision.classical import PixelPoint
+
+MODES = {"json": ("json", "png"), "binary-png": ("binary", "png"), "binary-bmp": ("binary", "bmp")}
+
+
+def canvases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    photo = imaging.decode_image((REPO_ROOT / "samples" / "ring.jpg").read_bytes())
+    studio, _ = imaging.fit_to_canvas(photo)
+    noise = np.random.default_rng(0).integers(-3, 4, studio.shape)
+    noisy = np.clip(studio.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    mask = np.zeros(studio.shape[:2], dtype=bool)
+    mask[900:1700, 600:1400] = True
+    return {"studio": (studio, mask), "noisy": (noisy, mask)}
+
+
+def server_cpu(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0  # clock ticks, USER_HZ = 100 on Linux
+
+
+def calls(url: str, mode: str, canvas: np.ndarray, mask: np.ndarray) -> dict[str, tuple[Callable[[], int], Callable]]:
+    """Endpoint -> (bytes on the wire so far, one call) in `mode`."""
+    wire_mode, encoding = MODES[mode]
+    config: dict[str, Any] = {"wire_mode": wire_mode, "image_encoding": encoding, "timeout_seconds": 120.0}
+    flux = HttpFluxGenerator(base_url=f"{url}/a100", **config)
+    sam3 = HttpSegmenter(base_url=f"{url}/sam3", **config)
+    birefnet = HttpBackgroundRemover(base_url=f"{url}/birefnet", **config)
+    point = [PixelPoint(1000.0, 1300.0, 1)]
+    return {
+        "a100/generate": (traffic(flux), lambda: flux.generate(canvas, mask, 0, "studio")),
+        "sam3/segment": (traffic(sam3), lambda: sam3.segment(canvas, point)),
+        "birefnet/remove-background": (traffic(birefnet), lambda: birefnet.remove_background(canvas)),
+    }
+
+
+def traffic(client: HttpBackend) -> Callable[[], int]:
+    """Count the bytes a client sends and receives (httpx event hooks on its pooled client)."""
+    total = [0]
+
+    def request(req: httpx.Request) -> None:
+        total[0] += len(req.read())
+
+    def response(resp: httpx.Response) -> None:
+        total[0] += len(resp.read())
+
+    http = client._client()  # benchmarks only: the pooled client the resource made
+    http.event_hooks = {"request": [request], "response": [response]}
+    return lambda: total[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=15)
+    parser.add_argument("--port", type=int, default=9377)
+    args = parser.parse_args()
+    url = f"http://127.0.0.1:{args.port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devtools.reference_server", "--port", str(args.port), "--instant"], cwd=REPO_ROOT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/sam3/health", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        run(url, process.pid, args.calls)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def run(url: str, pid: int, rounds: int) -> None:
+    samples: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+    for canvas_name, (canvas, mask) in canvases().items():
+        per_mode = {mode: calls(url, mode, canvas, mask) for mode in MODES}
+        for _, fn in (c for mode in per_mode.values() for c in mode.values()):
+            fn()  # warm: connection, first allocation
+        for _ in range(rounds):
+            for endpoint in per_mode["json"]:
+                for mode in MODES:
+                    sent, fn = per_mode[mode][endpoint]
+                    wall, cpu, server, before = time.perf_counter(), time.process_time(), server_cpu(pid), sent()
+                    fn()
+                    key = (canvas_name, endpoint, mode)
+                    s = samples.setdefault(key, {"wall": [], "cpu": [], "server": [], "bytes": []})
+                    s["wall"].append(time.perf_counter() - wall)
+                    s["cpu"].append(time.process_time() - cpu)
+                    s["server"].append(server_cpu(pid) - server)
+                    s["bytes"].append(sent() - before)
+        print(f"\n{canvas_name} canvas, {rounds} calls per endpoint and mode")
+        print(f"{'endpoint':28s} {'mode':11s} {'median':>8s} {'p95':>8s} {'client CPU':>10s} "
+              f"{'server CPU':>10s} {'MB':>6s} {'x JSON':>7s}")  # fmt: skip
+        for endpoint in per_mode["json"]:
+            base = statistics.median(samples[(canvas_name, endpoint, "json")]["wall"])
+            for mode in MODES:
+                s = samples[(canvas_name, endpoint, mode)]
+                median = statistics.median(s["wall"])
+                print(
+                    f"{endpoint:28s} {mode:11s} {median * 1000:6.0f}ms {percentile(s['wall'], 95) * 1000:6.0f}ms "
+                    f"{statistics.median(s['cpu']) * 1000:8.0f}ms {statistics.median(s['server']) * 1000:8.0f}ms "
+                    f"{statistics.median(s['bytes']) / 1e6:6.1f} {base / median:6.2f}x"
+                )
+
+
+if __name__ == "__main__":
+    main()
