@@ -31,6 +31,8 @@ from jewel_dagster.resources.local_services import (
     LocalImageManipulator,
     LocalMaskRefiner,
 )
+from jewel_dagster.resources.selection import build_resources
+from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.vision import imaging
 from jewel_dagster.vision.classical import PixelPoint
 from jewel_dagster.vision.imaging import CanvasStroke
@@ -225,3 +227,15 @@ def test_a_binary_call_that_fails_stays_transient_or_permanent(photo: np.ndarray
 
     with pytest.raises(dg.Failure, match="415: JSON only"):
         _fake(HttpBackgroundRemover(base_url="http://svc"), refused).remove_background(photo)
+
+
+def test_the_settings_pick_every_http_clients_wire(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    urls = {name: f"http://127.0.0.1:1/{name}" for name in ("image_manipulator_url", "birefnet_url", "sam3_url")}
+    urls["a100_server_url"] = "http://127.0.0.1:1/a100"
+    http = ("image_manipulator", "background_remover", "segmenter", "mask_refiner", "flux_generator")
+    default = build_resources(PipelineSettings(local_blob_root=str(tmp_path), **urls))
+    assert {(default[name].wire_mode, default[name].image_encoding) for name in http} == {("binary", "bmp")}
+    monkeypatch.setenv("SERVICE_WIRE", "json")
+    monkeypatch.setenv("SERVICE_IMAGE_ENCODING", "png")
+    chosen = build_resources(PipelineSettings(local_blob_root=str(tmp_path), **urls))
+    assert {(chosen[name].wire_mode, chosen[name].image_encoding) for name in http} == {("json", "png")}
