@@ -1,6 +1,6 @@
 """What a model-service call costs on the wire: base64 JSON against binary (PNG and BMP images).
 
-    .venv/bin/python -m benchmarks.wire [--calls 15]
+    .venv/bin/python -m benchmarks.wire [--calls 15] [--requests 0]
 
 One reference model server (`--instant`: the models cost next to nothing, so what is left is the
 wire) in a subprocess on loopback, and the project's HTTP clients in this process. Each round
@@ -17,27 +17,40 @@ sensor noise (PNG ~8.6 MB: lossless compression barely helps).
 Prints, per endpoint, canvas and mode: median and p95 of a call's wall time, the client's CPU
 and the server's CPU per call (/proc), the bytes sent + received, and the ratio of each median
 to the JSON baseline's (baseline / mode: above 1 is faster).
+
+`--requests N` also materializes every asset of a request N times per mode in this process
+(`dg.materialize`, the sample photo, every model service on the reference server): a request's
+wall and CPU time with the wire as its only difference.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import httpx
 import numpy as np
 
 from benchmarks.common import REPO_ROOT, percentile
+from devtools.reference_server import service_env
+from jewel_dagster.defs.assets import ALL_ASSETS
+from jewel_dagster.resources.blob_store import strokes_path
 from jewel_dagster.resources.http_services import HttpBackend, HttpBackgroundRemover, HttpFluxGenerator, HttpSegmenter
+from jewel_dagster.resources.selection import build_resources
+from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.vision import imaging
 from jewel_dagster.vision.classical import PixelPoint
 
+STROKE = {"points": [{"x": 0.2, "y": 0.45}, {"x": 0.3, "y": 0.45}], "mode": "add", "size": 40}
 MODES = {"json": ("json", "png"), "binary-png": ("binary", "png"), "binary-bmp": ("binary", "bmp")}
 
 
@@ -91,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=15)
     parser.add_argument("--port", type=int, default=9377)
+    parser.add_argument("--requests", type=int, default=0, help="whole requests per mode (dg.materialize)")
     args = parser.parse_args()
     url = f"http://127.0.0.1:{args.port}"
     process = subprocess.Popen(
@@ -106,7 +120,10 @@ def main() -> None:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise
                 time.sleep(0.2)
-        run(url, process.pid, args.calls)
+        if args.calls:
+            run(url, process.pid, args.calls)
+        if args.requests:
+            requests(url, process.pid, args.requests)
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -143,6 +160,48 @@ def run(url: str, pid: int, rounds: int) -> None:
                     f"{statistics.median(s['cpu']) * 1000:8.0f}ms {statistics.median(s['server']) * 1000:8.0f}ms "
                     f"{statistics.median(s['bytes']) / 1e6:6.1f} {base / median:6.2f}x"
                 )
+
+
+def requests(url: str, pid: int, rounds: int) -> None:
+    """Whole requests, every asset materialized in this process, modes alternating request by request."""
+    times: dict[str, dict[str, list[float]]] = {mode: {"wall": [], "cpu": [], "server": []} for mode in MODES}
+    with tempfile.TemporaryDirectory() as root, dg.instance_for_test() as instance:
+        for i in range(rounds + 1):  # the first round warms up and is not counted
+            for mode, (wire_mode, encoding) in MODES.items():
+                settings = PipelineSettings(
+                    local_blob_root=root, service_wire=wire_mode, service_image_encoding=encoding,
+                    local_backends="instant", **{k.lower(): v for k, v in service_env(url).items()},
+                )  # fmt: skip
+                resources = build_resources(settings)
+                rid = f"{mode}-{i}"
+                store = resources["blob_store"]
+                upload = store.put(f"requests/{rid}/upload", (REPO_ROOT / "samples" / "ring.jpg").read_bytes())
+                strokes = store.put(strokes_path(rid, "bench"), json.dumps([STROKE]).encode())
+                instance.add_dynamic_partitions("requests", [rid])
+                wall, cpu, server = time.perf_counter(), time.process_time(), server_cpu(pid)
+                result = dg.materialize(
+                    ALL_ASSETS, partition_key=rid, instance=instance, resources=resources,
+                    run_config={"ops": {
+                        "original_image": {"config": {"image_uri": upload}},
+                        "jewelry_mask": {"config": {"points": [{"x": 0.245, "y": 0.467, "label": 1}]}},
+                        "refined_mask": {"config": {"strokes_uri": strokes}},
+                    }},
+                )  # fmt: skip
+                if not result.success:
+                    raise RuntimeError(f"the {mode} request failed")
+                if i:
+                    times[mode]["wall"].append(time.perf_counter() - wall)
+                    times[mode]["cpu"].append(time.process_time() - cpu)
+                    times[mode]["server"].append(server_cpu(pid) - server)
+    print(f"\nwhole requests (studio sample, every service on the reference server), {rounds} per mode")
+    base = statistics.median(times["json"]["wall"])
+    for mode, t in times.items():
+        median = statistics.median(t["wall"])
+        print(
+            f"{mode:11s} median {median:6.2f} s  p95 {percentile(t['wall'], 95):6.2f} s  "
+            f"pipeline CPU {statistics.median(t['cpu']):5.2f} s  server CPU {statistics.median(t['server']):5.2f} s  "
+            f"{base / median:5.2f}x JSON"
+        )
 
 
 if __name__ == "__main__":
