@@ -6,7 +6,10 @@ Instant local backends, so what is timed is Dagster and the gateway. Runs the sa
 requests against two stacks started here, one after the other:
 - stock: Dagster's default queue settings (polled every 5 s) and its default multiprocess
   executor (a process per step);
-- ours: the project's dagster.yaml (queue polled every 1 s, threads) and the in-process executor.
+- ours: the project's dagster.yaml (queue dequeued when a run is queued or ends, threads) and
+  the in-process executor.
+- ours, polled queue: ours, but Dagster's coordinator: the queue is dequeued at its 1 s poll
+  (RUN_QUEUE=polled).
 - ours, celery worker: ours, but runs go through Redis to one Celery worker (RUN_LAUNCHER=celery).
 - ours, spawned workers: ours, but the run worker is spawned (fresh interpreter, imports) as
   stock Dagster does, instead of forked from the warm code server (CODE_SERVER=managed).
@@ -37,6 +40,8 @@ SETUPS = {
     "stock": {**COMMON, "DAGSTER_STOCK_SETTINGS": "true", "JOB_EXECUTOR": "multiprocess", "CODE_SERVER": "managed"},
     "ours, spawned workers": {**COMMON, "CODE_SERVER": "managed"},
     "ours, stock artifacts": {**COMMON, "ARTIFACT_PNG_FILTER": "adaptive", "ARTIFACT_REUSE_MEGABYTES": "0"},
+    # ours, but the queue dequeued at the daemon's 1 s poll only (Dagster's coordinator).
+    "ours, polled queue": {**COMMON, "RUN_QUEUE": "polled"},
     "ours": COMMON,
     # Scale-out: the run goes through Redis to a Celery worker (forked pool child, imports paid once).
     "ours, celery worker": {

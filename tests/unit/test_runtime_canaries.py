@@ -5,12 +5,15 @@
   tests/unit/test_pool_claim_race.py (a slot is granted once).
 - warm_code_server.py: tests/e2e/test_warm_code_server.py (run workers forked, not spawned).
 - json_logs.py: tests/unit/test_json_logs.py (a run's JSON lines carry its ids).
+- prompt_queue.py: here (the daemon factory builds our queue loop; `dagster-daemon` is the CLI we
+  wrap) and tests/unit/test_prompt_queue.py (the loop runs Dagster's iteration, woken).
 """
 
 # No `from __future__ import annotations` here: Dagster reads the asset's annotations at run time.
 from collections.abc import Iterator
 
 import dagster as dg
+import pytest
 
 from jewel_dagster.runtime.check_history import failed_partitions, newest_check_failed
 
@@ -61,3 +64,39 @@ def test_newest_check_failed_reads_the_newest_result_of_that_partition() -> None
         assert failed_partitions(instance, CHECK, list(PARTITIONS.get_partition_keys())) == {"fails", "passes"}
         assert failed_partitions(instance, CHECK, ["fails", "recovers"]) == {"fails"}
         assert failed_partitions(instance, CHECK, []) == set()
+
+
+def test_the_daemon_factory_builds_the_prompt_queue_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import entry_points
+
+    from dagster._daemon import controller
+
+    from jewel_dagster.runtime.prompt_queue import PromptRunQueueDaemon, install
+    from jewel_dagster.runtime.queue_wake import wake_address
+
+    # What we wrap: the console script `dagster-daemon`, and the factory looked up by name.
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "dagster-daemon"]
+    assert script.value == "dagster._daemon.cli:main"
+    monkeypatch.setattr(controller, "create_daemon_of_type", controller.create_daemon_of_type)
+    install()
+    coordinator = {
+        "module": "jewel_dagster.runtime.prompt_queue",
+        "class": "PromptQueuedRunCoordinator",
+        "config": {"dequeue_interval_seconds": 3},
+    }
+    with dg.instance_for_test(overrides={"run_coordinator": coordinator}) as instance:
+        daemons = {d.daemon_type(): d for d in controller.create_daemons_from_instance(instance)}
+        queue = daemons["QUEUED_RUN_COORDINATOR"]
+        assert isinstance(queue, PromptRunQueueDaemon)
+        assert queue.interval_seconds == 3 and queue._address == wake_address(instance)
+    with dg.instance_for_test(
+        overrides={
+            "run_coordinator": {
+                **coordinator,
+                "module": "dagster.core.run_coordinator",
+                "class": "QueuedRunCoordinator",
+            }
+        }
+    ) as instance:
+        daemons = {d.daemon_type(): d for d in controller.create_daemons_from_instance(instance)}
+        assert type(daemons["QUEUED_RUN_COORDINATOR"]).__name__ == "QueuedRunCoordinatorDaemon"  # stock stays stock
