@@ -30,7 +30,7 @@ tests/unit/test_runtime_canaries.py:
 - `dagster._daemon.daemon.SpanMarker` (START_SPAN / END_SPAN yielded around an iteration, as
   `IntervalDaemon.core_loop` does).
 - `dagster._daemon.controller.create_daemon_of_type(daemon_type, instance)`, looked up by name by
-  `create_daemons_from_instance`.
+  `create_daemons_from_instance(instance)`.
 - `dagster._daemon.cli.main`, the `dagster-daemon` command.
 - `dagster._utils.error.serializable_error_info_from_exc_info`.
 """
@@ -106,7 +106,7 @@ class PromptRunQueueDaemon(QueuedRunCoordinatorDaemon):
 
     def __init__(self, interval_seconds: float, address: str) -> None:
         super().__init__(interval_seconds)
-        self._address = address
+        self.address = address
         self._waker: _Waker | None = None
         self.begun = 0
         self.iterations = 0
@@ -116,7 +116,7 @@ class PromptRunQueueDaemon(QueuedRunCoordinatorDaemon):
     def _listen(self) -> _Waker | None:
         if self._waker is None:
             try:
-                self._waker = _Waker(self._address)
+                self._waker = _Waker(self.address)
             except OSError as exc:  # another daemon of this instance holds it: poll as Dagster does
                 self._logger.warning("run queue wake-up unavailable (%s); dequeuing at the poll only", exc)
         return self._waker
@@ -158,14 +158,18 @@ class PromptRunQueueDaemon(QueuedRunCoordinatorDaemon):
             yield None
 
 
-def install() -> None:
+def install() -> Callable[[], None]:
     """Make Dagster's daemon factory build `PromptRunQueueDaemon` for a `PromptQueuedRunCoordinator`
-    (any other coordinator keeps Dagster's daemon)."""
+    (any other coordinator keeps Dagster's daemon); returns what undoes it (for tests)."""
     from dagster._daemon import controller
 
     stock: Callable[[str, dg.DagsterInstance], Any] = controller.create_daemon_of_type
+
+    def undo() -> None:
+        controller.create_daemon_of_type = stock
+
     if getattr(stock, "jewel_prompt_queue", False):
-        return
+        return undo
 
     def create_daemon_of_type(daemon_type: str, instance: dg.DagsterInstance) -> Any:
         coordinator = instance.run_coordinator
@@ -177,6 +181,21 @@ def install() -> None:
 
     create_daemon_of_type.jewel_prompt_queue = True  # type: ignore[attr-defined]
     controller.create_daemon_of_type = create_daemon_of_type
+    return undo
+
+
+def queue_daemon(instance: dg.DagsterInstance) -> QueuedRunCoordinatorDaemon:
+    """The queue loop `dagster-daemon` builds for `instance`, through Dagster's own
+    `create_daemons_from_instance` (the canary's view of what `install` changed)."""
+    from dagster._daemon import controller
+
+    (daemon,) = [
+        d
+        for d in controller.create_daemons_from_instance(instance)
+        if d.daemon_type() == QueuedRunCoordinatorDaemon.daemon_type()
+    ]
+    assert isinstance(daemon, QueuedRunCoordinatorDaemon)
+    return daemon
 
 
 def main() -> None:

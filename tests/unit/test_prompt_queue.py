@@ -6,6 +6,7 @@ a 60 s poll interval: a run that starts within the test's deadline was started b
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -17,7 +18,6 @@ from typing import Any
 from unittest import mock
 
 import dagster as dg
-from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 
 from jewel_dagster.defs.request_runs import BACKGROUND_TAG
 from jewel_dagster.runtime.prompt_queue import PromptQueuedRunCoordinator, PromptRunQueueDaemon, _Waker
@@ -27,6 +27,13 @@ POLL_SECONDS = 60  # far beyond every deadline below: only a wake can explain a 
 DEADLINE_SECONDS = 20.0  # generous: the machine is shared and loaded
 
 
+class LaunchNothing(dg.DefaultRunLauncher):
+    """A launcher that starts no worker: a launched run stays STARTING (in progress)."""
+
+    def launch_run(self, context: Any) -> None:
+        pass
+
+
 def _instance_overrides(max_runs: int) -> dict[str, Any]:
     return {
         "run_coordinator": {
@@ -34,8 +41,7 @@ def _instance_overrides(max_runs: int) -> dict[str, Any]:
             "class": "PromptQueuedRunCoordinator",
             "config": {"dequeue_interval_seconds": POLL_SECONDS, "dequeue_use_threads": True},
         },
-        # Dagster's test launcher: records the run, which stays STARTING (in progress).
-        "run_launcher": {"module": "dagster._core.test_utils", "class": "MockedRunLauncher"},
+        "run_launcher": {"module": __name__, "class": "LaunchNothing"},
         "concurrency": {
             "runs": {
                 "max_concurrent_runs": max_runs,
@@ -63,7 +69,7 @@ def _queue(max_runs: int) -> Iterator[tuple[dg.DagsterInstance, PromptRunQueueDa
 
         def loop() -> None:
             with daemon:
-                steps = daemon.core_loop(context, stop)  # type: ignore[arg-type]
+                steps = daemon.core_loop(context, stop)
                 while not stop.is_set():
                     next(steps)
 
@@ -77,20 +83,37 @@ def _queue(max_runs: int) -> Iterator[tuple[dg.DagsterInstance, PromptRunQueueDa
             thread.join(timeout=10)
 
 
+def _origin(job_name: str) -> Any:
+    """A launched run's code location origin, as Dagster stores it in the run (a queued run needs
+    one; the classes are private, their stored form is not)."""
+    location = {"__class__": "RegisteredRepositoryLocationOrigin", "location_name": "jewel_dagster.definitions"}
+    repository = {
+        "__class__": "ExternalRepositoryOrigin",
+        "repository_location_origin": location,
+        "repository_name": "__repository__",
+    }
+    stored = {
+        "__class__": "ExternalPipelineOrigin",
+        "external_repository_origin": repository,
+        "pipeline_name": job_name,
+    }
+    return dg.deserialize_value(json.dumps(stored))
+
+
 def _submit(instance: dg.DagsterInstance, name: str, tags: dict[str, str] | None = None) -> str:
-    """A run as a launch creates it (with its code location's origin), then submitted."""
-    location = RegisteredCodeLocationOrigin(location_name="jewel_dagster.definitions")
-    origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), name)
+    """A run submitted as a launch submits it: created NOT_STARTED, then the coordinator's
+    `submit_run` (Dagster's enqueue, then our wake)."""
     run = instance.add_run(
         dg.DagsterRun(
             job_name=name,
             run_id=uuid.uuid4().hex,
             status=dg.DagsterRunStatus.NOT_STARTED,
             tags=tags or {},
-            remote_job_origin=origin,
+            remote_job_origin=_origin(name),
         )
     )
-    instance.run_coordinator.submit_run(dg.SubmitRunContext(run, workspace=mock.Mock()))
+    submitted = instance.run_coordinator.submit_run(dg.SubmitRunContext(run, workspace=mock.Mock()))
+    assert submitted.status == dg.DagsterRunStatus.QUEUED
     return run.run_id
 
 

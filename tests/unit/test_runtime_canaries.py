@@ -13,7 +13,6 @@
 from collections.abc import Iterator
 
 import dagster as dg
-import pytest
 
 from jewel_dagster.runtime.check_history import failed_partitions, newest_check_failed
 
@@ -66,37 +65,30 @@ def test_newest_check_failed_reads_the_newest_result_of_that_partition() -> None
         assert failed_partitions(instance, CHECK, []) == set()
 
 
-def test_the_daemon_factory_builds_the_prompt_queue_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_daemon_factory_builds_the_prompt_queue_loop() -> None:
     from importlib.metadata import entry_points
 
-    from dagster._daemon import controller
-
-    from jewel_dagster.runtime.prompt_queue import PromptRunQueueDaemon, install
+    from jewel_dagster.runtime import prompt_queue
     from jewel_dagster.runtime.queue_wake import wake_address
 
-    # What we wrap: the console script `dagster-daemon`, and the factory looked up by name.
+    # What we wrap: the console script `dagster-daemon`; install() patches the factory it uses.
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "dagster-daemon"]
     assert script.value == "dagster._daemon.cli:main"
-    monkeypatch.setattr(controller, "create_daemon_of_type", controller.create_daemon_of_type)
-    install()
     coordinator = {
         "module": "jewel_dagster.runtime.prompt_queue",
         "class": "PromptQueuedRunCoordinator",
         "config": {"dequeue_interval_seconds": 3},
     }
+    stock = {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}
     with dg.instance_for_test(overrides={"run_coordinator": coordinator}) as instance:
-        daemons = {d.daemon_type(): d for d in controller.create_daemons_from_instance(instance)}
-        queue = daemons["QUEUED_RUN_COORDINATOR"]
-        assert isinstance(queue, PromptRunQueueDaemon)
-        assert queue.interval_seconds == 3 and queue._address == wake_address(instance)
-    with dg.instance_for_test(
-        overrides={
-            "run_coordinator": {
-                **coordinator,
-                "module": "dagster.core.run_coordinator",
-                "class": "QueuedRunCoordinator",
-            }
-        }
-    ) as instance:
-        daemons = {d.daemon_type(): d for d in controller.create_daemons_from_instance(instance)}
-        assert type(daemons["QUEUED_RUN_COORDINATOR"]).__name__ == "QueuedRunCoordinatorDaemon"  # stock stays stock
+        assert type(prompt_queue.queue_daemon(instance)).__name__ == "QueuedRunCoordinatorDaemon"  # before
+        undo = prompt_queue.install()
+        try:
+            queue = prompt_queue.queue_daemon(instance)
+            assert isinstance(queue, prompt_queue.PromptRunQueueDaemon)
+            assert queue.interval_seconds == 3 and queue.address == wake_address(instance)
+            with dg.instance_for_test(overrides={"run_coordinator": stock}) as other:
+                assert type(prompt_queue.queue_daemon(other)).__name__ == "QueuedRunCoordinatorDaemon"
+        finally:
+            undo()
+        assert type(prompt_queue.queue_daemon(instance)).__name__ == "QueuedRunCoordinatorDaemon"
