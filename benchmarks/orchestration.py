@@ -62,7 +62,16 @@ query Times($tag: String!) {
     ... on Runs { results { creationTime startTime endTime } }
   }
 }"""
-PHASES = ("start call", "launch -> RUN_START", "RUN_START -> end", "end -> GET COMPLETED")
+PHASES = (
+    "start call",
+    "launch -> RUN_START",
+    # launch -> RUN_START in two: the gateway's launch off the call (partition, launchRun), then
+    # the run's queue wait and its worker's start.
+    "  of which answered -> run created",
+    "  of which run created -> RUN_START",
+    "RUN_START -> end",
+    "end -> GET COMPLETED",
+)
 
 
 def measure(env: dict[str, str], requests: int) -> tuple[list[float], dict[str, list[float]]]:
@@ -85,7 +94,10 @@ def measure(env: dict[str, str], requests: int) -> tuple[list[float], dict[str, 
                     f"{stack.dagster_url}/graphql", json={"query": _RUN_TIMES, "variables": {"tag": workflow}}
                 ).json()["data"]["runsOrError"]["results"][0]
                 phases["start call"].append(posted - start)
-                phases["launch -> RUN_START"].append(times["startTime"] - (start_wall + posted - start))
+                answered_wall = start_wall + posted - start
+                phases["launch -> RUN_START"].append(times["startTime"] - answered_wall)
+                phases["  of which answered -> run created"].append(times["creationTime"] - answered_wall)
+                phases["  of which run created -> RUN_START"].append(times["startTime"] - times["creationTime"])
                 phases["RUN_START -> end"].append(times["endTime"] - times["startTime"])
                 phases["end -> GET COMPLETED"].append(seen_wall - times["endTime"])
     return samples, phases

@@ -28,7 +28,7 @@ tests/unit/test_runtime_canaries.py:
   `__init__(interval_seconds)`, `run_iteration(workspace_process_context)`, `interval_seconds`,
   `_logger`, and its `daemon_type()` "QUEUED_RUN_COORDINATOR".
 - `dagster._daemon.daemon.SpanMarker` (START_SPAN / END_SPAN yielded around an iteration, as
-  `IntervalDaemon.core_loop` does).
+  `IntervalDaemon.core_loop` does), `DaemonIterator` and `DagsterDaemon` (types).
 - `dagster._daemon.controller.create_daemon_of_type(daemon_type, instance)`, looked up by name by
   `create_daemons_from_instance(instance)`.
 - `dagster._daemon.cli.main`, the `dagster-daemon` command.
@@ -47,7 +47,7 @@ from threading import Event
 from typing import Any
 
 import dagster as dg
-from dagster._daemon.daemon import DaemonIterator, SpanMarker
+from dagster._daemon.daemon import DaemonIterator, DagsterDaemon, SpanMarker
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 from dagster._utils.error import serializable_error_info_from_exc_info
 
@@ -163,7 +163,7 @@ def install() -> Callable[[], None]:
     (any other coordinator keeps Dagster's daemon); returns what undoes it (for tests)."""
     from dagster._daemon import controller
 
-    stock: Callable[[str, dg.DagsterInstance], Any] = controller.create_daemon_of_type
+    stock = controller.create_daemon_of_type
 
     def undo() -> None:
         controller.create_daemon_of_type = stock
@@ -171,7 +171,7 @@ def install() -> Callable[[], None]:
     if getattr(stock, "jewel_prompt_queue", False):
         return undo
 
-    def create_daemon_of_type(daemon_type: str, instance: dg.DagsterInstance) -> Any:
+    def create_daemon_of_type(daemon_type: str, instance: dg.DagsterInstance) -> DagsterDaemon[Any]:
         coordinator = instance.run_coordinator
         if daemon_type == QueuedRunCoordinatorDaemon.daemon_type() and isinstance(
             coordinator, PromptQueuedRunCoordinator
