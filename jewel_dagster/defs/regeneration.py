@@ -159,9 +159,7 @@ def sweep_page(
         # Dagster's cursor is the storage id of a page's last row: the page that ends at the last
         # requested partition (the same first rows, in id order) gives the cursor past it.
         last = page.results.index(str(requests[-1].partition_key))
-        head = instance.get_paginated_dynamic_partitions(
-            PARTITIONS_NAME, limit=last + 1, ascending=True, cursor=cursor
-        )
+        head = instance.get_paginated_dynamic_partitions(PARTITIONS_NAME, limit=last + 1, ascending=True, cursor=cursor)
         return Sweep(requests, head.cursor, len(page.results))
     return Sweep(requests, page.cursor if page.has_more else None, len(page.results))
 
