@@ -406,6 +406,8 @@ def prepare_dagster_home(env: dict[str, str]) -> None:
     if stock or env.get("RUN_QUEUE") == "polled":
         # Dagster's own coordinator (the daemon then dequeues at its poll only): the baseline.
         config["run_coordinator"].update(module="dagster.core.run_coordinator", **{"class": "QueuedRunCoordinator"})
+    if env.get("RUN_QUEUE_POLL_SECONDS"):  # tests: a poll too slow to be what starts a run
+        config["run_coordinator"]["config"]["dequeue_interval_seconds"] = int(env["RUN_QUEUE_POLL_SECONDS"])
     uses_azure = env.get("AZURE_STORAGE_CONNECTION_STRING") or (
         env.get("AZURE_ACCOUNT_NAME") and env.get("AZURE_ACCOUNT_KEY")
     )

@@ -207,4 +207,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as `python -m`, this file is `__main__`: the coordinator class the instance loads from
+    # dagster.yaml is the one in `jewel_dagster.runtime.prompt_queue`, so install from there (else
+    # the isinstance check in the factory never holds and Dagster's polling loop runs).
+    from jewel_dagster.runtime.prompt_queue import main as installed_main
+
+    installed_main()
