@@ -57,6 +57,7 @@ ROLES = (
     ("-m gateway", "gateway"),
     ("dagster-webserver", "webserver"),
     ("dagster-daemon", "daemon"),
+    ("runtime.prompt_queue", "daemon"),
     ("watch_orphans", "orphan watchers"),
     ("forkserver", "code server forkserver"),
     ("api grpc", "code server"),

@@ -6,7 +6,10 @@ Instant local backends, so what is timed is Dagster and the gateway. Runs the sa
 requests against two stacks started here, one after the other:
 - stock: Dagster's default queue settings (polled every 5 s) and its default multiprocess
   executor (a process per step);
-- ours: the project's dagster.yaml (queue polled every 1 s, threads) and the in-process executor.
+- ours: the project's dagster.yaml (queue dequeued when a run is queued or ends, threads) and
+  the in-process executor.
+- ours, polled queue: ours, but Dagster's coordinator: the queue is dequeued at its 1 s poll
+  (RUN_QUEUE=polled).
 - ours, celery worker: ours, but runs go through Redis to one Celery worker (RUN_LAUNCHER=celery).
 - ours, spawned workers: ours, but the run worker is spawned (fresh interpreter, imports) as
   stock Dagster does, instead of forked from the warm code server (CODE_SERVER=managed).
@@ -37,6 +40,8 @@ SETUPS = {
     "stock": {**COMMON, "DAGSTER_STOCK_SETTINGS": "true", "JOB_EXECUTOR": "multiprocess", "CODE_SERVER": "managed"},
     "ours, spawned workers": {**COMMON, "CODE_SERVER": "managed"},
     "ours, stock artifacts": {**COMMON, "ARTIFACT_PNG_FILTER": "adaptive", "ARTIFACT_REUSE_MEGABYTES": "0"},
+    # ours, but the queue dequeued at the daemon's 1 s poll only (Dagster's coordinator).
+    "ours, polled queue": {**COMMON, "RUN_QUEUE": "polled"},
     "ours": COMMON,
     # Scale-out: the run goes through Redis to a Celery worker (forked pool child, imports paid once).
     "ours, celery worker": {
@@ -57,7 +62,16 @@ query Times($tag: String!) {
     ... on Runs { results { creationTime startTime endTime } }
   }
 }"""
-PHASES = ("start call", "launch -> RUN_START", "RUN_START -> end", "end -> GET COMPLETED")
+PHASES = (
+    "start call",
+    "launch -> RUN_START",
+    # launch -> RUN_START in two: the gateway's launch off the call (partition, launchRun), then
+    # the run's queue wait and its worker's start.
+    "  of which answered -> run created",
+    "  of which run created -> RUN_START",
+    "RUN_START -> end",
+    "end -> GET COMPLETED",
+)
 
 
 def measure(env: dict[str, str], requests: int) -> tuple[list[float], dict[str, list[float]]]:
@@ -80,7 +94,10 @@ def measure(env: dict[str, str], requests: int) -> tuple[list[float], dict[str, 
                     f"{stack.dagster_url}/graphql", json={"query": _RUN_TIMES, "variables": {"tag": workflow}}
                 ).json()["data"]["runsOrError"]["results"][0]
                 phases["start call"].append(posted - start)
-                phases["launch -> RUN_START"].append(times["startTime"] - (start_wall + posted - start))
+                answered_wall = start_wall + posted - start
+                phases["launch -> RUN_START"].append(times["startTime"] - answered_wall)
+                phases["  of which answered -> run created"].append(times["creationTime"] - answered_wall)
+                phases["  of which run created -> RUN_START"].append(times["startTime"] - times["creationTime"])
                 phases["RUN_START -> end"].append(times["endTime"] - times["startTime"])
                 phases["end -> GET COMPLETED"].append(seen_wall - times["endTime"])
     return samples, phases

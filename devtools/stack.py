@@ -155,7 +155,9 @@ class Stack:
 
     def start_daemon(self) -> None:
         """(Re)start dagster-daemon; it picks up the queue and run monitoring where they were."""
-        self._spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", self._workspace()])
+        # dagster-daemon with the run queue woken by submits (jewel_dagster/runtime/prompt_queue.py).
+        daemon = [sys.executable, "-m", "jewel_dagster.runtime.prompt_queue"]
+        self._spawn("daemon", [*daemon, "run", "-w", self._workspace()])
 
     def wait_for_dagster(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -401,6 +403,11 @@ def prepare_dagster_home(env: dict[str, str]) -> None:
             config["event_log_storage"]["module"] = "dagster_postgres.event_log"
             config["event_log_storage"]["class"] = "PostgresEventLogStorage"
             config["event_log_storage"]["config"].pop("claim_interval_seconds")
+    if stock or env.get("RUN_QUEUE") == "polled":
+        # Dagster's own coordinator (the daemon then dequeues at its poll only): the baseline.
+        config["run_coordinator"].update(module="dagster.core.run_coordinator", **{"class": "QueuedRunCoordinator"})
+    if env.get("RUN_QUEUE_POLL_SECONDS"):  # tests: a poll too slow to be what starts a run
+        config["run_coordinator"]["config"]["dequeue_interval_seconds"] = int(env["RUN_QUEUE_POLL_SECONDS"])
     uses_azure = env.get("AZURE_STORAGE_CONNECTION_STRING") or (
         env.get("AZURE_ACCOUNT_NAME") and env.get("AZURE_ACCOUNT_KEY")
     )

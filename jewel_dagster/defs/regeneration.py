@@ -9,8 +9,16 @@ with a cursor, one page (`REGENERATION_PAGE_SIZE`) per tick, oldest first, and w
 the end: every retained request is looked at again every `partitions / page` ticks. A page costs
 a fixed number of batched queries, whatever its size: its busy partitions, the newest Flux
 materialization of each, the newest `fidelity` result of each, and the attempts of the failed
-ones. A tick requests at most `REGENERATION_MAX_RUNS_PER_TICK` runs; a page with more is walked
-again on the next tick (the requested ones are queued then, so skipped).
+ones. A tick requests at most `REGENERATION_MAX_RUNS_PER_TICK` runs; when a page needs more, the
+cursor moves to just past the last partition requested, so the next tick goes on from there (it
+used to stay on the page, and a page whose runs Dagster skipped, their run keys used before, was
+walked for ever).
+
+Run keys carry the attempt: `<partition>:stale:<version>:<n>`, `<partition>:failed-check:<n>`.
+Dagster never launches a run key twice, so a key without the attempt left a partition whose stale
+re-generation failed stale for good. A stale partition is tried at most
+`regeneration_max_attempts` times per generator version (its runs carry the version they aimed
+at, `jewel/regenerate-version`).
 
 Re-generation runs are background work: they carry a lower `dagster/priority` than a shopper's
 runs (which have the default 0) and the tag `jewel/background: regeneration`, which dagster.yaml
@@ -46,6 +54,7 @@ FLUX = dg.AssetKey(AssetName.FLUX_GENERATION)
 FIDELITY = dg.AssetCheckKey(dg.AssetKey(AssetName.FLUX_METRICS), CHECK_NAME)
 PRIORITY_TAG = "dagster/priority"
 REGENERATION_PRIORITY = "-10"  # below a shopper's runs (default 0): the queue starts theirs first
+REGENERATE_VERSION_TAG = "jewel/regenerate-version"  # the generator version a stale run aimed at
 SCHEDULE_BUDGET_SECONDS = 40.0  # a schedule tick walks pages until this (gRPC evaluation limit is 60 s)
 
 
@@ -53,12 +62,14 @@ def current_flux_version() -> str:
     return generations.code_versions_by_key[FLUX] or ""
 
 
-def _regeneration_request(partition: str, reason: str, attempt: int, key: str) -> dg.RunRequest:
+def _regeneration_request(
+    partition: str, reason: str, attempt: int, key: str, seed: int, tags: dict[str, str] | None = None
+) -> dg.RunRequest:
     return dg.RunRequest(
         partition_key=partition,
         run_key=f"{partition}:{key}",
         run_config={
-            "ops": {generations.node_def.name: {"config": {"seed": attempt}}},
+            "ops": {generations.node_def.name: {"config": {"seed": seed}}},
             **(json_logging_run_config() if get_settings().log_format == "json" else {}),
         },
         tags={
@@ -66,6 +77,7 @@ def _regeneration_request(partition: str, reason: str, attempt: int, key: str) -
             REGENERATE_ATTEMPT_TAG: str(attempt),
             PRIORITY_TAG: REGENERATION_PRIORITY,
             BACKGROUND_TAG: "regeneration",
+            **(tags or {}),
         },
     )
 
@@ -92,23 +104,30 @@ def _newest_flux_versions(instance: dg.DagsterInstance, partitions: Sequence[str
 def page_requests(
     instance: dg.DagsterInstance, partitions: Sequence[str], flux_version: str, max_attempts: int
 ) -> list[dg.RunRequest]:
-    """The re-generation runs a page of partitions needs, in at most five queries."""
+    """The re-generation runs a page of partitions needs, in at most five queries (the attempts
+    of the stale and the failed ones are one query of their earlier re-generation runs)."""
     busy = busy_partitions(instance, partitions)
     idle = [p for p in partitions if p not in busy]
     made_by = _newest_flux_versions(instance, idle)
     generated = [p for p in idle if p in made_by]  # never generated: nothing to redo
     stale = {p for p in generated if made_by[p] != flux_version}
     failed = failed_partitions(instance, FIDELITY, [p for p in generated if p not in stale])
-    retried = runs_by_partition(instance, sorted(failed), tags={REGENERATE_REASON_TAG: "failed-check"})
+    earlier = runs_by_partition(instance, sorted(stale | failed), tags={BACKGROUND_TAG: "regeneration"})
     requests = []
     for partition in generated:
+        runs = earlier.get(partition, [])
         if partition in stale:
-            requests.append(_regeneration_request(partition, "stale", 0, f"stale:{flux_version}"))
+            # None is in progress (busy partitions are left out): each one ended without making
+            # this version's image.
+            attempts = sum(1 for run in runs if run.tags.get(REGENERATE_VERSION_TAG) == flux_version)
+            if attempts < max_attempts:
+                key, version = f"stale:{flux_version}:{attempts + 1}", {REGENERATE_VERSION_TAG: flux_version}
+                requests.append(_regeneration_request(partition, "stale", attempts + 1, key, attempts, version))
         elif partition in failed:
-            attempts = len(retried.get(partition, []))
+            attempts = sum(1 for run in runs if run.tags.get(REGENERATE_REASON_TAG) == "failed-check")
             if attempts < max_attempts:
                 key = f"failed-check:{attempts + 1}"
-                requests.append(_regeneration_request(partition, "failed-check", attempts + 1, key))
+                requests.append(_regeneration_request(partition, "failed-check", attempts + 1, key, attempts + 1))
     return requests
 
 
@@ -129,12 +148,19 @@ def sweep_page(
     page_size: int,
     max_runs: int,
 ) -> Sweep:
-    """One page of the walk from `cursor`; the cursor stays when the page asked for more than
-    `max_runs` runs (the rest come next tick), and wraps to the start after the last page."""
+    """One page of the walk from `cursor`, and where the next tick starts: after the page (or
+    from the start after the last page), or, when the page asked for more than `max_runs` runs,
+    just past the last partition requested, so the rest come next tick and the walk moves on
+    even when Dagster skips the requested runs."""
     page = instance.get_paginated_dynamic_partitions(PARTITIONS_NAME, limit=page_size, ascending=True, cursor=cursor)
     requests = page_requests(instance, page.results, flux_version, max_attempts)
     if len(requests) > max_runs:
-        return Sweep(requests[:max_runs], cursor, len(page.results))
+        requests = requests[:max_runs]
+        # Dagster's cursor is the storage id of a page's last row: the page that ends at the last
+        # requested partition (the same first rows, in id order) gives the cursor past it.
+        last = page.results.index(str(requests[-1].partition_key))
+        head = instance.get_paginated_dynamic_partitions(PARTITIONS_NAME, limit=last + 1, ascending=True, cursor=cursor)
+        return Sweep(requests, head.cursor, len(page.results))
     return Sweep(requests, page.cursor if page.has_more else None, len(page.results))
 
 

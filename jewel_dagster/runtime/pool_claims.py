@@ -39,6 +39,10 @@ requests took 4.2x the GPU bound. These storages answer a blocked claim with a f
 `claim_interval_seconds`, which the context honours. dagster.yaml names them (devtools.stack writes
 the SQLite path in). Everything else is Dagster's own SQLite and PostgreSQL event log storage.
 
+Run ends wake the run queue. `store_event` is Dagster's, and an event that ends a run then wakes
+the queue daemon (jewel_dagster/runtime/queue_wake.py), so the next queued run takes the freed
+place without waiting for the queue's poll.
+
 Private symbols used (checked against dagster 1.13.27):
 - `dagster._core.storage.event_log.sqlite.sqlite_event_log.SqliteEventLogStorage`: subclassed.
 - `dagster._core.storage.event_log.sql_event_log.SqlEventLogStorage._claim_concurrency_slot`:
@@ -79,7 +83,7 @@ from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_config, pg_url_from_config
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 
-from jewel_dagster.runtime import claim_sleep
+from jewel_dagster.runtime import claim_sleep, queue_wake
 
 # Where these storages are the instance's, a step blocked on a slot sleeps between its checks
 # (claim_sleep.py): the interval below is then the only cadence of a waiting step.
@@ -142,6 +146,13 @@ class _QuickRaceFreeClaims(SqlEventLogStorage):
 
     def _claim_concurrency_slot(self, concurrency_key: str, run_id: str, step_key: str) -> ConcurrencySlotStatus:
         return claim_free_slot(self.index_connection(), concurrency_key, run_id, step_key)
+
+    def store_event(self, event: dg.EventLogEntry) -> None:
+        """Dagster's, then a run's end wakes the run queue, so a queued run takes the freed place
+        now rather than at the queue's next poll (queue_wake.py, prompt_queue.py)."""
+        super().store_event(event)
+        if self.has_instance:
+            queue_wake.wake_on_run_end(self._instance, event)
 
 
 class QuickClaimSqliteEventLogStorage(_QuickRaceFreeClaims, SqliteEventLogStorage):

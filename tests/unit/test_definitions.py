@@ -45,3 +45,33 @@ def test_the_local_rasteriser_holds_no_gpu_slot() -> None:
     if not get_settings().a100_server_url:
         assert refined_mask.op.pool is None
     assert jewelry_mask.op.pool == GPU_POOL
+
+
+def test_code_versions_follow_the_models_not_where_the_services_live() -> None:
+    # Issue 28: a version that followed the service URLs (or LOCAL_BACKENDS) changed with a moved
+    # host, or a variable missing in one process, and the regeneration sensor then re-generated
+    # every request.
+    from jewel_dagster.resources.versions import code_versions
+    from jewel_dagster.settings import PipelineSettings
+
+    def settings(**changes: object) -> PipelineSettings:
+        return PipelineSettings.model_validate({"generator_version": "7", **changes})
+
+    local = settings(local_backends="classical")
+    for elsewhere in (
+        settings(
+            local_backends="instant",
+            sam3_url="http://sam3:8000",
+            birefnet_url="http://birefnet:8000",
+            a100_server_url="http://a100:8000",
+            image_manipulator_url="http://manipulator:8000",
+            gemini_base_url="http://gemini-proxy:8000",
+        ),
+        settings(a100_server_url="https://a100.example.com/v2/"),
+        settings(sam3_url="http://10.0.0.9:9000"),
+    ):
+        assert code_versions(elsewhere) == code_versions(local)
+    # What changes the output does change them.
+    assert code_versions(settings(generator_version="8")).flux != code_versions(local).flux
+    assert code_versions(settings(gemini_model="gemini-3-image")).gemini != code_versions(local).gemini
+    assert code_versions(settings(local_flux_grow_px=6)).flux != code_versions(local).flux

@@ -127,3 +127,39 @@ def test_observability_is_a_profile_that_is_off_by_default(compose: dict[str, An
     assert scrape["metrics_path"] == "/metrics" and scrape["static_configs"][0]["targets"] == ["gateway:8001"]
     assert scrape["authorization"]["credentials_file"] in services["prometheus"]["entrypoint"][-1]
     assert "METRICS_API_KEY" in services["gateway"]["environment"]
+
+
+TICK_STATUSES = {"started", "skipped", "success", "failure"}
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"DAGSTER_PG_URL": "postgresql://u@h/db"},
+        {
+            "DAGSTER_PG_URL": "postgresql://u@h/db",
+            "RUN_LAUNCHER": "celery",
+            "CELERY_BROKER_URL": "redis://b/0",
+            "CELERY_RESULT_BACKEND": "redis://b/1",
+        },
+    ],
+    ids=["sqlite", "postgres", "celery"],
+)
+def test_every_instance_config_purges_sensor_and_schedule_ticks(env: dict[str, str], tmp_path: Path) -> None:
+    # Issue 28: Dagster keeps schedule ticks and sensor ticks that ran or failed forever (run_traces
+    # ticks every 5 s). Every dagster.yaml the stack writes (SQLite, PostgreSQL, Celery's merge)
+    # gives each status a number of days, and Dagster accepts the block.
+    import dagster as dg
+
+    from devtools.stack import prepare_dagster_home
+
+    home = tmp_path / "home"
+    prepare_dagster_home({"DAGSTER_HOME": str(home), **env})
+    retention = yaml.safe_load((home / "dagster.yaml").read_text())["retention"]
+    for instigator in ("schedule", "sensor"):
+        days = retention[instigator]["purge_after_days"]
+        assert set(days) == TICK_STATUSES, instigator
+        assert all(isinstance(d, int) and 0 < d <= 90 for d in days.values()), (instigator, days)
+    with dg.instance_for_test(overrides={"retention": retention}) as instance:
+        assert instance.get_settings("retention") == retention

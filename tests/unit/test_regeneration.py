@@ -15,6 +15,7 @@ from jewel_dagster.contract import REGENERATE_REASON_TAG as REASON_TAG
 from jewel_dagster.defs.assets import ALL_ASSETS, flux_metrics, generations
 from jewel_dagster.defs.regeneration import (
     PRIORITY_TAG,
+    REGENERATE_VERSION_TAG,
     REGENERATION_PRIORITY,
     build_regeneration_automation,
     current_flux_version,
@@ -184,7 +185,7 @@ def test_the_sensor_walks_every_partition_a_page_a_tick_with_bounded_runs() -> N
 
         requested: list[str] = []
         cursor = None
-        for _ in range(9):  # 4 pages; the pages with 4-5 stale partitions need 2 ticks each
+        for _ in range(9):  # 3 runs a tick: each tick goes on just past the last partition it requested
             context = dg.build_sensor_context(instance=instance, cursor=cursor)
             tick = list(sensor(context))
             cursor = context.cursor
@@ -238,3 +239,55 @@ def test_background_runs_have_their_own_limit_in_every_instance_file() -> None:
         limits = {(limit["key"], limit["value"]): limit["limit"] for limit in runs["tag_concurrency_limits"]}
         assert limits[(BACKGROUND_TAG, "regeneration")] < runs["max_concurrent_runs"], name
         assert limits[(BACKGROUND_TAG, "retention")] == 1, name
+
+
+def test_a_failed_stale_regeneration_is_tried_again_under_a_new_run_key_a_bounded_number_of_times() -> None:
+    # Issue 28: the key was `<partition>:stale:<version>` whatever happened before, and Dagster never
+    # launches a run key twice: after one failed run the partition stayed stale for good.
+    sensor, _ = build_regeneration_automation(PipelineSettings(regeneration_max_attempts=2))
+    with dg.instance_for_test() as instance:
+        _generated(instance, "r1", "old-model")
+        keys = []
+        for attempt in (1, 2):
+            with mock.patch("jewel_dagster.defs.regeneration.current_flux_version", return_value="model-v2"):
+                (request,) = sensor(dg.build_sensor_context(instance=instance))
+            assert isinstance(request, dg.RunRequest)
+            assert request.tags[REASON_TAG] == "stale" and request.tags[ATTEMPT_TAG] == str(attempt)
+            assert request.tags[REGENERATE_VERSION_TAG] == "model-v2"
+            keys.append(request.run_key)
+            # The run Dagster launched for it failed: the partition is still stale.
+            instance.add_run(
+                dg.DagsterRun(
+                    job_name=REGENERATE_JOB,
+                    status=dg.DagsterRunStatus.FAILURE,
+                    tags={**request.tags, PARTITION_TAG: "r1"},
+                )
+            )
+        assert keys == ["r1:stale:model-v2:1", "r1:stale:model-v2:2"]
+        with mock.patch("jewel_dagster.defs.regeneration.current_flux_version", return_value="model-v2"):
+            assert list(sensor(dg.build_sensor_context(instance=instance))) == []  # bounded
+        # A newer version starts counting again.
+        (request,) = regeneration_requests(instance, "model-v3", max_attempts=2)
+        assert request.run_key == "r1:stale:model-v3:1"
+
+
+def test_the_walk_moves_on_when_a_page_needs_more_runs_than_a_tick_and_dagster_skips_them() -> None:
+    # Issue 28: with more stale partitions on a page than a tick's run limit the cursor stayed on
+    # the page; when Dagster skipped those runs (their keys were used before) no run ever made the
+    # partitions busy, and every tick asked for the same first ones.
+    sensor, _ = build_regeneration_automation(
+        PipelineSettings(regeneration_page_size=5, regeneration_max_runs_per_tick=2)
+    )
+    stale = [f"r{i}" for i in range(6)]
+    with dg.instance_for_test() as instance:
+        for partition in stale:
+            _generated(instance, partition, "old-model")
+        requested: list[str] = []
+        cursor = None
+        for _ in range(3):  # no run is ever added: Dagster skipped every one
+            context = dg.build_sensor_context(instance=instance, cursor=cursor)
+            tick = list(sensor(context))
+            cursor = context.cursor
+            assert len(tick) == 2
+            requested += [str(r.partition_key) for r in tick if isinstance(r, dg.RunRequest)]
+        assert requested == stale

@@ -5,6 +5,8 @@
   tests/unit/test_pool_claim_race.py (a slot is granted once).
 - warm_code_server.py: tests/e2e/test_warm_code_server.py (run workers forked, not spawned).
 - json_logs.py: tests/unit/test_json_logs.py (a run's JSON lines carry its ids).
+- prompt_queue.py: here (the daemon factory builds our queue loop; `dagster-daemon` is the CLI we
+  wrap) and tests/unit/test_prompt_queue.py (the loop runs Dagster's iteration, woken).
 """
 
 # No `from __future__ import annotations` here: Dagster reads the asset's annotations at run time.
@@ -61,3 +63,32 @@ def test_newest_check_failed_reads_the_newest_result_of_that_partition() -> None
         assert failed_partitions(instance, CHECK, list(PARTITIONS.get_partition_keys())) == {"fails", "passes"}
         assert failed_partitions(instance, CHECK, ["fails", "recovers"]) == {"fails"}
         assert failed_partitions(instance, CHECK, []) == set()
+
+
+def test_the_daemon_factory_builds_the_prompt_queue_loop() -> None:
+    from importlib.metadata import entry_points
+
+    from jewel_dagster.runtime import prompt_queue
+    from jewel_dagster.runtime.queue_wake import wake_address
+
+    # What we wrap: the console script `dagster-daemon`; install() patches the factory it uses.
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "dagster-daemon"]
+    assert script.value == "dagster._daemon.cli:main"
+    coordinator = {
+        "module": "jewel_dagster.runtime.prompt_queue",
+        "class": "PromptQueuedRunCoordinator",
+        "config": {"dequeue_interval_seconds": 3},
+    }
+    stock = {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}
+    with dg.instance_for_test(overrides={"run_coordinator": coordinator}) as instance:
+        assert type(prompt_queue.queue_daemon(instance)).__name__ == "QueuedRunCoordinatorDaemon"  # before
+        undo = prompt_queue.install()
+        try:
+            queue = prompt_queue.queue_daemon(instance)
+            assert isinstance(queue, prompt_queue.PromptRunQueueDaemon)
+            assert queue.interval_seconds == 3 and queue.address == wake_address(instance)
+            with dg.instance_for_test(overrides={"run_coordinator": stock}) as other:
+                assert type(prompt_queue.queue_daemon(other)).__name__ == "QueuedRunCoordinatorDaemon"
+        finally:
+            undo()
+        assert type(prompt_queue.queue_daemon(instance)).__name__ == "QueuedRunCoordinatorDaemon"

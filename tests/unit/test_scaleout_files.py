@@ -48,7 +48,7 @@ def test_the_celery_overlay_replaces_whole_blocks_of_the_postgres_file(tmp_path:
     prepare_dagster_home(env)
     written = yaml.safe_load((tmp_path / "dagster.yaml").read_text())
     # Runs wait in Dagster's queue (rows), not in the broker where start_timeout_seconds fails them.
-    assert written["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert written["run_coordinator"]["class"] == "PromptQueuedRunCoordinator"
     assert written["concurrency"]["runs"]["max_concurrent_runs"] == 6
     assert written["run_launcher"]["config"]["default_queue"] == "q"
     assert written["run_monitoring"]["poll_interval_seconds"] == 2

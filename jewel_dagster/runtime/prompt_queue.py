@@ -1,0 +1,215 @@
+"""Dagster's run queue, dequeued when a run is submitted instead of at the next poll.
+
+Why: the QueuedRunCoordinator's daemon looks at the queue every `dequeue_interval_seconds`
+(whole seconds, and its loop sleeps in 0.5 s steps), so a run waited 0.5 s on average, up to
+1 s, between its launch and its start even when capacity was free (README, "Performance").
+
+How: the queue and its rules stay Dagster's. `PromptQueuedRunCoordinator` is the stock
+coordinator that, once a run is QUEUED, sends a wake datagram to the daemon; the daemon's queue
+loop (`PromptRunQueueDaemon`, the stock `QueuedRunCoordinatorDaemon` whose wait between
+iterations also ends on a wake) then runs Dagster's own dequeue iteration at once: the same
+`max_concurrent_runs`, `tag_concurrency_limits`, `dagster/priority` order and pool checks, from
+the one process that dequeues, so no limit can be raced past. The ending of a run wakes it too
+(`wake_on_run_end`, called by our event log storages), so a queued run takes a freed place at
+once. A lost or unsent wake costs nothing but the poll: the interval loop stays as it was.
+
+The wake (queue_wake.py) reaches processes of one instance on one machine (the embedded
+default); in docker-compose and scale-out, separate containers, the daemon dequeues at its poll,
+as stock Dagster does.
+
+The daemon's loop is Dagster's only when the daemon is started through this module:
+`python -m jewel_dagster.runtime.prompt_queue run -w workspace.yaml` (the arguments of
+`dagster-daemon`), which makes Dagster's daemon factory build `PromptRunQueueDaemon` for this
+coordinator. A plain `dagster-daemon run` still works, polling.
+
+Private symbols used (checked against dagster 1.13.27), canaries in
+tests/unit/test_runtime_canaries.py:
+- `dagster._daemon.run_coordinator.queued_run_coordinator_daemon.QueuedRunCoordinatorDaemon`:
+  `__init__(interval_seconds)`, `run_iteration(workspace_process_context)`, `interval_seconds`,
+  `_logger`, and its `daemon_type()` "QUEUED_RUN_COORDINATOR".
+- `dagster._daemon.daemon.SpanMarker` (START_SPAN / END_SPAN yielded around an iteration, as
+  `IntervalDaemon.core_loop` does), `DaemonIterator` and `DagsterDaemon` (types).
+- `dagster._daemon.controller.create_daemon_of_type(daemon_type, instance)`, looked up by name by
+  `create_daemons_from_instance(instance)`.
+- `dagster._daemon.cli.main`, the `dagster-daemon` command.
+- `dagster._utils.error.serializable_error_info_from_exc_info`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from threading import Event
+from typing import Any
+
+import dagster as dg
+from dagster._daemon.daemon import DaemonIterator, DagsterDaemon, SpanMarker
+from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+from dagster._utils.error import serializable_error_info_from_exc_info
+
+from jewel_dagster.runtime.queue_wake import wake, wake_address
+
+# The longest the loop waits without yielding: the daemon controller writes its heartbeat and
+# checks for shutdown between yields (Dagster's own loop waits 0.5 s at a time too).
+_YIELD_EVERY_SECONDS = 0.5
+
+
+class PromptQueuedRunCoordinator(dg.QueuedRunCoordinator):
+    """Dagster's QueuedRunCoordinator (same configuration) that wakes the queue daemon when a run
+    is queued: the gateway's launches, the sensors' and schedules' runs, run retries."""
+
+    def submit_run(self, context: dg.SubmitRunContext) -> dg.DagsterRun:
+        run = super().submit_run(context)
+        if run.status == dg.DagsterRunStatus.QUEUED:
+            wake(self._instance)
+        return run
+
+
+class _Waker:
+    """The daemon's end of the wake socket: `wait` returns True when woken (draining every
+    wake sent meanwhile: one iteration serves them all)."""
+
+    def __init__(self, address: str) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self._sock.bind(address)
+        except OSError:
+            self._sock.close()
+            raise
+
+    def wait(self, timeout: float) -> bool:
+        if timeout <= 0:
+            return False
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.recv(16)
+        except (TimeoutError, BlockingIOError):
+            return False
+        self._sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self._sock.recv(16)
+        return True
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class PromptRunQueueDaemon(QueuedRunCoordinatorDaemon):
+    """Dagster's queue daemon whose wait between iterations ends early on a wake.
+
+    `begun`, `iterations` (ended) and `woken` count what the loop did (the tests read them)."""
+
+    def __init__(self, interval_seconds: float, address: str) -> None:
+        super().__init__(interval_seconds)
+        self.address = address
+        self._waker: _Waker | None = None
+        self.begun = 0
+        self.iterations = 0
+        self.woken = 0
+        self._lock = threading.Lock()
+
+    def _listen(self) -> _Waker | None:
+        if self._waker is None:
+            try:
+                self._waker = _Waker(self.address)
+            except OSError as exc:  # another daemon of this instance holds it: poll as Dagster does
+                self._logger.warning("run queue wake-up unavailable (%s); dequeuing at the poll only", exc)
+        return self._waker
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
+        super().__exit__(*exc_info)
+
+    def core_loop(self, workspace_process_context: Any, shutdown_event: Event) -> DaemonIterator:
+        waker = self._listen()  # bound before the first look at the queue: no submit is missed
+        while True:
+            with self._lock:
+                self.begun += 1
+            yield SpanMarker.START_SPAN
+            try:
+                yield from self.run_iteration(workspace_process_context)
+            except Exception:
+                error_info = serializable_error_info_from_exc_info(sys.exc_info())
+                self._logger.error("Caught error:\n%s", error_info)
+                yield error_info
+            yield SpanMarker.END_SPAN
+            with self._lock:
+                self.iterations += 1
+            deadline = time.monotonic() + self.interval_seconds
+            while not shutdown_event.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                step = min(left, _YIELD_EVERY_SECONDS)
+                if waker is not None and waker.wait(step):
+                    with self._lock:
+                        self.woken += 1
+                    break
+                if waker is None:
+                    shutdown_event.wait(step)
+                yield None
+            yield None
+
+
+def install() -> Callable[[], None]:
+    """Make Dagster's daemon factory build `PromptRunQueueDaemon` for a `PromptQueuedRunCoordinator`
+    (any other coordinator keeps Dagster's daemon); returns what undoes it (for tests)."""
+    from dagster._daemon import controller
+
+    stock = controller.create_daemon_of_type
+
+    def undo() -> None:
+        controller.create_daemon_of_type = stock
+
+    if getattr(stock, "jewel_prompt_queue", False):
+        return undo
+
+    def create_daemon_of_type(daemon_type: str, instance: dg.DagsterInstance) -> DagsterDaemon[Any]:
+        coordinator = instance.run_coordinator
+        if daemon_type == QueuedRunCoordinatorDaemon.daemon_type() and isinstance(
+            coordinator, PromptQueuedRunCoordinator
+        ):
+            return PromptRunQueueDaemon(coordinator.dequeue_interval_seconds, wake_address(instance))
+        return stock(daemon_type, instance)
+
+    create_daemon_of_type.jewel_prompt_queue = True  # type: ignore[attr-defined]
+    controller.create_daemon_of_type = create_daemon_of_type
+    return undo
+
+
+def queue_daemon(instance: dg.DagsterInstance) -> QueuedRunCoordinatorDaemon:
+    """The queue loop `dagster-daemon` builds for `instance`, through Dagster's own
+    `create_daemons_from_instance` (the canary's view of what `install` changed)."""
+    from dagster._daemon import controller
+
+    (daemon,) = [
+        d
+        for d in controller.create_daemons_from_instance(instance)
+        if d.daemon_type() == QueuedRunCoordinatorDaemon.daemon_type()
+    ]
+    assert isinstance(daemon, QueuedRunCoordinatorDaemon)
+    return daemon
+
+
+def main() -> None:
+    """`dagster-daemon` with the prompt queue loop."""
+    from dagster._daemon.cli import main as dagster_daemon
+
+    install()
+    dagster_daemon()
+
+
+if __name__ == "__main__":
+    # Run as `python -m`, this file is `__main__`: the coordinator class the instance loads from
+    # dagster.yaml is the one in `jewel_dagster.runtime.prompt_queue`, so install from there (else
+    # the isinstance check in the factory never holds and Dagster's polling loop runs).
+    from jewel_dagster.runtime.prompt_queue import main as installed_main
+
+    installed_main()

@@ -1,0 +1,47 @@
+"""The run queue's wake-up: a datagram that asks the queue daemon to dequeue now.
+
+Kept apart from the daemon's loop (prompt_queue.py) so that what sends it (the coordinator in the
+webserver, the event log storage in every run worker) imports no daemon code.
+
+The wake is a datagram on a Linux abstract Unix socket named after the instance's DAGSTER_HOME:
+processes of one instance on one machine reach each other (the embedded default: webserver,
+daemon, code server and its run workers) and nothing else; no file to create or clean up.
+Processes in other containers or machines do not reach it: their runs wait for the poll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+
+import dagster as dg
+
+# A run that ends frees its place in the queue.
+RUN_END_EVENTS = frozenset(
+    {dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED}
+)
+
+
+def wake_address(instance: dg.DagsterInstance) -> str:
+    """The abstract socket name of this instance's queue daemon (leading NUL: no file)."""
+    home = os.path.realpath(instance.root_directory)
+    return "\0jewel-run-queue-" + hashlib.sha256(home.encode()).hexdigest()[:24]
+
+
+def wake(instance: dg.DagsterInstance) -> bool:
+    """Ask the queue daemon of `instance` for a dequeue iteration now; False when none listens
+    here (another machine or container, or a daemon that polls): it then dequeues at its poll."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)  # a full buffer already holds a wake: never wait
+        sock.sendto(b"w", wake_address(instance))
+        return True
+    return False
+
+
+def wake_on_run_end(instance: dg.DagsterInstance, event: dg.EventLogEntry) -> None:
+    """Wake the queue when `event` ends a run (called by our event log storages)."""
+    dagster_event = event.dagster_event
+    if dagster_event is not None and dagster_event.event_type in RUN_END_EVENTS:
+        wake(instance)
