@@ -66,8 +66,16 @@ class GatewaySettings(PipelineSettings):
         default=2 * 1024 * 1024, description="Largest body of every other route (/workflow/generate: strokes only)."
     )
     max_json_objects: int = Field(
-        default=25_000, ge=10, description="Most JSON objects (points, strokes) in a body, counted before parsing."
+        default=25_000,
+        ge=10,
+        description="Most JSON objects and arrays (points, strokes) in a body, counted before parsing.",
     )
+    max_json_items: int = Field(
+        default=100_000,
+        ge=10,
+        description="Most JSON items (array values, object members) in a body, counted before parsing.",
+    )
+    max_json_depth: int = Field(default=16, ge=4, description="Deepest JSON nesting of a body, counted before parsing.")
     max_image_bytes: int = Field(default=25 * 1024 * 1024, description="Largest decoded upload accepted.")
     gateway_api_keys: str = Field(default="", description="Comma-separated API keys; empty = no authentication.")
     gateway_secret: str = Field(
@@ -77,7 +85,17 @@ class GatewaySettings(PipelineSettings):
         default=False, description="Start without API keys (anyone who reaches the gateway may use it)."
     )
     redis_url: str | None = Field(default=None, description="Rate-limit counters in Redis (shared by replicas).")
-    auth_failures_per_minute: int = Field(default=20, ge=1, description="Wrong API keys a minute per address.")
+    auth_failures_per_minute: int = Field(
+        default=20, ge=1, description="Wrong API keys a minute per address (a valid key is never refused for them)."
+    )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Comma-separated addresses or networks of the proxies whose X-Forwarded-For names the client; "
+        "empty = none (the peer's address counts); '*' = any (only when nothing else can reach the gateway).",
+    )
+    api_docs: Literal["on", "off"] = Field(
+        default="on", description="Serve /docs and /openapi.json (off in a deployment: they map the API for anyone)."
+    )
     cors_origins: str = Field(default="", description="Comma-separated origins allowed to call from a browser.")
     rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests a minute per caller (per key).")
     max_image_pixels: int = Field(default=50_000_000, description="Largest image (width x height) accepted.")

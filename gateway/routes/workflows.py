@@ -19,6 +19,7 @@ from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
 from gateway.dagster_api.models import RunInfo
 from gateway.deps import LauncherDep, ResultsDep, RunsDep, SettingsDep, StoreDep
+from gateway.json_route import OffLoopJSONRoute
 from gateway.observability import logs
 from gateway.schemas import (
     ONE_WORKFLOW,
@@ -63,7 +64,7 @@ from jewel_dagster.contract import (
 from jewel_dagster.defs.config import BRUSH_STROKES, BrushStroke
 from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError, strokes_path, tombstone_path
 
-router = APIRouter(prefix="/workflow", tags=["workflow"])
+router = APIRouter(prefix="/workflow", tags=["workflow"], route_class=OffLoopJSONRoute)
 
 # Matched with fullmatch: `$` would let a trailing newline through.
 WORKFLOW_ID = re.compile(r"jewelry-gen-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
