@@ -113,7 +113,9 @@ class GatewaySettings(PipelineSettings):
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhooks to loopback and private addresses (tests, a trusted network)."
     )
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0.0, description="Timeout of one webhook POST.")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0.0, description="Deadline of one webhook POST, whole (connect, send, answer), not per read."
+    )
     webhook_attempts: int = Field(default=6, ge=1, le=20, description="POSTs before a webhook is given up.")
     webhook_poll_seconds: float = Field(default=1.0, gt=0.0, description="How often finished runs are looked for.")
     webhook_recovery_hours: float = Field(

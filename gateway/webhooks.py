@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 import httpx
 from standardwebhooks import Webhook as StandardWebhook
 
+from gateway.bounded_post import bounded_post
 from gateway.claims import Claim, claim, release
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError
@@ -409,29 +410,20 @@ class WebhookDispatcher:
                     return None
         return None
 
-    def _post(self, url: str, addresses: list[str], body: bytes, headers: dict[str, str]) -> httpx.Response:
+    def _post(self, url: str, addresses: list[str], body: bytes, headers: dict[str, str]) -> int:
         """One POST to one of `addresses`, on the transport itself: httpx's client would log the
         full URL (its credentials and query), follow no proxy we want, and offer nothing else here.
-        Credentials in the URL become Basic auth, as a client would send them."""
+        Credentials in the URL become Basic auth, as a client would send them. The whole POST ends
+        within WEBHOOK_TIMEOUT_SECONDS and reads a few KB of the answer at most (bounded_post.py);
+        its status code is returned."""
         target = httpx.URL(url)
         headers = dict(headers)
         if target.username or target.password:
             pair = f"{target.username}:{target.password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        request = httpx.Request(
-            "POST",
-            target.copy_with(username=None, password=None),
-            content=body,
-            headers=headers,
-            extensions={"timeout": httpx.Timeout(self._settings.webhook_timeout_seconds).as_dict()},
-        )
+        request = httpx.Request("POST", target.copy_with(username=None, password=None), content=body, headers=headers)
         with PinnedTransport(addresses, self._verify) as transport:
-            response = transport.handle_request(request)
-            try:
-                response.read()
-            finally:
-                response.close()
-        return response
+            return bounded_post(transport, request, self._settings.webhook_timeout_seconds)
 
     def _post_with_retries(self, url: str, body: bytes, delivery_id: str, caller: str = ANONYMOUS) -> Delivery | None:
         """POST until a 2xx, a refusal (4xx) or the last attempt; None when stopped meanwhile.
@@ -452,9 +444,9 @@ class WebhookDispatcher:
                 # DNS may have changed since the submission: check again, and connect to what was checked.
                 addresses = check_webhook_url(url, self._settings.webhook_allow_private)
                 signed = {**headers, **signed_headers(secret, delivery_id, body, time.time())}
-                response = self._post(url, addresses, body, signed)
-                status_code, error = response.status_code, f"HTTP {response.status_code}"
-                if response.is_success:
+                status_code = self._post(url, addresses, body, signed)
+                error = f"HTTP {status_code}"
+                if 200 <= status_code < 300:
                     return Delivery(shown, True, attempt, status_code, None)
                 if 400 <= status_code < 500 and status_code not in (408, 425, 429):
                     return Delivery(shown, False, attempt, status_code, f"the receiver refused it: {error}")

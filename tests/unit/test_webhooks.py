@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from gateway.settings import GatewaySettings
 from gateway.webhooks import WebhookDispatcher, WebhookRefused, caller_secret, check_webhook_url, signed_headers
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from tests.support.gateway_client import gateway_client, start_body
-from tests.support.receivers import webhook_receiver
+from tests.support.receivers import hostile_receiver, webhook_receiver
 
 
 @pytest.mark.parametrize(
@@ -362,3 +363,29 @@ def test_two_replicas_that_both_see_a_finished_run_post_it_once(
         for replica in replicas:
             replica._pool.shutdown(wait=True)
         assert len(receiver.posts()) == 1
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "delivered"),
+    [("huge", True), ("trickle-body", True), ("trickle-headers", False)],
+)
+def test_a_hostile_receiver_costs_a_few_kb_and_ends_at_the_deadline(
+    tmp_path: Path, behaviour: str, delivered: bool
+) -> None:
+    """Issue 29, finding 2: a 300 MB answer raised the gateway's memory by 600 MB; a trickle held a
+    delivery thread 8 s with a 2 s timeout (the timeout was per read)."""
+    dispatcher = _dispatcher(tmp_path, webhook_attempts=1, webhook_timeout_seconds=1.0)
+    with hostile_receiver(behaviour, seconds=8.0) as url:
+        tracemalloc.start()
+        started = time.monotonic()
+        try:
+            outcome = dispatcher._post_with_retries(url, b"{}", delivery_id="run-h")
+            elapsed = time.monotonic() - started
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert outcome is not None and outcome.delivered is delivered, outcome
+    assert peak < 5 * 1024 * 1024, f"the delivery allocated {peak / 1e6:.0f} MB"
+    assert elapsed < 2.5, f"the delivery took {elapsed:.1f} s with a 1 s deadline"  # 1 s + a loaded machine
+    if not delivered:
+        assert outcome.error is not None and "within 1 s" in outcome.error
