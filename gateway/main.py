@@ -20,8 +20,9 @@ from gateway.observability.dagster_figures import DagsterFigures
 from gateway.observability.logs import configure_logging
 from gateway.observability.middleware import ObservabilityMiddleware
 from gateway.observability.registry import GatewayMetrics
+from gateway.quotas import Quotas
 from gateway.results import ResultReader
-from gateway.routes import artifacts, events, health, metrics, page, webhooks, workflows
+from gateway.routes import artifacts, events, health, metrics, page, usage, webhooks, workflows
 from gateway.security import BodyLimitMiddleware, Gatekeeper, RateLimits, refuse_to_start_open
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings, get_settings
@@ -66,6 +67,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.results = ResultReader(app.state.store, timedelta(minutes=resolved.result_url_minutes))
         app.state.probe = ServiceProbe(resolved)
         app.state.rate_limits = RateLimits(resolved)
+        app.state.quotas = Quotas(resolved, app.state.rate_limits)
         app.state.event_streams = EventStreams(
             resolved.event_poll_seconds, resolved.event_streams_per_caller, resolved.event_streams_total
         )
@@ -104,6 +106,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(artifacts.router)
     app.include_router(workflows.router)
     app.include_router(webhooks.router)
+    app.include_router(usage.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     page.mount(app)

@@ -106,6 +106,14 @@ class RateLimits:
             return 0.0
         return max(1.0, reset - time.time())
 
+    def used(self, item: RateLimitItem, key: str) -> int:
+        """How much of `item` the key used in the current window (0 when the storage fails)."""
+        try:
+            return item.amount - self._limiter.get_window_stats(item, key).remaining
+        except Exception as exc:  # noqa: BLE001
+            log.warning("rate limit storage failed (%s: %s)", type(exc).__name__, exc)
+            return 0
+
 
 def _too_many(what: str, wait: float) -> HTTPException:
     return HTTPException(

@@ -98,6 +98,21 @@ class GatewaySettings(PipelineSettings):
     )
     cors_origins: str = Field(default="", description="Comma-separated origins allowed to call from a browser.")
     rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests a minute per caller (per key).")
+    workflows_per_day: int = Field(
+        default=1000, ge=1, description="Workflows one caller may start in 24 hours (a sliding window); 429 beyond."
+    )
+    stored_bytes_per_caller: int = Field(
+        default=5 * 1024**3,
+        ge=1,
+        description="Bytes of photos one caller may upload within RETENTION_DAYS, after which retention "
+        "removes them; 429 beyond.",
+    )
+    runs_in_flight_per_caller: int = Field(
+        default=2,
+        ge=1,
+        description="Runs of one caller queued or running at once: Dagster's run queue holds the rest "
+        "(tag_concurrency_limits on jewel/owner, written into dagster.yaml by devtools.stack); shown by GET /usage.",
+    )
     max_image_pixels: int = Field(default=50_000_000, description="Largest image (width x height) accepted.")
     event_poll_seconds: float = Field(default=0.25, gt=0.0, description="How often an event stream looks for a change.")
     event_stream_max_seconds: float = Field(default=3600.0, gt=0.0, description="An event stream ends after this.")

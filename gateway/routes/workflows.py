@@ -18,9 +18,10 @@ from gateway.claims import Claim, ClaimError, claim, release
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
 from gateway.dagster_api.models import RunInfo
-from gateway.deps import LauncherDep, ResultsDep, RunsDep, SettingsDep, StoreDep
+from gateway.deps import LauncherDep, QuotasDep, ResultsDep, RunsDep, SettingsDep, StoreDep
 from gateway.json_route import OffLoopJSONRoute
 from gateway.observability import logs
+from gateway.quotas import Quotas
 from gateway.schemas import (
     ONE_WORKFLOW,
     STARTS,
@@ -306,6 +307,7 @@ def _start(
     launcher: StartLauncher,
     caller: str,
     idempotency_key: str | None,
+    quotas: Quotas,
 ) -> StartResponse:
     image = decode_base64_image(body.originalImageBase64, settings.max_image_bytes, settings.max_image_pixels)
     hook = _webhook_tags(body.webhookUrl, settings, store)
@@ -318,16 +320,20 @@ def _start(
     request_id = _new_request_id()
 
     def store_and_start(tags: dict[str, str]) -> StartResponse:
+        quotas.refuse_over(caller, len(image))  # only a new workflow counts: not an idempotent replay
         upload_uri, ops = _store_upload(job, body, image, store, request_id)
         tags = {**tags, **hook()}
         if settings.start_in_background:
-            return _enqueue(job, store, launcher, request_id, upload_uri, ops, tags)
-        try:
-            return _launch(runs, job, request_id, {"ops": ops}, new=True, tags=tags)
-        except HTTPException:
-            store.delete(upload_uri)  # the request never started: keep no orphaned upload
-            _drop_strokes(store, ops)
-            raise
+            started = _enqueue(job, store, launcher, request_id, upload_uri, ops, tags)
+        else:
+            try:
+                started = _launch(runs, job, request_id, {"ops": ops}, new=True, tags=tags)
+            except HTTPException:
+                store.delete(upload_uri)  # the request never started: keep no orphaned upload
+                _drop_strokes(store, ops)
+                raise
+        quotas.count(caller, len(image))
+        return started
 
     return _idempotent(runs, store, caller, idempotency_key, body, job, request_id, store_and_start)
 
@@ -397,10 +403,11 @@ def start_workflow(
     settings: SettingsDep,
     launcher: LauncherDep,
     caller: CallerDep,
+    quotas: QuotasDep,
     idempotency_key: IdempotencyHeader = None,
 ) -> StartResponse:
     """Photo and clicks to generations: the whole pipeline."""
-    return _start(FULL_JOB, body, runs, store, settings, launcher, caller, idempotency_key)
+    return _start(FULL_JOB, body, runs, store, settings, launcher, caller, idempotency_key, quotas)
 
 
 @router.post("/preprocess", response_model=StartResponse, responses=error_responses(*STARTS))
@@ -411,10 +418,11 @@ def preprocess_workflow(
     settings: SettingsDep,
     launcher: LauncherDep,
     caller: CallerDep,
+    quotas: QuotasDep,
     idempotency_key: IdempotencyHeader = None,
 ) -> StartResponse:
     """Upload, resize, background and mask; the result carries imageUri and maskUri for /generate."""
-    return _start(PREPROCESS_JOB, body, runs, store, settings, launcher, caller, idempotency_key)
+    return _start(PREPROCESS_JOB, body, runs, store, settings, launcher, caller, idempotency_key, quotas)
 
 
 def _artifact_path(store: BlobStore, uri: str, field: str) -> tuple[str, str, str]:
@@ -453,6 +461,7 @@ def generate_workflow(
     store: StoreDep,
     settings: SettingsDep,
     caller: CallerDep,
+    quotas: QuotasDep,
     idempotency_key: IdempotencyHeader = None,
 ) -> StartResponse:
     """Refine a preprocessed mask with brush strokes and generate.
@@ -474,12 +483,15 @@ def generate_workflow(
         # Stroke points are normalised on the image at imageUri: the canvas when continuing a
         # preprocessed request; on a new request that image is the request's photo.
         space = "photo" if new else "canvas"
+        quotas.refuse_over(caller, 0)  # a generate stores no photo: it counts as a workflow
         ops = {**ops, AssetName.REFINED_MASK: {"config": _strokes(store, request_id, body.brushStrokes, space)}}
         try:
-            return _launch(runs, job, request_id, {"ops": ops}, new, {**tags, **hook()})
+            started = _launch(runs, job, request_id, {"ops": ops}, new, {**tags, **hook()})
         except HTTPException:
             _drop_strokes(store, ops)
             raise
+        quotas.count(caller, 0)
+        return started
 
     if (image_rid, image_name, mask_name) == (mask_rid, AssetName.BACKGROUND_REMOVED_IMAGE, AssetName.JEWELRY_MASK):
 
