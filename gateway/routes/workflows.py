@@ -113,7 +113,9 @@ def pipeline_unavailable(exc: DagsterError) -> HTTPException:
     return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"The pipeline refused the request (error id {error_id}).")
 
 
-def _webhook_tags(url: str | None, settings: GatewaySettings, store: BlobStore) -> Callable[[], dict[str, str]]:
+def _webhook_tags(
+    url: str | None, settings: GatewaySettings, store: BlobStore, caller: str
+) -> Callable[[], dict[str, str]]:
     """Run tags that make the webhook dispatcher deliver the final state; the URL is checked now,
     before anything is stored, so a refused URL costs nothing. The returned function, called when
     the run is launched, keeps the full URL in the store and gives tags with a redacted one."""
@@ -124,7 +126,7 @@ def _webhook_tags(url: str | None, settings: GatewaySettings, store: BlobStore) 
             status.HTTP_400_BAD_REQUEST, detail="webhookUrl: webhooks are off on this gateway (no WEBHOOK_SECRET set)"
         )
     try:
-        check_webhook_url(url, settings.webhook_allow_private)
+        check_webhook_url(url, settings.webhook_allow_private, caller)  # its host looked up among the caller's
     except WebhookRefused as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
     return lambda: store_webhook_url(store, url)
@@ -310,7 +312,7 @@ def _start(
     quotas: Quotas,
 ) -> StartResponse:
     image = decode_base64_image(body.originalImageBase64, settings.max_image_bytes, settings.max_image_pixels)
-    hook = _webhook_tags(body.webhookUrl, settings, store)
+    hook = _webhook_tags(body.webhookUrl, settings, store, caller)
     # Checked before storing anything, so an outage leaves no orphaned upload behind. While this
     # gateway launches in the background, a recent answer of Dagster's to those launches is
     # enough: a ping would queue on the busy webserver behind them. Idle, it asks (cheap then).
@@ -470,7 +472,7 @@ def generate_workflow(
     lineage; 409 while a run of it is still going); any other pair of the caller's image
     artifacts starts a new request with them as inputs.
     """
-    hook = _webhook_tags(body.webhookUrl, settings, store)
+    hook = _webhook_tags(body.webhookUrl, settings, store, caller)
     image = _artifact_path(store, body.imageUri, "imageUri")
     mask = _artifact_path(store, body.maskUri, "maskUri")
     _owned_artifact(runs, store, image, "imageUri", caller)
