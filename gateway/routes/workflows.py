@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from gateway.claims import Claim, ClaimError, claim, release
 from gateway.dagster_api.client import DagsterRuns
-from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
+from gateway.dagster_api.errors import DagsterError, DagsterUnavailable, public_message
 from gateway.dagster_api.models import RunInfo
 from gateway.deps import LauncherDep, QuotasDep, ResultsDep, RunsDep, SettingsDep, StoreDep
 from gateway.json_route import OffLoopJSONRoute
@@ -102,15 +102,10 @@ IdempotencyHeader = Annotated[
 
 def pipeline_unavailable(exc: DagsterError) -> HTTPException:
     """A generic answer with an error id; what Dagster said (addresses included) goes to the log."""
-    error_id = uuid.uuid4().hex[:12]
-    log.error("error %s: %s: %s", error_id, type(exc).__name__, exc)
+    detail = public_message(exc, log)
     if isinstance(exc, DagsterUnavailable):
-        return HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"The pipeline (Dagster) is unavailable; retry shortly (error id {error_id}).",
-            headers={"Retry-After": "5"},
-        )
-    return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"The pipeline refused the request (error id {error_id}).")
+        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail, headers={"Retry-After": "5"})
+    return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=detail)
 
 
 def _webhook_tags(
