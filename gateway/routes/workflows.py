@@ -147,6 +147,12 @@ def _drop_strokes(store: BlobStore, ops: dict[Any, Any]) -> None:
         store.delete(uri)
 
 
+def _drop_webhook_url(store: BlobStore, tags: dict[str, str]) -> None:
+    """Delete the stored webhook URL (it may hold credentials) of a launch that did not happen."""
+    if key := tags.get(WEBHOOK_KEY_TAG):
+        store.delete_path(url_path(key))
+
+
 def _launch(
     runs: DagsterRuns, job: str, request_id: str, run_config: dict[str, Any], new: bool, tags: dict[str, str]
 ) -> StartResponse:
@@ -328,6 +334,7 @@ def _start(
             except HTTPException:
                 store.delete(upload_uri)  # the request never started: keep no orphaned upload
                 _drop_strokes(store, ops)
+                _drop_webhook_url(store, tags)
                 raise
         quotas.count(caller, len(image))
         return started
@@ -482,10 +489,12 @@ def generate_workflow(
         space = "photo" if new else "canvas"
         quotas.refuse_over(caller, 0)  # a generate stores no photo: it counts as a workflow
         ops = {**ops, AssetName.REFINED_MASK: {"config": _strokes(store, request_id, body.brushStrokes, space)}}
+        tags = {**tags, **hook()}
         try:
-            started = _launch(runs, job, request_id, {"ops": ops}, new, {**tags, **hook()})
+            started = _launch(runs, job, request_id, {"ops": ops}, new, tags)
         except HTTPException:
             _drop_strokes(store, ops)
+            _drop_webhook_url(store, tags)
             raise
         quotas.count(caller, 0)
         return started
