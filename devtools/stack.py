@@ -19,11 +19,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 import yaml
 from dotenv import dotenv_values
+
+from jewel_dagster.contract import OWNER_TAG
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -427,7 +430,20 @@ def prepare_dagster_home(env: dict[str, str]) -> None:
         config["concurrency"]["pools"]["default_limit"] = int(env["GPU_POOL_SIZE"])
     if env.get("MAX_CONCURRENT_RUNS") and not uses_celery(env):
         config["concurrency"]["runs"]["max_concurrent_runs"] = int(env["MAX_CONCURRENT_RUNS"])
+    per_caller(config["concurrency"]["runs"], env)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def per_caller(runs: dict[str, Any], env: Mapping[str, str]) -> None:
+    """The owner tag's per-caller run limit: RUNS_IN_FLIGHT_PER_CALLER, or no rule without API
+    keys (one anonymous caller: the rule would only halve the runs it may have at once)."""
+    limits = runs.get("tag_concurrency_limits", [])
+    owner = [limit for limit in limits if limit["key"] == OWNER_TAG]
+    if not env.get("GATEWAY_API_KEYS"):
+        runs["tag_concurrency_limits"] = [limit for limit in limits if limit["key"] != OWNER_TAG]
+    elif env.get("RUNS_IN_FLIGHT_PER_CALLER"):
+        for limit in owner:
+            limit["limit"] = int(env["RUNS_IN_FLIGHT_PER_CALLER"])
 
 
 def celery_overlay() -> dict[str, object]:

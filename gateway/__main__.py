@@ -18,7 +18,15 @@ def main(argv: list[str] | None = None) -> None:
     options.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     args = options.parse_args(argv)
     settings = GatewaySettings()
-    uvicorn.run("gateway.main:app", host=settings.bind_host, port=settings.api_port, log_level=args.log_level)
+    # proxy_headers off: uvicorn would trust X-Forwarded-For from 127.0.0.1 by default; the app
+    # trusts it from FORWARDED_ALLOW_IPS only (gateway/main.py).
+    uvicorn.run(
+        "gateway.main:app",
+        host=settings.bind_host,
+        port=settings.api_port,
+        log_level=args.log_level,
+        proxy_headers=False,
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.event_streams import EventStreams
+from gateway.quotas import Quotas
 from gateway.results import ResultReader
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings
@@ -39,6 +40,10 @@ def _launcher(request: Request) -> StartLauncher:
     return request.app.state.launcher
 
 
+def _quotas(request: Request) -> Quotas:
+    return request.app.state.quotas
+
+
 def _event_streams(request: Request) -> EventStreams:
     return request.app.state.event_streams
 
@@ -50,3 +55,4 @@ ResultsDep = Annotated[ResultReader, Depends(_results)]
 ProbeDep = Annotated[ServiceProbe, Depends(_probe)]
 LauncherDep = Annotated[StartLauncher, Depends(_launcher)]
 EventStreamsDep = Annotated[EventStreams, Depends(_event_streams)]
+QuotasDep = Annotated[Quotas, Depends(_quotas)]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
-from gateway.dagster_api.errors import DagsterError
+from gateway.dagster_api.errors import DagsterError, public_message
 from gateway.schemas import WorkflowState
 from gateway.workflow_state import FINAL_STATUSES
 
@@ -84,8 +84,8 @@ class Watch:
             delay = self._poll_seconds
             try:
                 snapshot = Snapshot(await run_in_threadpool(self._read))
-            except DagsterError as exc:
-                snapshot = Snapshot(None, error=str(exc))
+            except DagsterError as exc:  # told as GET tells it: Dagster's text (addresses) only in the log
+                snapshot = Snapshot(None, error=public_message(exc, log))
                 delay = self._poll_seconds * 4
             except Exception:  # e.g. the blob store while reading a result: the listeners must hear of it
                 log.exception("event stream: reading the state of %s failed", self.workflow_id)

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.event_streams import EventStreams
@@ -19,9 +20,10 @@ from gateway.observability.dagster_figures import DagsterFigures
 from gateway.observability.logs import configure_logging
 from gateway.observability.middleware import ObservabilityMiddleware
 from gateway.observability.registry import GatewayMetrics
+from gateway.quotas import Quotas
 from gateway.results import ResultReader
-from gateway.routes import artifacts, events, health, metrics, page, webhooks, workflows
-from gateway.security import BodyLimitMiddleware, RateLimits, refuse_to_start_open
+from gateway.routes import artifacts, events, health, metrics, page, usage, webhooks, workflows
+from gateway.security import BodyLimitMiddleware, Gatekeeper, RateLimits, refuse_to_start_open
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings, get_settings
 from gateway.shutdown import drain_streams_on_signals
@@ -65,6 +67,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.results = ResultReader(app.state.store, timedelta(minutes=resolved.result_url_minutes))
         app.state.probe = ServiceProbe(resolved)
         app.state.rate_limits = RateLimits(resolved)
+        app.state.quotas = Quotas(resolved, app.state.rate_limits)
         app.state.event_streams = EventStreams(
             resolved.event_poll_seconds, resolved.event_streams_per_caller, resolved.event_streams_total
         )
@@ -90,16 +93,35 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         observed.registry.unregister(figures)
         figures.close()
 
-    app = FastAPI(title="jewel-dagster gateway", version="0.1.0", lifespan=lifespan)
+    docs = resolved.api_docs == "on"
+    app = FastAPI(
+        title="jewel-dagster gateway",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if docs else None,  # None: no /openapi.json, /docs or /redoc
+    )
     app.state.metrics = observed
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(events.router)
     app.include_router(artifacts.router)
     app.include_router(workflows.router)
     app.include_router(webhooks.router)
+    app.include_router(usage.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     page.mount(app)
+    # Outermost first, as a request meets them: observability (sees every answer), the client's
+    # address, CORS (answers preflights), the key, the body.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=resolved.max_body_bytes,
+        small_limit=resolved.max_small_body_bytes,
+        max_objects=resolved.max_json_objects,
+        max_items=resolved.max_json_items,
+        max_depth=resolved.max_json_depth,
+        upload_paths=frozenset({"/workflow/start", "/workflow/preprocess"}),
+    )
+    app.add_middleware(Gatekeeper, prefixes=("/workflow", "/webhooks", "/usage"))  # before the body is read
     if resolved.cors_origin_list():
         app.add_middleware(
             CORSMiddleware,
@@ -107,13 +129,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-API-Key", "Authorization", "Idempotency-Key"],
         )
-    app.add_middleware(
-        BodyLimitMiddleware,
-        limit=resolved.max_body_bytes,
-        small_limit=resolved.max_small_body_bytes,
-        max_objects=resolved.max_json_objects,
-        upload_paths=frozenset({"/workflow/start", "/workflow/preprocess"}),
-    )
+    if proxies := [p.strip() for p in resolved.forwarded_allow_ips.split(",") if p.strip()]:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=proxies)  # X-Forwarded-For from these only
     app.add_middleware(ObservabilityMiddleware, metrics=observed)  # outermost: sees every answer, 413s too
     return app
 

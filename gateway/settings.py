@@ -66,8 +66,16 @@ class GatewaySettings(PipelineSettings):
         default=2 * 1024 * 1024, description="Largest body of every other route (/workflow/generate: strokes only)."
     )
     max_json_objects: int = Field(
-        default=25_000, ge=10, description="Most JSON objects (points, strokes) in a body, counted before parsing."
+        default=25_000,
+        ge=10,
+        description="Most JSON objects and arrays (points, strokes) in a body, counted before parsing.",
     )
+    max_json_items: int = Field(
+        default=100_000,
+        ge=10,
+        description="Most JSON items (array values, object members) in a body, counted before parsing.",
+    )
+    max_json_depth: int = Field(default=16, ge=4, description="Deepest JSON nesting of a body, counted before parsing.")
     max_image_bytes: int = Field(default=25 * 1024 * 1024, description="Largest decoded upload accepted.")
     gateway_api_keys: str = Field(default="", description="Comma-separated API keys; empty = no authentication.")
     gateway_secret: str = Field(
@@ -77,9 +85,34 @@ class GatewaySettings(PipelineSettings):
         default=False, description="Start without API keys (anyone who reaches the gateway may use it)."
     )
     redis_url: str | None = Field(default=None, description="Rate-limit counters in Redis (shared by replicas).")
-    auth_failures_per_minute: int = Field(default=20, ge=1, description="Wrong API keys a minute per address.")
+    auth_failures_per_minute: int = Field(
+        default=20, ge=1, description="Wrong API keys a minute per address (a valid key is never refused for them)."
+    )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Comma-separated addresses or networks of the proxies whose X-Forwarded-For names the client; "
+        "empty = none (the peer's address counts); '*' = any (only when nothing else can reach the gateway).",
+    )
+    api_docs: Literal["on", "off"] = Field(
+        default="on", description="Serve /docs and /openapi.json (off in a deployment: they map the API for anyone)."
+    )
     cors_origins: str = Field(default="", description="Comma-separated origins allowed to call from a browser.")
     rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests a minute per caller (per key).")
+    workflows_per_day: int = Field(
+        default=1000, ge=1, description="Workflows one caller may start in 24 hours (a sliding window); 429 beyond."
+    )
+    stored_bytes_per_caller: int = Field(
+        default=5 * 1024**3,
+        ge=1,
+        description="Bytes of photos one caller may upload within RETENTION_DAYS, after which retention "
+        "removes them; 429 beyond.",
+    )
+    runs_in_flight_per_caller: int = Field(
+        default=2,
+        ge=1,
+        description="Runs of one caller queued or running at once: Dagster's run queue holds the rest "
+        "(tag_concurrency_limits on jewel/owner, written into dagster.yaml by devtools.stack); shown by GET /usage.",
+    )
     max_image_pixels: int = Field(default=50_000_000, description="Largest image (width x height) accepted.")
     event_poll_seconds: float = Field(default=0.25, gt=0.0, description="How often an event stream looks for a change.")
     event_stream_max_seconds: float = Field(default=3600.0, gt=0.0, description="An event stream ends after this.")
@@ -95,7 +128,9 @@ class GatewaySettings(PipelineSettings):
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhooks to loopback and private addresses (tests, a trusted network)."
     )
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0.0, description="Timeout of one webhook POST.")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0.0, description="Deadline of one webhook POST, whole (connect, send, answer), not per read."
+    )
     webhook_attempts: int = Field(default=6, ge=1, le=20, description="POSTs before a webhook is given up.")
     webhook_poll_seconds: float = Field(default=1.0, gt=0.0, description="How often finished runs are looked for.")
     webhook_recovery_hours: float = Field(

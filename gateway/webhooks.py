@@ -2,7 +2,7 @@
 
 The full URL may carry credentials (`user:pass@`) or a token in its query, so it is stored only
 where the dispatcher reads it: a blob `webhooks/<key>.json`, written when the run is launched,
-whose key rides on the run as a tag beside a redacted URL (no userinfo, no query) for people
+whose key rides on the run as a tag beside a redacted URL (scheme, host and port only) for people
 reading Dagster's UI. Each delivery leaves a record (with the redacted URL) in the blob store next
 to the request's artifacts. So a gateway that restarts finds what it still owes from Dagster and
 the store alone, and a receiver gets one POST per workflow run, not one per gateway life.
@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 import httpx
 from standardwebhooks import Webhook as StandardWebhook
 
+from gateway.bounded_post import bounded_post
 from gateway.claims import Claim, claim, release
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError
@@ -64,11 +65,66 @@ log = logging.getLogger(__name__)
 _SECRET_PREFIX = "whsec_"  # how Standard Webhooks writes a secret: whsec_<base64 of the key>
 _RESOLVE_SECONDS = 5.0
 _SETTLE_SECONDS = 3.0  # a failed run gets its will_retry tag a moment after its status
-_resolver = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
 
 
 class WebhookRefused(ValueError):
     """The URL may not receive webhooks; the message is meant for the person who sent it."""
+
+
+class WebhookUnresolved(WebhookRefused):
+    """The host did not resolve, or not in time: refused at submission, retried at delivery (a
+    name server's bad minute is not the URL's fault)."""
+
+
+class _Resolver:
+    """Host names looked up per caller, each lookup with a deadline.
+
+    `getaddrinfo` cannot be cancelled, so a slow name holds its thread until the system resolver
+    gives up. On a shared pool of 4 threads, one caller's slow names made every other caller's
+    URLs "cannot be resolved". Here each lookup has a thread of its own, and holds one of its
+    caller's `per_caller` places (and one of `total`) until it really ends: a caller's slow names
+    delay only that caller's lookups, and the threads they can pin are bounded.
+    """
+
+    def __init__(self, per_caller: int = 2, total: int = 64) -> None:
+        self._per_caller = per_caller
+        self._total = threading.BoundedSemaphore(total)
+        self._callers: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    def _places(self, caller: str) -> threading.BoundedSemaphore:
+        with self._lock:
+            return self._callers.setdefault(caller, threading.BoundedSemaphore(self._per_caller))
+
+    def resolve(self, host: str, port: int, caller: str, seconds: float) -> list[tuple[Any, ...]]:
+        """getaddrinfo's answer; WebhookUnresolved when the name does not resolve within `seconds`."""
+        deadline = time.monotonic() + seconds
+        places = self._places(caller)
+        if not places.acquire(timeout=seconds):
+            raise WebhookUnresolved(f"webhookUrl: the host {host!r} cannot be resolved (lookups of this key are slow)")
+        if not self._total.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            places.release()
+            raise WebhookUnresolved(f"webhookUrl: the host {host!r} cannot be resolved now; retry shortly")
+        answer: list[list[tuple[Any, ...]]] = []
+        done = threading.Event()
+
+        def look_up() -> None:
+            try:
+                answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            except (OSError, UnicodeError):
+                pass
+            finally:
+                self._total.release()
+                places.release()
+                done.set()
+
+        threading.Thread(target=look_up, name="webhook-dns", daemon=True).start()
+        if not done.wait(max(0.0, deadline - time.monotonic())) or not answer or not answer[0]:
+            raise WebhookUnresolved(f"webhookUrl: the host {host!r} cannot be resolved")
+        return answer[0]
+
+
+_resolver = _Resolver()
 
 
 def master_key(webhook_secret: str) -> bytes:
@@ -126,7 +182,7 @@ def _public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def check_webhook_url(url: str, allow_private: bool) -> list[str]:
+def check_webhook_url(url: str, allow_private: bool, caller: str = ANONYMOUS) -> list[str]:
     """Refuse what a webhook must not reach: other schemes, and (unless allowed) any host that
     resolves to a loopback, private, link-local or otherwise non-public address, so a caller
     cannot make the gateway probe the network it sits in.
@@ -141,15 +197,8 @@ def check_webhook_url(url: str, allow_private: bool) -> list[str]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookRefused("webhookUrl must be an http:// or https:// URL with a host")
     host = parts.hostname
-    try:
-        infos = _resolver.submit(
-            socket.getaddrinfo, host, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
-        ).result(timeout=_RESOLVE_SECONDS)
-    except (OSError, concurrent.futures.TimeoutError):
-        raise WebhookRefused(f"webhookUrl: the host {host!r} cannot be resolved") from None
+    infos = _resolver.resolve(host, port or (443 if parts.scheme == "https" else 80), caller, _RESOLVE_SECONDS)
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    if not addresses:
-        raise WebhookRefused(f"webhookUrl: the host {host!r} cannot be resolved")
     for address in addresses:
         if not allow_private and not _public(address):
             raise WebhookRefused(
@@ -194,10 +243,13 @@ class PinnedTransport(httpx.BaseTransport):
 
 
 def redact(url: str) -> str:
-    """What logs, run tags and delivery records show of a webhook URL: scheme://host[:port]/path,
-    without credentials, query or fragment (where tokens travel)."""
+    """What logs, run tags and delivery records show of a webhook URL: scheme://host[:port] only.
+
+    Credentials, query and fragment carry tokens, and so does the path of Slack- and Discord-style
+    URLs (`/services/T000/B000/<secret>`): all of them stay in the store's `webhooks/<key>.json`."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    host = parts.netloc.rpartition("@")[2]  # host[:port], a bracketed IPv6 address included
+    return f"{parts.scheme}://{host}"
 
 
 def url_path(key: str) -> str:
@@ -409,29 +461,20 @@ class WebhookDispatcher:
                     return None
         return None
 
-    def _post(self, url: str, addresses: list[str], body: bytes, headers: dict[str, str]) -> httpx.Response:
+    def _post(self, url: str, addresses: list[str], body: bytes, headers: dict[str, str]) -> int:
         """One POST to one of `addresses`, on the transport itself: httpx's client would log the
         full URL (its credentials and query), follow no proxy we want, and offer nothing else here.
-        Credentials in the URL become Basic auth, as a client would send them."""
+        Credentials in the URL become Basic auth, as a client would send them. The whole POST ends
+        within WEBHOOK_TIMEOUT_SECONDS and reads a few KB of the answer at most (bounded_post.py);
+        its status code is returned."""
         target = httpx.URL(url)
         headers = dict(headers)
         if target.username or target.password:
             pair = f"{target.username}:{target.password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        request = httpx.Request(
-            "POST",
-            target.copy_with(username=None, password=None),
-            content=body,
-            headers=headers,
-            extensions={"timeout": httpx.Timeout(self._settings.webhook_timeout_seconds).as_dict()},
-        )
+        request = httpx.Request("POST", target.copy_with(username=None, password=None), content=body, headers=headers)
         with PinnedTransport(addresses, self._verify) as transport:
-            response = transport.handle_request(request)
-            try:
-                response.read()
-            finally:
-                response.close()
-        return response
+            return bounded_post(transport, request, self._settings.webhook_timeout_seconds)
 
     def _post_with_retries(self, url: str, body: bytes, delivery_id: str, caller: str = ANONYMOUS) -> Delivery | None:
         """POST until a 2xx, a refusal (4xx) or the last attempt; None when stopped meanwhile.
@@ -450,14 +493,16 @@ class WebhookDispatcher:
         for attempt in range(1, attempts + 1):
             try:
                 # DNS may have changed since the submission: check again, and connect to what was checked.
-                addresses = check_webhook_url(url, self._settings.webhook_allow_private)
+                addresses = check_webhook_url(url, self._settings.webhook_allow_private, caller)
                 signed = {**headers, **signed_headers(secret, delivery_id, body, time.time())}
-                response = self._post(url, addresses, body, signed)
-                status_code, error = response.status_code, f"HTTP {response.status_code}"
-                if response.is_success:
+                status_code = self._post(url, addresses, body, signed)
+                error = f"HTTP {status_code}"
+                if 200 <= status_code < 300:
                     return Delivery(shown, True, attempt, status_code, None)
                 if 400 <= status_code < 500 and status_code not in (408, 425, 429):
                     return Delivery(shown, False, attempt, status_code, f"the receiver refused it: {error}")
+            except WebhookUnresolved as exc:  # the name server, not the URL: try again
+                status_code, error = None, str(exc)
             except WebhookRefused as exc:
                 return Delivery(shown, False, attempt, None, str(exc))
             except httpx.HTTPError as exc:

@@ -39,6 +39,15 @@ query FirstRun($tags: [ExecutionTag!]!) {
   }
 }"""
 
+_RUNS_IN_FLIGHT = """
+query RunsInFlight($tags: [ExecutionTag!]!) {
+  runsOrError(filter: {tags: $tags, statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) {
+    __typename
+    ... on Runs { count }
+    ... on PythonError { message }
+  }
+}"""
+
 _LATEST_RUN = """
 query LatestRun($tags: [ExecutionTag!]!) {
   runsOrError(filter: {tags: $tags}, limit: 1) {
@@ -399,6 +408,14 @@ class DagsterRuns:
         if data["__typename"] != "Runs":
             raise DagsterError(data.get("message", data["__typename"]))
         return run_info_from(data["results"][0]) if data["results"] else None
+
+    def runs_in_flight(self, tags: dict[str, str]) -> int:
+        """How many runs with these tags are queued or running (GET /usage)."""
+        variables = {"tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        data = self._query(_RUNS_IN_FLIGHT, variables)["runsOrError"]
+        if data["__typename"] != "Runs":
+            raise DagsterError(data.get("message", data["__typename"]))
+        return int(data["count"])
 
     def first_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
         """The oldest run with these tags (runs come newest first; a request has few)."""

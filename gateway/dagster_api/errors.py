@@ -6,6 +6,9 @@ DagsterError            Dagster answered, but not with what we asked for
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 
 class DagsterError(Exception):
     pass
@@ -22,3 +25,14 @@ def readable_error(message: str) -> str:
     if sep and "." in head and " " not in head:
         return rest.strip()
     return first_line
+
+
+def public_message(exc: DagsterError, log: logging.Logger) -> str:
+    """What a caller is told of a Dagster error, the same on GET and the event stream: a generic
+    sentence and an error id. Dagster's own text (addresses, database errors) goes to the log
+    under that id, for the operator."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("error %s: %s: %s", error_id, type(exc).__name__, exc)
+    if isinstance(exc, DagsterUnavailable):
+        return f"The pipeline (Dagster) is unavailable; retry shortly (error id {error_id})."
+    return f"The pipeline refused the request (error id {error_id})."

@@ -88,7 +88,7 @@ async def _stream(workflow_id: str, watch: Watch, lease: StreamLease, settings: 
             seen, snapshot = watch.version, watch.snapshot
             assert snapshot is not None
             if snapshot.error is not None:
-                yield f": the pipeline did not answer ({snapshot.error}); retrying\n\n"
+                yield f": {snapshot.error} Retrying.\n\n"
                 continue
             state = snapshot.state
             if state is None:  # deleted from Dagster while we listened

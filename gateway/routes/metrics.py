@@ -4,7 +4,7 @@ Not one of the API keys: a scraper needs no right to start or read workflows, an
 key must not read load figures. With `GATEWAY_API_KEYS` set, /metrics needs
 `Authorization: Bearer <METRICS_API_KEY>` (403 while no METRICS_API_KEY is set); without keys
 (loopback, ALLOW_ANONYMOUS) it is open unless METRICS_API_KEY is set. Wrong tokens count against
-the address's wrong-key limit, like wrong API keys.
+the address's wrong-key limit, like wrong API keys; the right token is never refused for them.
 """
 
 from __future__ import annotations
@@ -39,24 +39,24 @@ def require_metrics_token(
                 status.HTTP_403_FORBIDDEN, detail="/metrics is off while API keys are on and METRICS_API_KEY is unset"
             )
         return
-    limits: RateLimits = request.app.state.rate_limits
-    bucket = f"auth:{client_network(request.client.host if request.client else None)}"
-    wait = limits.exhausted(limits.auth_failures, bucket)
-    if wait > 0:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail="too many requests with a wrong token from this address; retry later",
-            headers={"Retry-After": str(max(1, int(wait + 0.999)))},
-        )
     given = credentials.credentials if credentials else ""
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        if given:
-            limits.take(limits.auth_failures, bucket)
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="/metrics needs Authorization: Bearer <METRICS_API_KEY>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if hmac.compare_digest(given.encode(), expected.encode()):
+        return  # the right token is never refused for someone else's wrong ones
+    if given:
+        limits: RateLimits = request.app.state.rate_limits
+        bucket = f"auth:{client_network(request.client.host if request.client else None)}"
+        wait = limits.take(limits.auth_failures, bucket)
+        if wait > 0:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                detail="too many requests with a wrong token from this address; retry later",
+                headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+            )
+    raise HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        detail="/metrics needs Authorization: Bearer <METRICS_API_KEY>",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 @router.get(

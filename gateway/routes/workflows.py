@@ -16,10 +16,12 @@ from pydantic import BaseModel
 
 from gateway.claims import Claim, ClaimError, claim, release
 from gateway.dagster_api.client import DagsterRuns
-from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
+from gateway.dagster_api.errors import DagsterError, DagsterUnavailable, public_message
 from gateway.dagster_api.models import RunInfo
-from gateway.deps import LauncherDep, ResultsDep, RunsDep, SettingsDep, StoreDep
+from gateway.deps import LauncherDep, QuotasDep, ResultsDep, RunsDep, SettingsDep, StoreDep
+from gateway.json_route import OffLoopJSONRoute
 from gateway.observability import logs
+from gateway.quotas import Quotas
 from gateway.schemas import (
     ONE_WORKFLOW,
     STARTS,
@@ -63,7 +65,7 @@ from jewel_dagster.contract import (
 from jewel_dagster.defs.config import BRUSH_STROKES, BrushStroke
 from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError, strokes_path, tombstone_path
 
-router = APIRouter(prefix="/workflow", tags=["workflow"])
+router = APIRouter(prefix="/workflow", tags=["workflow"], route_class=OffLoopJSONRoute)
 
 # Matched with fullmatch: `$` would let a trailing newline through.
 WORKFLOW_ID = re.compile(r"jewelry-gen-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -100,18 +102,15 @@ IdempotencyHeader = Annotated[
 
 def pipeline_unavailable(exc: DagsterError) -> HTTPException:
     """A generic answer with an error id; what Dagster said (addresses included) goes to the log."""
-    error_id = uuid.uuid4().hex[:12]
-    log.error("error %s: %s: %s", error_id, type(exc).__name__, exc)
+    detail = public_message(exc, log)
     if isinstance(exc, DagsterUnavailable):
-        return HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"The pipeline (Dagster) is unavailable; retry shortly (error id {error_id}).",
-            headers={"Retry-After": "5"},
-        )
-    return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"The pipeline refused the request (error id {error_id}).")
+        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail, headers={"Retry-After": "5"})
+    return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=detail)
 
 
-def _webhook_tags(url: str | None, settings: GatewaySettings, store: BlobStore) -> Callable[[], dict[str, str]]:
+def _webhook_tags(
+    url: str | None, settings: GatewaySettings, store: BlobStore, caller: str
+) -> Callable[[], dict[str, str]]:
     """Run tags that make the webhook dispatcher deliver the final state; the URL is checked now,
     before anything is stored, so a refused URL costs nothing. The returned function, called when
     the run is launched, keeps the full URL in the store and gives tags with a redacted one."""
@@ -122,7 +121,7 @@ def _webhook_tags(url: str | None, settings: GatewaySettings, store: BlobStore) 
             status.HTTP_400_BAD_REQUEST, detail="webhookUrl: webhooks are off on this gateway (no WEBHOOK_SECRET set)"
         )
     try:
-        check_webhook_url(url, settings.webhook_allow_private)
+        check_webhook_url(url, settings.webhook_allow_private, caller)  # its host looked up among the caller's
     except WebhookRefused as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
     return lambda: store_webhook_url(store, url)
@@ -146,6 +145,12 @@ def _drop_strokes(store: BlobStore, ops: dict[Any, Any]) -> None:
     uri = ops.get(AssetName.REFINED_MASK, {}).get("config", {}).get("strokes_uri")
     if uri:
         store.delete(uri)
+
+
+def _drop_webhook_url(store: BlobStore, tags: dict[str, str]) -> None:
+    """Delete the stored webhook URL (it may hold credentials) of a launch that did not happen."""
+    if key := tags.get(WEBHOOK_KEY_TAG):
+        store.delete_path(url_path(key))
 
 
 def _launch(
@@ -305,9 +310,10 @@ def _start(
     launcher: StartLauncher,
     caller: str,
     idempotency_key: str | None,
+    quotas: Quotas,
 ) -> StartResponse:
     image = decode_base64_image(body.originalImageBase64, settings.max_image_bytes, settings.max_image_pixels)
-    hook = _webhook_tags(body.webhookUrl, settings, store)
+    hook = _webhook_tags(body.webhookUrl, settings, store, caller)
     # Checked before storing anything, so an outage leaves no orphaned upload behind. While this
     # gateway launches in the background, a recent answer of Dagster's to those launches is
     # enough: a ping would queue on the busy webserver behind them. Idle, it asks (cheap then).
@@ -317,16 +323,21 @@ def _start(
     request_id = _new_request_id()
 
     def store_and_start(tags: dict[str, str]) -> StartResponse:
+        quotas.refuse_over(caller, len(image))  # only a new workflow counts: not an idempotent replay
         upload_uri, ops = _store_upload(job, body, image, store, request_id)
         tags = {**tags, **hook()}
         if settings.start_in_background:
-            return _enqueue(job, store, launcher, request_id, upload_uri, ops, tags)
-        try:
-            return _launch(runs, job, request_id, {"ops": ops}, new=True, tags=tags)
-        except HTTPException:
-            store.delete(upload_uri)  # the request never started: keep no orphaned upload
-            _drop_strokes(store, ops)
-            raise
+            started = _enqueue(job, store, launcher, request_id, upload_uri, ops, tags)
+        else:
+            try:
+                started = _launch(runs, job, request_id, {"ops": ops}, new=True, tags=tags)
+            except HTTPException:
+                store.delete(upload_uri)  # the request never started: keep no orphaned upload
+                _drop_strokes(store, ops)
+                _drop_webhook_url(store, tags)
+                raise
+        quotas.count(caller, len(image))
+        return started
 
     return _idempotent(runs, store, caller, idempotency_key, body, job, request_id, store_and_start)
 
@@ -396,10 +407,11 @@ def start_workflow(
     settings: SettingsDep,
     launcher: LauncherDep,
     caller: CallerDep,
+    quotas: QuotasDep,
     idempotency_key: IdempotencyHeader = None,
 ) -> StartResponse:
     """Photo and clicks to generations: the whole pipeline."""
-    return _start(FULL_JOB, body, runs, store, settings, launcher, caller, idempotency_key)
+    return _start(FULL_JOB, body, runs, store, settings, launcher, caller, idempotency_key, quotas)
 
 
 @router.post("/preprocess", response_model=StartResponse, responses=error_responses(*STARTS))
@@ -410,10 +422,11 @@ def preprocess_workflow(
     settings: SettingsDep,
     launcher: LauncherDep,
     caller: CallerDep,
+    quotas: QuotasDep,
     idempotency_key: IdempotencyHeader = None,
 ) -> StartResponse:
     """Upload, resize, background and mask; the result carries imageUri and maskUri for /generate."""
-    return _start(PREPROCESS_JOB, body, runs, store, settings, launcher, caller, idempotency_key)
+    return _start(PREPROCESS_JOB, body, runs, store, settings, launcher, caller, idempotency_key, quotas)
 
 
 def _artifact_path(store: BlobStore, uri: str, field: str) -> tuple[str, str, str]:
@@ -452,6 +465,7 @@ def generate_workflow(
     store: StoreDep,
     settings: SettingsDep,
     caller: CallerDep,
+    quotas: QuotasDep,
     idempotency_key: IdempotencyHeader = None,
 ) -> StartResponse:
     """Refine a preprocessed mask with brush strokes and generate.
@@ -460,7 +474,7 @@ def generate_workflow(
     lineage; 409 while a run of it is still going); any other pair of the caller's image
     artifacts starts a new request with them as inputs.
     """
-    hook = _webhook_tags(body.webhookUrl, settings, store)
+    hook = _webhook_tags(body.webhookUrl, settings, store, caller)
     image = _artifact_path(store, body.imageUri, "imageUri")
     mask = _artifact_path(store, body.maskUri, "maskUri")
     _owned_artifact(runs, store, image, "imageUri", caller)
@@ -473,12 +487,17 @@ def generate_workflow(
         # Stroke points are normalised on the image at imageUri: the canvas when continuing a
         # preprocessed request; on a new request that image is the request's photo.
         space = "photo" if new else "canvas"
+        quotas.refuse_over(caller, 0)  # a generate stores no photo: it counts as a workflow
         ops = {**ops, AssetName.REFINED_MASK: {"config": _strokes(store, request_id, body.brushStrokes, space)}}
+        tags = {**tags, **hook()}
         try:
-            return _launch(runs, job, request_id, {"ops": ops}, new, {**tags, **hook()})
+            started = _launch(runs, job, request_id, {"ops": ops}, new, tags)
         except HTTPException:
             _drop_strokes(store, ops)
+            _drop_webhook_url(store, tags)
             raise
+        quotas.count(caller, 0)
+        return started
 
     if (image_rid, image_name, mask_name) == (mask_rid, AssetName.BACKGROUND_REMOVED_IMAGE, AssetName.JEWELRY_MASK):
 

@@ -403,8 +403,12 @@ function escapeHtml(text) {
 
 // ------------------------------------------------------------------ wiring
 
-$("api-key").value = localStorage.getItem("jewel-api-key") || "";
-$("api-key").addEventListener("change", () => localStorage.setItem("jewel-api-key", $("api-key").value.trim()));
+// sessionStorage, not localStorage: the key is gone when the tab closes, and no other tab or
+// later visitor of this browser profile reads it.
+localStorage.removeItem("jewel-api-key"); // what earlier versions of this page left behind
+$("api-key").value = sessionStorage.getItem("jewel-api-key") || "";
+$("api-key").addEventListener("change", () => sessionStorage.setItem("jewel-api-key", $("api-key").value.trim()));
+document.querySelector("form.key").addEventListener("submit", (e) => e.preventDefault()); // no inline handler: CSP
 $("file").addEventListener("change", (e) => choosePhoto(e.target.files[0]));
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });

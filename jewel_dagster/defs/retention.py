@@ -57,6 +57,16 @@ class RetentionReport:
     check_rows_removed: int = 0
     blobs_removed: int = 0
     tombstones_expired: int = 0
+    leftovers_removed: int = 0  # claims, webhook URLs and step logs older than the cutoff
+
+
+# Blobs that belong to no request folder, removed once older than the retention cutoff: claims
+# (gateway/claims.py: idempotency keys, webhook deliveries, continued runs; each settled within
+# minutes), webhook URLs (`webhooks/<key>.json`, with the caller's credentials; a launch that
+# failed left its own behind) and step logs (`compute-logs/`, Azure compute logs of runs that
+# were removed before retention removed them with their run).
+LEFTOVER_PREFIXES = ("claims/", "webhooks/", "compute-logs/")
+LEFTOVERS_PER_REQUEST = 50  # a pass removes at most this many per request it may remove: bounded
 
 
 def expired_requests(instance: dg.DagsterInstance, cutoff: datetime, limit: int) -> list[str]:
@@ -107,6 +117,8 @@ def remove_requests(
                     except BlobStoreError:
                         pass  # a malformed key names no blob of ours
         run_ids = [run.run_id for partition in removable for run in runs.get(partition, [])]
+        for run_id in run_ids:
+            delete_step_logs(instance, run_id)
         report.check_rows_removed += delete_check_rows(instance, run_ids)
         for partition in removable:
             instance.delete_dynamic_partition(PARTITIONS_NAME, partition)
@@ -115,6 +127,28 @@ def remove_requests(
         report.requests_removed += len(removable)
         report.runs_removed += len(run_ids)
     return report
+
+
+def delete_step_logs(instance: dg.DagsterInstance, run_id: str) -> None:
+    """The run's captured stdout/stderr, wherever the instance's compute log manager keeps them
+    (local files, or `compute-logs/` in Azure): `delete_run` leaves them behind."""
+    try:
+        instance.compute_log_manager.delete_logs(prefix=[run_id])
+    except Exception as exc:  # noqa: BLE001 - a manager that cannot delete must not stop the pass
+        dg.get_dagster_logger().warning(f"retention: step logs of run {run_id} not removed: {exc}")
+
+
+def remove_leftovers(store: BlobStore, before: datetime, limit: int) -> int:
+    """Remove up to `limit` blobs under LEFTOVER_PREFIXES written before `before`."""
+    removed = 0
+    for prefix in LEFTOVER_PREFIXES:
+        for blob in store.list_prefix(prefix):
+            if removed >= limit:
+                return removed
+            if blob.modified < before:
+                store.delete_path(blob.path)
+                removed += 1
+    return removed
 
 
 def with_pooled_connections(instance: dg.DagsterInstance, work: Callable[[dg.DagsterInstance], T]) -> T:
@@ -170,6 +204,7 @@ def run_retention(
         report = with_pooled_connections(
             instance, lambda pooled: remove_requests(pooled, store, expired_requests(pooled, cutoff, max_requests), now)
         )
+        report.leftovers_removed = remove_leftovers(store, cutoff, max_requests * LEFTOVERS_PER_REQUEST)
     report.tombstones_expired = expire_tombstones(store, now - timedelta(days=tombstone_days))
     return report
 

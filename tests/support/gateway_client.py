@@ -76,6 +76,9 @@ class FakeDagster:
 
     first_run_tagged = newest_run_tagged
 
+    def runs_in_flight(self, tags: dict[str, str]) -> int:
+        return 0
+
     def forget(self, request_id: str) -> None:
         pass
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,3 +61,52 @@ def webhook_receiver(answers: list[int] | None = None, tls: ssl.SSLContext | Non
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def hostile_receiver(behaviour: str, seconds: float = 8.0) -> Iterator[str]:
+    """A receiver that costs whoever calls it: `huge` answers 200 with a 300 MB body (the same
+    64 KB chunk written over and over, so this side allocates nothing), `trickle-body` answers 200
+    then a byte every 0.1 s, `trickle-headers` sends its headers a byte every 0.1 s; a trickle
+    stops after `seconds`. Yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            try:
+                conn.recv(65536)  # the POST (small: a workflow's state)
+                if behaviour == "huge":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 314572800\r\n\r\n")
+                    chunk = b"x" * 65536
+                    for _ in range(314572800 // len(chunk)):
+                        conn.sendall(chunk)
+                    return
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nX-Padding: " + b"p" * 200 + b"\r\n\r\n"
+                trickled = head if behaviour == "trickle-headers" else b"y" * 100000
+                if behaviour == "trickle-body":
+                    conn.sendall(head)
+                ends = time.monotonic() + seconds
+                for byte in trickled:
+                    if stop.is_set() or time.monotonic() > ends:
+                        return
+                    conn.sendall(bytes([byte]))
+                    time.sleep(0.1)
+            except OSError:
+                return  # the caller hung up: what a bounded client does
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    finally:
+        stop.set()
+        listener.close()

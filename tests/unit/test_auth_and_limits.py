@@ -151,3 +151,37 @@ def test_counters_of_addresses_gone_quiet_are_dropped(tmp_path: Path) -> None:
         limits.take(per_second, "address:192.0.2.1")
         time.sleep(0.2)
     assert len(storage.storage) <= 2  # type: ignore[attr-defined]  # the one still-active address
+
+
+def test_a_valid_key_is_never_refused_for_someone_elses_wrong_keys(tmp_path: Path) -> None:
+    """Issue 29, finding 3: behind a load balancer every caller shares one address; 20 wrong keys
+    a minute from it locked every valid key out."""
+    with gateway_client(tmp_path, gateway_api_keys="alpha-key", auth_failures_per_minute=3) as client:
+        wrong = [client.get(WORKFLOW, headers={"X-API-Key": f"guess-{i}"}).status_code for i in range(6)]
+        valid = client.get(WORKFLOW, headers={"X-API-Key": "alpha-key"})
+        bearer = client.get(WORKFLOW, headers={"Authorization": "Bearer alpha-key"})
+    assert wrong == [401, 401, 401, 429, 429, 429], wrong
+    assert valid.status_code == 503 and bearer.status_code == 503  # past the key: Dagster is down here
+
+
+def test_the_metrics_token_is_never_refused_for_wrong_ones(tmp_path: Path) -> None:
+    settings = {"gateway_api_keys": "alpha-key", "metrics_api_key": "scrape-token", "auth_failures_per_minute": 2}
+    with gateway_client(tmp_path, **settings) as client:
+        wrong = [client.get("/metrics", headers={"Authorization": f"Bearer no-{i}"}).status_code for i in range(4)]
+        right = client.get("/metrics", headers={"Authorization": "Bearer scrape-token"})
+    assert wrong == [401, 401, 429, 429] and right.status_code == 200, wrong
+
+
+def test_x_forwarded_for_counts_only_from_configured_proxies(tmp_path: Path) -> None:
+    def wrong_keys(client: object, forwarded: str, count: int) -> list[int]:
+        headers = {"X-API-Key": "guess", "X-Forwarded-For": forwarded}
+        return [client.get(WORKFLOW, headers=headers).status_code for _ in range(count)]  # type: ignore[attr-defined]
+
+    settings = {"gateway_api_keys": "alpha-key", "auth_failures_per_minute": 2}
+    with gateway_client(tmp_path, "10.0.0.5", forwarded_allow_ips="10.0.0.5", **settings) as behind_proxy:
+        # Each client behind the proxy has its own count.
+        assert wrong_keys(behind_proxy, "203.0.113.7", 3) == [401, 401, 429]
+        assert wrong_keys(behind_proxy, "203.0.113.8", 1) == [401]
+    with gateway_client(tmp_path, "10.0.0.6", forwarded_allow_ips="10.0.0.5", **settings) as direct:
+        # Not a trusted proxy: its X-Forwarded-For is ignored, rotating it gains nothing.
+        assert wrong_keys(direct, "203.0.113.1", 1) + wrong_keys(direct, "203.0.113.2", 2) == [401, 401, 429]

@@ -15,7 +15,13 @@ def test_the_entry_point_listens_on_api_port(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("API_PORT", "18123")
     monkeypatch.setenv("BIND_HOST", "0.0.0.0")
     entry_point.main(["--log-level", "warning"])
-    assert served == {"app": "gateway.main:app", "host": "0.0.0.0", "port": 18123, "log_level": "warning"}
+    assert served == {
+        "app": "gateway.main:app",
+        "host": "0.0.0.0",
+        "port": 18123,
+        "log_level": "warning",
+        "proxy_headers": False,  # X-Forwarded-For is trusted from FORWARDED_ALLOW_IPS only
+    }
 
 
 def test_an_api_port_that_is_no_port_stops_the_start(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from gateway.settings import GatewaySettings
 from gateway.webhooks import WebhookDispatcher, WebhookRefused, caller_secret, check_webhook_url, signed_headers
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from tests.support.gateway_client import gateway_client, start_body
-from tests.support.receivers import webhook_receiver
+from tests.support.receivers import hostile_receiver, webhook_receiver
 
 
 @pytest.mark.parametrize(
@@ -295,7 +296,7 @@ def test_https_to_the_pinned_address_checks_the_certificate_against_the_name(
 def test_credentials_and_query_tokens_stay_out_of_tags_records_and_logs(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Run tags, the delivery record and the log show scheme://host:port/path; the full URL is
+    """Run tags, the delivery record and the log show scheme://host:port; the full URL is
     read from the store by a dispatcher that was not there when the run was launched."""
     from gateway.dagster_api.models import RunInfo
     from gateway.routes.workflows import _webhook_tags
@@ -306,8 +307,8 @@ def test_credentials_and_query_tokens_stay_out_of_tags_records_and_logs(
     with webhook_receiver(answers=[500, 500]) as receiver:
         port = receiver.url.split(":")[2].split("/")[0]
         secret_url = f"http://alice:pa55word@127.0.0.1:{port}/hook?token=t0ken-123"
-        tags = _webhook_tags(secret_url, settings, store)()
-        assert tags[WEBHOOK_URL_TAG] == f"http://127.0.0.1:{port}/hook"
+        tags = _webhook_tags(secret_url, settings, store, "anonymous")()
+        assert tags[WEBHOOK_URL_TAG] == f"http://127.0.0.1:{port}"
         assert not any("pa55word" in v or "t0ken" in v for v in tags.values())
         run = RunInfo("run-5", "jewelry_generation", "SUCCESS", [], tags)
         dispatcher = _dispatcher(tmp_path, webhook_attempts=2)  # a new gateway: only tags and store
@@ -316,7 +317,7 @@ def test_credentials_and_query_tokens_stay_out_of_tags_records_and_logs(
         posts = receiver.posts()
     assert [p.path for p in posts] == ["/hook?token=t0ken-123"] * 2  # the receiver gets the full URL
     assert posts[0].headers["Authorization"].startswith("Basic ")
-    assert outcome is not None and outcome.url == f"http://127.0.0.1:{port}/hook"
+    assert outcome is not None and outcome.url == f"http://127.0.0.1:{port}"
     assert "pa55word" not in caplog.text and "t0ken" not in caplog.text  # httpx's client logged it whole
 
 
@@ -362,3 +363,106 @@ def test_two_replicas_that_both_see_a_finished_run_post_it_once(
         for replica in replicas:
             replica._pool.shutdown(wait=True)
         assert len(receiver.posts()) == 1
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "delivered"),
+    [("huge", True), ("trickle-body", True), ("trickle-headers", False)],
+)
+def test_a_hostile_receiver_costs_a_few_kb_and_ends_at_the_deadline(
+    tmp_path: Path, behaviour: str, delivered: bool
+) -> None:
+    """Issue 29, finding 2: a 300 MB answer raised the gateway's memory by 600 MB; a trickle held a
+    delivery thread 8 s with a 2 s timeout (the timeout was per read)."""
+    dispatcher = _dispatcher(tmp_path, webhook_attempts=1, webhook_timeout_seconds=1.0)
+    with hostile_receiver(behaviour, seconds=8.0) as url:
+        tracemalloc.start()
+        started = time.monotonic()
+        try:
+            outcome = dispatcher._post_with_retries(url, b"{}", delivery_id="run-h")
+            elapsed = time.monotonic() - started
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert outcome is not None and outcome.delivered is delivered, outcome
+    assert peak < 5 * 1024 * 1024, f"the delivery allocated {peak / 1e6:.0f} MB"
+    assert elapsed < 2.5, f"the delivery took {elapsed:.1f} s with a 1 s deadline"  # 1 s + a loaded machine
+    if not delivered:
+        assert outcome.error is not None and "within 1 s" in outcome.error
+
+
+class _SlowNames:
+    """Names under `.slow.test` take `seconds` to resolve; `fast.test` resolves at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, host: str, port: int, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        import socket
+
+        if host.endswith(".slow.test"):
+            time.sleep(self.seconds)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", port))]
+
+
+def test_one_callers_slow_names_do_not_delay_another_callers_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 29, finding 4: lookups ran on 4 shared threads; a caller's slow names made every
+    other caller's URLs "cannot be resolved"."""
+    import socket
+    import threading
+
+    monkeypatch.setattr(socket, "getaddrinfo", _SlowNames(3.0))
+    slow = [
+        threading.Thread(target=_try_check, args=(f"http://n{i}.slow.test/hook", "mallory"), daemon=True)
+        for i in range(8)
+    ]
+    for thread in slow:
+        thread.start()
+    time.sleep(0.2)  # mallory's lookups hold their threads
+    started = time.monotonic()
+    assert check_webhook_url("http://fast.test/hook", allow_private=False, caller="alice") == ["8.8.8.8"]
+    assert time.monotonic() - started < 1.0
+    for thread in slow:
+        thread.join(timeout=15)
+
+
+def _try_check(url: str, caller: str) -> None:
+    try:
+        check_webhook_url(url, allow_private=False, caller=caller)
+    except WebhookRefused:
+        pass  # mallory's own lookups may time out: only alice's matter here
+
+
+def test_a_lookup_that_fails_at_delivery_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    real = socket.getaddrinfo
+    failures = [socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")]
+
+    def flaky(host: str, *args: object, **kwargs: object) -> object:
+        if failures:
+            raise failures.pop()
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    dispatcher = _dispatcher(tmp_path, webhook_attempts=3)
+    with webhook_receiver() as receiver:
+        monkeypatch.setattr(socket, "getaddrinfo", flaky)
+        outcome = dispatcher._post_with_retries(receiver.url, b"{}", delivery_id="run-dns")
+        monkeypatch.undo()
+    assert outcome is not None and outcome.delivered and outcome.attempts == 2, outcome
+    assert len(receiver.posts()) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.slack.com/services/T000/B000/XXXXsecretXXXX", "https://hooks.slack.com"),
+        ("https://discord.com/api/webhooks/123/s3cr3t-token?wait=true", "https://discord.com"),
+        ("http://user:pw@[2001:db8::1]:8443/a/b#frag", "http://[2001:db8::1]:8443"),
+    ],
+)
+def test_redaction_keeps_scheme_host_and_port_only(url: str, shown: str) -> None:
+    """Issue 29, finding 9: the path of Slack- and Discord-style URLs is their secret."""
+    from gateway.webhooks import redact
+
+    assert redact(url) == shown
