@@ -59,6 +59,7 @@ from jewel_dagster.contract import (
     REQUEST_ID_TAG,
     WEBHOOK_KEY_TAG,
     AssetName,
+    run_config_ops,
 )
 from jewel_dagster.defs.config import BRUSH_STROKES, BrushStroke
 from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError, strokes_path, tombstone_path
@@ -322,13 +323,19 @@ def _start(
         if settings.start_in_background:
             return _enqueue(job, store, launcher, request_id, upload_uri, ops, tags)
         try:
-            return _launch(runs, job, request_id, {"ops": ops}, new=True, tags=tags)
+            return _launch(runs, job, request_id, _run_config(ops), new=True, tags=tags)
         except HTTPException:
             store.delete(upload_uri)  # the request never started: keep no orphaned upload
             _drop_strokes(store, ops)
             raise
 
     return _idempotent(runs, store, caller, idempotency_key, body, job, request_id, store_and_start)
+
+
+def _run_config(ops: dict[str, Any]) -> dict[str, Any]:
+    """The run config of a launch: `ops` names each asset's input section ({asset: {"config": ...}});
+    the pipeline's steps take them grouped by step (`contract.run_config_ops`)."""
+    return {"ops": run_config_ops({section: entry["config"] for section, entry in ops.items()})}
 
 
 def _store_upload(
@@ -372,7 +379,7 @@ def _enqueue(
             workflowId=request_id,
             owner=tags[OWNER_TAG],
             job=job,
-            runConfig={"ops": ops},
+            runConfig=_run_config(ops),
             tags=run_tags,
             gateway=launcher.gateway_id,
             blobs=blobs,
@@ -475,7 +482,7 @@ def generate_workflow(
         space = "photo" if new else "canvas"
         ops = {**ops, AssetName.REFINED_MASK: {"config": _strokes(store, request_id, body.brushStrokes, space)}}
         try:
-            return _launch(runs, job, request_id, {"ops": ops}, new, {**tags, **hook()})
+            return _launch(runs, job, request_id, _run_config(ops), new, {**tags, **hook()})
         except HTTPException:
             _drop_strokes(store, ops)
             raise
