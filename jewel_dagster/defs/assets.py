@@ -24,7 +24,7 @@ A run that was cancelled stops before its next model call or output (`defs/cance
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 import dagster as dg
@@ -83,6 +83,7 @@ SPECK_AREA = 64  # mask components smaller than this (canvas pixels) are noise, 
 CANVAS_POINTS = "canvas_points"  # jewelry_mask metadata: the request's clicks in canvas pixels
 # flux_generation metadata when Gemini made no image: gemini_generation is then not materialized.
 GEMINI_REASON = "gemini_reason"
+CANCEL_POLL_SECONDS = 0.25  # how often a step waiting on Flux and Gemini looks for a cancel
 
 T = TypeVar("T")
 A = AssetName
@@ -480,9 +481,17 @@ def _generations(
         return _timed(lambda: generator.generate(image, mask, request.seed, request.prompt))
 
     stop_if_cancelled(context, "generating the images")
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="generator") as pool:
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="generator")
+    try:
         futures = {name: pool.submit(run, generator) for name, generator in wanted}
+        pending = set(futures.values())
+        while pending:
+            # A cancel ends the step while the calls are in flight: their answers are dropped.
+            _, pending = wait(pending, timeout=CANCEL_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            stop_if_cancelled(context, "materializing the generated images")
         results = {name: future.result() for name, future in futures.items()}
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     gemini_note: dict[str, Any] = {}
     if A.GEMINI_GENERATION in results:
         gemini, seconds = results[A.GEMINI_GENERATION]
