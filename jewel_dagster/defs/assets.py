@@ -397,19 +397,6 @@ def refine_mask(
         yield from step.emit(A.FINAL_MASK, mask, _image_metadata(mask, seconds))
 
 
-def _load_strokes(uri: str | None, blob_store: BlobStore) -> list[BrushStroke]:
-    """The request's brush strokes from their blob, checked by the gateway's own request type."""
-    if not uri:
-        return []
-    data = _load_image_blob(blob_store, uri, "brush strokes")
-    try:
-        return BRUSH_STROKES.validate_json(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise _permanent(f"the brush strokes at {uri} are not valid: {where}: {first['msg']}") from None
-
-
 @dg.multi_asset(
     name=GENERATE_OP,
     partitions_def=requests_partitions,

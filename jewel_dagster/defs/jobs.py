@@ -6,6 +6,8 @@ pipeline has (Flux beside Gemini) happens inside the `generate_images` step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dagster as dg
 
 from jewel_dagster.contract import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB, REGENERATE_JOB, AssetName
@@ -17,7 +19,7 @@ EXECUTOR = dg.multiprocess_executor if get_settings().job_executor == "multiproc
 
 
 def _request_job(
-    name: str, assets: list[dg.AssetsDefinition] | list[str], description: str
+    name: str, assets: Sequence[dg.AssetsDefinition] | Sequence[str], description: str
 ) -> dg.UnresolvedAssetJobDefinition:
     """A job over some of the request assets (with their checks); its partitions (`requests`)
     come from them."""

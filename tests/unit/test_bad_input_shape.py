@@ -8,7 +8,10 @@ from pathlib import Path
 
 from tests.support.gateway_client import gateway_client, start_body
 
-GENERATE = {"imageUri": "local://jewelry-uploads/requests/x/a.png", "maskUri": "local://jewelry-uploads/requests/x/b.png"}
+GENERATE = {
+    "imageUri": "local://jewelry-uploads/requests/x/a.png",
+    "maskUri": "local://jewelry-uploads/requests/x/b.png",
+}
 
 
 def test_generate_takes_only_a_small_body(tmp_path: Path) -> None:

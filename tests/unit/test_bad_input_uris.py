@@ -10,7 +10,9 @@ from tests.support.gateway_client import gateway_client
 
 OURS = "local://jewelry-uploads/requests/jewelry-gen-x/upload"
 # A well-formed image artifact URI: the mask's refusal comes first, before any ownership lookup.
-ARTIFACT = "local://jewelry-uploads/requests/jewelry-gen-00000000-0000-0000-0000-000000000000/background_removed_image.png"
+ARTIFACT = (
+    "local://jewelry-uploads/requests/jewelry-gen-00000000-0000-0000-0000-000000000000/background_removed_image.png"
+)
 
 
 @pytest.mark.parametrize(

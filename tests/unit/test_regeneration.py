@@ -26,7 +26,6 @@ from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from tests.support.photos import RING_CLICK, synthetic_ring, to_jpeg
 
-
 # What the regenerate job makes (named here, not read from the code under test).
 REGENERATED = ["flux_generation", "gemini_generation", "flux_metrics"]
 
