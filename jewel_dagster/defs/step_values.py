@@ -21,6 +21,9 @@ class StepValues:
     """Which of the step's assets to make, and every value the step has at hand."""
 
     def __init__(self, context: dg.AssetExecutionContext, io_manager: BlobIOManager) -> None:
+        # A step of a cancelled run does not start: also the retry Dagster makes of a step whose
+        # cancel interrupt its RetryPolicy turned into a step retry.
+        stop_if_cancelled(context, "starting the step")
         self._context = context
         self._io = io_manager
         self._values: dict[str, Any] = {}

@@ -127,3 +127,30 @@ def test_cancel_requested_reads_the_run_status() -> None:
         instance.report_run_canceling(run)
         assert cancel_requested(instance, run.run_id)
         assert not cancel_requested(instance, "unknown-run")
+
+
+class InterruptedSegmenter(Segmenter):
+    """The cancel's interrupt arrives during the call, as the run worker receives it: Dagster's
+    RetryPolicy turns an interrupt into a step retry (op_execution_error_boundary)."""
+
+    @property
+    def backend_name(self) -> str:
+        return "test-interrupted-segmenter"
+
+    def segment(self, image: RGBImage, points: Sequence[PixelPoint]) -> Mask:
+        _cancel_this_run(self)
+        raise KeyboardInterrupt
+
+
+def test_the_retry_of_an_interrupted_step_stops_at_once(local_resources: dict[str, Any]) -> None:
+    CANCELLED_AT.clear()
+    with dg.instance_for_test() as instance:
+        result = _run({**local_resources, "segmenter": InterruptedSegmenter()}, "cancel-interrupted", instance)
+        run = instance.get_run_record_by_id(result.run_id)
+        assert run is not None and run.dagster_run.status == dg.DagsterRunStatus.CANCELED
+        materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+        assert "jewelry_mask" not in materialized and "flux_generation" not in materialized
+        failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert [e.step_key for e in failures] == ["segment_jewelry"]
+        assert "before starting the step" in failures[0].event_specific_data.error.message
+        assert run.end_time is not None and run.end_time - CANCELLED_AT[0] < 2.0
