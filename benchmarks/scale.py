@@ -43,7 +43,7 @@ from dagster_shared.record import is_record
 
 from benchmarks.common import BENCH_ENV, BODY, percentile, postgres_database
 from devtools.stack import Stack, free_port, prepare_dagster_home
-from jewel_dagster.contract import FULL_JOB, OWNER_TAG, PARTITION_TAG, PARTITIONS_NAME
+from jewel_dagster.contract import FULL_JOB, OWNER_TAG, PARTITION_TAG, PARTITIONS_NAME, run_config_ops
 from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.defs.regeneration import build_regeneration_automation
 from jewel_dagster.defs.retention import run_retention
@@ -77,10 +77,7 @@ def template_events(instance: dg.DagsterInstance, blobs: Path) -> list[dg.EventL
         f"requests/{rid}/upload", (Path(__file__).parent.parent / "samples" / "ring.jpg").read_bytes()
     )
     instance.add_dynamic_partitions(PARTITIONS_NAME, [rid])
-    config = {
-        "original_image": {"config": {"image_uri": upload}},
-        "jewelry_mask": {"config": {"points": BODY["maskPoints"]}},
-    }
+    config = run_config_ops({"original_image": {"image_uri": upload}, "jewelry_mask": {"points": BODY["maskPoints"]}})
     result = dg.materialize(
         ALL_ASSETS, partition_key=rid, instance=instance, resources=resources, run_config={"ops": config}
     )

@@ -22,6 +22,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from benchmarks.common import REPO_ROOT, postgres_database
+from jewel_dagster.contract import run_config_ops
 from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
@@ -57,10 +58,12 @@ def main() -> None:
         rid = f"jewelry-gen-{uuid.uuid4()}"
         upload = store.put(f"requests/{rid}/upload", photo)
         instance.add_dynamic_partitions("requests", [rid])
-        config = {
-            "original_image": {"config": {"image_uri": upload}},
-            "jewelry_mask": {"config": {"points": [{"x": 0.245, "y": 0.467, "label": 1}]}},
-        }
+        config = run_config_ops(
+            {
+                "original_image": {"image_uri": upload},
+                "jewelry_mask": {"points": [{"x": 0.245, "y": 0.467, "label": 1}]},
+            }
+        )
         result = dg.materialize(
             ALL_ASSETS, partition_key=rid, instance=instance, resources=resources, run_config={"ops": config}
         )

@@ -61,6 +61,20 @@ class _Paths:
             return located if located.endswith(f".{extension}") else None
         return artifact_path(self._request_id, name, extension)
 
+    def find_beside(self, anchor: str | None, name: str, extension: str) -> str | None:
+        """An artifact made with `anchor` (Gemini's image and the metrics, with the Flux image):
+        from the folder of the run that made the anchor, None when that run made none (Gemini
+        absent, metrics not measured: not materialized), never an older run's. Artifacts stored
+        before runs had folders are found as `find` finds them."""
+        folder = anchor.rsplit("/", 1)[0] if anchor else None
+        if folder is None or folder == artifact_path(self._request_id, name, extension).rsplit("/", 1)[0]:
+            return self.find(name, extension)
+        for ext in (extension, *(e for e in ("png", "json") if e != extension)):
+            path = f"{folder}/{name}.{ext}"
+            if self._store.exists_path(path):
+                return path if ext == extension else None  # a JSON null stored by earlier versions
+        return None
+
 
 _ADDRESS = re.compile(
     r"\b[a-z][a-z0-9+.-]*://[^\s)'\"]+"  # a URL: http://10.0.0.7:9000/sam3
@@ -181,12 +195,12 @@ class ResultReader:
         if job_name == PREPROCESS_JOB:
             return uris, {}
         flux = paths.find(AssetName.FLUX_GENERATION, "png")
-        gemini = paths.find(AssetName.GEMINI_GENERATION, "png")
+        gemini = paths.find_beside(flux, AssetName.GEMINI_GENERATION, "png")
         generated = {key: path for key, path in (("flux_result", flux), ("gemini_result", gemini)) if path}
         result = {
             "flux_result_base64": self._jpeg_base64(flux),
             "gemini_result_base64": self._jpeg_base64(gemini),
-            "flux_metrics": self._json(paths.find(AssetName.FLUX_METRICS, "json")),
+            "flux_metrics": self._json(paths.find_beside(flux, AssetName.FLUX_METRICS, "json")),
             **uris,
             "finalMaskUri": self._uri(paths, AssetName.FINAL_MASK),
         }

@@ -67,15 +67,35 @@ def json_logging_run_config() -> dict[str, dict[str, dict[str, object]]]:
     return {"loggers": {JSON_LOGGER: {}}}
 
 
-# Which model service each step calls, for metrics and logs; `generations` calls Flux and Gemini.
+# The Dagster steps (ops) of the request graph: each materializes several assets in order, in
+# memory, so a full request is four steps (defs/assets.py says why this grouping).
+PREPARE_OP = "prepare_canvas"  # original_image, resized_image, canvas_transform, zoom_check (CPU)
+SEGMENT_OP = "segment_jewelry"  # background_removed_image, jewelry_mask (GPU pool)
+REFINE_OP = "refine_mask"  # refined_mask, final_mask (CPU; GPU pool when the A100 refines)
+GENERATE_OP = "generate_images"  # flux_generation, gemini_generation, flux_metrics + check (GPU pool)
+
+# Asset -> the step (op) that materializes it.
+OP_OF_ASSET: dict[str, str] = {
+    AssetName.ORIGINAL_IMAGE: PREPARE_OP,
+    AssetName.RESIZED_IMAGE: PREPARE_OP,
+    AssetName.CANVAS_TRANSFORM: PREPARE_OP,
+    AssetName.ZOOM_CHECK: PREPARE_OP,
+    AssetName.BACKGROUND_REMOVED_IMAGE: SEGMENT_OP,
+    AssetName.JEWELRY_MASK: SEGMENT_OP,
+    AssetName.REFINED_MASK: REFINE_OP,
+    AssetName.FINAL_MASK: REFINE_OP,
+    AssetName.FLUX_GENERATION: GENERATE_OP,
+    AssetName.GEMINI_GENERATION: GENERATE_OP,
+    AssetName.FLUX_METRICS: GENERATE_OP,
+}
+
+# Which model services each step calls, for metrics and logs (the first is blamed for a step
+# failure whose message names none of them).
 STEP_SERVICES: dict[str, tuple[str, ...]] = {
-    "resize_to_canvas": ("image_manipulator",),
-    "zoom_check": ("image_manipulator",),
-    "background_removed_image": ("birefnet",),
-    "jewelry_mask": ("sam3",),
-    "refined_mask": ("a100",),
-    "generations": ("flux", "gemini"),
-    "flux_metrics": ("sam3",),
+    PREPARE_OP: ("image_manipulator",),
+    SEGMENT_OP: ("birefnet", "sam3"),
+    REFINE_OP: ("a100",),
+    GENERATE_OP: ("flux", "gemini", "sam3"),
 }
 
 # The seed README's "Workflow Steps" table, in order.
@@ -91,17 +111,12 @@ STEP_PROGRESS: dict[str, int] = {
     "COMPLETED": 100,
 }
 
-# Dagster step (op) key -> the seed step it performs.
+# Dagster step (op) key -> the first seed step it performs (a failed step names it).
 SEED_STEP_OF_OP: dict[str, str] = {
-    "original_image": "UPLOADING_IMAGE",
-    "resize_to_canvas": "RESIZING_IMAGE",
-    "zoom_check": "CHECKING_ZOOM",
-    "background_removed_image": "REMOVING_BACKGROUND",
-    "jewelry_mask": "GENERATING_MASK",
-    "refined_mask": "REFINING_MASK",
-    "final_mask": "UPLOADING_MASK",
-    "generations": "GENERATING_IMAGES",
-    "flux_metrics": "GENERATING_IMAGES",
+    PREPARE_OP: "UPLOADING_IMAGE",
+    SEGMENT_OP: "REMOVING_BACKGROUND",
+    REFINE_OP: "REFINING_MASK",
+    GENERATE_OP: "GENERATING_IMAGES",
 }
 
 # Asset -> the seed step that makes it: progress follows the materializations a run reports, so a
@@ -125,13 +140,35 @@ FULL_JOB = "jewelry_generation"
 PREPROCESS_JOB = "jewelry_preprocess"
 GENERATE_JOB = "jewelry_generate"
 REGENERATE_JOB = "jewelry_regenerate"
-_PREPROCESS_OPS = ["original_image", "resize_to_canvas", "zoom_check", "background_removed_image", "jewelry_mask"]
-_GENERATE_OPS = ["refined_mask", "final_mask", "generations", "flux_metrics"]
+_PREPROCESS_OPS = [PREPARE_OP, SEGMENT_OP]
+_GENERATE_OPS = [REFINE_OP, GENERATE_OP]
 
 # Each job's steps in execution order (the in-process executor runs them one at a time).
 JOB_OPS: dict[str, list[str]] = {
     FULL_JOB: _PREPROCESS_OPS + _GENERATE_OPS,
     PREPROCESS_JOB: _PREPROCESS_OPS,
     GENERATE_JOB: _GENERATE_OPS,
-    REGENERATE_JOB: ["generations", "flux_metrics"],
+    REGENERATE_JOB: [GENERATE_OP],
 }
+
+# A request's inputs come in sections named like the assets they shape (one `Config` each, in
+# defs/config.py); a step's run config holds the sections of its assets. "generations" (seed,
+# prompt) is the Flux and Gemini section.
+GENERATIONS_CONFIG = "generations"
+OP_OF_CONFIG: dict[str, str] = {
+    AssetName.ORIGINAL_IMAGE: PREPARE_OP,
+    AssetName.BACKGROUND_REMOVED_IMAGE: SEGMENT_OP,
+    AssetName.JEWELRY_MASK: SEGMENT_OP,
+    AssetName.REFINED_MASK: REFINE_OP,
+    GENERATIONS_CONFIG: GENERATE_OP,
+}
+
+
+def run_config_ops(sections: dict[str, dict[str, object]]) -> dict[str, dict[str, dict[str, object]]]:
+    """The run config's `ops` for input sections keyed by asset ({"jewelry_mask": {"points": ...}}):
+    grouped under the step that uses them ({"segment_jewelry": {"config": {"jewelry_mask": ...}}}).
+    Callers name assets, never steps, so the step layout can change without touching them."""
+    ops: dict[str, dict[str, dict[str, object]]] = {}
+    for section, config in sections.items():
+        ops.setdefault(OP_OF_CONFIG[section], {"config": {}})["config"][str(section)] = config
+    return ops

@@ -253,6 +253,8 @@ class DagsterFigures(Collector):
                 evaluation = event.event_specific_data
                 if evaluation.check_name == CHECK_NAME:
                     self._checks["passed" if evaluation.passed else "failed"] += 1
+                    if "reason" in evaluation.metadata:  # not measured: SAM3 failed after the retries
+                        self._calls[(ASSET_SERVICES[AssetName.FLUX_METRICS], "error")] += 1
             elif failures:
                 self._count_step_failure(event)
 
@@ -262,9 +264,6 @@ class DagsterFigures(Collector):
         backend = getattr(metadata.get("backend"), "value", None)
         if service is None or not backend or backend == "supplied":
             return  # not a service call (a supplied mask, a kept background, no Gemini)
-        if "reason" in metadata and "seconds" not in metadata:
-            self._calls[(service, "error")] += 1  # fidelity metrics unavailable after the retries
-            return
         self._calls[(service, "ok")] += 1
         seconds = getattr(metadata.get("seconds"), "value", None)
         if isinstance(seconds, int | float):

@@ -61,6 +61,7 @@ from jewel_dagster.contract import (
     REQUEST_ID_TAG,
     WEBHOOK_KEY_TAG,
     AssetName,
+    run_config_ops,
 )
 from jewel_dagster.defs.config import BRUSH_STROKES, BrushStroke
 from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError, strokes_path, tombstone_path
@@ -330,7 +331,7 @@ def _start(
             started = _enqueue(job, store, launcher, request_id, upload_uri, ops, tags)
         else:
             try:
-                started = _launch(runs, job, request_id, {"ops": ops}, new=True, tags=tags)
+                started = _launch(runs, job, request_id, _run_config(ops), new=True, tags=tags)
             except HTTPException:
                 store.delete(upload_uri)  # the request never started: keep no orphaned upload
                 _drop_strokes(store, ops)
@@ -340,6 +341,12 @@ def _start(
         return started
 
     return _idempotent(runs, store, caller, idempotency_key, body, job, request_id, store_and_start)
+
+
+def _run_config(ops: dict[str, Any]) -> dict[str, Any]:
+    """The run config of a launch: `ops` names each asset's input section ({asset: {"config": ...}});
+    the pipeline's steps take them grouped by step (`contract.run_config_ops`)."""
+    return {"ops": run_config_ops({section: entry["config"] for section, entry in ops.items()})}
 
 
 def _store_upload(
@@ -383,7 +390,7 @@ def _enqueue(
             workflowId=request_id,
             owner=tags[OWNER_TAG],
             job=job,
-            runConfig={"ops": ops},
+            runConfig=_run_config(ops),
             tags=run_tags,
             gateway=launcher.gateway_id,
             blobs=blobs,
@@ -491,7 +498,7 @@ def generate_workflow(
         ops = {**ops, AssetName.REFINED_MASK: {"config": _strokes(store, request_id, body.brushStrokes, space)}}
         tags = {**tags, **hook()}
         try:
-            started = _launch(runs, job, request_id, {"ops": ops}, new, tags)
+            started = _launch(runs, job, request_id, _run_config(ops), new, tags)
         except HTTPException:
             _drop_strokes(store, ops)
             _drop_webhook_url(store, tags)

@@ -1,29 +1,60 @@
-"""The per-request asset graph: one partition of `requests` per shopper's photo."""
+"""The per-request asset graph: one partition of `requests` per shopper's photo.
+
+Eleven assets, each materialized per request with its own blob, metadata, preview and lineage,
+made by four steps (`multi_asset`s with `can_subset=True` and their internal dependencies
+declared, so any asset can still be materialized alone from the UI). A step passes its arrays on
+in memory and yields its assets in order: the IO manager stores each blob as it is yielded,
+before Dagster reports the materialization. Each step event and each process hop costs (a run
+of nine steps wrote ~95 events); four steps write about 60.
+
+The grouping follows the `gpu` pool: a step holds a GPU slot for its whole duration, so the CPU
+work (decoding the photo, the canvas, the zoom check; brush strokes and speck removal with the
+local rasteriser) sits in steps outside the pool, and the GPU steps hold the slot only around
+model calls (and the blob writes of what those calls return):
+
+- `prepare_canvas` (CPU): original_image, resized_image + canvas_transform, zoom_check
+- `segment_jewelry` (gpu): background_removed_image, jewelry_mask
+- `refine_mask` (CPU; gpu when the A100 refines): refined_mask, final_mask
+- `generate_images` (gpu): flux_generation, gemini_generation, flux_metrics and its check
+
+A run that was cancelled stops before its next model call or output (`defs/cancellation.py`).
+"""
 # No `from __future__ import annotations` here: Dagster reads these annotations at run time.
 
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 import dagster as dg
 import numpy as np
 from pydantic import ValidationError
 
-from jewel_dagster.contract import CHECK_NAME, GPU_POOL, PARTITIONS_NAME
+from jewel_dagster.contract import (
+    CHECK_NAME,
+    GENERATE_OP,
+    GPU_POOL,
+    PARTITIONS_NAME,
+    PREPARE_OP,
+    REFINE_OP,
+    SEGMENT_OP,
+    AssetName,
+)
+from jewel_dagster.defs.cancellation import stop_if_cancelled
 from jewel_dagster.defs.config import (
     BRUSH_STROKES,
-    BackgroundConfig,
     BrushStroke,
-    GenerationConfig,
-    JewelryMaskConfig,
-    OriginalImageConfig,
-    RefineConfig,
+    GenerateImagesConfig,
+    PrepareCanvasConfig,
+    RefineMaskConfig,
+    SegmentJewelryConfig,
 )
+from jewel_dagster.defs.step_values import StepValues
 from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
 from jewel_dagster.resources.fidelity import FidelityThresholds
 from jewel_dagster.resources.http_services import TransientServiceError
+from jewel_dagster.resources.io_manager import BlobIOManager, upstream_materialization
 from jewel_dagster.resources.services import (
     BackgroundRemover,
     Generation,
@@ -41,7 +72,8 @@ from jewel_dagster.vision.imaging import CanvasTransform, ImageDecodeError
 requests_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
 
 # Transient service failures (timeouts, 5xx) are retried as step retries; permanent ones
-# raise dg.Failure(allow_retries=False) and fail at once.
+# raise dg.Failure(allow_retries=False) and fail at once. A retried step does not make again
+# what its earlier attempt materialized (StepValues).
 SERVICE_RETRY = dg.RetryPolicy(max_retries=3, delay=0.5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 # Code versions name the algorithm or model behind an asset: changing one marks earlier
 # partitions stale, and the regeneration sensor picks them up.
@@ -49,19 +81,37 @@ _settings = get_settings()
 _versions = code_versions(_settings)
 SPECK_AREA = 64  # mask components smaller than this (canvas pixels) are noise, not jewelry
 CANVAS_POINTS = "canvas_points"  # jewelry_mask metadata: the request's clicks in canvas pixels
+# flux_generation metadata when Gemini made no image: gemini_generation is then not materialized.
+GEMINI_REASON = "gemini_reason"
+CANCEL_POLL_SECONDS = 0.25  # how often a step waiting on Flux and Gemini looks for a cancel
 
 T = TypeVar("T")
+A = AssetName
 
 
-def _gpu_image_step(group_name: str, code_version: str, pool: str | None = GPU_POOL) -> Any:
-    """An image asset made by a model service: retried on transient failures, in the `gpu` pool."""
-    return dg.asset(
-        partitions_def=requests_partitions,
-        group_name=group_name,
-        kinds={"image"},
-        retry_policy=SERVICE_RETRY,
-        pool=pool,
-        code_version=code_version,
+def _key(*names: str) -> set[dg.AssetKey]:
+    return {dg.AssetKey(str(name)) for name in names}
+
+
+def _outs(outs: dict[AssetName, dg.AssetOut]) -> dict[str, dg.AssetOut]:
+    return {str(name): out for name, out in outs.items()}
+
+
+def _internal_deps(deps: dict[AssetName, set[dg.AssetKey]]) -> dict[str, set[dg.AssetKey]]:
+    """`internal_asset_deps` by output name: every asset this step's assets depend on."""
+    return {str(name): keys for name, keys in deps.items()}
+
+
+def _external_deps(deps: dict[AssetName, set[dg.AssetKey]]) -> list[dg.AssetKey]:
+    """The upstream assets made by other steps (loaded, not Dagster inputs): `deps` of the step."""
+    own = _key(*deps)
+    return sorted(set().union(*deps.values()) - own, key=lambda key: key.to_user_string())
+
+
+def _out(description: str, image: bool = True, code_version: str | None = None) -> dg.AssetOut:
+    # Optional: a subset run yields only the selected assets (can_subset).
+    return dg.AssetOut(
+        description=description, kinds={"image"} if image else None, code_version=code_version, is_required=False
     )
 
 
@@ -102,88 +152,156 @@ def _load_image_blob(blob_store: BlobStore, uri: str, what: str) -> bytes:
         raise _permanent(f"{what}: {exc}") from exc
 
 
-@dg.asset(partitions_def=requests_partitions, group_name="preprocess", kinds={"image"})
-def original_image(config: OriginalImageConfig, blob_store: BlobStore) -> dg.Output[np.ndarray]:
-    """The shopper's photo, decoded to RGB with its EXIF orientation applied."""
-    data = _load_image_blob(blob_store, config.image_uri, "original image")
-    try:
-        image, seconds = _timed(lambda: imaging.decode_image(data))
-    except ImageDecodeError as exc:
-        raise _permanent(f"the uploaded file is not a usable image: {exc}") from exc
-    meta = _image_metadata(image, seconds)
-    meta["source_uri"] = config.image_uri
-    return dg.Output(image, metadata=meta)
+# Each step's assets -> what each depends on (in the step or upstream of it): the lineage.
+_PREPARE_DEPS: dict[AssetName, set[dg.AssetKey]] = {
+    A.ORIGINAL_IMAGE: set(),
+    A.RESIZED_IMAGE: _key(A.ORIGINAL_IMAGE),
+    A.CANVAS_TRANSFORM: _key(A.ORIGINAL_IMAGE),
+    A.ZOOM_CHECK: _key(A.RESIZED_IMAGE),
+}
+
+_SEGMENT_DEPS: dict[AssetName, set[dg.AssetKey]] = {
+    A.BACKGROUND_REMOVED_IMAGE: _key(A.RESIZED_IMAGE, A.ZOOM_CHECK),
+    A.JEWELRY_MASK: _key(A.BACKGROUND_REMOVED_IMAGE, A.CANVAS_TRANSFORM),
+}
+
+_REFINE_DEPS: dict[AssetName, set[dg.AssetKey]] = {
+    A.REFINED_MASK: _key(A.JEWELRY_MASK, A.CANVAS_TRANSFORM),
+    A.FINAL_MASK: _key(A.REFINED_MASK),
+}
+
+_GENERATE_DEPS: dict[AssetName, set[dg.AssetKey]] = {
+    A.FLUX_GENERATION: _key(A.BACKGROUND_REMOVED_IMAGE, A.FINAL_MASK),
+    A.GEMINI_GENERATION: _key(A.BACKGROUND_REMOVED_IMAGE, A.FINAL_MASK),
+    # jewelry_mask: its metadata names the request's clicks (`_metrics_points`).
+    A.FLUX_METRICS: _key(A.FLUX_GENERATION, A.FINAL_MASK, A.JEWELRY_MASK),
+}
 
 
 @dg.multi_asset(
+    name=PREPARE_OP,
     partitions_def=requests_partitions,
     group_name="preprocess",
-    outs={
-        "resized_image": dg.AssetOut(description="The photo on the 2000x2667 canvas, undistorted.", kinds={"image"}),
-        "canvas_transform": dg.AssetOut(description="Scale and offset that placed the photo on the canvas."),
-    },
+    outs=_outs(
+        {
+            A.ORIGINAL_IMAGE: _out("The shopper's photo, decoded to RGB with its EXIF orientation applied."),
+            A.RESIZED_IMAGE: _out("The photo on the 2000x2667 canvas, undistorted."),
+            A.CANVAS_TRANSFORM: _out("Scale and offset that placed the photo on the canvas.", image=False),
+            A.ZOOM_CHECK: _out("Whether the background must be removed, with the deciding score.", image=False),
+        }
+    ),
+    internal_asset_deps=_internal_deps(_PREPARE_DEPS),
+    deps=_external_deps(_PREPARE_DEPS),
+    can_subset=True,
     retry_policy=SERVICE_RETRY,
 )
-def resize_to_canvas(original_image: np.ndarray, image_manipulator: ImageManipulator) -> Iterator[dg.Output[Any]]:
-    (canvas, transform), seconds = _timed(lambda: image_manipulator.resize_to_canvas(original_image))
-    yield dg.Output(
-        canvas, output_name="resized_image", metadata=_image_metadata(canvas, seconds, image_manipulator.backend_name)
-    )
-    yield dg.Output(transform.to_dict(), output_name="canvas_transform", metadata=transform.to_dict())
+def prepare_canvas(
+    context: dg.AssetExecutionContext,
+    io_manager: dg.ResourceParam[BlobIOManager],
+    config: PrepareCanvasConfig,
+    image_manipulator: ImageManipulator,
+    blob_store: BlobStore,
+) -> Iterator[dg.Output[Any]]:
+    """The photo decoded, placed on the canvas, and its zoom checked: CPU work, no GPU slot."""
+    step = StepValues(context, io_manager)
+    if step.makes(A.ORIGINAL_IMAGE):
+        if config.original_image is None:
+            raise _permanent("original_image needs its config: the image_uri of the uploaded photo")
+        uri = config.original_image.image_uri
+        data = _load_image_blob(blob_store, uri, "original image")
+        try:
+            image, seconds = _timed(lambda: imaging.decode_image(data))
+        except ImageDecodeError as exc:
+            raise _permanent(f"the uploaded file is not a usable image: {exc}") from exc
+        yield from step.emit(A.ORIGINAL_IMAGE, image, {**_image_metadata(image, seconds), "source_uri": uri})
+    if step.makes(A.RESIZED_IMAGE, A.CANVAS_TRANSFORM):
+        original = step.get(A.ORIGINAL_IMAGE)
+        stop_if_cancelled(context, "resizing to the canvas")
+        (canvas, transform), seconds = _timed(lambda: image_manipulator.resize_to_canvas(original))
+        meta = _image_metadata(canvas, seconds, image_manipulator.backend_name)
+        yield from step.emit(A.RESIZED_IMAGE, canvas, meta)
+        yield from step.emit(A.CANVAS_TRANSFORM, transform.to_dict(), transform.to_dict())
+    if step.makes(A.ZOOM_CHECK):
+        canvas = step.get(A.RESIZED_IMAGE)
+        stop_if_cancelled(context, "the zoom check")
+        check, seconds = _timed(lambda: image_manipulator.check_zoom(canvas))
+        meta = {**check.to_dict(), "seconds": seconds, "backend": image_manipulator.backend_name}
+        yield from step.emit(A.ZOOM_CHECK, check.to_dict(), meta)
 
 
-@dg.asset(partitions_def=requests_partitions, group_name="preprocess", retry_policy=SERVICE_RETRY)
-def zoom_check(resized_image: np.ndarray, image_manipulator: ImageManipulator) -> dg.Output[dict[str, Any]]:
-    """Whether the background must be removed before segmenting, with the deciding score."""
-    check, seconds = _timed(lambda: image_manipulator.check_zoom(resized_image))
-    return dg.Output(
-        check.to_dict(), metadata={**check.to_dict(), "seconds": seconds, "backend": image_manipulator.backend_name}
-    )
-
-
-@_gpu_image_step("preprocess", _versions.background_remover)
-def background_removed_image(
-    config: BackgroundConfig,
-    resized_image: np.ndarray,
-    zoom_check: dict[str, Any],
+@dg.multi_asset(
+    name=SEGMENT_OP,
+    partitions_def=requests_partitions,
+    group_name="preprocess",
+    outs=_outs(
+        {
+            A.BACKGROUND_REMOVED_IMAGE: _out(
+                "The canvas with its background removed, or passed through when it was not needed.",
+                code_version=_versions.background_remover,
+            ),
+            A.JEWELRY_MASK: _out(
+                "The jewelry under the clicked points (label 1 on it, 0 off it), on the canvas.",
+                code_version=_versions.segmenter,
+            ),
+        }
+    ),
+    internal_asset_deps=_internal_deps(_SEGMENT_DEPS),
+    deps=_external_deps(_SEGMENT_DEPS),
+    can_subset=True,
+    retry_policy=SERVICE_RETRY,
+    pool=GPU_POOL,
+)
+def segment_jewelry(
+    context: dg.AssetExecutionContext,
+    io_manager: dg.ResourceParam[BlobIOManager],
+    config: SegmentJewelryConfig,
     background_remover: BackgroundRemover,
-) -> dg.Output[np.ndarray]:
-    """The canvas with its background removed, or passed through when it was not needed."""
-    remove = config.mode == "remove" or (config.mode == "auto" and zoom_check["needs_background_removal"])
-    if not remove:
-        meta = _image_metadata(resized_image, 0.0)
-        meta.update(background_removed=False, reason=f"mode={config.mode}; zoom score {zoom_check['score']}")
-        return dg.Output(resized_image, metadata=meta)
-    image, seconds = _timed(lambda: background_remover.remove_background(resized_image))
-    meta = _image_metadata(image, seconds, background_remover.backend_name)
-    meta.update(background_removed=True, reason=f"mode={config.mode}; zoom score {zoom_check['score']}")
-    return dg.Output(image, metadata=meta)
-
-
-@_gpu_image_step("preprocess", _versions.segmenter)
-def jewelry_mask(
-    config: JewelryMaskConfig,
-    background_removed_image: np.ndarray,
-    canvas_transform: dict[str, int],
     segmenter: Segmenter,
     blob_store: BlobStore,
-) -> dg.Output[np.ndarray]:
-    """The jewelry under the clicked points (label 1 on it, 0 off it), on the canvas."""
-    transform = CanvasTransform.from_dict(canvas_transform)
-    if config.mask_uri:
-        mask, meta = _supplied_mask(config.mask_uri, transform, blob_store)
-        return dg.Output(mask, metadata=meta)
-    if not any(p.label == 1 for p in config.points):
+) -> Iterator[dg.Output[Any]]:
+    """Background removal (when the zoom check or the request asks) and the jewelry mask."""
+    step = StepValues(context, io_manager)
+    if step.makes(A.BACKGROUND_REMOVED_IMAGE):
+        mode = config.background_removed_image.mode
+        zoom = step.get(A.ZOOM_CHECK)
+        canvas = step.get(A.RESIZED_IMAGE)
+        reason = f"mode={mode}; zoom score {zoom['score']}"
+        if mode == "remove" or (mode == "auto" and zoom["needs_background_removal"]):
+            stop_if_cancelled(context, "removing the background")
+            image, seconds = _timed(lambda: background_remover.remove_background(canvas))
+            meta = {**_image_metadata(image, seconds, background_remover.backend_name), "background_removed": True}
+        else:
+            image, meta = canvas, {**_image_metadata(canvas, 0.0), "background_removed": False}
+        yield from step.emit(A.BACKGROUND_REMOVED_IMAGE, image, {**meta, "reason": reason})
+    if step.makes(A.JEWELRY_MASK):
+        yield from step.emit(A.JEWELRY_MASK, *_jewelry_mask(context, config, step, segmenter, blob_store))
+
+
+def _jewelry_mask(
+    context: dg.AssetExecutionContext,
+    config: SegmentJewelryConfig,
+    step: StepValues,
+    segmenter: Segmenter,
+    blob_store: BlobStore,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The mask under the request's clicks (or the supplied one), with its metadata."""
+    request = config.jewelry_mask
+    transform = CanvasTransform.from_dict(step.get(A.CANVAS_TRANSFORM))
+    if request.mask_uri:
+        return _supplied_mask(request.mask_uri, transform, blob_store)
+    if not any(p.label == 1 for p in request.points):
         raise _permanent("no point on the jewelry: give at least one mask point with label 1")
-    points = [PixelPoint(*transform.to_canvas(p.x, p.y), label=p.label) for p in config.points]
-    mask, seconds = _timed(lambda: segmenter.segment(background_removed_image, points))
+    points = [PixelPoint(*transform.to_canvas(p.x, p.y), label=p.label) for p in request.points]
+    image = step.get(A.BACKGROUND_REMOVED_IMAGE)
+    stop_if_cancelled(context, "segmenting the jewelry")
+    mask, seconds = _timed(lambda: segmenter.segment(image, points))
     if not mask.any():
         raise _permanent("the segmenter found no jewelry under the points; click on the jewelry itself")
     meta = _image_metadata(mask, seconds, segmenter.backend_name)
     meta["points"] = len(points)
     # The clicks on the canvas: `flux_metrics` asks the segmenter for the jewelry at the same places.
     meta[CANVAS_POINTS] = dg.MetadataValue.json([[p.x, p.y, p.label] for p in points])
-    return dg.Output(mask, metadata=meta)
+    return mask, meta
 
 
 def _supplied_mask(uri: str, transform: CanvasTransform, blob_store: BlobStore) -> tuple[np.ndarray, dict[str, Any]]:
@@ -220,127 +338,181 @@ def _load_strokes(uri: str | None, blob_store: BlobStore) -> list[BrushStroke]:
         raise _permanent(f"the brush strokes at {uri} are not valid: {where}: {first['msg']}") from None
 
 
-@_gpu_image_step("generate", _versions.mask_refiner, refiner_pool(_settings))
-def refined_mask(
-    config: RefineConfig,
-    jewelry_mask: np.ndarray,
-    canvas_transform: dict[str, int],
+@dg.multi_asset(
+    name=REFINE_OP,
+    partitions_def=requests_partitions,
+    group_name="generate",
+    outs=_outs(
+        {
+            A.REFINED_MASK: _out(
+                "The jewelry mask with the person's brush strokes applied (add / remove).",
+                code_version=_versions.mask_refiner,
+            ),
+            A.FINAL_MASK: _out("The mask handed to the generators: the refined mask without stray specks."),
+        }
+    ),
+    internal_asset_deps=_internal_deps(_REFINE_DEPS),
+    deps=_external_deps(_REFINE_DEPS),
+    can_subset=True,
+    retry_policy=SERVICE_RETRY,
+    pool=refiner_pool(_settings),
+)
+def refine_mask(
+    context: dg.AssetExecutionContext,
+    io_manager: dg.ResourceParam[BlobIOManager],
+    config: RefineMaskConfig,
     mask_refiner: MaskRefiner,
     blob_store: BlobStore,
-) -> dg.Output[np.ndarray]:
-    """The jewelry mask with the person's brush strokes applied (add / remove)."""
-    transform = CanvasTransform.from_dict(canvas_transform)
-    if config.points_space == "canvas":  # normalised on the canvas itself: no photo placement
-        transform = CanvasTransform.identity(transform.canvas_width, transform.canvas_height)
-    strokes = [
-        imaging.stroke_to_canvas(((p.x, p.y) for p in s.points), s.mode, s.size, transform)
-        for s in _load_strokes(config.strokes_uri, blob_store)
-    ]
-    cpu_before = time.process_time()
-    mask, seconds = _timed(lambda: mask_refiner.refine(jewelry_mask, strokes))
-    meta = _image_metadata(mask, seconds, mask_refiner.backend_name)
-    # What the strokes cost, whatever else the machine is doing: wall time grows with load, CPU time
-    # is the bill a request's strokes run up (bounded by the stroke limits of defs/config.py).
-    meta["cpu_seconds"] = round(time.process_time() - cpu_before, 3)
-    meta["strokes"] = len(strokes)
-    if config.strokes_uri:
-        meta["strokes_uri"] = config.strokes_uri
-        meta["points_space"] = config.points_space
-    meta["changed_pixels"] = int(np.count_nonzero(mask != jewelry_mask))
-    return dg.Output(mask, metadata=meta)
-
-
-@dg.asset(partitions_def=requests_partitions, group_name="generate", kinds={"image"})
-def final_mask(refined_mask: np.ndarray) -> dg.Output[np.ndarray]:
-    """The mask handed to the generators: the refined mask without stray specks."""
-    mask, seconds = _timed(lambda: imaging.remove_specks(refined_mask, SPECK_AREA))
-    if not mask.any():
-        raise _permanent("the refined mask is empty: nothing would be kept; add jewelry back with an 'add' stroke")
-    return dg.Output(mask, metadata=_image_metadata(mask, seconds))
-
-
-def _generation_output(name: str, generation: Generation, seconds: float) -> dg.Output[Any]:
-    if generation.image is None:
-        return dg.Output(
-            None,
-            output_name=name,
-            metadata={"model": generation.model, "reason": generation.reason or "", "seconds": seconds},
-        )
-    meta = _image_metadata(generation.image, seconds, generation.model)
-    return dg.Output(generation.image, output_name=name, metadata=meta)
+) -> Iterator[dg.Output[Any]]:
+    """The brush strokes applied, then the specks removed: the mask the generators get."""
+    step = StepValues(context, io_manager)
+    if step.makes(A.REFINED_MASK):
+        request = config.refined_mask
+        transform = CanvasTransform.from_dict(step.get(A.CANVAS_TRANSFORM))
+        if request.points_space == "canvas":  # normalised on the canvas itself: no photo placement
+            transform = CanvasTransform.identity(transform.canvas_width, transform.canvas_height)
+        strokes = [
+            imaging.stroke_to_canvas(((p.x, p.y) for p in s.points), s.mode, s.size, transform)
+            for s in _load_strokes(request.strokes_uri, blob_store)
+        ]
+        jewelry = step.get(A.JEWELRY_MASK)
+        stop_if_cancelled(context, "refining the mask")
+        cpu_before = time.process_time()
+        mask, seconds = _timed(lambda: mask_refiner.refine(jewelry, strokes))
+        meta = _image_metadata(mask, seconds, mask_refiner.backend_name)
+        # What the strokes cost, whatever else the machine is doing: wall time grows with load, CPU time
+        # is the bill a request's strokes run up (bounded by the stroke limits of defs/config.py).
+        meta["cpu_seconds"] = round(time.process_time() - cpu_before, 3)
+        meta["strokes"] = len(strokes)
+        if request.strokes_uri:
+            meta["strokes_uri"] = request.strokes_uri
+            meta["points_space"] = request.points_space
+        meta["changed_pixels"] = int(np.count_nonzero(mask != jewelry))
+        yield from step.emit(A.REFINED_MASK, mask, meta)
+    if step.makes(A.FINAL_MASK):
+        refined = step.get(A.REFINED_MASK)
+        mask, seconds = _timed(lambda: imaging.remove_specks(refined, SPECK_AREA))
+        if not mask.any():
+            raise _permanent("the refined mask is empty: nothing would be kept; add jewelry back with an 'add' stroke")
+        yield from step.emit(A.FINAL_MASK, mask, _image_metadata(mask, seconds))
 
 
 @dg.multi_asset(
+    name=GENERATE_OP,
     partitions_def=requests_partitions,
     group_name="generate",
-    outs={
-        "flux_generation": dg.AssetOut(
-            description="Flux image that keeps the jewelry pixels.", kinds={"image"}, code_version=_versions.flux
-        ),
-        "gemini_generation": dg.AssetOut(
-            description="Gemini image that keeps the jewelry pixels, or null when Gemini is absent or refuses.",
-            kinds={"image"},
-            code_version=_versions.gemini,
-        ),
-    },
-    retry_policy=SERVICE_RETRY,
-    pool=GPU_POOL,
-)
-def generations(
-    config: GenerationConfig,
-    background_removed_image: np.ndarray,
-    final_mask: np.ndarray,
-    flux_generator: ImageGenerator,
-    gemini_generator: ImageGenerator,
-) -> Iterator[dg.Output[Any]]:
-    """Flux and Gemini run at the same time: the request waits for the slower, not the sum."""
-
-    def run(generator: ImageGenerator) -> tuple[Generation, float]:
-        return _timed(lambda: generator.generate(background_removed_image, final_mask, config.seed, config.prompt))
-
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="generator") as pool:
-        flux = pool.submit(run, flux_generator)
-        gemini = pool.submit(run, gemini_generator)
-        flux_result, flux_seconds = flux.result()
-        gemini_result, gemini_seconds = gemini.result()
-    if flux_result.image is None:
-        raise _permanent(f"Flux returned no image: {flux_result.reason}")
-    yield _generation_output("flux_generation", flux_result, flux_seconds)
-    yield _generation_output("gemini_generation", gemini_result, gemini_seconds)
-
-
-@dg.asset(
-    partitions_def=requests_partitions,
-    group_name="generate",
-    retry_policy=SERVICE_RETRY,
-    pool=GPU_POOL,
-    code_version=f"metrics-1|{_versions.segmenter}",
+    outs=_outs(
+        {
+            A.FLUX_GENERATION: _out("Flux image that keeps the jewelry pixels.", code_version=_versions.flux),
+            A.GEMINI_GENERATION: _out(
+                "Gemini image that keeps the jewelry pixels; not materialized when Gemini is absent or refuses "
+                f"(flux_generation's `{GEMINI_REASON}` says why).",
+                code_version=_versions.gemini,
+            ),
+            A.FLUX_METRICS: _out(
+                "How well the Flux image kept the jewelry: precision, recall, IoU, growth ratio.",
+                image=False,
+                code_version=f"metrics-1|{_versions.segmenter}",
+            ),
+        }
+    ),
+    internal_asset_deps=_internal_deps(_GENERATE_DEPS),
+    deps=_external_deps(_GENERATE_DEPS),
     check_specs=[
         dg.AssetCheckSpec(
             CHECK_NAME,
-            asset="flux_metrics",
+            asset=str(A.FLUX_METRICS),
             description="The Flux image kept the jewelry: metrics within the configured thresholds.",
             # Partitioned like its asset, so each request's result is recorded (and shown) apart.
             partitions_def=requests_partitions,
         )
     ],
+    can_subset=True,
+    retry_policy=SERVICE_RETRY,
+    pool=GPU_POOL,
 )
-def flux_metrics(
+def generate_images(
     context: dg.AssetExecutionContext,
-    flux_generation: np.ndarray,
-    final_mask: np.ndarray,
+    io_manager: dg.ResourceParam[BlobIOManager],
+    config: GenerateImagesConfig,
+    flux_generator: ImageGenerator,
+    gemini_generator: ImageGenerator,
     segmenter: Segmenter,
     fidelity: FidelityThresholds,
-) -> Iterator[dg.Output[dict[str, float] | None] | dg.AssetCheckResult]:
+) -> Iterator[dg.Output[Any] | dg.AssetCheckResult]:
+    """Flux and Gemini at the same time (the request waits for the slower, not the sum), then the
+    fidelity of the Flux image."""
+    step = StepValues(context, io_manager)
+    if step.makes(A.FLUX_GENERATION, A.GEMINI_GENERATION):
+        yield from _generations(context, config, step, flux_generator, gemini_generator)
+    if step.makes(A.FLUX_METRICS) or step.check_selected(CHECK_NAME):
+        yield from _flux_metrics(context, step, segmenter, fidelity)
+
+
+def _generations(
+    context: dg.AssetExecutionContext,
+    config: GenerateImagesConfig,
+    step: StepValues,
+    flux_generator: ImageGenerator,
+    gemini_generator: ImageGenerator,
+) -> Iterator[dg.Output[Any]]:
+    image, mask = step.get(A.BACKGROUND_REMOVED_IMAGE), step.get(A.FINAL_MASK)
+    wanted = [
+        (name, generator)
+        for name, generator in ((A.FLUX_GENERATION, flux_generator), (A.GEMINI_GENERATION, gemini_generator))
+        if step.makes(name)
+    ]
+    request = config.generations
+
+    def run(generator: ImageGenerator) -> tuple[Generation, float]:
+        return _timed(lambda: generator.generate(image, mask, request.seed, request.prompt))
+
+    stop_if_cancelled(context, "generating the images")
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="generator")
+    try:
+        futures = {name: pool.submit(run, generator) for name, generator in wanted}
+        pending = set(futures.values())
+        while pending:
+            # A cancel ends the step while the calls are in flight: their answers are dropped.
+            _, pending = wait(pending, timeout=CANCEL_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            stop_if_cancelled(context, "materializing the generated images")
+        results = {name: future.result() for name, future in futures.items()}
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    gemini_note: dict[str, Any] = {}
+    if A.GEMINI_GENERATION in results:
+        gemini, seconds = results[A.GEMINI_GENERATION]
+        if gemini.image is None:
+            # Not materialized: a null stored as the asset would show in the UI as a materialized
+            # image. The reason stays in the log and on the Flux image's metadata.
+            gemini_note = {GEMINI_REASON: gemini.reason or "no image", "gemini_model": gemini.model}
+            context.log.warning(f"gemini_generation not materialized: {gemini.model}: {gemini.reason}")
+    if A.FLUX_GENERATION in results:
+        flux, seconds = results[A.FLUX_GENERATION]
+        if flux.image is None:
+            raise _permanent(f"Flux returned no image: {flux.reason}")
+        meta = {**_image_metadata(flux.image, seconds, flux.model), **gemini_note}
+        yield from step.emit(A.FLUX_GENERATION, flux.image, meta)
+    if A.GEMINI_GENERATION in results and not gemini_note:
+        gemini, seconds = results[A.GEMINI_GENERATION]
+        assert gemini.image is not None
+        yield from step.emit(A.GEMINI_GENERATION, gemini.image, _image_metadata(gemini.image, seconds, gemini.model))
+
+
+def _flux_metrics(
+    context: dg.AssetExecutionContext, step: StepValues, segmenter: Segmenter, fidelity: FidelityThresholds
+) -> Iterator[dg.Output[Any] | dg.AssetCheckResult]:
     """How well the Flux image kept the jewelry: precision, recall, IoU, growth ratio.
 
     The segmenter is asked, with the same call that made the jewelry mask (mask from points),
     for the object under the request's positive clicks in the Flux image. When that fails the
-    images still stand: the metrics are null with the reason, and the check fails saying why.
+    images still stand: flux_metrics is not materialized, and the check fails saying why.
     """
+    final_mask, flux_image = step.get(A.FINAL_MASK), step.get(A.FLUX_GENERATION)
     points = _metrics_points(context, final_mask)
+    stop_if_cancelled(context, "measuring the Flux image")
     try:
-        found, seconds = _timed(lambda: segmenter.segment(flux_generation, points))
+        found, seconds = _timed(lambda: segmenter.segment(flux_image, points))
         metrics = imaging.mask_metrics(found, final_mask).to_dict()
     except TransientServiceError:
         if context.retry_number < SERVICE_RETRY.max_retries:
@@ -350,29 +522,33 @@ def flux_metrics(
         reason = _metrics_failure(exc)
     else:
         rounded = {k: round(v, 4) for k, v in metrics.items()}
-        yield dg.Output(
-            rounded,
-            metadata={**rounded, "seconds": seconds, "backend": segmenter.backend_name, "points": len(points)},
-        )
-        violations = fidelity.violations(rounded)
+        meta = {**rounded, "seconds": seconds, "backend": segmenter.backend_name, "points": len(points)}
+        yield from step.emit(A.FLUX_METRICS, rounded, meta)
+        if step.check_selected(CHECK_NAME):
+            violations = fidelity.violations(rounded)
+            yield dg.AssetCheckResult(
+                check_name=CHECK_NAME,
+                passed=not violations,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={**rounded, "violations": "; ".join(violations) or "none"},
+            )
+        return
+    # Not materialized (a null stored as the asset would show as measured); the check carries
+    # the reason: failed, at warning severity, since nobody could vouch for the image.
+    context.log.warning(f"fidelity metrics unavailable: {reason}")
+    if step.check_selected(CHECK_NAME):
         yield dg.AssetCheckResult(
             check_name=CHECK_NAME,
-            passed=not violations,
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata={**rounded, "violations": "; ".join(violations) or "none"},
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"not measured: {reason}",
+            metadata={
+                "violations": f"metrics unavailable: {reason}",
+                "reason": reason,
+                "backend": segmenter.backend_name,
+                "points": len(points),
+            },
         )
-        return
-    context.log.warning(f"fidelity metrics unavailable: {reason}")
-    yield dg.Output(None, metadata={"reason": reason, "backend": segmenter.backend_name, "points": len(points)})
-    # Failed, at warning severity, saying why: nobody could vouch for the image. (A check that
-    # is not yielded reads SKIPPED, but it cannot carry the reason.)
-    yield dg.AssetCheckResult(
-        check_name=CHECK_NAME,
-        passed=False,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"not measured: {reason}",
-        metadata={"violations": f"metrics unavailable: {reason}", "reason": reason},
-    )
 
 
 def _metrics_failure(exc: BaseException | None) -> str:
@@ -382,16 +558,13 @@ def _metrics_failure(exc: BaseException | None) -> str:
 
 def _metrics_points(context: dg.AssetExecutionContext, final_mask: np.ndarray) -> list[PixelPoint]:
     """Where the jewelry must still be in the Flux image: the request's positive clicks (from
-    the jewelry mask's metadata) that lie in the final mask, points spread over the final mask,
-    and a point deep inside each part no click is on (jewelry painted in with strokes, a
-    supplied mask): all places where the jewelry must still be."""
+    the jewelry mask's metadata: the materialization this run's lineage reads, else the newest)
+    that lie in the final mask, points spread over the final mask, and a point deep inside each
+    part no click is on (jewelry painted in with strokes, a supplied mask): all places where the
+    jewelry must still be."""
     recorded: list[Any] = []
     try:
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("jewelry_mask"), asset_partitions=[context.partition_key]),
-            limit=1,
-        ).records
-        materialization = records[0].asset_materialization if records else None
+        materialization = upstream_materialization(context.instance, context.run, A.JEWELRY_MASK, context.partition_key)
         entry = materialization.metadata.get(CANVAS_POINTS) if materialization else None
         recorded = list(entry.value) if entry is not None and isinstance(entry.value, list) else []
     except Exception as exc:  # noqa: BLE001 - the fallback below needs nothing but the mask
@@ -407,6 +580,6 @@ def _metrics_points(context: dg.AssetExecutionContext, final_mask: np.ndarray) -
     return clicks + [PixelPoint(x, y, 1) for x, y in extra]
 
 
-PREPROCESS_ASSETS = [original_image, resize_to_canvas, zoom_check, background_removed_image, jewelry_mask]
-GENERATE_ASSETS = [refined_mask, final_mask, generations, flux_metrics]
+PREPROCESS_ASSETS = [prepare_canvas, segment_jewelry]
+GENERATE_ASSETS = [refine_mask, generate_images]
 ALL_ASSETS = [*PREPROCESS_ASSETS, *GENERATE_ASSETS]

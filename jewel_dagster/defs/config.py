@@ -139,3 +139,25 @@ class RefineConfig(dg.Config):
 class GenerationConfig(dg.Config):
     seed: int = 0
     prompt: str = "the jewelry on a clean studio backdrop, soft light"
+
+
+# One config per step (contract.run_config_ops builds them from the sections above): a step
+# materializes several assets, and Dagster's config is per step. Every section is optional, so
+# a UI run of some of a step's assets asks only for what those need.
+class PrepareCanvasConfig(dg.Config):
+    original_image: OriginalImageConfig | None = Field(
+        default=None, description="Needed only when the run materializes original_image."
+    )
+
+
+class SegmentJewelryConfig(dg.Config):
+    background_removed_image: BackgroundConfig = Field(default_factory=BackgroundConfig)
+    jewelry_mask: JewelryMaskConfig = Field(default_factory=JewelryMaskConfig)
+
+
+class RefineMaskConfig(dg.Config):
+    refined_mask: RefineConfig = Field(default_factory=RefineConfig)
+
+
+class GenerateImagesConfig(dg.Config):
+    generations: GenerationConfig = Field(default_factory=GenerationConfig)

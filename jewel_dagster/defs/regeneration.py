@@ -38,13 +38,15 @@ import dagster as dg
 from jewel_dagster.contract import (
     CHECK_NAME,
     CODE_VERSION_TAG,
+    GENERATIONS_CONFIG,
     PARTITIONS_NAME,
     REGENERATE_ATTEMPT_TAG,
     REGENERATE_REASON_TAG,
     AssetName,
     json_logging_run_config,
+    run_config_ops,
 )
-from jewel_dagster.defs.assets import generations
+from jewel_dagster.defs.assets import generate_images
 from jewel_dagster.defs.jobs import regenerate_job
 from jewel_dagster.defs.request_runs import BACKGROUND_TAG, busy_partitions, runs_by_partition
 from jewel_dagster.runtime.check_history import failed_partitions
@@ -59,7 +61,7 @@ SCHEDULE_BUDGET_SECONDS = 40.0  # a schedule tick walks pages until this (gRPC e
 
 
 def current_flux_version() -> str:
-    return generations.code_versions_by_key[FLUX] or ""
+    return generate_images.code_versions_by_key[FLUX] or ""
 
 
 def _regeneration_request(
@@ -69,7 +71,7 @@ def _regeneration_request(
         partition_key=partition,
         run_key=f"{partition}:{key}",
         run_config={
-            "ops": {generations.node_def.name: {"config": {"seed": seed}}},
+            "ops": run_config_ops({GENERATIONS_CONFIG: {"seed": seed}}),
             **(json_logging_run_config() if get_settings().log_format == "json" else {}),
         },
         tags={

@@ -5,8 +5,14 @@ Arrays become PNG (lossless: the generations must keep the jewelry pixels exactl
 bit a pixel), anything else JSON. The path is `requests/<partition>/<run id>/<asset>.<png|json>`: a re-generation, a
 rerun from the UI or a second /generate writes new blobs and never replaces one that an earlier
 materialization points to. Each materialization records its blob in its metadata (`path`,
-`uri`); `load_input` reads the path from the upstream asset's newest materialization of the
-partition (through the instance's public `fetch_materializations`).
+`uri`).
+
+Loads come from this run first: a step needing an asset reads the materialization its own run
+made of it, else its parent run's, up the re-execution chain to the root run (`run_lineage`);
+only an asset none of those runs made is read from its newest materialization. So a UI run of
+the same partition alongside a request's run never hands either the other's image. The steps
+load what they need through `load_value` (a step of several assets gets no Dagster input for the
+ones it did not make in this run); `load_input` does the same for any Dagster input.
 
 Within one run's process the IO manager also keeps the arrays it stored lately (`RecentArrays`,
 `reuse_megabytes`): a step loading what an earlier step of the same process stored gets the
@@ -30,17 +36,73 @@ EXTENSIONS = ("png", "json")
 PATH_METADATA = "path"  # the metadata entry that names a materialization's blob
 
 
+PARENT_RUN_TAG = "dagster/parent_run_id"
+ROOT_RUN_TAG = "dagster/root_run_id"
+MAX_LINEAGE = 20  # re-executions of re-executions: a bound, not a limit anyone reaches
+
+
+def run_lineage(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
+    """The run, then the run it re-executes, and so on to the root run: where its upstream
+    values come from before any other run's."""
+    lineage = [run.run_id]
+    tags = run.tags
+    while (parent := tags.get(PARENT_RUN_TAG)) and parent not in lineage and len(lineage) < MAX_LINEAGE:
+        lineage.append(parent)
+        parent_run = instance.get_run_by_id(parent)
+        if parent_run is None:
+            break
+        tags = parent_run.tags
+    root = run.tags.get(ROOT_RUN_TAG)
+    if root and root not in lineage:
+        lineage.append(root)
+    return lineage
+
+
+def materialization_in_runs(
+    instance: dg.DagsterInstance, name: str, request_id: str, run_ids: list[str]
+) -> dg.AssetMaterialization | None:
+    """The newest materialization of `name` for the request made by the first of `run_ids` that
+    made one (one indexed read of that run's materializations each)."""
+    key = dg.AssetKey(str(name))
+    for run_id in run_ids:
+        records = instance.get_records_for_run(
+            run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, ascending=False
+        ).records
+        for record in records:
+            materialization = record.asset_materialization
+            if materialization and materialization.asset_key == key and materialization.partition == request_id:
+                return materialization
+    return None
+
+
+def newest_materialization(instance: dg.DagsterInstance, name: str, request_id: str) -> dg.AssetMaterialization | None:
+    """The request's newest materialization of `name`, whichever run made it."""
+    result = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(str(name)), asset_partitions=[request_id]), limit=1
+    )
+    return next((r.asset_materialization for r in result.records if r.asset_materialization), None)
+
+
+def upstream_materialization(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, name: str, request_id: str
+) -> dg.AssetMaterialization | None:
+    """The materialization a run reads `name` from: its lineage's own, else the newest."""
+    return materialization_in_runs(instance, name, request_id, run_lineage(instance, run)) or newest_materialization(
+        instance, name, request_id
+    )
+
+
+def recorded_path(materialization: dg.AssetMaterialization | None) -> str | None:
+    """The blob path a materialization names (None for one stored before paths were recorded)."""
+    entry = materialization.metadata.get(PATH_METADATA) if materialization else None
+    if isinstance(entry, dg.TextMetadataValue) and entry.text:
+        return entry.text
+    return None
+
+
 def latest_path(instance: dg.DagsterInstance, name: str, request_id: str) -> str | None:
     """The blob path recorded by the newest materialization of `name` for the request, if any."""
-    result = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[request_id]), limit=1
-    )
-    for record in result.records:
-        materialization = record.asset_materialization
-        entry = materialization.metadata.get(PATH_METADATA) if materialization else None
-        if isinstance(entry, dg.TextMetadataValue) and entry.text:
-            return entry.text
-    return None
+    return recorded_path(newest_materialization(instance, name, request_id))
 
 
 class BlobIOManager(dg.ConfigurableIOManager):
@@ -83,9 +145,14 @@ class BlobIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext) -> Any:
-        name = context.asset_key.path[-1]
-        request_id = context.asset_partition_key
-        recorded = latest_path(context.instance, name, request_id)
+        return self.load_value(
+            context.instance, context.step_context.dagster_run, context.asset_key.path[-1], context.asset_partition_key
+        )
+
+    def load_value(self, instance: dg.DagsterInstance, run: dg.DagsterRun, name: str, request_id: str) -> Any:
+        """The value of `name` for the request that `run` reads: its own lineage's first, else
+        the newest materialization's (`upstream_materialization`)."""
+        recorded = recorded_path(upstream_materialization(instance, run, name, request_id))
         # Artifacts stored before runs had folders sit at the flat path and name no path.
         candidates = [recorded] if recorded else [artifact_path(request_id, name, ext) for ext in EXTENSIONS]
         recent = self._recent_arrays()

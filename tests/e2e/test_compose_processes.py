@@ -140,7 +140,7 @@ def test_a_request_completes_through_the_compose_services(compose_stack: dict[st
         f"{compose_stack['dagster']}/graphql", json={"query": _LOGS, "variables": {"runId": run["runId"]}}, timeout=30
     ).json()["data"]["logsForRun"]["events"]
     captured = [e for e in events if e["__typename"] == "LogsCapturedEvent"]
-    assert captured and "jewelry_mask" in {k for e in captured for k in e["stepKeys"] or []}, captured
+    assert captured and "segment_jewelry" in {k for e in captured for k in e["stepKeys"] or []}, captured
     answer = httpx.post(
         f"{compose_stack['dagster']}/graphql",
         json={"query": _CAPTURED, "variables": {"runId": run["runId"], "fileKey": captured[0]["fileKey"]}},

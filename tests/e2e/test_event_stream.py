@@ -22,7 +22,7 @@ STUCK = RunInfo(
     "run-1",
     FULL_JOB,
     "STARTED",
-    [StepStat("original_image", "SUCCESS", 1.0), StepStat("resize_to_canvas", "IN_PROGRESS", 2.0)],
+    [StepStat("prepare_canvas", "SUCCESS", 1.0), StepStat("segment_jewelry", "IN_PROGRESS", 2.0)],
 )
 
 
@@ -58,7 +58,7 @@ def test_keep_alives_while_nothing_changes_then_a_timeout_event(
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     frames = _frames(response.text)
     assert frames[0].startswith("retry: ")
-    assert frames[1].startswith("id: 1\nevent: progress\n") and '"currentStep":"RESIZING_IMAGE"' in frames[1]
+    assert frames[1].startswith("id: 1\nevent: progress\n") and '"currentStep":"REMOVING_BACKGROUND"' in frames[1]
     keep_alives = frames[2:-1]
     # One every 0.3 s of silence over a 2 s stream: at least 2 even when the machine is busy.
     assert len(keep_alives) >= 2 and set(keep_alives) == {": keep-alive"}, frames

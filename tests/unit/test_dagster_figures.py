@@ -21,7 +21,8 @@ def instance() -> Iterator[Any]:
 
 def _jobs() -> Any:
     """Stand-ins named like the pipeline's assets and jobs: one run completes (a SAM3 call with its
-    latency, a failed fidelity check), one fails in zoom_check (the image manipulator's step)."""
+    latency, a fidelity check that could not measure), one fails in prepare_canvas (the image
+    manipulator's step)."""
 
     @dg.asset(name="jewelry_mask")
     def mask() -> dg.Output[int]:
@@ -32,13 +33,21 @@ def _jobs() -> Any:
         yield dg.Output(1, metadata={"seconds": 0.2, "backend": "http:http://sam3"})
         yield dg.AssetCheckResult(check_name="fidelity", passed=False)
 
-    @dg.asset(name="zoom_check")
+    @dg.asset(name="unmeasured", check_specs=[dg.AssetCheckSpec("fidelity", asset="unmeasured")])
+    def unmeasured() -> Iterator[Any]:
+        # Metrics that could not be measured are not materialized; the check says why.
+        yield dg.Output(1)
+        yield dg.AssetCheckResult(check_name="fidelity", passed=False, metadata={"reason": "SAM3 said 400"})
+
+    @dg.multi_asset(name="prepare_canvas", outs={"zoom_check": dg.AssetOut()})
     def zoom() -> int:
         raise RuntimeError("ImageManipulator answered 503")
 
-    completes = dg.define_asset_job(FULL_JOB, selection=[mask, metrics], executor_def=dg.in_process_executor)
+    completes = dg.define_asset_job(
+        FULL_JOB, selection=[mask, metrics, unmeasured], executor_def=dg.in_process_executor
+    )
     fails = dg.define_asset_job(PREPROCESS_JOB, selection=[zoom], executor_def=dg.in_process_executor)
-    defs = dg.Definitions(assets=[mask, metrics, zoom], jobs=[completes, fails])
+    defs = dg.Definitions(assets=[mask, metrics, unmeasured, zoom], jobs=[completes, fails])
     return defs.resolve_job_def(FULL_JOB), defs.resolve_job_def(PREPROCESS_JOB)
 
 
@@ -72,7 +81,8 @@ def test_figures_from_dagster_count_runs_calls_and_checks(instance: Any) -> None
     assert moved("jewel_model_calls_total", service="sam3", outcome="ok") == 2
     assert moved("jewel_model_call_duration_seconds_sum", service="sam3") == pytest.approx(0.5)
     assert moved("jewel_model_calls_total", service="image_manipulator", outcome="error") == 1
-    assert moved("jewel_fidelity_checks_total", result="failed") == 1
+    assert moved("jewel_model_calls_total", service="sam3", outcome="error") == 1  # the unmeasured metrics
+    assert moved("jewel_fidelity_checks_total", result="failed") == 2
     assert moved("jewel_fidelity_checks_total", result="passed") == 0
     assert value(after, "jewel_runs_queued") == 0 and value(after, "jewel_runs_in_progress") == 0
 

@@ -1,4 +1,4 @@
-from jewel_dagster.contract import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB, SEED_STEP_OF_OP, STEP_PROGRESS
+from jewel_dagster.contract import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB, SEED_STEP_OF_OP, STEP_PROGRESS, AssetName
 from jewel_dagster.definitions import defs
 
 
@@ -11,8 +11,40 @@ def test_every_job_resolves() -> None:
 def test_every_step_maps_to_a_seed_step() -> None:
     full = defs.resolve_job_def(FULL_JOB)
     op_names = {node.name for node in full.graph.nodes}
-    assert op_names == set(SEED_STEP_OF_OP)
+    # Named here, not read from the code under test: a full request is these four steps.
+    assert op_names == {"prepare_canvas", "segment_jewelry", "refine_mask", "generate_images"}
+    assert set(SEED_STEP_OF_OP) == op_names
     assert set(SEED_STEP_OF_OP.values()) <= set(STEP_PROGRESS)
+
+
+def test_every_asset_has_its_seed_step_and_its_op() -> None:
+    from jewel_dagster.contract import OP_OF_ASSET, SEED_STEP_OF_ASSET
+
+    graph = defs.resolve_asset_graph()
+    names = {key.path[-1] for key in graph.get_all_asset_keys()}
+    assert names == set(SEED_STEP_OF_ASSET) == set(OP_OF_ASSET) == set(AssetName)
+    ops = {name: defs.get_assets_def(name).node_def.name for name in names}
+    assert ops == OP_OF_ASSET
+    # A step's seed steps come in the order of the seed table: progress never goes back.
+    order = list(STEP_PROGRESS)
+    for op, first in SEED_STEP_OF_OP.items():
+        seeds = [SEED_STEP_OF_ASSET[name] for name, owner in OP_OF_ASSET.items() if owner == op]
+        assert min(seeds, key=order.index) == first, op
+
+
+def test_lineage_shows_every_dependency() -> None:
+    graph = defs.resolve_asset_graph()
+    parents = {key.path[-1]: {p.path[-1] for p in graph.get(key).parent_keys} for key in graph.get_all_asset_keys()}
+    assert parents["flux_metrics"] == {"flux_generation", "final_mask", "jewelry_mask"}  # it reads the clicks
+    assert parents["jewelry_mask"] == {"background_removed_image", "canvas_transform"}
+    assert parents["refined_mask"] == {"jewelry_mask", "canvas_transform"}
+    assert parents["gemini_generation"] == {"background_removed_image", "final_mask"}
+
+
+def test_every_asset_can_be_materialized_alone() -> None:
+    for name in AssetName:
+        assets_def = defs.get_assets_def(name)
+        assert assets_def.can_subset, name
 
 
 def test_every_asset_is_partitioned_per_request() -> None:
@@ -24,6 +56,12 @@ def test_every_asset_is_partitioned_per_request() -> None:
 def test_job_step_orders_match_the_jobs() -> None:
     from jewel_dagster.contract import JOB_OPS
 
+    assert JOB_OPS == {
+        "jewelry_generation": ["prepare_canvas", "segment_jewelry", "refine_mask", "generate_images"],
+        "jewelry_preprocess": ["prepare_canvas", "segment_jewelry"],
+        "jewelry_generate": ["refine_mask", "generate_images"],
+        "jewelry_regenerate": ["generate_images"],
+    }
     for name, ops in JOB_OPS.items():
         job = defs.resolve_job_def(name)
         assert {node.name for node in job.graph.nodes} == set(ops), name
@@ -37,14 +75,16 @@ def test_job_step_orders_match_the_jobs() -> None:
 def test_the_local_rasteriser_holds_no_gpu_slot() -> None:
     # CPU work in the GPU pool queued other requests' GPU steps behind it (issue 14).
     from jewel_dagster.contract import GPU_POOL
-    from jewel_dagster.defs.assets import jewelry_mask, refined_mask, refiner_pool
+    from jewel_dagster.defs.assets import generate_images, prepare_canvas, refine_mask, refiner_pool, segment_jewelry
     from jewel_dagster.settings import PipelineSettings, get_settings
 
     assert refiner_pool(PipelineSettings(a100_server_url=None)) is None
     assert refiner_pool(PipelineSettings(a100_server_url="http://a100.example")) == GPU_POOL
     if not get_settings().a100_server_url:
-        assert refined_mask.op.pool is None
-    assert jewelry_mask.op.pool == GPU_POOL
+        assert refine_mask.op.pool is None
+    assert prepare_canvas.op.pool is None  # decoding, the canvas, the zoom check: CPU only
+    assert segment_jewelry.op.pool == GPU_POOL
+    assert generate_images.op.pool == GPU_POOL
 
 
 def test_code_versions_follow_the_models_not_where_the_services_live() -> None:

@@ -23,31 +23,20 @@ def run(job: str, status: str, **steps: str) -> RunInfo:
     ("info", "expected"),
     [
         (run(FULL_JOB, "QUEUED"), ("RUNNING", "UPLOADING_IMAGE", 5)),
-        (run(FULL_JOB, "STARTED", original_image="IN_PROGRESS"), ("RUNNING", "UPLOADING_IMAGE", 5)),
-        (run(FULL_JOB, "STARTED", original_image="SUCCESS"), ("RUNNING", "RESIZING_IMAGE", 15)),
+        (run(FULL_JOB, "STARTED", prepare_canvas="IN_PROGRESS"), ("RUNNING", "UPLOADING_IMAGE", 5)),
+        (run(FULL_JOB, "STARTED", prepare_canvas="SUCCESS"), ("RUNNING", "REMOVING_BACKGROUND", 30)),
         (
-            run(
-                FULL_JOB,
-                "STARTED",
-                original_image="SUCCESS",
-                resize_to_canvas="SUCCESS",
-                zoom_check="SUCCESS",
-                background_removed_image="SUCCESS",
-                jewelry_mask="IN_PROGRESS",
-            ),
-            ("RUNNING", "GENERATING_MASK", 45),
+            run(FULL_JOB, "STARTED", prepare_canvas="SUCCESS", segment_jewelry="SUCCESS", refine_mask="IN_PROGRESS"),
+            ("RUNNING", "REFINING_MASK", 55),
         ),
         (run(GENERATE_JOB, "QUEUED"), ("RUNNING", "REFINING_MASK", 55)),
-        (
-            run(GENERATE_JOB, "STARTED", refined_mask="SUCCESS", final_mask="SUCCESS"),
-            ("RUNNING", "GENERATING_IMAGES", 70),
-        ),
+        (run(GENERATE_JOB, "STARTED", refine_mask="SUCCESS"), ("RUNNING", "GENERATING_IMAGES", 70)),
         (run(PREPROCESS_JOB, "SUCCESS"), ("COMPLETED", "COMPLETED", 100)),
         (
-            run(FULL_JOB, "FAILURE", original_image="SUCCESS", resize_to_canvas="FAILURE"),
-            ("FAILED", "RESIZING_IMAGE", 15),
+            run(FULL_JOB, "FAILURE", prepare_canvas="SUCCESS", segment_jewelry="FAILURE"),
+            ("FAILED", "REMOVING_BACKGROUND", 30),
         ),
-        (run(FULL_JOB, "CANCELED", original_image="FAILURE"), ("CANCELLED", "UPLOADING_IMAGE", 5)),
+        (run(FULL_JOB, "CANCELED", prepare_canvas="FAILURE"), ("CANCELLED", "UPLOADING_IMAGE", 5)),
         (run(FULL_JOB, "CANCELING"), ("CANCELLED", "UPLOADING_IMAGE", 5)),
     ],
 )
@@ -59,24 +48,24 @@ def test_position(info: RunInfo, expected: tuple[str, str, int]) -> None:
 # Every Dagster run status (and one Dagster may add later) -> (status, currentStep, progress), on a
 # full-pipeline run whose first step finished (second one running, or failed for FAILURE), so the
 # current step shows whether it came from the steps or from the run status.
-MIDWAY = {"original_image": "SUCCESS", "resize_to_canvas": "IN_PROGRESS"}
+MIDWAY = {"prepare_canvas": "SUCCESS", "segment_jewelry": "IN_PROGRESS"}
 UNKNOWN = "SOME_FUTURE_STATUS"
 EVERY_RUN_STATUS: dict[str, tuple[dict[str, str], tuple[str, str, int]]] = {
     # Not started yet: no step stats, so the first step.
     "QUEUED": ({}, ("RUNNING", "UPLOADING_IMAGE", 5)),
     "NOT_STARTED": ({}, ("RUNNING", "UPLOADING_IMAGE", 5)),
     "STARTING": ({}, ("RUNNING", "UPLOADING_IMAGE", 5)),
-    "STARTED": (MIDWAY, ("RUNNING", "RESIZING_IMAGE", 15)),
-    "MANAGED": (MIDWAY, ("RUNNING", "RESIZING_IMAGE", 15)),
-    "SUSPENDED": (MIDWAY, ("RUNNING", "RESIZING_IMAGE", 15)),
+    "STARTED": (MIDWAY, ("RUNNING", "REMOVING_BACKGROUND", 30)),
+    "MANAGED": (MIDWAY, ("RUNNING", "REMOVING_BACKGROUND", 30)),
+    "SUSPENDED": (MIDWAY, ("RUNNING", "REMOVING_BACKGROUND", 30)),
     # Done: COMPLETED and 100 whatever the steps say.
     "SUCCESS": (MIDWAY, ("COMPLETED", "COMPLETED", 100)),
-    "FAILURE": ({**MIDWAY, "resize_to_canvas": "FAILURE"}, ("FAILED", "RESIZING_IMAGE", 15)),
+    "FAILURE": ({**MIDWAY, "segment_jewelry": "FAILURE"}, ("FAILED", "REMOVING_BACKGROUND", 30)),
     # A cancel in progress already reads CANCELLED: the person asked for it and it will not resume.
-    "CANCELING": (MIDWAY, ("CANCELLED", "RESIZING_IMAGE", 15)),
-    "CANCELED": (MIDWAY, ("CANCELLED", "RESIZING_IMAGE", 15)),
+    "CANCELING": (MIDWAY, ("CANCELLED", "REMOVING_BACKGROUND", 30)),
+    "CANCELED": (MIDWAY, ("CANCELLED", "REMOVING_BACKGROUND", 30)),
     # A status this gateway does not know yet: still running, rather than a false end.
-    UNKNOWN: (MIDWAY, ("RUNNING", "RESIZING_IMAGE", 15)),
+    UNKNOWN: (MIDWAY, ("RUNNING", "REMOVING_BACKGROUND", 30)),
 }
 
 
@@ -86,7 +75,7 @@ def test_every_run_status_maps_onto_the_seed(run_status: str) -> None:
     p = position_of(run(FULL_JOB, run_status, **steps))
     assert (p.status, p.current_step, p.progress) == expected
     assert workflow_status(run_status) == expected[0]
-    assert p.failed_op == ("resize_to_canvas" if run_status == "FAILURE" else None)
+    assert p.failed_op == ("segment_jewelry" if run_status == "FAILURE" else None)
 
 
 def test_the_status_table_covers_every_dagster_run_status() -> None:
@@ -96,8 +85,8 @@ def test_the_status_table_covers_every_dagster_run_status() -> None:
 
 
 def test_failed_step_is_reported() -> None:
-    p = position_of(run(FULL_JOB, "FAILURE", original_image="SUCCESS", resize_to_canvas="FAILURE"))
-    assert p.failed_op == "resize_to_canvas"
+    p = position_of(run(FULL_JOB, "FAILURE", prepare_canvas="SUCCESS", segment_jewelry="FAILURE"))
+    assert p.failed_op == "segment_jewelry"
 
 
 def test_readable_error_drops_the_exception_class() -> None:

@@ -1,4 +1,4 @@
-"""Flux and Gemini run at the same time inside the `generations` step (no timing involved)."""
+"""Flux and Gemini run at the same time inside the `generate_images` step (no timing involved)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
-from jewel_dagster.defs.assets import ALL_ASSETS, generations
+from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.resources.blob_store import artifact_path
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.resources.services import Generation, ImageGenerator
@@ -46,7 +46,7 @@ def test_flux_and_gemini_overlap(tmp_path: Path) -> None:
         instance.add_dynamic_partitions("requests", ["r"])
         result = dg.materialize(
             ALL_ASSETS,
-            selection=[generations],
+            selection=["flux_generation", "gemini_generation"],
             partition_key="r",
             instance=instance,
             resources=resources,

@@ -9,10 +9,10 @@ from unittest import mock
 import dagster as dg
 import pytest
 
-from jewel_dagster.contract import CODE_VERSION_TAG, PARTITION_TAG, REGENERATE_JOB, AssetName
+from jewel_dagster.contract import CODE_VERSION_TAG, PARTITION_TAG, REGENERATE_JOB, AssetName, run_config_ops
 from jewel_dagster.contract import REGENERATE_ATTEMPT_TAG as ATTEMPT_TAG
 from jewel_dagster.contract import REGENERATE_REASON_TAG as REASON_TAG
-from jewel_dagster.defs.assets import ALL_ASSETS, flux_metrics, generations
+from jewel_dagster.defs.assets import ALL_ASSETS, generate_images
 from jewel_dagster.defs.regeneration import (
     PRIORITY_TAG,
     REGENERATE_VERSION_TAG,
@@ -26,6 +26,9 @@ from jewel_dagster.defs.request_runs import BACKGROUND_TAG
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from tests.support.photos import RING_CLICK, synthetic_ring, to_jpeg
+
+# What the regenerate job makes (named here, not read from the code under test).
+REGENERATED = ["flux_generation", "gemini_generation", "flux_metrics"]
 
 
 def _check_passed(result: dg.ExecuteInProcessResult) -> bool:
@@ -45,11 +48,13 @@ def _full_run(resources: dict[str, Any], instance: dg.DagsterInstance, rid: str)
         instance=instance,
         resources=resources,
         run_config={
-            "ops": {
-                "original_image": {"config": {"image_uri": upload}},
-                "background_removed_image": {"config": {"mode": "keep"}},
-                "jewelry_mask": {"config": {"points": [RING_CLICK]}},
-            }
+            "ops": run_config_ops(
+                {
+                    "original_image": {"image_uri": upload},
+                    "background_removed_image": {"mode": "keep"},
+                    "jewelry_mask": {"points": [RING_CLICK]},
+                }
+            )
         },
     )
 
@@ -69,11 +74,11 @@ def test_failed_check_is_regenerated_once_with_a_new_seed_and_then_passes(tmp_pa
         assert [r.partition_key for r in requests] == ["bad"]
         request = requests[0]
         assert request.tags[REASON_TAG] == "failed-check" and request.tags[ATTEMPT_TAG] == "1"
-        assert request.run_config["ops"]["generations"]["config"]["seed"] == 1
+        assert request.run_config["ops"]["generate_images"]["config"]["generations"]["seed"] == 1
 
         rerun = dg.materialize(
             ALL_ASSETS,
-            selection=[generations, flux_metrics],
+            selection=REGENERATED,
             partition_key="bad",
             instance=instance,
             resources=resources,
@@ -93,7 +98,7 @@ def test_attempts_are_bounded(tmp_path: Path) -> None:
             assert request.tags[ATTEMPT_TAG] == str(attempt)
             dg.materialize(
                 ALL_ASSETS,
-                selection=[generations, flux_metrics],
+                selection=REGENERATED,
                 partition_key="always-bad",
                 instance=instance,
                 resources=resources,
@@ -110,13 +115,17 @@ def test_a_new_generator_version_marks_old_generations_stale(tmp_path: Path) -> 
         instance.add_dynamic_partitions("requests", ["not-generated-yet"])
         assert list(regeneration_requests(instance, current_flux_version(), max_attempts=3)) == []
 
-        bumped = generations.map_asset_specs(lambda spec: spec.replace_attributes(code_version="model-v2"))
+        bumped = generate_images.map_asset_specs(
+            lambda spec: (
+                spec.replace_attributes(code_version="model-v2") if spec.key.path[-1] == "flux_generation" else spec
+            )
+        )
         (request,) = regeneration_requests(instance, "model-v2", max_attempts=3)
         assert request.partition_key == "r1" and request.tags[REASON_TAG] == "stale"
-        assets = [bumped if a is generations else a for a in ALL_ASSETS]
+        assets = [bumped if a is generate_images else a for a in ALL_ASSETS]
         dg.materialize(
             assets,
-            selection=[bumped, flux_metrics],
+            selection=REGENERATED,
             partition_key="r1",
             instance=instance,
             resources=resources,
@@ -139,7 +148,10 @@ def test_the_schedule_asks_for_what_the_sensor_asks_for(tmp_path: Path) -> None:
         (request,) = ticked
         assert request.partition_key == "bad" and request.run_key == "bad:failed-check:1"
         assert request.tags[REASON_TAG] == "failed-check" and request.tags[ATTEMPT_TAG] == "1"
-        assert request.run_config == {"ops": {"generations": {"config": {"seed": 1}}}, "loggers": {"json": {}}}
+        assert request.run_config == {
+            "ops": {"generate_images": {"config": {"generations": {"seed": 1}}}},
+            "loggers": {"json": {}},
+        }
         assert ticked == sensed
         assert schedule.job_name == sensor.job_name == REGENERATE_JOB
 

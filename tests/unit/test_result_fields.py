@@ -124,3 +124,28 @@ def test_generated_images_are_answered_from_the_jpeg_their_step_stored(tmp_path:
     assert base64.b64decode(again["flux_result_base64"]) == b"the stored rendition"
     older = ResultReader(store).result_of(RID, "run-1", "jewelry_generation", lambda _: check)  # no rendition
     assert base64.b64decode(older["flux_result_base64"]) == imaging.encode_jpeg(np.full((32, 24, 3), 200, np.uint8))
+
+
+def test_gemini_and_metrics_come_from_the_run_that_made_the_flux_image(tmp_path: Path) -> None:
+    """Gemini absent and metrics not measured are not materialized (no JSON null): the result
+    must then say null, not hand out the Gemini image or metrics of an earlier run."""
+    store = LocalBlobStore(root=str(tmp_path), container="jewelry-uploads")
+    image = imaging.encode_png(np.full((32, 24, 3), 200, dtype=np.uint8))
+    metrics = {"precision": 1.0, "recall": 1.0, "iou": 1.0, "growth_ratio": 1.0}
+    for name in ("background_removed_image", "jewelry_mask", "final_mask", "flux_generation", "gemini_generation"):
+        store.put(artifact_path(RID, name, "png", "run-1"), image, "image/png")
+    store.put(artifact_path(RID, "flux_metrics", "json", "run-1"), json.dumps(metrics).encode())
+    store.put(artifact_path(RID, "flux_generation", "png", "run-2"), image, "image/png")  # a regeneration
+    located = {name: artifact_path(RID, name, "png", "run-1") for name in ("gemini_generation", "final_mask")}
+    located["flux_metrics"] = artifact_path(RID, "flux_metrics", "json", "run-1")
+    check = {"passed": False, "status": "FAILED", "violations": "metrics unavailable: x", "reason": "x"}
+
+    newest = ResultReader(store).result_of(RID, "run-2", "jewelry_regenerate", lambda _: check, located.get)
+    assert newest["flux_result_base64"]
+    assert newest["gemini_result_base64"] is None and newest["flux_metrics"] is None
+    assert newest["flux_metrics_error"] == "x"
+
+    # A re-execution that did not make the images reads them, and what came with them, from the run that did.
+    located["flux_generation"] = artifact_path(RID, "flux_generation", "png", "run-1")
+    rerun = ResultReader(store).result_of(RID, "run-3", "jewelry_generation", lambda _: check, located.get)
+    assert rerun["gemini_result_base64"] and rerun["flux_metrics"] == metrics

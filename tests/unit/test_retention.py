@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from jewel_dagster.contract import CHECK_NAME, OWNER_TAG, PARTITION_TAG, PARTITIONS_NAME, AssetName
+from jewel_dagster.contract import CHECK_NAME, OWNER_TAG, PARTITION_TAG, PARTITIONS_NAME, AssetName, run_config_ops
 from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.defs.retention import RETENTION_JOB, build_retention, run_retention
 from jewel_dagster.resources.blob_store import LocalBlobStore, tombstone_path
@@ -41,11 +41,13 @@ def _request(resources: dict[str, Any], instance: dg.DagsterInstance, rid: str) 
         resources=resources,
         tags={OWNER_TAG: "shop-a"},
         run_config={
-            "ops": {
-                "original_image": {"config": {"image_uri": upload}},
-                "background_removed_image": {"config": {"mode": "keep"}},
-                "jewelry_mask": {"config": {"points": [RING_CLICK]}},
-            }
+            "ops": run_config_ops(
+                {
+                    "original_image": {"image_uri": upload},
+                    "background_removed_image": {"mode": "keep"},
+                    "jewelry_mask": {"points": [RING_CLICK]},
+                }
+            )
         },
     )
     assert result.success
