@@ -73,6 +73,10 @@ class StorageRunReader:
         return {}
 
     def close(self) -> None:
+        from jewel_dagster.runtime.storage_engines import dispose_storage_engines
+
+        # dispose() leaves the pooled PostgreSQL connections open (jewel_dagster.runtime.storage_engines).
+        dispose_storage_engines(self._instance)
         self._instance.dispose()
 
 
