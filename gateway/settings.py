@@ -38,6 +38,13 @@ class GatewaySettings(PipelineSettings):
     )
     max_parallel_launches: int = Field(default=4, ge=1, description="Launches in flight at once.")
     launch_wait_seconds: float = Field(default=30.0, description="How long a start waits for a launch slot.")
+    cancel_wait_seconds: float = Field(
+        default=6.0,
+        ge=0.0,
+        description="How long POST /cancel waits for the run to stop: CANCELLED once Dagster says CANCELED, 409 if "
+        "it ended otherwise, 202 and RUNNING if still stopping (the warm code server kills a worker 5 s after its "
+        "cancel).",
+    )
     start_in_background: bool = Field(
         default=True,
         description="/workflow/start and /preprocess store the upload and a pending start, answer RUNNING at once, "

@@ -11,8 +11,7 @@ from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.models import RunInfo
 from gateway.results import ResultReader, hide_addresses
 from gateway.schemas import WorkflowState
-from gateway.status import position_of
-from jewel_dagster.contract import SEED_STEP_OF_OP
+from gateway.status import position_of, seed_step_of_failure
 
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 log = logging.getLogger("gateway.workflow_state")
@@ -55,6 +54,6 @@ def state_of(workflow_id: str, run: RunInfo, runs: DagsterRuns, results: ResultR
     elif state.status == "FAILED":
         failed_op, message = runs.failure_of(run.run_id)
         op = failed_op or position_of(run).failed_op
-        state.failedStep = SEED_STEP_OF_OP.get(op or "", state.currentStep)
+        state.failedStep = seed_step_of_failure(run, op) or state.currentStep
         state.error = public_error(message, run.run_id)
     return state

@@ -18,6 +18,7 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ from gql.transport import exceptions as gql_errors
 
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable, readable_error
 from gateway.dagster_api.models import RunInfo, run_info_from
+from gateway.dagster_api.run_events import EVENT_TYPES, RunEvent, RunEventLog
 from gateway.dagster_api.storage_reader import StorageRunReader
 from gateway.settings import GatewaySettings
 from jewel_dagster.contract import CHECK_NAME, PARTITION_TAG, PARTITIONS_NAME, json_logging_run_config
@@ -52,7 +54,27 @@ _LATEST_RUN = """
 query LatestRun($tags: [ExecutionTag!]!) {
   runsOrError(filter: {tags: $tags}, limit: 1) {
     __typename
-    ... on Runs { results { runId jobName status endTime tags { key value } stepStats { stepKey status startTime } } }
+    ... on Runs { results { runId jobName status endTime tags { key value } } }
+    ... on PythonError { message }
+  }
+}"""
+
+# A run's events after a cursor (gateway.dagster_api.run_events keeps what it read): every type
+# comes back, only the asset and step events with their fields.
+_RUN_EVENTS = """
+query RunEvents($runId: ID!, $after: String) {
+  logsForRun(runId: $runId, afterCursor: $after) {
+    __typename
+    ... on EventConnection {
+      cursor
+      hasMore
+      events {
+        __typename
+        ... on MessageEvent { eventType stepKey timestamp }
+        ... on MaterializationEvent { assetKey { path } }
+        ... on AssetMaterializationPlannedEvent { assetKey { path } }
+      }
+    }
     ... on PythonError { message }
   }
 }"""
@@ -161,6 +183,7 @@ class DagsterRuns:
             if settings.status_source == "storage"
             else None
         )
+        self._events = RunEventLog(self._events_after)
 
     @property
     def _client(self) -> DagsterGraphQLClient:
@@ -407,7 +430,29 @@ class DagsterRuns:
         data = self._query(_LATEST_RUN, variables)["runsOrError"]
         if data["__typename"] != "Runs":
             raise DagsterError(data.get("message", data["__typename"]))
-        return run_info_from(data["results"][0]) if data["results"] else None
+        if not data["results"]:
+            return None
+        raw = data["results"][0]
+        assets, steps = self._events.read(raw["runId"])
+        return replace(run_info_from(raw, assets), steps=steps)
+
+    def _events_after(self, run_id: str, cursor: str | None) -> tuple[list[RunEvent], str | None]:
+        """The run's asset and step events after `cursor`, over GraphQL (`logsForRun` pages)."""
+        events: list[RunEvent] = []
+        while True:
+            data = self._query(_RUN_EVENTS, {"runId": run_id, "after": cursor})["logsForRun"]
+            if data["__typename"] != "EventConnection":
+                raise DagsterError(data.get("message", data["__typename"]))
+            for raw in data["events"]:
+                kind = raw.get("eventType")
+                if kind not in EVENT_TYPES:
+                    continue
+                path = (raw.get("assetKey") or {}).get("path")
+                timestamp = float(raw.get("timestamp") or 0) / 1000  # GraphQL gives milliseconds
+                events.append(RunEvent(kind, raw.get("stepKey"), "/".join(path) if path else None, timestamp))
+            cursor = data["cursor"] or cursor
+            if not data["hasMore"] or not data["events"]:
+                return events, cursor
 
     def runs_in_flight(self, tags: dict[str, str]) -> int:
         """How many runs with these tags are queued or running (GET /usage)."""

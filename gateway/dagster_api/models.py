@@ -18,13 +18,27 @@ class StepStat:
 
 
 @dataclass(frozen=True)
+class RunAssets:
+    """What this run plans to materialize and what it did so far, from its own events.
+
+    Progress follows these, not a fixed list of the job's steps: a subset run or a re-execution
+    plans (ASSET_MATERIALIZATION_PLANNED, written when the run is created) only what it executes,
+    whatever the step layout, and each asset's ASSET_MATERIALIZATION is reported as it happens.
+    """
+
+    planned: dict[str, str] = field(default_factory=dict)  # asset -> the step key that makes it
+    materialized: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class RunInfo:
     run_id: str
     job_name: str
     status: str  # Dagster's DagsterRunStatus name
-    steps: list[StepStat] = field(default_factory=list)
+    steps: list[StepStat] = field(default_factory=list)  # each step's newest status, from the same events
     tags: dict[str, str] = field(default_factory=dict)
     end_time: float | None = None  # unix seconds the run ended (None while it runs)
+    assets: RunAssets | None = None  # None: not read (e.g. a look at the owner tag only)
 
     @property
     def ended(self) -> bool:
@@ -32,8 +46,8 @@ class RunInfo:
         return self.status in _ENDED and not (self.status == "FAILURE" and self.tags.get(WILL_RETRY_TAG) == "true")
 
 
-def run_info_from(raw: dict[str, Any]) -> RunInfo:
-    """A run from GraphQL fields runId, jobName, status, tags and stepStats."""
-    steps = [StepStat(s["stepKey"], s["status"], s["startTime"]) for s in raw["stepStats"]]
+def run_info_from(raw: dict[str, Any], assets: RunAssets | None = None) -> RunInfo:
+    """A run from GraphQL fields runId, jobName, status, tags (stepStats when asked)."""
+    steps = [StepStat(s["stepKey"], s["status"], s["startTime"]) for s in raw.get("stepStats") or []]
     tags = {t["key"]: t["value"] for t in raw["tags"]}
-    return RunInfo(raw["runId"], raw["jobName"], raw["status"], steps, tags, raw.get("endTime"))
+    return RunInfo(raw["runId"], raw["jobName"], raw["status"], steps, tags, raw.get("endTime"), assets)

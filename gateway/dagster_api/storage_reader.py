@@ -9,10 +9,9 @@ terminations and everything that changes state still go through GraphQL.
 
 from __future__ import annotations
 
-from typing import Any
-
 from gateway.dagster_api.errors import DagsterUnavailable
-from gateway.dagster_api.models import RunInfo, StepStat
+from gateway.dagster_api.models import RunInfo
+from gateway.dagster_api.run_events import EVENT_TYPES, RunEvent, RunEventLog
 
 POOL_OVERFLOW = 8  # connections beyond the one kept, for reads at once (closed when returned)
 
@@ -30,6 +29,7 @@ class StorageRunReader:
         self._instance.optimize_for_webserver(
             statement_timeout=statement_timeout_ms, pool_recycle=3600, max_overflow=POOL_OVERFLOW
         )
+        self._events = RunEventLog(self.events_after)
 
     def runs_tagged(self, tags: dict[str, str], newest: bool = True, with_steps: bool = True) -> RunInfo | None:
         from dagster import RunsFilter
@@ -39,10 +39,31 @@ class StorageRunReader:
             if not records:
                 return None
             run, end_time = records[0].dagster_run, records[0].end_time
-            stats = self._instance.get_run_step_stats(run.run_id) if with_steps else []
         except Exception as exc:  # the database is down or locked: as if Dagster did not answer
             raise DagsterUnavailable(f"Dagster's run storage did not answer: {type(exc).__name__}: {exc}") from exc
-        return RunInfo(run.run_id, run.job_name, run.status.name, [_step(s) for s in stats], dict(run.tags), end_time)
+        # One read of the run's new asset and step events (none at all once they were all seen).
+        assets, steps = self._events.read(run.run_id) if with_steps else (None, [])
+        return RunInfo(run.run_id, run.job_name, run.status.name, steps, dict(run.tags), end_time, assets)
+
+    def events_after(self, run_id: str, cursor: str | None) -> tuple[list[RunEvent], str | None]:
+        """The run's planned and materialized assets and its step events after `cursor`."""
+        from dagster import DagsterEventType
+
+        try:
+            found = self._instance.get_records_for_run(
+                run_id, cursor=cursor, of_type={DagsterEventType(kind) for kind in EVENT_TYPES}
+            )
+        except Exception as exc:  # the database is down or locked: as if Dagster did not answer
+            raise DagsterUnavailable(f"Dagster's event storage did not answer: {type(exc).__name__}: {exc}") from exc
+        events = []
+        for record in found.records:
+            entry = record.event_log_entry
+            event = entry.dagster_event
+            if event is None:
+                continue
+            asset = event.asset_key.to_user_string() if event.asset_key is not None else None
+            events.append(RunEvent(event.event_type_value, event.step_key, asset, entry.timestamp))
+        return events, found.cursor
 
     def newest_run_id(self, tags: dict[str, str]) -> str | None:
         """Only the id of the newest run with these tags: one indexed read, no run body, no steps."""
@@ -73,9 +94,8 @@ class StorageRunReader:
         return {}
 
     def close(self) -> None:
+        from jewel_dagster.runtime.storage_engines import dispose_storage_engines
+
+        # dispose() leaves the pooled PostgreSQL connections open (jewel_dagster.runtime.storage_engines).
+        dispose_storage_engines(self._instance)
         self._instance.dispose()
-
-
-def _step(stats: Any) -> StepStat:
-    status = stats.status.value if stats.status is not None else "IN_PROGRESS"
-    return StepStat(stats.step_key, status, stats.start_time)

@@ -11,9 +11,10 @@ import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path, status
+from fastapi import APIRouter, Header, HTTPException, Path, Response, status
 from pydantic import BaseModel
 
+from gateway.cancels import await_stop
 from gateway.claims import Claim, ClaimError, claim, release
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable, public_message
@@ -43,7 +44,7 @@ from gateway.starts import (
     state_of_start,
     write_start,
 )
-from gateway.status import position_of
+from gateway.status import position_of, workflow_status
 from gateway.uploads import decode_base64_image
 from gateway.webhooks import WebhookRefused, check_webhook_url, store_webhook_url, url_path
 from gateway.workflow_state import state_of
@@ -660,34 +661,72 @@ def get_workflow(
         raise pipeline_unavailable(exc) from exc
 
 
-@router.post("/{workflow_id}/cancel", response_model=StartResponse, responses=error_responses(*ONE_WORKFLOW, 409))
-def cancel_workflow(workflow_id: WorkflowIdPath, runs: RunsDep, store: StoreDep, caller: CallerDep) -> StartResponse:
+@router.post(
+    "/{workflow_id}/cancel",
+    response_model=StartResponse,
+    responses={
+        **error_responses(*ONE_WORKFLOW, 409),
+        202: {"model": StartResponse, "description": "The run is still stopping: status RUNNING, poll GET"},
+    },
+)
+def cancel_workflow(
+    workflow_id: WorkflowIdPath,
+    runs: RunsDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    response: Response,
+) -> StartResponse:
     """Terminate the request's running run, or cancel its start before the run exists.
 
-    A run can end between the look and the terminate (Dagster then refuses to terminate it): the
-    answer is then the 409 of a run that already ended, not a 502.
+    CANCELLED only once Dagster says the run stopped (it waits up to CANCEL_WAIT_SECONDS): a run
+    asked to stop can still finish, and the API must not have said CANCELLED first. A run that
+    ended meanwhile (also between the look and the terminate, which Dagster then refuses) answers
+    409 with its final state; one still stopping at the deadline answers 202 and RUNNING.
     """
     run = owned_run_or_start(runs, store, workflow_id, caller)
     if isinstance(run, PendingStart):
-        return _cancel_start(runs, store, run)
+        return _cancel_start(runs, store, settings, run, response)
     state = position_of(run).status
     if state != "RUNNING":
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {state}")
-    try:
-        runs.terminate(run.run_id)
-    except DagsterError as exc:
-        runs.forget(workflow_id)
-        now = position_of(owned_run(runs, workflow_id, caller)).status
-        if now != "RUNNING" and not isinstance(exc, DagsterUnavailable):
-            raise HTTPException(
-                status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {now}"
-            ) from None
-        raise pipeline_unavailable(exc) from exc
+    if run.status != "CANCELING":  # asked before: wait for it again
+        try:
+            runs.terminate(run.run_id)
+        except DagsterError as exc:
+            runs.forget(workflow_id)
+            now = position_of(owned_run(runs, workflow_id, caller)).status
+            if now != "RUNNING" and not isinstance(exc, DagsterUnavailable):
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {now}"
+                ) from None
+            raise pipeline_unavailable(exc) from exc
+    return _settled_cancel(runs, settings, workflow_id, run.run_id, response)
+
+
+def _settled_cancel(
+    runs: DagsterRuns, settings: GatewaySettings, workflow_id: str, run_id: str, response: Response
+) -> StartResponse:
+    """The answer to a cancel once Dagster was asked to terminate `run_id` (see cancel_workflow)."""
     runs.forget(workflow_id)
+    try:
+        outcome = await_stop(runs, workflow_id, run_id, settings.cancel_wait_seconds)
+    except DagsterError as exc:
+        raise pipeline_unavailable(exc) from exc
+    finally:
+        runs.forget(workflow_id)
+    if outcome.stopped and outcome.run.status != "CANCELED":
+        ended = workflow_status(outcome.run.status)
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {ended}")
+    if not outcome.stopped:
+        response.status_code = status.HTTP_202_ACCEPTED
+        return StartResponse(workflowId=workflow_id, status="RUNNING")
     return StartResponse(workflowId=workflow_id, status="CANCELLED")
 
 
-def _cancel_start(runs: DagsterRuns, store: BlobStore, start: PendingStart) -> StartResponse:
+def _cancel_start(
+    runs: DagsterRuns, store: BlobStore, settings: GatewaySettings, start: PendingStart, response: Response
+) -> StartResponse:
     """Cancel a start whose run does not exist yet: its cancel blob makes the launcher skip it.
     The launcher may be launching it right now: if the run is there already, it is terminated
     here (and the launcher, seeing the cancel after its launch, terminates it too)."""
@@ -704,11 +743,14 @@ def _cancel_start(runs: DagsterRuns, store: BlobStore, start: PendingStart) -> S
     except DagsterError:
         run = None  # the launcher reads the cancel before it launches, or terminates after
     if run is not None and run.tags.get(LAUNCH_TAG) == start.launch_tag:
+        forget_start(store, workflow_id)
         if position_of(run).status == "RUNNING":
             try:
-                runs.terminate(run.run_id)
+                if run.status != "CANCELING":
+                    runs.terminate(run.run_id)
             except DagsterError as exc:
                 log.warning("cancel of %s: terminate failed (the launcher may have done it): %s", workflow_id, exc)
-        forget_start(store, workflow_id)
+            else:
+                return _settled_cancel(runs, settings, workflow_id, run.run_id, response)
     runs.forget(workflow_id)
     return StartResponse(workflowId=workflow_id, status="CANCELLED")

@@ -72,16 +72,8 @@ def test_preprocess_then_generate_with_a_brush_stroke(client: httpx.Client, stac
     assert np.count_nonzero(after & ~before) > 1000
 
 
-def test_cancel_a_running_request(client: httpx.Client) -> None:
-    started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}).json()
-    cancel = client.post(f"/workflow/{started['workflowId']}/cancel")
-    assert cancel.status_code == 200, cancel.text
-    assert cancel.json() == {"workflowId": started["workflowId"], "status": "CANCELLED"}
-    final = poll(client, started["workflowId"], _finished, timeout=60)[-1]
-    assert final["status"] == "CANCELLED", final
-    assert "result" not in final
-    again = client.post(f"/workflow/{started['workflowId']}/cancel")
-    assert again.status_code == 409
+# A cancel of a run executing a step: tests/e2e/test_run_progress.py (this one cancelled a start
+# before its run existed, which tests/unit/test_background_starts.py covers).
 
 
 def test_failed_request_names_the_step_and_the_reason(client: httpx.Client) -> None:

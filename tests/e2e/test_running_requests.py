@@ -103,8 +103,8 @@ def test_cancel_an_executing_request(client: httpx.Client, deployment: Deploymen
         assert poll(client, workflow, lambda s: s["currentStep"] == "GENERATING_IMAGES")[-1]["status"] == "RUNNING"
 
         cancel = client.post(f"/workflow/{workflow}/cancel")
-        assert cancel.status_code == 200, cancel.text
-        assert cancel.json() == {"workflowId": workflow, "status": "CANCELLED"}
+        # CANCELLED once the run stopped (the kill 5 s after the cancel), else 202 while it stops.
+        assert (cancel.status_code, cancel.json()["status"]) in ((200, "CANCELLED"), (202, "RUNNING")), cancel.text
         final = poll(client, workflow, finished, timeout=120)[-1]
         assert final["status"] == "CANCELLED", final
         assert "result" not in final

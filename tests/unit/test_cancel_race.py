@@ -26,3 +26,58 @@ def test_a_run_that_ended_before_its_terminate_answers_409_not_502(tmp_path: Pat
         dagster.terminate = terminate  # type: ignore[attr-defined]
         response = client.post(f"/workflow/{WORKFLOW}/cancel")
     assert response.status_code == 409 and "already ended: CANCELLED" in response.json()["detail"], response.text
+
+
+class StoppingRun:
+    """A run that a terminate turns CANCELING, and that then ends as `ends` (None: never) after
+    `looks` more looks at it."""
+
+    def __init__(self, ends: str | None, looks: int = 3) -> None:
+        self.status, self.ends, self.looks, self.terminated = "STARTED", ends, looks, 0
+
+    def latest_run(self, request_id: str) -> RunInfo:
+        if self.status == "CANCELING" and self.ends is not None:
+            self.looks -= 1
+            if self.looks <= 0:
+                self.status = self.ends
+        return RunInfo("run-1", FULL_JOB, self.status, [], {})
+
+    def terminate(self, run_id: str) -> None:
+        self.terminated += 1
+        self.status = "CANCELING"
+
+
+def _cancel(tmp_path: Path, run: StoppingRun, **settings: float) -> tuple[int, dict[str, str], list[str]]:
+    """POST cancel; returns its status code, body, and what GET said while the run was stopping."""
+    with gateway_with_fake_dagster(tmp_path, **settings) as (client, dagster):
+        dagster.latest_run = run.latest_run  # type: ignore[method-assign]
+        dagster.latest_run_cached = run.latest_run  # type: ignore[method-assign]
+        dagster.terminate = run.terminate  # type: ignore[attr-defined]
+        response = client.post(f"/workflow/{WORKFLOW}/cancel")
+        seen = []
+        while run.status == "CANCELING" and len(seen) < 3:
+            seen.append(client.get(f"/workflow/{WORKFLOW}").json()["status"])
+    return response.status_code, response.json(), seen
+
+
+def test_cancelled_only_once_the_run_stopped(tmp_path: Path) -> None:
+    run = StoppingRun(ends="CANCELED")
+    code, body, _ = _cancel(tmp_path, run)
+    assert (code, body) == (200, {"workflowId": WORKFLOW, "status": "CANCELLED"})
+    assert run.terminated == 1 and run.status == "CANCELED"
+
+
+def test_a_run_that_completes_after_its_cancel_was_never_said_cancelled(tmp_path: Path) -> None:
+    """Issue 28: a step that did not stop finished the run; the API had already said CANCELLED."""
+    code, body, _ = _cancel(tmp_path, StoppingRun(ends="SUCCESS"))
+    assert code == 409 and body["detail"].endswith("already ended: COMPLETED"), body
+
+
+def test_a_run_still_stopping_at_the_deadline_is_running_not_cancelled(tmp_path: Path) -> None:
+    run = StoppingRun(ends=None)
+    code, body, seen_by_get = _cancel(tmp_path, run, cancel_wait_seconds=0.3)
+    assert (code, body) == (202, {"workflowId": WORKFLOW, "status": "RUNNING"})
+    assert seen_by_get == ["RUNNING"] * 3  # CANCELING is not CANCELLED: it may still complete
+    # Cancelled again: no second terminate, the same wait.
+    code, _, _ = _cancel(tmp_path, run, cancel_wait_seconds=0.3)
+    assert code == 202 and run.terminated == 1

@@ -1,6 +1,9 @@
-"""Run/step status -> the seed's status, currentStep and progress (no server needed)."""
+"""Run status and the run's planned and materialized assets -> the seed's status, currentStep and
+progress (no server needed)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import dagster as dg
 import httpx
@@ -8,74 +11,140 @@ import pytest
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable, readable_error
-from gateway.dagster_api.models import RunInfo, StepStat
+from gateway.dagster_api.models import RunAssets, RunInfo, StepStat
 from gateway.settings import GatewaySettings
-from gateway.status import position_of, workflow_status
+from gateway.status import position_of, seed_step_of_failure, workflow_status
 from gateway.workflow_state import public_error
-from jewel_dagster.contract import FULL_JOB, GENERATE_JOB, PREPROCESS_JOB
+from jewel_dagster.contract import FULL_JOB
+
+# Today's nine-step layout, and a fat layout (one step makes the assets of several seed steps):
+# progress must not depend on which.
+NINE_STEPS = {
+    "original_image": "original_image",
+    "resized_image": "resize_to_canvas",
+    "canvas_transform": "resize_to_canvas",
+    "zoom_check": "zoom_check",
+    "background_removed_image": "background_removed_image",
+    "jewelry_mask": "jewelry_mask",
+    "refined_mask": "refined_mask",
+    "final_mask": "final_mask",
+    "flux_generation": "generations",
+    "gemini_generation": "generations",
+    "flux_metrics": "flux_metrics",
+}
+FAT_STEPS = {asset: ("prepare" if i < 6 else "generate") for i, asset in enumerate(NINE_STEPS)}
+GENERATE = ("refined_mask", "final_mask", "flux_generation", "gemini_generation", "flux_metrics")
 
 
-def run(job: str, status: str, **steps: str) -> RunInfo:
-    return RunInfo("r", job, status, [StepStat(k, v, 0.0) for k, v in steps.items()])
+def run(
+    status: str,
+    done: tuple[str, ...] = (),
+    planned: tuple[str, ...] | None = None,
+    layout: dict[str, str] = NINE_STEPS,
+    **steps: str,
+) -> RunInfo:
+    """A run that plans `planned` (every asset when None), has materialized `done`, and whose
+    steps have the statuses given."""
+    plan = {asset: layout[asset] for asset in (planned if planned is not None else tuple(layout))}
+    assets = RunAssets(plan, frozenset(done))
+    return RunInfo("r", FULL_JOB, status, [StepStat(k, v, 0.0) for k, v in steps.items()], assets=assets)
 
 
+@pytest.mark.parametrize("layout", [NINE_STEPS, FAT_STEPS], ids=["nine-steps", "fat-steps"])
 @pytest.mark.parametrize(
     ("info", "expected"),
     [
-        (run(FULL_JOB, "QUEUED"), ("RUNNING", "UPLOADING_IMAGE", 5)),
-        (run(FULL_JOB, "STARTED", prepare_canvas="IN_PROGRESS"), ("RUNNING", "UPLOADING_IMAGE", 5)),
-        (run(FULL_JOB, "STARTED", prepare_canvas="SUCCESS"), ("RUNNING", "REMOVING_BACKGROUND", 30)),
+        (dict(status="QUEUED"), ("RUNNING", "UPLOADING_IMAGE", 5)),
+        (dict(status="STARTED", done=("original_image",)), ("RUNNING", "RESIZING_IMAGE", 15)),
+        (dict(status="STARTED", done=("original_image", "resized_image")), ("RUNNING", "RESIZING_IMAGE", 15)),
         (
-            run(FULL_JOB, "STARTED", prepare_canvas="SUCCESS", segment_jewelry="SUCCESS", refine_mask="IN_PROGRESS"),
-            ("RUNNING", "REFINING_MASK", 55),
+            dict(status="STARTED", done=("original_image", "resized_image", "canvas_transform", "zoom_check")),
+            ("RUNNING", "REMOVING_BACKGROUND", 30),
         ),
-        (run(GENERATE_JOB, "QUEUED"), ("RUNNING", "REFINING_MASK", 55)),
-        (run(GENERATE_JOB, "STARTED", refine_mask="SUCCESS"), ("RUNNING", "GENERATING_IMAGES", 70)),
-        (run(PREPROCESS_JOB, "SUCCESS"), ("COMPLETED", "COMPLETED", 100)),
-        (
-            run(FULL_JOB, "FAILURE", prepare_canvas="SUCCESS", segment_jewelry="FAILURE"),
-            ("FAILED", "REMOVING_BACKGROUND", 30),
-        ),
-        (run(FULL_JOB, "CANCELED", prepare_canvas="FAILURE"), ("CANCELLED", "UPLOADING_IMAGE", 5)),
-        (run(FULL_JOB, "CANCELING"), ("CANCELLED", "UPLOADING_IMAGE", 5)),
+        # A generate run (or a re-execution from the refine step) starts where it starts.
+        (dict(status="QUEUED", planned=GENERATE), ("RUNNING", "REFINING_MASK", 55)),
+        (dict(status="STARTED", planned=GENERATE, done=GENERATE[:2]), ("RUNNING", "GENERATING_IMAGES", 70)),
+        # The UI's "Materialize selected" of the generations: 70 % from the first look.
+        (dict(status="QUEUED", planned=GENERATE[2:]), ("RUNNING", "GENERATING_IMAGES", 70)),
+        (dict(status="STARTED", planned=GENERATE[2:], done=GENERATE[2:]), ("RUNNING", "GENERATING_IMAGES", 70)),
+        (dict(status="SUCCESS", planned=GENERATE[2:]), ("COMPLETED", "COMPLETED", 100)),
+        (dict(status="FAILURE", done=("original_image",)), ("FAILED", "RESIZING_IMAGE", 15)),
+        (dict(status="CANCELED", done=("original_image", "resized_image")), ("CANCELLED", "RESIZING_IMAGE", 15)),
+        # Asked to stop, not stopped: it may still complete, so not CANCELLED yet.
+        (dict(status="CANCELING", done=("original_image",)), ("RUNNING", "RESIZING_IMAGE", 15)),
     ],
 )
-def test_position(info: RunInfo, expected: tuple[str, str, int]) -> None:
-    p = position_of(info)
+def test_position(info: dict[str, Any], expected: tuple[str, str, int], layout: dict[str, str]) -> None:
+    p = position_of(run(**info, layout=layout))
     assert (p.status, p.current_step, p.progress) == expected
 
 
+def test_a_run_whose_plan_is_not_read_yet_is_at_the_first_step() -> None:
+    p = position_of(RunInfo("r", FULL_JOB, "QUEUED"))
+    assert (p.status, p.current_step, p.progress) == ("RUNNING", "UPLOADING_IMAGE", 5)
+
+
+def test_a_plan_read_while_it_is_written_does_not_count() -> None:
+    """Dagster stores the run, then its planned events one by one, then submits it: a read in
+    between saw a part of the plan (the e2e GraphQL test saw 30 %, 15 %, then 5 % once queued)."""
+    partial = run("NOT_STARTED", planned=("background_removed_image", "jewelry_mask"))
+    assert position_of(partial).progress == 5
+    assert position_of(run("QUEUED", planned=("background_removed_image", "jewelry_mask"))).progress == 30
+
+
+def test_a_step_that_ended_without_an_asset_is_past_it() -> None:
+    """An output a step did not yield (optional, skipped) does not hold progress at its step."""
+    skipped = run("STARTED", done=("original_image",), resize_to_canvas="SUCCESS", original_image="SUCCESS")
+    assert position_of(skipped).current_step == "CHECKING_ZOOM"
+    upstream_failed = run("STARTED", done=("original_image",), resize_to_canvas="SKIPPED")
+    assert position_of(upstream_failed).current_step == "CHECKING_ZOOM"
+
+
+def test_progress_follows_the_materializations_and_never_goes_back() -> None:
+    """A fat step reports its assets one by one: each one moves progress on, never back."""
+    for layout in (NINE_STEPS, FAT_STEPS):
+        order = list(layout)
+        seen = [position_of(run("STARTED", done=tuple(order[:i]), layout=layout)).progress for i in range(len(order))]
+        assert seen == sorted(seen) and seen[0] == 5 and seen[-1] == 70, seen
+        # Within one fat step, the progress moves as its outputs are materialized.
+        assert (
+            layout is NINE_STEPS
+            or len({p for p, asset in zip(seen, order, strict=True) if layout[asset] == "prepare"}) == 5
+        )
+
+
 # Every Dagster run status (and one Dagster may add later) -> (status, currentStep, progress), on a
-# full-pipeline run whose first step finished (second one running, or failed for FAILURE), so the
-# current step shows whether it came from the steps or from the run status.
-MIDWAY = {"prepare_canvas": "SUCCESS", "segment_jewelry": "IN_PROGRESS"}
+# full-pipeline run whose first asset is materialized (its step failed for FAILURE), so the
+# current step shows whether it came from the assets or from the run status.
+MIDWAY = ("original_image",)
 UNKNOWN = "SOME_FUTURE_STATUS"
-EVERY_RUN_STATUS: dict[str, tuple[dict[str, str], tuple[str, str, int]]] = {
-    # Not started yet: no step stats, so the first step.
-    "QUEUED": ({}, ("RUNNING", "UPLOADING_IMAGE", 5)),
-    "NOT_STARTED": ({}, ("RUNNING", "UPLOADING_IMAGE", 5)),
-    "STARTING": ({}, ("RUNNING", "UPLOADING_IMAGE", 5)),
-    "STARTED": (MIDWAY, ("RUNNING", "REMOVING_BACKGROUND", 30)),
-    "MANAGED": (MIDWAY, ("RUNNING", "REMOVING_BACKGROUND", 30)),
-    "SUSPENDED": (MIDWAY, ("RUNNING", "REMOVING_BACKGROUND", 30)),
-    # Done: COMPLETED and 100 whatever the steps say.
+EVERY_RUN_STATUS: dict[str, tuple[tuple[str, ...], tuple[str, str, int]]] = {
+    # Not started yet: nothing materialized, so the first step.
+    "QUEUED": ((), ("RUNNING", "UPLOADING_IMAGE", 5)),
+    "NOT_STARTED": ((), ("RUNNING", "UPLOADING_IMAGE", 5)),
+    "STARTING": ((), ("RUNNING", "UPLOADING_IMAGE", 5)),
+    "STARTED": (MIDWAY, ("RUNNING", "RESIZING_IMAGE", 15)),
+    "MANAGED": (MIDWAY, ("RUNNING", "RESIZING_IMAGE", 15)),
+    "SUSPENDED": (MIDWAY, ("RUNNING", "RESIZING_IMAGE", 15)),
+    # Done: COMPLETED and 100 whatever the assets say.
     "SUCCESS": (MIDWAY, ("COMPLETED", "COMPLETED", 100)),
-    "FAILURE": ({**MIDWAY, "segment_jewelry": "FAILURE"}, ("FAILED", "REMOVING_BACKGROUND", 30)),
-    # A cancel in progress already reads CANCELLED: the person asked for it and it will not resume.
-    "CANCELING": (MIDWAY, ("CANCELLED", "REMOVING_BACKGROUND", 30)),
-    "CANCELED": (MIDWAY, ("CANCELLED", "REMOVING_BACKGROUND", 30)),
+    "FAILURE": (MIDWAY, ("FAILED", "RESIZING_IMAGE", 15)),
+    # A cancel asked for is not a cancel done: the run may still end SUCCESS (issue 28).
+    "CANCELING": (MIDWAY, ("RUNNING", "RESIZING_IMAGE", 15)),
+    "CANCELED": (MIDWAY, ("CANCELLED", "RESIZING_IMAGE", 15)),
     # A status this gateway does not know yet: still running, rather than a false end.
-    UNKNOWN: (MIDWAY, ("RUNNING", "REMOVING_BACKGROUND", 30)),
+    UNKNOWN: (MIDWAY, ("RUNNING", "RESIZING_IMAGE", 15)),
 }
 
 
 @pytest.mark.parametrize("run_status", list(EVERY_RUN_STATUS))
 def test_every_run_status_maps_onto_the_seed(run_status: str) -> None:
-    steps, expected = EVERY_RUN_STATUS[run_status]
-    p = position_of(run(FULL_JOB, run_status, **steps))
+    done, expected = EVERY_RUN_STATUS[run_status]
+    failed = {"resize_to_canvas": "FAILURE"} if run_status == "FAILURE" else {}
+    p = position_of(run(run_status, done=done, **failed))
     assert (p.status, p.current_step, p.progress) == expected
     assert workflow_status(run_status) == expected[0]
-    assert p.failed_op == ("segment_jewelry" if run_status == "FAILURE" else None)
+    assert p.failed_op == ("resize_to_canvas" if run_status == "FAILURE" else None)
 
 
 def test_the_status_table_covers_every_dagster_run_status() -> None:
@@ -85,8 +154,25 @@ def test_the_status_table_covers_every_dagster_run_status() -> None:
 
 
 def test_failed_step_is_reported() -> None:
-    p = position_of(run(FULL_JOB, "FAILURE", prepare_canvas="SUCCESS", segment_jewelry="FAILURE"))
-    assert p.failed_op == "segment_jewelry"
+    p = position_of(run("FAILURE", done=("original_image",), original_image="SUCCESS", resize_to_canvas="FAILURE"))
+    assert p.failed_op == "resize_to_canvas"
+
+
+@pytest.mark.parametrize(
+    ("layout", "failed_step", "done", "expected"),
+    [
+        (NINE_STEPS, "final_mask", GENERATE[:1], "UPLOADING_MASK"),
+        (NINE_STEPS, "refined_mask", (), "REFINING_MASK"),
+        # One fat step made the refined mask, then failed on the final mask: that is where it stopped.
+        ({**FAT_STEPS, "refined_mask": "generate"}, "generate", GENERATE[:1], "UPLOADING_MASK"),
+        (NINE_STEPS, "no_such_step", (), None),
+    ],
+)
+def test_the_failed_seed_step_is_where_the_failed_step_stopped(
+    layout: dict[str, str], failed_step: str, done: tuple[str, ...], expected: str | None
+) -> None:
+    failed = run("FAILURE", planned=GENERATE, done=done, layout=layout, **{failed_step: "FAILURE"})
+    assert seed_step_of_failure(failed, failed_step) == expected
 
 
 def test_readable_error_drops_the_exception_class() -> None:
@@ -95,9 +181,9 @@ def test_readable_error_drops_the_exception_class() -> None:
 
 
 def test_a_failed_run_that_dagster_will_retry_is_still_running() -> None:
-    failed = RunInfo("r", FULL_JOB, "FAILURE", [StepStat("original_image", "FAILURE", 0.0)])
+    failed = run("FAILURE", original_image="FAILURE")
     assert position_of(failed).status == "FAILED"
-    retried = RunInfo("r", FULL_JOB, "FAILURE", failed.steps, {"dagster/will_retry": "true"})
+    retried = RunInfo("r", FULL_JOB, "FAILURE", failed.steps, {"dagster/will_retry": "true"}, assets=failed.assets)
     assert (position_of(retried).status, position_of(retried).current_step) == ("RUNNING", "UPLOADING_IMAGE")
     final = RunInfo("r", FULL_JOB, "FAILURE", failed.steps, {"dagster/will_retry": "false"})
     assert position_of(final).status == "FAILED"

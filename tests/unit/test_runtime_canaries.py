@@ -7,14 +7,19 @@
 - json_logs.py: tests/unit/test_json_logs.py (a run's JSON lines carry its ids).
 - prompt_queue.py: here (the daemon factory builds our queue loop; `dagster-daemon` is the CLI we
   wrap) and tests/unit/test_prompt_queue.py (the loop runs Dagster's iteration, woken).
+- storage_engines.py: here (the three PostgreSQL storages' engines are found and closed) and
+  tests/unit/test_result_metadata_source.py (the gateway's reader keeps no connection after close).
 """
 
 # No `from __future__ import annotations` here: Dagster reads the asset's annotations at run time.
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 
 from jewel_dagster.runtime.check_history import failed_partitions, newest_check_failed
+from jewel_dagster.runtime.storage_engines import dispose_storage_engines
 
 PARTITIONS = dg.StaticPartitionsDefinition(["passes", "fails", "recovers", "never-checked"])
 CHECK = dg.AssetCheckKey(dg.AssetKey("measured"), "fidelity")
@@ -92,3 +97,35 @@ def test_the_daemon_factory_builds_the_prompt_queue_loop() -> None:
         finally:
             undo()
         assert type(prompt_queue.queue_daemon(instance)).__name__ == "QueuedRunCoordinatorDaemon"
+
+
+def test_dispose_storage_engines_closes_the_pooled_postgresql_connections(tmp_path: Path) -> None:
+    """`DagsterInstance.dispose()` leaves an optimized instance's pooled connections open; the
+    helper finds the engine of each PostgreSQL storage (`_engine`) and closes them."""
+    from tests.support.infra import postgres_database
+
+    with postgres_database() as url:
+        pg_url = url.replace("postgresql://", "postgresql+psycopg2://")  # dagster-postgres ships psycopg2
+        settings = {"storage": {"postgres": {"postgres_url": pg_url}}, "telemetry": {"enabled": False}}
+        with dg.instance_for_test(overrides=settings, temp_dir=str(tmp_path)) as instance:
+            instance.optimize_for_webserver(statement_timeout=5000, pool_recycle=3600, max_overflow=2)
+            instance.get_run_records(limit=1)
+            instance.fetch_materializations(dg.AssetKey("any"), limit=1)
+            assert _sessions(url) >= 2, "the pooled connections are open before"
+            instance.dispose()
+            assert _sessions(url) >= 2, "dispose() alone leaves them open (else this helper is no longer needed)"
+            assert dispose_storage_engines(instance) == 3
+            deadline = time.monotonic() + 10  # a closed session leaves pg_stat_activity a moment later
+            while _sessions(url) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _sessions(url) == 0
+
+
+def _sessions(url: str) -> int:
+    import psycopg2
+
+    with psycopg2.connect(url, connect_timeout=5) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return int(cur.fetchone()[0])  # type: ignore[index]

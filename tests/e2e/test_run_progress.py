@@ -1,0 +1,214 @@
+"""Progress and cancel of runs the gateway did not launch as a whole (issue 28), end to end.
+
+A run of a subset of the assets (the UI's "Materialize selected"), or a re-execution from failure
+of a cancelled request, shows in GET the seed steps it performs: never below the first one it
+executes, and it ends COMPLETED. A cancel of a run executing a step ends the run CANCELED, and GET
+never says COMPLETED after it.
+
+Instant stand-ins everywhere but the mask refiner, which keeps a core busy for REFINE_BUSY s
+(LOCAL_REFINE_BUSY_SECONDS): a step the test can catch IN_PROGRESS and cancel, however loaded the
+machine. What the tests expect is read from Dagster (the run's planned assets), not from the step
+layout, so they hold for any layout of the steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from devtools.stack import Stack
+from jewel_dagster.contract import FULL_JOB, PARTITION_TAG, SEED_STEP_OF_ASSET, STEP_PROGRESS, AssetName
+from tests.support.e2e_flows import CUP, PHOTO, finished
+from tests.support.e2e_stack import poll, running_stack, runs_of, wait_until
+
+pytestmark = pytest.mark.e2e
+BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
+REFINE_BUSY = 8.0
+GENERATIONS = [AssetName.FLUX_GENERATION, AssetName.GEMINI_GENERATION, AssetName.FLUX_METRICS]
+
+_PLANNED = """
+query Planned($runId: ID!) {
+  logsForRun(runId: $runId) {
+    ... on EventConnection {
+      events {
+        __typename
+        ... on AssetMaterializationPlannedEvent { assetKey { path } }
+        ... on MaterializationEvent { assetKey { path } }
+      }
+    }
+  }
+}"""
+
+_LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+
+_REEXECUTE = """
+mutation Reexecute($parent: String!) {
+  launchRunReexecution(reexecutionParams: {parentRunId: $parent, strategy: FROM_FAILURE}) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {
+        "LOCAL_BACKENDS": "instant",
+        "LOCAL_REFINE_BUSY_SECONDS": str(REFINE_BUSY),
+        "REGENERATION_SENSOR_ENABLED": "false",
+    }
+    with running_stack(tmp_path_factory.mktemp("progress"), env) as running:
+        yield running
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as c:
+        yield c
+
+
+def _graphql(stack: Stack, document: str, variables: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(f"{stack.dagster_url}/graphql", json={"query": document, "variables": variables}, timeout=60)
+    body = response.json()
+    assert response.status_code == 200 and not body.get("errors"), body
+    return body["data"]  # type: ignore[no-any-return]
+
+
+def _launched(answer: dict[str, Any]) -> str:
+    assert answer["__typename"] == "LaunchRunSuccess", answer
+    return str(answer["run"]["runId"])
+
+
+def _asset_events(stack: Stack, run_id: str, typename: str) -> list[str]:
+    events = _graphql(stack, _PLANNED, {"runId": run_id})["logsForRun"]["events"]
+    return ["/".join(e["assetKey"]["path"]) for e in events if e["__typename"] == typename]
+
+
+def _first_seed_progress(stack: Stack, run_id: str) -> int:
+    """The progress of the first seed step the run executes, from the assets Dagster says it plans."""
+    planned = _asset_events(stack, run_id, "AssetMaterializationPlannedEvent")
+    assert planned, f"run {run_id} plans no asset"
+    return min(STEP_PROGRESS[SEED_STEP_OF_ASSET[asset]] for asset in planned)
+
+
+def _run_of(stack: Stack, workflow: str, run_id: str) -> dict[str, Any]:
+    return next(r for r in runs_of(stack.dagster_url, workflow) if r["runId"] == run_id)
+
+
+def _follow(client: httpx.Client, stack: Stack, workflow: str, run_id: str) -> list[dict[str, Any]]:
+    """GET the workflow until it is final; checks the run polled is the one launched."""
+    states = poll(client, workflow, finished, timeout=180)
+    assert runs_of(stack.dagster_url, workflow)[0]["runId"] == run_id, "another run superseded the one followed"
+    return states
+
+
+def _assert_never_below(states: list[dict[str, Any]], floor: int) -> None:
+    running = [s for s in states if s["status"] == "RUNNING"]
+    assert running, "no RUNNING state seen"
+    progress = [s["progress"] for s in states]
+    assert min(progress) == floor and progress == sorted(progress), progress
+    assert states[-1]["status"] == "COMPLETED" and states[-1]["progress"] == 100, states[-1]
+
+
+@dataclass
+class Cancelled:
+    workflow: str
+    run_id: str
+    answer: httpx.Response
+    after: list[dict[str, Any]]  # every GET from the cancel on, until final and a while after
+
+
+@pytest.fixture(scope="module")
+def cancelled(stack: Stack) -> Cancelled:
+    """A request cancelled while Dagster executes its refine step (busy for REFINE_BUSY s)."""
+    with httpx.Client(base_url=stack.gateway_url, timeout=60) as client:
+        workflow = client.post("/workflow/start", json=BODY).json()["workflowId"]
+        poll(client, workflow, lambda s: s["currentStep"] == "REFINING_MASK" or finished(s))
+
+        def executing() -> str | None:
+            runs = runs_of(stack.dagster_url, workflow)
+            steps = runs[0]["stepStats"] if runs else []
+            return runs[0]["runId"] if any(s["status"] == "IN_PROGRESS" for s in steps) else None
+
+        run_id = wait_until(executing, "a step IN_PROGRESS", timeout=REFINE_BUSY / 2)
+        assert client.get(f"/workflow/{workflow}").json()["currentStep"] == "REFINING_MASK"
+        answer = client.post(f"/workflow/{workflow}/cancel")
+        after = poll(client, workflow, finished, timeout=90)
+        deadline = time.monotonic() + 3  # and a while after: a run that goes on would show
+        while time.monotonic() < deadline:
+            after.append(client.get(f"/workflow/{workflow}").json())
+            time.sleep(0.2)
+    return Cancelled(workflow, run_id, answer, after)
+
+
+def test_cancel_a_run_executing_a_step(cancelled: Cancelled, client: httpx.Client, stack: Stack) -> None:
+    """Issue 27: the cancel reaches a run that executes a step (not a start before its run exists);
+    issue 28: it never ends COMPLETED, and the API says CANCELLED only once the run stopped."""
+    answer = cancelled.answer
+    assert answer.status_code in (200, 202), answer.text
+    if answer.status_code == 200:
+        assert answer.json() == {"workflowId": cancelled.workflow, "status": "CANCELLED"}
+        assert _run_of(stack, cancelled.workflow, cancelled.run_id)["status"] == "CANCELED"
+    statuses = [s["status"] for s in cancelled.after]
+    assert "COMPLETED" not in statuses, statuses
+    assert statuses[-1] == "CANCELLED" and set(statuses) <= {"RUNNING", "CANCELLED"}, statuses
+    assert statuses[statuses.index("CANCELLED") :] == ["CANCELLED"] * (len(statuses) - statuses.index("CANCELLED"))
+    assert "result" not in cancelled.after[-1]
+    assert _run_of(stack, cancelled.workflow, cancelled.run_id)["status"] == "CANCELED"
+    # Nothing after the refine was made by the cancelled run.
+    made = _asset_events(stack, cancelled.run_id, "MaterializationEvent")
+    assert AssetName.FINAL_MASK not in made and AssetName.FLUX_GENERATION not in made, made
+    again = client.post(f"/workflow/{cancelled.workflow}/cancel")
+    assert again.status_code == 409 and again.json()["detail"].endswith("already ended: CANCELLED"), again.text
+
+
+def test_reexecution_from_failure_of_a_cancelled_request(
+    cancelled: Cancelled, client: httpx.Client, stack: Stack
+) -> None:
+    """Dagster's re-execution from failure (also what run retries do) executes only what the
+    cancelled run did not finish: GET starts there (issue 28: it said UPLOADING_IMAGE, 5 %)."""
+    run_id = _launched(_graphql(stack, _REEXECUTE, {"parent": cancelled.run_id})["launchRunReexecution"])
+    floor = _first_seed_progress(stack, run_id)
+    assert floor > STEP_PROGRESS["UPLOADING_IMAGE"], "a re-execution from failure does not redo the upload"
+    states = _follow(client, stack, cancelled.workflow, run_id)
+    _assert_never_below(states, floor)
+    assert states[-1]["result"]["flux_result_base64"]
+
+
+def test_a_subset_rerun_from_the_ui_shows_the_steps_it_performs(client: httpx.Client, stack: Stack) -> None:
+    """The UI's "Materialize selected" of a request's generations (GraphQL launchRun with an asset
+    selection, as the UI sends it): GENERATING_IMAGES from the first GET, then COMPLETED."""
+    workflow = client.post("/workflow/start", json=BODY).json()["workflowId"]
+    first = poll(client, workflow, finished, timeout=180)[-1]
+    assert first["status"] == "COMPLETED", first
+    params = {
+        "selector": {
+            "repositoryLocationName": stack.env.get("DAGSTER_LOCATION_NAME", "jewel_dagster"),
+            "repositoryName": "__repository__",
+            "jobName": FULL_JOB,
+            "assetSelection": [{"path": [asset.value]} for asset in GENERATIONS],
+        },
+        "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": workflow}]},
+    }
+    run_id = _launched(_graphql(stack, _LAUNCH, {"params": params})["launchRun"])
+    floor = _first_seed_progress(stack, run_id)
+    assert floor == STEP_PROGRESS["GENERATING_IMAGES"]
+    states = _follow(client, stack, workflow, run_id)
+    _assert_never_below(states, floor)
+    assert set(_asset_events(stack, run_id, "MaterializationEvent")) == {a.value for a in GENERATIONS}
