@@ -69,7 +69,7 @@ def test_idempotency_key_returns_the_same_workflow(client: httpx.Client, stack: 
         t.join()
     post()  # and a late retry
     assert len(set(answers)) == 1, answers
-    assert len(launched_runs(stack.dagster_url, answers[0])) == 1
+    assert len(launched_runs(stack, answers[0])) == 1
     other = client.post("/workflow/start", json=BODY, headers={**B, "Idempotency-Key": "order-1234-try"})
     assert other.json()["workflowId"] != answers[0]  # keys are per caller
     assert client.post("/workflow/start", json=BODY, headers={**A, "Idempotency-Key": "k" * 201}).status_code == 400
