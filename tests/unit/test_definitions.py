@@ -45,3 +45,16 @@ def test_the_local_rasteriser_holds_no_gpu_slot() -> None:
     if not get_settings().a100_server_url:
         assert refined_mask.op.pool is None
     assert jewelry_mask.op.pool == GPU_POOL
+
+
+def test_exactly_the_gpu_steps_hold_a_gpu_slot() -> None:
+    """The expected steps are named in tests/support/gpu_pool.py, not read from the assets."""
+    from jewel_dagster.settings import get_settings
+    from tests.support.gpu_pool import A100_REFINER_STEP, GPU_POOL_NAME, GPU_STEPS
+
+    expected = GPU_STEPS | ({A100_REFINER_STEP} if get_settings().a100_server_url else set())
+    for name in (FULL_JOB, PREPROCESS_JOB, GENERATE_JOB):
+        nodes = defs.resolve_job_def(name).graph.nodes
+        in_pool = {node.name for node in nodes if node.definition.pool == GPU_POOL_NAME}
+        assert in_pool == expected & {node.name for node in nodes}, name
+    assert {node.name for node in defs.resolve_job_def(FULL_JOB).graph.nodes} >= expected
