@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from devtools.stack import Stack, descendants, free_port, parent_pid, temporary_stack
 from gateway.starts import pending_path
@@ -68,7 +69,8 @@ def launched_runs(stack: Stack, partition: str, timeout: float = 60.0) -> list[d
             return None
         return runs_of(stack.dagster_url, partition) or None
 
-    return wait_until(settled, f"the start of {partition} launched and settled", timeout)  # type: ignore[no-any-return]
+    runs: list[dict[str, Any]] = wait_until(settled, f"the start of {partition} launched and settled", timeout)
+    return runs
 
 
 def _starts_pending(stack: Stack) -> float:
@@ -82,10 +84,11 @@ def _starts_pending(stack: Stack) -> float:
 
 def _pending_start_recorded(stack: Stack, partition: str) -> bool:
     """Whether the gateway's pending-start record of the partition is still in the blob store."""
+    connection = stack.env.get("AZURE_STORAGE_CONNECTION_STRING")
     settings = PipelineSettings(
         local_blob_root=stack.env["LOCAL_BLOB_ROOT"],
         azure_container_name=stack.env.get("AZURE_CONTAINER_NAME", "jewelry-uploads"),
-        azure_storage_connection_string=stack.env.get("AZURE_STORAGE_CONNECTION_STRING") or None,
+        azure_storage_connection_string=SecretStr(connection) if connection else None,
     )
     return build_blob_store(settings, inside_dagster=False).exists_path(pending_path(partition))
 
