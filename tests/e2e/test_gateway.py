@@ -15,6 +15,7 @@ from devtools.stack import Stack
 from jewel_dagster.contract import PREPROCESS_JOB
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from jewel_dagster.vision import imaging
+from tests.support.answers import assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, full_request_completes
 from tests.support.e2e_flows import finished as _finished
 from tests.support.e2e_stack import launched_runs, poll, running_stack, runs_of
@@ -100,9 +101,10 @@ def test_failed_request_names_the_step_and_the_reason(client: httpx.Client) -> N
 
 
 def test_unknown_workflow_is_404(client: httpx.Client) -> None:
-    assert client.get("/workflow/jewelry-gen-00000000-0000-0000-0000-000000000000").status_code == 404
-    assert client.get("/workflow/not-ours").status_code == 404
-    assert client.post("/workflow/not-ours/cancel").status_code == 404
+    unknown = "jewelry-gen-00000000-0000-0000-0000-000000000000"
+    assert_refused(client.get(f"/workflow/{unknown}"), 404, no_workflow(unknown))
+    assert_refused(client.get("/workflow/not-ours"), 404, no_workflow("not-ours"))
+    assert_refused(client.post("/workflow/not-ours/cancel"), 404, no_workflow("not-ours"))
 
 
 def test_dagster_down_gives_503_and_health_says_disconnected(tmp_path: Path) -> None:
