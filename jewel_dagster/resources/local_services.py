@@ -68,7 +68,8 @@ class LocalSegmenter(Segmenter):
 class LocalMaskRefiner(MaskRefiner):
     """Brush-stroke rasterising (OpenCV, within a pixel of exact) instead of the A100 server's refinement.
 
-    ``busy_seconds`` (tests only) keeps a core busy first: a CPU-bound step to cancel.
+    ``busy_seconds`` (tests only) first keeps a core busy inside one C call: a step to cancel
+    that the cancel's interrupt cannot stop (`hold_a_core_in_c`).
     """
 
     busy_seconds: float = 0.0
@@ -78,10 +79,26 @@ class LocalMaskRefiner(MaskRefiner):
         return "local-brush"
 
     def refine(self, mask: Mask, strokes: Sequence[CanvasStroke]) -> Mask:
-        deadline = time.monotonic() + self.busy_seconds
-        while time.monotonic() < deadline:
-            imaging.apply_strokes(mask[:64, :64], strokes)
+        if self.busy_seconds > 0:
+            hold_a_core_in_c(self.busy_seconds)
         return imaging.apply_strokes(mask, strokes)
+
+
+def hold_a_core_in_c(seconds: float) -> None:
+    """Keep one core busy for about `seconds` inside a single numpy call (an integer
+    convolution: a plain C loop, one thread, a few MB), as a long OpenCV or numpy call does.
+
+    Python runs signal handlers only between bytecodes, so the SIGINT of a Dagster cancel waits
+    until the call returns: what the warm code server's kill after `CANCEL_GRACE_SECONDS` is for.
+    A busy loop of Python calls would be interrupted between two of them.
+    """
+    probe = np.ones(4000, dtype=np.int64)
+    started = time.perf_counter()
+    np.convolve(probe, probe)
+    per_product = max(time.perf_counter() - started, 1e-6) / probe.size**2
+    n = max(probe.size, int((seconds / per_product) ** 0.5))  # n * n products: about `seconds`
+    ones = np.ones(n, dtype=np.int64)
+    np.convolve(ones, ones)
 
 
 class LocalStudioGenerator(ImageGenerator):

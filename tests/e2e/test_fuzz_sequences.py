@@ -145,8 +145,7 @@ def test_random_sequences_on_started_workflows_keep_ownership_and_never_fail(sta
                 max_examples=15,
                 stateful_step_count=12,
                 deadline=None,
-                database=None,
-                suppress_health_check=list(HealthCheck),
+                suppress_health_check=[HealthCheck.too_slow],  # each step is HTTP calls to a real stack
             ),
         )
     total = sum(statuses.values())

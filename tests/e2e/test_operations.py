@@ -9,18 +9,14 @@ from typing import Any
 import httpx
 import pytest
 
-from jewel_dagster.contract import GPU_POOL
-from jewel_dagster.defs.assets import ALL_ASSETS
 from tests.support.e2e_flows import finished
 from tests.support.e2e_stack import poll, running_stack, runs_of
+from tests.support.gpu_pool import GPU_STEPS
 from tests.support.photos import RING_CLICK, synthetic_ring, to_jpeg
 
 pytestmark = pytest.mark.e2e
 
 RING = base64.b64encode(to_jpeg(synthetic_ring(900, 1200)[0])).decode()
-# The steps in the `gpu` pool, as the code location declares them (refined_mask only when the
-# A100 server refines: the local brush is CPU work).
-GPU_STEPS = {asset.node_def.name for asset in ALL_ASSETS if asset.node_def.pool == GPU_POOL}
 
 
 _CHECKS = """
@@ -83,7 +79,7 @@ def test_gpu_steps_of_three_requests_never_overlap_with_a_pool_of_one(tmp_path: 
             for step in run["stepStats"]:
                 if step["stepKey"] in GPU_STEPS:
                     intervals.append((step["startTime"], step["endTime"], workflow, step["stepKey"]))
-        assert len(intervals) == 3 * len(GPU_STEPS)
+        assert len(intervals) == 3 * len(GPU_STEPS), intervals  # every expected gpu step ran once a request
         intervals.sort()
         for (_, end, run_a, step_a), (start, _, run_b, step_b) in zip(intervals, intervals[1:], strict=False):
             assert start >= end, f"{step_a} of {run_a} overlaps {step_b} of {run_b}"

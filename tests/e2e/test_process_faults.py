@@ -6,8 +6,8 @@ SIGTERM to the gateway: the upload in flight becomes a request, open event strea
 
 One `gpu` slot (GPU_POOL_SIZE=1), so a slot that stayed claimed by a dead run would wedge every
 later request. SAM3's /segment (the `jewelry_mask` step, in the `gpu` pool) is held at a gate, so
-each fault hits a run that holds the slot mid-step. The bounds below are what README "Deployment"
-promises, with room for a loaded 2-core machine; the times measured are printed (-s).
+each fault hits a run that holds the slot mid-step. The bounds below are what README "Faults and how
+long they last" promises; the times measured are printed (-s).
 """
 
 from __future__ import annotations
@@ -33,16 +33,20 @@ from tests.support.servers import Gate, gated_proxy, reference_server, service_u
 pytestmark = pytest.mark.e2e
 BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
 
-# Run monitoring polls every 5 s and frees a dead run's slots 5 s after its end (dagster.yaml):
-# measured 6-12 s from the kill to a free slot.
-SLOT_FREED_WITHIN = 30.0
-# Kill to COMPLETED of the retried request: the failure is seen (code server at once for a dead
-# worker, or the launcher's health check at the next 5 s poll), the retry is queued and launched,
-# waits for the freed slot, and runs (~5 s unloaded). Measured 12-89 s on a 2-core machine shared
-# with other test suites (load 11-19); the room is for that.
+# README, "Faults and how long they last": a dead run's `gpu` slot is free at most 15 s after
+# the run ended (free_slots_after_run_end_seconds 5 s + the next monitoring poll, 5 s, on a quiet
+# machine; the daemon's loop runs late under load: 13.8 s measured at load 12-20), and a run
+# whose code server died is FAILED at most 5 s after the code server answers again (the
+# launcher's health check at the next 5 s poll; 2.5 s measured). Our polls add up to a query.
+SLOT_FREED_AFTER_RUN_END = 15.0
+FAILED_AFTER_CODE_SERVER_BACK = 5.0
+QUERY_ROOM = 1.0
+# How long to wait for a request to complete after a fault: a timeout for the poll, not a
+# promise (README gives measured times, 28-89 s on a loaded 2-core machine).
 RECOVERED_WITHIN = 120.0
 
 _GPU_SLOTS = '{ instance { concurrencyLimit(concurrencyKey: "gpu") { slotCount claimedSlots { runId stepKey } } } }'
+_RUN = "query Run($id: ID!) { runOrError(runId: $id) { ... on Run { status endTime } } }"
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +74,12 @@ def _gpu_claims(stack: Stack) -> list[str]:
     limit = body["data"]["instance"]["concurrencyLimit"]
     assert limit["slotCount"] == 1
     return [slot["runId"] for slot in limit["claimedSlots"]]
+
+
+def _run(stack: Stack, run_id: str) -> dict[str, Any]:
+    """A run's status and end time (Unix seconds, None while it runs), from Dagster."""
+    body = {"query": _RUN, "variables": {"id": run_id}}
+    return httpx.post(f"{stack.dagster_url}/graphql", json=body, timeout=30).json()["data"]["runOrError"]
 
 
 def _start_held_in_gpu_step(client: httpx.Client, stack: Stack, gate: Gate) -> tuple[str, str]:
@@ -133,8 +143,15 @@ def test_a_run_worker_killed_in_a_gpu_step_gives_the_slot_back(faults: tuple[Sta
         os.kill(worker, signal.SIGKILL)
         killed = time.monotonic()
         gate.release.set()
-        wait_until(lambda: dead_run not in _gpu_claims(stack), "the dead run's gpu slot freed", SLOT_FREED_WITHIN)
-        print(f"\nworker killed: gpu slot free {time.monotonic() - killed:.1f} s after the kill")
+        wait_until(lambda: _run(stack, dead_run)["endTime"], "the dead run ended", 60)
+        wait_until(lambda: dead_run not in _gpu_claims(stack), "the dead run's gpu slot freed", 60)
+        freed = time.time()
+        after_end = freed - _run(stack, dead_run)["endTime"]
+        since_kill = time.monotonic() - killed
+        print(
+            f"\nworker killed: gpu slot free {since_kill:.1f} s after the kill, {after_end:.1f} s after the run ended"
+        )
+        assert after_end <= SLOT_FREED_AFTER_RUN_END + QUERY_ROOM, f"slot freed {after_end:.1f} s after the run ended"
         # With one slot, the retry can only run its gpu steps on the slot the dead run held.
         _recovers(client, stack, workflow, killed, "worker killed")
         assert _gpu_claims(stack) == []
@@ -147,7 +164,12 @@ def test_a_killed_code_server_fails_its_runs_and_they_are_retried(faults: tuple[
         stack.kill("code_server")  # its run workers are in its process group: they die with it
         killed = time.monotonic()
         assert client.get(f"/workflow/{workflow}").json()["status"] == "RUNNING"
-        stack.start_code_server()
+        stack.start_code_server()  # returns once it answers
+        back = time.time()
+        wait_until(lambda: _run(stack, dead_run)["status"] == "FAILURE", "the dead run FAILED", 60)
+        failed_after = _run(stack, dead_run)["endTime"] - back
+        print(f"\ncode server killed: run FAILED {failed_after:.1f} s after the code server answered again")
+        assert failed_after <= FAILED_AFTER_CODE_SERVER_BACK + QUERY_ROOM, f"FAILED {failed_after:.1f} s after"
         following = _start_once_accepted(client)  # the next request, on the new code server
         gate.release.set()
         runs = _recovers(client, stack, workflow, killed, "code server killed")

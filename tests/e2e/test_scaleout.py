@@ -22,11 +22,14 @@ import httpx
 import pytest
 
 from devtools.stack import Stack, free_port, temporary_stack
+from gateway.webhooks import record_path
 from jewel_dagster.contract import WORKER_TAG
+from jewel_dagster.resources.blob_store import AzureBlobStore, BlobStore
 from jewel_dagster.runtime.celery_runs import DEAD_AFTER_SECONDS
 from tests.support.e2e_flows import CUP, PHOTO
 from tests.support.e2e_stack import runs_of, wait_until
 from tests.support.infra import azurite, postgres_database, redis_url
+from tests.support.metrics import samples, value
 from tests.support.receivers import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.e2e
@@ -38,8 +41,8 @@ WEBHOOK_POLL_SECONDS = "0.5"
 
 
 class ScaleOut:
-    def __init__(self, stack: Stack, gateways: list[str], receiver: Receiver) -> None:
-        self.stack, self.gateways, self.receiver = stack, gateways, receiver
+    def __init__(self, stack: Stack, gateways: list[str], receiver: Receiver, store: BlobStore) -> None:
+        self.stack, self.gateways, self.receiver, self.store = stack, gateways, receiver, store
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,8 @@ def scaleout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleOut]:
         }
         with temporary_stack(root / "stack", env) as stack:
             second = stack.start_gateway(name="gateway2", port=free_port())
-            yield ScaleOut(stack, [stack.gateway_url, second], receiver)
+            store = AzureBlobStore(container="jewelry-uploads", connection_string=connection)
+            yield ScaleOut(stack, [stack.gateway_url, second], receiver, store)
 
 
 def _start(gateway: str, body: dict[str, Any], key: str) -> str:
@@ -123,10 +127,25 @@ def test_sixty_requests_across_two_gateways_and_two_workers(scaleout: ScaleOut) 
     workers = Counter(next(t["value"] for t in r[0]["tags"] if t["key"] == WORKER_TAG) for r in runs.values())
     assert len(workers) == 2, workers  # both workers executed runs
 
-    time.sleep(2 * float(WEBHOOK_POLL_SECONDS))  # a second delivery of any webhook would be here by now
+    # Each replica counts a delivery once its record is written, after the POST; a delivery only
+    # starts while the run's record is missing. Once every record exists and the two counters add
+    # up to the POSTs received, no delivery is in flight and none can start: a second delivery of
+    # any webhook would be in both the counters and the receiver's POSTs.
+    def deliveries_settled() -> bool:
+        records = [record_path(w, r[0]["runId"]) for w, r in runs.items()]
+        counted = sum(_deliveries(gateway) for gateway in gateways)
+        return all(scaleout.store.exists_path(path) for path in records) and counted == len(receiver.posts())
+
+    wait_until(deliveries_settled, "every webhook delivered, recorded and counted", timeout=60, every=0.5)
     ids = Counter(p.headers["webhook-id"] for p in receiver.posts())
     assert ids == Counter({r[0]["runId"]: 1 for r in runs.values()}), "each webhook delivered exactly once"
     print(f"\n{REQUESTS} requests on 2 workers: {elapsed:.1f} s; runs per worker {dict(workers)}")
+
+
+def _deliveries(gateway: str) -> float:
+    """The webhooks this gateway replica delivered (jewel_webhook_deliveries_total)."""
+    scrape = samples(httpx.get(f"{gateway}/metrics", timeout=30).text)
+    return value(scrape, "jewel_webhook_deliveries_total", outcome="delivered")
 
 
 def _status(dagster_url: str, workflow_id: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from devtools.stack import descendants
+from jewel_dagster.runtime.warm_code_server import CANCEL_GRACE_SECONDS
 from tests.support.e2e_flows import CUP, PHOTO, finished, full_request_completes
 from tests.support.e2e_stack import poll, running_stack, runs_of
 
@@ -83,8 +84,10 @@ def test_stroke_bombs_are_refused_or_cheap_beside_a_normal_request(tmp_path: Pat
         assert normal.get("status") == "COMPLETED", normal
 
 
-def test_cancel_stops_a_cpu_bound_step_and_the_run_ends_canceled(tmp_path: Path) -> None:
-    # The local refiner keeps a core busy for 10 minutes: a stand-in for any CPU-bound step.
+def test_cancel_of_a_step_stuck_in_c_is_escalated_to_a_kill_and_the_run_ends_canceled(tmp_path: Path) -> None:
+    # The local refiner holds a core inside one numpy call for 10 minutes: a stand-in for a long
+    # OpenCV or numpy call, where the cancel's SIGINT waits for the call to return. Only the warm
+    # code server's kill, CANCEL_GRACE_SECONDS after the cancel (README, Faults), ends it.
     with (
         running_stack(tmp_path, {"LOCAL_REFINE_BUSY_SECONDS": "600"}) as stack,
         httpx.Client(base_url=stack.gateway_url, timeout=60) as client,
@@ -92,19 +95,23 @@ def test_cancel_stops_a_cpu_bound_step_and_the_run_ends_canceled(tmp_path: Path)
         started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}).json()
         rid = started["workflowId"]
         poll(client, rid, lambda s: s["currentStep"] == "REFINING_MASK", timeout=180)
-        cancelled_at = time.monotonic()
-        assert client.post(f"/workflow/{rid}/cancel").status_code == 200
-        final = poll(client, rid, finished, timeout=60)[-1]
-        assert final["status"] == "CANCELLED", final
-        deadline = time.monotonic() + 30
+        cancel = client.post(f"/workflow/{rid}/cancel")
+        cancelled_at = time.monotonic()  # the cancel answers once Dagster has interrupted the worker
+        assert cancel.json() == {"workflowId": rid, "status": "CANCELLED"}, cancel.text
+        deadline = cancelled_at + CANCEL_GRACE_SECONDS + 5  # room for a loaded 2-core machine
         while True:
             (run,) = runs_of(stack.dagster_url, rid)
             if run["status"] == "CANCELED":
                 break
             assert time.monotonic() < deadline, f"run still {run['status']}: {run['stepStats']}"
-            time.sleep(0.5)
+            time.sleep(0.2)
         ended = time.monotonic() - cancelled_at
-        assert ended < 30, ended
+        print(f"\nstep stuck in C: run CANCELED {ended:.1f} s after the cancel")
+        assert ended >= CANCEL_GRACE_SECONDS - 1, f"CANCELED after {ended:.1f} s: the interrupt stopped the C call?"
+        killed = f"did not stop within {CANCEL_GRACE_SECONDS:.0f} s of the cancel and was killed"
+        messages = _run_messages(stack.dagster_url, run["runId"])
+        assert any(killed in m for m in messages), messages
+        assert poll(client, rid, finished, timeout=60)[-1]["status"] == "CANCELLED"
         # The work stopped too: nothing under the code server keeps burning a core.
         tree = [stack.processes["code_server"].pid, *descendants([stack.processes["code_server"].pid])]
         before, start = _cpu_seconds(tree), time.monotonic()
@@ -112,6 +119,19 @@ def test_cancel_stops_a_cpu_bound_step_and_the_run_ends_canceled(tmp_path: Path)
         while time.monotonic() < deadline:
             time.sleep(0.1)
         assert _cpu_seconds(tree) - before < 0.5 * (time.monotonic() - start)
+
+
+_RUN_MESSAGES = """
+query Messages($runId: ID!) {
+  logsForRun(runId: $runId) { ... on EventConnection { events { ... on MessageEvent { message } } } }
+}"""
+
+
+def _run_messages(dagster_url: str, run_id: str) -> list[str]:
+    """The messages of a run's event log (the engine events the UI shows)."""
+    body = {"query": _RUN_MESSAGES, "variables": {"runId": run_id}}
+    events = httpx.post(f"{dagster_url}/graphql", json=body, timeout=30).json()["data"]["logsForRun"]["events"]
+    return [e["message"] for e in events if e.get("message")]
 
 
 def _cpu_seconds(pids: list[int]) -> float:

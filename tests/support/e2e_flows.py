@@ -45,6 +45,9 @@ def full_request_completes(client: httpx.Client) -> dict[str, Any]:
         image = Image.open(io.BytesIO(base64.b64decode(result[key])))
         assert image.format == "JPEG" and image.size == (2000, 2667)
     metrics = result["flux_metrics"]
-    assert all(0.0 <= metrics[k] <= 1.0 for k in ("precision", "recall", "iou"))
-    assert metrics["growth_ratio"] > 0
+    # The local Flux stand-in keeps every jewelry pixel: the README's fidelity thresholds hold
+    # (precision, recall, IoU at least 0.90; growth ratio 0.90..1.10), and the check says so.
+    assert all(0.90 <= metrics[k] <= 1.0 for k in ("precision", "recall", "iou")), metrics
+    assert 0.90 <= metrics["growth_ratio"] <= 1.10, metrics
+    assert result["checks"]["fidelity"]["passed"] is True, result["checks"]
     return final

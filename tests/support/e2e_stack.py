@@ -8,11 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from devtools.stack import Stack, descendants, free_port, parent_pid, temporary_stack
+from gateway.starts import pending_path
+from jewel_dagster.resources.selection import build_blob_store
+from jewel_dagster.settings import PipelineSettings
+from tests.support.metrics import samples, value
 
 running_stack = temporary_stack
-__all__ = ["free_port", "poll", "run_worker", "running_stack", "runs_of", "step_status", "wait_until"]
+__all__ = ["free_port", "launched_runs", "poll", "run_worker", "running_stack", "runs_of", "step_status", "wait_until"]
 
 _RUNS = """
 query Runs($tag: String!) {
@@ -48,10 +53,44 @@ def runs_of(dagster_url: str, partition: str) -> list[dict[str, Any]]:
     return response.json()["data"]["runsOrError"]["results"]
 
 
-def launched_runs(dagster_url: str, partition: str, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """`runs_of` once the partition has a run: a start answers before its run is launched
-    (START_IN_BACKGROUND), so right after a POST Dagster may not know the run yet."""
-    return wait_until(lambda: runs_of(dagster_url, partition), f"a run of {partition}", timeout)  # type: ignore[no-any-return]
+def launched_runs(stack: Stack, partition: str, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """`runs_of` once the partition's start has settled: a run exists, the gateway holds no
+    pending-start record for it, and its launcher has nothing queued or in flight (the
+    `jewel_starts_pending` gauge is 0).
+
+    A start answers before its run is launched (START_IN_BACKGROUND), and the first run seen is
+    not the last word: a duplicate launch a moment later must show too. The launcher deletes the
+    record after its launch and counts a start as pending until its thread is done with it, so
+    once both say "done", no launch of this start can still come.
+    """
+
+    def settled() -> list[dict[str, Any]] | None:
+        if _starts_pending(stack) or _pending_start_recorded(stack, partition):
+            return None
+        return runs_of(stack.dagster_url, partition) or None
+
+    runs: list[dict[str, Any]] = wait_until(settled, f"the start of {partition} launched and settled", timeout)
+    return runs
+
+
+def _starts_pending(stack: Stack) -> float:
+    """The gateway's `jewel_starts_pending` gauge (METRICS_API_KEY sent when the stack sets one)."""
+    token = stack.env.get("METRICS_API_KEY")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(f"{stack.gateway_url}/metrics", headers=headers, timeout=30)
+    assert response.status_code == 200, f"/metrics: {response.status_code} {response.text[:200]} (METRICS_API_KEY?)"
+    return value(samples(response.text), "jewel_starts_pending")
+
+
+def _pending_start_recorded(stack: Stack, partition: str) -> bool:
+    """Whether the gateway's pending-start record of the partition is still in the blob store."""
+    connection = stack.env.get("AZURE_STORAGE_CONNECTION_STRING")
+    settings = PipelineSettings(
+        local_blob_root=stack.env["LOCAL_BLOB_ROOT"],
+        azure_container_name=stack.env.get("AZURE_CONTAINER_NAME", "jewelry-uploads"),
+        azure_storage_connection_string=SecretStr(connection) if connection else None,
+    )
+    return build_blob_store(settings, inside_dagster=False).exists_path(pending_path(partition))
 
 
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = 120.0, every: float = 0.2) -> Any:
@@ -99,6 +138,7 @@ TWO_CALLERS = {
     "GATEWAY_API_KEYS": "key-alpha,key-beta",
     "RATE_LIMIT_PER_MINUTE": "100000",
     "REGENERATION_SENSOR_ENABLED": "false",
+    "METRICS_API_KEY": "metrics-key-of-the-test",  # launched_runs reads the launcher's gauge
 }
 ALPHA = {"X-API-Key": "key-alpha"}
 BETA = {"Authorization": "Bearer key-beta"}

@@ -121,3 +121,36 @@ def poll_until(read: Callable[[], T], done: Callable[[T], bool], timeout: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"still {value!r} after {timeout} s")
         time.sleep(0.02)
+
+
+def sweeps_of(launcher: Any) -> Callable[[], int]:
+    """Count the sweeps a gateway's StartLauncher completes from now on (its sweeper thread calls
+    `self.sweep()` anew each pass). A sweep that *began* after an event has ended once the count
+    grew by two: a window that covers what the sweepers do, without a fixed sleep."""
+    done = [0]
+    sweep = launcher.sweep
+
+    def counted() -> int:
+        try:
+            return int(sweep())
+        finally:
+            done[0] += 1
+
+    launcher.sweep = counted
+    return lambda: done[0]
+
+
+def settled_starts(launchers: list[Any], sweeps: list[Callable[[], int]] | None = None, timeout: float = 10.0) -> None:
+    """Wait until no launcher has a start queued or in flight and, given their `sweeps_of`
+    counters, each ran a whole sweep after this call: every takeover or launch the launchers
+    were going to make has been made. Without `sweeps`: for starts accepted before this call, on
+    gateways whose heartbeats are fresh (no takeover due)."""
+    marks = [count() for count in sweeps or []]
+    poll_until(
+        lambda: (
+            all(count() >= mark + 2 for count, mark in zip(sweeps or [], marks, strict=True))
+            and all(launcher.pending() == 0 for launcher in launchers)
+        ),
+        bool,
+        timeout,
+    )

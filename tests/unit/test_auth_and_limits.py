@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.security import caller_id, client_network
+from tests.support.answers import NEEDS_KEY, PIPELINE_DOWN, assert_refused, no_workflow
 from tests.support.gateway_client import gateway_client
 from tests.support.infra import redis_url
 
@@ -23,10 +24,10 @@ def test_keys_are_required_when_configured(tmp_path: Path) -> None:
         missing = client.get(WORKFLOW)
         assert missing.status_code == 401 and "API key" in missing.json()["detail"]
         assert missing.headers["WWW-Authenticate"] == "Bearer"
-        assert client.get(WORKFLOW, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert_refused(client.get(WORKFLOW, headers={"X-API-Key": "wrong"}), 401, NEEDS_KEY)
         # Past authentication, the next problem is Dagster being down (503), not the key.
-        assert client.get(WORKFLOW, headers={"X-API-Key": "alpha-key"}).status_code == 503
-        assert client.get(WORKFLOW, headers={"Authorization": "Bearer beta-key"}).status_code == 503
+        assert_refused(client.get(WORKFLOW, headers={"X-API-Key": "alpha-key"}), 503, PIPELINE_DOWN)
+        assert_refused(client.get(WORKFLOW, headers={"Authorization": "Bearer beta-key"}), 503, PIPELINE_DOWN)
 
 
 def test_health_is_open_and_reveals_no_secrets(tmp_path: Path) -> None:
@@ -46,7 +47,7 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
         limited = client.get("/workflow/not-ours", headers={"X-API-Key": "a"})
         assert int(limited.headers["Retry-After"]) >= 1 and "rate limit" in limited.json()["detail"]
         # Per key: another caller is not slowed down by the first.
-        assert client.get("/workflow/not-ours", headers={"X-API-Key": "b"}).status_code == 404
+        assert_refused(client.get("/workflow/not-ours", headers={"X-API-Key": "b"}), 404, no_workflow("not-ours"))
 
 
 def test_cors_allows_only_configured_origins(tmp_path: Path) -> None:
@@ -79,7 +80,7 @@ def test_wrong_keys_are_rate_limited_per_address(tmp_path: Path) -> None:
         codes = [client.get(WORKFLOW, headers={"X-API-Key": f"guess-{i}"}).status_code for i in range(4)]
         assert codes == [401, 401, 401, 429], codes
     with gateway_client(tmp_path, "10.0.0.9", gateway_api_keys="alpha-key", auth_failures_per_minute=3) as other:
-        assert other.get(WORKFLOW, headers={"X-API-Key": "guess"}).status_code == 401  # its own count
+        assert_refused(other.get(WORKFLOW, headers={"X-API-Key": "guess"}), 401, NEEDS_KEY)  # its own count
 
 
 def test_an_ipv6_client_is_limited_by_its_64_prefix() -> None:

@@ -26,7 +26,16 @@ from gateway.routes import workflows
 from gateway.starts import PendingStart, pending_path, write_start
 from jewel_dagster.contract import FULL_JOB, LAUNCH_TAG, OWNER_TAG, PARTITION_TAG
 from jewel_dagster.resources.blob_store import LocalBlobStore
-from tests.support.gateway_client import FakeDagster, gateway_client, poll_until, start_body, stored_blobs
+from tests.support.answers import assert_refused, no_workflow
+from tests.support.gateway_client import (
+    FakeDagster,
+    gateway_client,
+    poll_until,
+    settled_starts,
+    start_body,
+    stored_blobs,
+    sweeps_of,
+)
 
 FAST = {"start_takeover_seconds": 0.3, "start_give_up_seconds": 0.3}
 
@@ -165,7 +174,7 @@ def test_a_start_whose_launch_never_reaches_dagster_fails_and_keeps_nothing(tmp_
         assert kept == [f"jewelry-uploads/starts/{workflow}.json"]  # the upload went
         assert dagster.launches == []
         dagster.down = False
-        assert client.post(f"/workflow/{workflow}/cancel").status_code == 409
+        assert_refused(client.post(f"/workflow/{workflow}/cancel"), 409, f"workflow {workflow} already ended: FAILED")
 
 
 def test_an_idempotent_retry_while_pending_gets_the_same_workflow_and_one_launch(
@@ -218,13 +227,16 @@ def test_a_dead_gateways_pending_start_is_taken_over_and_launched_once(
     tmp_path: Path, launched_before_dying: bool
 ) -> None:
     with gateways(tmp_path, count=3) as (replicas, dagster):
+        launchers = [replica.app.state.launcher for replica in replicas]  # type: ignore[attr-defined]
+        sweeps = [sweeps_of(launcher) for launcher in launchers]
         start = _abandoned_start(tmp_path)
         if launched_before_dying:  # it launched, then died before deleting the record
             dagster.runs[start.workflowId] = RunInfo("run-0", FULL_JOB, "STARTED", [], dict(start.tags))
         write_start(LocalBlobStore(root=str(tmp_path / "blobs")), start)
         _backdate(tmp_path, start.workflowId)
         poll_until(lambda: _pending_files(tmp_path), lambda files: files == [])
-        time.sleep(0.5)  # three sweepers raced for it: give a second launch the time to show
+        # Three sweepers raced for it: a second takeover would be launched by now.
+        settled_starts(launchers, sweeps)
         expected = [] if launched_before_dying else [(FULL_JOB, start.workflowId)]
         assert dagster.launches == expected
         assert dagster.runs[start.workflowId].tags[LAUNCH_TAG] == "tag-of-the-dead-gateway"
@@ -233,11 +245,13 @@ def test_a_dead_gateways_pending_start_is_taken_over_and_launched_once(
 
 def test_a_live_gateways_pending_start_is_left_to_it(tmp_path: Path) -> None:
     with gateways(tmp_path, count=2) as ([a, b], dagster):
+        b_sweeps = sweeps_of(b.app.state.launcher)  # type: ignore[attr-defined]
         dagster.gate.clear()
         workflow = a.post("/workflow/start", json=start_body()).json()["workflowId"]
         assert dagster.in_launch.wait(5)
         _backdate(tmp_path, workflow)
-        time.sleep(1.0)  # b swept a few times (every 0.1 s); a's heartbeat is fresh
+        swept = b_sweeps()
+        poll_until(b_sweeps, lambda n: n >= swept + 2)  # b swept the backdated record; a's heartbeat is fresh
         assert b.app.state.launcher.pending() == 0  # type: ignore[attr-defined]
         dagster.gate.set()
         poll_until(lambda: _pending_files(tmp_path), lambda files: files == [])
@@ -262,7 +276,7 @@ def test_cancel_before_the_run_exists(tmp_path: Path) -> None:
         assert client.get(f"/workflow/{held}").json()["status"] == "CANCELLED"
         assert client.get(f"/workflow/{queued}").json()["status"] == "CANCELLED"
         assert f"jewelry-uploads/requests/{queued}/upload" not in stored_blobs(tmp_path)
-        assert client.post(f"/workflow/{queued}/cancel").status_code == 409
+        assert_refused(client.post(f"/workflow/{queued}/cancel"), 409, f"workflow {queued} already ended: CANCELLED")
 
 
 def test_another_callers_pending_start_is_not_found(tmp_path: Path) -> None:
@@ -273,5 +287,6 @@ def test_another_callers_pending_start_is_not_found(tmp_path: Path) -> None:
         workflow = started.json()["workflowId"]
         assert client.get(f"/workflow/{workflow}", headers={"X-API-Key": "key-one"}).status_code == 200
         for path in (f"/workflow/{workflow}", f"/workflow/{workflow}/events"):
-            assert client.get(path, headers={"X-API-Key": "key-two"}).status_code == 404
-        assert client.post(f"/workflow/{workflow}/cancel", headers={"X-API-Key": "key-two"}).status_code == 404
+            assert_refused(client.get(path, headers={"X-API-Key": "key-two"}), 404, no_workflow(workflow))
+        cancel = client.post(f"/workflow/{workflow}/cancel", headers={"X-API-Key": "key-two"})
+        assert_refused(cancel, 404, no_workflow(workflow))

@@ -1,16 +1,28 @@
-"""A cancelled run worker that does not stop is killed and its run reported CANCELED (issue 14)."""
+"""A cancelled run worker that does not stop is killed and its run reported CANCELED (issue 14):
+through the real path, the timer `WarmApiServer.CancelExecution` arms, with a worker stuck in a
+C call that the cancel's interrupt cannot stop."""
 
 from __future__ import annotations
 
 import inspect
 import multiprocessing
+import os
 import signal
+import threading
 import time
+from types import SimpleNamespace
+from typing import Any
 
 import dagster as dg
 
+from jewel_dagster.resources.local_services import hold_a_core_in_c
 from jewel_dagster.runtime import warm_code_server
-from jewel_dagster.runtime.warm_code_server import CancelExecutionRequest, WarmApiServer, end_cancelled_worker
+from jewel_dagster.runtime.warm_code_server import (
+    CANCEL_GRACE_SECONDS,
+    CancelExecutionRequest,
+    WarmApiServer,
+    end_cancelled_worker,
+)
 
 DagsterApiServer = warm_code_server.dagster_grpc_server.DagsterApiServer
 
@@ -20,27 +32,86 @@ def test_canary_the_private_dagster_api_we_extend_is_still_there() -> None:
     source = inspect.getsource(DagsterApiServer)
     assert "def CancelExecution(" in source and "serialized_cancel_execution_request" in source
     assert "self._executions[run_id] = (" in source and "self._execution_lock" in source
+    assert "self._termination_events[" in source and "self._termination_times[" in source
     assert "run_id" in CancelExecutionRequest._fields
     assert WarmApiServer.CancelExecution is not DagsterApiServer.CancelExecution
     assert 1 <= warm_code_server.CANCEL_GRACE_SECONDS <= 10
 
 
-def _busy_ignoring_interrupts() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # like a step inside a long C call
-    while True:
-        pass
+def _run_worker_stuck_in_c(cancelled: Any, started: Any) -> None:
+    """A run worker whose step is inside one long numpy call. A thread turns the cancel into a
+    SIGINT to the process, as Dagster's run worker does with its termination event."""
+
+    def interrupt_when_cancelled() -> None:
+        cancelled.wait()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_cancelled, daemon=True).start()
+    started.set()
+    hold_a_core_in_c(120)
 
 
-def test_a_worker_that_ignores_the_cancel_is_killed_and_the_run_canceled() -> None:
-    worker = multiprocessing.get_context("spawn").Process(target=_busy_ignoring_interrupts, daemon=True)
+def _code_server_running(run_id: str, worker: Any, cancelled: Any, instance: dg.DagsterInstance) -> WarmApiServer:
+    """Our code server's cancel path without a gRPC server: the table of executions Dagster's
+    own `CancelExecution` reads (the canary above checks these names)."""
+    server = WarmApiServer.__new__(WarmApiServer)
+    server._execution_lock = threading.Lock()
+    server._executions = {run_id: (worker, instance.get_ref())}
+    server._termination_events = {run_id: cancelled}
+    server._termination_times = {}
+    return server
+
+
+def test_a_worker_stuck_in_c_outlives_the_interrupt_and_the_cancel_kills_it_after_the_grace() -> None:
+    context = multiprocessing.get_context("spawn")
+    cancelled, started = context.Event(), context.Event()
+    worker = context.Process(target=_run_worker_stuck_in_c, args=(cancelled, started), daemon=True)
     worker.start()
-    with dg.instance_for_test() as instance:
-        run = instance.create_run_for_job(dg.GraphDefinition("noop").to_job())
-        instance.report_run_canceling(run)
-        time.sleep(0.2)
-        assert end_cancelled_worker(run.run_id, worker, instance.get_ref())
-        assert not worker.is_alive()
-        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED  # type: ignore[union-attr]
+    try:
+        assert started.wait(60)
+        with dg.instance_for_test() as instance:
+            run = instance.create_run_for_job(dg.GraphDefinition("noop").to_job())
+            instance.report_run_canceling(run)
+            server = _code_server_running(run.run_id, worker, cancelled, instance)
+            request = SimpleNamespace(
+                serialized_cancel_execution_request=dg.serialize_value(CancelExecutionRequest(run_id=run.run_id))
+            )
+            server.CancelExecution(request, None)
+            cancelled_at = time.monotonic()
+            assert cancelled.is_set()  # Dagster's own cancel ran: the worker was interrupted
+            # The interrupt waits for the C call to return: the worker is alive through the grace.
+            worker.join(CANCEL_GRACE_SECONDS - 1)
+            assert worker.is_alive(), "the worker stopped at the interrupt: nothing here needs the kill"
+            # Then the timer armed by CancelExecution kills it (a few seconds of room on a loaded machine).
+            worker.join(CANCEL_GRACE_SECONDS + 5 - (time.monotonic() - cancelled_at))
+            assert not worker.is_alive(), f"still alive {time.monotonic() - cancelled_at:.1f} s after the cancel"
+            ended = time.monotonic() - cancelled_at
+            assert ended >= CANCEL_GRACE_SECONDS - 0.5, ended
+            after = instance.get_run_by_id(run.run_id)
+            assert after is not None and after.status == dg.DagsterRunStatus.CANCELED
+            messages = [e.message for e in instance.all_logs(run.run_id)]
+            assert any(
+                f"did not stop within {CANCEL_GRACE_SECONDS:.0f} s of the cancel and was killed" in m for m in messages
+            ), messages
+    finally:
+        if worker.is_alive():
+            worker.kill()
+        worker.join(10)
+
+
+def test_the_kill_reports_the_run_canceled() -> None:
+    worker = multiprocessing.get_context("spawn").Process(target=hold_a_core_in_c, args=(120,), daemon=True)
+    worker.start()
+    try:
+        with dg.instance_for_test() as instance:
+            run = instance.create_run_for_job(dg.GraphDefinition("noop").to_job())
+            instance.report_run_canceling(run)
+            assert end_cancelled_worker(run.run_id, worker, instance.get_ref())
+            assert not worker.is_alive()
+            assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED  # type: ignore[union-attr]
+    finally:
+        if worker.is_alive():
+            worker.kill()
 
 
 def test_a_worker_that_stopped_by_itself_is_left_alone() -> None:

@@ -115,3 +115,16 @@ def test_code_versions_follow_the_models_not_where_the_services_live() -> None:
     assert code_versions(settings(generator_version="8")).flux != code_versions(local).flux
     assert code_versions(settings(gemini_model="gemini-3-image")).gemini != code_versions(local).gemini
     assert code_versions(settings(local_flux_grow_px=6)).flux != code_versions(local).flux
+
+
+def test_exactly_the_gpu_steps_hold_a_gpu_slot() -> None:
+    """The expected steps are named in tests/support/gpu_pool.py, not read from the assets."""
+    from jewel_dagster.settings import get_settings
+    from tests.support.gpu_pool import A100_REFINER_STEP, GPU_POOL_NAME, GPU_STEPS
+
+    expected = GPU_STEPS | ({A100_REFINER_STEP} if get_settings().a100_server_url else set())
+    for name in (FULL_JOB, PREPROCESS_JOB, GENERATE_JOB):
+        nodes = defs.resolve_job_def(name).graph.nodes
+        in_pool = {node.name for node in nodes if node.definition.pool == GPU_POOL_NAME}
+        assert in_pool == expected & {node.name for node in nodes}, name
+    assert {node.name for node in defs.resolve_job_def(FULL_JOB).graph.nodes} >= expected

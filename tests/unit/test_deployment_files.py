@@ -103,13 +103,14 @@ def test_compose_uses_no_outside_service_hosts() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["dagster.yaml", "dagster.postgres.yaml"])
+@pytest.mark.parametrize("name", ["dagster.yaml", "dagster.postgres.yaml", "dagster.celery.yaml"])
 def test_every_run_has_a_maximum_runtime(name: str) -> None:
-    # Issue 14: a run busy for hours (or stuck CANCELING) must end by itself.
+    # Issue 14: a run busy for hours (or stuck CANCELING) must end by itself, within what the
+    # README (Faults) promises: every run within 2 h, CANCELING -> CANCELED at 60 s.
     monitoring = yaml.safe_load((REPO_ROOT / name).read_text())["run_monitoring"]
     assert monitoring["enabled"] is True
-    assert 3600 <= monitoring["max_runtime_seconds"] <= 4 * 3600
-    assert 0 < monitoring["cancel_timeout_seconds"] <= 120
+    assert monitoring["max_runtime_seconds"] == 7200
+    assert monitoring["cancel_timeout_seconds"] == 60
 
 
 def test_observability_is_a_profile_that_is_off_by_default(compose: dict[str, Any]) -> None:

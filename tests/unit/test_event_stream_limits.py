@@ -24,6 +24,7 @@ from gateway.main import create_app
 from gateway.security import caller_id
 from gateway.settings import GatewaySettings
 from jewel_dagster.contract import FULL_JOB, OWNER_TAG, PARTITION_TAG
+from tests.support.answers import assert_refused, no_workflow
 from tests.support.e2e_stack import free_port
 from tests.support.servers import app_in_thread
 
@@ -160,7 +161,8 @@ def test_refused_and_foreign_streams_keep_their_answers(tmp_path: Path) -> None:
         with httpx.Client(base_url=url, timeout=10) as client:
             # Another caller's workflow is 404, and a 404 holds no place under the cap.
             for _ in range(3):
-                assert client.get(f"/workflow/{ONE}/events", headers={"X-API-Key": KEYS["beta"]}).status_code == 404
+                foreign = client.get(f"/workflow/{ONE}/events", headers={"X-API-Key": KEYS["beta"]})
+                assert_refused(foreign, 404, no_workflow(ONE))
             with client.stream("GET", f"/workflow/{ONE}/events", headers={"X-API-Key": KEYS["alpha"]}) as ok:
                 assert ok.status_code == 200
 

@@ -7,7 +7,6 @@ Dagster's storage answers late). Only the claim in the shared blob store can.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -18,7 +17,13 @@ from fastapi.testclient import TestClient
 
 from gateway.claims import claim, release
 from jewel_dagster.resources.blob_store import LocalBlobStore
-from tests.support.gateway_client import FakeDagster, gateway_with_fake_dagster, poll_until, start_body
+from tests.support.gateway_client import (
+    FakeDagster,
+    gateway_with_fake_dagster,
+    poll_until,
+    settled_starts,
+    start_body,
+)
 
 
 @contextmanager
@@ -29,14 +34,17 @@ def two_replicas(tmp_path: Path, **overrides: Any) -> Iterator[list[tuple[TestCl
 
 def test_a_key_retried_on_the_other_replica_launches_once(tmp_path: Path) -> None:
     with two_replicas(tmp_path) as [(a, fake_a), (b, fake_b)]:
+        launchers = [a.app.state.launcher, b.app.state.launcher]  # type: ignore[attr-defined]
         body, key = start_body(), {"Idempotency-Key": "order-17"}
         first = a.post("/workflow/preprocess", json=body, headers=key)
         again = b.post("/workflow/preprocess", json=body, headers=key)
         assert first.status_code == again.status_code == 200, (first.text, again.text)
         assert again.json() == first.json()
-        launched = poll_until(lambda: len(fake_a.launches) + len(fake_b.launches), lambda n: n > 0)  # background
-        time.sleep(0.3)  # a second launch would show by now
-        assert launched == len(fake_a.launches) + len(fake_b.launches) == 1
+        poll_until(lambda: len(fake_a.launches) + len(fake_b.launches), lambda n: n > 0)  # background
+        # Both answered, so whatever each queued is in its launcher: once both are idle, every
+        # launch there will be was made (no takeover: both heartbeats are fresh for 30 s).
+        settled_starts(launchers)
+        assert len(fake_a.launches) + len(fake_b.launches) == 1, (fake_a.launches, fake_b.launches)
         other = b.post(
             "/workflow/preprocess", json=start_body(maskPoints=[{"x": 0.1, "y": 0.1, "label": 1}]), headers=key
         )

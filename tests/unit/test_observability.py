@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from gateway.observability.logs import request_id_from
+from tests.support.answers import assert_refused, no_workflow
 from tests.support.gateway_client import gateway_client
 from tests.support.metrics import samples, value
 
@@ -26,8 +27,8 @@ def test_http_calls_are_counted_by_route_template_and_status(tmp_path: Path) -> 
         before = samples(client.get("/metrics").text)
         for _ in range(3):
             assert client.get(WORKFLOW).status_code == 503  # Dagster is down: the status is what counts
-        assert client.get("/workflow/not-an-id").status_code == 404
-        assert client.get("/no/such/route").status_code == 404
+        assert_refused(client.get("/workflow/not-an-id"), 404, no_workflow("not-an-id"))
+        assert client.get("/no/such/route").json() == {"detail": "Not Found"}  # FastAPI's: no route
         after = samples(client.get("/metrics").text)
     route = "/workflow/{workflow_id}"
     moved = value(after, "jewel_http_requests_total", method="GET", route=route, status="503") - value(
@@ -49,8 +50,9 @@ def test_metrics_need_their_own_token_when_api_keys_are_on(tmp_path: Path) -> No
         refused = client.get("/metrics", headers={"Authorization": "Bearer alpha-key"})
         assert refused.status_code == 403 and "METRICS_API_KEY" in refused.json()["detail"]
     with gateway_client(tmp_path, gateway_api_keys="alpha-key", metrics_api_key="scrape-token") as client:
-        assert client.get("/metrics").status_code == 401
-        assert client.get("/metrics", headers={"Authorization": "Bearer alpha-key"}).status_code == 401
+        needs_token = "/metrics needs Authorization: Bearer <METRICS_API_KEY>"
+        assert_refused(client.get("/metrics"), 401, needs_token)
+        assert_refused(client.get("/metrics", headers={"Authorization": "Bearer alpha-key"}), 401, needs_token)
         scraped = client.get("/metrics", headers={"Authorization": "Bearer scrape-token"})
         assert scraped.status_code == 200 and "jewel_http_requests_total" in scraped.text
         schemes = client.get("/openapi.json").json()["components"]["securitySchemes"]

@@ -17,6 +17,7 @@ from jewel_dagster.defs.retention import RETENTION_JOB, build_retention, run_ret
 from jewel_dagster.resources.blob_store import LocalBlobStore, tombstone_path
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
+from tests.support.answers import assert_refused, no_workflow
 from tests.support.gateway_client import gateway_with_fake_dagster
 from tests.support.infra import pg_sessions_opened, postgres_database
 from tests.support.photos import RING_CLICK, synthetic_ring, to_jpeg
@@ -145,7 +146,7 @@ def test_get_answers_410_for_a_removed_workflow_and_404_for_one_never_seen(tmp_p
         gone = client.get(f"/workflow/{removed}")
         assert gone.status_code == 410, gone.text
         assert "removed on 2026-01-02" in gone.json()["detail"]
-        assert client.get(f"/workflow/{unknown}").status_code == 404
+        assert_refused(client.get(f"/workflow/{unknown}"), 404, no_workflow(unknown))
 
 
 def test_retention_on_postgresql_reuses_its_connections(tmp_path: Path) -> None:

@@ -92,11 +92,20 @@ def test_polls_waiting_on_a_slow_read_share_its_answer() -> None:
         return RunInfo("run-1", "jewelry_generation", "SUCCESS")  # final: never cached by age
 
     dagster.latest_run = slow_latest_run  # type: ignore[method-assign]
+    # A poll reads the clock when it arrives (then waits for the read in flight): once 20 threads
+    # have read it, every poll has arrived.
+    arrived: set[int] = set()
+    clock = dagster._clock
+
+    def arrival_clock() -> float:
+        arrived.add(threading.get_ident())
+        return clock()
+
+    dagster._clock = arrival_clock
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
             polls = [pool.submit(dagster.latest_run_cached, RID) for _ in range(20)]
-            wait_for(lambda: len(reads) >= 1, timeout=10)
-            time.sleep(0.2)  # the other 19 reach the lock
+            wait_for(lambda: len(reads) >= 1 and len(arrived) == 20, timeout=10)
             release.set()
             answers = [poll.result(timeout=30) for poll in polls]
     finally:

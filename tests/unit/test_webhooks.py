@@ -18,6 +18,7 @@ from gateway.results import ResultReader
 from gateway.settings import GatewaySettings
 from gateway.webhooks import WebhookDispatcher, WebhookRefused, caller_secret, check_webhook_url, signed_headers
 from jewel_dagster.resources.blob_store import LocalBlobStore
+from tests.support.answers import NEEDS_KEY, PIPELINE_DOWN, assert_refused
 from tests.support.gateway_client import gateway_client, start_body
 from tests.support.receivers import hostile_receiver, webhook_receiver
 
@@ -121,14 +122,14 @@ def test_a_caller_reads_its_webhook_secret_with_its_key(tmp_path: Path) -> None:
     with gateway_client(tmp_path, gateway_api_keys="key-a,key-b", webhook_secret="s3cret") as client:
         a = client.get("/webhooks/secret", headers={"X-API-Key": "key-a"})
         b = client.get("/webhooks/secret", headers={"Authorization": "Bearer key-b"})
-        assert client.get("/webhooks/secret").status_code == 401
+        assert_refused(client.get("/webhooks/secret"), 401, NEEDS_KEY)
         assert a.status_code == 200 and a.headers["Cache-Control"] == "no-store"
     assert a.json()["secret"].startswith("whsec_") and a.json()["secret"] != b.json()["secret"]
     from gateway.security import caller_id
 
     assert a.json()["secret"] == caller_secret("s3cret", caller_id("key-a", "test-secret-of-the-gateway"))
     with gateway_client(tmp_path) as client:  # webhooks off
-        assert client.get("/webhooks/secret").status_code == 404
+        assert_refused(client.get("/webhooks/secret"), 404, "webhooks are off on this gateway (no WEBHOOK_SECRET set)")
 
 
 def test_delivery_gives_up_after_its_attempts_and_on_a_refusal(tmp_path: Path) -> None:
@@ -154,7 +155,7 @@ def test_the_gateway_refuses_a_webhook_it_cannot_send(tmp_path: Path) -> None:
         assert scheme.status_code == 400 and "http" in scheme.json()["detail"]
         # A public URL passes the check and the request goes on (to a Dagster that is not there).
         public = client.post("/workflow/start", json=start_body(webhookUrl="https://8.8.8.8/hook"))
-        assert public.status_code == 503
+        assert_refused(public, 503, PIPELINE_DOWN)
     assert not list((tmp_path / "blobs").rglob("upload*"))  # refused requests store nothing
 
 
