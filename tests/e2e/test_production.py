@@ -1,4 +1,10 @@
-"""The stack on the production parts: PostgreSQL instance storage and Azure Blob (Azurite)."""
+"""The stack on the production parts: PostgreSQL instance storage and Azure Blob (Azurite).
+
+README, Layout: the end-to-end request runs on the embedded default (tests/e2e/test_gateway.py
+and the others) and here on PostgreSQL and Azurite: the run is read back from PostgreSQL's own
+tables and the artifacts from the Azurite container, so a stack that fell back to SQLite or the
+local folder fails here.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,13 @@ import io
 from pathlib import Path
 
 import httpx
+import psycopg2
 import pytest
+from azure.storage.blob import ContainerClient
 from PIL import Image
 
 from tests.support.e2e_flows import full_request_completes
-from tests.support.e2e_stack import running_stack
+from tests.support.e2e_stack import running_stack, runs_of
 from tests.support.infra import azurite, postgres_database
 
 pytestmark = pytest.mark.e2e
@@ -29,6 +37,15 @@ def test_postgres_and_azurite_survive_a_restart(tmp_path: Path) -> None:
                 assert flux.status_code == 200
                 assert Image.open(io.BytesIO(flux.content)).size == (2000, 2667)
             assert not Path(stack.env["LOCAL_BLOB_ROOT"]).exists(), "nothing may go to the local folder"
+            (run,) = runs_of(stack.dagster_url, final["workflowId"])
+            with psycopg2.connect(pg_url, connect_timeout=5) as conn, conn.cursor() as cur:
+                cur.execute("SELECT status FROM runs WHERE run_id = %s", (run["runId"],))  # Dagster's run table
+                assert cur.fetchall() == [("SUCCESS",)]
+            container = ContainerClient.from_connection_string(connection, "jewelry-uploads")
+            names = {b.name for b in container.list_blobs(name_starts_with=f"requests/{final['workflowId']}/")}
+            run_folder = f"requests/{final['workflowId']}/{run['runId']}"
+            for artifact in ("flux_generation.png", "gemini_generation.png", "jewelry_mask.png"):
+                assert f"{run_folder}/{artifact}" in names, sorted(names)
 
             stack.stop()  # webserver, daemon and gateway all go away ...
             stack.start()  # ... and come back on the same storage

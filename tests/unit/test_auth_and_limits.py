@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import shutil
+import signal
+import socket
+import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from gateway.security import caller_id, client_network
+from tests.support.e2e_stack import free_port, wait_until
 from tests.support.answers import NEEDS_KEY, PIPELINE_DOWN, assert_refused, no_workflow
 from tests.support.gateway_client import gateway_client
-from tests.support.infra import redis_url
+from tests.support.infra import missing, redis_url
 
 WORKFLOW = "/workflow/jewelry-gen-00000000-0000-0000-0000-000000000000"
 # Redis is shared by every test run on this machine: each run uses keys and addresses of its own.
@@ -83,6 +92,28 @@ def test_wrong_keys_are_rate_limited_per_address(tmp_path: Path) -> None:
         assert_refused(other.get(WORKFLOW, headers={"X-API-Key": "guess"}), 401, NEEDS_KEY)  # its own count
 
 
+def test_wrong_metrics_tokens_count_against_the_wrong_key_limit(tmp_path: Path) -> None:
+    """README, Metrics: wrong /metrics tokens count against the address's wrong-key limit, one
+    count with wrong API keys: past it that address's wrong guesses of either kind get 429. A right
+    key or token is never refused for them (issue 29, finding 3)."""
+    settings = {"gateway_api_keys": "alpha-key", "metrics_api_key": "scrape-token", "auth_failures_per_minute": 3}
+    scrape = {"Authorization": "Bearer scrape-token"}
+    with gateway_client(tmp_path, "10.0.0.21", **settings) as client:
+        codes = [client.get("/metrics", headers={"Authorization": f"Bearer guess-{i}"}).status_code for i in range(3)]
+        assert codes == [401, 401, 401], codes
+        blocked = client.get(WORKFLOW, headers={"X-API-Key": "guess-key"})  # a wrong key after wrong tokens
+        assert blocked.status_code == 429 and "wrong API key" in blocked.json()["detail"], blocked.text
+        assert int(blocked.headers["Retry-After"]) >= 1
+        assert client.get("/metrics", headers=scrape).status_code == 200  # the right token still scrapes
+    with gateway_client(tmp_path, "10.0.0.22", **settings) as client:  # mixed: 2 wrong keys + 1 wrong token
+        assert [client.get(WORKFLOW, headers={"X-API-Key": f"guess-{i}"}).status_code for i in range(2)] == [401, 401]
+        assert client.get("/metrics", headers={"Authorization": "Bearer guess"}).status_code == 401
+        refused = client.get("/metrics", headers={"Authorization": "Bearer guess-again"})
+        assert refused.status_code == 429 and "wrong" in refused.json()["detail"], refused.text
+    with gateway_client(tmp_path, "10.0.0.23", **settings) as client:  # another address: its own count
+        assert client.get("/metrics", headers={"Authorization": "Bearer guess"}).status_code == 401
+
+
 def test_an_ipv6_client_is_limited_by_its_64_prefix() -> None:
     assert client_network("2001:db8:1:2:aaaa::1") == client_network("2001:db8:1:2:ffff::7") == "2001:db8:1:2::/64"
     assert client_network("2001:db8:1:3::1") != client_network("2001:db8:1:2::1")
@@ -105,6 +136,71 @@ def test_replicas_share_rate_limits_through_redis(tmp_path: Path) -> None:
     with gateway_client(tmp_path, **settings) as first, gateway_client(tmp_path, **settings) as second:
         codes = [c.get(WORKFLOW, headers={"X-API-Key": key}).status_code for c in (first, second, first, second)]
     assert codes == [503, 503, 503, 429], codes
+
+
+@contextmanager
+def private_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A redis-server of this test's own on a free loopback port (no persistence), and its URL:
+    the test may stop it without touching the machine's Redis that other tests share."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        missing("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def listens() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(listens, "the private redis-server", timeout=30, every=0.05)
+        yield process, f"redis://127.0.0.1:{port}/0"
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+        process.wait()
+
+
+def test_a_failing_redis_lets_requests_through(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """README, Rate limits: "A Redis that fails lets requests through and logs a warning": Redis
+    counting, then hanging (SIGSTOP: each call waits out the 0.5 s socket timeout), then gone."""
+    key = "alpha-key"
+    with ThreadPoolExecutor(1) as caller, private_redis(tmp_path) as (redis, url):
+        with gateway_client(tmp_path, gateway_api_keys=key, rate_limit_per_minute=2, redis_url=url) as client:
+
+            def calls(*api_keys: str) -> list[int]:
+                """Status codes, or a failure when the calls hang (a Redis call without a timeout)."""
+                def send() -> list[int]:
+                    return [client.get(WORKFLOW, headers={"X-API-Key": k}).status_code for k in api_keys]
+
+                return caller.submit(send).result(timeout=30)
+
+            # Redis up: the third call in a minute is over the limit (503: past the limit, Dagster is down).
+            assert calls(key, key, key) == [503, 503, 429]
+            with caplog.at_level(logging.WARNING, logger="gateway.security"):
+                redis.send_signal(signal.SIGSTOP)  # hangs: connections open, nothing answers
+                try:
+                    assert calls(key, key, "wrong-key") == [503, 503, 401]
+                finally:
+                    redis.send_signal(signal.SIGCONT)  # a call still waiting ends, so the gateway can stop
+                redis.kill()  # gone: connections refused
+                redis.wait()
+                assert calls(key, key, "wrong-key") == [503, 503, 401]
+            warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.security"]
+            assert len(warnings) >= 6 and all("request let through" in w for w in warnings), warnings
+    # A gateway that starts while its Redis is down serves as well.
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    with gateway_client(tmp_path, gateway_api_keys=key, rate_limit_per_minute=1, redis_url=closed) as client:
+        assert [client.get(WORKFLOW, headers={"X-API-Key": key}).status_code for _ in range(3)] == [503] * 3
 
 
 def test_callers_are_named_by_a_keyed_hash() -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
 
 from jewel_dagster.contract import CHECK_NAME, OWNER_TAG, PARTITION_TAG, PARTITIONS_NAME, AssetName, run_config_ops
 from jewel_dagster.defs.assets import ALL_ASSETS
@@ -171,3 +172,33 @@ def test_retention_on_postgresql_reuses_its_connections(tmp_path: Path) -> None:
     assert report.requests_removed == requests and report.runs_removed == requests
     # Pooled: one a storage and a few for set-up; one a call would be ~7 a request.
     assert opened <= 12, f"{opened} PostgreSQL sessions to remove {requests} requests"
+
+
+def test_one_retention_run_removes_at_most_retention_max_requests_oldest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README, Retention: "at most `RETENTION_MAX_REQUESTS` (20,000) a run", read from the
+    environment as a deployment sets it; the rest waits for the next run."""
+    import jewel_dagster.defs.retention as retention
+
+    class _InAMonth(datetime):  # the job's clock, a month on: every request made here is expired
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> _InAMonth:
+            return cls.fromtimestamp((datetime.now(tz) + timedelta(days=31)).timestamp(), tz)
+
+    monkeypatch.setenv("RETENTION_MAX_REQUESTS", "2")
+    monkeypatch.setenv("RETENTION_DAYS", "30")
+    settings = PipelineSettings(local_blob_root=str(tmp_path), local_backends="instant")
+    assert settings.retention_max_requests == 2
+    job, _ = build_retention(settings)
+    store: LocalBlobStore = build_resources(settings)["blob_store"]
+    requests = [_rid() for _ in range(3)]  # made in this order: the oldest first
+    with dg.instance_for_test() as instance:
+        for rid in requests:
+            _light_request(store, instance, rid, dg.DagsterRunStatus.SUCCESS)
+        monkeypatch.setattr(retention, "datetime", _InAMonth)
+        result = job.execute_in_process(instance=instance, resources={"blob_store": store})
+        (output,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+        assert output.event_specific_data.metadata["requests_removed"].value == 2  # type: ignore[union-attr]
+        assert instance.get_dynamic_partitions(PARTITIONS_NAME) == requests[2:], "the two oldest go first"
+        assert [store.exists_path(tombstone_path(rid)) for rid in requests] == [True, True, False]
