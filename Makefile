@@ -5,7 +5,7 @@ DATA ?= $(CURDIR)/.data
 export DAGSTER_HOME ?= $(DATA)/dagster_home
 export LOCAL_BLOB_ROOT ?= $(DATA)/blobs
 
-.PHONY: install node-tools run test lint clean
+.PHONY: install node-tools run test test-long lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,8 +28,13 @@ $(NODE_TOOLS):
 
 node-tools: $(NODE_TOOLS)
 
+# The inner loop: every test but those marked `long` (the 60-request scale-out), 2 xdist workers.
 test: install node-tools
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not long"
+
+# The long tests alone; CI (.ci/run) runs both targets. Bare `pytest` runs everything.
+test-long: install node-tools
+	$(PY) -m pytest -m long -n 0
 
 lint: install
 	$(VENV)/bin/ruff check jewel_dagster gateway devtools tests benchmarks

@@ -24,6 +24,7 @@ from jewel_dagster.resources.blob_store import LocalBlobStore
 from tests.support.answers import assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import free_port, launched_runs, poll, running_stack, runs_of, wait_until
+from tests.support.infra import missing, program
 from tests.support.receivers import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.e2e
@@ -303,29 +304,15 @@ def test_cli_reads_its_gateway_and_key_from_the_environment_and_exits_1_when_can
 
 # ------------------------------------------------------------------ the web page, in a real browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-def _on_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 @pytest.fixture(scope="module")
 def chromium() -> Path:
     """The browser; a missing one skips the test on a workstation and fails it on CI (CI=...)."""
-    missing = None
-    if not CHROMIUM.exists():
-        missing = "Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            missing = "the playwright package is not installed"
-    if missing and _on_ci():
-        pytest.fail(f"{missing}; CI is set, so the browser test may not be skipped", pytrace=False)
-    if missing:
-        pytest.skip(missing)
-    return CHROMIUM
+    browser = program("chromium", "apt-get install chromium")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing("the playwright package is not installed (pip install -e '.[dev]')")
+    return browser
 
 
 # `chromium` before `keyed_gateway`: a missing browser is reported before a stack is started for nothing.

@@ -24,6 +24,7 @@ import yaml
 from devtools.stack import REPO_ROOT, Stack, free_port, wait_for_http
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import poll, running_stack, runs_of, step_status, wait_until
+from tests.support.infra import program
 from tests.support.metrics import samples, value
 from tests.support.servers import Gate, gated_proxy, reference_server, service_urls, set_knobs
 
@@ -31,7 +32,6 @@ pytestmark = pytest.mark.e2e
 BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
 METRICS_TOKEN = "metrics-token-of-the-test"
 SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
-PROMETHEUS = Path("/usr/bin/prometheus")  # Debian's `prometheus` package
 
 
 @dataclass
@@ -255,8 +255,7 @@ def test_a_real_prometheus_scrapes_the_gateway_and_every_dashboard_query_has_ser
     """Debian's Prometheus, configured from deploy/prometheus/prometheus.yml (its bearer-token file
     included), scrapes the gateway every second; each PromQL query of the Grafana dashboard then
     answers series through Prometheus' HTTP API."""
-    if not PROMETHEUS.exists():
-        pytest.skip("Debian's prometheus package is not installed (apt-get install prometheus; .ci/run does)")
+    prometheus = program("prometheus", "apt-get install prometheus")
     config = yaml.safe_load((REPO_ROOT / "deploy/prometheus/prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     (scrape,) = config["scrape_configs"]
@@ -269,7 +268,7 @@ def test_a_real_prometheus_scrapes_the_gateway_and_every_dashboard_query_has_ser
     url = f"http://127.0.0.1:{port}"
     with open(tmp_path / "prometheus.log", "wb") as out:
         process = subprocess.Popen(
-            [str(PROMETHEUS), f"--config.file={tmp_path / 'prometheus.yml'}",
+            [str(prometheus), f"--config.file={tmp_path / 'prometheus.yml'}",
              f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip

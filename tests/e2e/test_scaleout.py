@@ -32,7 +32,7 @@ from tests.support.infra import azurite, postgres_database, redis_url
 from tests.support.metrics import samples, value
 from tests.support.receivers import Receiver, webhook_receiver
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long]  # `make test-long`: ~2 minutes of its own
 # The acceptance run: 60 requests (~110 s here on 2 cores while nothing else runs).
 REQUESTS = int(os.environ.get("SCALEOUT_REQUESTS", "60"))
 MONITOR_SECONDS = 2  # run_monitoring.poll_interval_seconds here; production: 10

@@ -1,7 +1,9 @@
-"""Real backing services for tests: Azurite (Azure Blob emulator, from npm) and PostgreSQL.
+"""Real backing services and programs for tests: Azurite (Azure Blob emulator, from npm),
+PostgreSQL, Redis, Chromium, Prometheus.
 
-A test that needs one and cannot find it fails in CI (CI=true) and is skipped elsewhere,
-with the reason.
+A test that needs one and cannot find it calls `missing`: it fails in CI (CI=true) and is
+skipped elsewhere, with the reason (the end of a local run lists the skips; tests/conftest.py).
+`.ci/run` installs or starts each of them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -28,10 +31,24 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 PG_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 
 
-def missing(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must have it: .ci/run installs it)")
+def on_ci() -> bool:
+    """CI is set to something true (CI=true, CI=1; not empty, 0, false or no)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing(reason: str) -> NoReturn:
+    """A dependency of the test is not there: fail on CI (which must have it), skip elsewhere."""
+    if on_ci():
+        pytest.fail(f"{reason} (CI must have it: .ci/run installs it)", pytrace=False)
     pytest.skip(reason)
+
+
+def program(name: str, install: str) -> Path:
+    """An executable on the PATH (Debian's `chromium`, `prometheus`), or `missing`."""
+    found = shutil.which(name)
+    if found is None:
+        missing(f"{name} is not installed ({install}; .ci/run does)")
+    return Path(found)
 
 
 def _wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes]) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from gateway.security import caller_id, client_network
-from tests.support.e2e_stack import free_port, wait_until
 from tests.support.answers import NEEDS_KEY, PIPELINE_DOWN, assert_refused, no_workflow
+from tests.support.e2e_stack import free_port, wait_until
 from tests.support.gateway_client import gateway_client
 from tests.support.infra import missing, redis_url
 
