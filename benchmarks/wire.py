@@ -20,7 +20,8 @@ to the JSON baseline's (baseline / mode: above 1 is faster).
 
 `--requests N` also materializes every asset of a request N times per mode in this process
 (`dg.materialize`, the sample photo, every model service on the reference server): a request's
-wall and CPU time with the wire as its only difference.
+wall and CPU time with the wire as its only difference. `--noisy-photo` sends a 12 MP JPEG of the
+sample with sensor-like noise instead (as a phone photo: its canvas keeps the noise).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import dagster as dg
 import httpx
 import numpy as np
@@ -105,6 +107,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=15)
     parser.add_argument("--port", type=int, default=9377)
     parser.add_argument("--requests", type=int, default=0, help="whole requests per mode (dg.materialize)")
+    parser.add_argument("--noisy-photo", action="store_true", help="a noisy 12 MP photo for --requests")
     args = parser.parse_args()
     url = f"http://127.0.0.1:{args.port}"
     process = subprocess.Popen(
@@ -123,7 +126,7 @@ def main() -> None:
         if args.calls:
             run(url, process.pid, args.calls)
         if args.requests:
-            requests(url, process.pid, args.requests)
+            requests(url, process.pid, args.requests, noisy_photo() if args.noisy_photo else SAMPLE.read_bytes())
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -162,7 +165,17 @@ def run(url: str, pid: int, rounds: int) -> None:
                 )
 
 
-def requests(url: str, pid: int, rounds: int) -> None:
+SAMPLE = REPO_ROOT / "samples" / "ring.jpg"
+
+
+def noisy_photo() -> bytes:
+    """The sample at 3000x4000 with +-4 grey levels of noise, as a JPEG (quality 92)."""
+    photo = cv2.resize(imaging.decode_image(SAMPLE.read_bytes()), (3000, 4000), interpolation=cv2.INTER_CUBIC)
+    noise = np.random.default_rng(1).integers(-4, 5, photo.shape)
+    return imaging.encode_jpeg(np.clip(photo.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+
+
+def requests(url: str, pid: int, rounds: int, photo: bytes) -> None:
     """Whole requests, every asset materialized in this process, modes alternating request by request."""
     times: dict[str, dict[str, list[float]]] = {mode: {"wall": [], "cpu": [], "server": []} for mode in MODES}
     with tempfile.TemporaryDirectory() as root, dg.instance_for_test() as instance:
@@ -175,7 +188,7 @@ def requests(url: str, pid: int, rounds: int) -> None:
                 resources = build_resources(settings)
                 rid = f"{mode}-{i}"
                 store = resources["blob_store"]
-                upload = store.put(f"requests/{rid}/upload", (REPO_ROOT / "samples" / "ring.jpg").read_bytes())
+                upload = store.put(f"requests/{rid}/upload", photo)
                 strokes = store.put(strokes_path(rid, "bench"), json.dumps([STROKE]).encode())
                 instance.add_dynamic_partitions("requests", [rid])
                 wall, cpu, server = time.perf_counter(), time.process_time(), server_cpu(pid)
@@ -193,7 +206,7 @@ def requests(url: str, pid: int, rounds: int) -> None:
                     times[mode]["wall"].append(time.perf_counter() - wall)
                     times[mode]["cpu"].append(time.process_time() - cpu)
                     times[mode]["server"].append(server_cpu(pid) - server)
-    print(f"\nwhole requests (studio sample, every service on the reference server), {rounds} per mode")
+    print(f"\nwhole requests ({len(photo)} B photo, every service on the reference server), {rounds} per mode")
     base = statistics.median(times["json"]["wall"])
     for mode, t in times.items():
         median = statistics.median(t["wall"])

@@ -29,7 +29,7 @@ import numpy as np
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
@@ -125,7 +125,7 @@ class ServerState:
 
 
 class NoFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """An endpoint's non-image fields; unknown ones are ignored, so clients can add fields."""
 
 
 class SegmentFields(NoFields):
@@ -170,7 +170,7 @@ async def read_call(
     state.count_wire(endpoint, media or "none")
     raw: dict[str, bytes | str] = {}
     if media == wire.MULTIPART:
-        form = await request.form(max_files=len(images), max_fields=1, max_part_size=64 * 1024)
+        form = await request.form(max_files=len(images) + 2, max_fields=4, max_part_size=64 * 1024)
         for name in images:
             part = form.get(name)
             if not isinstance(part, UploadFile):
