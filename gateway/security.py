@@ -81,6 +81,7 @@ class RateLimits:
         if uri.startswith(("redis://", "rediss://")):
             options = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
         self._limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri, **options))
+        self.remote = uri != "memory://"  # a network call per count: not on the event loop
         self.calls = RateLimitItemPerMinute(settings.rate_limit_per_minute)
         self.auth_failures = RateLimitItemPerMinute(settings.auth_failures_per_minute)
 
@@ -224,8 +225,12 @@ class Gatekeeper:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
         client = scope.get("client")
         state = scope["app"].state  # the lifespan's settings and limits
+        args = (state.settings, state.rate_limits, given_key(headers), client[0] if client else None)
         try:
-            caller = identify(state.settings, state.rate_limits, given_key(headers), client[0] if client else None)
+            if state.rate_limits.remote:  # Redis: a round trip (up to its 0.5 s timeout) off the loop
+                caller = await anyio.to_thread.run_sync(identify, *args)
+            else:
+                caller = identify(*args)
         except HTTPException as exc:
             await _answer(send, exc.status_code, str(exc.detail), exc.headers or {})
             return

@@ -57,15 +57,15 @@ class RetentionReport:
     check_rows_removed: int = 0
     blobs_removed: int = 0
     tombstones_expired: int = 0
-    leftovers_removed: int = 0  # claims, webhook URLs and step logs older than the cutoff
+    leftovers_removed: int = 0  # claims and webhook URLs older than the cutoff
 
 
 # Blobs that belong to no request folder, removed once older than the retention cutoff: claims
 # (gateway/claims.py: idempotency keys, webhook deliveries, continued runs; each settled within
-# minutes), webhook URLs (`webhooks/<key>.json`, with the caller's credentials; a launch that
-# failed left its own behind) and step logs (`compute-logs/`, Azure compute logs of runs that
-# were removed before retention removed them with their run).
-LEFTOVER_PREFIXES = ("claims/", "webhooks/", "compute-logs/")
+# minutes) and webhook URLs (`webhooks/<key>.json`, with the caller's credentials; a launch that
+# failed left its own behind). Step logs (`compute-logs/` in Azure) go with their run, through the
+# instance's compute log manager: listing all of them every night would not be bounded.
+LEFTOVER_PREFIXES = ("claims/", "webhooks/")
 LEFTOVERS_PER_REQUEST = 50  # a pass removes at most this many per request it may remove: bounded
 
 

@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 from devtools.stack import Stack
 from tests.support.answers import NEEDS_KEY, assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, finished
-from tests.support.e2e_stack import ALPHA, BETA, TWO_CALLERS, launched_runs, poll, running_stack
+from tests.support.e2e_stack import ALPHA, BETA, TWO_CALLERS, launched_runs, poll, running_stack, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -84,6 +84,19 @@ def test_idempotency_key_returns_the_same_workflow(client: httpx.Client, stack: 
     assert other.json()["workflowId"] != answers[0]  # keys are per caller
     too_long = client.post("/workflow/start", json=BODY, headers={**A, "Idempotency-Key": "k" * 201})
     assert_refused(too_long, 400, "Idempotency-Key: 1 to 200 printable characters")
+
+
+def test_usage_counts_the_callers_own_workflows_and_runs_in_flight(client: httpx.Client) -> None:
+    """GET /usage against the real Dagster: its count of runs in flight is Dagster's own query."""
+    before = client.get("/usage", headers=B).json()
+    workflow = client.post("/workflow/preprocess", json=BODY, headers=B).json()["workflowId"]
+    during = client.get("/usage", headers=B)
+    assert during.status_code == 200, during.text
+    assert during.json()["workflowsToday"] == before["workflowsToday"] + 1
+    assert during.json()["runsInFlightLimit"] == 2 and during.json()["runsInFlight"] >= 0
+    poll(client, workflow, finished, headers=B)
+    # Earlier tests' runs of B may still be going: they end too.
+    wait_until(lambda: client.get("/usage", headers=B).json()["runsInFlight"] == 0, "B's runs ended", timeout=300)
 
 
 def _has_inputs(operation: Any) -> bool:

@@ -18,7 +18,7 @@ from jewel_dagster.defs.retention import run_retention
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from tests.support.gateway_client import FakeDagster, gateway_with_fake_dagster, start_body, stored_blobs
 
-LEFTOVERS = ["claims/idempotency/abc.0.json", "webhooks/0123abcd.json", "compute-logs/storage/r1/compute_logs/s.err"]
+LEFTOVERS = ["claims/idempotency/abc.0.json", "claims/webhooks/run-1.0.json", "webhooks/0123abcd.json"]
 
 
 def _age(root: Path, path: str, days: float) -> None:
@@ -26,18 +26,18 @@ def _age(root: Path, path: str, days: float) -> None:
     os.utime(root / path, (when, when))
 
 
-def test_old_claims_webhook_urls_and_step_logs_go_recent_ones_stay(tmp_path: Path) -> None:
+def test_old_claims_and_webhook_urls_go_recent_ones_stay(tmp_path: Path) -> None:
     store = LocalBlobStore(root=str(tmp_path / "blobs"))
     root = tmp_path / "blobs" / store.container
     for path in LEFTOVERS:
         store.put_path(path, b"{}", "application/json")
         _age(root, path, 40)
-        store.put_path(path.replace(".json", "-new.json").replace(".err", "-new.err"), b"{}", "application/json")
+        store.put_path(path.replace(".json", "-new.json"), b"{}", "application/json")
     with dg.instance_for_test() as instance:
         report = run_retention(instance, store, 30, 100, 365, now=datetime.now(UTC))
     assert report.leftovers_removed == 3
     assert sorted(stored_blobs(tmp_path)) == sorted(
-        f"{store.container}/" + p.replace(".json", "-new.json").replace(".err", "-new.err") for p in LEFTOVERS
+        f"{store.container}/" + p.replace(".json", "-new.json") for p in LEFTOVERS
     )
 
 
