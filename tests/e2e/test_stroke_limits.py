@@ -93,7 +93,8 @@ def test_cancel_stops_a_cpu_bound_step_and_the_run_ends_canceled(tmp_path: Path)
         rid = started["workflowId"]
         poll(client, rid, lambda s: s["currentStep"] == "REFINING_MASK", timeout=180)
         cancelled_at = time.monotonic()
-        assert client.post(f"/workflow/{rid}/cancel").status_code == 200
+        # 200 once the run stopped (the kill 5 s after the cancel), 202 if it is still stopping.
+        assert client.post(f"/workflow/{rid}/cancel").status_code in (200, 202)
         final = poll(client, rid, finished, timeout=60)[-1]
         assert final["status"] == "CANCELLED", final
         deadline = time.monotonic() + 30
