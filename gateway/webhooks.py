@@ -451,7 +451,9 @@ class WebhookDispatcher:
         when stopped meanwhile; DagsterError after the last attempt."""
         for attempt in range(1, self._settings.webhook_attempts + 1):
             try:
-                state = state_of(workflow_id, run, self._runs, self._results)
+                # Its list of finished runs has no progress: a FAILED or CANCELLED body names the step.
+                placed = run if run.status == "SUCCESS" else self._runs.with_progress(run)
+                state = state_of(workflow_id, placed, self._runs, self._results)
                 return json.dumps(state.model_dump(exclude_none=True), separators=(",", ":")).encode()
             except DagsterError as exc:
                 log.warning("webhooks: cannot read the state of %s yet: %s", workflow_id, exc)

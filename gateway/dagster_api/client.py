@@ -436,6 +436,15 @@ class DagsterRuns:
         assets, steps = self._events.read(raw["runId"])
         return replace(run_info_from(raw, assets), steps=steps)
 
+    def with_progress(self, run: RunInfo) -> RunInfo:
+        """The run with its planned and materialized assets and step statuses (where it is), for a
+        run read without them (the webhook dispatcher's list of finished runs)."""
+        if run.assets is not None:
+            return run
+        events = self._storage.events if self._storage is not None else self._events
+        assets, steps = events.read(run.run_id)
+        return replace(run, assets=assets, steps=steps)
+
     def _events_after(self, run_id: str, cursor: str | None) -> tuple[list[RunEvent], str | None]:
         """The run's asset and step events after `cursor`, over GraphQL (`logsForRun` pages)."""
         events: list[RunEvent] = []

@@ -29,7 +29,7 @@ class StorageRunReader:
         self._instance.optimize_for_webserver(
             statement_timeout=statement_timeout_ms, pool_recycle=3600, max_overflow=POOL_OVERFLOW
         )
-        self._events = RunEventLog(self.events_after)
+        self.events = RunEventLog(self.events_after)  # each run's asset and step events, read once
 
     def runs_tagged(self, tags: dict[str, str], newest: bool = True, with_steps: bool = True) -> RunInfo | None:
         from dagster import RunsFilter
@@ -42,7 +42,7 @@ class StorageRunReader:
         except Exception as exc:  # the database is down or locked: as if Dagster did not answer
             raise DagsterUnavailable(f"Dagster's run storage did not answer: {type(exc).__name__}: {exc}") from exc
         # One read of the run's new asset and step events (none at all once they were all seen).
-        assets, steps = self._events.read(run.run_id) if with_steps else (None, [])
+        assets, steps = self.events.read(run.run_id) if with_steps else (None, [])
         return RunInfo(run.run_id, run.job_name, run.status.name, steps, dict(run.tags), end_time, assets)
 
     def events_after(self, run_id: str, cursor: str | None) -> tuple[list[RunEvent], str | None]:

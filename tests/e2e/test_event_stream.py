@@ -12,17 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from gateway.dagster_api.models import RunInfo, StepStat
+from gateway.dagster_api.models import RunAssets, RunInfo, StepStat
 from gateway.routes import events
 from jewel_dagster.contract import FULL_JOB
 from tests.support.gateway_client import gateway_client
 
 WORKFLOW = "jewelry-gen-00000000-0000-0000-0000-000000000001"
+PLAN = {"original_image": "original_image", "resized_image": "resize_to_canvas"}
 STUCK = RunInfo(
     "run-1",
     FULL_JOB,
     "STARTED",
-    [StepStat("prepare_canvas", "SUCCESS", 1.0), StepStat("segment_jewelry", "IN_PROGRESS", 2.0)],
+    [StepStat("original_image", "SUCCESS", 1.0), StepStat("resize_to_canvas", "IN_PROGRESS", 2.0)],
+    assets=RunAssets(PLAN, frozenset({"original_image"})),
 )
 
 
@@ -68,12 +70,12 @@ def test_keep_alives_while_nothing_changes_then_a_timeout_event(
 
 
 class MovingRuns(StuckRuns):
-    """A run whose step changes on every call (back and forth between two steps)."""
+    """A run whose step changes on every call (back and forth between two steps: a fake)."""
 
     def latest_run_cached(self, request_id: str) -> RunInfo | None:
         self.calls += 1
-        done = "SUCCESS" if self.calls % 2 else "IN_PROGRESS"
-        return RunInfo("run-1", FULL_JOB, "STARTED", [StepStat("original_image", done, 1.0)])
+        done = frozenset({"original_image"}) if self.calls % 2 else frozenset()
+        return RunInfo("run-1", FULL_JOB, "STARTED", assets=RunAssets(PLAN, done))
 
 
 def test_no_keep_alive_while_the_state_keeps_changing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

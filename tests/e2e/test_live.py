@@ -135,7 +135,7 @@ def test_one_signed_webhook_per_workflow(client: httpx.Client, stack: Stack) -> 
         # A later run's webhook arriving means the dispatcher has ticked past both runs since:
         # a duplicate would have been sent by then.
         later = _start(client, webhookUrl=receiver.url + "?n=3")
-        assert client.post(f"/workflow/{later}/cancel").status_code == 200
+        assert client.post(f"/workflow/{later}/cancel").status_code in (200, 202)  # 202: still stopping
         _wait_for_posts(receiver, 3, timeout=180)
         posts = receiver.posts()
     per_workflow = Counter(json.loads(p.body)["workflowId"] for p in posts)

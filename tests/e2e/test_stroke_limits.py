@@ -95,9 +95,11 @@ def test_cancel_of_a_step_stuck_in_c_is_escalated_to_a_kill_and_the_run_ends_can
         started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}).json()
         rid = started["workflowId"]
         poll(client, rid, lambda s: s["currentStep"] == "REFINING_MASK", timeout=180)
-        cancel = client.post(f"/workflow/{rid}/cancel")
-        cancelled_at = time.monotonic()  # the cancel answers once Dagster has interrupted the worker
-        assert cancel.json() == {"workflowId": rid, "status": "CANCELLED"}, cancel.text
+        cancelled_at = time.monotonic()
+        # 200 once the run stopped (the kill 5 s after the cancel), 202 if it is still stopping.
+        assert client.post(f"/workflow/{rid}/cancel").status_code in (200, 202)
+        final = poll(client, rid, finished, timeout=60)[-1]
+        assert final["status"] == "CANCELLED", final
         deadline = cancelled_at + CANCEL_GRACE_SECONDS + 5  # room for a loaded 2-core machine
         while True:
             (run,) = runs_of(stack.dagster_url, rid)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from gateway.cli import describe_backends
 from gateway.results import ResultReader
@@ -149,3 +150,44 @@ def test_gemini_and_metrics_come_from_the_run_that_made_the_flux_image(tmp_path:
     located["flux_generation"] = artifact_path(RID, "flux_generation", "png", "run-1")
     rerun = ResultReader(store).result_of(RID, "run-3", "jewelry_generation", lambda _: check, located.get)
     assert rerun["gemini_result_base64"] and rerun["flux_metrics"] == metrics
+
+
+def test_a_finished_runs_result_is_read_once_per_run_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GET of a COMPLETED workflow must not re-read its check, backends, paths and JPEGs each
+    time (issue 28: 17 GET/s, one materialization query per asset each): once per run id."""
+    store = LocalBlobStore(root=str(tmp_path), container="jewelry-uploads")
+    _store_generation(store, {"precision": 1.0, "recall": 1.0, "iou": 1.0, "growth_ratio": 1.0})
+    reads: list[str] = []
+    blob_reads: list[str] = []
+    get_path = LocalBlobStore.get_path
+
+    def counted_get(self: LocalBlobStore, path: str) -> bytes:
+        blob_reads.append(path)
+        return get_path(self, path)
+
+    monkeypatch.setattr(LocalBlobStore, "get_path", counted_get)
+
+    def read_check(request_id: str) -> dict[str, object]:
+        reads.append("check")
+        return {"passed": True, "status": "SUCCEEDED", "violations": "none"}
+
+    def locate(asset: str) -> str | None:
+        reads.append(f"path:{asset}")
+        return None
+
+    def read_backends(request_id: str, assets: Sequence[str]) -> dict[str, str]:
+        reads.append("backends")
+        return {}
+
+    reader = ResultReader(store)
+    answers = [
+        reader.result_of(RID, "run-1", "jewelry_generation", read_check, locate, read_backends) for _ in range(5)
+    ]
+    assert all(a == answers[0] for a in answers) and answers[0]["flux_result_base64"]
+    assert reads.count("check") == 1 and reads.count("backends") == 1, reads
+    once = len(blob_reads)
+    assert once > 0
+    reader.result_of(RID, "run-1", "jewelry_generation", read_check, locate, read_backends)
+    assert len(blob_reads) == once, "the blobs are read once"
+    reader.result_of(RID, "run-2", "jewelry_generation", read_check, locate, read_backends)  # a newer run
+    assert reads.count("check") == 2 and len(blob_reads) > once

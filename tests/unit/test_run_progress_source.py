@@ -8,10 +8,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.models import RunAssets, RunInfo
 from gateway.dagster_api.storage_reader import StorageRunReader
+from gateway.settings import GatewaySettings
 from gateway.status import position_of
-from jewel_dagster.contract import PARTITION_TAG, PARTITIONS_NAME
+from jewel_dagster.contract import FULL_JOB, PARTITION_TAG, PARTITIONS_NAME
+from tests.support.e2e_stack import free_port
 
 RID = "jewelry-gen-00000000-0000-0000-0000-0000000000e5"
 PARTS = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
@@ -97,9 +100,24 @@ def test_each_event_is_read_once(instance: dg.DagsterInstance) -> None:
             read.append(len(found[0]))
             return found
 
-        reader._events._read = counted  # type: ignore[method-assign]
+        reader.events._read = counted  # type: ignore[method-assign]
         for _ in range(3):
             reader.runs_tagged({PARTITION_TAG: RID})
         assert read == [len(events), 0, 0], read
     finally:
         reader.close()
+
+
+def test_a_finished_run_listed_without_progress_is_placed_for_its_webhook(instance: dg.DagsterInstance) -> None:
+    """The webhook dispatcher lists finished runs without their events: a FAILED or CANCELLED body
+    must still name the step the run stopped at, not the first one."""
+    result = dg.materialize(ASSETS, selection=["refined_mask"], partition_key=RID, instance=instance)
+    runs = DagsterRuns(GatewaySettings(dagster_port=free_port(), status_source="storage"))
+    try:
+        listed = RunInfo(result.run_id, FULL_JOB, "CANCELED")
+        placed = runs.with_progress(listed)
+        assert placed.assets is not None and placed.assets.materialized == {"refined_mask"}
+        assert position_of(placed).current_step == "REFINING_MASK"
+        assert position_of(listed).current_step == "UPLOADING_IMAGE"  # what it said without
+    finally:
+        runs.close()
