@@ -35,9 +35,9 @@ BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
 
 # README, "Faults and how long they last": a dead run's `gpu` slot is free at most 15 s after
 # the run ended (free_slots_after_run_end_seconds 5 s + the next monitoring poll, 5 s, on a quiet
-# machine; the daemon's loop runs late under load: 13.8 s measured at load 12-20), and a run
+# machine; the daemon's loop runs late under load: 11.1-13.8 s measured at load 12-22), and a run
 # whose code server died is FAILED at most 5 s after the code server answers again (the
-# launcher's health check at the next 5 s poll; 2.5 s measured). Our polls add up to a query.
+# launcher's health check at the next 5 s poll; 0.5-2.5 s measured). Our polls add up to a query.
 SLOT_FREED_AFTER_RUN_END = 15.0
 FAILED_AFTER_CODE_SERVER_BACK = 5.0
 QUERY_ROOM = 1.0

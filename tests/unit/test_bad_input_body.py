@@ -27,6 +27,7 @@ def test_streamed_body_over_the_limit_is_413(tmp_path: Path) -> None:
     with gateway_client(tmp_path, max_body_bytes=1024 * 1024) as client:
         response = client.post("/workflow/start", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413
+    assert "larger than 1 MB" in response.json()["detail"], response.text
 
 
 def test_not_json_is_422_naming_the_body(tmp_path: Path) -> None:

@@ -65,6 +65,7 @@ def test_refused_points_store_and_launch_nothing(tmp_path: Path, changes: dict[s
     with gateway_with_fake_dagster(tmp_path) as (client, dagster):
         response = client.post("/workflow/start", json=start_body(**changes))
     assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith(next(iter(changes))), response.text  # names the field
     assert stored_blobs(tmp_path) == []
     assert dagster.partitions_added == [] and dagster.launches == []
 

@@ -13,6 +13,7 @@ from gateway.dagster_api.errors import DagsterUnavailable
 from jewel_dagster.defs.assets import _load_strokes
 from jewel_dagster.defs.config import BRUSH_STROKES, RefineConfig
 from jewel_dagster.resources.blob_store import LocalBlobStore, strokes_path
+from tests.support.answers import PIPELINE_DOWN, assert_refused
 from tests.support.gateway_client import gateway_client, poll_until, start_body, stored_blobs
 
 LONG = {"points": [{"x": 0.2 + 0.00005 * i, "y": 0.5} for i in range(10_000)], "mode": "add", "size": 40}
@@ -70,7 +71,7 @@ def test_a_launch_that_fails_leaves_no_strokes_behind(tmp_path: Path) -> None:
     with gateway_client(tmp_path, start_in_background=False) as client:
         launches.install(client.app.state.runs)  # type: ignore[attr-defined]
         response = client.post("/workflow/start", json=start_body(brushStrokes=[LONG]))
-    assert response.status_code == 503, response.text
+    assert_refused(response, 503, PIPELINE_DOWN)
     assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
 
 
