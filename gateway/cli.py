@@ -186,7 +186,8 @@ def run(gateway: Gateway, args: argparse.Namespace) -> int:
     final = wait_for_end(gateway, workflow_id, args.timeout, show=not args.no_progress)
     if final["status"] != "COMPLETED":
         step = f" at {final['failedStep']}" if final.get("failedStep") else ""
-        print(f"{final['status']}{step}: {final.get('error', 'no reason given')}", file=sys.stderr)
+        cancelled = "the workflow was cancelled" if final["status"] == "CANCELLED" else "no reason given"
+        print(f"{final['status']}{step}: {final.get('error') or cancelled}", file=sys.stderr)
         return EXIT_FAILED
     for path in save_results(gateway, workflow_id, final["result"], args.out):
         print(path)

@@ -292,7 +292,7 @@ def test_cli_reads_its_gateway_and_key_from_the_environment_and_exits_1_when_can
         if running.poll() is None:
             running.kill()
             running.wait()
-    assert running.returncode == 1 and "CANCELLED" in rest, rest
+    assert running.returncode == 1 and "CANCELLED: the workflow was cancelled" in rest, rest
     assert not out.exists()
 
     env["JEWEL_API_KEY"] = "not-the-key"  # --api-key wins over the environment
