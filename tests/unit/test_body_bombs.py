@@ -61,6 +61,11 @@ def test_bodies_without_a_key_are_refused_unread_while_other_callers_are_answere
         with httpx.Client(base_url=url, headers={"X-API-Key": "beta-key"}, timeout=60) as other:
             for _ in range(20):  # warm: the first calls import and allocate what later ones reuse
                 assert other.get("/webhooks/secret").status_code == 200
+            baseline: list[float] = []  # the same GET with no bomb: what this machine's load costs now
+            for _ in range(100):
+                started = time.perf_counter()
+                assert other.get("/webhooks/secret").status_code == 200
+                baseline.append(time.perf_counter() - started)
             before = memory_kb(pid)
             _reset_peak_memory(pid)
             answers: list[tuple[float, bytes]] = []
@@ -78,13 +83,17 @@ def test_bodies_without_a_key_are_refused_unread_while_other_callers_are_answere
     assert len(answers) == 3 and all(b" 401 " in first.split(b"\r\n")[0] for _, first in answers), answers
     slowest = max(seconds for seconds, _ in answers)
     p99 = statistics.quantiles(latencies, n=100)[98]
+    quiet_p99 = statistics.quantiles(baseline, n=100)[98]
     print(
         f"401 after {slowest * 1000:.1f} ms (slowest of 3), +{growth_mb:.1f} MB, "
-        f"other caller's GET p99 {p99 * 1000:.1f} ms"
+        f"other caller's GET p99 {p99 * 1000:.1f} ms (without bombs {quiet_p99 * 1000:.1f} ms)"
     )
-    assert slowest < 0.1, f"401 took {slowest:.2f} s"
+    # The bounds (401 < 100 ms, p99 < 50 ms) hold on a quiet machine; on a loaded one each
+    # may also take what the same GET took there without bombs. A parse on the event loop took
+    # seconds (8 s quiet, 47 s loaded), far past either.
+    assert slowest < 0.1 + 2 * quiet_p99, f"401 took {slowest:.2f} s"
     assert growth_mb < 20, f"gateway memory grew {growth_mb:.0f} MB"
-    assert p99 < 0.05, f"another caller's GET p99 {p99 * 1000:.0f} ms"
+    assert p99 < 0.05 + 2 * quiet_p99, f"another caller's GET p99 {p99 * 1000:.0f} ms"
 
 
 def test_a_callers_nested_array_bomb_is_413_before_it_is_parsed(tmp_path: Path) -> None:
