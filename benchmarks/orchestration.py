@@ -59,7 +59,13 @@ SETUPS = {
 _RUN_TIMES = """
 query Times($tag: String!) {
   runsOrError(filter: {tags: [{key: "dagster/partition", value: $tag}]}) {
-    ... on Runs { results { creationTime startTime endTime } }
+    ... on Runs { results { runId creationTime startTime endTime } }
+  }
+}"""
+_EVENTS = """
+query Events($runId: ID!) {
+  logsForRun(runId: $runId) {
+    ... on EventConnection { events { __typename ... on MessageEvent { timestamp } } }
   }
 }"""
 PHASES = (
@@ -69,6 +75,7 @@ PHASES = (
     # the run's queue wait and its worker's start.
     "  of which answered -> run created",
     "  of which run created -> RUN_START",
+    "    of which in the queue (ENQUEUED -> STARTING)",
     "RUN_START -> end",
     "end -> GET COMPLETED",
 )
@@ -98,6 +105,15 @@ def measure(env: dict[str, str], requests: int) -> tuple[list[float], dict[str, 
                 phases["launch -> RUN_START"].append(times["startTime"] - answered_wall)
                 phases["  of which answered -> run created"].append(times["creationTime"] - answered_wall)
                 phases["  of which run created -> RUN_START"].append(times["startTime"] - times["creationTime"])
+                events = httpx.post(
+                    f"{stack.dagster_url}/graphql",
+                    json={"query": _EVENTS, "variables": {"runId": times["runId"]}},
+                    timeout=60,
+                ).json()["data"]["logsForRun"]["events"]
+                at = {e["__typename"]: int(e["timestamp"]) / 1000 for e in reversed(events) if "timestamp" in e}
+                phases["    of which in the queue (ENQUEUED -> STARTING)"].append(
+                    at["RunStartingEvent"] - at["RunEnqueuedEvent"]
+                )
                 phases["RUN_START -> end"].append(times["endTime"] - times["startTime"])
                 phases["end -> GET COMPLETED"].append(seen_wall - times["endTime"])
     return samples, phases
