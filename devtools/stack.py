@@ -9,10 +9,12 @@ use the same class, so what they test is what `make run` starts.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -351,12 +353,71 @@ def temporary_stack(root: Path, extra_env: Mapping[str, str] | None = None) -> I
     else:
         env.setdefault("ALLOW_ANONYMOUS", "true")  # loopback only, and gone with the test
     prepare_dagster_home(env)
+    if not env.get("DAGSTER_PG_URL"):
+        copy_migrated_sqlite(Path(env["DAGSTER_HOME"]))
     stack = Stack(env, dagster_port=free_port(), gateway_port=free_port(), log_dir=logs)
     try:
         stack.start()
         yield stack
     finally:
         stack.stop()
+
+
+# The SQLite files of a DAGSTER_HOME (run storage, event log index, schedules) and where a
+# migrated set is kept per Dagster version, for `copy_migrated_sqlite`.
+_SQLITE_FILES = ("history/runs.db", "history/runs/index.db", "schedules/schedules.db")
+_SQLITE_TEMPLATES = REPO_ROOT / ".data" / "dagster_home_templates"
+
+
+def copy_migrated_sqlite(home: Path) -> None:
+    """Give a new SQLite DAGSTER_HOME storages whose schemas are already created and stamped.
+
+    Each of a stack's four processes would otherwise find empty files at its start and race to
+    create ~30 tables and indexes (hundreds of small fsynced writes, ~1 CPU-s and several
+    seconds of wall time on a busy disk); tests and benchmarks start a stack each. The set is
+    made once per Dagster version, under .data, and copied: a schema is a function of the
+    Dagster version only. A home that already has its files keeps them.
+    """
+    if any((home / name).exists() for name in _SQLITE_FILES):
+        return
+    template = _SQLITE_TEMPLATES / _dagster_version()
+    if not all((template / name).exists() for name in _SQLITE_FILES):
+        _make_sqlite_template(template)
+    for name in _SQLITE_FILES:
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template / name, home / name)
+
+
+def _dagster_version() -> str:
+    from importlib.metadata import version
+
+    return version("dagster")
+
+
+def _make_sqlite_template(template: Path) -> None:
+    """Create the storages in a folder of our own, then move it in place whole (another
+    process making the same template at once loses the rename race, harmlessly)."""
+    from dagster import DagsterInstance
+
+    template.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{template.name}.", dir=template.parent))
+    try:
+        env = {"DAGSTER_HOME": str(building)}
+        prepare_dagster_home(env)
+        with DagsterInstance.from_config(str(building)) as instance:
+            instance.get_runs(limit=1)
+            instance.all_instigator_state()
+            instance.event_log_storage.get_asset_records()
+        for name in _SQLITE_FILES:
+            if not (building / name).exists():
+                raise RuntimeError(f"Dagster did not create {name}: the template would be incomplete")
+        try:
+            os.rename(building, template)
+        except OSError:
+            if not template.exists():
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
 
 
 SAMPLE_CURL = """\
@@ -424,8 +485,12 @@ def prepare_dagster_home(env: dict[str, str]) -> None:
             config["run_launcher"]["config"]["default_queue"] = env["CELERY_QUEUE"]
         slots = int(env.get("CELERY_WORKERS", "2")) * int(env.get("CELERY_CONCURRENCY", "2"))
         config["concurrency"]["runs"]["max_concurrent_runs"] = slots  # what the workers can take now
-        if env.get("RUN_MONITORING_POLL_SECONDS"):
-            config["run_monitoring"]["poll_interval_seconds"] = int(env["RUN_MONITORING_POLL_SECONDS"])
+    # Run monitoring's poll, and how long after a run's end its pool slots are freed: dagster.yaml's
+    # 5 s (10 s with Celery) unless set (tests shorten them: each fault test waits for one).
+    if env.get("RUN_MONITORING_POLL_SECONDS"):
+        config["run_monitoring"]["poll_interval_seconds"] = int(env["RUN_MONITORING_POLL_SECONDS"])
+    if env.get("FREE_SLOTS_AFTER_RUN_END_SECONDS"):
+        config["run_monitoring"]["free_slots_after_run_end_seconds"] = int(env["FREE_SLOTS_AFTER_RUN_END_SECONDS"])
     if env.get("GPU_POOL_SIZE"):
         config["concurrency"]["pools"]["default_limit"] = int(env["GPU_POOL_SIZE"])
     if env.get("MAX_CONCURRENT_RUNS") and not uses_celery(env):

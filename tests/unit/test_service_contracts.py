@@ -41,6 +41,14 @@ def server() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def instant_server() -> Iterator[str]:
+    """The reference server with trivial stand-ins: for the tests of retries, timeouts and
+    failures, where what counts is the HTTP exchange, not the pixels."""
+    with reference_server("--instant") as url:
+        yield url
+
+
 def _run(
     resources: dict[str, Any], rid: str, jewelry_mask: dict[str, Any] | None = None
 ) -> tuple[dg.ExecuteInProcessResult, BlobStore]:
@@ -107,9 +115,9 @@ def test_http_clients_match_the_local_run_pixel_for_pixel(tmp_path: Any, server:
     assert backends["jewelry_mask"].value.startswith("http:")
 
 
-def test_a_30_percent_failure_rate_still_completes_with_retries(tmp_path: Any, server: str) -> None:
-    set_knobs(server, failure_rate=0.3, seed=7)
-    result, _ = _run(_http_resources(tmp_path, server), "flaky")
+def test_a_30_percent_failure_rate_still_completes_with_retries(tmp_path: Any, instant_server: str) -> None:
+    set_knobs(instant_server, failure_rate=0.3, seed=7)
+    result, _ = _run(_http_resources(tmp_path, instant_server), "flaky")
     assert result.success
     assert sum(_retries(result).values()) >= 1, "the 503s must show up as step retries"
 
@@ -122,27 +130,27 @@ HANG_TIMEOUT = 20.0
 HANG_SECONDS = 150.0
 
 
-def test_a_hang_is_cut_by_the_timeout_and_retried(tmp_path: Any, server: str) -> None:
-    set_knobs(server, hang={"sam3/segment": 1}, hang_seconds=HANG_SECONDS)
+def test_a_hang_is_cut_by_the_timeout_and_retried(tmp_path: Any, instant_server: str) -> None:
+    set_knobs(instant_server, hang={"sam3/segment": 1}, hang_seconds=HANG_SECONDS)
     start = time.monotonic()
-    result, _ = _run(_http_resources(tmp_path, server, service_timeout_seconds=HANG_TIMEOUT), "hang")
+    result, _ = _run(_http_resources(tmp_path, instant_server, service_timeout_seconds=HANG_TIMEOUT), "hang")
     elapsed = time.monotonic() - start
     assert result.success
     assert _retries(result).get("segment_jewelry") == 1
     assert HANG_TIMEOUT <= elapsed < HANG_SECONDS, elapsed  # cut by the timeout, not by the hang ending
-    assert httpx.get(f"{server}/_stats").json()["sam3/segment"] == 3  # the hung call, its retry, the metrics
+    assert httpx.get(f"{instant_server}/_stats").json()["sam3/segment"] == 3  # the hung call, its retry, the metrics
 
 
-def test_a_permanent_400_fails_at_once_with_the_services_message(tmp_path: Any, server: str) -> None:
-    set_knobs(server, reject={"a100/generate": 400})
-    result, _ = _run(_http_resources(tmp_path, server), "reject")
+def test_a_permanent_400_fails_at_once_with_the_services_message(tmp_path: Any, instant_server: str) -> None:
+    set_knobs(instant_server, reject={"a100/generate": 400})
+    result, _ = _run(_http_resources(tmp_path, instant_server), "reject")
     assert not result.success
     assert "generate_images" not in _retries(result)
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = failure.event_specific_data.error.message
     assert failure.step_key == "generate_images"
     assert "FluxGenerator" in message and "400" in message and "rejected the request" in message
-    assert httpx.get(f"{server}/_stats").json()["a100/generate"] == 1
+    assert httpx.get(f"{instant_server}/_stats").json()["a100/generate"] == 1
 
 
 def test_metrics_need_only_sam3_mask_generation(tmp_path: Any, server: str) -> None:
@@ -159,12 +167,12 @@ def test_metrics_need_only_sam3_mask_generation(tmp_path: Any, server: str) -> N
     assert check.passed
 
 
-def test_a_metrics_failure_keeps_the_images_and_says_why(tmp_path: Any, server: str) -> None:
+def test_a_metrics_failure_keeps_the_images_and_says_why(tmp_path: Any, instant_server: str) -> None:
     """SAM3 answers 400 to the metrics call (the mask is supplied, so it is SAM3's only call):
     the run succeeds with both images; flux_metrics is not materialized (no JSON null shown as
     measured), and a failed check says why."""
-    set_knobs(server, reject={"sam3/segment": 400, "sam3/find-jewelry": 400})
-    resources = _http_resources(tmp_path, server)
+    set_knobs(instant_server, reject={"sam3/segment": 400, "sam3/find-jewelry": 400})
+    resources = _http_resources(tmp_path, instant_server)
     store: BlobStore = resources["blob_store"]
     photo = imaging.decode_image(coffee_jpeg())
     mask = np.zeros(photo.shape[:2], dtype=np.uint8)
