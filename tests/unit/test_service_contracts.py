@@ -95,8 +95,10 @@ def test_http_clients_match_the_local_run_pixel_for_pixel(tmp_path: Any, server:
         assert json.loads(a_doc) == json.loads(b_doc), name
     calls = httpx.get(f"{server}/_stats").json()
     assert calls["sam3/segment"] == 2 and calls["a100/generate"] == 1  # the mask, then the metrics
-    # With the real generators elsewhere and no key, Gemini is null, with the reason.
-    assert json.loads(remote_store.get_path(stored_path(remote_store, "parity", "gemini_generation", "json"))) is None
+    # With the real generators elsewhere and no key, Gemini made no image: not materialized, the
+    # reason on the Flux image's metadata.
+    made = {e.asset_key.path[-1]: e.materialization.metadata for e in remote.get_asset_materialization_events()}
+    assert "gemini_generation" not in made and made["flux_generation"]["gemini_reason"].value
     backends = {
         e.asset_key.path[-1]: e.materialization.metadata.get("backend")
         for e in remote.get_asset_materialization_events()
