@@ -73,7 +73,7 @@ class MovingRuns(StuckRuns):
     def latest_run_cached(self, request_id: str) -> RunInfo | None:
         self.calls += 1
         done = "SUCCESS" if self.calls % 2 else "IN_PROGRESS"
-        return RunInfo("run-1", FULL_JOB, "STARTED", [StepStat("original_image", done, 1.0)])
+        return RunInfo("run-1", FULL_JOB, "STARTED", [StepStat("prepare_canvas", done, 1.0)])
 
 
 def test_no_keep_alive_while_the_state_keeps_changing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
