@@ -95,7 +95,7 @@ def test_readable_error_drops_the_exception_class() -> None:
 
 
 def test_a_failed_run_that_dagster_will_retry_is_still_running() -> None:
-    failed = RunInfo("r", FULL_JOB, "FAILURE", [StepStat("original_image", "FAILURE", 0.0)])
+    failed = RunInfo("r", FULL_JOB, "FAILURE", [StepStat("prepare_canvas", "FAILURE", 0.0)])
     assert position_of(failed).status == "FAILED"
     retried = RunInfo("r", FULL_JOB, "FAILURE", failed.steps, {"dagster/will_retry": "true"})
     assert (position_of(retried).status, position_of(retried).current_step) == ("RUNNING", "UPLOADING_IMAGE")
@@ -116,7 +116,7 @@ def test_a_failure_is_final_only_once_dagster_decided_about_its_retry() -> None:
     ended = 1_000_000.0
 
     def failed(tags: dict[str, str]) -> RunInfo:
-        return RunInfo("r", FULL_JOB, "FAILURE", [StepStat("original_image", "FAILURE", 0.0)], tags, ended)
+        return RunInfo("r", FULL_JOB, "FAILURE", [StepStat("prepare_canvas", "FAILURE", 0.0)], tags, ended)
 
     assert position_of(failed({}), now=ended + 0.1).status == "RUNNING"  # the tag is on its way
     assert position_of(failed({}), now=ended + 10).status == "FAILED"  # no run retries configured
