@@ -210,6 +210,7 @@ def test_cli_reports_refusals_and_an_unreachable_gateway(stack: Stack, tmp_path:
 
 # ------------------------------------------------------------------ the web page, in a real browser
 
+
 @pytest.fixture(scope="module")
 def chromium() -> Path:
     """The browser; a missing one skips the test on a workstation and fails it on CI (CI=...)."""
