@@ -1,13 +1,18 @@
-"""Fixtures every test may use, and the suite's rules on skips.
+"""Fixtures every test may use, the suite's rules on skips, and the order tests run in.
 
 On CI (CI=true) a skipped test is a failed test: CI installs every dependency (.ci/run), so a
 skip there means something a test needs went missing, and the suite must say so. Elsewhere a
 test may skip (no Chromium on a laptop, say), and the end of the run lists each skip and why.
+
+Scheduling (2 xdist workers, `--dist loadfile`): a file runs whole on one worker, and the files
+of one shared stack (tests/support/shared_stacks.py) run together on one worker, one after
+another. Work goes out slowest first (SLOWEST_FIRST), not xdist's most-tests-first: a slow file
+that started last would leave one core idle at the end while it finishes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,34 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from tests.support.infra import on_ci
+from tests.support.shared_stacks import GROUP_OF_FILE, SharedStacks
+
+# Test files, slowest first (a file of a shared-stack group brings its whole group forward), from
+# `--durations` of single files (README, Layout, on the tests); what is not listed (each a few
+# seconds) runs after them, in collection order.
+SLOWEST_FIRST: tuple[str, ...] = (
+    "tests/e2e/test_security.py",  # with test_ownership and test_fuzz_sequences: one stack
+    "tests/unit/test_service_contracts.py",
+    "tests/e2e/test_gateway.py",  # with test_artifacts and test_stroke_limits: one stack
+    "tests/unit/test_regeneration.py",
+    "tests/e2e/test_process_faults.py",
+    "tests/e2e/test_running_requests.py",
+    "tests/e2e/test_live.py",
+    "tests/e2e/test_operations.py",
+    "tests/e2e/test_compose_processes.py",
+    "tests/e2e/test_make_run.py",
+    "tests/e2e/test_production.py",
+    "tests/unit/test_pipeline.py",
+    "tests/e2e/test_services.py",
+    "tests/e2e/test_faults.py",
+    "tests/e2e/test_warm_code_server.py",
+    "tests/unit/test_pool_claim_race.py",
+    "tests/unit/test_retention.py",
+    "tests/e2e/test_event_stream.py",
+    "tests/unit/test_runtime_canaries.py",
+    "tests/unit/test_pool_initialization_race.py",
+)
+_SHARED_STACKS = pytest.StashKey[SharedStacks]()
 
 
 @pytest.fixture
@@ -42,6 +75,66 @@ settings.load_profile("jewel")
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"hypothesis: failing examples kept in {HYPOTHESIS_DATABASE}"
+
+
+@pytest.fixture(scope="session")
+def shared_stacks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedStacks]:
+    """This worker's shared stack (one at a time; see tests/support/shared_stacks.py)."""
+    stacks = SharedStacks(tmp_path_factory.mktemp("shared"))
+    request.config.stash[_SHARED_STACKS] = stacks
+    yield stacks
+    stacks.close()
+
+
+def _path(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def _scope(nodeid: str) -> str:
+    """What runs whole on one worker: the shared stack's group of the test's file, else the file."""
+    return GROUP_OF_FILE.get(_path(nodeid), _path(nodeid))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slowest scopes first (SLOWEST_FIRST), each scope's tests together, else collection order;
+    and every file that uses a shared stack is one its settings name."""
+    rank: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        scope, path = _scope(item.nodeid), _path(item.nodeid)
+        if "shared_stacks" in getattr(item, "fixturenames", ()) and path not in GROUP_OF_FILE:
+            raise pytest.UsageError(f"{path} uses a shared stack: add it to its settings' files (shared_stacks.py)")
+        position = SLOWEST_FIRST.index(path) if path in SLOWEST_FIRST else len(SLOWEST_FIRST)
+        rank[scope] = min(rank.get(scope, position), position)
+        first.setdefault(scope, index)
+    order = {id(item): index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (rank[_scope(item.nodeid)], first[_scope(item.nodeid)], order[id(item)]))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """Stop the shared stack once the next test does not use its settings: an idle stack still
+    polls (daemon, sensors) and holds ~1 GB."""
+    yield
+    stacks = item.config.stash.get(_SHARED_STACKS, None)
+    running = stacks.running if stacks else None
+    if stacks and running and (nextitem is None or GROUP_OF_FILE.get(_path(nextitem.nodeid)) != running.name):
+        stacks.close()
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, with the files of a shared stack as one unit (xdist's own `loadgroup`
+    cannot be used: the group reaches its scheduler through the node id, which pytest 9 no
+    longer lets a plugin rewrite)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedStackScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid)
+
+    return SharedStackScheduling(config, log)
 
 
 def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:

@@ -16,16 +16,16 @@ from jewel_dagster.resources.blob_store import LocalBlobStore
 from jewel_dagster.vision import imaging
 from tests.support.e2e_flows import CUP, PHOTO
 from tests.support.e2e_flows import finished as _finished
-from tests.support.e2e_stack import poll, running_stack, runs_of
+from tests.support.e2e_stack import poll, runs_of
 from tests.support.photos import to_jpeg
+from tests.support.shared_stacks import DEFAULT_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("stack")) as running:
-        yield running
+def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
+    yield from shared_stack(shared_stacks, DEFAULT_STACK)
 
 
 @pytest.fixture

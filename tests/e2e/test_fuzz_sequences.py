@@ -21,7 +21,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, rule, r
 
 from devtools.stack import Stack
 from tests.support.e2e_flows import PHOTO
-from tests.support.e2e_stack import TWO_CALLERS, running_stack
+from tests.support.shared_stacks import TWO_CALLERS_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -47,10 +47,8 @@ strokes = st.lists(
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {**TWO_CALLERS, "LOCAL_BACKENDS": "instant"}
-    with running_stack(tmp_path_factory.mktemp("sequences"), env) as running:
-        yield running
+def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
+    yield from shared_stack(shared_stacks, TWO_CALLERS_STACK)
 
 
 def test_random_sequences_on_started_workflows_keep_ownership_and_never_fail(stack: Stack) -> None:

@@ -19,14 +19,14 @@ from tests.support.answers import assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, full_request_completes
 from tests.support.e2e_flows import finished as _finished
 from tests.support.e2e_stack import launched_runs, poll, running_stack, runs_of
+from tests.support.shared_stacks import DEFAULT_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("stack")) as running:
-        yield running
+def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
+    yield from shared_stack(shared_stacks, DEFAULT_STACK)
 
 
 @pytest.fixture

@@ -304,6 +304,7 @@ def test_cli_reads_its_gateway_and_key_from_the_environment_and_exits_1_when_can
 
 # ------------------------------------------------------------------ the web page, in a real browser
 
+
 @pytest.fixture(scope="module")
 def chromium() -> Path:
     """The browser; a missing one skips the test on a workstation and fails it on CI (CI=...)."""

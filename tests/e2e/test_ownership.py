@@ -10,7 +10,8 @@ import pytest
 
 from devtools.stack import Stack
 from tests.support.e2e_flows import CUP, PHOTO, finished
-from tests.support.e2e_stack import ALPHA, BETA, TWO_CALLERS, poll, running_stack
+from tests.support.e2e_stack import ALPHA, BETA, poll
+from tests.support.shared_stacks import TWO_CALLERS_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -20,10 +21,8 @@ ARTIFACTS = ("jewelry_mask.png", "canvas_transform.json")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = TWO_CALLERS
-    with running_stack(tmp_path_factory.mktemp("owners"), env) as running:
-        yield running
+def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
+    yield from shared_stack(shared_stacks, TWO_CALLERS_STACK)
 
 
 @pytest.fixture

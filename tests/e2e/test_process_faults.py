@@ -62,6 +62,9 @@ def faults(tmp_path_factory: pytest.TempPathFactory, traces: Receiver) -> Iterat
         env = {key.upper(): value for key, value in service_urls(reference).items()}
         env |= {"SAM3_URL": f"{proxy}/sam3", "GPU_POOL_SIZE": "1", "LOCAL_BACKENDS": "instant"}
         env["REGENERATION_SENSOR_ENABLED"] = "false"
+        # Run monitoring polls every second and frees a dead run's slots a second after its end
+        # (dagster.yaml: 5 s and 5 s): each fault test waits for them; the mechanism is the same.
+        env |= {"RUN_MONITORING_POLL_SECONDS": "1", "FREE_SLOTS_AFTER_RUN_END_SECONDS": "1"}
         # Tracing on (its spans are checked at the end), exported at once rather than every 5 s.
         env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": traces.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
         with running_stack(tmp_path_factory.mktemp("process-faults"), env) as stack:

@@ -20,6 +20,7 @@ from devtools.stack import Stack
 from tests.support.answers import NEEDS_KEY, assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import ALPHA, BETA, TWO_CALLERS, launched_runs, poll, running_stack, wait_until
+from tests.support.shared_stacks import TWO_CALLERS_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -36,10 +37,8 @@ FUZZ_HEALTH_CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = TWO_CALLERS
-    with running_stack(tmp_path_factory.mktemp("secure"), env) as running:
-        yield running
+def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
+    yield from shared_stack(shared_stacks, TWO_CALLERS_STACK)
 
 
 @pytest.fixture

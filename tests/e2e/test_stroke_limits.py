@@ -5,16 +5,18 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from devtools.stack import descendants
+from devtools.stack import Stack, descendants
 from jewel_dagster.runtime.warm_code_server import CANCEL_GRACE_SECONDS
 from tests.support.e2e_flows import CUP, PHOTO, finished, full_request_completes
 from tests.support.e2e_stack import poll, running_stack, runs_of
+from tests.support.shared_stacks import DEFAULT_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -48,8 +50,13 @@ def _painting_cpu_seconds(dagster_url: str, partition: str) -> float:
     return float(entries["cpu_seconds"])
 
 
-def test_stroke_bombs_are_refused_or_cheap_beside_a_normal_request(tmp_path: Path) -> None:
-    with running_stack(tmp_path) as stack, httpx.Client(base_url=stack.gateway_url, timeout=60) as client:
+@pytest.fixture(scope="module")
+def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
+    yield from shared_stack(shared_stacks, DEFAULT_STACK)
+
+
+def test_stroke_bombs_are_refused_or_cheap_beside_a_normal_request(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.gateway_url, timeout=60) as client:
         normal: dict[str, Any] = {}
         beside = threading.Thread(target=lambda: normal.update(full_request_completes(client)))
         beside.start()
