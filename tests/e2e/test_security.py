@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 from devtools.stack import Stack
 from tests.support.answers import NEEDS_KEY, assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, finished
-from tests.support.e2e_stack import ALPHA, BETA, TWO_CALLERS, launched_runs, poll, running_stack, wait_until
+from tests.support.e2e_stack import ALPHA, BETA, launched_runs, poll, wait_until
 from tests.support.shared_stacks import TWO_CALLERS_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
