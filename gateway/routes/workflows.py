@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -691,8 +692,19 @@ def cancel_workflow(
     if state != "RUNNING":
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {state}")
     if run.status != "CANCELING":  # asked before: wait for it again
+        _terminate(runs, settings, workflow_id, run.run_id, caller)
+    return _settled_cancel(runs, settings, workflow_id, run.run_id, response)
+
+
+def _terminate(runs: DagsterRuns, settings: GatewaySettings, workflow_id: str, run_id: str, caller: str) -> None:
+    """Ask Dagster to terminate the run. A run created a moment ago (NOT_STARTED, while the
+    launcher submits it) is refused by Dagster's terminate: asked again until CANCEL_WAIT_SECONDS,
+    as long as the run still runs; one that ended meanwhile is a 409."""
+    deadline = time.monotonic() + settings.cancel_wait_seconds
+    while True:
         try:
-            runs.terminate(run.run_id)
+            runs.terminate(run_id)
+            return
         except DagsterError as exc:
             runs.forget(workflow_id)
             now = position_of(owned_run(runs, workflow_id, caller)).status
@@ -700,8 +712,9 @@ def cancel_workflow(
                 raise HTTPException(
                     status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {now}"
                 ) from None
-            raise pipeline_unavailable(exc) from exc
-    return _settled_cancel(runs, settings, workflow_id, run.run_id, response)
+            if isinstance(exc, DagsterUnavailable) or time.monotonic() >= deadline:
+                raise pipeline_unavailable(exc) from exc
+            time.sleep(0.1)
 
 
 def _settled_cancel(

@@ -149,7 +149,7 @@ def test_a_request_completes_through_the_compose_services(compose_stack: dict[st
     stderr = answer["data"]["runOrError"]["capturedLogs"]["stderr"] or ""
     # The run's log lines as compose writes them (LOG_FORMAT=json: one JSON object a line).
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    assert {"step": "jewelry_mask", "event": "STEP_START"} in [
+    assert {"step": "segment_jewelry", "event": "STEP_START"} in [
         {"step": line.get("step"), "event": line.get("event")} for line in lines
     ], stderr[-2000:]
     container = ContainerClient.from_connection_string(compose_stack["azurite"], CONTAINER)

@@ -60,7 +60,7 @@ def test_keep_alives_while_nothing_changes_then_a_timeout_event(
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     frames = _frames(response.text)
     assert frames[0].startswith("retry: ")
-    assert frames[1].startswith("id: 1\nevent: progress\n") and '"currentStep":"REMOVING_BACKGROUND"' in frames[1]
+    assert frames[1].startswith("id: 1\nevent: progress\n") and '"currentStep":"RESIZING_IMAGE"' in frames[1]
     keep_alives = frames[2:-1]
     # One every 0.3 s of silence over a 2 s stream: at least 2 even when the machine is busy.
     assert len(keep_alives) >= 2 and set(keep_alives) == {": keep-alive"}, frames

@@ -171,7 +171,7 @@ def test_webhooks_owed_are_delivered_after_a_gateway_restart(client: httpx.Clien
     store = LocalBlobStore(root=stack.env["LOCAL_BLOB_ROOT"])
     with webhook_receiver(answers=[503] * 100) as receiver:
         workflow_id = _start(client, webhookUrl=receiver.url)
-        launched_runs(stack.dagster_url, workflow_id)  # launched: nothing left for this gateway to start
+        launched_runs(stack, workflow_id)  # launched: nothing left for this gateway to start
         stack.stop(("gateway",))
 
         def ended() -> list[dict[str, Any]]:
