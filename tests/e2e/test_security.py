@@ -19,13 +19,14 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 from devtools.stack import Stack
 from tests.support.answers import NEEDS_KEY, assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, finished
-from tests.support.e2e_stack import ALPHA, BETA, launched_runs, poll, wait_until
+from tests.support.e2e_stack import ALPHA, BETA, launched_runs, poll, runs_of, wait_until
 from tests.support.shared_stacks import TWO_CALLERS_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
 
 A, B = ALPHA, BETA
 BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
+ENDED = ("SUCCESS", "FAILURE", "CANCELED")  # Dagster run statuses that are final
 # Each example is an HTTP call to a real stack (slow), and schemathesis' negative cases are
 # filtered and large by design; the checks of the test's own code stay on.
 FUZZ_HEALTH_CHECKS = [
@@ -147,3 +148,36 @@ def test_fuzzing_the_openapi_schema_gives_no_server_error(stack: Stack) -> None:
     print(f"fuzz: {total} requests, statuses {dict(sorted(statuses.items()))}")
     assert total >= 500, statuses  # 50 examples per operation and mode: ~900 requests
     assert not failures, "\n\n".join(list(failures.values())[:8])
+
+
+def test_a_callers_burst_waits_behind_its_own_runs_not_in_front_of_another_caller(
+    client: httpx.Client, stack: Stack
+) -> None:
+    """Issue 29, finding 5 against the real run queue: the owner tag's per-caller limit (2) holds
+    A's third and fourth runs QUEUED while two of A's run, and B's request, started after A's
+    burst, does not wait behind it."""
+    burst = [client.post("/workflow/preprocess", json=BODY, headers=A).json()["workflowId"] for _ in range(4)]
+    for workflow in burst:
+        launched_runs(stack, workflow)
+    other = client.post("/workflow/preprocess", json=BODY, headers=B).json()["workflowId"]
+    samples: list[tuple[list[str], str]] = []
+
+    def statuses() -> tuple[list[str], str]:
+        mine = [runs_of(stack.dagster_url, workflow)[0]["status"] for workflow in burst]
+        theirs = runs_of(stack.dagster_url, other)
+        return mine, theirs[0]["status"] if theirs else "NONE"
+
+    def sample() -> bool:
+        samples.append(statuses())
+        mine, theirs = samples[-1]
+        return all(state in ENDED for state in [*mine, theirs])
+
+    wait_until(sample, "A's burst and B's request ended", timeout=240, every=0.05)
+    in_flight = [sum(state in ("STARTING", "STARTED") for state in mine) for mine, _ in samples]
+    assert max(in_flight) <= 2, samples
+    # A's third run really waited in the queue while two of A's ran...
+    assert any(count == 2 and "QUEUED" in mine for count, (mine, _) in zip(in_flight, samples, strict=True)), samples
+    # ...and B's run started while A still had a run waiting: B went past A's queue.
+    assert any(theirs in ("STARTING", "STARTED", "SUCCESS") and "QUEUED" in mine for mine, theirs in samples), samples
+    assert samples[-1] == (["SUCCESS"] * 4, "SUCCESS"), samples[-1]
+
