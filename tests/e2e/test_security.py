@@ -180,4 +180,3 @@ def test_a_callers_burst_waits_behind_its_own_runs_not_in_front_of_another_calle
     # ...and B's run started while A still had a run waiting: B went past A's queue.
     assert any(theirs in ("STARTING", "STARTED", "SUCCESS") and "QUEUED" in mine for mine, theirs in samples), samples
     assert samples[-1] == (["SUCCESS"] * 4, "SUCCESS"), samples[-1]
-
