@@ -3,6 +3,12 @@
     jewel run photo.jpg --point 0.52,0.31 [--negative 0.1,0.8] [--stroke add:40:0.5,0.5:0.52,0.51] --out results/
     jewel status jewelry-gen-...
     jewel cancel jewelry-gen-...
+    jewel verify flux.png
+
+`verify` reads a file's C2PA manifest (the provenance every generated image carries) on this
+machine, without the gateway: the summary first ("Made with AI", generator, workflow, signer),
+then the manifest; exit 0 when it holds, 1 when the file was changed after signing, 2 when the
+file has no manifest or is not an image.
 
 `run` prints the files it wrote on stdout, and on stderr which backend made each part (a model
 service, or a local stand-in: `result.backends`). Talks HTTP only (httpx), so it runs anywhere
@@ -79,6 +85,8 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("workflow_id")
     cancel = commands.add_parser("cancel", help="stop a running workflow")
     cancel.add_argument("workflow_id")
+    verify = commands.add_parser("verify", help="print an image's C2PA manifest and whether it holds")
+    verify.add_argument("file", type=Path)
     return p
 
 
@@ -238,11 +246,35 @@ def cancel(gateway: Gateway, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def verify(gateway: Gateway, args: argparse.Namespace) -> int:
+    """The file's manifest, read here with the C2PA library (the gateway is not asked)."""
+    import c2pa  # only this command needs the native library: the others start without it
+
+    from jewel_dagster.provenance.reader import read_manifest
+
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror}", EXIT_REFUSED) from None
+    try:
+        report = read_manifest(data)
+    except c2pa.C2paError as exc:
+        raise CliError(f"{args.file} is not an image the C2PA library reads: {exc}", EXIT_REFUSED) from None
+    if report is None:
+        raise CliError(f"{args.file} carries no C2PA manifest", EXIT_REFUSED)
+    print(json.dumps({"file": str(args.file), **report.summary(), "manifest": report.manifest}, indent=2))
+    if not report.valid:
+        why = ", ".join(report.failures) or report.state
+        print(f"jewel: {args.file} does not match its manifest: {why}", file=sys.stderr)
+    return EXIT_OK if report.valid else EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     gateway = Gateway(args.gateway, args.api_key)
     try:
-        return {"run": run, "status": status, "cancel": cancel}[args.command](gateway, args)
+        commands = {"run": run, "status": status, "cancel": cancel, "verify": verify}
+        return commands[args.command](gateway, args)
     except CliError as exc:
         print(f"jewel: {exc}", file=sys.stderr)
         return exc.code

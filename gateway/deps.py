@@ -13,6 +13,7 @@ from gateway.results import ResultReader
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings
 from gateway.starts import StartLauncher
+from jewel_dagster.provenance.signer import ProvenanceMode
 from jewel_dagster.resources.blob_store import BlobStore
 
 
@@ -36,6 +37,10 @@ def _probe(request: Request) -> ServiceProbe:
     return request.app.state.probe
 
 
+def _provenance(request: Request) -> ProvenanceMode:
+    return request.app.state.provenance
+
+
 def _launcher(request: Request) -> StartLauncher:
     return request.app.state.launcher
 
@@ -53,6 +58,7 @@ RunsDep = Annotated[DagsterRuns, Depends(_runs)]
 StoreDep = Annotated[BlobStore, Depends(_store)]
 ResultsDep = Annotated[ResultReader, Depends(_results)]
 ProbeDep = Annotated[ServiceProbe, Depends(_probe)]
+ProvenanceDep = Annotated[ProvenanceMode, Depends(_provenance)]
 LauncherDep = Annotated[StartLauncher, Depends(_launcher)]
 EventStreamsDep = Annotated[EventStreams, Depends(_event_streams)]
 QuotasDep = Annotated[Quotas, Depends(_quotas)]

@@ -20,6 +20,7 @@ from gateway.observability.dagster_figures import DagsterFigures
 from gateway.observability.logs import configure_logging
 from gateway.observability.middleware import ObservabilityMiddleware
 from gateway.observability.registry import GatewayMetrics
+from gateway.provenance import provenance_mode
 from gateway.quotas import Quotas
 from gateway.results import ResultReader
 from gateway.routes import artifacts, events, health, metrics, page, usage, webhooks, workflows
@@ -66,6 +67,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.runs = DagsterRuns(resolved)
         app.state.results = ResultReader(app.state.store, timedelta(minutes=resolved.result_url_minutes))
         app.state.probe = ServiceProbe(resolved)
+        app.state.provenance = provenance_mode(resolved)
         app.state.rate_limits = RateLimits(resolved)
         app.state.quotas = Quotas(resolved, app.state.rate_limits)
         app.state.event_streams = EventStreams(

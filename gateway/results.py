@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
-import re
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
+import c2pa
+
 from jewel_dagster.contract import CHECK_NAME, PREPROCESS_JOB, AssetName
+from jewel_dagster.provenance.reader import read_manifest
+from jewel_dagster.public_names import hide_addresses, public_backend
 from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore, artifact_path, jpeg_rendition_path
 from jewel_dagster.vision import imaging
+
+_log = logging.getLogger(__name__)
 
 # asset name -> blob path of the request's newest materialization of it (None: none recorded)
 Locate = Callable[[str], str | None]
@@ -74,31 +80,6 @@ class _Paths:
             if self._store.exists_path(path):
                 return path if ext == extension else None  # a JSON null stored by earlier versions
         return None
-
-
-_ADDRESS = re.compile(
-    r"\b[a-z][a-z0-9+.-]*://[^\s)'\"]+"  # a URL: http://10.0.0.7:9000/sam3
-    r"|\[[0-9a-f:.%]+\](?::\d{1,5})?"  # a bracketed IPv6 address: [fd00::7]:6379
-    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?\b"  # an IPv4 address: 10.0.0.7, 10.0.0.7:5432
-    r"|\b[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)*:\d{1,5}\b",  # host:port: code-server:4000, redis.internal:6379
-    re.IGNORECASE,
-)
-# A Celery worker's name (`celery@<host>`) names the machine it runs on.
-_WORKER = re.compile(r"\b[\w.-]+@[a-z0-9][\w.-]*", re.IGNORECASE)
-
-
-def hide_addresses(message: str) -> str:
-    """Addresses in a message are internal: a service's URL, host:port, an IP address, a Celery
-    worker's name. The caller sees `[internal address]` / `[worker]`; the log keeps the original."""
-    return _ADDRESS.sub("[internal address]", _WORKER.sub("[worker]", message))
-
-
-def public_backend(name: str) -> str:
-    """A backend's name fit for the caller: `http:<url>` (a model service) reads `http`, since
-    the address is internal; local stand-ins and Gemini's model name read as they are."""
-    if name.startswith("http:"):
-        return "http"
-    return hide_addresses(name)
 
 
 class ResultReader:
@@ -166,18 +147,18 @@ class ResultReader:
         path = paths.find(name, "png")
         return self._store.uri_for(path) if path else None
 
-    def _jpeg_base64(self, path: str | None) -> str | None:
+    def _jpeg(self, path: str | None) -> bytes | None:
         if path is None:
             return None
-        try:  # stored by the step that made the image: no decode and re-encode here
-            return base64.b64encode(self._store.get_path(jpeg_rendition_path(path))).decode("ascii")
+        try:  # stored (and signed) by the step that made the image: no decode and re-encode here
+            return self._store.get_path(jpeg_rendition_path(path))
         except BlobNotFoundError:
-            pass  # stored before renditions existed: made here, as it always was
+            pass  # stored before renditions existed: made here, as it always was (unsigned)
         try:
             png = self._store.get_path(path)
         except BlobNotFoundError:
             return None  # e.g. Gemini absent: stored as JSON null
-        return base64.b64encode(imaging.encode_jpeg(imaging.decode_png(png))).decode("ascii")
+        return imaging.encode_jpeg(imaging.decode_png(png))
 
     def _json(self, path: str | None) -> Any:
         if path is None:
@@ -197,11 +178,29 @@ class ResultReader:
         flux = paths.find(AssetName.FLUX_GENERATION, "png")
         gemini = paths.find_beside(flux, AssetName.GEMINI_GENERATION, "png")
         generated = {key: path for key, path in (("flux_result", flux), ("gemini_result", gemini)) if path}
+        jpegs = {"flux_result": self._jpeg(flux), "gemini_result": self._jpeg(gemini)}
         result = {
-            "flux_result_base64": self._jpeg_base64(flux),
-            "gemini_result_base64": self._jpeg_base64(gemini),
+            "flux_result_base64": _base64(jpegs["flux_result"]),
+            "gemini_result_base64": _base64(jpegs["gemini_result"]),
+            # Not in the reference: what each image's C2PA manifest says (the page's "Made with AI").
+            "provenance": {key: provenance_summary(data) for key, data in jpegs.items() if data is not None},
             "flux_metrics": self._json(paths.find_beside(flux, AssetName.FLUX_METRICS, "json")),
             **uris,
             "finalMaskUri": self._uri(paths, AssetName.FINAL_MASK),
         }
         return result, generated
+
+
+def _base64(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode("ascii") if data is not None else None
+
+
+def provenance_summary(jpeg: bytes) -> dict[str, Any] | None:
+    """What the image's manifest says, read from the bytes the caller gets (~5 ms a JPEG, once a
+    run: results are cached): None when it carries none (C2PA=off, or made before signing)."""
+    try:
+        report = read_manifest(jpeg, "image/jpeg")
+    except c2pa.C2paError as exc:
+        _log.warning("the result's C2PA manifest cannot be read: %s", exc)
+        return None
+    return report.summary() if report else None

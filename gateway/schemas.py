@@ -74,6 +74,10 @@ class HealthResponse(BaseModel):
     dagster: Literal["connected", "disconnected"]
     temporal: Literal["connected", "disconnected"] = Field(description="Alias of `dagster` for the old frontend.")
     services: dict[str, ServiceState]
+    provenance: Literal["configured certificate", "test certificate", "off"] = Field(
+        description="How generated images are signed (C2PA): a configured certificate, the test certificate "
+        "made at first start (verifiable, trusted by no one), or off (C2PA=off)."
+    )
 
 
 class ErrorBody(BaseModel):

@@ -9,9 +9,10 @@ import logging
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.models import RunInfo
-from gateway.results import ResultReader, hide_addresses
+from gateway.results import ResultReader
 from gateway.schemas import WorkflowState
 from gateway.status import position_of, seed_step_of_failure
+from jewel_dagster.public_names import hide_addresses
 
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 log = logging.getLogger("gateway.workflow_state")

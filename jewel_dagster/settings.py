@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -107,6 +108,22 @@ class PipelineSettings(BaseSettings):
     gemini_api_key: SecretStr | None = Field(default=None, description="Enables Gemini through google-genai.")
     gemini_model: str = "gemini-2.5-flash-image"
     gemini_base_url: str | None = Field(default=None, description="Override the Gemini API endpoint.")
+
+    # Provenance of generated images (jewel_dagster/provenance): a signed C2PA manifest in each.
+    c2pa: Literal["on", "off"] = Field(default="on", description="off: generated images carry no manifest.")
+    c2pa_signing_cert: str | None = Field(
+        default=None, description="PEM certificate chain (signing certificate first), or a path to one."
+    )
+    c2pa_signing_key: SecretStr | None = Field(default=None, description="PEM EC P-256 private key, or a path.")
+    c2pa_test_folder: str | None = Field(
+        default=None,
+        description="Where the test certificate is made when none is configured; unset: `c2pa` beside the blob folder.",
+    )
+
+    @property
+    def c2pa_test_path(self) -> Path:
+        """The data folder's place for the test identity (never committed: under `.data`)."""
+        return Path(self.c2pa_test_folder) if self.c2pa_test_folder else Path(self.local_blob_root).parent / "c2pa"
 
     @property
     def gemini_backend(self) -> Literal["google", "no-key", "local", "off"]:

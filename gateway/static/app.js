@@ -376,6 +376,8 @@ async function showResults(final) {
   $("original-backends").textContent = backendList(backends, PREPARED_BY);
   $("flux-backend").textContent = backends.flux || "not recorded";
   $("gemini-backend").textContent = backends.gemini || "not recorded";
+  showProvenance("flux-ai-label", (r.provenance || {}).flux_result);
+  showProvenance("gemini-ai-label", gemini ? (r.provenance || {}).gemini_result : null);
   const check = (r.checks || {}).fidelity;
   $("fidelity-verdict").textContent = check ? (check.passed ? "· passed" : `· failed: ${check.violations || ""}`) : "";
   $("fidelity-verdict").className = check ? (check.passed ? "pass" : "fail") : "";
@@ -386,6 +388,17 @@ async function showResults(final) {
   $("metrics-download").href = blobUrl(new Blob([JSON.stringify(metrics, null, 2)], { type: "application/json" }));
   $("results").hidden = false;
   $("results").scrollIntoView({ behavior: "smooth" });
+}
+
+// result.provenance: what each image's C2PA manifest says, read by the gateway from the very JPEG
+// shown here. The label shows only for a manifest that validates and says "made by a trained model".
+function showProvenance(id, manifest) {
+  const label = $(id);
+  label.hidden = !(manifest && manifest.label);
+  label.textContent = manifest && manifest.label ? manifest.label : "";
+  label.title = manifest && manifest.label
+    ? `C2PA manifest: ${manifest.generator} (${manifest.backend}), ${manifest.createdAt}, signed by ${manifest.signedBy}`
+    : "";
 }
 
 // result.backends names which implementation made each part: a model service ("http"), Gemini's

@@ -15,7 +15,9 @@ model calls (and the blob writes of what those calls return):
 - `prepare_canvas` (CPU): original_image, resized_image + canvas_transform, zoom_check
 - `segment_jewelry` (gpu): background_removed_image, jewelry_mask
 - `refine_mask` (CPU; gpu when the A100 refines): refined_mask, final_mask
-- `generate_images` (gpu): flux_generation, gemini_generation, flux_metrics and its check
+- `generate_images` (gpu): flux_generation, gemini_generation, flux_metrics and its check; the two
+  images are encoded and signed here (C2PA manifest, jewel_dagster/provenance), so every copy of
+  them (blob, signed URL, the API's base64) carries the same signed bytes
 
 A run that was cancelled stops before its next model call or output (`defs/cancellation.py`).
 """
@@ -25,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import dagster as dg
@@ -51,10 +54,13 @@ from jewel_dagster.defs.config import (
     SegmentJewelryConfig,
 )
 from jewel_dagster.defs.step_values import StepValues
+from jewel_dagster.provenance.manifest import GenerationFacts, sha256_hex, sniff_mime
+from jewel_dagster.public_names import public_backend
 from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
 from jewel_dagster.resources.fidelity import FidelityThresholds
 from jewel_dagster.resources.http_services import TransientServiceError
-from jewel_dagster.resources.io_manager import BlobIOManager, upstream_materialization
+from jewel_dagster.resources.io_manager import BlobIOManager, EncodedImage, upstream_materialization
+from jewel_dagster.resources.provenance import ImageProvenance
 from jewel_dagster.resources.services import (
     BackgroundRemover,
     Generation,
@@ -83,6 +89,10 @@ SPECK_AREA = 64  # mask components smaller than this (canvas pixels) are noise, 
 CANVAS_POINTS = "canvas_points"  # jewelry_mask metadata: the request's clicks in canvas pixels
 # flux_generation metadata when Gemini made no image: gemini_generation is then not materialized.
 GEMINI_REASON = "gemini_reason"
+# original_image metadata: the uploaded photo's SHA-256 and type, named as the generated images'
+# C2PA ingredient (by hash: the photo itself never goes into their manifests).
+SOURCE_SHA256 = "source_sha256"
+SOURCE_FORMAT = "source_format"
 CANCEL_POLL_SECONDS = 0.25  # how often a step waiting on Flux and Gemini looks for a cancel
 
 T = TypeVar("T")
@@ -213,7 +223,8 @@ def prepare_canvas(
             image, seconds = _timed(lambda: imaging.decode_image(data))
         except ImageDecodeError as exc:
             raise _permanent(f"the uploaded file is not a usable image: {exc}") from exc
-        yield from step.emit(A.ORIGINAL_IMAGE, image, {**_image_metadata(image, seconds), "source_uri": uri})
+        source = {"source_uri": uri, SOURCE_SHA256: sha256_hex(data), SOURCE_FORMAT: sniff_mime(data)}
+        yield from step.emit(A.ORIGINAL_IMAGE, image, {**_image_metadata(image, seconds), **source})
     if step.makes(A.RESIZED_IMAGE, A.CANVAS_TRANSFORM):
         original = step.get(A.ORIGINAL_IMAGE)
         stop_if_cancelled(context, "resizing to the canvas")
@@ -439,12 +450,15 @@ def generate_images(
     gemini_generator: ImageGenerator,
     segmenter: Segmenter,
     fidelity: FidelityThresholds,
+    provenance: ImageProvenance,
+    blob_store: BlobStore,
 ) -> Iterator[dg.Output[Any] | dg.AssetCheckResult]:
     """Flux and Gemini at the same time (the request waits for the slower, not the sum), then the
     fidelity of the Flux image."""
     step = StepValues(context, io_manager)
     if step.makes(A.FLUX_GENERATION, A.GEMINI_GENERATION):
-        yield from _generations(context, config, step, flux_generator, gemini_generator)
+        signed = _Signing(context, io_manager, provenance, blob_store)
+        yield from _generations(context, config, step, flux_generator, gemini_generator, signed)
     if step.makes(A.FLUX_METRICS) or step.check_selected(CHECK_NAME):
         yield from _flux_metrics(context, step, segmenter, fidelity)
 
@@ -455,6 +469,7 @@ def _generations(
     step: StepValues,
     flux_generator: ImageGenerator,
     gemini_generator: ImageGenerator,
+    signed: "_Signing",
 ) -> Iterator[dg.Output[Any]]:
     image, mask = step.get(A.BACKGROUND_REMOVED_IMAGE), step.get(A.FINAL_MASK)
     wanted = [
@@ -492,11 +507,71 @@ def _generations(
         if flux.image is None:
             raise _permanent(f"Flux returned no image: {flux.reason}")
         meta = {**_image_metadata(flux.image, seconds, flux.model), **gemini_note}
-        yield from step.emit(A.FLUX_GENERATION, flux.image, meta)
+        yield from step.emit(A.FLUX_GENERATION, signed.encode("flux", flux.model, flux.image), meta)
+        step.keep(A.FLUX_GENERATION, flux.image)  # the metrics below read the pixels
     if A.GEMINI_GENERATION in results and not gemini_note:
         gemini, seconds = results[A.GEMINI_GENERATION]
         assert gemini.image is not None
-        yield from step.emit(A.GEMINI_GENERATION, gemini.image, _image_metadata(gemini.image, seconds, gemini.model))
+        encoded = signed.encode("gemini", gemini.model, gemini.image)
+        yield from step.emit(A.GEMINI_GENERATION, encoded, _image_metadata(gemini.image, seconds, gemini.model))
+        step.keep(A.GEMINI_GENERATION, gemini.image)
+
+
+class _Signing:
+    """Encodes a generated image (its stored PNG and the JPEG the API answers) and signs both
+    with the request's facts: the generator, the workflow, the time, the input photo's hash."""
+
+    def __init__(
+        self,
+        context: dg.AssetExecutionContext,
+        io_manager: BlobIOManager,
+        provenance: ImageProvenance,
+        blob_store: BlobStore,
+    ) -> None:
+        self._context, self._io, self._provenance, self._store = context, io_manager, provenance, blob_store
+        self._input: tuple[str | None, str] | None = None
+
+    def _input_photo(self) -> tuple[str | None, str]:
+        """The photo's SHA-256 and type from original_image's metadata (or its blob, for one
+        materialized before they were recorded); (None, ...) when neither can be read."""
+        if self._input is None:
+            context = self._context
+            record = upstream_materialization(context.instance, context.run, A.ORIGINAL_IMAGE, context.partition_key)
+            meta = record.metadata if record else {}
+
+            def text(key: str) -> str | None:
+                entry = meta.get(key)
+                return entry.text if isinstance(entry, dg.TextMetadataValue) else None
+
+            digest, fmt, uri = text(SOURCE_SHA256), text(SOURCE_FORMAT), text("source_uri")
+            if digest and fmt:
+                self._input = (digest, fmt)
+            else:
+                try:
+                    data = self._store.get(uri) if uri else None
+                except BlobStoreError as exc:
+                    context.log.warning(f"the input photo cannot be named in the manifest: {exc}")
+                    data = None
+                self._input = (sha256_hex(data), sniff_mime(data)) if data else (None, "application/octet-stream")
+        return self._input
+
+    def encode(self, generator: str, backend: str, image: np.ndarray) -> EncodedImage:
+        png = imaging.encode_stored_png(image, self._io.png_filter)
+        jpeg = imaging.encode_jpeg(image)
+        if not self._provenance.enabled:
+            return EncodedImage(image, png, jpeg)
+        digest, fmt = self._input_photo()
+        facts = GenerationFacts(
+            generator=generator,
+            backend=public_backend(backend),
+            workflow_id=self._context.partition_key,
+            created_at=datetime.now(UTC),
+            input_sha256=digest,
+            input_format=fmt,
+        )
+        return EncodedImage(
+            image, self._provenance.sign(png, "image/png", facts), self._provenance.sign(jpeg, "image/jpeg", facts)
+        )
 
 
 def _flux_metrics(

@@ -18,9 +18,14 @@ Within one run's process the IO manager also keeps the arrays it stored lately (
 `reuse_megabytes`): a step loading what an earlier step of the same process stored gets the
 array back without decoding the PNG. The generated images are also stored as the JPEG the
 gateway hands out (`contract.JPEG_RENDITION_ASSETS`). `png_filter` picks the PNG row filter (`imaging.encode_png`).
+
+A generated image arrives already encoded (`EncodedImage`: the step signed its PNG and JPEG,
+jewel_dagster/provenance) and is stored byte for byte, so the blob, its signed URL and the API's
+base64 all carry the signed bytes.
 """
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -105,6 +110,15 @@ def latest_path(instance: dg.DagsterInstance, name: str, request_id: str) -> str
     return recorded_path(newest_materialization(instance, name, request_id))
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image with the exact bytes to store: its PNG and the JPEG rendition the API hands out."""
+
+    array: np.ndarray
+    png: bytes
+    jpeg: bytes
+
+
 class BlobIOManager(dg.ConfigurableIOManager):
     blob_store: dg.ResourceDependency[BlobStore]
     png_filter: imaging.PngFilter = Field(
@@ -123,7 +137,11 @@ class BlobIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         name = context.asset_key.path[-1]
         request_id = context.asset_partition_key
-        if isinstance(obj, np.ndarray):
+        jpeg: bytes | None = None
+        if isinstance(obj, EncodedImage):
+            extension, data, content_type, jpeg = "png", obj.png, "image/png", obj.jpeg
+            obj = obj.array
+        elif isinstance(obj, np.ndarray):
             extension, data, content_type = "png", imaging.encode_stored_png(obj, self.png_filter), "image/png"
         else:
             extension = "json"
@@ -131,7 +149,8 @@ class BlobIOManager(dg.ConfigurableIOManager):
         path = artifact_path(request_id, name, extension, context.run_id)
         uri = self.blob_store.put(path, data, content_type)
         if extension == "png" and name in JPEG_RENDITION_ASSETS and obj.ndim == 3:
-            self.blob_store.put(jpeg_rendition_path(path), imaging.encode_jpeg(obj), "image/jpeg")
+            jpeg = jpeg if jpeg is not None else imaging.encode_jpeg(obj)
+            self.blob_store.put(jpeg_rendition_path(path), jpeg, "image/jpeg")
         recent = self._recent_arrays()
         if recent is not None and isinstance(obj, np.ndarray):
             recent.put(path, obj)  # only once the blob is stored

@@ -32,6 +32,7 @@ from jewel_dagster.resources.local_services import (
     LocalSegmenter,
     LocalStudioGenerator,
 )
+from jewel_dagster.resources.provenance import ImageProvenance
 from jewel_dagster.resources.services import ImageGenerator
 from jewel_dagster.settings import PipelineSettings
 
@@ -76,6 +77,17 @@ def _gemini(settings: PipelineSettings) -> ImageGenerator:
     return DisabledGenerator(reason="Gemini is not configured (LOCAL_GEMINI_ENABLED=false)")
 
 
+def _provenance(settings: PipelineSettings) -> ImageProvenance:
+    # EnvVar keeps the key out of Dagster's stored definitions (the chain is public).
+    key = dg.EnvVar("C2PA_SIGNING_KEY") if settings.c2pa_signing_key is not None else None
+    return ImageProvenance(
+        enabled=settings.c2pa == "on",
+        signing_cert=settings.c2pa_signing_cert,
+        signing_key=key,
+        test_folder=str(settings.c2pa_test_path),
+    )
+
+
 def build_resources(settings: PipelineSettings) -> dict[str, Any]:
     blob_store = build_blob_store(settings)
     # Every HTTP model client: its timeout and how images travel (docs/service-contracts.md).
@@ -117,6 +129,7 @@ def build_resources(settings: PipelineSettings) -> dict[str, Any]:
             )
         ),
         "gemini_generator": _gemini(settings),
+        "provenance": _provenance(settings),
         "fidelity": FidelityThresholds(
             min_iou=settings.check_min_iou,
             min_precision=settings.check_min_precision,

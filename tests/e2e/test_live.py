@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -20,11 +22,13 @@ from standardwebhooks import Webhook
 from devtools.stack import REPO_ROOT, Stack
 from gateway.webhooks import record_path
 from jewel_dagster.contract import STEP_PROGRESS
-from jewel_dagster.resources.blob_store import LocalBlobStore
+from jewel_dagster.provenance.reader import read_manifest
+from jewel_dagster.resources.blob_store import LocalBlobStore, jpeg_rendition_path
 from tests.support.answers import assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import free_port, launched_runs, poll, running_stack, runs_of, wait_until
 from tests.support.infra import missing, program
+from tests.support.provenance import edit_a_pixel
 from tests.support.receivers import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.e2e
@@ -214,6 +218,39 @@ def test_artifacts_are_served_and_unknown_names_refused(client: httpx.Client) ->
     assert_refused(outside, 404, no_workflow("..\\..\\secret"))
 
 
+def test_generated_images_carry_a_signed_manifest(client: httpx.Client, stack: Stack) -> None:
+    """Issue 33 (EU AI Act Art. 50): the API's base64, the stored blobs and the artifact the
+    gateway serves are the same signed bytes, each with a manifest the C2PA library validates;
+    an edited pixel breaks it."""
+    assert client.get("/health").json()["provenance"] == "test certificate"  # no key configured
+    workflow_id = _start(client)
+    final = poll(client, workflow_id, finished)[-1]
+    assert final["status"] == "COMPLETED", final
+    result = final["result"]
+    (run,) = runs_of(stack.dagster_url, workflow_id)
+    store = LocalBlobStore(root=stack.env["LOCAL_BLOB_ROOT"], container="jewelry-uploads")
+    images = (("flux_result", "flux", "flux_generation"), ("gemini_result", "gemini", "gemini_generation"))
+    for key, generator, artifact in images:
+        answered = base64.b64decode(result[f"{key}_base64"])
+        png_path = f"requests/{workflow_id}/{run['runId']}/{artifact}.png"
+        stored_png, stored_jpeg = store.get_path(png_path), store.get_path(jpeg_rendition_path(png_path))
+        assert answered == stored_jpeg  # the API hands out the stored, signed JPEG
+        served = client.get(f"/workflow/{workflow_id}/artifacts/{artifact}.png")
+        assert served.status_code == 200 and served.content == stored_png
+        for data in (answered, stored_png):
+            report = read_manifest(data)
+            assert report is not None and report.valid, report and report.store.get("validation_status")
+            assert report.made_with_ai
+            facts = report.generation()
+            assert facts["workflowId"] == workflow_id and facts["generator"] == generator
+            assert facts["backend"] == result["backends"][generator]  # the `backends` value
+            assert facts["inputSha256"] == hashlib.sha256(base64.b64decode(PHOTO)).hexdigest()
+        assert result["provenance"][key]["label"] == "Made with AI"
+        for data, mime in ((answered, "image/jpeg"), (stored_png, "image/png")):
+            edited = read_manifest(edit_a_pixel(data, mime))
+            assert edited is not None and not edited.valid and "assertion.dataHash.mismatch" in edited.failures
+
+
 # ------------------------------------------------------------------ the CLI
 
 
@@ -317,9 +354,7 @@ def chromium() -> Path:
 
 
 # `chromium` before `keyed_gateway`: a missing browser is reported before a stack is started for nothing.
-def test_the_page_takes_a_photo_and_clicks_to_results(
-    chromium: Path, keyed_gateway: str, tmp_path: Path
-) -> None:
+def test_the_page_takes_a_photo_and_clicks_to_results(chromium: Path, keyed_gateway: str, tmp_path: Path) -> None:
     """Load the page from a gateway with API keys (README: "type one in the page's header, kept
     in the browser's localStorage"): refused without the key, the key kept across a reload; then
     upload a photo, click the ring, see the mask, paint, generate, see results."""
@@ -375,6 +410,10 @@ def test_the_page_takes_a_photo_and_clicks_to_results(
             assert page.locator("#metrics tr").count() >= 3
             assert page.locator("#flux-backend").inner_text() == "local-studio-sweep"
             assert page.locator("#gemini-backend").inner_text() == "local-studio-radial"
+            # Read from each image's C2PA manifest by the gateway (issue 33): signed, so labelled.
+            assert page.locator("#flux-ai-label").inner_text() == "Made with AI"
+            assert page.locator("#gemini-ai-label").inner_text() == "Made with AI"
+            assert "signed by jewel-dagster test certificate" in page.get_attribute("#flux-ai-label", "title")
             assert page.locator("#original-backends").inner_text().endswith("maskRefiner local-brush")
             assert page.get_attribute("#flux-download", "href", timeout=5_000).startswith("blob:")
             page.screenshot(path=str(tmp_path / "2-results.png"), full_page=True)

@@ -8,6 +8,7 @@ local folder fails here.
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from azure.storage.blob import ContainerClient
 from PIL import Image
 
+from jewel_dagster.provenance.reader import read_manifest
 from tests.support.e2e_flows import full_request_completes
 from tests.support.e2e_stack import running_stack, runs_of
 from tests.support.infra import azurite, postgres_database
@@ -36,6 +38,11 @@ def test_postgres_and_azurite_survive_a_restart(tmp_path: Path) -> None:
                 flux = httpx.get(result["flux_result_url"], timeout=10)
                 assert flux.status_code == 200
                 assert Image.open(io.BytesIO(flux.content)).size == (2000, 2667)
+                # Issue 33: the signed URL serves the signed PNG; the base64 is the signed JPEG.
+                for data in (flux.content, base64.b64decode(result["flux_result_base64"])):
+                    report = read_manifest(data)
+                    assert report is not None and report.valid and report.made_with_ai
+                    assert report.generation()["workflowId"] == final["workflowId"]
             assert not Path(stack.env["LOCAL_BLOB_ROOT"]).exists(), "nothing may go to the local folder"
             (run,) = runs_of(stack.dagster_url, final["workflowId"])
             with psycopg2.connect(pg_url, connect_timeout=5) as conn, conn.cursor() as cur:
@@ -46,6 +53,8 @@ def test_postgres_and_azurite_survive_a_restart(tmp_path: Path) -> None:
             run_folder = f"requests/{final['workflowId']}/{run['runId']}"
             for artifact in ("flux_generation.png", "gemini_generation.png", "jewelry_mask.png"):
                 assert f"{run_folder}/{artifact}" in names, sorted(names)
+            stored = container.download_blob(f"{run_folder}/flux_generation.png").readall()
+            assert stored == flux.content  # the blob, its signed URL: the same signed bytes
 
             stack.stop()  # webserver, daemon and gateway all go away ...
             stack.start()  # ... and come back on the same storage

@@ -8,8 +8,8 @@ import pytest
 
 from gateway.dagster_api.errors import DagsterUnavailable
 from gateway.event_streams import Watch
-from gateway.results import hide_addresses
 from gateway.workflow_state import public_error
+from jewel_dagster.public_names import hide_addresses
 
 INTERNAL = (
     'could not connect to code-server:4000; FATAL: password authentication failed for user "dagster" at 10.0.0.7:5432'

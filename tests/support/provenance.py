@@ -1,0 +1,31 @@
+"""Checks shared by the provenance tests (unit and end to end)."""
+
+from __future__ import annotations
+
+import zlib
+
+
+def edit_a_pixel(data: bytes, mime: str) -> bytes:
+    """One pixel's value changed in the file as it is: every other byte (the manifest among them)
+    kept. A JPEG: one bit of its entropy-coded scan; a PNG: one byte of a row, recompressed."""
+    if mime == "image/jpeg":
+        edited = bytearray(data)
+        start = data.index(b"\xff\xda")  # start of scan: the entropy-coded pixels follow
+        edited[start + 2 + int.from_bytes(data[start + 2 : start + 4], "big") + 40] ^= 0x10
+        return bytes(edited)
+    chunks, at = [], 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        chunks.append((data[at + 4 : at + 8], data[at + 8 : at + 8 + length]))
+        at += 12 + length
+    rows = bytearray(zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT")))
+    rows[1 + 5 * 3] ^= 0x10  # row 0 (after its filter byte), pixel 5, red
+    idat = zlib.compress(bytes(rows))
+    out, written = bytearray(data[:8]), False
+    for kind, body in chunks:
+        if kind == b"IDAT":
+            if written:
+                continue
+            kind, body, written = b"IDAT", idat, True
+        out += len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+    return bytes(out)
