@@ -32,6 +32,10 @@ class StorageRunReader:
         self._instance.optimize_for_webserver(
             statement_timeout=statement_timeout_ms, pool_recycle=3600, max_overflow=POOL_OVERFLOW
         )
+        # SQLite (the embedded default) makes an engine a call: pooled, as the above does for PostgreSQL.
+        from jewel_dagster.runtime.storage_engines import pool_sqlite_run_storage
+
+        pool_sqlite_run_storage(self._instance)
         self.events = RunEventLog(self.events_after)  # each run's asset and step events, read once
 
     def runs_tagged(self, tags: dict[str, str], newest: bool = True, with_steps: bool = True) -> RunInfo | None:
