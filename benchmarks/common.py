@@ -1,13 +1,19 @@
-"""Shared by the benchmark scripts: percentiles and a request body."""
+"""Shared by the benchmark scripts: percentiles, a request body, wrk and a process's CPU time."""
 
 from __future__ import annotations
 
 import base64
+import os
+import re
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -70,3 +76,76 @@ def postgres_database(prefix: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (/proc): what a request costs the server
+    whatever else loads the machine, where latency and throughput measure the load too."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_ms(text: str) -> float:
+    """wrk's '812.00us', '4.71ms', '1.20s' or '2.00m' in milliseconds."""
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0), ("m", 60_000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    rate: float  # answers a second
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    answers: int
+    errors: str  # wrk's non-2xx and socket-error lines, "" when none
+    cpu_ms: float | None  # the server process's CPU milliseconds an answer (when its pid was given)
+    raw: str = ""  # wrk's own report
+
+    def line(self) -> str:
+        cpu = f", {self.cpu_ms:.2f} ms CPU an answer" if self.cpu_ms is not None else ""
+        if not self.p50_ms:  # no latency distribution parsed: show wrk's report as it is
+            return f"{self.rate:.0f}/s{cpu}; wrk said: " + " | ".join(self.raw.strip().splitlines()[2:12])
+        return (
+            f"{self.rate:.0f}/s median={self.p50_ms:.1f} ms p90={self.p90_ms:.1f} ms p99={self.p99_ms:.1f} ms"
+            f"{cpu}{'; ' + self.errors if self.errors else ''}"
+        )
+
+
+def run_wrk(base_url: str, lua: str, connections: int, seconds: float, server_pid: int | None = None) -> WrkRun:
+    """wrk (Debian's package) as the load generator: C, so the clients do not eat the CPU the
+    server needs, as a Python client does. `lua` defines wrk's `request` function."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua)
+    cpu_before = process_cpu_seconds(server_pid) if server_pid else 0.0
+    try:
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "30s", "--latency"]
+            + ["-s", script.name, base_url],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 90,
+        ).stdout
+    finally:
+        Path(script.name).unlink()
+    cpu = process_cpu_seconds(server_pid) - cpu_before if server_pid else 0.0
+    found = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)$", out, re.MULTILINE))
+    rate = re.search(r"Requests/sec:\s+(\S+)", out)
+    answers = re.search(r"(\d+) requests in", out)
+    errors = [m.group(0) for m in re.finditer(r"(Non-2xx or 3xx responses: \d+|Socket errors: .*)", out)]
+    count = int(answers.group(1)) if answers else 0
+    return WrkRun(
+        rate=float(rate.group(1)) if rate else 0.0,
+        p50_ms=wrk_ms(found.get("50", "0ms")),
+        p90_ms=wrk_ms(found.get("90", "0ms")),
+        p99_ms=wrk_ms(found.get("99", "0ms")),
+        answers=count,
+        errors="; ".join(errors),
+        cpu_ms=cpu * 1000 / count if server_pid and count else None,
+        raw=out,
+    )

@@ -9,6 +9,8 @@ terminations and everything that changes state still go through GraphQL.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.dagster_api.errors import DagsterUnavailable
 from gateway.dagster_api.models import RunInfo
 from gateway.dagster_api.run_events import EVENT_TYPES, RunEvent, RunEventLog
@@ -17,7 +19,8 @@ POOL_OVERFLOW = 8  # connections beyond the one kept, for reads at once (closed 
 
 
 class StorageRunReader:
-    """Newest/oldest run of a tag set, with step stats, from the instance under DAGSTER_HOME."""
+    """`RunReader` over the instance under DAGSTER_HOME: newest/oldest run of a tag set with its
+    steps and assets, and the text metadata of materializations."""
 
     def __init__(self, statement_timeout_ms: int = 30_000) -> None:
         from dagster import DagsterInstance  # deferred: only this source needs Dagster's storage
@@ -29,6 +32,10 @@ class StorageRunReader:
         self._instance.optimize_for_webserver(
             statement_timeout=statement_timeout_ms, pool_recycle=3600, max_overflow=POOL_OVERFLOW
         )
+        # SQLite (the embedded default) makes an engine a call: pooled, as the above does for PostgreSQL.
+        from jewel_dagster.runtime.storage_engines import pool_sqlite_run_storage
+
+        pool_sqlite_run_storage(self._instance)
         self.events = RunEventLog(self.events_after)  # each run's asset and step events, read once
 
     def runs_tagged(self, tags: dict[str, str], newest: bool = True, with_steps: bool = True) -> RunInfo | None:
@@ -92,6 +99,11 @@ class StorageRunReader:
                 metadata = materialization.metadata.items()
                 return {label: str(value.text) for label, value in metadata if isinstance(value, TextMetadataValue)}
         return {}
+
+    def newest_texts_of(self, request_id: str, assets: Sequence[str]) -> dict[str, dict[str, str]]:
+        """`newest_texts` of each asset: one indexed read each (the SQLite event log opens a
+        connection a read, which is why a finished run's result is read once, `StatusCache`)."""
+        return {name: self.newest_texts(request_id, name) for name in dict.fromkeys(assets)}
 
     def close(self) -> None:
         from jewel_dagster.runtime.storage_engines import dispose_storage_engines

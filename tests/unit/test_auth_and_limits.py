@@ -223,8 +223,8 @@ def test_health_asks_dagster_at_most_once_in_two_seconds(tmp_path: Path) -> None
     with gateway_client(tmp_path) as client:
         runs = client.app.state.runs  # type: ignore[attr-defined]
         asked = []
-        real_query = runs._query
-        runs._query = lambda *args, **kwargs: asked.append(args[0]) or real_query(*args, **kwargs)
+        real_query = runs.transport.query
+        runs.transport.query = lambda *args, **kwargs: asked.append(args[0]) or real_query(*args, **kwargs)
         answers = {client.get("/health").json()["dagster"] for _ in range(20)}
     assert answers == {"disconnected"} and len(asked) == 1, asked
 

@@ -223,7 +223,7 @@ def test_a_partition_refused_while_the_code_location_reloads_is_unavailable_not_
     """After a code server restart the webserver answers UnauthorizedError until its location is
     loaded again: the gateway says 503 (retry soon), not 502."""
     runs = DagsterRuns(GatewaySettings())
-    runs._http = httpx.Client(
+    runs.transport.http = httpx.Client(
         transport=httpx.MockTransport(lambda _: httpx.Response(200, json={"data": {"addDynamicPartition": answer}}))
     )
     with pytest.raises(error) as raised:

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.models import RunInfo
+from gateway.dagster_api.storage_reader import StorageRunReader
 from gateway.settings import GatewaySettings
 from jewel_dagster.contract import PARTITION_TAG
 from tests.support.e2e_stack import free_port
@@ -42,7 +43,7 @@ def runs() -> Iterator[tuple[DagsterRuns, _Clock, list[RunInfo]]]:
     assert settings.frontend_poll_seconds == 2.0  # the reference frontend's interval
     dagster = DagsterRuns(settings)
     clock, history = _Clock(), [RunInfo("run-1", "jewelry_generation", "STARTED")]
-    dagster._clock = clock
+    dagster.status.clock = clock
     dagster.latest_run = lambda request_id: history[-1]  # type: ignore[method-assign]
     try:
         yield dagster, clock, history
@@ -95,13 +96,13 @@ def test_polls_waiting_on_a_slow_read_share_its_answer() -> None:
     # A poll reads the clock when it arrives (then waits for the read in flight): once 20 threads
     # have read it, every poll has arrived.
     arrived: set[int] = set()
-    clock = dagster._clock
+    clock = dagster.status.clock
 
     def arrival_clock() -> float:
         arrived.add(threading.get_ident())
         return clock()
 
-    dagster._clock = arrival_clock
+    dagster.status.clock = arrival_clock
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
             polls = [pool.submit(dagster.latest_run_cached, RID) for _ in range(20)]
@@ -135,15 +136,15 @@ def test_an_ended_run_is_answered_without_reading_it_again_until_a_newer_run_exi
     instance = dg.DagsterInstance.get()
     first = _ended_job.execute_in_process(instance=instance, tags={PARTITION_TAG: RID}).run_id
     dagster = DagsterRuns(GatewaySettings(dagster_port=free_port(), status_source="storage"))
-    assert dagster._storage is not None
+    assert isinstance(dagster.reader, StorageRunReader)
     full_reads: list[dict[str, str]] = []
-    read = dagster._storage.runs_tagged
+    read = dagster.reader.runs_tagged
 
     def counted(tags: dict[str, str], newest: bool = True, with_steps: bool = True) -> RunInfo | None:
         full_reads.append(tags)
         return read(tags, newest, with_steps)
 
-    dagster._storage.runs_tagged = counted  # type: ignore[method-assign]
+    dagster.reader.runs_tagged = counted  # type: ignore[method-assign]
     try:
         answers = [dagster.latest_run_cached(RID) for _ in range(6)]
         assert [(a.run_id, a.status) for a in answers if a] == [(first, "SUCCESS")] * 6

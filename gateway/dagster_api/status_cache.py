@@ -1,0 +1,155 @@
+"""Each request's newest run, answered from memory while it may be: what GET and the event
+stream ask on every poll.
+
+A frontend polls every couple of seconds and many may poll: without this every poll is a read of
+Dagster (~100+ ms of webserver time over GraphQL), and a crowd of pollers slows Dagster for
+everyone, launches included. Three rules keep the answers true:
+
+- A running run is kept `ttl` seconds; one that expired is answered at once while one background
+  read refreshes it (stale-while-revalidate), but only while younger than `stale_limit` (half a
+  frontend poll): an older one predates the poller's previous poll, and the run's end would reach
+  it one poll late. Polls that queued behind a read share its answer.
+- A run that ended is not kept as the answer by age: another gateway replica may launch a newer
+  run of the request at any moment (a generate, a rerun from the UI), and this replica never hears
+  of it. With a cheap id read (`check_ended_by_id`, the storage source) it is kept and checked by
+  the id of the request's newest run at every poll: one indexed read, where reading the run with
+  its steps again cost ~5 ms of CPU. A run removed (retention) is no longer the newest: dropped.
+- `forget` (a launch, a cancel of this replica) drops what is known of the request, and an older
+  read still in flight cannot put it back.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+
+from gateway.dagster_api.errors import DagsterError
+from gateway.dagster_api.models import RunInfo
+
+_SETTLED = frozenset({"SUCCESS", "FAILURE", "CANCELED", "CANCELING"})
+_ENDED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})  # a run in these states never changes again
+MAX_IDS = 10_000  # ids kept by each map: beyond, the oldest go (ids nobody polls any more)
+
+# request id -> its newest run (None: no run), read from the source; raises DagsterError.
+ReadLatest = Callable[[str], RunInfo | None]
+# request id -> the id of its newest run: one indexed read (the storage source only).
+ReadLatestId = Callable[[str], str | None]
+
+
+class StatusCache:
+    def __init__(
+        self,
+        read: ReadLatest,
+        ttl: Callable[[], float],
+        stale_limit: Callable[[], float],
+        newest_run_id: ReadLatestId | None = None,
+    ) -> None:
+        self._read = read
+        self._ttl = ttl
+        self._stale_limit = stale_limit
+        self._newest_run_id = newest_run_id
+        self._status: dict[str, tuple[float, RunInfo | None]] = {}  # running runs, by when they were asked
+        # The newest answer of each id and when its question was asked, final states included:
+        # only for polls that waited while it was being asked (never answered by age).
+        self._answers: dict[str, tuple[float, RunInfo | None]] = {}
+        self._ended: dict[str, RunInfo] = {}  # each id's newest run once it ended, checked by its id
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._refreshing: set[str] = set()
+        self._epochs: dict[str, int] = {}  # bumped by forget(), so an older refresh cannot undo it
+        self.clock: Callable[[], float] = time.monotonic  # a test moves it by hand
+        self._refresher = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="status-refresh")
+
+    def close(self) -> None:
+        self._refresher.shutdown(wait=False, cancel_futures=True)
+
+    def latest(self, request_id: str) -> RunInfo | None:
+        """The request's newest run, at most `ttl` old (see the module's rules)."""
+        ttl = self._ttl()
+        if ttl <= 0:
+            return self._read(request_id)
+        ended = self._ended.get(request_id)
+        if ended is not None and self._newest_run_id is not None:
+            if self._newest_run_id(request_id) == ended.run_id:
+                return ended
+            with self._guard:
+                self._ended.pop(request_id, None)
+        arrived = self.clock()
+        hit = self._status.get(request_id)
+        if hit is not None:
+            age = arrived - hit[0]
+            if age < ttl:
+                return hit[1]
+            if age < self._stale_limit():
+                self._refresh_soon(request_id)
+                return hit[1]
+        with self._guard:
+            lock = self._locks.setdefault(request_id, threading.Lock())
+        with lock:
+            # A poll that waited here takes the answer of a question asked after it arrived,
+            # final states included: it is as new as asking again. Without this, every waiter
+            # asked again in turn, and under 100 pollers a read slower than the TTL made each
+            # answer stale on arrival: GET fell to ~80/s at a median of ~1 s (benchmarks.status).
+            answer = self._answers.get(request_id)
+            if answer is not None and answer[0] > arrived:
+                return answer[1]
+            hit = self._status.get(request_id)
+            if hit is not None and self.clock() - hit[0] < ttl:
+                return hit[1]
+            return self._refresh(request_id)
+
+    def _refresh(self, request_id: str) -> RunInfo | None:
+        epoch = self._epochs.get(request_id, 0)
+        asked = self.clock()  # the answer is as old as the question, not as its arrival
+        run = self._read(request_id)
+        with self._guard:
+            if self._epochs.get(request_id, 0) != epoch:
+                return run  # forgotten meanwhile (a launch): this answer may predate the new run
+            self._answers[request_id] = (asked, run)
+            if len(self._answers) > MAX_IDS:  # polls waiting on a refresh are few: forget them all
+                self._answers = {request_id: (asked, run)}
+            if run is not None and run.status in _ENDED:
+                self._ended[request_id] = run
+                if len(self._ended) > MAX_IDS:
+                    self._ended = {request_id: run}
+            if run is None or run.status in _SETTLED:
+                # Only a running run is kept by age: it cannot be superseded (a generate on a
+                # running request is refused). Callers stop polling an ended workflow anyway.
+                self._status.pop(request_id, None)
+                return run
+            self._status[request_id] = (asked, run)
+            if len(self._status) > MAX_IDS:  # forget the oldest half
+                for key in sorted(self._status, key=lambda k: self._status[k][0])[: MAX_IDS // 2]:
+                    self._status.pop(key, None)
+                    self._locks.pop(key, None)
+                    self._epochs.pop(key, None)
+        return run
+
+    def _refresh_soon(self, request_id: str) -> None:
+        with self._guard:
+            if request_id in self._refreshing:
+                return
+            self._refreshing.add(request_id)
+
+        def refresh() -> None:
+            try:
+                self._refresh(request_id)
+            except DagsterError:
+                pass  # the entry ages out; the next poll after that asks (and reports) itself
+            finally:
+                with self._guard:
+                    self._refreshing.discard(request_id)
+
+        self._refresher.submit(refresh)
+
+    def forget(self, request_id: str) -> None:
+        """Drop what is known of the request after an action that changes it (a launch, a cancel)."""
+        with self._guard:
+            self._status.pop(request_id, None)
+            self._answers.pop(request_id, None)
+            self._ended.pop(request_id, None)
+            self._epochs[request_id] = self._epochs.get(request_id, 0) + 1
+            if len(self._epochs) > 2 * MAX_IDS:  # ids nobody polls; a refresh in flight is rarer still
+                self._epochs = {request_id: self._epochs[request_id]}
