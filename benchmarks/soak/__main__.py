@@ -40,7 +40,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chaos-every", type=float, default=60.0, help="seconds between faults")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--failure-rate", type=float, default=0.02, help="share of model calls answered 503")
-    parser.add_argument("--get-p99", type=float, default=2.0, help="bound on GET's p99 (seconds)")
+    # Not README's 30 ms (benchmarks.status, a quiet machine): a bound that catches a gateway whose
+    # GETs wedge (Dagster's 30 s timeout) on a loaded 2-core CI machine; 2.37 s was measured at load 27-42.
+    parser.add_argument("--get-p99", type=float, default=5.0, help="bound on GET's p99 (seconds)")
     parser.add_argument("--faults", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     parser.add_argument("--json", type=Path, default=Path(".data/soak.json"))

@@ -225,7 +225,14 @@ class Checks:
             windows = self.chaos.down_windows(gateway)
             if not any(start - 1.0 <= at <= end + 2.0 for start, end in windows):
                 kept.append(seconds)
+        pauses = [(f.at, f.back or f.at) for f in self.chaos.faults if f.kind == "postgres_pause"]
+        unpaused = [
+            seconds
+            for at, seconds, gateway, _ in self.record.gets
+            if not any(start - 1.0 <= at <= end + 2.0 for start, end in self.chaos.down_windows(gateway) + pauses)
+        ]
         figures = {
+            "p99 outside PostgreSQL pauses too": percentile(unpaused, 99),
             "n": float(len(kept)),
             "median": percentile(kept, 50),
             "p95": percentile(kept, 95),

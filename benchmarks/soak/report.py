@@ -83,14 +83,19 @@ def table(report: dict[str, Any]) -> str:
     lines.append("== faults by kind (worst recovery) ==")
     worst = report["faults"]["worst recovery seconds"]
     for kind, n in sorted(report["faults"]["by kind"].items()):
-        lines.append(f"  {kind:<15} {n:>3}   worst recovery {_seconds(worst.get(kind))}")
+        backs = [f["back"] - f["at"] if f["back"] else None for f in report["faults"]["list"] if f["kind"] == kind]
+        down = None if None in backs else max(b for b in backs if b is not None)
+        lines.append(
+            f"  {kind:<15} {n:>3}   back after <= {_seconds(down)}   worst recovery {_seconds(worst.get(kind))}"
+        )
     errors = [f for f in report["faults"]["list"] if f["error"]]
     lines += [f"  restart error: {f['kind']} {f['target']}: {f['error']}" for f in errors]
     get = report["get latency"]
     if get["n"] and not math.isnan(get["p99"]):
         lines.append(
             f"== GET latency outside gateway downtime: n={get['n']:.0f} median={get['median'] * 1000:.0f} ms "
-            f"p95={get['p95'] * 1000:.0f} ms p99={get['p99'] * 1000:.0f} ms (bound {get['bound']:.1f} s) =="
+            f"p95={get['p95'] * 1000:.0f} ms p99={get['p99'] * 1000:.0f} ms (bound {get['bound']:.1f} s; "
+            f"p99 {get['p99 outside PostgreSQL pauses too'] * 1000:.0f} ms outside PostgreSQL pauses too) =="
         )
     gpu = report["gpu pool"]
     lines.append(
