@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             print("soak: stopping the chaos and the traffic", flush=True)
             chaos.stop()
             traffic.stop()
+            chaos.restart_crashed()  # so that what is left can settle
             print(f"soak: settling {len(traffic.record.requests)} requests", flush=True)
             settled_from = time.monotonic()
             last = settle(soak, traffic.record, SETTLE_SECONDS)

@@ -78,6 +78,7 @@ class Chaos:
 
     def _run(self) -> None:
         while not self.stopping.wait(self.every):
+            self.restart_crashed()
             kind = self.rng.choice(self.kinds)
             fault = Fault(kind, "", time.time())
             try:
@@ -87,6 +88,35 @@ class Chaos:
             self.faults.append(fault)
             took = f"{fault.back - fault.at:.1f} s" if fault.back else "never"
             print(f"soak: chaos {fault.kind} {fault.target}: back after {took} {fault.error or ''}", flush=True)
+
+    def restart_crashed(self) -> list[Fault]:
+        """Restart, as a supervisor would (compose's `restart: unless-stopped`), every process that
+        exited by itself, each recorded as a `crashed` fault: a Redis restart made a Celery worker
+        exit (kombu's restore_unacked after a lost connection: AttributeError, exit 1)."""
+        stack = self.soak.stack
+        crashed = []
+        for name, process in list(stack.processes.items()):
+            if process.poll() is None:
+                continue
+            fault = Fault("crashed", f"{name} (exit {process.returncode})", time.time())
+            stack.processes.pop(name)
+            try:
+                if name.startswith("worker"):
+                    concurrency = int(stack.env.get("CELERY_CONCURRENCY", "2"))
+                    stack._wait_for_workers([stack.spawn_worker(int(name[len("worker") :]), concurrency)], 120)  # noqa: SLF001
+                elif name in GATEWAYS:
+                    stack.start_gateway(name=name, port=self.soak.gateway_ports[name])
+                elif name == "daemon":
+                    stack.start_daemon()
+                elif name == "webserver":
+                    stack.start_webserver()
+                fault.back = time.time()
+            except Exception as exc:  # noqa: BLE001 (recorded: the report shows it)
+                fault.error = f"{type(exc).__name__}: {exc}"[:500]
+            self.faults.append(fault)
+            crashed.append(fault)
+            print(f"soak: {fault.target} had exited by itself: restarted {fault.error or ''}", flush=True)
+        return crashed
 
     def _delay(self) -> None:
         self.stopping.wait(self.rng.uniform(0, MAX_RESTART_DELAY))
