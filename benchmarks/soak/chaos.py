@@ -24,6 +24,7 @@ from devtools.stack import descendants
 KINDS = ("worker", "code_server", "daemon", "webserver", "gateway", "redis", "postgres_pause")
 PG_PAUSE_SECONDS = 10.0
 MAX_RESTART_DELAY = 20.0
+RESTART_TIMEOUT = 240.0  # a process start took 50-100 s at load 40-80 on the shared 2 cores
 
 
 @dataclass
@@ -105,11 +106,11 @@ class Chaos:
                     concurrency = int(stack.env.get("CELERY_CONCURRENCY", "2"))
                     stack._wait_for_workers([stack.spawn_worker(int(name[len("worker") :]), concurrency)], 120)  # noqa: SLF001
                 elif name in GATEWAYS:
-                    stack.start_gateway(name=name, port=self.soak.gateway_ports[name])
+                    stack.start_gateway(timeout=RESTART_TIMEOUT, name=name, port=self.soak.gateway_ports[name])
                 elif name == "daemon":
                     stack.start_daemon()
                 elif name == "webserver":
-                    stack.start_webserver()
+                    stack.start_webserver(RESTART_TIMEOUT)
                 fault.back = time.time()
             except Exception as exc:  # noqa: BLE001 (recorded: the report shows it)
                 fault.error = f"{type(exc).__name__}: {exc}"[:500]
@@ -163,7 +164,7 @@ class Chaos:
         self.soak.stack.kill("webserver")
         fault.at = time.time()
         self._delay()
-        self.soak.stack.start_webserver()
+        self.soak.stack.start_webserver(RESTART_TIMEOUT)
         fault.back = time.time()
 
     def _gateway(self, fault: Fault) -> None:
@@ -172,7 +173,7 @@ class Chaos:
         self.soak.stack.kill(name)
         fault.at = time.time()
         self._delay()
-        self.soak.stack.start_gateway(name=name, port=self.soak.gateway_ports[name])
+        self.soak.stack.start_gateway(timeout=RESTART_TIMEOUT, name=name, port=self.soak.gateway_ports[name])
         fault.back = time.time()
 
     def _redis(self, fault: Fault) -> None:
