@@ -104,7 +104,9 @@ class Chaos:
             try:
                 if name.startswith("worker"):
                     concurrency = int(stack.env.get("CELERY_CONCURRENCY", "2"))
-                    stack._wait_for_workers([stack.spawn_worker(int(name[len("worker") :]), concurrency)], 120)  # noqa: SLF001
+                    stack._wait_for_workers(
+                        [stack.spawn_worker(int(name[len("worker") :]), concurrency)], RESTART_TIMEOUT
+                    )  # noqa: SLF001
                 elif name in GATEWAYS:
                     stack.start_gateway(timeout=RESTART_TIMEOUT, name=name, port=self.soak.gateway_ports[name])
                 elif name == "daemon":
@@ -130,7 +132,7 @@ class Chaos:
         fault.at = time.time()
         self._delay()
         celery_name = stack.spawn_worker(int(name[len("worker") :]), int(stack.env.get("CELERY_CONCURRENCY", "2")))
-        stack._wait_for_workers([celery_name], 120)  # noqa: SLF001 (devtools' own helper)
+        stack._wait_for_workers([celery_name], RESTART_TIMEOUT)  # noqa: SLF001 (devtools' own helper)
         fault.back = time.time()
 
     def _code_server(self, fault: Fault) -> None:
