@@ -5,7 +5,7 @@ DATA ?= $(CURDIR)/.data
 export DAGSTER_HOME ?= $(DATA)/dagster_home
 export LOCAL_BLOB_ROOT ?= $(DATA)/blobs
 
-.PHONY: install node-tools run test test-long lint clean
+.PHONY: install node-tools run test test-long soak lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +35,13 @@ test: install node-tools
 # The long tests alone; CI (.ci/run) runs both targets. Bare `pytest` runs everything.
 test-long: install node-tools
 	$(PY) -m pytest -m long -n 0
+
+# The chaos soak (issue 32): its own stack, 20 clients, a fault every CHAOS_EVERY s; exits 1 on
+# any invariant violation. Needs Debian's postgresql and redis-server, and Azurite (node-tools).
+MINUTES ?= 60
+CHAOS_EVERY ?= 60
+soak: install node-tools
+	$(PY) -m benchmarks.soak --minutes $(MINUTES) --chaos-every $(CHAOS_EVERY) --json $(DATA)/soak.json
 
 lint: install
 	$(VENV)/bin/ruff check jewel_dagster gateway devtools tests benchmarks

@@ -236,17 +236,20 @@ class Stack:
         webserver, which made the instance: fresh instances made at once by several processes
         can collide on schema migrations."""
         first = sum(1 for n in self.processes if n.startswith("worker"))
-        names = []
-        for index in range(first, first + count):
-            name = f"w{index}@{socket.gethostname()}"
-            self._spawn(
-                f"worker{index}",
-                [sys.executable, "-m", "celery", "-A", "jewel_dagster.runtime.celery_worker", "worker",
-                 "-Q", self.env.get("CELERY_QUEUE", "dagster"), "-n", name, "--concurrency", str(concurrency),
-                 "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
-            )  # fmt: skip
-            names.append(name)
+        names = [self.spawn_worker(index, concurrency) for index in range(first, first + count)]
         self._wait_for_workers(names, timeout)
+
+    def spawn_worker(self, index: int, concurrency: int = 2) -> str:
+        """Start Celery worker `worker<index>` (Celery name `w<index>@host`, returned) without
+        waiting for it: a supervisor restarting the one worker that died (benchmarks/soak)."""
+        name = f"w{index}@{socket.gethostname()}"
+        self._spawn(
+            f"worker{index}",
+            [sys.executable, "-m", "celery", "-A", "jewel_dagster.runtime.celery_worker", "worker",
+             "-Q", self.env.get("CELERY_QUEUE", "dagster"), "-n", name, "--concurrency", str(concurrency),
+             "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
+        )  # fmt: skip
+        return name
 
     def _wait_for_workers(self, names: list[str], timeout: float) -> None:
         from celery import Celery

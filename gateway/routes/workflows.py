@@ -698,8 +698,9 @@ def cancel_workflow(
 
 def _terminate(runs: DagsterRuns, settings: GatewaySettings, workflow_id: str, run_id: str, caller: str) -> None:
     """Ask Dagster to terminate the run. A run created a moment ago (NOT_STARTED, while the
-    launcher submits it) is refused by Dagster's terminate: asked again until CANCEL_WAIT_SECONDS,
-    as long as the run still runs; one that ended meanwhile is a 409."""
+    launcher submits it; STARTING, while its Celery task waits for a worker) is refused by
+    Dagster's terminate: asked again until CANCEL_WAIT_SECONDS, as long as the run still runs;
+    one that ended meanwhile is a 409, one still not startable at the deadline a 503 (ask again)."""
     deadline = time.monotonic() + settings.cancel_wait_seconds
     while True:
         try:
@@ -707,12 +708,21 @@ def _terminate(runs: DagsterRuns, settings: GatewaySettings, workflow_id: str, r
             return
         except DagsterError as exc:
             runs.forget(workflow_id)
-            now = position_of(owned_run(runs, workflow_id, caller)).status
+            latest = owned_run(runs, workflow_id, caller)
+            now = position_of(latest).status
             if now != "RUNNING" and not isinstance(exc, DagsterUnavailable):
                 raise HTTPException(
                     status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {now}"
                 ) from None
-            if isinstance(exc, DagsterUnavailable) or time.monotonic() >= deadline:
+            if isinstance(exc, DagsterUnavailable):
+                raise pipeline_unavailable(exc) from exc
+            if time.monotonic() >= deadline:
+                if latest.status in ("NOT_STARTED", "STARTING"):
+                    raise HTTPException(
+                        status.HTTP_503_SERVICE_UNAVAILABLE,
+                        detail=f"workflow {workflow_id} is still being started and cannot be stopped yet; ask again",
+                        headers={"Retry-After": "5"},
+                    ) from None
                 raise pipeline_unavailable(exc) from exc
             time.sleep(0.1)
 

@@ -81,3 +81,25 @@ def test_a_run_still_stopping_at_the_deadline_is_running_not_cancelled(tmp_path:
     # Cancelled again: no second terminate, the same wait.
     code, _, _ = _cancel(tmp_path, run, cancel_wait_seconds=0.3)
     assert code == 202 and run.terminated == 1
+
+
+def test_a_run_dagster_cannot_terminate_yet_answers_503_with_retry_after(tmp_path: Path) -> None:
+    """Found by the soak (issue 32): with Celery, a run stays STARTING while its task waits in the
+    broker for a worker (longer when a worker was just killed), and Dagster refuses to terminate
+    a STARTING run. Past the cancel wait the gateway answered 502, a refusal; the cancel can be
+    asked again once the run started: 503 and Retry-After say so, as for any transient cause."""
+    with gateway_with_fake_dagster(tmp_path, cancel_wait_seconds=0.3) as (client, dagster):
+
+        def latest_run(request_id: str) -> RunInfo:
+            return RunInfo("run-1", FULL_JOB, "STARTING", [], {})
+
+        def terminate(run_id: str) -> None:
+            raise DagsterError(
+                "Dagster refused the request: Run run-1 could not be terminated due to having status STARTING."
+            )
+
+        dagster.latest_run = latest_run  # type: ignore[method-assign]
+        dagster.terminate = terminate  # type: ignore[attr-defined]
+        response = client.post(f"/workflow/{WORKFLOW}/cancel")
+    assert response.status_code == 503 and response.headers.get("Retry-After"), response.text
+    assert "ask again" in response.json()["detail"], response.text
