@@ -65,7 +65,7 @@ from jewel_dagster.contract import (
     AssetName,
     run_config_ops,
 )
-from jewel_dagster.defs.config import BRUSH_STROKES, BrushStroke
+from jewel_dagster.request_inputs import BRUSH_STROKES, BrushStroke
 from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError, strokes_path, tombstone_path
 
 router = APIRouter(prefix="/workflow", tags=["workflow"], route_class=OffLoopJSONRoute)

@@ -7,6 +7,8 @@ by their top-level name, so `dagster._...` is checked here.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from devtools.stack import REPO_ROOT
@@ -52,3 +54,14 @@ def test_the_checker_sees_a_private_import(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("import dagster as dg\nfrom dagster._core.events import X\nimport dagster_postgres._x\n")
     assert _private_dagster_imports(sample) == ["dagster._core.events", "dagster_postgres._x"]
+
+
+def test_the_request_models_load_no_dagster() -> None:
+    """The gateway's request path validates bodies with `gateway.schemas`: importing it must not
+    pay for Dagster (~1 s and ~100 MB), so the request models are plain pydantic
+    (jewel_dagster/request_inputs.py) that the pipeline's config classes derive from."""
+    code = "import sys, gateway.schemas; print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster')[:5])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
