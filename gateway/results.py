@@ -12,7 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 from jewel_dagster.contract import CHECK_NAME, PREPROCESS_JOB, AssetName
-from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore, artifact_path, jpeg_rendition_path
+from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore
+from jewel_dagster.storage_layout import artifact_path, jpeg_rendition_path
 from jewel_dagster.vision import imaging
 
 # asset name -> blob path of the request's newest materialization of it (None: none recorded)

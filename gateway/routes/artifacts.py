@@ -18,7 +18,8 @@ from gateway.routes.workflows import WorkflowIdPath, owned_run, pipeline_unavail
 from gateway.schemas import ONE_WORKFLOW, error_responses
 from gateway.security import CallerDep
 from jewel_dagster.contract import IMAGE_ASSETS, JSON_ASSETS
-from jewel_dagster.resources.blob_store import BlobNotFoundError, artifact_path
+from jewel_dagster.resources.blob_store import BlobNotFoundError
+from jewel_dagster.storage_layout import artifact_path
 
 router = APIRouter(prefix="/workflow", tags=["artifacts"])
 

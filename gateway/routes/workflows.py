@@ -47,7 +47,7 @@ from gateway.starts import (
 )
 from gateway.status import position_of, workflow_status
 from gateway.uploads import decode_base64_image
-from gateway.webhooks import WebhookRefused, check_webhook_url, store_webhook_url, url_path
+from gateway.webhooks import WebhookRefused, check_webhook_url, store_webhook_url
 from gateway.workflow_state import state_of
 from jewel_dagster import tracing
 from jewel_dagster.contract import (
@@ -66,17 +66,21 @@ from jewel_dagster.contract import (
     run_config_ops,
 )
 from jewel_dagster.request_inputs import BRUSH_STROKES, BrushStroke
-from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError, strokes_path, tombstone_path
+from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
+from jewel_dagster.storage_layout import (
+    ARTIFACT_PNG_PATH,
+    continue_claim,
+    idempotency_claim,
+    strokes_path,
+    tombstone_path,
+    upload_path,
+    webhook_url_path,
+)
 
 router = APIRouter(prefix="/workflow", tags=["workflow"], route_class=OffLoopJSONRoute)
 
 # Matched with fullmatch: `$` would let a trailing newline through.
 WORKFLOW_ID = re.compile(r"jewelry-gen-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-# A run's artifact (`requests/<id>/<run id>/<asset>.png`), or one stored before runs had folders.
-_ARTIFACT_PATH = re.compile(
-    r"requests/(?P<rid>[^/]+)/(?:(?P<run>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/)?"
-    r"(?P<name>[a-z_]+)\.png"
-)
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 # Striped locks: a fixed table, however many keys and requests pass through (a dict of one lock
 # per key grew forever). Two keys sharing a stripe only wait for each other.
@@ -153,7 +157,7 @@ def _drop_strokes(store: BlobStore, ops: dict[Any, Any]) -> None:
 def _drop_webhook_url(store: BlobStore, tags: dict[str, str]) -> None:
     """Delete the stored webhook URL (it may hold credentials) of a launch that did not happen."""
     if key := tags.get(WEBHOOK_KEY_TAG):
-        store.delete_path(url_path(key))
+        store.delete_path(webhook_url_path(key))
 
 
 def _launch(
@@ -260,7 +264,7 @@ def _idempotent(
         try:
             held = claim(
                 store,
-                f"idempotency/{digest}",
+                idempotency_claim(digest),
                 {"workflowId": request_id, "asked": asked},
                 IDEMPOTENCY_CLAIM_STALE_SECONDS,
                 settled=lambda held: _has_run(runs, store, str(held.get("workflowId", ""))),
@@ -355,7 +359,7 @@ def _store_upload(
     job: str, body: StartRequest, image: bytes, store: BlobStore, request_id: str
 ) -> tuple[str, dict[str, Any]]:
     """The upload (and strokes) stored; their URI and the run config's ops."""
-    upload_uri = store.put(f"requests/{request_id}/upload", image)
+    upload_uri = store.put(upload_path(request_id), image)
     ops: dict[str, Any] = {
         AssetName.ORIGINAL_IMAGE: {"config": {"image_uri": upload_uri}},
         AssetName.JEWELRY_MASK: {"config": {"points": [p.model_dump() for p in body.maskPoints]}},
@@ -382,7 +386,7 @@ def _enqueue(
     if strokes_uri := ops.get(AssetName.REFINED_MASK, {}).get("config", {}).get("strokes_uri"):
         blobs.append(strokes_uri)
     if webhook_key := tags.get(WEBHOOK_KEY_TAG):
-        blobs.append(store.uri_for(url_path(webhook_key)))
+        blobs.append(store.uri_for(webhook_url_path(webhook_key)))
     start_span = tracing.tracer().start_as_current_span(
         f"start {job}", attributes=tracing.span_attributes(request_id, None, **{"dagster.job": job})
     )
@@ -447,7 +451,7 @@ def _artifact_path(store: BlobStore, uri: str, field: str) -> tuple[str, str, st
         path = store.path_of(uri)
     except BlobStoreError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=f"{field}: {exc}") from None
-    match = _ARTIFACT_PATH.fullmatch(path)
+    match = ARTIFACT_PNG_PATH.fullmatch(path)
     if match is None or match["name"] not in IMAGE_ASSETS:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST,
@@ -522,7 +526,7 @@ def generate_workflow(
                 # gateway finds the claim and gets the same 409.
                 held = _claim_or_unavailable(
                     store,
-                    f"continue/{latest.run_id}",
+                    continue_claim(latest.run_id),
                     settled=lambda held: _newest_run_id(runs, image_rid) != latest.run_id,
                 )
                 if not held.won:

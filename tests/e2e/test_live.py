@@ -18,9 +18,9 @@ from PIL import Image
 from standardwebhooks import Webhook
 
 from devtools.stack import REPO_ROOT, Stack
-from gateway.webhooks import record_path
 from jewel_dagster.contract import STEP_PROGRESS
 from jewel_dagster.resources.blob_store import LocalBlobStore
+from jewel_dagster.storage_layout import webhook_record_path as record_path
 from tests.support.answers import assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import free_port, launched_runs, poll, running_stack, runs_of, wait_until
@@ -317,9 +317,7 @@ def chromium() -> Path:
 
 
 # `chromium` before `keyed_gateway`: a missing browser is reported before a stack is started for nothing.
-def test_the_page_takes_a_photo_and_clicks_to_results(
-    chromium: Path, keyed_gateway: str, tmp_path: Path
-) -> None:
+def test_the_page_takes_a_photo_and_clicks_to_results(chromium: Path, keyed_gateway: str, tmp_path: Path) -> None:
     """Load the page from a gateway with API keys (README: "type one in the page's header, kept
     in the browser's localStorage"): refused without the key, the key kept across a reload; then
     upload a photo, click the ring, see the mask, paint, generate, see results."""

@@ -23,9 +23,10 @@ from fastapi.testclient import TestClient
 from gateway.dagster_api.errors import DagsterUnavailable
 from gateway.dagster_api.models import RunInfo
 from gateway.routes import workflows
-from gateway.starts import PendingStart, pending_path, write_start
+from gateway.starts import PendingStart, write_start
 from jewel_dagster.contract import FULL_JOB, LAUNCH_TAG, OWNER_TAG, PARTITION_TAG
 from jewel_dagster.resources.blob_store import LocalBlobStore
+from jewel_dagster.storage_layout import pending_start_path as pending_path
 from tests.support.answers import assert_refused, no_workflow
 from tests.support.gateway_client import (
     FakeDagster,

@@ -176,7 +176,7 @@ def test_the_gateway_refuses_a_webhook_it_cannot_send(tmp_path: Path) -> None:
 def test_a_state_dagster_cannot_give_is_recorded_not_invented(tmp_path: Path) -> None:
     """Dagster down while a failed run's message is read: nothing is POSTed, the record says why."""
     from gateway.dagster_api.models import RunInfo
-    from gateway.webhooks import record_path
+    from jewel_dagster.storage_layout import webhook_record_path as record_path
     from jewel_dagster.contract import WEBHOOK_URL_TAG
     from tests.support.e2e_stack import free_port
 
