@@ -50,6 +50,7 @@ from jewel_dagster.defs.retention import run_retention
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.storage_layout import upload_path
 
 SEED_BATCH = 200
 SEED_THREADS = 8
@@ -74,7 +75,7 @@ def template_events(instance: dg.DagsterInstance, blobs: Path) -> list[dg.EventL
     resources = build_resources(PipelineSettings(local_blob_root=str(blobs), local_backends="instant"))
     rid = f"jewelry-gen-{uuid.uuid4()}"
     upload = resources["blob_store"].put(
-        f"requests/{rid}/upload", (Path(__file__).parent.parent / "samples" / "ring.jpg").read_bytes()
+        upload_path(rid), (Path(__file__).parent.parent / "samples" / "ring.jpg").read_bytes()
     )
     instance.add_dynamic_partitions(PARTITIONS_NAME, [rid])
     config = run_config_ops({"original_image": {"image_uri": upload}, "jewelry_mask": {"points": BODY["maskPoints"]}})

@@ -26,6 +26,7 @@ from jewel_dagster.contract import run_config_ops
 from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.storage_layout import upload_path
 
 
 def folder_bytes(folder: Path) -> int:
@@ -56,7 +57,7 @@ def main() -> None:
 
     def one(instance: dg.DagsterInstance) -> None:
         rid = f"jewelry-gen-{uuid.uuid4()}"
-        upload = store.put(f"requests/{rid}/upload", photo)
+        upload = store.put(upload_path(rid), photo)
         instance.add_dynamic_partitions("requests", [rid])
         config = run_config_ops(
             {

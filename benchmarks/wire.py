@@ -45,10 +45,10 @@ import numpy as np
 from benchmarks.common import REPO_ROOT, percentile
 from devtools.reference_server import service_env
 from jewel_dagster.defs.assets import ALL_ASSETS
-from jewel_dagster.resources.blob_store import strokes_path
 from jewel_dagster.resources.http_services import HttpBackend, HttpBackgroundRemover, HttpFluxGenerator, HttpSegmenter
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.storage_layout import strokes_path, upload_path
 from jewel_dagster.vision import imaging
 from jewel_dagster.vision.classical import PixelPoint
 
@@ -188,7 +188,7 @@ def requests(url: str, pid: int, rounds: int, photo: bytes) -> None:
                 resources = build_resources(settings)
                 rid = f"{mode}-{i}"
                 store = resources["blob_store"]
-                upload = store.put(f"requests/{rid}/upload", photo)
+                upload = store.put(upload_path(rid), photo)
                 strokes = store.put(strokes_path(rid, "bench"), json.dumps([STROKE]).encode())
                 instance.add_dynamic_partitions("requests", [rid])
                 wall, cpu, server = time.perf_counter(), time.process_time(), server_cpu(pid)

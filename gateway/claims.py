@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore
+from jewel_dagster.storage_layout import claim_path
 
 _MAX_GENERATIONS = 50
 _RELEASED = "released"
@@ -55,7 +56,7 @@ def claim(
     generation, tries = 0, 0
     while generation < _MAX_GENERATIONS and tries < 2 * _MAX_GENERATIONS:
         tries += 1
-        path = f"claims/{name}.{generation}.json"
+        path = claim_path(name, generation)
         mine = {**payload, "claimedAt": now()}
         if store.create_path(path, json.dumps(mine).encode(), "application/json"):
             return Claim(path, mine, True)

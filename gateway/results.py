@@ -16,7 +16,8 @@ import c2pa
 from jewel_dagster.contract import CHECK_NAME, PREPROCESS_JOB, AssetName
 from jewel_dagster.provenance.reader import read_manifest
 from jewel_dagster.public_names import hide_addresses, public_backend
-from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore, artifact_path, jpeg_rendition_path
+from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore
+from jewel_dagster.storage_layout import artifact_path, jpeg_rendition_path
 from jewel_dagster.vision import imaging
 
 _log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from jewel_dagster.defs.config import BrushStrokes, MaskPoint
+from jewel_dagster.request_inputs import BrushStrokes, MaskPoint
 
 WorkflowStatus = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
 ServiceState = Literal["online", "offline", "local", "unknown"]

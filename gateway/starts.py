@@ -45,11 +45,16 @@ from gateway.observability import logs
 from gateway.schemas import WorkflowState
 from gateway.settings import GatewaySettings
 from jewel_dagster.contract import LAUNCH_TAG, REQUEST_ID_TAG, STEP_PROGRESS
-from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore, BlobStoreError, request_folder
+from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore, BlobStoreError
+from jewel_dagster.storage_layout import (
+    PENDING_START_PREFIX,
+    pending_start_id,
+    pending_start_path,
+    start_cancel_path,
+    start_heartbeat_path,
+    start_takeover_claim,
+)
 
-PENDING_PREFIX = "starts/"
-CANCEL_PREFIX = "start-cancels/"
-HEARTBEAT_PREFIX = "start-gateways/"
 FIRST_STEP = "UPLOADING_IMAGE"  # the reference's first step (5 %): where a request is until its run exists
 # A start call trusts a Dagster answer this recent (launches under load give one every moment)
 # instead of asking Dagster again.
@@ -59,18 +64,6 @@ _WAKE = ""  # put in the queue to wake the launch threads when stopping
 log = logging.getLogger("gateway.starts")
 
 StartState = Literal["pending", "failed", "cancelled"]
-
-
-def pending_path(workflow_id: str) -> str:
-    request_folder(workflow_id)  # validates the id
-    return f"{PENDING_PREFIX}{workflow_id}.json"
-
-
-def cancel_path(workflow_id: str) -> str:
-    """A cancel is a blob of its own, created once and never rewritten: no write of the record
-    (a takeover, a give-up) can undo it."""
-    request_folder(workflow_id)
-    return f"{CANCEL_PREFIX}{workflow_id}.json"
 
 
 @dataclass
@@ -102,26 +95,26 @@ class PendingStart:
 def read_start(store: BlobStore, workflow_id: str) -> PendingStart | None:
     """The workflow's pending start (state `cancelled` once a cancel blob exists), or None."""
     try:
-        start = PendingStart(**json.loads(store.get_path(pending_path(workflow_id))))
+        start = PendingStart(**json.loads(store.get_path(pending_start_path(workflow_id))))
     except (BlobStoreError, ValueError, TypeError):
         return None
-    if start.state != "cancelled" and store.exists_path(cancel_path(workflow_id)):
+    if start.state != "cancelled" and store.exists_path(start_cancel_path(workflow_id)):
         start.state = "cancelled"
     return start
 
 
 def write_start(store: BlobStore, start: PendingStart) -> None:
-    store.put_path(pending_path(start.workflowId), start.to_json(), "application/json")
+    store.put_path(pending_start_path(start.workflowId), start.to_json(), "application/json")
 
 
 def mark_cancelled(store: BlobStore, workflow_id: str) -> None:
-    store.create_path(cancel_path(workflow_id), b"{}", "application/json")
+    store.create_path(start_cancel_path(workflow_id), b"{}", "application/json")
 
 
 def forget_start(store: BlobStore, workflow_id: str) -> None:
     """The run exists (or the record expired): the record and its cancel blob go."""
-    store.delete_path(pending_path(workflow_id))
-    store.delete_path(cancel_path(workflow_id))
+    store.delete_path(pending_start_path(workflow_id))
+    store.delete_path(start_cancel_path(workflow_id))
 
 
 def state_of_start(start: PendingStart) -> WorkflowState:
@@ -203,7 +196,7 @@ class StartLauncher:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
         if self._beaten_at is not None and not any(thread.is_alive() for thread in self._threads):
             try:
-                self._store.delete_path(self._heartbeat_path(self.gateway_id))
+                self._store.delete_path(start_heartbeat_path(self.gateway_id))
             except BlobStoreError:
                 pass
 
@@ -319,7 +312,7 @@ class StartLauncher:
         finds the run: whichever sees the other's write acts)."""
         workflow_id = start.workflowId
         runs.forget(workflow_id)
-        if self._store.exists_path(cancel_path(workflow_id)):
+        if self._store.exists_path(start_cancel_path(workflow_id)):
             try:
                 run = runs.latest_run(workflow_id)
                 if run is not None and run.tags.get(LAUNCH_TAG) == start.launch_tag:
@@ -361,9 +354,6 @@ class StartLauncher:
 
     # ------------------------------------------------------------------ sweeping
 
-    def _heartbeat_path(self, gateway_id: str) -> str:
-        return f"{HEARTBEAT_PREFIX}{gateway_id}.json"
-
     def _beat(self, due_only: bool = False) -> None:
         """Write the heartbeat; `due_only`: unless one was written a third of the takeover time ago.
         Only a gateway that ever had starts to launch beats: the others own no record."""
@@ -372,7 +362,7 @@ class StartLauncher:
         if due_only and fresh:
             return
         payload = json.dumps({"at": now}).encode()
-        self._store.put_path(self._heartbeat_path(self.gateway_id), payload, "application/json")
+        self._store.put_path(start_heartbeat_path(self.gateway_id), payload, "application/json")
         self._beaten_at = now
 
     def _sweep_loop(self) -> None:
@@ -389,7 +379,7 @@ class StartLauncher:
     def _alive(self, gateway_id: str, seen: dict[str, bool]) -> bool:
         if gateway_id not in seen:
             try:
-                beat = json.loads(self._store.get_path(self._heartbeat_path(gateway_id)))
+                beat = json.loads(self._store.get_path(start_heartbeat_path(gateway_id)))
                 seen[gateway_id] = self._clock() - float(beat["at"]) < self._settings.start_takeover_seconds
             except (BlobNotFoundError, ValueError, KeyError, TypeError):
                 seen[gateway_id] = False
@@ -404,8 +394,8 @@ class StartLauncher:
         alive: dict[str, bool] = {self.gateway_id: True}
         now = self._clock()
         retention = self._settings.retention_days * 86400.0
-        for blob in list(self._store.list_prefix(PENDING_PREFIX)):
-            workflow_id = blob.path[len(PENDING_PREFIX) :].removesuffix(".json")
+        for blob in list(self._store.list_prefix(PENDING_START_PREFIX)):
+            workflow_id = pending_start_id(blob.path)
             if workflow_id in self._mine or now - blob.modified.timestamp() < self._settings.start_takeover_seconds:
                 continue  # in this gateway's queue; or too young to be abandoned or due for removal
             if workflow_id in self._ended and (retention <= 0 or now - blob.modified.timestamp() < retention):
@@ -442,7 +432,7 @@ class StartLauncher:
         try:
             held = claim(
                 self._store,
-                f"start-takeover/{workflow_id}.{dead}",
+                start_takeover_claim(workflow_id, dead),
                 {"gateway": self.gateway_id},
                 stale_after=2 * self._settings.start_takeover_seconds,
                 settled=settled,

@@ -59,6 +59,7 @@ from jewel_dagster.contract import (
     WILL_RETRY_TAG,
 )
 from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
+from jewel_dagster.storage_layout import webhook_delivery_claim, webhook_record_path, webhook_url_path
 
 log = logging.getLogger(__name__)
 
@@ -246,14 +247,10 @@ def redact(url: str) -> str:
     """What logs, run tags and delivery records show of a webhook URL: scheme://host[:port] only.
 
     Credentials, query and fragment carry tokens, and so does the path of Slack- and Discord-style
-    URLs (`/services/T000/B000/<secret>`): all of them stay in the store's `webhooks/<key>.json`."""
+    URLs (`/services/T000/B000/<secret>`): all of them stay in the store (storage_layout.webhook_url_path)."""
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]  # host[:port], a bracketed IPv6 address included
     return f"{parts.scheme}://{host}"
-
-
-def url_path(key: str) -> str:
-    return f"webhooks/{key}.json"
 
 
 def store_webhook_url(store: BlobStore, url: str) -> dict[str, str]:
@@ -262,23 +259,19 @@ def store_webhook_url(store: BlobStore, url: str) -> dict[str, str]:
     Called when the run is launched (after the URL was checked); the key is random, so the blob
     is named by nothing a caller sees."""
     key = uuid.uuid4().hex
-    store.put(url_path(key), json.dumps({"url": url}).encode(), "application/json")
+    store.put(webhook_url_path(key), json.dumps({"url": url}).encode(), "application/json")
     return {WEBHOOK_TAG: "1", WEBHOOK_URL_TAG: redact(url), WEBHOOK_KEY_TAG: key}
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """What became of one webhook, stored as `requests/<id>/webhooks/<run id>.json` (redacted URL)."""
+    """What became of one webhook, stored at storage_layout.webhook_record_path (redacted URL)."""
 
     url: str
     delivered: bool
     attempts: int
     status_code: int | None
     error: str | None
-
-
-def record_path(workflow_id: str, run_id: str) -> str:
-    return f"requests/{workflow_id}/webhooks/{run_id}.json"
 
 
 _FINISHED_RUNS = """
@@ -379,7 +372,7 @@ class WebhookDispatcher:
             return
         self._handled[run.run_id] = now
         workflow_id = run.tags.get(PARTITION_TAG, "")
-        record = record_path(workflow_id, run.run_id)
+        record = webhook_record_path(workflow_id, run.run_id)
         if self._store.exists_path(record):
             return  # delivered (or given up) before a restart
         # Every replica watches; the one that claims the run delivers (gateway/claims.py). A claim
@@ -387,7 +380,7 @@ class WebhookDispatcher:
         # replica looks again (each one looks back WEBHOOK_RECOVERY_HOURS when it starts).
         held = claim(
             self._store,
-            f"webhooks/{run.run_id}",
+            webhook_delivery_claim(run.run_id),
             {},
             self._claim_stale_seconds(),
             settled=lambda held: self._store.exists_path(record),
@@ -422,7 +415,7 @@ class WebhookDispatcher:
         key = run.tags.get(WEBHOOK_KEY_TAG)
         if key is None:
             return run.tags.get(WEBHOOK_URL_TAG, "")
-        return str(json.loads(self._store.get_path(url_path(key)))["url"])
+        return str(json.loads(self._store.get_path(webhook_url_path(key)))["url"])
 
     def _deliver(self, workflow_id: str, run: RunInfo, held: Claim | None = None) -> None:
         shown = redact(run.tags.get(WEBHOOK_URL_TAG, ""))
@@ -442,7 +435,7 @@ class WebhookDispatcher:
                 release(self._store, held)
             return
         record = json.dumps(outcome.__dict__).encode()
-        self._store.put(record_path(workflow_id, run.run_id), record, "application/json")
+        self._store.put(webhook_record_path(workflow_id, run.run_id), record, "application/json")
         if self._on_delivery is not None:
             self._on_delivery(outcome.delivered)
 

@@ -1,6 +1,6 @@
 """The names the pipeline and the gateway share: steps, progress, assets, jobs, tags.
 
-The gateway imports this module (and the request models in `defs.config`), never the assets:
+The gateway imports this module (and the request models in `request_inputs`), never the assets:
 it names what the pipeline makes without loading it. Kept free of Dagster imports, so the
 gateway's status path costs nothing to import.
 """

@@ -19,17 +19,15 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from gateway.dagster_api.client import DagsterRuns
 from gateway.deps import EventStreamsDep, ResultsDep, RunsDep, SettingsDep, StoreDep
 from gateway.event_streams import RETRY_AFTER_SECONDS, SHUTDOWN_RETRY_MS, StreamLease, StreamLimitReached, Watch
-from gateway.results import ResultReader
-from gateway.routes.workflows import WorkflowIdPath, owned_run_or_start
+from gateway.routes.workflows import WorkflowIdPath
 from gateway.schemas import ONE_WORKFLOW, WorkflowState, error_responses
 from gateway.security import ANONYMOUS, CallerDep, client_network
 from gateway.settings import GatewaySettings
-from gateway.starts import read_start, state_of_start
-from gateway.workflow_state import FINAL_STATUSES, progress_of, state_of
-from jewel_dagster.resources.blob_store import BlobStore
+from gateway.workflow_state import FINAL_STATUSES
+from gateway.workflows import reading
+from gateway.workflows.ownership import owned_run_or_start
 
 router = APIRouter(prefix="/workflow", tags=["workflow"])
 
@@ -43,23 +41,6 @@ def sse(event: str, data: dict[str, object], event_id: int) -> str:
 
 def _body(state: WorkflowState) -> dict[str, object]:
     return state.model_dump(exclude_none=True)
-
-
-def _current_state(
-    workflow_id: str, runs: DagsterRuns, results: ResultReader, store: BlobStore
-) -> WorkflowState | None:
-    """Progress while running (cheap), the full state once ended; None when the run is gone.
-    Before its run exists, a workflow started in the background is its pending start."""
-    run = runs.latest_run_cached(workflow_id)
-    if run is None:
-        start = read_start(store, workflow_id)
-        if start is not None:
-            return state_of_start(start)
-        run = runs.latest_run(workflow_id)  # launched meanwhile: the record goes once the run exists
-        if run is None:
-            return None
-    state = progress_of(workflow_id, run)
-    return state_of(workflow_id, run, runs, results) if state.status in FINAL_STATUSES else state
 
 
 async def _stream(workflow_id: str, watch: Watch, lease: StreamLease, settings: GatewaySettings) -> AsyncIterator[str]:
@@ -162,7 +143,7 @@ async def workflow_events(
         ) from None
     try:
         await run_in_threadpool(owned_run_or_start, runs, store, workflow_id, caller, True)  # 404 before it opens
-        watch = lease.follow(workflow_id, partial(_current_state, workflow_id, runs, results, store))
+        watch = lease.follow(workflow_id, partial(reading.current_state, workflow_id, runs, results, store))
     except BaseException:
         lease.release()
         raise

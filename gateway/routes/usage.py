@@ -8,9 +8,9 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.dagster_api.errors import DagsterError
 from gateway.deps import QuotasDep, RunsDep, SettingsDep
-from gateway.routes.workflows import pipeline_unavailable
 from gateway.schemas import AUTHENTICATED, error_responses
 from gateway.security import CallerDep
+from gateway.workflows.errors import pipeline_unavailable
 from jewel_dagster.contract import OWNER_TAG
 
 router = APIRouter(tags=["usage"])

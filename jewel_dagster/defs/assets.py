@@ -46,8 +46,6 @@ from jewel_dagster.contract import (
 )
 from jewel_dagster.defs.cancellation import stop_if_cancelled
 from jewel_dagster.defs.config import (
-    BRUSH_STROKES,
-    BrushStroke,
     GenerateImagesConfig,
     PrepareCanvasConfig,
     RefineMaskConfig,
@@ -56,6 +54,7 @@ from jewel_dagster.defs.config import (
 from jewel_dagster.defs.step_values import StepValues
 from jewel_dagster.provenance.manifest import GenerationFacts, sha256_hex, sniff_mime
 from jewel_dagster.public_names import public_backend
+from jewel_dagster.request_inputs import BRUSH_STROKES, BrushStroke
 from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
 from jewel_dagster.resources.fidelity import FidelityThresholds
 from jewel_dagster.resources.http_services import TransientServiceError

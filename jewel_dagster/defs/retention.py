@@ -30,15 +30,16 @@ import dagster as dg
 
 from jewel_dagster.contract import OWNER_TAG, PARTITION_TAG, PARTITIONS_NAME, WEBHOOK_KEY_TAG
 from jewel_dagster.defs.request_runs import BACKGROUND_TAG, busy_partitions, runs_by_partition
-from jewel_dagster.resources.blob_store import (
-    TOMBSTONE_PREFIX,
-    BlobStore,
-    BlobStoreError,
-    request_folder,
-    tombstone_path,
-)
+from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
 from jewel_dagster.runtime.check_rows import delete_check_rows
 from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.storage_layout import (
+    LEFTOVER_PREFIXES,
+    TOMBSTONE_PREFIX,
+    request_prefix,
+    tombstone_path,
+    webhook_url_path,
+)
 
 RETENTION_JOB = "retention"
 T = TypeVar("T")
@@ -60,12 +61,12 @@ class RetentionReport:
     leftovers_removed: int = 0  # claims and webhook URLs older than the cutoff
 
 
-# Blobs that belong to no request folder, removed once older than the retention cutoff: claims
-# (gateway/claims.py: idempotency keys, webhook deliveries, continued runs; each settled within
-# minutes) and webhook URLs (`webhooks/<key>.json`, with the caller's credentials; a launch that
-# failed left its own behind). Step logs (`compute-logs/` in Azure) go with their run, through the
-# instance's compute log manager: listing all of them every night would not be bounded.
-LEFTOVER_PREFIXES = ("claims/", "webhooks/")
+# Blobs that belong to no request folder (storage_layout.LEFTOVER_PREFIXES), removed once older
+# than the retention cutoff: claims (gateway/claims.py: idempotency keys, webhook deliveries,
+# continued runs; each settled within minutes) and webhook URLs (with the caller's credentials; a
+# launch that failed left its own behind). Step logs (in Azure, under the compute log manager's
+# prefix) go with their run, through the instance's compute log manager: listing all of them every
+# night would not be bounded.
 LEFTOVERS_PER_REQUEST = 50  # a pass removes at most this many per request it may remove: bounded
 
 
@@ -109,11 +110,11 @@ def remove_requests(
         for partition in removable:
             tombstone = {"removedAt": now.isoformat(), "owner": _owner(runs.get(partition, []))}
             store.put(tombstone_path(partition), json.dumps(tombstone).encode(), "application/json")
-            report.blobs_removed += store.delete_prefix(f"{request_folder(partition)}/")
+            report.blobs_removed += store.delete_prefix(request_prefix(partition))
             for run in runs.get(partition, []):
                 if WEBHOOK_KEY_TAG in run.tags:
                     try:
-                        store.delete_path(f"webhooks/{run.tags[WEBHOOK_KEY_TAG]}.json")
+                        store.delete_path(webhook_url_path(run.tags[WEBHOOK_KEY_TAG]))
                     except BlobStoreError:
                         pass  # a malformed key names no blob of ours
         run_ids = [run.run_id for partition in removable for run in runs.get(partition, [])]
@@ -131,7 +132,7 @@ def remove_requests(
 
 def delete_step_logs(instance: dg.DagsterInstance, run_id: str) -> None:
     """The run's captured stdout/stderr, wherever the instance's compute log manager keeps them
-    (local files, or `compute-logs/` in Azure): `delete_run` leaves them behind."""
+    (local files, or blobs in Azure): `delete_run` leaves them behind."""
     try:
         instance.compute_log_manager.delete_logs(prefix=[run_id])
     except Exception as exc:  # noqa: BLE001 - a manager that cannot delete must not stop the pass

@@ -5,7 +5,10 @@ because run config lives in Dagster's event log. A URI names its container:
 ``local://<container>/<path>`` or ``azure://<container>/<path>``; a store only accepts URIs
 of its own scheme and container, so a caller can never make it read somewhere else.
 
-Exceptions::
+Where things live in the container is jewel_dagster/storage_layout.py's (it builds every key).
+
+Exceptions (BlobStoreError and ForeignUriError are defined in storage_layout, which raises the
+latter for a malformed key, and are re-exported here)::
 
     BlobStoreError
     ├── BlobNotFoundError   the URI is ours but nothing is stored there
@@ -15,7 +18,6 @@ Exceptions::
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -27,75 +29,11 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class BlobStoreError(Exception):
-    pass
+from jewel_dagster.storage_layout import BlobStoreError, ForeignUriError, check_path, check_prefix
 
 
 class BlobNotFoundError(BlobStoreError):
     pass
-
-
-class ForeignUriError(BlobStoreError):
-    pass
-
-
-def check_path(path: str) -> str:
-    """A blob path is '/'-joined plain segments: no '..', no empty or hidden parts."""
-    segments = path.split("/")
-    if not path or not all(_SEGMENT.match(s) and s not in (".", "..") for s in segments):
-        raise ForeignUriError(f"not a valid blob path: {path!r}")
-    return path
-
-
-def request_folder(request_id: str) -> str:
-    if not REQUEST_ID.match(request_id):
-        raise ForeignUriError(f"not a valid request id: {request_id!r}")
-    return f"requests/{request_id}"
-
-
-def strokes_path(request_id: str, key: str) -> str:
-    """Where one launch's brush strokes live (JSON); a new key per launch, so a rerun of an
-    earlier run reads the strokes it was launched with."""
-    return check_path(f"{request_folder(request_id)}/strokes/{key}.json")
-
-
-def artifact_path(request_id: str, name: str, extension: str, run_id: str | None = None) -> str:
-    """Where one run's materialization of a request's artifact lives; the gateway and the IO
-    manager share this. Each run writes its own folder, so no run replaces a blob that an earlier
-    materialization points to. Without a run id: the flat path of artifacts stored before runs had
-    folders, still read as a fallback."""
-    if run_id is None:
-        return check_path(f"{request_folder(request_id)}/{name}.{extension}")
-    return check_path(f"{request_folder(request_id)}/{run_id}/{name}.{extension}")
-
-
-def jpeg_rendition_path(png_path: str) -> str:
-    """Where the JPEG rendition of a stored PNG artifact lives (contract.JPEG_RENDITION_ASSETS)."""
-    if not png_path.endswith(".png"):
-        raise ForeignUriError(f"only a PNG artifact has a JPEG rendition: {png_path!r}")
-    return check_path(f"{png_path[: -len('.png')]}.jpg")
-
-
-def check_prefix(prefix: str) -> str:
-    """A folder prefix: a valid blob path followed by '/', so `requests/a` never matches `requests/ab`."""
-    if not prefix.endswith("/"):
-        raise ForeignUriError(f"a prefix ends with '/': {prefix!r}")
-    check_path(prefix[:-1])
-    return prefix
-
-
-def tombstone_path(request_id: str) -> str:
-    """Where the retention job records that it removed a request, so the gateway answers 410
-    Gone rather than 404 (a tiny JSON: when, whose). Expired with the tombstone lifetime."""
-    request_folder(request_id)  # validates the id
-    return f"{TOMBSTONE_PREFIX}{request_id}.json"
-
-
-TOMBSTONE_PREFIX = "removed/"
 
 
 @dataclass(frozen=True)

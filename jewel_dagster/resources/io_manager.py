@@ -34,7 +34,8 @@ from pydantic import Field, PrivateAttr
 
 from jewel_dagster.contract import JPEG_RENDITION_ASSETS
 from jewel_dagster.resources.array_cache import RecentArrays
-from jewel_dagster.resources.blob_store import BlobStore, artifact_path, jpeg_rendition_path
+from jewel_dagster.resources.blob_store import BlobStore
+from jewel_dagster.storage_layout import artifact_path, jpeg_rendition_path
 from jewel_dagster.vision import imaging
 
 EXTENSIONS = ("png", "json")

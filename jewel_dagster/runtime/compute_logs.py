@@ -36,6 +36,7 @@ from dagster_azure.blob.compute_log_manager import AzureBlobComputeLogManager
 from jewel_dagster.resources.blob_store import AzureBlobStore
 from jewel_dagster.resources.selection import build_blob_store
 from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.storage_layout import COMPUTE_LOGS_PREFIX
 
 
 class BlobStoreComputeLogManager(AzureBlobComputeLogManager):
@@ -43,7 +44,7 @@ class BlobStoreComputeLogManager(AzureBlobComputeLogManager):
 
     def __init__(
         self,
-        prefix: str = "compute-logs",
+        prefix: str = COMPUTE_LOGS_PREFIX,
         local_dir: str | None = None,
         upload_interval: int | None = None,
         inst_data: ConfigurableClassData | None = None,
@@ -73,7 +74,7 @@ class BlobStoreComputeLogManager(AzureBlobComputeLogManager):
     @classmethod
     def config_type(cls) -> dict[str, Any]:
         return {
-            "prefix": dg.Field(dg.StringSource, is_required=False, default_value="compute-logs"),
+            "prefix": dg.Field(dg.StringSource, is_required=False, default_value=COMPUTE_LOGS_PREFIX),
             "local_dir": dg.Field(dg.Noneable(dg.StringSource), is_required=False, default_value=None),
             "upload_interval": dg.Field(dg.Noneable(int), is_required=False, default_value=None),
         }

@@ -28,7 +28,7 @@ Private symbols used (checked against dagster 1.13.27):
   terminated).
 - `dagster._grpc.types.CanCancelExecutionRequest`, `CanCancelExecutionResult`.
 - `dagster._core.errors.DagsterUserCodeUnreachableError`: what the client raises when no server answers.
-- `dagster._serdes.deserialize_value`.
+- (`deserialize_value` is public now: `dg.deserialize_value`.)
 Canaries: tests/unit/test_run_launcher.py (the answers for an unreachable server and a server
 that does not know the run) and tests/e2e/test_process_faults.py (a killed code server's run fails
 and is retried).
@@ -40,7 +40,6 @@ import dagster as dg
 from dagster._core.errors import DagsterUserCodeUnreachableError
 from dagster._core.launcher.base import CheckRunHealthResult, WorkerStatus
 from dagster._grpc.types import CanCancelExecutionRequest, CanCancelExecutionResult
-from dagster._serdes import deserialize_value
 
 # One health check must not hold up the monitoring loop (it checks every STARTED run in turn).
 HEALTH_CHECK_TIMEOUT_SECONDS = 5
@@ -66,7 +65,7 @@ class WorkerCheckingRunLauncher(dg.DefaultRunLauncher):
             return CheckRunHealthResult(
                 WorkerStatus.RUNNING, f"code server {client.host}:{client.port} unreachable; checked again next poll"
             )
-        if deserialize_value(answer, CanCancelExecutionResult).can_cancel:
+        if dg.deserialize_value(answer, CanCancelExecutionResult).can_cancel:
             return CheckRunHealthResult(WorkerStatus.RUNNING)
         return CheckRunHealthResult(
             WorkerStatus.FAILED,

@@ -22,7 +22,7 @@ Private symbols used (checked against dagster 1.13.27):
 - `DagsterApiServer.CancelExecution(request, context)`: extended (super() first); the request is
   a `CancelExecutionRequest` serialized in `request.serialized_cancel_execution_request`.
 - `DagsterApiServer._executions` (run id -> (process, instance ref)) under `_execution_lock`.
-- `dagster._grpc.types.CancelExecutionRequest`, `dagster._serdes.deserialize_value`.
+- `dagster._grpc.types.CancelExecutionRequest` (read with the public `dg.deserialize_value`).
 - `dagster._cli.api.grpc_command`: imports `DagsterApiServer` from `dagster._grpc.server` when
   called, so replacing the module attribute hands it ours. If that import moves, the server
   still works but spawns its workers: the canary test sees a worker that was not forked.
@@ -37,9 +37,8 @@ import threading
 from typing import Any
 
 import dagster._grpc.server as dagster_grpc_server  # the class `dagster api grpc` instantiates
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRunStatus, deserialize_value
 from dagster._grpc.types import CancelExecutionRequest
-from dagster._serdes import deserialize_value
 
 # A run worker gets this long to stop by itself after a cancel (Dagster's interrupt, its events
 # written), then it is killed.

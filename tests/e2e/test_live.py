@@ -20,10 +20,11 @@ from PIL import Image
 from standardwebhooks import Webhook
 
 from devtools.stack import REPO_ROOT, Stack
-from gateway.webhooks import record_path
 from jewel_dagster.contract import STEP_PROGRESS
 from jewel_dagster.provenance.reader import read_manifest
-from jewel_dagster.resources.blob_store import LocalBlobStore, jpeg_rendition_path
+from jewel_dagster.resources.blob_store import LocalBlobStore
+from jewel_dagster.storage_layout import jpeg_rendition_path
+from jewel_dagster.storage_layout import webhook_record_path as record_path
 from tests.support.answers import assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import free_port, launched_runs, poll, running_stack, runs_of, wait_until

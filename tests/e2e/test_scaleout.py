@@ -22,10 +22,10 @@ import httpx
 import pytest
 
 from devtools.stack import Stack, free_port, temporary_stack
-from gateway.webhooks import record_path
 from jewel_dagster.contract import WORKER_TAG
 from jewel_dagster.resources.blob_store import AzureBlobStore, BlobStore
 from jewel_dagster.runtime.celery_runs import DEAD_AFTER_SECONDS
+from jewel_dagster.storage_layout import webhook_record_path as record_path
 from tests.support.e2e_flows import CUP, PHOTO
 from tests.support.e2e_stack import runs_of, wait_until
 from tests.support.infra import azurite, postgres_database, redis_url

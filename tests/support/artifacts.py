@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jewel_dagster.resources.blob_store import artifact_path
+from jewel_dagster.storage_layout import artifact_path
 
 
 def stored_path(store: Any, request_id: str, name: str, extension: str) -> str:

@@ -11,9 +11,9 @@ import httpx
 from pydantic import SecretStr
 
 from devtools.stack import Stack, descendants, free_port, parent_pid, temporary_stack
-from gateway.starts import pending_path
 from jewel_dagster.resources.selection import build_blob_store
 from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.storage_layout import pending_start_path as pending_path
 from tests.support.metrics import samples, value
 
 running_stack = temporary_stack

@@ -23,8 +23,9 @@ from pathlib import Path
 import httpx
 
 from devtools.stack import Stack, temporary_stack
-from gateway.starts import PENDING_PREFIX, mark_cancelled, read_start
+from gateway.starts import mark_cancelled, read_start
 from jewel_dagster.resources.blob_store import LocalBlobStore
+from jewel_dagster.storage_layout import PENDING_START_PREFIX as PENDING_PREFIX
 from tests.support.e2e_stack import TWO_CALLERS
 
 _UNFINISHED = """

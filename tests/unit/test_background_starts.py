@@ -22,10 +22,11 @@ from fastapi.testclient import TestClient
 
 from gateway.dagster_api.errors import DagsterUnavailable
 from gateway.dagster_api.models import RunInfo
-from gateway.routes import workflows
-from gateway.starts import PendingStart, pending_path, write_start
+from gateway.starts import PendingStart, write_start
+from gateway.workflows import idempotency
 from jewel_dagster.contract import FULL_JOB, LAUNCH_TAG, OWNER_TAG, PARTITION_TAG
 from jewel_dagster.resources.blob_store import LocalBlobStore
+from jewel_dagster.storage_layout import pending_start_path as pending_path
 from tests.support.answers import assert_refused, no_workflow
 from tests.support.gateway_client import (
     FakeDagster,
@@ -182,7 +183,7 @@ def test_an_idempotent_retry_while_pending_gets_the_same_workflow_and_one_launch
 ) -> None:
     # Every claim is "stale" at once: only its `settled` check (a pending start counts) keeps a
     # retry from launching the key again while the first run does not exist yet.
-    monkeypatch.setattr(workflows, "IDEMPOTENCY_CLAIM_STALE_SECONDS", 0.0)
+    monkeypatch.setattr(idempotency, "IDEMPOTENCY_CLAIM_STALE_SECONDS", 0.0)
     with gateways(tmp_path, count=2) as ([a, b], dagster):
         dagster.gate.clear()
         key = {"Idempotency-Key": "order-19"}

@@ -71,7 +71,7 @@ def test_refused_points_store_and_launch_nothing(tmp_path: Path, changes: dict[s
 
 
 def test_stroke_limits_hold_for_the_canvas_and_the_web_page() -> None:
-    from jewel_dagster.defs import config
+    from jewel_dagster import request_inputs as config
     from jewel_dagster.vision import imaging
 
     assert config.STROKE_CANVAS == (imaging.CANVAS_WIDTH, imaging.CANVAS_HEIGHT)

@@ -10,10 +10,10 @@ import dagster as dg
 import numpy as np
 
 from jewel_dagster.defs.assets import ALL_ASSETS
-from jewel_dagster.resources.blob_store import artifact_path
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.resources.services import Generation, ImageGenerator
 from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.storage_layout import artifact_path
 from jewel_dagster.vision import imaging
 from jewel_dagster.vision.imaging import Mask, RGBImage
 

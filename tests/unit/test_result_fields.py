@@ -11,7 +11,8 @@ import pytest
 
 from gateway.cli import describe_backends
 from gateway.results import ResultReader
-from jewel_dagster.resources.blob_store import LocalBlobStore, artifact_path
+from jewel_dagster.resources.blob_store import LocalBlobStore
+from jewel_dagster.storage_layout import artifact_path
 from jewel_dagster.vision import imaging
 
 RID = "jewelry-gen-00000000-0000-0000-0000-000000000001"
@@ -95,8 +96,8 @@ def test_generated_images_are_answered_from_the_jpeg_their_step_stored(tmp_path:
 
     import dagster as dg
 
-    from jewel_dagster.resources.blob_store import jpeg_rendition_path
     from jewel_dagster.resources.io_manager import BlobIOManager
+    from jewel_dagster.storage_layout import jpeg_rendition_path
 
     store = LocalBlobStore(root=str(tmp_path), container="jewelry-uploads")
     _store_generation(store, None)

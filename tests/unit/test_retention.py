@@ -15,9 +15,10 @@ import pytest
 from jewel_dagster.contract import CHECK_NAME, OWNER_TAG, PARTITION_TAG, PARTITIONS_NAME, AssetName, run_config_ops
 from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.defs.retention import RETENTION_JOB, build_retention, run_retention
-from jewel_dagster.resources.blob_store import LocalBlobStore, tombstone_path
+from jewel_dagster.resources.blob_store import LocalBlobStore
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.storage_layout import tombstone_path
 from tests.support.answers import assert_refused, no_workflow
 from tests.support.gateway_client import gateway_with_fake_dagster
 from tests.support.infra import pg_sessions_opened, postgres_database

@@ -11,9 +11,10 @@ import numpy as np
 
 from jewel_dagster.contract import run_config_ops
 from jewel_dagster.defs.assets import ALL_ASSETS
-from jewel_dagster.resources.blob_store import BlobStore, artifact_path
+from jewel_dagster.resources.blob_store import BlobStore
 from jewel_dagster.resources.io_manager import PARENT_RUN_TAG, ROOT_RUN_TAG, run_lineage
 from jewel_dagster.resources.local_services import LocalMaskRefiner
+from jewel_dagster.storage_layout import artifact_path
 from jewel_dagster.vision import imaging
 from jewel_dagster.vision.imaging import CanvasStroke, Mask
 from tests.support.photos import RING_CLICK, synthetic_ring, to_jpeg

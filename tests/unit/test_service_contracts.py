@@ -14,9 +14,10 @@ import pytest
 
 from jewel_dagster.contract import run_config_ops
 from jewel_dagster.defs.assets import ALL_ASSETS, GEMINI_REASON
-from jewel_dagster.resources.blob_store import BlobStore, strokes_path
+from jewel_dagster.resources.blob_store import BlobStore
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.storage_layout import strokes_path
 from jewel_dagster.vision import imaging
 from tests.support.artifacts import stored_path
 from tests.support.photos import coffee_jpeg

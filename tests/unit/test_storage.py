@@ -15,8 +15,8 @@ from jewel_dagster.resources.blob_store import (
     BlobStore,
     ForeignUriError,
     LocalBlobStore,
-    artifact_path,
 )
+from jewel_dagster.storage_layout import artifact_path
 from tests.support.infra import azurite
 
 

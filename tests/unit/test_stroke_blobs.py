@@ -11,8 +11,10 @@ import pytest
 
 from gateway.dagster_api.errors import DagsterUnavailable
 from jewel_dagster.defs.assets import _load_strokes
-from jewel_dagster.defs.config import BRUSH_STROKES, RefineConfig
-from jewel_dagster.resources.blob_store import LocalBlobStore, strokes_path
+from jewel_dagster.defs.config import RefineConfig
+from jewel_dagster.request_inputs import BRUSH_STROKES
+from jewel_dagster.resources.blob_store import LocalBlobStore
+from jewel_dagster.storage_layout import strokes_path
 from tests.support.answers import PIPELINE_DOWN, assert_refused
 from tests.support.gateway_client import gateway_client, poll_until, start_body, stored_blobs
 

@@ -176,8 +176,8 @@ def test_the_gateway_refuses_a_webhook_it_cannot_send(tmp_path: Path) -> None:
 def test_a_state_dagster_cannot_give_is_recorded_not_invented(tmp_path: Path) -> None:
     """Dagster down while a failed run's message is read: nothing is POSTed, the record says why."""
     from gateway.dagster_api.models import RunInfo
-    from gateway.webhooks import record_path
     from jewel_dagster.contract import WEBHOOK_URL_TAG
+    from jewel_dagster.storage_layout import webhook_record_path as record_path
     from tests.support.e2e_stack import free_port
 
     dispatcher = _dispatcher(tmp_path, webhook_attempts=2, dagster_port=free_port())
@@ -314,7 +314,7 @@ def test_credentials_and_query_tokens_stay_out_of_tags_records_and_logs(
     """Run tags, the delivery record and the log show scheme://host:port; the full URL is
     read from the store by a dispatcher that was not there when the run was launched."""
     from gateway.dagster_api.models import RunInfo
-    from gateway.routes.workflows import _webhook_tags
+    from gateway.workflows.launch import webhook_tags as _webhook_tags
     from jewel_dagster.contract import WEBHOOK_URL_TAG
 
     store = LocalBlobStore(root=str(tmp_path))

@@ -1,0 +1,123 @@
+"""Idempotency-Key: a retried start gets the first workflow back, whichever replica it reaches.
+
+Two layers: striped in-process locks (a replica's own retries wait instead of racing) and claims
+in the shared blob store (gateway/claims.py) across replicas. Nothing is kept per key in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import HTTPException, status
+from pydantic import BaseModel
+
+from gateway.claims import Claim, ClaimError, claim, release
+from gateway.dagster_api.client import DagsterRuns
+from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
+from gateway.schemas import StartResponse
+from gateway.starts import read_start, state_of_start
+from gateway.status import position_of
+from gateway.workflows.errors import pipeline_unavailable
+from jewel_dagster.contract import IDEMPOTENCY_REQUEST_TAG, IDEMPOTENCY_TAG, OWNER_TAG, PARTITION_TAG
+from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
+from jewel_dagster.storage_layout import idempotency_claim
+
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+# Striped locks: a fixed table, however many keys and requests pass through (a dict of one lock
+# per key grew forever). Two keys sharing a stripe only wait for each other.
+_LOCK_STRIPES = [threading.Lock() for _ in range(256)]
+# A claimed Idempotency-Key whose run never appeared (its gateway died mid-launch) is taken over
+# after this long: above a launch's worst case (a 30 s wait for a launch slot, then GraphQL calls
+# of up to 30 s each, retried once).
+IDEMPOTENCY_CLAIM_STALE_SECONDS = 300.0
+
+
+def stripe(key: str) -> threading.Lock:
+    """The in-process lock of `key`'s stripe."""
+    return _LOCK_STRIPES[int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % len(_LOCK_STRIPES)]
+
+
+def idempotent(
+    runs: DagsterRuns,
+    store: BlobStore,
+    caller: str,
+    key: str | None,
+    request: BaseModel,
+    endpoint: str,
+    request_id: str,
+    launch: Callable[[dict[str, str]], StartResponse],
+) -> StartResponse:
+    """Run `launch(tags)` once per (caller, Idempotency-Key); a retry gets the first workflow back,
+    whichever gateway replica it reaches.
+
+    The key (hashed with the caller) is claimed in the shared blob store (gateway/claims.py) with
+    the workflow id this launch will use and a digest of the endpoint and body: the first replica
+    to claim it launches, any other answers that workflow id (RUNNING) even before its run exists.
+    The same key with another request is a client bug, answered 422 rather than with a workflow
+    that is not the one asked for. The key also rides on the run as a tag, so keys used before
+    claims existed are still found.
+    """
+    if key is None:
+        return launch({OWNER_TAG: caller})
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="Idempotency-Key: 1 to 200 printable characters")
+    digest = hashlib.sha256(f"{caller}:{key}".encode()).hexdigest()[:32]
+    asked = hashlib.sha256(f"{endpoint}\n{request.model_dump_json()}".encode()).hexdigest()[:32]
+
+    def reused() -> HTTPException:
+        return HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            detail="Idempotency-Key was already used with a different request; use a new key",
+        )
+
+    with stripe(digest):  # in-process: the replica's own retries wait here instead of racing below
+        try:
+            earlier = runs.newest_run_tagged({IDEMPOTENCY_TAG: digest})
+        except DagsterError as exc:
+            raise pipeline_unavailable(exc) from exc
+        if earlier is not None:
+            if earlier.tags.get(IDEMPOTENCY_REQUEST_TAG, asked) != asked:
+                raise reused()
+            return StartResponse(workflowId=earlier.tags[PARTITION_TAG], status=position_of(earlier).status)
+        try:
+            held = claim(
+                store,
+                idempotency_claim(digest),
+                {"workflowId": request_id, "asked": asked},
+                IDEMPOTENCY_CLAIM_STALE_SECONDS,
+                settled=lambda held: has_run(runs, store, str(held.get("workflowId", ""))),
+            )
+        except (BlobStoreError, ClaimError) as exc:
+            raise pipeline_unavailable(DagsterUnavailable(f"idempotency claim: {exc}")) from exc
+        if not held.won:
+            if held.data.get("asked") != asked:
+                raise reused()
+            workflow_id = str(held.data["workflowId"])
+            start = read_start(store, workflow_id)  # launched in the background: not a run yet
+            return StartResponse(workflowId=workflow_id, status=state_of_start(start).status if start else "RUNNING")
+        try:
+            return launch({OWNER_TAG: caller, IDEMPOTENCY_TAG: digest, IDEMPOTENCY_REQUEST_TAG: asked})
+        except BaseException:
+            release(store, held)  # nothing launched: a retry with this key may try again
+            raise
+
+
+def claim_or_unavailable(store: BlobStore, name: str, settled: Callable[[dict[str, Any]], bool]) -> Claim:
+    """A cross-replica claim of `name` (503 when the store cannot be asked)."""
+    try:
+        return claim(store, name, {}, IDEMPOTENCY_CLAIM_STALE_SECONDS, settled)
+    except (BlobStoreError, ClaimError) as exc:
+        raise pipeline_unavailable(DagsterUnavailable(f"claim {name}: {exc}")) from exc
+
+
+def has_run(runs: DagsterRuns, store: BlobStore, workflow_id: str) -> bool:
+    """Whether the workflow has a run, or a pending start (the run to come, or a start that
+    ended without one); an unanswered question counts as yes (never launch twice)."""
+    try:
+        return read_start(store, workflow_id) is not None or runs.latest_run(workflow_id) is not None
+    except (DagsterError, BlobStoreError):
+        return True
