@@ -24,10 +24,11 @@ from benchmarks.soak.chaos import Chaos
 from benchmarks.soak.stack import GATEWAYS, WEBHOOK_SECRET, SoakStack
 from benchmarks.soak.traffic import ENDED, Record, Request, observe
 from gateway.security import ANONYMOUS
-from gateway.starts import PENDING_PREFIX, read_start
+from gateway.starts import read_start
 from gateway.webhooks import caller_secret
 from jewel_dagster.resources.selection import build_blob_store
 from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.storage_layout import PENDING_START_PREFIX, pending_start_id
 
 GPU_POOL = "gpu"
 UNFINISHED = [
@@ -198,8 +199,8 @@ class Checks:
             # Cancelled and failed starts keep their record (GET's answer until it expires).
             starts = [
                 blob.path
-                for blob in self.store.list_prefix(PENDING_PREFIX)
-                if (start := read_start(self.store, blob.path[len(PENDING_PREFIX) :].removesuffix(".json")))
+                for blob in self.store.list_prefix(PENDING_START_PREFIX)
+                if (start := read_start(self.store, pending_start_id(blob.path)))
                 and start.state == "pending"
             ]
             left = {

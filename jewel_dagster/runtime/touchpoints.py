@@ -37,6 +37,7 @@ PRIVATE_ATTRIBUTES: dict[str, tuple[str, str, str]] = {
     "_logger": ("DagsterDaemon", "prompt_queue", "the daemon's logger, for the wake-up's warnings"),
     "_get_grpc_client_for_termination": ("DefaultRunLauncher", "run_launcher", "asks the code server"),
     "_engine": ("SqlRunStorage/SqlEventLogStorage (postgres)", "storage_engines", "closes pooled connections"),
+    "_conn_string": ("SqliteRunStorage", "storage_engines", "the file a pooled engine of our own opens"),
     "_container_client": ("AzureBlobComputeLogManager", "compute_logs", "replaced by our store's client"),
     "_blob_client": ("AzureBlobComputeLogManager", "compute_logs", "replaced by our store's client"),
 }
@@ -97,6 +98,7 @@ NON_PUBLIC_METHODS: dict[str, tuple[str, str]] = {
     "root_directory": ("DagsterInstance", "tests"),
     "run_coordinator": ("DagsterInstance", "tests"),
     "run_launcher": ("DagsterInstance", "tests"),
+    "run_storage": ("DagsterInstance", "tests"),
     "set_concurrency_slots": ("EventLogStorage", "tests"),
     "store_event": ("DagsterInstance", "benchmarks"),
     "store_event_batch": ("EventLogStorage", "benchmarks"),

@@ -28,9 +28,10 @@ from jewel_dagster.provenance.signer import (
     resolve_identity,
 )
 from jewel_dagster.public_names import public_backend
-from jewel_dagster.resources.blob_store import LocalBlobStore, artifact_path, jpeg_rendition_path
+from jewel_dagster.resources.blob_store import LocalBlobStore
 from jewel_dagster.resources.io_manager import BlobIOManager, EncodedImage
 from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.storage_layout import artifact_path, jpeg_rendition_path
 from jewel_dagster.vision import imaging
 from tests.support.provenance import edit_a_pixel
 
