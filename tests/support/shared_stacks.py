@@ -25,10 +25,10 @@ from pathlib import Path
 
 import httpx
 
-from devtools.stack import Stack, temporary_stack
+from devtools.stack import Stack
 from gateway.starts import PENDING_PREFIX, mark_cancelled, read_start
 from jewel_dagster.resources.blob_store import LocalBlobStore
-from tests.support.e2e_stack import TWO_CALLERS
+from tests.support.e2e_stack import TWO_CALLERS, running_stack
 
 _UNFINISHED = """
 { runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) {
@@ -72,7 +72,7 @@ class SharedStacks:
                 return stack
             self.close()
         self._started += 1
-        started = temporary_stack(self._root / f"{settings.name}-{self._started}", dict(settings.env))
+        started = running_stack(self._root / f"{settings.name}-{self._started}", dict(settings.env))
         stack = started.__enter__()
         self._running = (settings, started, stack)
         self._processes = frozenset(stack.processes)
