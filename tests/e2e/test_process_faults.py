@@ -179,7 +179,7 @@ def test_gpu_steps_of_three_requests_never_overlap_with_a_pool_of_one(
             if step["stepKey"] in POOLED_STEPS:
                 intervals.append((step["startTime"], step["endTime"], workflow, step["stepKey"]))
     assert len(intervals) == 3 * len(POOLED_STEPS), intervals  # every pooled step ran once a request
-    # The runs ran at once (each began before another had ended): only the pool kept their steps apart.
+    # Runs were going at once (one began before another ended): only the pool kept their steps apart.
     spans.sort()
     assert any(start < end for (_, end), (start, _) in zip(spans, spans[1:], strict=False)), spans
     intervals.sort()
