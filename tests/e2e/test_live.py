@@ -27,29 +27,23 @@ from jewel_dagster.storage_layout import jpeg_rendition_path
 from jewel_dagster.storage_layout import webhook_record_path as record_path
 from tests.support.answers import assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, finished
-from tests.support.e2e_stack import free_port, launched_runs, poll, running_stack, runs_of, wait_until
+from tests.support.e2e_stack import free_port, launched_runs, poll, runs_of, wait_until
 from tests.support.infra import missing, program
 from tests.support.provenance import edit_a_pixel
 from tests.support.receivers import Receiver, webhook_receiver
+from tests.support.shared_stacks import DEFAULT_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
 
-SECRET = "test-webhook-secret"
 KEY = "live-test-key"  # the keyed gateway's one API key
 RING = REPO_ROOT / "samples" / "ring.jpg"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {
-        "WEBHOOK_SECRET": SECRET,
-        "WEBHOOK_ALLOW_PRIVATE": "true",  # the receiver listens on loopback
-        "WEBHOOK_BACKOFF_SECONDS": "0.3",
-        "WEBHOOK_POLL_SECONDS": "0.5",
-        "REGENERATION_SENSOR_ENABLED": "false",
-    }
-    with running_stack(tmp_path_factory.mktemp("live"), env) as running:
-        yield running
+def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
+    """The embedded default with webhooks on (DEFAULT_STACK): the real classical image code,
+    whose pixels the CLI and the page tests look at."""
+    yield from shared_stack(shared_stacks, DEFAULT_STACK)
 
 
 @pytest.fixture
@@ -59,12 +53,13 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def keyed_gateway(stack: Stack) -> str:
+def keyed_gateway(stack: Stack) -> Iterator[str]:
     """A second gateway process on the same Dagster and store, with an API key: what the CLI's
     and the page's keys are sent to. Webhooks off on it, so this module's webhooks have one
     dispatcher (the first gateway's)."""
     keyed = {"GATEWAY_API_KEYS": KEY, "GATEWAY_SECRET": "a-live-test-gateway-secret", "WEBHOOK_SECRET": ""}
-    return stack.start_gateway(name="keyed_gateway", port=free_port(), env=keyed)
+    yield stack.start_gateway(name="keyed_gateway", port=free_port(), env=keyed)
+    stack.stop(("keyed_gateway",))  # the shared stack goes on as it was
 
 
 def read_events(
@@ -172,23 +167,25 @@ def test_webhooks_owed_are_delivered_after_a_gateway_restart(client: httpx.Clien
     """README, Webhooks: "a restarted gateway still delivers what it owed"; fault table: "gateway
     restarted (SIGTERM) ... webhooks owed are delivered after the restart". The run ends while no
     gateway runs (any POST the stopping gateway managed was refused with 503), then a new one
-    delivers it once."""
+    delivers it once. (The stack is shared: its gateway is started again whatever happens.)"""
     store = LocalBlobStore(root=stack.env["LOCAL_BLOB_ROOT"])
     with webhook_receiver(answers=[503] * 100) as receiver:
         workflow_id = _start(client, webhookUrl=receiver.url)
         launched_runs(stack, workflow_id)  # launched: nothing left for this gateway to start
         stack.stop(("gateway",))
+        try:
 
-        def ended() -> list[dict[str, Any]]:
-            return [r for r in runs_of(stack.dagster_url, workflow_id) if r["status"] in ("SUCCESS", "FAILURE")]
+            def ended() -> list[dict[str, Any]]:
+                return [r for r in runs_of(stack.dagster_url, workflow_id) if r["status"] in ("SUCCESS", "FAILURE")]
 
-        (run,) = wait_until(ended, f"the end of {workflow_id} while no gateway runs", timeout=180)
-        assert run["status"] == "SUCCESS", run
-        assert not store.exists_path(record_path(workflow_id, run["runId"])), "recorded, so never owed again"
-        with receiver.lock:
-            refused = len(receiver.received)
-            receiver.answers.clear()  # from now on the receiver accepts
-        stack.start_gateway()
+            (run,) = wait_until(ended, f"the end of {workflow_id} while no gateway runs", timeout=180)
+            assert run["status"] == "SUCCESS", run
+            assert not store.exists_path(record_path(workflow_id, run["runId"])), "recorded, so never owed again"
+            with receiver.lock:
+                refused = len(receiver.received)
+                receiver.answers.clear()  # from now on the receiver accepts
+        finally:
+            stack.start_gateway()
         _wait_for_record(store, workflow_id, run["runId"])
         posts = receiver.posts()[refused:]
     assert len(posts) == 1, [p.headers for p in posts]  # once, at the new gateway's first attempt

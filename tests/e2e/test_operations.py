@@ -1,4 +1,7 @@
-"""Operating the pipeline through Dagster: re-generation by the sensor, and the GPU pool."""
+"""Operating the pipeline through Dagster: re-generation by the sensor.
+
+(The GPU pool's test runs on the fault tests' stack, which has a pool of one: tests/e2e/test_process_faults.py.)
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.e2e_flows import finished
 from tests.support.e2e_stack import poll, running_stack, runs_of
-from tests.support.gpu_pool import GPU_STEPS
 from tests.support.photos import RING_CLICK, synthetic_ring, to_jpeg
 
 pytestmark = pytest.mark.e2e
@@ -64,22 +65,3 @@ def test_failed_check_is_regenerated_by_the_sensor(tmp_path: Path) -> None:
         assert "growth_ratio" in violations
         assert newest["runId"] == regeneration["runId"] and newest["evaluation"]["success"] is True
         assert final["result"]["checks"]["fidelity"]["runId"] == regeneration["runId"]  # GET shows the new result
-
-
-def test_gpu_steps_of_three_requests_never_overlap_with_a_pool_of_one(tmp_path: Path) -> None:
-    with running_stack(tmp_path, {"GPU_POOL_SIZE": "1", "REGENERATION_SENSOR_ENABLED": "false"}) as stack:
-        with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
-            body = {"originalImageBase64": RING, "maskPoints": [RING_CLICK]}
-            ids = [client.post("/workflow/start", json=body).json()["workflowId"] for _ in range(3)]
-            for workflow in ids:
-                assert poll(client, workflow, finished, timeout=180)[-1]["status"] == "COMPLETED"
-        intervals = []
-        for workflow in ids:
-            (run,) = runs_of(stack.dagster_url, workflow)
-            for step in run["stepStats"]:
-                if step["stepKey"] in GPU_STEPS:
-                    intervals.append((step["startTime"], step["endTime"], workflow, step["stepKey"]))
-        assert len(intervals) == 3 * len(GPU_STEPS), intervals  # every expected gpu step ran once a request
-        intervals.sort()
-        for (_, end, run_a, step_a), (start, _, run_b, step_b) in zip(intervals, intervals[1:], strict=False):
-            assert start >= end, f"{step_a} of {run_a} overlaps {step_b} of {run_b}"

@@ -8,6 +8,9 @@ One `gpu` slot (GPU_POOL_SIZE=1), so a slot that stayed claimed by a dead run wo
 later request. SAM3's /segment (the `jewelry_mask` step, in the `gpu` pool) is held at a gate, so
 each fault hits a run that holds the slot mid-step. The bounds below are what README "Faults and how
 long they last" promises; the times measured are printed (-s).
+
+The pool of one also serves the test that the `gpu` steps of concurrent requests never overlap
+(it had a stack of its own in test_operations, and three runs of the classical image code).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from devtools.stack import Stack
 from gateway.event_streams import SHUTDOWN_RETRY_MS
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import poll, run_worker, running_stack, runs_of, wait_until
+from tests.support.gpu_pool import A100_REFINER_STEP, GPU_STEPS
 from tests.support.otlp import Receiver, otlp_receiver
-from tests.support.servers import Gate, gated_proxy, reference_server, service_urls
+from tests.support.servers import Gate, gated_proxy, reference_server, service_urls, set_knobs
 
 pytestmark = pytest.mark.e2e
 BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
@@ -56,9 +60,15 @@ def traces() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def faults(tmp_path_factory: pytest.TempPathFactory, traces: Receiver) -> Iterator[tuple[Stack, Gate]]:
-    # Instant stand-ins behind the services: the runs' work is not what is tested here.
-    with reference_server("--instant") as reference, gated_proxy(reference, "/sam3/segment") as (proxy, gate):
+def reference() -> Iterator[str]:
+    """The model services: instant stand-ins (the runs' work is not what is tested here)."""
+    with reference_server("--instant") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory: pytest.TempPathFactory, traces: Receiver, reference: str) -> Iterator[tuple[Stack, Gate]]:
+    with gated_proxy(reference, "/sam3/segment") as (proxy, gate):
         env = {key.upper(): value for key, value in service_urls(reference).items()}
         env |= {"SAM3_URL": f"{proxy}/sam3", "GPU_POOL_SIZE": "1", "LOCAL_BACKENDS": "instant"}
         env["REGENERATION_SENSOR_ENABLED"] = "false"
@@ -135,6 +145,47 @@ def _start_once_accepted(client: httpx.Client) -> str:
 def _completes(client: httpx.Client, workflow: str) -> None:
     final = poll(client, workflow, finished, timeout=RECOVERED_WITHIN)[-1]
     assert final["status"] == "COMPLETED", final
+
+
+# The steps held to the `gpu` pool on this stack: the GPU steps, and the A100 server's refinement
+# (A100_SERVER_URL is set here); named by the test (tests/support/gpu_pool.py).
+POOLED_STEPS = GPU_STEPS | {A100_REFINER_STEP}
+# Added to every call the pooled steps make to a model service: each of those steps then lasts
+# at least this long with the CPU idle, so the steps of requests launched together would overlap
+# if the pool did not hold them apart, however loaded the machine.
+GPU_CALL_SECONDS = 1.5
+_POOLED_CALLS = ("sam3/segment", "a100/refine-mask", "a100/generate")
+
+
+def test_gpu_steps_of_three_requests_never_overlap_with_a_pool_of_one(
+    faults: tuple[Stack, Gate], reference: str
+) -> None:
+    stack, gate = faults
+    gate.release.set()
+    set_knobs(reference, latency=dict.fromkeys(_POOLED_CALLS, GPU_CALL_SECONDS))
+    try:
+        with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+            ids = [_start(client) for _ in range(3)]
+            for workflow in ids:
+                assert poll(client, workflow, finished, timeout=180)[-1]["status"] == "COMPLETED"
+    finally:
+        set_knobs(reference)
+    intervals, spans = [], []
+    for workflow in ids:
+        (run,) = runs_of(stack.dagster_url, workflow)
+        steps = run["stepStats"]
+        spans.append((min(s["startTime"] for s in steps), max(s["endTime"] for s in steps)))
+        for step in steps:
+            if step["stepKey"] in POOLED_STEPS:
+                intervals.append((step["startTime"], step["endTime"], workflow, step["stepKey"]))
+    assert len(intervals) == 3 * len(POOLED_STEPS), intervals  # every pooled step ran once a request
+    # Runs were going at once (one began before another ended): only the pool kept their steps apart.
+    spans.sort()
+    assert any(start < end for (_, end), (start, _) in zip(spans, spans[1:], strict=False)), spans
+    intervals.sort()
+    for (_, end, run_a, step_a), (start, _, run_b, step_b) in zip(intervals, intervals[1:], strict=False):
+        assert start >= end, f"{step_a} of {run_a} overlaps {step_b} of {run_b}"
+    assert _gpu_claims(stack) == []
 
 
 def test_a_run_worker_killed_in_a_gpu_step_gives_the_slot_back(faults: tuple[Stack, Gate]) -> None:

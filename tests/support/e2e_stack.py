@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,22 @@ from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import pending_start_path as pending_path
 from tests.support.metrics import samples, value
 
-running_stack = temporary_stack
+# How long a test stack's processes get to exit after SIGTERM at the end of its test (then
+# SIGKILL): Stack.stop's 10 s is for `make run`; the daemon alone took 6 s to join its threads on a
+# loaded machine, at every stack's end. Nothing a test asserts depends on that exit (the fault
+# tests that stop a process on purpose call Stack.stop themselves, with its own grace).
+TEARDOWN_GRACE_SECONDS = 2.0
+
+
+@contextmanager
+def running_stack(root: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[Stack]:
+    """`devtools.stack.temporary_stack`, stopped with a short grace (TEARDOWN_GRACE_SECONDS)."""
+    with temporary_stack(root, extra_env) as stack:
+        try:
+            yield stack
+        finally:
+            stack.stop(grace=TEARDOWN_GRACE_SECONDS)  # temporary_stack's own stop finds nothing left
+
 __all__ = ["free_port", "launched_runs", "poll", "run_worker", "running_stack", "runs_of", "step_status", "wait_until"]
 
 _RUNS = """

@@ -23,21 +23,33 @@ from tests.support.e2e_stack import free_port
 @contextmanager
 def reference_server(*args: str, port: int | None = None) -> Iterator[str]:
     """`python -m devtools.reference_server` in a subprocess; yields its base URL."""
-    port = port or free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "devtools.reference_server", "--port", str(port), *args], cwd=REPO_ROOT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/sam3/health", 60, process)
+    with reference_servers(list(args), ports=[port]) as (url,):
         yield url
+
+
+@contextmanager
+def reference_servers(*arg_lists: list[str], ports: list[int | None] | None = None) -> Iterator[list[str]]:
+    """Several reference servers (the arguments of each), started at once rather than one after
+    another (each takes seconds to import its vision code); yields their base URLs."""
+    chosen = [port or free_port() for port in (ports or [None] * len(arg_lists))]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for args, port in zip(arg_lists, chosen, strict=True):
+            command = [sys.executable, "-m", "devtools.reference_server", "--port", str(port), *args]
+            processes.append(subprocess.Popen(command, cwd=REPO_ROOT))
+        urls = [f"http://127.0.0.1:{port}" for port in chosen]
+        for url, process in zip(urls, processes, strict=True):
+            wait_for_http(f"{url}/sam3/health", 60, process)
+        yield urls
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=3)  # a hung request keeps uvicorn's graceful shutdown waiting
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=3)  # a hung request keeps uvicorn's graceful shutdown waiting
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def set_knobs(url: str, **knobs: Any) -> None:

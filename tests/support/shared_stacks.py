@@ -8,7 +8,10 @@ session's end stops the last). A `SharedSettings` names its files: the scheduler
 the session (a file that uses a shared stack without being named fails at collection).
 
 A file's tests must then tolerate earlier requests on the stack (look only at their own
-workflows), and must not stop or break its processes: those start a stack of their own.
+workflows), and must not break its processes: those start a stack of their own. A test that
+stops one to restart it (the gateway, in test_live) starts it again whatever happens, and a
+process a file adds (another gateway) is stopped when the file is done; a stack that lost one
+of the processes it started with is not handed out again (a new one starts).
 Between files, `settle` ends what a file left running, so no run burns a core for the next.
 """
 
@@ -22,11 +25,11 @@ from pathlib import Path
 
 import httpx
 
-from devtools.stack import Stack, temporary_stack
+from devtools.stack import Stack
 from gateway.starts import mark_cancelled, read_start
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from jewel_dagster.storage_layout import PENDING_START_PREFIX as PENDING_PREFIX
-from tests.support.e2e_stack import TWO_CALLERS
+from tests.support.e2e_stack import TWO_CALLERS, running_stack
 
 _UNFINISHED = """
 { runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED, CANCELING]}) {
@@ -56,6 +59,7 @@ class SharedStacks:
         self._root = root
         self._started = 0
         self._running: tuple[SharedSettings, AbstractContextManager[Stack], Stack] | None = None
+        self._processes: frozenset[str] = frozenset()  # what the running stack started with
 
     @property
     def running(self) -> SharedSettings | None:
@@ -64,14 +68,15 @@ class SharedStacks:
     def get(self, settings: SharedSettings) -> Stack:
         if self._running is not None:
             current, _, stack = self._running
-            alive = all(p.poll() is None for p in stack.processes.values())
+            alive = self._processes <= set(stack.processes) and all(p.poll() is None for p in stack.processes.values())
             if current == settings and alive:
                 return stack
             self.close()
         self._started += 1
-        started = temporary_stack(self._root / f"{settings.name}-{self._started}", dict(settings.env))
+        started = running_stack(self._root / f"{settings.name}-{self._started}", dict(settings.env))
         stack = started.__enter__()
         self._running = (settings, started, stack)
+        self._processes = frozenset(stack.processes)
         return stack
 
     def close(self) -> None:
@@ -130,11 +135,22 @@ def shared_stack(stacks: SharedStacks, settings: SharedSettings) -> Iterator[Sta
 
 # The settings the files share.
 # The embedded default, as `make run` has it (real classical image code, the re-generation sensor
-# on): the files that look at pixels and at what the local stand-ins did.
+# on), with webhooks on (test_live; the other files send no webhook URL): the files that look at
+# pixels and at what the local stand-ins did.
 DEFAULT_STACK = SharedSettings(
     "stack-default",
-    {},
-    ("tests/e2e/test_artifacts.py", "tests/e2e/test_gateway.py", "tests/e2e/test_stroke_limits.py"),
+    {
+        "WEBHOOK_SECRET": "test-webhook-secret",
+        "WEBHOOK_ALLOW_PRIVATE": "true",  # the test's receivers listen on loopback
+        "WEBHOOK_BACKOFF_SECONDS": "0.3",
+        "WEBHOOK_POLL_SECONDS": "0.5",
+    },
+    (
+        "tests/e2e/test_artifacts.py",
+        "tests/e2e/test_gateway.py",
+        "tests/e2e/test_live.py",
+        "tests/e2e/test_stroke_limits.py",
+    ),
 )
 # Two callers with API keys, no rate limit in the way, no background runs, instant image
 # backends (ownership, idempotency and fuzzing look at who may see what, not at pixels).

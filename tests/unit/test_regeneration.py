@@ -64,8 +64,9 @@ def test_failed_check_is_regenerated_once_with_a_new_seed_and_then_passes(tmp_pa
     resources = build_resources(
         PipelineSettings(local_blob_root=str(tmp_path), local_flux_grow_px=30, local_flux_grow_seeds=[0])
     )
+    settings = PipelineSettings(local_blob_root=str(tmp_path))
     with dg.instance_for_test() as instance:
-        good = _full_run(build_resources(PipelineSettings(local_blob_root=str(tmp_path))), instance, "good")
+        good = _full_run(build_resources(settings), instance, "good")
         assert _check_passed(good)
         bad = _full_run(resources, instance, "bad")
         assert bad.success and not _check_passed(bad)  # a failed check does not fail the run
@@ -86,7 +87,38 @@ def test_failed_check_is_regenerated_once_with_a_new_seed_and_then_passes(tmp_pa
             tags=request.tags,
         )
         assert _check_passed(rerun)
+        instance.add_dynamic_partitions("requests", ["not-generated-yet"])  # never generated: nothing to redo
         assert list(regeneration_requests(instance, current_flux_version(), max_attempts=3)) == []
+
+        # A new generator version marks the old generations stale (this used to be a test of its
+        # own, with a full run of its own: the two generated requests here serve it).
+        _a_new_generator_version_marks_old_generations_stale(instance, build_resources(settings))
+
+
+def _a_new_generator_version_marks_old_generations_stale(
+    instance: dg.DagsterInstance, resources: dict[str, Any]
+) -> None:
+    """Both generated requests ("good", "bad") become stale under "model-v2"; re-generating
+    "good" with the bumped generator leaves only "bad" to do."""
+    bumped = generate_images.map_asset_specs(
+        lambda spec: (
+            spec.replace_attributes(code_version="model-v2") if spec.key.path[-1] == "flux_generation" else spec
+        )
+    )
+    stale = {str(r.partition_key): r for r in regeneration_requests(instance, "model-v2", max_attempts=3)}
+    assert sorted(stale) == ["bad", "good"]
+    assert all(r.tags[REASON_TAG] == "stale" for r in stale.values())
+    assets = [bumped if a is generate_images else a for a in ALL_ASSETS]
+    dg.materialize(
+        assets,
+        selection=REGENERATED,
+        partition_key="good",
+        instance=instance,
+        resources=resources,
+        run_config={"ops": stale["good"].run_config["ops"]},  # materialize() has no json logger
+        tags=stale["good"].tags,
+    )
+    assert [r.partition_key for r in regeneration_requests(instance, "model-v2", max_attempts=3)] == ["bad"]
 
 
 def test_attempts_are_bounded(tmp_path: Path) -> None:
@@ -108,38 +140,13 @@ def test_attempts_are_bounded(tmp_path: Path) -> None:
         assert list(regeneration_requests(instance, current_flux_version(), max_attempts=2)) == []
 
 
-def test_a_new_generator_version_marks_old_generations_stale(tmp_path: Path) -> None:
-    resources = build_resources(PipelineSettings(local_blob_root=str(tmp_path)))
+def test_the_schedule_asks_for_what_the_sensor_asks_for() -> None:
+    sensor, schedule = build_regeneration_automation(PipelineSettings(regeneration_max_attempts=3))
     with dg.instance_for_test() as instance:
-        _full_run(resources, instance, "r1")
-        instance.add_dynamic_partitions("requests", ["not-generated-yet"])
-        assert list(regeneration_requests(instance, current_flux_version(), max_attempts=3)) == []
-
-        bumped = generate_images.map_asset_specs(
-            lambda spec: (
-                spec.replace_attributes(code_version="model-v2") if spec.key.path[-1] == "flux_generation" else spec
-            )
-        )
-        (request,) = regeneration_requests(instance, "model-v2", max_attempts=3)
-        assert request.partition_key == "r1" and request.tags[REASON_TAG] == "stale"
-        assets = [bumped if a is generate_images else a for a in ALL_ASSETS]
-        dg.materialize(
-            assets,
-            selection=REGENERATED,
-            partition_key="r1",
-            instance=instance,
-            resources=resources,
-            run_config={"ops": request.run_config["ops"]},  # materialize() has no json logger
-            tags=request.tags,
-        )
-        assert list(regeneration_requests(instance, "model-v2", max_attempts=3)) == []
-
-
-def test_the_schedule_asks_for_what_the_sensor_asks_for(tmp_path: Path) -> None:
-    settings = PipelineSettings(local_blob_root=str(tmp_path), local_flux_grow_px=30, regeneration_max_attempts=3)
-    sensor, schedule = build_regeneration_automation(settings)
-    with dg.instance_for_test() as instance:
-        assert not _check_passed(_full_run(build_resources(settings), instance, "bad"))
+        # What a run whose check failed leaves (the first test makes one for real): a current
+        # Flux image, and a failed `fidelity` result on the partition.
+        _generated(instance, "bad", current_flux_version())
+        _failed_check(instance, "bad")
 
         # Invoked directly with a context, as the daemon would evaluate them on a tick.
         ticked = list(schedule(dg.build_schedule_context(instance=instance)))
@@ -177,6 +184,15 @@ def _generated(instance: dg.DagsterInstance, partition: str, version: str) -> No
     instance.report_runless_asset_event(
         dg.AssetMaterialization(
             asset_key=AssetName.FLUX_GENERATION, partition=partition, tags={CODE_VERSION_TAG: version}
+        )
+    )
+
+
+def _failed_check(instance: dg.DagsterInstance, partition: str) -> None:
+    """A failed `fidelity` result on `partition`, without running anything."""
+    instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(
+            asset_key=dg.AssetKey(str(AssetName.FLUX_METRICS)), check_name="fidelity", passed=False, partition=partition
         )
     )
 

@@ -21,7 +21,7 @@ from jewel_dagster.storage_layout import strokes_path
 from jewel_dagster.vision import imaging
 from tests.support.artifacts import stored_path
 from tests.support.photos import coffee_jpeg
-from tests.support.servers import reference_server, service_urls, set_knobs
+from tests.support.servers import reference_servers, service_urls, set_knobs
 
 ARRAYS = (
     "original_image",
@@ -37,17 +37,23 @@ STROKE = {"points": [{"x": 0.05, "y": 0.1}, {"x": 0.15, "y": 0.1}], "mode": "add
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with reference_server() as url:
-        yield url
+def servers() -> Iterator[tuple[str, str]]:
+    """Both reference servers of the module, started at once: the classical one, and the one with
+    trivial stand-ins (`instant_server`)."""
+    with reference_servers([], ["--instant"]) as (classical, instant):
+        yield classical, instant
 
 
 @pytest.fixture(scope="module")
-def instant_server() -> Iterator[str]:
+def server(servers: tuple[str, str]) -> str:
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def instant_server(servers: tuple[str, str]) -> str:
     """The reference server with trivial stand-ins: for the tests of retries, timeouts and
     failures, where what counts is the HTTP exchange, not the pixels."""
-    with reference_server("--instant") as url:
-        yield url
+    return servers[1]
 
 
 def _run(
@@ -124,10 +130,11 @@ def test_a_30_percent_failure_rate_still_completes_with_retries(tmp_path: Any, i
 
 
 # Every call of the run gets this timeout, including full-canvas (about 5 MP) uploads that take
-# seconds on a loaded machine: generous for them, yet well below the hang it has to cut. The hang
-# ends on its own after HANG_SECONDS, so a timeout that does not work fails the test (no retry)
-# instead of hanging it.
-HANG_TIMEOUT = 20.0
+# seconds on a loaded machine: generous for them (httpx times each read and write, not the whole
+# call: a slow upload never meets it at once), yet well below the hang it has to cut; the test
+# waits it out once (it was 20 s). The hang ends on its own after HANG_SECONDS, so a timeout that
+# does not work fails the test (no retry) instead of hanging it.
+HANG_TIMEOUT = 10.0
 HANG_SECONDS = 150.0
 
 
