@@ -5,7 +5,7 @@ DATA ?= $(CURDIR)/.data
 export DAGSTER_HOME ?= $(DATA)/dagster_home
 export LOCAL_BLOB_ROOT ?= $(DATA)/blobs
 
-.PHONY: install node-tools run test test-long lint clean
+.PHONY: install node-tools run test test-long deploy-test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +35,12 @@ test: install node-tools
 # The long tests alone; CI (.ci/run) runs both targets. Bare `pytest` runs everything.
 test-long: install node-tools
 	$(PY) -m pytest -m long -n 0
+
+# The compose deployment built and run for real (docs/deployment.md): a Docker engine (started,
+# and installed from Debian, if missing), stand-ins of the public images, the three stages. Not
+# part of `make test`; .ci/run runs it after. Needs root (the engine) and ~10 min warm.
+deploy-test: install
+	$(PY) deploy/deploy_test.py
 
 lint: install
 	$(VENV)/bin/ruff check jewel_dagster gateway devtools tests benchmarks
