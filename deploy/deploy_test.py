@@ -283,10 +283,17 @@ def result_is_an_image(c: httpx.Client, workflow_id: str) -> None:
 
 
 def still_there(workflow_id: str, why: str) -> None:
+    """The request is still COMPLETED and its result still served. Right after a restart the
+    gateway may answer 503 "retry shortly" while its connections come back: retried here."""
+
+    def image(c: httpx.Client) -> bool:
+        result_is_an_image(c, workflow_id)
+        return True
+
     with client() as c:
         state = wait_for(f"GET {workflow_id} after {why}", lambda: finished(c, workflow_id), 120, every=2)
         assert state["status"] == "COMPLETED", (why, state)
-        result_is_an_image(c, workflow_id)
+        wait_for(f"the result of {workflow_id} after {why}", lambda: image(c), 120, every=2)
 
 
 def graphql(query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
