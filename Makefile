@@ -5,7 +5,7 @@ DATA ?= $(CURDIR)/.data
 export DAGSTER_HOME ?= $(DATA)/dagster_home
 export LOCAL_BLOB_ROOT ?= $(DATA)/blobs
 
-.PHONY: install node-tools run test test-long soak lint clean
+.PHONY: install node-tools run test test-long soak deploy-test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,12 @@ MINUTES ?= 60
 CHAOS_EVERY ?= 60
 soak: install node-tools
 	$(PY) -m benchmarks.soak --minutes $(MINUTES) --chaos-every $(CHAOS_EVERY) --json $(DATA)/soak.json
+
+# The compose deployment built and run for real (docs/deployment.md): a Docker engine (started,
+# and installed from Debian, if missing), stand-ins of the public images, the three stages. Not
+# part of `make test`; .ci/run runs it after. Needs root (the engine) and ~10 min warm.
+deploy-test: install
+	$(PY) deploy/deploy_test.py
 
 lint: install
 	$(VENV)/bin/ruff check jewel_dagster gateway devtools tests benchmarks

@@ -21,14 +21,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
-from urllib.parse import quote
 
 import httpx
 import yaml
 from dotenv import dotenv_values
 
-from jewel_dagster.contract import OWNER_TAG
+from devtools.instance_config import CELERY_OVERLAY, uses_celery, write_instance_config
+from devtools.instance_config import per_caller as per_caller  # tests import it from here
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -301,10 +300,6 @@ class Stack:
         self.stop(("webserver", "daemon", "code_server", *(n for n in self.processes if n.startswith("worker"))))
 
 
-def uses_celery(env: Mapping[str, str]) -> bool:
-    return (env.get("RUN_LAUNCHER") or "default").lower() == "celery"
-
-
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     try:
         os.killpg(process.pid, sig)
@@ -434,89 +429,15 @@ Try one request (the sample is a ring photo that ships with the repo):
 
 
 def prepare_dagster_home(env: dict[str, str]) -> None:
-    """Write $DAGSTER_HOME/dagster.yaml: SQLite by default, PostgreSQL when DAGSTER_PG_* says so.
-
-    Fills DAGSTER_PG_URL from DAGSTER_PG_HOST/PORT/USERNAME/PASSWORD/DB when only those are set.
-    """
-    home = Path(env["DAGSTER_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    if env.get("DAGSTER_PG_HOST") and not env.get("DAGSTER_PG_URL"):
-        user = quote(env.get("DAGSTER_PG_USERNAME", "postgres"), safe="")
-        password = env.get("DAGSTER_PG_PASSWORD", "")
-        auth = f"{user}:{quote(password, safe='')}" if password else user
-        env["DAGSTER_PG_URL"] = (
-            f"postgresql://{auth}@{env['DAGSTER_PG_HOST']}:{env.get('DAGSTER_PG_PORT', '5432')}"
-            f"/{env.get('DAGSTER_PG_DB', 'dagster')}"
-        )
-    url = env.get("DAGSTER_PG_URL", "")
-    for plain in ("postgresql://", "postgres://"):
-        if url.startswith(plain):
-            # SQLAlchemy 2.1 maps a plain postgresql:// to psycopg 3; dagster-postgres ships psycopg2.
-            env["DAGSTER_PG_URL"] = "postgresql+psycopg2://" + url[len(plain) :]
-    template = "dagster.postgres.yaml" if url else "dagster.yaml"
-    config = yaml.safe_load((REPO_ROOT / template).read_text())
-    stock = env.get("DAGSTER_STOCK_SETTINGS", "").lower() in ("1", "true")
-    if not url and not stock:
-        config["event_log_storage"] = {
-            "module": "jewel_dagster.runtime.pool_claims",
-            "class": "QuickClaimSqliteEventLogStorage",
-            "config": {"base_dir": str(home / "history" / "runs"), "claim_interval_seconds": 0.25},
-        }
-    if stock:
-        # Dagster's defaults (queue polled every 5 s, no threads, pool claims backing off to
-        # 15 s): the benchmarks' baseline.
-        config["run_coordinator"]["config"] = {}
-        if url:
-            config["event_log_storage"]["module"] = "dagster_postgres.event_log"
-            config["event_log_storage"]["class"] = "PostgresEventLogStorage"
-            config["event_log_storage"]["config"].pop("claim_interval_seconds")
-    if stock or env.get("RUN_QUEUE") == "polled":
-        # Dagster's own coordinator (the daemon then dequeues at its poll only): the baseline.
-        config["run_coordinator"].update(module="dagster.core.run_coordinator", **{"class": "QueuedRunCoordinator"})
-    if env.get("RUN_QUEUE_POLL_SECONDS"):  # tests: a poll too slow to be what starts a run
-        config["run_coordinator"]["config"]["dequeue_interval_seconds"] = int(env["RUN_QUEUE_POLL_SECONDS"])
-    uses_azure = env.get("AZURE_STORAGE_CONNECTION_STRING") or (
-        env.get("AZURE_ACCOUNT_NAME") and env.get("AZURE_ACCOUNT_KEY")
-    )
-    if not uses_azure:
-        config.pop("compute_logs", None)  # step logs in Azure Blob need Azure storage
-    if uses_celery(env):
-        if not env.get("CELERY_BROKER_URL") or not env.get("CELERY_RESULT_BACKEND"):
-            raise ValueError("RUN_LAUNCHER=celery needs CELERY_BROKER_URL and CELERY_RESULT_BACKEND")
-        config.update(celery_overlay())
-        if env.get("CELERY_QUEUE"):
-            config["run_launcher"]["config"]["default_queue"] = env["CELERY_QUEUE"]
-        slots = int(env.get("CELERY_WORKERS", "2")) * int(env.get("CELERY_CONCURRENCY", "2"))
-        config["concurrency"]["runs"]["max_concurrent_runs"] = slots  # what the workers can take now
-    # Run monitoring's poll, and how long after a run's end its pool slots are freed: dagster.yaml's
-    # 5 s (10 s with Celery) unless set (tests shorten them: each fault test waits for one).
-    if env.get("RUN_MONITORING_POLL_SECONDS"):
-        config["run_monitoring"]["poll_interval_seconds"] = int(env["RUN_MONITORING_POLL_SECONDS"])
-    if env.get("FREE_SLOTS_AFTER_RUN_END_SECONDS"):
-        config["run_monitoring"]["free_slots_after_run_end_seconds"] = int(env["FREE_SLOTS_AFTER_RUN_END_SECONDS"])
-    if env.get("GPU_POOL_SIZE"):
-        config["concurrency"]["pools"]["default_limit"] = int(env["GPU_POOL_SIZE"])
-    if env.get("MAX_CONCURRENT_RUNS") and not uses_celery(env):
-        config["concurrency"]["runs"]["max_concurrent_runs"] = int(env["MAX_CONCURRENT_RUNS"])
-    per_caller(config["concurrency"]["runs"], env)
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def per_caller(runs: dict[str, Any], env: Mapping[str, str]) -> None:
-    """The owner tag's per-caller run limit: RUNS_IN_FLIGHT_PER_CALLER, or no rule without API
-    keys (one anonymous caller: the rule would only halve the runs it may have at once)."""
-    limits = runs.get("tag_concurrency_limits", [])
-    owner = [limit for limit in limits if limit["key"] == OWNER_TAG]
-    if not env.get("GATEWAY_API_KEYS"):
-        runs["tag_concurrency_limits"] = [limit for limit in limits if limit["key"] != OWNER_TAG]
-    elif env.get("RUNS_IN_FLIGHT_PER_CALLER"):
-        for limit in owner:
-            limit["limit"] = int(env["RUNS_IN_FLIGHT_PER_CALLER"])
+    """Write $DAGSTER_HOME/dagster.yaml: SQLite by default, PostgreSQL when DAGSTER_PG_* says so,
+    Celery's launcher with RUN_LAUNCHER=celery (devtools.instance_config, which the image's
+    containers run too). Fills DAGSTER_PG_URL from DAGSTER_PG_HOST/PORT/USERNAME/PASSWORD/DB."""
+    write_instance_config(env)
 
 
 def celery_overlay() -> dict[str, object]:
-    """dagster.celery.yaml: the top-level blocks that replace dagster.postgres.yaml's for scale-out."""
-    overlay: dict[str, object] = yaml.safe_load((REPO_ROOT / "dagster.celery.yaml").read_text())
+    """dagster.celery.yaml: the top-level blocks that replace the base's for scale-out."""
+    overlay: dict[str, object] = yaml.safe_load((REPO_ROOT / CELERY_OVERLAY).read_text())
     return overlay
 
 

@@ -55,6 +55,7 @@ def _project(root: Path) -> Path:
         "GATEWAY_API_KEYS": API_KEY,
         "GATEWAY_SECRET": "a-long-random-compose-test-secret",
         "AZURE_CONTAINER_NAME": CONTAINER,
+        "POSTGRES_PASSWORD": "unused-here",  # the machine's PostgreSQL: tests/support/compose.py
     }
     lines = [f"{line.split('=')[0]}={edits[line.split('=')[0]]}" if line.split("=")[0] in edits else line
              for line in dotenv.splitlines()]  # fmt: skip

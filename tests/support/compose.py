@@ -1,9 +1,10 @@
 """docker-compose.yml's services started as processes: no Docker engine runs on these machines.
 
 For each service built from our image, its `command` runs with the environment compose would give
-the container (the Dockerfile's ENV, then `env_file`, then `environment`, `${VAR}` interpolated
-from the project's `.env`), each in a working folder and a DAGSTER_HOME of its own (containers
-share nothing but the network), its dagster.yaml the one the Dockerfile copies there. Container
+the container (the Dockerfile's ENV, then `environment`, `${VAR}` interpolated from the project's
+`.env`), each in a working folder and a DAGSTER_HOME of its own (containers share nothing but the
+network), its dagster.yaml written from that environment by the function the image's entry point
+runs (devtools.instance_config). Container
 networking is mapped onto loopback: a service's host name becomes 127.0.0.1 and each port it
 listens on a free port, in environment values, command arguments and the workspace file it names.
 The services that are not ours (postgres, azurite) are the machine's PostgreSQL (a database and
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from dotenv import dotenv_values
 
+from devtools.instance_config import write_instance_config
 from devtools.stack import BIN, REPO_ROOT, free_port
 
 APP_DIR = "/app"  # the image's WORKDIR: the repo's files are there
@@ -68,21 +69,19 @@ def dockerfile_env(dockerfile: Path = REPO_ROOT / "Dockerfile") -> dict[str, str
     return env
 
 
-def dockerfile_dagster_yaml(dockerfile: Path = REPO_ROOT / "Dockerfile") -> Path:
-    """The repo file the image installs as $DAGSTER_HOME/dagster.yaml (its `cp deploy/X ...` step)."""
-    match = re.search(r"cp deploy/(\S+) \"\$DAGSTER_HOME/dagster.yaml\"", dockerfile.read_text())
-    assert match, "the Dockerfile no longer copies a dagster.yaml into DAGSTER_HOME"
-    return REPO_ROOT / match[1]
+def dockerfile_entrypoint(dockerfile: Path = REPO_ROOT / "Dockerfile") -> list[str]:
+    """The image's ENTRYPOINT (exec form): what runs before every service's command."""
+    match = re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile.read_text(), flags=re.MULTILINE)
+    assert match, "the Dockerfile has no exec-form ENTRYPOINT"
+    entrypoint: list[str] = yaml.safe_load(match[1])
+    return entrypoint
 
 
 def service_env(service: Mapping[str, Any], project_dir: Path) -> dict[str, str]:
     """What compose puts in the container's environment (before host and port mapping)."""
     project_env = {k: v or "" for k, v in dotenv_values(project_dir / ".env").items()}
     env = dict(dockerfile_env())
-    files = service.get("env_file") or []
-    for entry in [files] if isinstance(files, str) else files:
-        name = entry if isinstance(entry, str) else entry["path"]
-        env |= {k: v or "" for k, v in dotenv_values(project_dir / name).items()}
+    assert not service.get("env_file"), "no service reads all of .env (docs/deployment.md)"
     for key, value in (service.get("environment") or {}).items():
         env[key] = interpolate(str(value), project_env)
     return env
@@ -136,6 +135,10 @@ class LoopbackNetwork:
                 port_key = key[: -len("_HOST")] + "_PORT"
                 if port_key in env:
                     out[port_key] = str(self.ports[(value, int(env[port_key]))])
+        if self.postgres and out.get("DAGSTER_PG_HOST") == "127.0.0.1":  # the test's own database
+            out["DAGSTER_PG_USERNAME"] = self.postgres["user"]
+            out["DAGSTER_PG_PASSWORD"] = self.postgres["password"]
+            out["DAGSTER_PG_DB"] = self.postgres["database"]
         return out
 
     def workspace(self, path: Path, into: Path) -> Path:
@@ -161,7 +164,9 @@ def service_process(
     env = network.env(service_env(service, project_dir))
     assert env.get("DAGSTER_HOME"), f"{name}: the image sets DAGSTER_HOME"
     env["DAGSTER_HOME"] = str(home)
-    shutil.copy(dockerfile_dagster_yaml(), home / "dagster.yaml")
+    # What the image's entry point does before the command: dagster.yaml from this environment.
+    assert dockerfile_entrypoint() == ["python", "-m", "devtools.instance_config"], dockerfile_entrypoint()
+    write_instance_config(env)
     # The image's interpreter and entry points are the virtualenv's; /app is the repo, read-only.
     env["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     env["PYTHONPATH"] = str(REPO_ROOT)

@@ -1,6 +1,8 @@
-"""docker-compose.yml and the Dockerfile: valid against the compose schema, every file they name exists.
+"""docker-compose.yml, the scale-out overlay and the Dockerfile: valid against the compose schema,
+every file they name exists, and the deployment's rules hold on the files (issue 29, finding 10):
+not root, each service only its variables, no fixed passwords, /docs off, one instance config.
 
-No Docker engine runs here, so this is as far as the deployment can be checked.
+`make deploy-test` (deploy/deploy_test.py) builds and runs them on a Docker engine.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def test_compose_has_the_standard_dagster_split(compose: dict[str, Any]) -> None
         "prometheus",
         "grafana",
     }
-    assert "8001:8001" in services["gateway"]["ports"]
+    assert services["gateway"]["ports"] == ["${GATEWAY_PUBLISH:-8001:8001}"]  # 8001:8001 unless scale-out
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
@@ -59,7 +61,7 @@ def test_compose_publishes_only_the_gateway_to_the_network(compose: dict[str, An
         for port in service.get("ports", [])
         if not str(port).startswith("127.0.0.1:")
     }
-    assert published == {"gateway": "8001:8001"}
+    assert published == {"gateway": "${GATEWAY_PUBLISH:-8001:8001}"}
     assert compose["services"]["webserver"]["ports"] == ["127.0.0.1:3000:3000"]
     gateway_env = compose["services"]["gateway"]["environment"]
     assert gateway_env["GATEWAY_API_KEYS"].startswith("${GATEWAY_API_KEYS:?")  # compose refuses to start without
@@ -72,10 +74,7 @@ def test_every_file_the_deployment_names_exists(compose: dict[str, Any]) -> None
         if build:
             context = REPO_ROOT / build["context"]
             assert (context / build.get("dockerfile", "Dockerfile")).is_file(), name
-        for env_file in service.get("env_file", []):
-            # .env is the operator's copy of .env.example (README set-up), never in the repo.
-            assert env_file == ".env", f"{name}: reads {env_file}, not the operator's .env"
-            assert (REPO_ROOT / ".env.example").is_file()
+        assert "env_file" not in service, f"{name}: reads all of .env"
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("."):
@@ -103,11 +102,13 @@ def test_compose_uses_no_outside_service_hosts() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["dagster.yaml", "dagster.postgres.yaml", "dagster.celery.yaml"])
-def test_every_run_has_a_maximum_runtime(name: str) -> None:
+@pytest.mark.parametrize("overlays", [[], ["dagster.postgres.yaml"], ["dagster.postgres.yaml", "dagster.celery.yaml"]])
+def test_every_run_has_a_maximum_runtime(overlays: list[str]) -> None:
     # Issue 14: a run busy for hours (or stuck CANCELING) must end by itself, within what the
     # README (Faults) promises: every run within 2 h, CANCELING -> CANCELED at 60 s.
-    monitoring = yaml.safe_load((REPO_ROOT / name).read_text())["run_monitoring"]
+    from devtools.instance_config import load_overlays
+
+    monitoring = load_overlays(overlays)["run_monitoring"]
     assert monitoring["enabled"] is True
     assert monitoring["max_runtime_seconds"] == 7200
     assert monitoring["cancel_timeout_seconds"] == 60
@@ -164,3 +165,175 @@ def test_every_instance_config_purges_sensor_and_schedule_ticks(env: dict[str, s
         assert all(isinstance(d, int) and 0 < d <= 90 for d in days.values()), (instigator, days)
     with dg.instance_for_test(overrides={"retention": retention}) as instance:
         assert instance.get_settings("retention") == retention
+
+
+# ------------------------------------------------------------------ issue 29 finding 10, issue 30/31
+
+SCALEOUT = REPO_ROOT / "docker-compose.scaleout.yml"
+INTERPOLATED = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)")
+
+
+@pytest.fixture(scope="module")
+def scaleout() -> dict[str, Any]:
+    return yaml.safe_load(SCALEOUT.read_text())
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in (service.get("environment") or {}).items()}
+
+
+def test_the_image_runs_as_a_user_that_is_not_root() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    users = re.findall(r"^USER (\S+)$", dockerfile, flags=re.MULTILINE)
+    assert users and users[-1] not in ("root", "0"), users
+    assert dockerfile.rstrip().splitlines().index(f"USER {users[-1]}") > max(
+        i for i, line in enumerate(dockerfile.splitlines()) if line.startswith("RUN ")
+    ), "USER comes after the last RUN: every process of the image is that user"
+    ignored = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    assert ".env" in ignored and ".venv/" in ignored and ".data/" in ignored
+
+
+def test_each_service_gets_only_the_variables_it_needs(compose: dict[str, Any], scaleout: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("reference-server",):
+        assert "environment" not in services[name], f"{name} needs no setting"
+    secrets_ = ("GATEWAY_API_KEYS", "GATEWAY_SECRET", "METRICS_API_KEY", "WEBHOOK_SECRET")
+    for name, service in [*services.items(), *scaleout["services"].items()]:
+        if name in ("gateway", "prometheus"):
+            continue
+        env = _env(service)
+        leaked = [key for key in secrets_ if key in env]
+        assert not leaked, f"{name} is given {leaked}"
+    assert "METRICS_API_KEY" in _env(services["prometheus"])
+    # Every variable compose reads from .env is one .env.example offers to set.
+    example = {line.split("=", 1)[0] for line in (REPO_ROOT / ".env.example").read_text().splitlines() if "=" in line}
+    for path in (REPO_ROOT / "docker-compose.yml", SCALEOUT):
+        text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+        named = set(INTERPOLATED.findall(text))
+        assert named <= example, f"{path.name} reads {sorted(named - example)}, which .env.example lacks"
+
+
+def test_no_password_is_fixed_in_the_compose_files(compose: dict[str, Any], scaleout: dict[str, Any]) -> None:
+    postgres = _env(compose["services"]["postgres"])
+    assert postgres["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    for name in ("code-server", "webserver", "daemon", "gateway"):
+        env = _env(compose["services"][name])
+        assert env["DAGSTER_PG_PASSWORD"].startswith("${POSTGRES_PASSWORD:?"), name
+        assert "DAGSTER_PG_URL" not in env, f"{name}: a URL would carry the password unquoted"
+    redis = scaleout["services"]["redis"]
+    assert "--requirepass" in redis["command"]
+    assert redis["command"][redis["command"].index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    assert _env(redis)["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")  # the health check's redis-cli
+    urls = [v for s in scaleout["services"].values() for k, v in _env(s).items() if v.startswith("redis://")]
+    assert urls and all(url.startswith("redis://:${REDIS_PASSWORD:?") for url in urls), urls
+
+
+def test_api_docs_are_off_in_compose(compose: dict[str, Any]) -> None:
+    assert _env(compose["services"]["gateway"])["API_DOCS"] == "${API_DOCS:-off}"
+    # .env.example leaves it empty (`make run`: on, the setting's default; compose: off).
+    assert "API_DOCS=" in (REPO_ROOT / ".env.example").read_text().splitlines()
+
+
+def test_the_scaleout_overlay_writes_the_worker_out_and_balances_the_gateways(
+    compose: dict[str, Any], scaleout: dict[str, Any]
+) -> None:
+    # Compose 1.29 refuses `extends` of a service with depends_on ("Cannot extend service").
+    assert not [name for name, service in scaleout["services"].items() if "extends" in service]
+    worker = scaleout["services"]["worker"]
+    assert worker["image"] == compose["services"]["gateway"]["image"]
+    assert "worker.redirect_stdouts=false" in worker["command"][-1], "runs' JSON lines stay at their level"
+    lb = scaleout["services"]["lb"]
+    assert lb["ports"] == ["8001:8001"] and lb["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    conf = (REPO_ROOT / lb["volumes"][0].split(":")[0]).read_text()
+    assert "gateway:8001" in conf and "resolver 127.0.0.11" in conf
+    assert (
+        _env(worker)["CELERY_WORKERS_SERVICE"]
+        == "worker"
+        == _env(scaleout["services"]["daemon"])["CELERY_WORKERS_SERVICE"]
+    )
+    daemon_deps = scaleout["services"]["daemon"]["depends_on"]
+    assert daemon_deps["worker"] == {"condition": "service_started"}, "the daemon counts the workers at its start"
+    if SCHEMA.exists():
+        jsonschema.validate(scaleout, json.loads(SCHEMA.read_text()))
+
+
+def test_run_slots_follow_the_worker_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from devtools import instance_config
+
+    addresses = {"worker": ["172.18.0.7", "172.18.0.8", "172.18.0.9"]}
+
+    def resolve(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+        if host not in addresses:
+            raise socket.gaierror(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 0)) for a in addresses[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    env = {
+        "DAGSTER_HOME": str(tmp_path),
+        "DAGSTER_PG_HOST": "postgres",
+        "DAGSTER_PG_PASSWORD": "p@ss:w/rd",
+        "RUN_LAUNCHER": "celery",
+        "CELERY_BROKER_URL": "redis://r/0",
+        "CELERY_RESULT_BACKEND": "redis://r/1",
+        "CELERY_WORKERS_SERVICE": "worker",
+        "CELERY_CONCURRENCY": "2",
+    }
+    assert instance_config.instance_config(dict(env))["concurrency"]["runs"]["max_concurrent_runs"] == 6
+    addresses["worker"] = addresses["worker"][:1]
+    assert instance_config.instance_config(dict(env))["concurrency"]["runs"]["max_concurrent_runs"] == 2
+    built = dict(env)
+    instance_config.instance_config(built)
+    assert built["DAGSTER_PG_URL"] == "postgresql+psycopg2://postgres:p%40ss%3Aw%2Frd@postgres:5432/dagster"
+
+
+def test_the_instance_config_is_one_base_and_overlays() -> None:
+    """Issue 30: no block written twice; the image, the stack and the tests merge with one function."""
+    from devtools.instance_config import BASE, CELERY_OVERLAY, POSTGRES_OVERLAY
+
+    base = yaml.safe_load((REPO_ROOT / BASE).read_text())
+    for name in (POSTGRES_OVERLAY, CELERY_OVERLAY):
+        overlay = yaml.safe_load((REPO_ROOT / name).read_text())
+        repeated = [block for block in overlay if overlay[block] == base.get(block)]
+        assert not repeated, f"{name} repeats the base's {repeated}"
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "devtools.instance_config"]' in dockerfile
+    assert "yaml.safe_load" not in dockerfile, "the image merges nothing by itself"
+    assert (
+        "yaml.safe_load"
+        not in (REPO_ROOT / "devtools" / "stack.py")
+        .read_text()
+        .split("def prepare_dagster_home")[1]
+        .split("def celery_overlay")[0]
+    )
+
+
+def test_the_deploy_test_runs_the_guides_commands() -> None:
+    from devtools.deploy_docs import doc_commands
+
+    guide = REPO_ROOT / "docs" / "deployment.md"
+    one = doc_commands(guide, "One machine")
+    assert one[0] == "cp .env.example .env" and one[-1].startswith("docker compose up -d --build")
+    (scale,) = [c for c in doc_commands(guide, "Scale-out") if "scaleout" in c]
+    assert "-f docker-compose.yml -f docker-compose.scaleout.yml" in scale
+    assert "--scale worker=2 --scale gateway=2" in scale
+    test = (REPO_ROOT / "deploy" / "deploy_test.py").read_text()
+    assert 'run_doc_block("One machine"' in test and 'run_doc_block("Scale-out"' in test
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "deploy-test:" in makefile and "deploy/deploy_test.py" in makefile
+    ci = (REPO_ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci.index("make deploy-test") == ci.index("make test") + 2
+
+
+def test_doc_commands_joins_continued_lines_and_skips_comments(tmp_path: Path) -> None:
+    from devtools.deploy_docs import doc_commands
+
+    doc = tmp_path / "d.md"
+    doc.write_text(
+        "## A\n```bash\n# note\nfoo \\\n  --bar\n\nbaz\n```\n```text\nnot this\n```\n## B\n```bash\nqux\n```\n"
+    )
+    assert doc_commands(doc, "A") == ["foo --bar", "baz"]
+    assert doc_commands(doc, "B") == ["qux"]
+    with pytest.raises(ValueError):
+        doc_commands(doc, "C")

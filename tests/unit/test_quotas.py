@@ -58,8 +58,12 @@ def test_usage_needs_a_key_and_shows_only_the_callers_figures(tmp_path: Path) ->
 def test_dagster_runs_at_most_the_limit_of_one_caller_at_once() -> None:
     """The run queue's own per-value tag limit on the owner tag: a caller's burst waits behind its
     own runs, not in front of everyone's."""
+    from devtools.instance_config import load_overlays
+
+    # The base alone, with PostgreSQL, with PostgreSQL and Celery (devtools.instance_config).
     for name in ("dagster.yaml", "dagster.postgres.yaml", "dagster.celery.yaml"):
-        limits = yaml.safe_load((REPO_ROOT / name).read_text())["concurrency"]["runs"]["tag_concurrency_limits"]
+        overlays = {"dagster.yaml": [], "dagster.postgres.yaml": [name]}.get(name, ["dagster.postgres.yaml", name])
+        limits = load_overlays(overlays)["concurrency"]["runs"]["tag_concurrency_limits"]
         owner = [limit for limit in limits if limit["key"] == "jewel/owner"]
         assert owner == [{"key": "jewel/owner", "value": {"applyLimitPerUniqueValue": True}, "limit": 2}], name
 

@@ -255,13 +255,15 @@ def test_a_page_costs_the_same_queries_whatever_its_size() -> None:
 
 
 def test_background_runs_have_their_own_limit_in_every_instance_file() -> None:
-    import yaml
 
-    from devtools.stack import REPO_ROOT, celery_overlay
+    from devtools.instance_config import load_overlays
 
-    files = {name: yaml.safe_load((REPO_ROOT / name).read_text()) for name in ("dagster.yaml", "dagster.postgres.yaml")}
-    # Scale-out: dagster.celery.yaml's blocks replace dagster.postgres.yaml's whole.
-    files["dagster.celery.yaml"] = {**files["dagster.postgres.yaml"], **celery_overlay()}
+    # The base, and the overlays laid over it as devtools.instance_config merges them.
+    files = {
+        "dagster.yaml": load_overlays([]),
+        "dagster.postgres.yaml": load_overlays(["dagster.postgres.yaml"]),
+        "dagster.celery.yaml": load_overlays(["dagster.postgres.yaml", "dagster.celery.yaml"]),
+    }
     for name, config in files.items():
         runs = config["concurrency"]["runs"]
         limits = {

@@ -17,16 +17,17 @@ def _override() -> dict[str, Any]:
     return dict(yaml.safe_load((REPO_ROOT / "docker-compose.scaleout.yml").read_text()))
 
 
-def test_the_override_matches_the_compose_spec_and_extends_real_services() -> None:
+def test_the_override_matches_the_compose_spec_and_names_real_services() -> None:
     if not SCHEMA.exists():
         missing("the compose-spec schema is not installed (make node-tools installs it from the npm registry)")
     override = _override()
     jsonschema.validate(override, json.loads(SCHEMA.read_text()))
     base = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
     worker = override["services"]["worker"]
-    assert worker["extends"]["service"] in base
+    assert "extends" not in worker  # Compose 1.29 cannot extend a service with depends_on
+    assert worker["image"] == base["daemon"]["image"]
     assert "jewel_dagster.runtime.celery_worker" in " ".join(worker["command"])
-    for name in set(override["services"]) - {"redis", "worker"}:
+    for name in set(override["services"]) - {"redis", "worker", "lb"}:
         assert name in base, f"the override changes {name}, which docker-compose.yml does not have"
 
 
