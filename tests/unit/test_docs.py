@@ -98,3 +98,13 @@ def test_the_readme_commands_name_what_exists() -> None:
 def test_the_readme_stays_a_front_door() -> None:
     """What a newcomer reads in ten minutes; depth belongs in docs/."""
     assert len(README.read_text().splitlines()) <= 250
+
+
+def test_the_readme_deploys_with_the_commands_the_deploy_test_runs() -> None:
+    """Issue 31: the README's Deployment commands are the guide's, word for word, and the guide's
+    are what `make deploy-test` runs (deploy/deploy_test.py reads them from it)."""
+    from devtools.deploy_docs import doc_commands
+
+    guide = DOCS / "deployment.md"
+    expected = doc_commands(guide, "One machine") + doc_commands(guide, "Scale-out")
+    assert doc_commands(README, "Deployment") == expected
