@@ -273,9 +273,12 @@ def completes(c: httpx.Client, workflow_id: str, timeout: float = 300) -> dict[s
 
 
 def result_is_an_image(c: httpx.Client, workflow_id: str) -> None:
-    """The result from the host: the artifact route (flux_result_url names azurite:10000, which
-    only the compose network resolves; docs/deployment.md)."""
-    answer = c.get(f"/workflow/{workflow_id}/artifacts/flux_generation.png")
+    """The result from the host, at the `flux_result_url` the API hands out: compose sets
+    RESULT_URL_BASE=gateway (Azurite is not published), so it is the gateway's artifact route."""
+    state = c.get(f"/workflow/{workflow_id}").json()
+    url = state["result"]["flux_result_url"]
+    assert url.startswith(f"/workflow/{workflow_id}/artifacts/flux_generation.png"), url
+    answer = c.get(url)
     assert answer.status_code == 200, answer.text[:300]
     image = Image.open(io.BytesIO(answer.content))
     image.load()

@@ -65,7 +65,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.settings = resolved
         app.state.store = build_blob_store(resolved, inside_dagster=False)
         app.state.runs = DagsterRuns(resolved)
-        app.state.results = ResultReader(app.state.store, timedelta(minutes=resolved.result_url_minutes))
+        app.state.results = ResultReader(
+            app.state.store, timedelta(minutes=resolved.result_url_minutes), url_base=resolved.result_url_base
+        )
         app.state.probe = ServiceProbe(resolved)
         app.state.provenance = provenance_mode(resolved)
         app.state.rate_limits = RateLimits(resolved)

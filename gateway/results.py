@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import c2pa
 
@@ -87,9 +88,16 @@ class ResultReader:
     """Builds results once per run: reading the two JPEGs (or, for images stored before their
     JPEG renditions, re-encoding two canvases: ~0.2 s)."""
 
-    def __init__(self, store: BlobStore, url_lifetime: timedelta = timedelta(hours=1), cache_size: int = 32) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        url_lifetime: timedelta = timedelta(hours=1),
+        cache_size: int = 32,
+        url_base: str = "",
+    ) -> None:
         self._store = store
         self._url_lifetime = url_lifetime
+        self._url_base = url_base  # RESULT_URL_BASE: "", "gateway" or a public base URL
         self._cache: OrderedDict[str, tuple[dict[str, Any], dict[str, str]]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -132,14 +140,24 @@ class ResultReader:
                     self._cache.popitem(last=False)
         # Signed URLs are made per answer: a cached one could be handed out after it expired.
         result, generated = cached
-        return {**result, **self._signed_urls(result, generated)}
+        return {**result, **self._signed_urls(result, generated, request_id, run_id)}
 
-    def _signed_urls(self, result: dict[str, Any], generated: dict[str, str]) -> dict[str, str]:
+    def _signed_urls(
+        self, result: dict[str, Any], generated: dict[str, str], request_id: str, run_id: str
+    ) -> dict[str, str]:
         urls = {}
-        for key in ("flux_result", "gemini_result"):
+        for key, asset in (("flux_result", AssetName.FLUX_GENERATION), ("gemini_result", AssetName.GEMINI_GENERATION)):
             if result.get(f"{key}_base64") is None or key not in generated:
                 continue  # preprocess results, or Gemini absent: nothing to link to
-            url = self._store.signed_url(generated[key], self._url_lifetime)
+            if self._url_base == "gateway":
+                # This run's image when it sits in the run's folder; else the route's newest value.
+                url: str | None = f"/workflow/{quote(request_id)}/artifacts/{asset}.png"
+                if generated[key] == artifact_path(request_id, asset, "png", run_id):
+                    url += f"?runId={quote(run_id)}"
+            else:
+                url = self._store.signed_url(generated[key], self._url_lifetime)
+                if url is not None and self._url_base:
+                    url = rebased(url, self._url_base)
             if url is not None:
                 urls[f"{key}_url"] = url
         return urls
@@ -190,6 +208,14 @@ class ResultReader:
             "finalMaskUri": self._uri(paths, AssetName.FINAL_MASK),
         }
         return result, generated
+
+
+def rebased(url: str, base: str) -> str:
+    """`url` with its scheme, host and port replaced by `base`'s, and `base`'s path put in front of
+    its path: the store's signed URL as clients reach it through a proxy (the SAS token signs the
+    container and blob path, not the host, so it stays valid)."""
+    parts, onto = urlsplit(url), urlsplit(base)
+    return urlunsplit((onto.scheme, onto.netloc, onto.path.rstrip("/") + parts.path, parts.query, ""))
 
 
 def _base64(data: bytes | None) -> str | None:

@@ -100,6 +100,15 @@ class GatewaySettings(PipelineSettings):
         description="Comma-separated addresses or networks of the proxies whose X-Forwarded-For names the client; "
         "empty = none (the peer's address counts); '*' = any (only when nothing else can reach the gateway).",
     )
+    result_url_base: str = Field(
+        default="",
+        pattern=r"^(|gateway|https?://[^\s?#]+)$",
+        description="Where `flux_result_url`/`gemini_result_url` point. Empty: the blob store's own signed URL "
+        "(real Azure: public). An http(s) URL: the signed URL moved onto it (a proxy or CDN in front of the "
+        "store; the signature covers the path, not the host). `gateway`: this gateway's artifact route "
+        "(`/workflow/{id}/artifacts/...?runId=`, fetched with the caller's key), for a store clients cannot "
+        "reach (Azurite inside docker-compose).",
+    )
     api_docs: Literal["on", "off"] = Field(
         default="on", description="Serve /docs and /openapi.json (off in a deployment: they map the API for anyone)."
     )

@@ -192,3 +192,42 @@ def test_a_finished_runs_result_is_read_once_per_run_id(tmp_path: Path, monkeypa
     assert len(blob_reads) == once, "the blobs are read once"
     reader.result_of(RID, "run-2", "jewelry_generation", read_check, locate, read_backends)  # a newer run
     assert reads.count("check") == 2 and len(blob_reads) > once
+
+
+class _SigningStore(LocalBlobStore):
+    """A local store that signs as Azurite inside docker-compose would: at a host only the
+    compose network resolves."""
+
+    def signed_url(self, path: str, lifetime: object) -> str | None:
+        return f"http://azurite:10000/devstoreaccount1/{self.container}/{path}?se=2026-12-05&sig=abc%2B"
+
+
+def test_result_urls_point_where_a_client_can_fetch_them(tmp_path: Path) -> None:
+    """Issue 31: in docker-compose the signed URLs named azurite:10000, which no client resolves.
+    RESULT_URL_BASE moves them onto a public base (the signature kept), or onto the gateway's
+    artifact route of this run's image."""
+    store = _SigningStore(root=str(tmp_path), container="jewelry-uploads")
+    _store_generation(store, None)
+    image = imaging.encode_png(np.full((32, 24, 3), 100, dtype=np.uint8))
+    store.put(artifact_path(RID, "flux_generation", "png", "run-1"), image, "image/png")
+    check = {"passed": True, "status": "SUCCEEDED", "violations": "none"}
+
+    def url(base: str) -> str:
+        result = ResultReader(store, url_base=base).result_of(RID, "run-1", "jewelry_generation", lambda _: check)
+        return str(result["flux_result_url"])
+
+    assert url("").startswith("http://azurite:10000/devstoreaccount1/jewelry-uploads/")
+    public = url("https://blobs.shop.example/store/")
+    assert public.startswith("https://blobs.shop.example/store/devstoreaccount1/jewelry-uploads/requests/")
+    assert public.endswith("?se=2026-12-05&sig=abc%2B") and "azurite" not in public
+    assert url("gateway") == f"/workflow/{RID}/artifacts/flux_generation.png?runId=run-1"
+
+
+def test_a_gateway_result_url_names_no_run_whose_folder_does_not_hold_the_image(tmp_path: Path) -> None:
+    """Images stored before runs had folders: the artifact route's newest value, not a run's 404."""
+    store = LocalBlobStore(root=str(tmp_path), container="jewelry-uploads")
+    _store_generation(store, None)
+    check = {"passed": True, "status": "SUCCEEDED", "violations": "none"}
+    result = ResultReader(store, url_base="gateway").result_of(RID, "run-1", "jewelry_generation", lambda _: check)
+    assert result["flux_result_url"] == f"/workflow/{RID}/artifacts/flux_generation.png"
+    assert "gemini_result_url" not in result  # Gemini absent (JSON null): nothing to link to
