@@ -151,9 +151,9 @@ class ResultReader:
                 continue  # preprocess results, or Gemini absent: nothing to link to
             if self._url_base == "gateway":
                 # This run's image when it sits in the run's folder; else the route's newest value.
-                url: str | None = f"/workflow/{quote(request_id)}/artifacts/{asset}.png"
-                if generated[key] == artifact_path(request_id, asset, "png", run_id):
-                    url += f"?runId={quote(run_id)}"
+                route = f"/workflow/{quote(request_id)}/artifacts/{asset}.png"
+                in_run_folder = generated[key] == artifact_path(request_id, asset, "png", run_id)
+                url: str | None = f"{route}?runId={quote(run_id)}" if in_run_folder else route
             else:
                 url = self._store.signed_url(generated[key], self._url_lifetime)
                 if url is not None and self._url_base:
