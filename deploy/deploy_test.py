@@ -494,14 +494,26 @@ def stage_scale_out(src: Path, env_values: dict[str, str]) -> None:
 
 
 def cleanup(src: Path | None) -> None:
-    if src is None or not src.exists():
-        return
-    run(
-        "docker compose -f docker-compose.yml -f docker-compose.scaleout.yml --profile observability "
-        "down -v --remove-orphans -t 5",
-        cwd=src,
-        check=False,
-    )
+    """Remove the test's containers, networks and volumes: through compose when it can read the
+    files (it refuses before `.env` exists: required variables), then by the project's label, so
+    what an interrupted earlier run left (a killed test, a stopped engine) goes too."""
+    if src is not None and (src / ".env").exists():
+        run(
+            "docker compose -f docker-compose.yml -f docker-compose.scaleout.yml --profile observability "
+            "down -v --remove-orphans -t 5",
+            cwd=src,
+            check=False,
+        )
+    label = f"label=com.docker.compose.project={PROJECT}"
+    for kind, remove in (
+        ("container", ["rm", "-f", "-v"]),
+        ("network", ["network", "rm"]),
+        ("volume", ["volume", "rm", "-f"]),
+    ):
+        listing = ["ps", "-aq"] if kind == "container" else [kind, "ls", "-q"]
+        ids = run(["docker", *listing, "--filter", label], check=False).split()
+        if ids:
+            run(["docker", *remove, *ids], check=False)
 
 
 def main() -> int:
