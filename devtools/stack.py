@@ -183,11 +183,20 @@ class Stack:
         """RUN_LAUNCHER=celery: runs go to Celery workers (dagster.celery.yaml), not the code server."""
         return uses_celery(self.env)
 
+    @property
+    def managed_code_servers(self) -> bool:
+        """CODE_SERVER=managed: the stock path, where the webserver and daemon each spawn a code
+        server of their own from workspace.yaml. A `kill -9` of those is never repaired by the
+        webserver (it respawns its code server only on a reload), so every other stack, the
+        scale-out one with Celery included, runs one code server the supervisor restarts on the
+        same address, as docker-compose does: both reconnect by themselves (Dagster watches a
+        `grpc_server` location and reloads it when its server id changes)."""
+        return (self.env.get("CODE_SERVER") or "warm") == "managed"
+
     def _workspace(self) -> str:
-        """The workspace file the webserver and daemon load: our warm code server's address, or
-        (CODE_SERVER=managed, the stock path, and with Celery workers, which execute the runs) the
-        module, for them to spawn code servers of their own."""
-        if (self.env.get("CODE_SERVER") or "warm") == "managed" or self.celery:
+        """The workspace file the webserver and daemon load: our code server's address, or
+        (CODE_SERVER=managed) the module, for them to spawn code servers of their own."""
+        if self.managed_code_servers:
             return str(REPO_ROOT / "workspace.yaml")
         workspace = Path(self.env["DAGSTER_HOME"]) / "workspace.yaml"
         entry = {"host": self.host, "port": self.code_server_port, "location_name": "jewel_dagster"}
@@ -200,8 +209,9 @@ class Stack:
 
     def start_code_server(self, timeout: float = 120.0) -> None:
         """(Re)start our warm code server, on the port it had before if it ran already: the
-        webserver and daemon reconnect to the same address."""
-        if (self.env.get("CODE_SERVER") or "warm") == "managed" or self.celery or "code_server" in self.processes:
+        webserver and daemon reconnect to the same address. With Celery it runs no runs (the
+        workers do); it serves the code location to the webserver and daemon."""
+        if self.managed_code_servers or "code_server" in self.processes:
             return
         self.code_server_port = self.code_server_port or free_port()
         self._spawn(

@@ -76,17 +76,22 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             resolved.event_poll_seconds, resolved.event_streams_per_caller, resolved.event_streams_total
         )
         restore_signals = drain_streams_on_signals(app.state.event_streams)
-        # Started in either mode: it also takes over the pending starts other gateways left.
-        launcher = StartLauncher(resolved, app.state.store, lambda: app.state.runs)
-        app.state.launcher = launcher
-        observed.pending_starts.set_function(launcher.pending)
-        launcher.start()
         dispatcher = None
         if resolved.webhook_secret:
             dispatcher = WebhookDispatcher(
                 resolved, app.state.runs, app.state.results, app.state.store, on_delivery=observed.webhook_delivered
             )
             dispatcher.start()
+        # Started in either mode: it also takes over the pending starts other gateways left.
+        launcher = StartLauncher(
+            resolved,
+            app.state.store,
+            lambda: app.state.runs,
+            on_failed=dispatcher.deliver_failed_start if dispatcher is not None else None,
+        )
+        app.state.launcher = launcher
+        observed.pending_starts.set_function(launcher.pending)
+        launcher.start()
         yield
         restore_signals()
         await app.state.event_streams.close()

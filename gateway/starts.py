@@ -155,12 +155,16 @@ class StartLauncher:
         store: BlobStore,
         runs: Callable[[], DagsterRuns],
         clock: Callable[[], float] = time.time,
+        on_failed: Callable[[PendingStart], None] | None = None,
     ) -> None:
         self.gateway_id = uuid.uuid4().hex
         self._settings = settings
         self._store = store
         self._runs = runs  # app.state.runs, read at each use (tests swap in a fake Dagster)
         self._clock = clock
+        # Told each start it records FAILED (the webhook dispatcher's: a webhook promises the
+        # final state, and such a start has no run for the dispatcher to find).
+        self._on_failed = on_failed
         self._queue: queue.Queue[str] = queue.Queue()
         self._mine: set[str] = set()  # workflow ids queued or being launched here
         self._mine_lock = threading.Lock()
@@ -337,8 +341,14 @@ class StartLauncher:
         go; the record stays, FAILED with a message for the person, until retention."""
         if added:
             runs.delete_partition(start.workflowId)
+        failed = start.but(state="failed", error=message, endedAt=self._clock())
+        if self._on_failed is not None:
+            try:
+                self._on_failed(failed)  # before the webhook URL's blob goes with the others
+            except Exception:  # the record must still say FAILED
+                log.exception("start of %s: its failed webhook could not be queued", start.workflowId)
         self._drop_blobs(start)
-        write_start(self._store, start.but(state="failed", error=message, endedAt=self._clock()))
+        write_start(self._store, failed)
         log.error("start of %s given up: %s", start.workflowId, message)
 
     def _close_cancelled(self, start: PendingStart) -> None:

@@ -49,6 +49,7 @@ from gateway.dagster_api.models import RunInfo, run_info_from
 from gateway.results import ResultReader
 from gateway.security import ANONYMOUS
 from gateway.settings import GatewaySettings
+from gateway.starts import PendingStart, state_of_start
 from gateway.workflow_state import state_of
 from jewel_dagster.contract import (
     OWNER_TAG,
@@ -408,6 +409,29 @@ class WebhookDispatcher:
         return True
 
     # ------------------------------------------------------------------ delivering
+
+    def deliver_failed_start(self, start: PendingStart) -> None:
+        """A start recorded FAILED before its run existed (gateway/starts.py) sends its `failed`
+        final state too, if it asked for a webhook: no run carries it, so the watcher would never
+        see it. Called before the start's blobs are deleted (the URL is read here, the POST made on
+        the pool). Its `webhook-id` is the start's launch tag; only the gateway that gave the start
+        up sends it."""
+        key = start.tags.get(WEBHOOK_KEY_TAG)
+        if key is None:
+            return
+        url = str(json.loads(self._store.get_path(webhook_url_path(key)))["url"])
+        body = json.dumps(state_of_start(start).model_dump(exclude_none=True), separators=(",", ":")).encode()
+        caller = start.tags.get(OWNER_TAG, ANONYMOUS)
+        self._pool.submit(self._deliver_body, start.workflowId, start.launch_tag, url, body, caller)
+
+    def _deliver_body(self, workflow_id: str, delivery_id: str, url: str, body: bytes, caller: str) -> None:
+        outcome = self._post_with_retries(url, body, delivery_id, caller)
+        if outcome is None:  # shutting down
+            return
+        record = json.dumps(outcome.__dict__).encode()
+        self._store.put(webhook_record_path(workflow_id, delivery_id), record, "application/json")
+        if self._on_delivery is not None:
+            self._on_delivery(outcome.delivered)
 
     def _full_url(self, run: RunInfo) -> str:
         """The URL as the caller gave it; runs launched before URLs were kept in the store carry

@@ -2,9 +2,9 @@
 supervisor would. Each fault is recorded with when it hit and when its target was back.
 
 Faults: `kill -9` a Celery worker (its process group: the pool children die with it), the code
-servers (with Celery, the webserver and daemon each run one they spawned: `dagster api grpc`),
-the daemon, the webserver or one gateway; restart Redis; pause PostgreSQL for 10 s (SIGSTOP and
-SIGCONT of its whole process group).
+server (the one the webserver and daemon load the code location from, as in docker-compose;
+restarted on its address like the others), the daemon, the webserver or one gateway; restart
+Redis; pause PostgreSQL for 10 s (SIGSTOP and SIGCONT of its whole process group).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Fault:
         return asdict(self)
 
 
-def _code_servers(soak: SoakStack) -> list[int]:
+def _managed_code_servers(soak: SoakStack) -> list[int]:
     """The `dagster api grpc` processes the webserver and daemon spawned (CODE_SERVER=managed)."""
     roots = [p.pid for n, p in soak.stack.processes.items() if n in ("webserver", "daemon")]
     found = []
@@ -113,6 +113,8 @@ class Chaos:
                     stack.start_daemon()
                 elif name == "webserver":
                     stack.start_webserver(RESTART_TIMEOUT)
+                elif name == "code_server":
+                    stack.start_code_server(RESTART_TIMEOUT)
                 fault.back = time.time()
             except Exception as exc:  # noqa: BLE001 (recorded: the report shows it)
                 fault.error = f"{type(exc).__name__}: {exc}"[:500]
@@ -136,8 +138,19 @@ class Chaos:
         fault.back = time.time()
 
     def _code_server(self, fault: Fault) -> None:
-        """kill -9 the code servers; the webserver and daemon that spawned them start new ones."""
-        pids = _code_servers(self.soak)
+        """kill -9 the code server and start it again on its address, as its supervisor would;
+        the webserver and daemon reconnect by themselves. (CODE_SERVER=managed: kill the ones
+        they spawned, and wait for them to spawn new ones.)"""
+        stack = self.soak.stack
+        if not stack.managed_code_servers:
+            fault.target = "code_server"
+            stack.kill("code_server")
+            fault.at = time.time()
+            self._delay()
+            stack.start_code_server(RESTART_TIMEOUT)
+            fault.back = time.time()
+            return
+        pids = _managed_code_servers(self.soak)
         fault.target = f"{len(pids)} processes"
         for pid in pids:
             try:
@@ -148,7 +161,7 @@ class Chaos:
         # Their supervisor is the webserver or daemon: back once both have a code server again.
         deadline = time.time() + 180
         while time.time() < deadline and not self.stopping.is_set():
-            if len(_code_servers(self.soak)) >= len(pids):
+            if len(_managed_code_servers(self.soak)) >= len(pids):
                 fault.back = time.time()
                 return
             time.sleep(0.5)

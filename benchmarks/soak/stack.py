@@ -1,5 +1,5 @@
 """The soak's stack: PostgreSQL and Redis of its own, Azurite, the reference model server, a webhook
-receiver, and the scale-out processes (2 gateways, webserver, daemon, 2 Celery workers).
+receiver, and the scale-out processes (2 gateways, webserver, daemon, code server, 2 Celery workers).
 
 PostgreSQL and Redis run from a temporary folder on ports of their own, so pausing or restarting
 them (chaos.py) touches nothing else on the machine. Each backing service runs in a process

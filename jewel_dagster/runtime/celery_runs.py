@@ -12,7 +12,9 @@ gets wrong for us, both seen against this project (DAGSTER-NOTES, "CeleryRunLaun
   leaves its task STARTED forever, so run monitoring never fails the run. Here a STARTED task
   also needs its worker (the hostname Celery stored with the state) to answer a broadcast ping;
   one that has not answered for DEAD_AFTER_SECONDS is reported FAILED, so monitoring fails the
-  run and `run_retries` sends it to another worker. Not at the first missed ping: on a loaded
+  run and `run_retries` sends it to another worker. A worker restarted under the same name
+  answers the ping but no longer holds the task (`inspect().query_task`): the same, after the same
+  time. Not at the first missed ping: on a loaded
   machine a live worker missed a 1 s ping and its running run was failed and retried. One ping per
   worker per check, cached a few seconds: the daemon checks every run each `poll_interval_seconds`.
 
@@ -69,13 +71,37 @@ class JewelCeleryRunLauncher(CeleryRunLauncher):
         if task_id is None or self.celery.AsyncResult(task_id).state != "STARTED":
             return result
         hostname = _hostname(self.celery.AsyncResult(task_id))
-        if hostname is None or self._alive(hostname):
+        if hostname is None:
             return result
-        return CheckRunHealthResult(
-            WorkerStatus.FAILED,
-            f"Celery worker {hostname} holds the run's task but has not answered a ping for "
-            f"{self.dead_after_seconds:.0f} s (killed, or its machine lost).",
-        )
+        if not self._alive(hostname):
+            return CheckRunHealthResult(
+                WorkerStatus.FAILED,
+                f"Celery worker {hostname} holds the run's task but has not answered a ping for "
+                f"{self.dead_after_seconds:.0f} s (killed, or its machine lost).",
+            )
+        if not self._still_holds(hostname, task_id):
+            return CheckRunHealthResult(
+                WorkerStatus.FAILED,
+                f"Celery worker {hostname} answers but has not known the run's task for "
+                f"{self.dead_after_seconds:.0f} s: it was restarted (the task died with the worker before).",
+            )
+        return result
+
+    def _still_holds(self, hostname: str, task_id: str) -> bool:
+        """False once the worker named ``hostname`` has answered for ``dead_after_seconds`` that
+        it does not hold ``task_id``. A supervisor restarts a killed worker under the same name
+        (compose keeps the container's host name; the soak restarted one within seconds), so the
+        ping answers and the dead incarnation's run stayed STARTED until max_runtime."""
+        replies = self.celery.control.inspect(destination=[hostname], timeout=PING_TIMEOUT_SECONDS).query_task(task_id)
+        known = (replies or {}).get(hostname)
+        key = f"{hostname} {task_id}"
+        now = time.monotonic()
+        with self._pings_lock:
+            if known is None or task_id in known:  # no answer (the ping decides), or it holds it
+                self._silent_since.pop(key, None)
+                return True
+            first = self._silent_since.setdefault(key, now)
+            return now - first < self.dead_after_seconds
 
     def _alive(self, hostname: str) -> bool:
         """False once ``hostname`` has missed every ping for ``dead_after_seconds``."""

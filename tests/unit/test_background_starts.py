@@ -19,10 +19,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from standardwebhooks import Webhook
 
 from gateway.dagster_api.errors import DagsterUnavailable
 from gateway.dagster_api.models import RunInfo
-from gateway.starts import PendingStart, write_start
+from gateway.security import ANONYMOUS
+from gateway.starts import PendingStart, read_start, write_start
+from gateway.webhooks import caller_secret
 from gateway.workflows import idempotency
 from jewel_dagster.contract import FULL_JOB, LAUNCH_TAG, OWNER_TAG, PARTITION_TAG
 from jewel_dagster.resources.blob_store import LocalBlobStore
@@ -37,6 +40,7 @@ from tests.support.gateway_client import (
     stored_blobs,
     sweeps_of,
 )
+from tests.support.receivers import webhook_receiver
 
 FAST = {"start_takeover_seconds": 0.3, "start_give_up_seconds": 0.3}
 
@@ -176,6 +180,32 @@ def test_a_start_whose_launch_never_reaches_dagster_fails_and_keeps_nothing(tmp_
         assert dagster.launches == []
         dagster.down = False
         assert_refused(client.post(f"/workflow/{workflow}/cancel"), 409, f"workflow {workflow} already ended: FAILED")
+
+
+def test_a_start_that_fails_before_its_run_exists_sends_its_failed_webhook(tmp_path: Path) -> None:
+    """The webhook promises the final state; a start given up has no run for the dispatcher to
+    find, so the launcher sends it: once, signed, FAILED at the first step."""
+    with (
+        webhook_receiver() as receiver,
+        gateways(tmp_path, webhook_secret="s3cret", webhook_allow_private=True) as (
+            [client],
+            dagster,
+        ),
+    ):
+        dagster.down = True
+        dagster.ping = lambda timeout=2.0: True  # type: ignore[method-assign]  # accepted, never launched
+        started = client.post("/workflow/start", json=start_body(webhookUrl=receiver.url))
+        assert started.status_code == 200, started.text
+        workflow = started.json()["workflowId"]
+        poll_until(lambda: client.get(f"/workflow/{workflow}").json()["status"], lambda s: s == "FAILED")
+        (post,) = poll_until(receiver.posts, bool)
+        state = Webhook(caller_secret("s3cret", ANONYMOUS)).verify(post.body, post.headers)
+        assert state["workflowId"] == workflow and state["status"] == "FAILED", state
+        assert state["failedStep"] == "UPLOADING_IMAGE" and state["error"], state
+        assert post.headers["webhook-id"] == read_start(client.app.state.store, workflow).launch_tag  # type: ignore[attr-defined, union-attr]
+        assert not [
+            b for b in stored_blobs(tmp_path) if "/webhooks/" in b and b.endswith(".json") and "requests/" not in b
+        ]
 
 
 def test_an_idempotent_retry_while_pending_gets_the_same_workflow_and_one_launch(

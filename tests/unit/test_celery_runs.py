@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
@@ -16,6 +17,7 @@ from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
 from jewel_dagster.runtime.celery_runs import CheckRunHealthResult, JewelCeleryRunLauncher, WorkerStatus
 from jewel_dagster.runtime.celery_worker import run_id_of
+from tests.support.e2e_stack import wait_until
 from tests.support.infra import redis_url
 
 Launched = tuple[DagsterInstance, JewelCeleryRunLauncher]
@@ -82,6 +84,35 @@ def test_a_started_task_whose_worker_answers_is_running(
     launcher.celery.backend.store_result(task_id, {"pid": 1, "hostname": alive}, "STARTED")
     monkeypatch.setattr(launcher.celery.control, "ping", lambda destination, timeout: [{alive: {"ok": "pong"}}])
     assert launcher.check_run_worker_health(_started_run(instance, task_id)).status == WorkerStatus.RUNNING
+
+
+def test_a_started_task_whose_worker_was_restarted_under_its_name_is_failed(
+    launched: tuple[DagsterInstance, JewelCeleryRunLauncher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soak killed worker w0 and its supervisor restarted it as w0: the ping answered, the run
+    stayed STARTED for good. The new incarnation does not hold the task: FAILED, as for silence."""
+    instance, launcher = launched
+    task_id = uuid.uuid4().hex
+    again = f"again-{task_id}@here"
+    launcher.celery.backend.store_result(task_id, {"pid": 1, "hostname": again}, "STARTED")
+    monkeypatch.setattr(launcher.celery.control, "ping", lambda destination, timeout: [{again: {"ok": "pong"}}])
+
+    class Inspect:
+        def __init__(self, destination: list[str], timeout: float) -> None:
+            assert destination == [again]
+
+        def query_task(self, *ids: str) -> dict[str, Any]:
+            return {again: holds}
+
+    monkeypatch.setattr(launcher.celery.control, "inspect", Inspect)
+    run = _started_run(instance, task_id)
+    launcher.dead_after_seconds = 0.5
+    holds: dict[str, Any] = {task_id: ["active", {"id": task_id}]}
+    assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING  # its worker runs it
+    holds = {}
+    assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING  # not at the first answer
+    wait_until(lambda: launcher.check_run_worker_health(run).status == WorkerStatus.FAILED, "FAILED", 10)
+    assert "restarted" in (launcher.check_run_worker_health(run).msg or "")
 
 
 def test_canary_the_private_health_types_we_answer_with() -> None:

@@ -114,6 +114,15 @@ def test_every_run_has_a_maximum_runtime(overlays: list[str]) -> None:
     assert monitoring["cancel_timeout_seconds"] == 60
 
 
+@pytest.mark.parametrize("name", ["dagster.yaml", "dagster.postgres.yaml", "dagster.celery.yaml"])
+def test_a_dead_runs_pool_slots_are_freed(name: str) -> None:
+    # A run killed inside a `gpu` step never frees its slot itself: run monitoring must, or the
+    # pool stays full for good (the soak wedged the Celery stack: dagster.celery.yaml replaced the
+    # whole block and left this out).
+    monitoring = yaml.safe_load((REPO_ROOT / name).read_text())["run_monitoring"]
+    assert 0 < monitoring.get("free_slots_after_run_end_seconds", 0) <= 10
+
+
 def test_observability_is_a_profile_that_is_off_by_default(compose: dict[str, Any]) -> None:
     services = compose["services"]
     profiled = {name for name, service in services.items() if service.get("profiles")}
