@@ -25,7 +25,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from devtools.stack import BIN, REPO_ROOT, prepare_dagster_home
+from devtools.stack import BIN, prepare_dagster_home
 from tests.support.e2e_stack import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -36,10 +36,13 @@ GRPC_INFO_TAG = ".dagster/grpc_info"  # where DefaultRunLauncher records a run's
 
 
 def test_the_deployment_files_hold_the_values_the_readme_promises() -> None:
-    for name in ("dagster.yaml", "dagster.postgres.yaml"):
-        monitoring = yaml.safe_load((REPO_ROOT / name).read_text())["run_monitoring"]
-        assert monitoring["enabled"] is True, name
-        assert (monitoring["max_runtime_seconds"], monitoring["cancel_timeout_seconds"]) == (7200, 60), name
+    from devtools.instance_config import load_overlays
+
+    # The base, and the instance configs the overlays make of it (PostgreSQL; Celery on top).
+    for overlays in ([], ["dagster.postgres.yaml"], ["dagster.postgres.yaml", "dagster.celery.yaml"]):
+        monitoring = load_overlays(overlays)["run_monitoring"]
+        assert monitoring["enabled"] is True, overlays
+        assert (monitoring["max_runtime_seconds"], monitoring["cancel_timeout_seconds"]) == (7200, 60), overlays
 
 
 @pytest.fixture(scope="module")
