@@ -15,7 +15,7 @@ import pytest
 from devtools.stack import Stack, descendants
 from jewel_dagster.runtime.warm_code_server import CANCEL_GRACE_SECONDS
 from tests.support.e2e_flows import CUP, PHOTO, finished, full_request_completes
-from tests.support.e2e_stack import poll, running_stack, runs_of
+from tests.support.e2e_stack import poll, run_worker, running_stack, runs_of, wait_until
 from tests.support.shared_stacks import DEFAULT_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
@@ -102,6 +102,12 @@ def test_cancel_of_a_step_stuck_in_c_is_escalated_to_a_kill_and_the_run_ends_can
         started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}).json()
         rid = started["workflowId"]
         poll(client, rid, lambda s: s["currentStep"] == "REFINING_MASK", timeout=180)
+        # REFINING_MASK shows once the step starts; a cancel before the C call begins is stopped
+        # by the step's own check (in ~2 s), not by the kill this test is about. Wait until the
+        # run worker spent 1.5 CPU-s more (the step's work before the call is well under that).
+        worker = wait_until(lambda: run_worker(stack), "the run worker", timeout=60)
+        at_refine = _cpu_seconds([worker])
+        wait_until(lambda: _cpu_seconds([worker]) - at_refine >= 1.5, "the refiner inside its C call", timeout=120)
         cancelled_at = time.monotonic()
         # 200 once the run stopped (the kill 5 s after the cancel), 202 if it is still stopping.
         assert client.post(f"/workflow/{rid}/cancel").status_code in (200, 202)
