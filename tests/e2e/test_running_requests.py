@@ -286,7 +286,9 @@ def test_a_real_prometheus_scrapes_the_gateway_and_every_dashboard_query_has_ser
         # A scrape times out after the 1 s interval: on a loaded machine one may miss, the next
         # answers (a refused key or a broken /metrics never does).
         wait_until(
-            lambda: query('up{job="jewel-gateway"}')[0]["value"][1] == "1", "a scrape of the gateway answered", timeout=30
+            lambda: query('up{job="jewel-gateway"}')[0]["value"][1] == "1",
+            "a scrape of the gateway answered",
+            timeout=30,
         )
         # A query over rate() needs two samples of its series: look again for a while.
         deadline = time.monotonic() + 30
