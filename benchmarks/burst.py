@@ -57,7 +57,7 @@ ROLES = (
     ("-m gateway", "gateway"),
     ("dagster-webserver", "webserver"),
     ("dagster-daemon", "daemon"),
-    ("runtime.prompt_queue", "daemon"),
+    ("runtime.processes.queue_daemon", "daemon"),
     ("watch_orphans", "orphan watchers"),
     ("forkserver", "code server forkserver"),
     ("api grpc", "code server"),
@@ -183,7 +183,7 @@ def burst(stack: Stack, requests: int, window: float) -> dict[str, object]:
 
 DESIGNS = {
     # Today's embedded default: the warm code server, the queue admits 4 runs, `gpu` steps wait
-    # for the pool's slots (sleeping between checks since runtime/claim_sleep.py).
+    # for the pool's slots (sleeping between checks since runtime/executor/claim_sleep.py).
     "default": {},
     # The scale-out queue design: workers x concurrency = GPU slots, so no step waits for a slot.
     "celery-1x2": {"CELERY_WORKERS": "1", "CELERY_CONCURRENCY": "2"},

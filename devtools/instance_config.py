@@ -87,7 +87,7 @@ def instance_config(env: MutableMapping[str, str], config_dir: Path = CONFIG_DIR
     stock = env.get("DAGSTER_STOCK_SETTINGS", "").lower() in ("1", "true")
     if not url and not stock:
         config["event_log_storage"] = {
-            "module": "jewel_dagster.runtime.pool_claims",
+            "module": "jewel_dagster.runtime.instance_plugins.pool_claims",
             "class": "QuickClaimSqliteEventLogStorage",
             "config": {"base_dir": str(home / "history" / "runs"), "claim_interval_seconds": 0.25},
         }

@@ -159,8 +159,8 @@ class Stack:
 
     def start_daemon(self) -> None:
         """(Re)start dagster-daemon; it picks up the queue and run monitoring where they were."""
-        # dagster-daemon with the run queue woken by submits (jewel_dagster/runtime/prompt_queue.py).
-        daemon = [sys.executable, "-m", "jewel_dagster.runtime.prompt_queue"]
+        # dagster-daemon with the run queue woken by submits (jewel_dagster/runtime/processes/queue_daemon.py).
+        daemon = [sys.executable, "-m", "jewel_dagster.runtime.processes.queue_daemon"]
         self._spawn("daemon", [*daemon, "run", "-w", self._workspace()])
 
     def wait_for_dagster(self, timeout: float) -> None:
@@ -216,7 +216,8 @@ class Stack:
         self.code_server_port = self.code_server_port or free_port()
         self._spawn(
             "code_server",
-            [sys.executable, "-m", "jewel_dagster.runtime.warm_code_server", "-m", "jewel_dagster.definitions",
+            [sys.executable, "-m", "jewel_dagster.runtime.processes.warm_code_server",
+             "-m", "jewel_dagster.definitions",
              "--location-name", "jewel_dagster", "-h", self.host, "-p", str(self.code_server_port)],
         )  # fmt: skip
         wait_for_port(self.host, self.code_server_port, timeout, self.processes["code_server"])
@@ -254,7 +255,7 @@ class Stack:
         name = f"w{index}@{socket.gethostname()}"
         self._spawn(
             f"worker{index}",
-            [sys.executable, "-m", "celery", "-A", "jewel_dagster.runtime.celery_worker", "worker",
+            [sys.executable, "-m", "celery", "-A", "jewel_dagster.runtime.processes.celery_worker", "worker",
              "-Q", self.env.get("CELERY_QUEUE", "dagster"), "-n", name, "--concurrency", str(concurrency),
              "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
         )  # fmt: skip

@@ -56,7 +56,7 @@ REGENERATE_REASON_TAG = "jewel/regenerate-reason"
 REGENERATE_ATTEMPT_TAG = "jewel/regenerate-attempt"
 REQUEST_ID_TAG = "jewel/request-id"  # the correlation id of the API call that launched the run (X-Request-ID)
 
-# The Dagster logger that writes a run's log lines as JSON (jewel_dagster/runtime/json_logs.py).
+# The Dagster logger that writes a run's log lines as JSON (jewel_dagster/runtime/loggers/json_logs.py).
 JSON_LOGGER = "json"
 
 

@@ -12,7 +12,7 @@ from jewel_dagster.defs.regeneration import build_regeneration_automation
 from jewel_dagster.defs.retention import build_retention
 from jewel_dagster.defs.run_traces import build_run_trace_sensors
 from jewel_dagster.resources.selection import build_resources
-from jewel_dagster.runtime.json_logs import json_logger
+from jewel_dagster.runtime.loggers.json_logs import json_logger
 from jewel_dagster.settings import get_settings
 
 _settings = get_settings()

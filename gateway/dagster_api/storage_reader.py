@@ -33,7 +33,7 @@ class StorageRunReader:
             statement_timeout=statement_timeout_ms, pool_recycle=3600, max_overflow=POOL_OVERFLOW
         )
         # SQLite (the embedded default) makes an engine a call: pooled, as the above does for PostgreSQL.
-        from jewel_dagster.runtime.storage_engines import pool_sqlite_run_storage
+        from jewel_dagster.runtime.storage.storage_engines import pool_sqlite_run_storage
 
         pool_sqlite_run_storage(self._instance)
         self.events = RunEventLog(self.events_after)  # each run's asset and step events, read once
@@ -106,8 +106,8 @@ class StorageRunReader:
         return {name: self.newest_texts(request_id, name) for name in dict.fromkeys(assets)}
 
     def close(self) -> None:
-        from jewel_dagster.runtime.storage_engines import dispose_storage_engines
+        from jewel_dagster.runtime.storage.storage_engines import dispose_storage_engines
 
-        # dispose() leaves the pooled PostgreSQL connections open (jewel_dagster.runtime.storage_engines).
+        # dispose() leaves the pooled PostgreSQL connections open (jewel_dagster.runtime.storage.storage_engines).
         dispose_storage_engines(self._instance)
         self._instance.dispose()

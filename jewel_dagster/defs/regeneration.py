@@ -49,7 +49,7 @@ from jewel_dagster.contract import (
 from jewel_dagster.defs.assets import generate_images
 from jewel_dagster.defs.jobs import regenerate_job
 from jewel_dagster.defs.request_runs import BACKGROUND_TAG, busy_partitions, runs_by_partition
-from jewel_dagster.runtime.check_history import failed_partitions
+from jewel_dagster.runtime.storage.check_history import failed_partitions
 from jewel_dagster.settings import PipelineSettings, get_settings
 
 FLUX = dg.AssetKey(AssetName.FLUX_GENERATION)

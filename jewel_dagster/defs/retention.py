@@ -31,7 +31,7 @@ import dagster as dg
 from jewel_dagster.contract import OWNER_TAG, PARTITION_TAG, PARTITIONS_NAME, WEBHOOK_KEY_TAG
 from jewel_dagster.defs.request_runs import BACKGROUND_TAG, busy_partitions, runs_by_partition
 from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
-from jewel_dagster.runtime.check_rows import delete_check_rows
+from jewel_dagster.runtime.storage.check_rows import delete_check_rows
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import (
     LEFTOVER_PREFIXES,

@@ -33,8 +33,8 @@ PRIVATE_ATTRIBUTES: dict[str, tuple[str, str, str]] = {
     "_claim_concurrency_slot": ("SqlEventLogStorage", "pool_claims", "overridden: a slot is never granted twice"),
     "_allocate_concurrency_slots": ("SqlEventLogStorage", "pool_claims", "a pool's first slots, created once"),
     "_reconcile_concurrency_limits_from_slots": ("SqlEventLogStorage", "pool_claims", "limit rows from slots"),
-    "_instance": ("MayHaveInstanceWeakref", "celery_runs, pool_claims, prompt_queue", "the storage's instance"),
-    "_logger": ("DagsterDaemon", "prompt_queue", "the daemon's logger, for the wake-up's warnings"),
+    "_instance": ("MayHaveInstanceWeakref", "celery_runs, pool_claims, queue_coordinator", "the storage's instance"),
+    "_logger": ("DagsterDaemon", "queue_daemon", "the daemon's logger, for the wake-up's warnings"),
     "_get_grpc_client_for_termination": ("DefaultRunLauncher", "run_launcher", "asks the code server"),
     "_engine": ("SqlRunStorage/SqlEventLogStorage (postgres)", "storage_engines", "closes pooled connections"),
     "_conn_string": ("SqliteRunStorage", "storage_engines", "the file a pooled engine of our own opens"),
@@ -44,7 +44,7 @@ PRIVATE_ATTRIBUTES: dict[str, tuple[str, str, str]] = {
 
 # Private names in runtime/ that Dagster happens to spell too, but that are our own attributes.
 OURS: dict[str, str] = {
-    "_lock": "prompt_queue's wake-up lock (the daemon subclass's own)",
+    "_lock": "queue_daemon's wake-up lock (the daemon subclass's own)",
     "_claim_interval": "pool_claims' retry interval (the storage subclass's own field)",
 }
 

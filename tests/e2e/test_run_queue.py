@@ -1,5 +1,5 @@
 """End to end: the stack's run queue starts a request's run when it is queued (the coordinator in
-the webserver wakes our daemon loop, jewel_dagster/runtime/prompt_queue.py), not at the poll.
+the webserver wakes our daemon loop, jewel_dagster/runtime/processes/queue_daemon.py), not at the poll.
 
 The daemon polls the queue every 600 s here: a run that starts within a minute of its creation,
 twice in a row (the second is queued after the first ended), was started by a wake."""

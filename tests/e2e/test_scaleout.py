@@ -24,7 +24,7 @@ import pytest
 from devtools.stack import Stack, free_port, temporary_stack
 from jewel_dagster.contract import WORKER_TAG
 from jewel_dagster.resources.blob_store import AzureBlobStore, BlobStore
-from jewel_dagster.runtime.celery_runs import DEAD_AFTER_SECONDS
+from jewel_dagster.runtime.instance_plugins.celery_runs import DEAD_AFTER_SECONDS
 from jewel_dagster.storage_layout import webhook_record_path as record_path
 from tests.support.e2e_flows import CUP, PHOTO
 from tests.support.e2e_stack import runs_of, wait_until

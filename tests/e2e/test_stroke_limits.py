@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from devtools.stack import Stack, descendants
-from jewel_dagster.runtime.warm_code_server import CANCEL_GRACE_SECONDS
+from jewel_dagster.runtime.processes.warm_code_server import CANCEL_GRACE_SECONDS
 from tests.support.e2e_flows import CUP, PHOTO, finished, full_request_completes
 from tests.support.e2e_stack import poll, run_worker, running_stack, runs_of, wait_until
 from tests.support.shared_stacks import DEFAULT_STACK, SharedStacks, shared_stack

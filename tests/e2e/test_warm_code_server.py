@@ -1,4 +1,4 @@
-"""Canary for jewel_dagster/runtime/warm_code_server.py: run workers are forked, not spawned.
+"""Canary for jewel_dagster/runtime/processes/warm_code_server.py: run workers are forked, not spawned.
 
 The patch replaces `dagster._grpc.server.DagsterApiServer` before `dagster api grpc` imports it. If
 Dagster stops looking the class up there, the code server still works but spawns its run workers

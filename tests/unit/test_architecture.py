@@ -47,7 +47,7 @@ def test_private_dagster_modules_are_imported_in_the_runtime_folder_only() -> No
 
 def test_each_runtime_module_lists_the_private_symbols_it_uses() -> None:
     """A reader (or a Dagster upgrade) finds every private use in the module docstrings."""
-    for path in RUNTIME.glob("*.py"):
+    for path in RUNTIME.rglob("*.py"):
         imports = _private_dagster_imports(path)
         docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
         if imports:
@@ -242,7 +242,7 @@ def test_no_private_dagster_attribute_is_reached_outside_the_runtime_folder() ->
 def test_the_runtime_folder_lists_every_private_dagster_attribute_it_uses() -> None:
     dagster = _dagster_private_names()
     used = set()
-    for path in RUNTIME.glob("*.py"):
+    for path in RUNTIME.rglob("*.py"):
         used |= {name for name in _private_uses(path) if name in dagster}
     used -= set(touchpoints.OURS)
     assert used - set(touchpoints.PRIVATE_ATTRIBUTES) == set(), "add them to runtime/touchpoints.py"

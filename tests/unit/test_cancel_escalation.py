@@ -16,8 +16,8 @@ from typing import Any
 import dagster as dg
 
 from jewel_dagster.resources.local_services import hold_a_core_in_c
-from jewel_dagster.runtime import warm_code_server
-from jewel_dagster.runtime.warm_code_server import (
+from jewel_dagster.runtime.processes import warm_code_server
+from jewel_dagster.runtime.processes.warm_code_server import (
     CANCEL_GRACE_SECONDS,
     CancelExecutionRequest,
     WarmApiServer,

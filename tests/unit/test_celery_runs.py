@@ -15,8 +15,12 @@ import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
-from jewel_dagster.runtime.celery_runs import CheckRunHealthResult, JewelCeleryRunLauncher, WorkerStatus
-from jewel_dagster.runtime.celery_worker import run_id_of
+from jewel_dagster.runtime.instance_plugins.celery_runs import (
+    CheckRunHealthResult,
+    JewelCeleryRunLauncher,
+    WorkerStatus,
+)
+from jewel_dagster.runtime.processes.celery_worker import run_id_of
 from tests.support.e2e_stack import wait_until
 from tests.support.infra import redis_url
 

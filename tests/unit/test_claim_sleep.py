@@ -1,4 +1,4 @@
-"""A run blocked on a pool slot sleeps between its claim checks (jewel_dagster/runtime/claim_sleep.py)."""
+"""A run blocked on a pool slot sleeps between its claim checks (jewel_dagster/runtime/executor/claim_sleep.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from unittest import mock
 
 import dagster as dg
 
-from jewel_dagster.runtime import claim_sleep, pool_claims  # importing pool_claims installs the patch
+from jewel_dagster.runtime.executor import claim_sleep
+from jewel_dagster.runtime.instance_plugins import pool_claims  # importing pool_claims installs the patch
 
 Context = claim_sleep.InstanceConcurrencyContext
 BLOCKED_SECONDS = 2.0

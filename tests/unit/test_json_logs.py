@@ -1,4 +1,4 @@
-"""The run workers' JSON logger (canary of jewel_dagster/runtime/json_logs.py): each line of a run
+"""The run workers' JSON logger (canary of jewel_dagster/runtime/loggers/json_logs.py): each line of a run
 names its run id, workflow (partition), step, event and the request id the gateway tagged."""
 
 # No `from __future__ import annotations` here: Dagster reads the asset's annotations at run time.
@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from jewel_dagster.contract import JSON_LOGGER, PARTITION_TAG, REQUEST_ID_TAG, json_logging_run_config
-from jewel_dagster.runtime.json_logs import json_logger
+from jewel_dagster.runtime.loggers.json_logs import json_logger
 
 
 @dg.asset

@@ -3,7 +3,7 @@
 Each trial is a fresh pool of one slot. PROCESSES worker processes (tests/support/simultaneous.py)
 wait on a barrier, then all call `claim_concurrency_slot` on that pool;
 the test counts how many were told CLAIMED. Dagster 1.13.27's own storages grant the slot twice in
-a good share of the trials (see jewel_dagster/runtime/pool_claims.py); ours must grant it exactly
+a good share of the trials (see jewel_dagster/runtime/instance_plugins/pool_claims.py); ours must grant it exactly
 once. The canary tests assert that the stock storages do race here, so a harness that stopped
 reproducing the race (too slow, too serial) fails instead of passing silently.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from dagster_postgres.event_log import PostgresEventLogStorage
 
-from jewel_dagster.runtime.pool_claims import (
+from jewel_dagster.runtime.instance_plugins.pool_claims import (
     QuickClaimPostgresEventLogStorage,
     QuickClaimSqliteEventLogStorage,
     SqliteEventLogStorage,

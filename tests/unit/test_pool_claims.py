@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jewel_dagster.runtime.pool_claims import (
+from jewel_dagster.runtime.instance_plugins.pool_claims import (
     QuickClaimPostgresEventLogStorage,
     QuickClaimSqliteEventLogStorage,
     SqliteEventLogStorage,

@@ -27,7 +27,7 @@ PROCESSES = 4
 TRIALS = 8
 DEFAULT_LIMIT = 2
 _STORAGES = {
-    "ours": ("jewel_dagster.runtime.pool_claims", "QuickClaimPostgresEventLogStorage"),
+    "ours": ("jewel_dagster.runtime.instance_plugins.pool_claims", "QuickClaimPostgresEventLogStorage"),
     "stock": ("dagster_postgres.event_log", "PostgresEventLogStorage"),
 }
 

@@ -1,4 +1,4 @@
-"""The run queue dequeues when a run is submitted (jewel_dagster/runtime/prompt_queue.py), and
+"""The run queue dequeues when a run is submitted (jewel_dagster/runtime/processes/queue_daemon.py), and
 its limits still hold: max concurrent runs, tag limits, priority order.
 
 The daemon's loop runs in a thread here, on a test instance whose launcher only records runs, with
@@ -20,8 +20,9 @@ from unittest import mock
 import dagster as dg
 
 from jewel_dagster.defs.request_runs import BACKGROUND_TAG
-from jewel_dagster.runtime.prompt_queue import PromptQueuedRunCoordinator, PromptRunQueueDaemon, _Waker
-from jewel_dagster.runtime.queue_wake import wake, wake_address
+from jewel_dagster.runtime.instance_plugins.queue_coordinator import PromptQueuedRunCoordinator
+from jewel_dagster.runtime.instance_plugins.queue_wake import wake, wake_address
+from jewel_dagster.runtime.processes.queue_daemon import PromptRunQueueDaemon, _Waker
 
 POLL_SECONDS = 60  # far beyond every deadline below: only a wake can explain a dequeue
 DEADLINE_SECONDS = 20.0  # generous: the machine is shared and loaded
@@ -37,7 +38,7 @@ class LaunchNothing(dg.DefaultRunLauncher):
 def _instance_overrides(max_runs: int) -> dict[str, Any]:
     return {
         "run_coordinator": {
-            "module": "jewel_dagster.runtime.prompt_queue",
+            "module": "jewel_dagster.runtime.instance_plugins.queue_coordinator",
             "class": "PromptQueuedRunCoordinator",
             "config": {"dequeue_interval_seconds": POLL_SECONDS, "dequeue_use_threads": True},
         },
@@ -188,7 +189,7 @@ def test_a_run_end_stored_through_our_event_log_wakes_the_queue(tmp_path: Path) 
     # (our event log storage, in every dagster.yaml) wakes the daemon.
     overrides = {
         "event_log_storage": {
-            "module": "jewel_dagster.runtime.pool_claims",
+            "module": "jewel_dagster.runtime.instance_plugins.pool_claims",
             "class": "QuickClaimSqliteEventLogStorage",
             "config": {"base_dir": str(tmp_path / "runs")},
         }

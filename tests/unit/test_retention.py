@@ -99,7 +99,7 @@ def test_old_requests_go_entirely_and_recent_or_running_ones_stay(tmp_path: Path
         assert not instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=flux, asset_partitions=[old]), limit=1
         ).records
-        assert not old_runs & _check_run_ids(instance)  # the runtime/check_rows canary
+        assert not old_runs & _check_run_ids(instance)  # the runtime.storage.check_rows canary
         assert not (tmp_path / store.container / "requests" / old).exists()
         tombstone = json.loads(store.get_path(tombstone_path(old)))
         assert tombstone["owner"] == "shop-a"

@@ -1,4 +1,5 @@
-"""Canary for jewel_dagster/runtime/run_launcher.py: how its health check answers, without a code server.
+"""Canary for jewel_dagster/runtime/instance_plugins/run_launcher.py: how its health check answers,
+without a code server.
 
 The path where a live code server answers "no worker for this run" is tested end to end in
 tests/e2e/test_process_faults.py (a killed code server's run fails and is retried).
@@ -13,7 +14,7 @@ import dagster as dg
 
 from devtools.stack import free_port
 
-LAUNCHER = {"module": "jewel_dagster.runtime.run_launcher", "class": "WorkerCheckingRunLauncher"}
+LAUNCHER = {"module": "jewel_dagster.runtime.instance_plugins.run_launcher", "class": "WorkerCheckingRunLauncher"}
 GRPC_INFO_TAG = ".dagster/grpc_info"  # where DefaultRunLauncher records the code server of a run
 
 

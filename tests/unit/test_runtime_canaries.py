@@ -5,7 +5,7 @@
   tests/unit/test_pool_claim_race.py (a slot is granted once).
 - warm_code_server.py: tests/e2e/test_warm_code_server.py (run workers forked, not spawned).
 - json_logs.py: tests/unit/test_json_logs.py (a run's JSON lines carry its ids).
-- prompt_queue.py: here (the daemon factory builds our queue loop; `dagster-daemon` is the CLI we
+- processes/queue_daemon.py: here (the daemon factory builds our queue loop; `dagster-daemon` is the CLI we
   wrap) and tests/unit/test_prompt_queue.py (the loop runs Dagster's iteration, woken).
 - storage_engines.py: here (the three PostgreSQL storages' engines are found and closed) and
   tests/unit/test_result_metadata_source.py (the gateway's reader keeps no connection after close).
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from jewel_dagster.runtime.check_history import failed_partitions, newest_check_failed
-from jewel_dagster.runtime.storage_engines import dispose_storage_engines
+from jewel_dagster.runtime.storage.check_history import failed_partitions, newest_check_failed
+from jewel_dagster.runtime.storage.storage_engines import dispose_storage_engines
 
 PARTITIONS = dg.StaticPartitionsDefinition(["passes", "fails", "recovers", "never-checked"])
 CHECK = dg.AssetCheckKey(dg.AssetKey("measured"), "fidelity")
@@ -73,14 +73,14 @@ def test_newest_check_failed_reads_the_newest_result_of_that_partition() -> None
 def test_the_daemon_factory_builds_the_prompt_queue_loop() -> None:
     from importlib.metadata import entry_points
 
-    from jewel_dagster.runtime import prompt_queue
-    from jewel_dagster.runtime.queue_wake import wake_address
+    from jewel_dagster.runtime.instance_plugins.queue_wake import wake_address
+    from jewel_dagster.runtime.processes import queue_daemon as prompt_queue
 
     # What we wrap: the console script `dagster-daemon`; install() patches the factory it uses.
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "dagster-daemon"]
     assert script.value == "dagster._daemon.cli:main"
     coordinator = {
-        "module": "jewel_dagster.runtime.prompt_queue",
+        "module": "jewel_dagster.runtime.instance_plugins.queue_coordinator",
         "class": "PromptQueuedRunCoordinator",
         "config": {"dequeue_interval_seconds": 3},
     }

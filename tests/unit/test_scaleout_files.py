@@ -26,7 +26,7 @@ def test_the_override_matches_the_compose_spec_and_names_real_services() -> None
     worker = override["services"]["worker"]
     assert "extends" not in worker  # Compose 1.29 cannot extend a service with depends_on
     assert worker["image"] == base["daemon"]["image"]
-    assert "jewel_dagster.runtime.celery_worker" in " ".join(worker["command"])
+    assert "jewel_dagster.runtime.processes.celery_worker" in " ".join(worker["command"])
     for name in set(override["services"]) - {"redis", "worker", "lb"}:
         assert name in base, f"the override changes {name}, which docker-compose.yml does not have"
 
@@ -61,7 +61,8 @@ def test_the_embedded_default_needs_no_broker_and_celery_without_one_is_refused(
 
     prepare_dagster_home({"DAGSTER_HOME": str(tmp_path)})
     launcher = yaml.safe_load((tmp_path / "dagster.yaml").read_text())["run_launcher"]
-    # The default launcher with run-worker health checks (runtime/run_launcher.py), not Celery's.
-    assert launcher == {"module": "jewel_dagster.runtime.run_launcher", "class": "WorkerCheckingRunLauncher"}
+    # The default launcher with run-worker health checks (runtime/instance_plugins/run_launcher.py), not Celery's.
+    module = "jewel_dagster.runtime.instance_plugins.run_launcher"
+    assert launcher == {"module": module, "class": "WorkerCheckingRunLauncher"}
     with pytest.raises(ValueError, match="CELERY_BROKER_URL"):
         prepare_dagster_home({"DAGSTER_HOME": str(tmp_path), "RUN_LAUNCHER": "celery"})

@@ -1,4 +1,4 @@
-"""Canary of jewel_dagster/runtime/storage_engines.py on SQLite: the gateway's reads of the run
+"""Canary of jewel_dagster/runtime/storage/storage_engines.py on SQLite: the gateway's reads of the run
 storage go through one pooled engine, not an engine and a connection a call (dagster 1.13.27:
 `SqliteRunStorage.connect`, its `_conn_string`)."""
 
@@ -10,7 +10,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from jewel_dagster.contract import PARTITION_TAG
-from jewel_dagster.runtime.storage_engines import dispose_storage_engines, pool_sqlite_run_storage
+from jewel_dagster.runtime.storage.storage_engines import dispose_storage_engines, pool_sqlite_run_storage
 
 
 def test_sqlite_run_reads_share_one_pooled_connection(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Runs as Celery tasks on any number of worker machines: dagster-celery's launcher, two gaps closed.
 
 `dagster_celery.launcher.CeleryRunLauncher` sends each run to a broker; long-lived Celery workers
-(`jewel_dagster.runtime.celery_worker`) execute it in a pool child forked from a process that
+(`jewel_dagster.runtime.processes.celery_worker`) execute it in a pool child forked from a process that
 imported the code location once (warm, like our forkserver, but on many machines). Two things it
 gets wrong for us, both seen against this project (DAGSTER-NOTES, "CeleryRunLauncher tried"):
 

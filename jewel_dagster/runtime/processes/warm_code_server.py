@@ -1,4 +1,4 @@
-"""Dagster's code server with warm run workers: `python -m jewel_dagster.runtime.warm_code_server -p 4000`.
+"""Dagster's code server with warm run workers: `python -m jewel_dagster.runtime.processes.warm_code_server -p 4000`.
 
 Stock Dagster starts every run worker with multiprocessing's *spawn*: a fresh interpreter that
 imports Dagster, numpy, OpenCV and this code location before the first step runs, about 2 s of
@@ -45,7 +45,12 @@ from dagster._grpc.types import CancelExecutionRequest
 CANCEL_GRACE_SECONDS = 5.0
 
 # Imported once in the forkserver; every run worker forked from it starts with them loaded.
-PRELOAD = ["dagster", "dagster._grpc.impl", "jewel_dagster.definitions", "jewel_dagster.runtime.compute_logs"]
+PRELOAD = [
+    "dagster",
+    "dagster._grpc.impl",
+    "jewel_dagster.definitions",
+    "jewel_dagster.runtime.instance_plugins.compute_logs",
+]
 
 
 class WarmApiServer(dagster_grpc_server.DagsterApiServer):

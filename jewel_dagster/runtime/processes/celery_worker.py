@@ -1,9 +1,9 @@
-"""The Celery app of a scale-out run worker: `celery -A jewel_dagster.runtime.celery_worker worker`.
+"""The Celery app of a scale-out run worker: `celery -A jewel_dagster.runtime.processes.celery_worker worker`.
 
 Start it on any machine that sees the same dagster.yaml (DAGSTER_HOME), PostgreSQL, blob store
 and broker as the daemon and the webserver:
 
-    celery -A jewel_dagster.runtime.celery_worker worker -Q dagster -n w1@%h --concurrency 2 \
+    celery -A jewel_dagster.runtime.processes.celery_worker worker -Q dagster -n w1@%h --concurrency 2 \
         --prefetch-multiplier 1
 
 Why not `dagster-celery worker start`: it runs this same `celery worker` in a subprocess (a stop

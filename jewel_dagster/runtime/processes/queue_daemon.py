@@ -13,14 +13,15 @@ the one process that dequeues, so no limit can be raced past. The ending of a ru
 (`wake_on_run_end`, called by our event log storages), so a queued run takes a freed place at
 once. A lost or unsent wake costs nothing but the poll: the interval loop stays as it was.
 
-The wake (queue_wake.py) reaches processes of one instance on one machine (the embedded
+The wake (instance_plugins/queue_wake.py) reaches processes of one instance on one machine (the embedded
 default); in docker-compose and scale-out, separate containers, the daemon dequeues at its poll,
 as stock Dagster does.
 
 The daemon's loop is Dagster's only when the daemon is started through this module:
-`python -m jewel_dagster.runtime.prompt_queue run -w workspace.yaml` (the arguments of
-`dagster-daemon`), which makes Dagster's daemon factory build `PromptRunQueueDaemon` for this
-coordinator. A plain `dagster-daemon run` still works, polling.
+`python -m jewel_dagster.runtime.processes.queue_daemon run -w workspace.yaml` (the arguments of
+`dagster-daemon`), which makes Dagster's daemon factory build `PromptRunQueueDaemon` for the
+coordinator dagster.yaml names (`instance_plugins/queue_coordinator.py`).
+A plain `dagster-daemon run` still works, polling.
 
 Private symbols used (checked against dagster 1.13.27), canaries in
 tests/unit/test_runtime_canaries.py:
@@ -51,22 +52,12 @@ from dagster._daemon.daemon import DaemonIterator, DagsterDaemon, SpanMarker
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 from dagster._utils.error import serializable_error_info_from_exc_info
 
-from jewel_dagster.runtime.queue_wake import wake, wake_address
+from jewel_dagster.runtime.instance_plugins.queue_coordinator import PromptQueuedRunCoordinator
+from jewel_dagster.runtime.instance_plugins.queue_wake import wake_address
 
 # The longest the loop waits without yielding: the daemon controller writes its heartbeat and
 # checks for shutdown between yields (Dagster's own loop waits 0.5 s at a time too).
 _YIELD_EVERY_SECONDS = 0.5
-
-
-class PromptQueuedRunCoordinator(dg.QueuedRunCoordinator):
-    """Dagster's QueuedRunCoordinator (same configuration) that wakes the queue daemon when a run
-    is queued: the gateway's launches, the sensors' and schedules' runs, run retries."""
-
-    def submit_run(self, context: dg.SubmitRunContext) -> dg.DagsterRun:
-        run = super().submit_run(context)
-        if run.status == dg.DagsterRunStatus.QUEUED:
-            wake(self._instance)
-        return run
 
 
 class _Waker:
@@ -207,9 +198,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # Run as `python -m`, this file is `__main__`: the coordinator class the instance loads from
-    # dagster.yaml is the one in `jewel_dagster.runtime.prompt_queue`, so install from there (else
-    # the isinstance check in the factory never holds and Dagster's polling loop runs).
-    from jewel_dagster.runtime.prompt_queue import main as installed_main
-
-    installed_main()
+    main()

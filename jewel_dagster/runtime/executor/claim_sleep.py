@@ -11,7 +11,7 @@ pending claim may be asked again, never below 0: with our storages' 0.25 s claim
 (pool_claims.py) a blocked step sleeps a quarter second between checks, so the GPU still gets
 its next request within 0.25 s of a slot freeing.
 
-Installed by importing `jewel_dagster.runtime.pool_claims`, i.e. in every process whose instance
+Installed by importing `jewel_dagster.runtime.instance_plugins.pool_claims`, i.e. in every process whose instance
 uses our event log storage (run workers, Celery workers); Dagster's stock settings
 (`DAGSTER_STOCK_SETTINGS`) name Dagster's storage and keep Dagster's loop.
 

@@ -1,7 +1,7 @@
 """Dagster's DefaultRunLauncher, plus a run-worker health check, so run monitoring ends runs whose
 code server died.
 
-Our run workers are children of the code server (jewel_dagster/runtime/warm_code_server.py). When
+Our run workers are children of the code server (jewel_dagster/runtime/processes/warm_code_server.py). When
 the code server's process group is killed (OOM, a node restart, `docker compose restart
 code-server`), its workers die with it and nothing reports their runs: the stock
 DefaultRunLauncher has no health check, so run monitoring leaves such a run STARTED until

@@ -1,6 +1,6 @@
 """The run queue's wake-up: a datagram that asks the queue daemon to dequeue now.
 
-Kept apart from the daemon's loop (prompt_queue.py) so that what sends it (the coordinator in the
+Kept apart from the daemon's loop (processes/queue_daemon.py) so that what sends it (the coordinator in the
 webserver, the event log storage in every run worker) imports no daemon code.
 
 The wake is a datagram on a Linux abstract Unix socket named after the instance's DAGSTER_HOME:

@@ -40,7 +40,7 @@ requests took 4.2x the GPU bound. These storages answer a blocked claim with a f
 the SQLite path in). Everything else is Dagster's own SQLite and PostgreSQL event log storage.
 
 Run ends wake the run queue. `store_event` is Dagster's, and an event that ends a run then wakes
-the queue daemon (jewel_dagster/runtime/queue_wake.py), so the next queued run takes the freed
+the queue daemon (jewel_dagster/runtime/instance_plugins/queue_wake.py), so the next queued run takes the freed
 place without waiting for the queue's poll.
 
 Private symbols used (checked against dagster 1.13.27):
@@ -83,7 +83,8 @@ from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_config, pg_url_from_config
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 
-from jewel_dagster.runtime import claim_sleep, queue_wake
+from jewel_dagster.runtime.executor import claim_sleep
+from jewel_dagster.runtime.instance_plugins import queue_wake
 
 # Where these storages are the instance's, a step blocked on a slot sleeps between its checks
 # (claim_sleep.py): the interval below is then the only cadence of a waiting step.
@@ -149,7 +150,7 @@ class _QuickRaceFreeClaims(SqlEventLogStorage):
 
     def store_event(self, event: dg.EventLogEntry) -> None:
         """Dagster's, then a run's end wakes the run queue, so a queued run takes the freed place
-        now rather than at the queue's next poll (queue_wake.py, prompt_queue.py)."""
+        now rather than at the queue's next poll (queue_wake.py, processes/queue_daemon.py)."""
         super().store_event(event)
         if self.has_instance:
             queue_wake.wake_on_run_end(self._instance, event)
