@@ -21,11 +21,13 @@ from urllib.parse import quote
 import yaml
 
 from jewel_dagster.contract import OWNER_TAG
+from jewel_dagster.settings import PipelineSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent  # the repo root, /app in the image
 BASE = "dagster.yaml"
 POSTGRES_OVERLAY = "dagster.postgres.yaml"
 CELERY_OVERLAY = "dagster.celery.yaml"
+DEFAULT_CONTAINER: str = PipelineSettings.model_fields["azure_container_name"].default
 
 
 def uses_celery(env: Mapping[str, str]) -> bool:
@@ -104,11 +106,11 @@ def instance_config(env: MutableMapping[str, str], config_dir: Path = CONFIG_DIR
         config["run_coordinator"].update(module="dagster.core.run_coordinator", **{"class": "QueuedRunCoordinator"})
     if env.get("RUN_QUEUE_POLL_SECONDS"):  # tests: a poll too slow to be what starts a run
         config["run_coordinator"]["config"]["dequeue_interval_seconds"] = int(env["RUN_QUEUE_POLL_SECONDS"])
-    uses_azure = env.get("AZURE_STORAGE_CONNECTION_STRING") or (
-        env.get("AZURE_ACCOUNT_NAME") and env.get("AZURE_ACCOUNT_KEY")
-    )
-    if not uses_azure:
-        config.pop("compute_logs", None)  # step logs in Azure Blob need Azure storage
+    compute_logs = compute_logs_config(env, config.get("compute_logs"))
+    if compute_logs is None:
+        config.pop("compute_logs", None)
+    else:
+        config["compute_logs"] = compute_logs
     runs = config["concurrency"]["runs"]
     if uses_celery(env):
         if env.get("CELERY_QUEUE"):
@@ -127,6 +129,33 @@ def instance_config(env: MutableMapping[str, str], config_dir: Path = CONFIG_DIR
         config["concurrency"]["pools"]["default_limit"] = int(env["GPU_POOL_SIZE"])
     per_caller(runs, env)
     return config
+
+
+def compute_logs_config(env: Mapping[str, str], ours: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Where step logs go (``ours``: the block dagster.postgres.yaml has, None without it): none
+    without Azure storage (they stay under $DAGSTER_HOME, as on the embedded default); dagster-azure's stock `AzureBlobComputeLogManager` on real Azure (an
+    account name and key, on the account's own `https://<account>.blob.core.windows.net`); our
+    subclass (``ours``, from dagster.postgres.yaml) on any other endpoint (Azurite, a connection
+    string, AZURE_ACCOUNT_URL), which the stock one cannot reach. Secrets stay in the environment:
+    the file names the variables."""
+    name, key = env.get("AZURE_ACCOUNT_NAME"), env.get("AZURE_ACCOUNT_KEY")
+    if ours is None or (not env.get("AZURE_STORAGE_CONNECTION_STRING") and not (name and key)):
+        return None
+    url = (env.get("AZURE_ACCOUNT_URL") or "").rstrip("/")
+    if env.get("AZURE_STORAGE_CONNECTION_STRING") or (url and url != f"https://{name}.blob.core.windows.net"):
+        return ours
+    settings = ours.get("config", {})
+    return {
+        "module": "dagster_azure.blob.compute_log_manager",
+        "class": "AzureBlobComputeLogManager",
+        "config": {
+            "storage_account": {"env": "AZURE_ACCOUNT_NAME"},
+            "container": env.get("AZURE_CONTAINER_NAME") or DEFAULT_CONTAINER,
+            "access_key_or_sas_token": {"env": "AZURE_ACCOUNT_KEY"},
+            "prefix": settings.get("prefix", "compute-logs"),
+            "upload_interval": settings.get("upload_interval", 5),
+        },
+    }
 
 
 def per_caller(runs: dict[str, Any], env: Mapping[str, str]) -> None:

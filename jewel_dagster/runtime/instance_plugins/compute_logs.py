@@ -11,7 +11,9 @@ client from the project's own blob store settings (`AZURE_STORAGE_CONNECTION_STR
 its timeouts and bounded retries: logs go where the blobs go, under `prefix`. Everything else
 (capture, partial uploads every `upload_interval` seconds, reads for the UI) is dagster-azure's.
 
-dagster.postgres.yaml names it; devtools.stack drops it when no Azure storage is configured.
+dagster.postgres.yaml names it; devtools/instance_config.py drops it when no Azure storage is
+configured, and names dagster-azure's stock manager instead on real Azure (an account name and key
+on `https://<account>.blob.core.windows.net`), where this subclass adds nothing.
 
 Private symbols used (checked against dagster 1.13.27, dagster-azure 0.29.27):
 - `dagster_azure.blob.compute_log_manager.AzureBlobComputeLogManager`: subclassed (a public class
