@@ -132,12 +132,13 @@ def instance_config(env: MutableMapping[str, str], config_dir: Path = CONFIG_DIR
 
 
 def compute_logs_config(env: Mapping[str, str], ours: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Where step logs go (``ours``: the block dagster.postgres.yaml has, None without it): none
-    without Azure storage (they stay under $DAGSTER_HOME, as on the embedded default); dagster-azure's stock `AzureBlobComputeLogManager` on real Azure (an
-    account name and key, on the account's own `https://<account>.blob.core.windows.net`); our
-    subclass (``ours``, from dagster.postgres.yaml) on any other endpoint (Azurite, a connection
-    string, AZURE_ACCOUNT_URL), which the stock one cannot reach. Secrets stay in the environment:
-    the file names the variables."""
+    """Where step logs go (``ours``: the block dagster.postgres.yaml has, None without it).
+
+    None without Azure storage (logs stay under $DAGSTER_HOME, as on the embedded default);
+    dagster-azure's stock `AzureBlobComputeLogManager` on real Azure (an account name and key, on
+    the account's own `https://<account>.blob.core.windows.net`); ours on any other endpoint
+    (Azurite, a connection string, AZURE_ACCOUNT_URL), which the stock one cannot reach. Secrets
+    stay in the environment: the file names the variables."""
     name, key = env.get("AZURE_ACCOUNT_NAME"), env.get("AZURE_ACCOUNT_KEY")
     if ours is None or (not env.get("AZURE_STORAGE_CONNECTION_STRING") and not (name and key)):
         return None
