@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from gateway.webhook_outbox.events import check_events
 from jewel_dagster.request_inputs import BrushStrokes, MaskPoint
 
 WorkflowStatus = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
@@ -27,6 +28,23 @@ class _StrokesAndWebhook(BaseModel):
         description="http(s) URL that gets the final state POSTed once the workflow ends, signed as Standard "
         "Webhooks say (webhook-id, webhook-timestamp, webhook-signature) with the secret of GET /webhooks/secret.",
     )
+    webhookEvents: list[str] | None = Field(
+        default=None,
+        max_length=5,
+        description="Which events are POSTed to webhookUrl, among started, progress (at most every 500 ms), "
+        "completed, failed, cancelled; default: the final ones (completed, failed, cancelled).",
+    )
+
+    @field_validator("webhookEvents")
+    @classmethod
+    def known_events(cls, events: list[str] | None) -> list[str] | None:
+        return None if events is None else check_events(events)
+
+    @model_validator(mode="after")
+    def events_need_a_url(self) -> _StrokesAndWebhook:
+        if self.webhookEvents is not None and self.webhookUrl is None:
+            raise ValueError("webhookEvents needs a webhookUrl to send them to")
+        return self
 
 
 class StartRequest(_StrokesAndWebhook):
