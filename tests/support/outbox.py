@@ -12,6 +12,7 @@ from gateway.settings import GatewaySettings
 from gateway.webhook_outbox import outbox
 from gateway.webhook_outbox.dispatcher import OutboxDispatcher
 from gateway.webhook_outbox.outbox import Delivery
+from gateway.webhooks import redact
 from jewel_dagster.resources.blob_store import LocalBlobStore
 
 
@@ -50,7 +51,7 @@ def queue(
         owner=fields.pop("owner", "anonymous"),
         event=event,
         body=body,
-        url="http://127.0.0.1",
+        url=redact(url),
         createdAt=clock.now,
         since=clock.now,
         nextAttemptAt=clock.now,
