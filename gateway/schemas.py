@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from gateway.webhook_outbox.events import check_events
 from jewel_dagster.request_inputs import BrushStrokes, MaskPoint
 
 WorkflowStatus = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
+WebhookEvent = Literal["started", "progress", "completed", "failed", "cancelled"]
+WEBHOOK_EVENTS: tuple[str, ...] = get_args(WebhookEvent)
+
+
+def check_events(events: list[str]) -> list[str]:
+    """`webhookEvents` as given, or ValueError with a message meant for the caller (a 422)."""
+    unknown = [e for e in events if e not in WEBHOOK_EVENTS]
+    if unknown:
+        raise ValueError(f"unknown webhook event {unknown[0]!r}; choose among {', '.join(WEBHOOK_EVENTS)}")
+    if not events:
+        raise ValueError(f"name at least one event among {', '.join(WEBHOOK_EVENTS)}, or leave webhookEvents out")
+    if len(set(events)) != len(events):
+        raise ValueError("name each webhook event once")
+    return events
+
+
 ServiceState = Literal["online", "offline", "local", "unknown"]
 
 

@@ -3,7 +3,6 @@ deliveries of a workflow, and a redelivery."""
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
@@ -13,10 +12,10 @@ from gateway.deps import SettingsDep, StoreDep
 from gateway.schemas import AUTHENTICATED, error_responses
 from gateway.security import CallerDep
 from gateway.settings import GatewaySettings
-from gateway.webhook_outbox import outbox
-from gateway.webhook_outbox.outbox import Delivery, full_url_of
+from gateway.webhook_outbox.outbox import Delivery
+from gateway.webhook_outbox.requests import deliveries_of
+from gateway.webhook_outbox.requests import redeliver as send_again
 from gateway.webhooks import caller_secret
-from jewel_dagster.resources.blob_store import ForeignUriError
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
@@ -78,14 +77,7 @@ def deliveries(
     """The caller's webhook deliveries of one workflow, with attempts, status and next attempt.
     Another caller's workflow answers 404, like one that does not exist."""
     _webhooks_on(settings)
-    try:
-        found = outbox.of_workflow(store, workflowId)
-    except ForeignUriError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"workflow {workflowId} not found") from None
-    mine = [d for d in found if d.owner == caller]
-    if found and not mine:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"workflow {workflowId} not found")
-    return DeliveryList(deliveries=[_view(d) for d in mine])
+    return DeliveryList(deliveries=[_view(d) for d in deliveries_of(store, caller, workflowId)])
 
 
 _REDELIVER = "/deliveries/{delivery_id}/redeliver"
@@ -93,23 +85,8 @@ _REDELIVER = "/deliveries/{delivery_id}/redeliver"
 
 @router.post(_REDELIVER, response_model=DeliveryView, responses=error_responses(*AUTHENTICATED, 404, 409))
 def redeliver(settings: SettingsDep, store: StoreDep, caller: CallerDep, delivery_id: str) -> DeliveryView:
-    """Send a delivery again (same `webhook-id` and body, a new signature), as soon as the outbox
+    """Send a delivery again (same `webhook-id` and body, a new signature), as soon as an outbox
     polls, retried like the first time for WEBHOOK_GIVE_UP_SECONDS. Only its owner may; for
     anyone else it does not exist (404)."""
     _webhooks_on(settings)
-    try:
-        delivery = outbox.find(store, delivery_id)
-    except ForeignUriError:
-        delivery = None
-    if delivery is None or delivery.owner != caller:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"webhook delivery {delivery_id} not found")
-    if not delivery.body:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, detail=f"webhook delivery {delivery_id} has nothing to send: {delivery.lastError}"
-        )
-    url = full_url_of(store, delivery)
-    if url is None:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, detail=f"webhook delivery {delivery_id}: its URL is no longer stored (retention)"
-        )
-    return _view(outbox.queue_again(store, delivery, url, time.time()))
+    return _view(send_again(store, caller, delivery_id))

@@ -1,34 +1,21 @@
 """Which webhook events a caller asked for, and the `started`/`progress` events of running runs.
 
-A start may name `webhookEvents` among EVENTS; without it a caller gets the final one, as before
-events could be chosen. The choice rides on the run as a tag (absent for the default), and runs
-that want `started` or `progress` carry a second tag the watcher filters running runs on.
+A start may name `webhookEvents` among EVENTS (checked in gateway/schemas.py); without it a caller
+gets the final one, as before events could be chosen. The choice rides on the run as a tag
+(absent for the default), and runs that want `started` or `progress` carry a second tag the
+watcher filters running runs on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
 
+from gateway.schemas import WEBHOOK_EVENTS as EVENTS
 from jewel_dagster.contract import WEBHOOK_EVENTS_TAG, WEBHOOK_LIVE_TAG
 
-WebhookEvent = Literal["started", "progress", "completed", "failed", "cancelled"]
-EVENTS: tuple[str, ...] = get_args(WebhookEvent)
 FINAL_EVENTS = ("completed", "failed", "cancelled")
 LIVE_EVENTS = ("started", "progress")
 _FINAL_OF_STATUS = {"SUCCESS": "completed", "FAILURE": "failed", "CANCELED": "cancelled"}
-
-
-def check_events(events: Sequence[str]) -> list[str]:
-    """The events as given, or ValueError with a message meant for the caller (a 422)."""
-    unknown = [e for e in events if e not in EVENTS]
-    if unknown:
-        raise ValueError(f"unknown webhook event {unknown[0]!r}; choose among {', '.join(EVENTS)}")
-    if not events:
-        raise ValueError(f"name at least one event among {', '.join(EVENTS)}, or leave webhookEvents out")
-    if len(set(events)) != len(events):
-        raise ValueError("each event once")
-    return list(events)
 
 
 def event_tags(events: Sequence[str] | None) -> dict[str, str]:
