@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -131,19 +132,32 @@ def test_a_gateway_killed_between_attempts_leaves_the_rest_to_the_next_once(tmp_
 
 
 def test_two_replicas_polling_at_once_make_each_attempt_once(tmp_path: Path) -> None:
+    """Two replicas poll at the same moment while a slow receiver holds the first one's POST: the
+    second finds that attempt claimed and makes none of its own."""
     settings = outbox_settings(tmp_path)
     clock = Clock()
     replicas = [inline_dispatcher(settings, clock, seed=1), inline_dispatcher(settings, clock, seed=2)]
+    up_at = clock.now + 60.0
+
+    def slow_answer() -> int:
+        time.sleep(0.3)  # the other replica polls meanwhile
+        return 503 if clock.now < up_at else 200
+
     with webhook_receiver() as receiver:
-        _down_until(receiver, clock, clock.now + 60.0)
+        receiver.answer_with = slow_answer
         queue(settings, receiver.url, "run-r", clock)
         for round_ in range(40):
             due = replicas[0].next_due()
             if due is None:
                 break
             clock.now = max(clock.now, due)
-            made = sum(r.run_due() for r in (replicas if round_ % 2 else replicas[::-1]))
-            assert made == 1, f"round {round_}: {made} attempts"
+            made: list[int] = []
+            threads = [threading.Thread(target=lambda r=r, made=made: made.append(r.run_due())) for r in replicas]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=30)
+            assert sum(made) == 1, f"round {round_}: {made} attempts"
         posts = receiver.posts()
     record = outbox.read(LocalBlobStore(root=settings.local_blob_root), "jewelry-gen-w", "run-r")
     assert record is not None and record.status == "delivered" and record.attempts == len(posts) > 1
@@ -157,7 +171,8 @@ def test_a_delivery_past_the_limit_is_given_up_marked_and_counted(tmp_path: Path
     with webhook_receiver() as receiver:
         receiver.answer_with = lambda: 503
         queue(settings, receiver.url, "run-g", clock)
-        drain(inline_dispatcher(settings, clock, on_outcome=metrics.webhook_ended), clock)
+        # Bounded: without a give-up the outbox would retry forever.
+        drain(inline_dispatcher(settings, clock, on_outcome=metrics.webhook_ended), clock, until=queued_at + 2 * 3600.0)
         posts = receiver.posts()
     record = outbox.read(LocalBlobStore(root=settings.local_blob_root), "jewelry-gen-w", "run-g")
     assert record is not None and record.status == "gave_up" and record.attempts == len(posts) > 5, record
