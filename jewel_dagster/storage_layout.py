@@ -12,6 +12,7 @@ The container::
     requests/<id>/strokes/<key>.json         one launch's brush strokes (gateway -> refined_mask)
     requests/<id>/<run id>/<asset>.<ext>     a run's artifacts (IO manager -> gateway); .jpg renditions
     requests/<id>/webhooks/<delivery id>.json  one webhook delivery: event, status, attempts (gateway)
+    requests/<id>/webhooks/<delivery id>.body  the JSON that delivery POSTs (gateway)
     removed/<id>.json                        tombstone of a request retention removed (pipeline -> gateway)
     webhooks/<key>.json                      a webhook's full URL (gateway -> retention removes)
     webhook-outbox/<delivery id>.json        a delivery still owed: its workflow and full URL (gateway)
@@ -121,6 +122,12 @@ def webhook_record_path(workflow_id: str, delivery_id: str) -> str:
     """One webhook delivery of a request (the redacted URL, event, attempts, status); a run's
     final-state webhook is named by the run id, so its record path is what it was before outboxes."""
     return f"{REQUESTS_PREFIX}{workflow_id}/webhooks/{delivery_id}.json"
+
+
+def webhook_body_path(workflow_id: str, delivery_id: str) -> str:
+    """The JSON a delivery POSTs (a final state may carry base64 images: MBs), apart from its
+    record, which is rewritten on every attempt and read by every listing."""
+    return f"{REQUESTS_PREFIX}{workflow_id}/webhooks/{delivery_id}.body"
 
 
 def webhook_records_prefix(workflow_id: str) -> str:

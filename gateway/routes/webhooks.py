@@ -57,7 +57,7 @@ class DeliveryList(BaseModel):
 
 
 def _view(delivery: Delivery) -> DeliveryView:
-    return DeliveryView.model_validate(delivery.model_dump(exclude={"body", "owner", "runId", "urlKey", "since"}))
+    return DeliveryView.model_validate(delivery.model_dump(exclude={"owner", "runId", "urlKey", "since"}))
 
 
 def _webhooks_on(settings: GatewaySettings) -> None:

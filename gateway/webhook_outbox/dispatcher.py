@@ -147,10 +147,14 @@ class OutboxDispatcher:
         mark = outbox.marker(self._store, delivery.id)
         if mark is None:  # ended meanwhile (another replica's earlier attempt)
             return
+        body = outbox.body_of(self._store, delivery)
+        if body is None:  # its request was removed meanwhile: nothing left to send
+            outbox.save(self._store, delivery.model_copy(update={"status": "failed", "lastError": "its body is gone"}))
+            return
         result = send_once(
             self._settings,
             mark["url"],
-            delivery.body.encode(),
+            body,
             delivery.id,
             delivery.owner,
             delivery.event,

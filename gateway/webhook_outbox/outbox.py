@@ -1,9 +1,10 @@
 """The outbox: every webhook delivery as blobs in the shared store, so no gateway life owns one.
 
-Three blobs per delivery (keys in jewel_dagster/storage_layout.py):
+Three blobs per delivery and its body (keys in jewel_dagster/storage_layout.py):
 
-- its record, `requests/<id>/webhooks/<delivery id>.json`: event, body, status, attempts, next
-  attempt, last answer; the redacted URL only. Listed by `GET /webhooks/deliveries` and removed
+- its record, `requests/<id>/webhooks/<delivery id>.json`: event, status, attempts, next
+  attempt, last answer; the redacted URL only. The body it POSTs is a blob beside it (`.body`),
+  written once: a final state may carry base64 images. Listed by `GET /webhooks/deliveries` and removed
   with the request by retention. Created with `create_path`, so two replicas that queue the same
   delivery (same id) queue it once.
 - its marker, `webhook-outbox/<delivery id>.json`, while it is owed: the workflow and the full URL
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore
 from jewel_dagster.storage_layout import (
     WEBHOOK_OUTBOX_PREFIX,
+    webhook_body_path,
     webhook_index_path,
     webhook_outbox_path,
     webhook_record_path,
@@ -45,7 +47,6 @@ class Delivery(BaseModel):
     runId: str | None = None
     owner: str
     event: str
-    body: str  # the JSON POSTed, as text
     url: str  # redacted: scheme://host[:port]
     urlKey: str | None = None  # webhooks/<key>.json, the full URL, while retention keeps it (redelivery)
     status: Status = "pending"
@@ -66,12 +67,13 @@ def _marker(delivery: Delivery, full_url: str) -> bytes:
     return json.dumps({"workflowId": delivery.workflowId, "url": full_url, "queuedAt": delivery.since}).encode()
 
 
-def enqueue(store: BlobStore, delivery: Delivery, full_url: str) -> bool:
+def enqueue(store: BlobStore, delivery: Delivery, full_url: str, body: bytes) -> bool:
     """Queue `delivery` for `full_url`; False when a delivery of that id was queued already.
 
     The marker is written first: a gateway that dies before the record leaves a marker the
-    dispatcher drops (`drop_orphans`), and the run, still without a record, is queued again by
-    whichever watcher looks next."""
+    dispatcher drops, and the run, still without a record, is queued again by whichever watcher
+    looks next."""
+    store.put_path(webhook_body_path(delivery.workflowId, delivery.id), body, "application/json")
     store.put_path(
         webhook_index_path(delivery.id), json.dumps({"workflowId": delivery.workflowId}).encode(), "application/json"
     )
@@ -91,6 +93,14 @@ def record_ended(store: BlobStore, delivery: Delivery) -> bool:
         webhook_index_path(delivery.id), json.dumps({"workflowId": delivery.workflowId}).encode(), "application/json"
     )
     return store.create_path(webhook_record_path(delivery.workflowId, delivery.id), _dump(delivery), "application/json")
+
+
+def body_of(store: BlobStore, delivery: Delivery) -> bytes | None:
+    """What the delivery POSTs; None when nothing was to be sent, or retention removed it."""
+    try:
+        return store.get_path(webhook_body_path(delivery.workflowId, delivery.id))
+    except BlobNotFoundError:
+        return None
 
 
 def read(store: BlobStore, workflow_id: str, delivery_id: str) -> Delivery | None:
@@ -132,8 +142,10 @@ def of_workflow(store: BlobStore, workflow_id: str) -> list[Delivery]:
     """Every outbox delivery of a request, oldest first (records from before the outbox skipped)."""
     found = []
     for blob in store.list_prefix(webhook_records_prefix(workflow_id)):
-        delivery_id = blob.path.rsplit("/", 1)[1].removesuffix(".json")
-        if (delivery := read(store, workflow_id, delivery_id)) is not None:
+        name = blob.path.rsplit("/", 1)[1]
+        if not name.endswith(".json"):
+            continue  # a body
+        if (delivery := read(store, workflow_id, name.removesuffix(".json"))) is not None:
             found.append(delivery)
     return sorted(found, key=lambda d: (d.createdAt, d.id))
 

@@ -37,7 +37,7 @@ def redeliver(store: BlobStore, caller: str, delivery_id: str) -> Delivery:
         delivery = None
     if delivery is None or delivery.owner != caller:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"webhook delivery {delivery_id} not found")
-    if not delivery.body:
+    if outbox.body_of(store, delivery) is None:
         raise HTTPException(
             status.HTTP_409_CONFLICT, detail=f"webhook delivery {delivery_id} has nothing to send: {delivery.lastError}"
         )

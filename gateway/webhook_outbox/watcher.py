@@ -239,14 +239,13 @@ class WebhookDispatcher:
             runId=run_id,
             owner=tags.get(OWNER_TAG, ANONYMOUS),  # runs without one (from the UI) were nobody's
             event=event,
-            body=body.decode(),
             url=redact(url),
             urlKey=tags.get(WEBHOOK_KEY_TAG),
             createdAt=now,
             since=now,
             nextAttemptAt=now,
         )
-        outbox.enqueue(self._store, delivery, url)
+        outbox.enqueue(self._store, delivery, url, body)
 
     def deliver_failed_start(self, start: PendingStart) -> None:
         """A start recorded FAILED before its run existed (gateway/starts.py) sends its `failed`
@@ -296,7 +295,6 @@ class WebhookDispatcher:
             runId=run.run_id,
             owner=run.tags.get(OWNER_TAG, ANONYMOUS),
             event=event,
-            body="",
             url=redact(run.tags.get(WEBHOOK_URL_TAG, "")),
             urlKey=run.tags.get(WEBHOOK_KEY_TAG),
             status="failed",

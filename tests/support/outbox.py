@@ -50,14 +50,13 @@ def queue(
         workflowId=fields.pop("workflowId", "jewelry-gen-w"),
         owner=fields.pop("owner", "anonymous"),
         event=event,
-        body=body,
         url=redact(url),
         createdAt=clock.now,
         since=clock.now,
         nextAttemptAt=clock.now,
         **fields,
     )
-    outbox.enqueue(LocalBlobStore(root=settings.local_blob_root), delivery, url)
+    outbox.enqueue(LocalBlobStore(root=settings.local_blob_root), delivery, url, body.encode())
     return delivery
 
 
