@@ -288,3 +288,37 @@ def test_a_run_without_a_record_is_queued_by_the_watcher(tmp_path: Path, monkeyp
     )
     (delivery,) = outbox.of_workflow(store, "jewelry-gen-q")
     assert delivery.id == "run-q" and delivery.status == "pending" and list(outbox.owed(store)) == ["run-q"]
+
+
+def test_a_running_run_that_asked_queues_started_and_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watcher's live side: a running run with `webhookEvents: [started, progress]` queues one
+    `started` and one `progress` per progress value; a run that did not ask is not even listed
+    (the query filters on the live tag)."""
+    from jewel_dagster.contract import WEBHOOK_LIVE_TAG
+
+    settings = outbox_settings(tmp_path, webhook_progress_seconds=0.0)
+    store = LocalBlobStore(root=str(tmp_path))
+    watcher = WebhookDispatcher(settings, DagsterRuns(settings), ResultReader(store), store)
+    tags = {
+        WEBHOOK_URL_TAG: "http://127.0.0.1:9/hook",
+        "dagster/partition": "jewelry-gen-live",
+        **event_tags(["started", "progress", "completed"]),
+    }
+    asked: list[dict[str, object]] = []
+
+    def query(document: str, variables: dict[str, object]) -> dict[str, object]:
+        asked.append(variables)
+        raw = {"runId": "run-live", "jobName": "jewelry_generation", "status": "STARTED", "updateTime": 1.0,
+               "tags": [{"key": k, "value": v} for k, v in tags.items()], "stepStats": []}  # fmt: skip
+        return {"runsOrError": {"__typename": "Runs", "results": [raw]}}
+
+    monkeypatch.setattr(watcher._runs, "query", query)
+    monkeypatch.setattr(watcher._runs, "with_progress", lambda run: run)
+    watcher._tick_live()
+    watcher._tick_live()  # the same progress again: nothing new
+    assert asked[0] == {"tags": [{"key": WEBHOOK_LIVE_TAG, "value": "1"}]}
+    found = outbox.of_workflow(store, "jewelry-gen-live")
+    assert sorted(d.event for d in found) == ["progress", "started"], found
+    (progress,) = [d for d in found if d.event == "progress"]
+    body = outbox.body_of(store, progress)
+    assert body is not None and b'"status":"RUNNING"' in body
