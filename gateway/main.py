@@ -29,7 +29,7 @@ from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings, get_settings
 from gateway.shutdown import drain_streams_on_signals
 from gateway.starts import StartLauncher
-from gateway.webhooks import WebhookDispatcher
+from gateway.webhook_outbox.watcher import WebhookDispatcher
 from jewel_dagster.resources.selection import build_blob_store
 from jewel_dagster.tracing import configure_tracing
 
@@ -79,7 +79,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         dispatcher = None
         if resolved.webhook_secret:
             dispatcher = WebhookDispatcher(
-                resolved, app.state.runs, app.state.results, app.state.store, on_delivery=observed.webhook_delivered
+                resolved, app.state.runs, app.state.results, app.state.store, on_delivery=observed.webhook_ended
             )
             dispatcher.start()
         # Started in either mode: it also takes over the pending starts other gateways left.

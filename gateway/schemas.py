@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from jewel_dagster.request_inputs import BrushStrokes, MaskPoint
 
 WorkflowStatus = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
+WebhookEvent = Literal["started", "progress", "completed", "failed", "cancelled"]
+WEBHOOK_EVENTS: tuple[str, ...] = get_args(WebhookEvent)
+
+
+def check_events(events: list[str]) -> list[str]:
+    """`webhookEvents` as given, or ValueError with a message meant for the caller (a 422)."""
+    unknown = [e for e in events if e not in WEBHOOK_EVENTS]
+    if unknown:
+        raise ValueError(f"unknown webhook event {unknown[0]!r}; choose among {', '.join(WEBHOOK_EVENTS)}")
+    if not events:
+        raise ValueError(f"name at least one event among {', '.join(WEBHOOK_EVENTS)}, or leave webhookEvents out")
+    if len(set(events)) != len(events):
+        raise ValueError("name each webhook event once")
+    return events
+
+
 ServiceState = Literal["online", "offline", "local", "unknown"]
 
 
@@ -27,6 +43,23 @@ class _StrokesAndWebhook(BaseModel):
         description="http(s) URL that gets the final state POSTed once the workflow ends, signed as Standard "
         "Webhooks say (webhook-id, webhook-timestamp, webhook-signature) with the secret of GET /webhooks/secret.",
     )
+    webhookEvents: list[str] | None = Field(
+        default=None,
+        max_length=5,
+        description="Which events are POSTed to webhookUrl, among started, progress (at most every 500 ms), "
+        "completed, failed, cancelled; default: the final ones (completed, failed, cancelled).",
+    )
+
+    @field_validator("webhookEvents")
+    @classmethod
+    def known_events(cls, events: list[str] | None) -> list[str] | None:
+        return None if events is None else check_events(events)
+
+    @model_validator(mode="after")
+    def events_need_a_url(self) -> _StrokesAndWebhook:
+        if self.webhookEvents is not None and self.webhookUrl is None:
+            raise ValueError("webhookEvents needs a webhookUrl to send them to")
+        return self
 
 
 class StartRequest(_StrokesAndWebhook):

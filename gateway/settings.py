@@ -147,13 +147,35 @@ class GatewaySettings(PipelineSettings):
     webhook_timeout_seconds: float = Field(
         default=10.0, gt=0.0, description="Deadline of one webhook POST, whole (connect, send, answer), not per read."
     )
-    webhook_attempts: int = Field(default=6, ge=1, le=20, description="POSTs before a webhook is given up.")
+    webhook_attempts: int = Field(
+        default=6,
+        ge=1,
+        le=20,
+        description="Tries at reading a finished run's state from Dagster before its webhook is recorded as failed "
+        "(POSTs are retried until WEBHOOK_GIVE_UP_SECONDS).",
+    )
+    webhook_give_up_seconds: float = Field(
+        default=86400.0,
+        gt=0.0,
+        description="A webhook not accepted this long after it was queued (or redelivered) is given up (gave_up).",
+    )
+    webhook_backoff_max_seconds: float = Field(
+        default=3600.0,
+        gt=0.0,
+        description="Longest wait between two POSTs of one webhook (the exponential backoff's cap, before jitter).",
+    )
+    webhook_progress_seconds: float = Field(
+        default=0.5, ge=0.0, description="Shortest time between two `progress` webhooks of one workflow."
+    )
     webhook_poll_seconds: float = Field(default=1.0, gt=0.0, description="How often finished runs are looked for.")
     webhook_recovery_hours: float = Field(
         default=24.0, ge=0.0, description="After a restart, webhooks owed by runs this recent are still sent."
     )
     webhook_backoff_seconds: float = Field(
-        default=1.0, ge=0.0, description="Wait before the 2nd POST; doubles for each further one."
+        default=1.0,
+        ge=0.0,
+        description="Longest wait before the 2nd POST; doubles for each further one, up to "
+        "WEBHOOK_BACKOFF_MAX_SECONDS; each wait is drawn at random below it (full jitter).",
     )
     metrics_api_key: str = Field(
         default="",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import concurrent.futures
 import hashlib
 import hmac
 import ipaddress
@@ -32,8 +31,6 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,32 +38,19 @@ from urllib.parse import urlsplit
 import httpx
 from standardwebhooks import Webhook as StandardWebhook
 
-from gateway.bounded_post import bounded_post
-from gateway.claims import Claim, claim, release
-from gateway.dagster_api.client import DagsterRuns
-from gateway.dagster_api.errors import DagsterError
-from gateway.dagster_api.models import RunInfo, run_info_from
-from gateway.results import ResultReader
 from gateway.security import ANONYMOUS
-from gateway.settings import GatewaySettings
-from gateway.starts import PendingStart, state_of_start
-from gateway.workflow_state import state_of
 from jewel_dagster.contract import (
-    OWNER_TAG,
-    PARTITION_TAG,
     WEBHOOK_KEY_TAG,
     WEBHOOK_TAG,
     WEBHOOK_URL_TAG,
-    WILL_RETRY_TAG,
 )
-from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
-from jewel_dagster.storage_layout import webhook_delivery_claim, webhook_record_path, webhook_url_path
+from jewel_dagster.resources.blob_store import BlobStore
+from jewel_dagster.storage_layout import webhook_url_path
 
 log = logging.getLogger(__name__)
 
 _SECRET_PREFIX = "whsec_"  # how Standard Webhooks writes a secret: whsec_<base64 of the key>
 _RESOLVE_SECONDS = 5.0
-_SETTLE_SECONDS = 3.0  # a failed run gets its will_retry tag a moment after its status
 
 
 class WebhookRefused(ValueError):
@@ -262,271 +246,3 @@ def store_webhook_url(store: BlobStore, url: str) -> dict[str, str]:
     key = uuid.uuid4().hex
     store.put(webhook_url_path(key), json.dumps({"url": url}).encode(), "application/json")
     return {WEBHOOK_TAG: "1", WEBHOOK_URL_TAG: redact(url), WEBHOOK_KEY_TAG: key}
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What became of one webhook, stored at storage_layout.webhook_record_path (redacted URL)."""
-
-    url: str
-    delivered: bool
-    attempts: int
-    status_code: int | None
-    error: str | None
-
-
-_FINISHED_RUNS = """
-query WebhookRuns($tags: [ExecutionTag!]!, $after: Float!, $before: Float) {
-  runsOrError(
-    filter: {tags: $tags, statuses: [SUCCESS, FAILURE, CANCELED], updatedAfter: $after, updatedBefore: $before}
-    limit: 100
-  ) {
-    __typename
-    ... on Runs {
-      results { runId jobName status updateTime tags { key value } stepStats { stepKey status startTime } }
-    }
-    ... on PythonError { message }
-  }
-}"""
-_PAGE = 100
-_MAX_PAGES = 50
-
-
-class WebhookDispatcher:
-    """Watches Dagster for finished runs that owe a webhook and delivers each once.
-
-    One thread asks Dagster (one query a tick while few runs finish); a small pool POSTs, so a
-    slow receiver delays only its own webhook. Every gateway replica may run it: a run's webhook
-    is claimed in the shared blob store first, so one replica delivers it.
-    """
-
-    def __init__(
-        self,
-        settings: GatewaySettings,
-        runs: DagsterRuns,
-        results: ResultReader,
-        store: BlobStore,
-        verify: ssl.SSLContext | bool = True,  # the certificates https receivers are checked against
-        on_delivery: Callable[[bool], None] | None = None,  # told each outcome (delivered or not): metrics
-    ) -> None:
-        master_key(settings.webhook_secret)  # a broken WEBHOOK_SECRET stops the start, not each POST
-        self._settings = settings
-        self._verify = verify
-        self._on_delivery = on_delivery
-        self._runs = runs
-        self._results = results
-        self._store = store
-        self._stop = threading.Event()
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
-        self._handled: dict[str, float] = {}  # run id -> when it was handled
-        self._settling: dict[str, float] = {}  # failed run id -> when first seen without will_retry
-        # After a restart, look back this far for runs that finished while no gateway watched.
-        self._watermark = time.time() - settings.webhook_recovery_hours * 3600
-        self._thread = threading.Thread(target=self._watch, name="webhook-watch", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    # ------------------------------------------------------------------ watching
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._tick()
-            except DagsterError as exc:
-                log.warning("webhooks: Dagster did not answer: %s", exc)
-            except Exception:  # the watcher must outlive any one bad run
-                log.exception("webhooks: unexpected error")
-            self._stop.wait(self._settings.webhook_poll_seconds)
-
-    def _tick(self) -> None:
-        tick_started = time.time()
-        before: float | None = None
-        for _ in range(_MAX_PAGES):  # newest first; page back while pages come full
-            batch = self._finished_runs(self._watermark, before)
-            for raw in batch:
-                self._consider(raw, tick_started)
-            if len(batch) < _PAGE:
-                break
-            before = min(r["updateTime"] for r in batch) + 1e-3
-        if not self._settling:
-            # Runs that finished before this tick were all seen; the margin covers slow commits.
-            self._watermark = max(self._watermark, tick_started - 60.0)
-        for run_id in [r for r, t in self._handled.items() if t < self._watermark - 300.0]:
-            del self._handled[run_id]
-
-    def _finished_runs(self, after: float, before: float | None) -> list[dict[str, Any]]:
-        tags = [{"key": WEBHOOK_TAG, "value": "1"}]
-        answer = self._runs.query(_FINISHED_RUNS, {"tags": tags, "after": after, "before": before})["runsOrError"]
-        if answer["__typename"] != "Runs":
-            raise DagsterError(answer.get("message", answer["__typename"]))
-        return answer["results"]
-
-    def _consider(self, raw: dict[str, Any], now: float) -> None:
-        run = run_info_from(raw)
-        if run.run_id in self._handled or not self._owes_webhook(run, now):
-            return
-        self._handled[run.run_id] = now
-        workflow_id = run.tags.get(PARTITION_TAG, "")
-        record = webhook_record_path(workflow_id, run.run_id)
-        if self._store.exists_path(record):
-            return  # delivered (or given up) before a restart
-        # Every replica watches; the one that claims the run delivers (gateway/claims.py). A claim
-        # whose replica died before writing the record is taken over once stale, by whichever
-        # replica looks again (each one looks back WEBHOOK_RECOVERY_HOURS when it starts).
-        held = claim(
-            self._store,
-            webhook_delivery_claim(run.run_id),
-            {},
-            self._claim_stale_seconds(),
-            settled=lambda held: self._store.exists_path(record),
-        )
-        if held.won:
-            self._pool.submit(self._deliver, workflow_id, run, held)
-
-    def _claim_stale_seconds(self) -> float:
-        """Longer than one delivery can take: every attempt's timeout and backoff, plus a minute."""
-        attempts = self._settings.webhook_attempts
-        backoff = self._settings.webhook_backoff_seconds * (2 ** (attempts - 1) - 1)
-        return attempts * (self._settings.webhook_timeout_seconds + _RESOLVE_SECONDS) + backoff + 60.0
-
-    def _owes_webhook(self, run: RunInfo, now: float) -> bool:
-        """A failed run that Dagster will retry owes nothing: its retry run carries the webhook."""
-        if run.status != "FAILURE":
-            return True
-        will_retry = run.tags.get(WILL_RETRY_TAG)
-        if will_retry is None and now - self._settling.setdefault(run.run_id, now) < _SETTLE_SECONDS:
-            return False
-        self._settling.pop(run.run_id, None)
-        if will_retry == "true":
-            self._handled[run.run_id] = now
-            return False
-        return True
-
-    # ------------------------------------------------------------------ delivering
-
-    def deliver_failed_start(self, start: PendingStart) -> None:
-        """A start recorded FAILED before its run existed (gateway/starts.py) sends its `failed`
-        final state too, if it asked for a webhook: no run carries it, so the watcher would never
-        see it. Called before the start's blobs are deleted (the URL is read here, the POST made on
-        the pool). Its `webhook-id` is the start's launch tag; only the gateway that gave the start
-        up sends it."""
-        key = start.tags.get(WEBHOOK_KEY_TAG)
-        if key is None:
-            return
-        url = str(json.loads(self._store.get_path(webhook_url_path(key)))["url"])
-        body = json.dumps(state_of_start(start).model_dump(exclude_none=True), separators=(",", ":")).encode()
-        caller = start.tags.get(OWNER_TAG, ANONYMOUS)
-        self._pool.submit(self._deliver_body, start.workflowId, start.launch_tag, url, body, caller)
-
-    def _deliver_body(self, workflow_id: str, delivery_id: str, url: str, body: bytes, caller: str) -> None:
-        outcome = self._post_with_retries(url, body, delivery_id, caller)
-        if outcome is None:  # shutting down
-            return
-        record = json.dumps(outcome.__dict__).encode()
-        self._store.put(webhook_record_path(workflow_id, delivery_id), record, "application/json")
-        if self._on_delivery is not None:
-            self._on_delivery(outcome.delivered)
-
-    def _full_url(self, run: RunInfo) -> str:
-        """The URL as the caller gave it; runs launched before URLs were kept in the store carry
-        it in their tag."""
-        key = run.tags.get(WEBHOOK_KEY_TAG)
-        if key is None:
-            return run.tags.get(WEBHOOK_URL_TAG, "")
-        return str(json.loads(self._store.get_path(webhook_url_path(key)))["url"])
-
-    def _deliver(self, workflow_id: str, run: RunInfo, held: Claim | None = None) -> None:
-        shown = redact(run.tags.get(WEBHOOK_URL_TAG, ""))
-        outcome: Delivery | None
-        try:
-            url = self._full_url(run)
-            body = self._final_state(workflow_id, run)
-        except (BlobStoreError, OSError, ValueError, KeyError) as exc:  # the URL's blob is gone or broken
-            outcome = Delivery(shown, False, 0, None, f"the webhook URL cannot be read: {type(exc).__name__}")
-        except DagsterError as exc:  # Dagster kept failing: say so in the record, send nothing made up
-            outcome = Delivery(shown, False, 0, None, f"the final state could not be read: {exc}")
-        else:
-            caller = run.tags.get(OWNER_TAG, ANONYMOUS)  # runs without one (from the UI) were nobody's
-            outcome = self._post_with_retries(url, body, run.run_id, caller) if body is not None else None
-        if outcome is None:  # shutting down: no record, so another replica or the next gateway delivers it
-            if held is not None:
-                release(self._store, held)
-            return
-        record = json.dumps(outcome.__dict__).encode()
-        self._store.put(webhook_record_path(workflow_id, run.run_id), record, "application/json")
-        if self._on_delivery is not None:
-            self._on_delivery(outcome.delivered)
-
-    def _final_state(self, workflow_id: str, run: RunInfo) -> bytes | None:
-        """GET's body for the run, asked again with backoff while Dagster does not answer; None
-        when stopped meanwhile; DagsterError after the last attempt."""
-        for attempt in range(1, self._settings.webhook_attempts + 1):
-            try:
-                # Its list of finished runs has no progress: a FAILED or CANCELLED body names the step.
-                placed = run if run.status == "SUCCESS" else self._runs.with_progress(run)
-                state = state_of(workflow_id, placed, self._runs, self._results)
-                return json.dumps(state.model_dump(exclude_none=True), separators=(",", ":")).encode()
-            except DagsterError as exc:
-                log.warning("webhooks: cannot read the state of %s yet: %s", workflow_id, exc)
-                if attempt == self._settings.webhook_attempts:
-                    raise
-                if self._stop.wait(self._settings.webhook_backoff_seconds * 2 ** (attempt - 1)):
-                    return None
-        return None
-
-    def _post(self, url: str, addresses: list[str], body: bytes, headers: dict[str, str]) -> int:
-        """One POST to one of `addresses`, on the transport itself: httpx's client would log the
-        full URL (its credentials and query), follow no proxy we want, and offer nothing else here.
-        Credentials in the URL become Basic auth, as a client would send them. The whole POST ends
-        within WEBHOOK_TIMEOUT_SECONDS and reads a few KB of the answer at most (bounded_post.py);
-        its status code is returned."""
-        target = httpx.URL(url)
-        headers = dict(headers)
-        if target.username or target.password:
-            pair = f"{target.username}:{target.password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        request = httpx.Request("POST", target.copy_with(username=None, password=None), content=body, headers=headers)
-        with PinnedTransport(addresses, self._verify) as transport:
-            return bounded_post(transport, request, self._settings.webhook_timeout_seconds)
-
-    def _post_with_retries(self, url: str, body: bytes, delivery_id: str, caller: str = ANONYMOUS) -> Delivery | None:
-        """POST until a 2xx, a refusal (4xx) or the last attempt; None when stopped meanwhile.
-
-        The outcome and the log name the URL redacted."""
-        shown = redact(url)
-        secret = caller_secret(self._settings.webhook_secret, caller)
-        headers = {
-            "Content-Type": "application/json",
-            "X-Jewel-Event": "workflow.finished",
-            "User-Agent": "jewel-dagster-webhooks/2",
-        }
-        status_code: int | None = None
-        error = "not attempted"
-        attempts = self._settings.webhook_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                # DNS may have changed since the submission: check again, and connect to what was checked.
-                addresses = check_webhook_url(url, self._settings.webhook_allow_private, caller)
-                signed = {**headers, **signed_headers(secret, delivery_id, body, time.time())}
-                status_code = self._post(url, addresses, body, signed)
-                error = f"HTTP {status_code}"
-                if 200 <= status_code < 300:
-                    return Delivery(shown, True, attempt, status_code, None)
-                if 400 <= status_code < 500 and status_code not in (408, 425, 429):
-                    return Delivery(shown, False, attempt, status_code, f"the receiver refused it: {error}")
-            except WebhookUnresolved as exc:  # the name server, not the URL: try again
-                status_code, error = None, str(exc)
-            except WebhookRefused as exc:
-                return Delivery(shown, False, attempt, None, str(exc))
-            except httpx.HTTPError as exc:
-                status_code, error = None, f"{type(exc).__name__}: {exc}"[:300]
-            if attempt < attempts and self._stop.wait(self._settings.webhook_backoff_seconds * 2 ** (attempt - 1)):
-                return None
-        log.warning("webhooks: gave up on %s after %d attempts: %s", shown, attempts, error)
-        return Delivery(shown, False, attempts, status_code, error)

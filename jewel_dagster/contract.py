@@ -52,6 +52,8 @@ WORKER_TAG = "jewel/worker"  # the Celery worker (name@host) that executed the r
 WEBHOOK_TAG = "jewel/webhook"  # "1" on runs that owe a webhook: Dagster filters tags by key and value
 WEBHOOK_URL_TAG = "jewel/webhook-url"  # redacted: scheme://host[:port]/path, no credentials, no query
 WEBHOOK_KEY_TAG = "jewel/webhook-key"  # names the blob that holds the full URL (gateway.webhooks)
+WEBHOOK_EVENTS_TAG = "jewel/webhook-events"  # the caller's webhookEvents, comma-separated; absent = final ones
+WEBHOOK_LIVE_TAG = "jewel/webhook-live"  # "1" when started or progress events are wanted: running runs to watch
 REGENERATE_REASON_TAG = "jewel/regenerate-reason"
 REGENERATE_ATTEMPT_TAG = "jewel/regenerate-attempt"
 REQUEST_ID_TAG = "jewel/request-id"  # the correlation id of the API call that launched the run (X-Request-ID)

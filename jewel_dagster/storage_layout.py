@@ -11,9 +11,12 @@ The container::
     requests/<id>/upload                     the uploaded photo (gateway)
     requests/<id>/strokes/<key>.json         one launch's brush strokes (gateway -> refined_mask)
     requests/<id>/<run id>/<asset>.<ext>     a run's artifacts (IO manager -> gateway); .jpg renditions
-    requests/<id>/webhooks/<run id>.json     what became of a run's webhook (gateway)
+    requests/<id>/webhooks/<delivery id>.json  one webhook delivery: event, status, attempts (gateway)
+    requests/<id>/webhooks/<delivery id>.body  the JSON that delivery POSTs (gateway)
     removed/<id>.json                        tombstone of a request retention removed (pipeline -> gateway)
     webhooks/<key>.json                      a webhook's full URL (gateway -> retention removes)
+    webhook-outbox/<delivery id>.json        a delivery still owed: its workflow and full URL (gateway)
+    webhook-deliveries/<delivery id>.json    which workflow a delivery id belongs to (gateway)
     claims/<name>.<generation>.json          cross-replica claims (gateway; retention removes)
     starts/<id>.json                         background starts (gateway)
     start-cancels/<id>.json, start-gateways/<gateway id>.json
@@ -32,13 +35,15 @@ REQUESTS_PREFIX = "requests/"
 TOMBSTONE_PREFIX = "removed/"
 WEBHOOK_URL_PREFIX = "webhooks/"
 CLAIMS_PREFIX = "claims/"
+WEBHOOK_OUTBOX_PREFIX = "webhook-outbox/"
+WEBHOOK_INDEX_PREFIX = "webhook-deliveries/"
 PENDING_START_PREFIX = "starts/"
 START_CANCEL_PREFIX = "start-cancels/"
 START_HEARTBEAT_PREFIX = "start-gateways/"
 # The compute log manager's prefix (a folder name, as dagster-azure takes it: no slash).
 COMPUTE_LOGS_PREFIX = "compute-logs"
 # Blobs that belong to no request folder, removed by retention once older than its cutoff.
-LEFTOVER_PREFIXES = (CLAIMS_PREFIX, WEBHOOK_URL_PREFIX)
+LEFTOVER_PREFIXES = (CLAIMS_PREFIX, WEBHOOK_URL_PREFIX, WEBHOOK_OUTBOX_PREFIX, WEBHOOK_INDEX_PREFIX)
 
 # A run's PNG artifact (`requests/<id>/<run id>/<asset>.png`), or one stored before runs had
 # folders (`requests/<id>/<asset>.png`). Matched with fullmatch.
@@ -113,9 +118,21 @@ def jpeg_rendition_path(png_path: str) -> str:
     return check_path(f"{png_path[: -len('.png')]}.jpg")
 
 
-def webhook_record_path(workflow_id: str, run_id: str) -> str:
-    """What became of one run's webhook (the redacted URL, attempts, outcome)."""
-    return f"{REQUESTS_PREFIX}{workflow_id}/webhooks/{run_id}.json"
+def webhook_record_path(workflow_id: str, delivery_id: str) -> str:
+    """One webhook delivery of a request (the redacted URL, event, attempts, status); a run's
+    final-state webhook is named by the run id, so its record path is what it was before outboxes."""
+    return f"{REQUESTS_PREFIX}{workflow_id}/webhooks/{delivery_id}.json"
+
+
+def webhook_body_path(workflow_id: str, delivery_id: str) -> str:
+    """The JSON a delivery POSTs (a final state may carry base64 images: MBs), apart from its
+    record, which is rewritten on every attempt and read by every listing."""
+    return f"{REQUESTS_PREFIX}{workflow_id}/webhooks/{delivery_id}.body"
+
+
+def webhook_records_prefix(workflow_id: str) -> str:
+    """Every webhook delivery of one request (GET /webhooks/deliveries)."""
+    return check_prefix(f"{request_folder(workflow_id)}/webhooks/")
 
 
 # ---------------------------------------------------------------- outside request folders
@@ -131,6 +148,21 @@ def tombstone_path(request_id: str) -> str:
 def webhook_url_path(key: str) -> str:
     """A webhook's full URL (with the caller's credentials), named by the run's random key tag."""
     return f"{WEBHOOK_URL_PREFIX}{key}.json"
+
+
+def webhook_outbox_path(delivery_id: str) -> str:
+    """A delivery still owed (deleted when it ends): what the outbox dispatcher lists each poll."""
+    return check_path(f"{WEBHOOK_OUTBOX_PREFIX}{delivery_id}.json")
+
+
+def webhook_index_path(delivery_id: str) -> str:
+    """Which request a delivery id belongs to, so `POST /webhooks/deliveries/{id}/redeliver` finds it."""
+    return check_path(f"{WEBHOOK_INDEX_PREFIX}{delivery_id}.json")
+
+
+def webhook_attempt_claim(delivery_id: str, attempt: int) -> str:
+    """The claim name of one attempt of a delivery: one replica makes attempt n."""
+    return f"webhook-attempts/{delivery_id}/{attempt}"
 
 
 def claim_path(name: str, generation: int) -> str:

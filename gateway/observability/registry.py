@@ -28,6 +28,7 @@ from prometheus_client import (
 # dashboard here reads them.
 disable_created_metrics()
 
+WEBHOOK_OUTCOMES = ("delivered", "refused", "failed", "gave_up")  # gateway.webhook_outbox.outbox.ENDED
 # Seconds; the API answers in milliseconds, the starts in a fraction of a second.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -52,7 +53,9 @@ class GatewayMetrics:
         )
         self.webhook_deliveries = Counter(
             "jewel_webhook_deliveries",
-            "Webhooks handled by this gateway's dispatcher, by outcome (delivered or failed).",
+            "Webhook deliveries this gateway's outbox ended, by outcome: delivered, refused (a final 4xx, a URL "
+            "now forbidden), failed (nothing could be sent: its URL or state unreadable), gave_up "
+            "(WEBHOOK_GIVE_UP_SECONDS passed).",
             ["outcome"],
             registry=self.registry,
         )
@@ -61,8 +64,9 @@ class GatewayMetrics:
             "Starts this gateway accepted whose run it has not launched yet (START_IN_BACKGROUND).",
             registry=self.registry,
         )
-        for outcome in ("delivered", "failed"):  # present from the start, so rate() sees the first one
+        for outcome in WEBHOOK_OUTCOMES:  # present from the start, so rate() sees the first one
             self.webhook_deliveries.labels(outcome)
 
-    def webhook_delivered(self, delivered: bool) -> None:
-        self.webhook_deliveries.labels("delivered" if delivered else "failed").inc()
+    def webhook_ended(self, outcome: str) -> None:
+        """Count a delivery that ended (the outbox's status: delivered, refused, failed, gave_up)."""
+        self.webhook_deliveries.labels(outcome).inc()

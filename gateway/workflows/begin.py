@@ -48,7 +48,7 @@ def start(
 ) -> StartResponse:
     """A new request from a photo and clicks: `job` is the whole pipeline or the preprocess."""
     image = decode_base64_image(body.originalImageBase64, settings.max_image_bytes, settings.max_image_pixels)
-    hook = webhook_tags(body.webhookUrl, settings, store, caller)
+    hook = webhook_tags(body.webhookUrl, settings, store, caller, body.webhookEvents)
     # Checked before storing anything, so an outage leaves no orphaned upload behind. While this
     # gateway launches in the background, a recent answer of Dagster's to those launches is
     # enough: a ping would queue on the busy webserver behind them. Idle, it asks (cheap then).
@@ -129,7 +129,7 @@ def generate(
     lineage; 409 while a run of it is still going); any other pair of the caller's image
     artifacts starts a new request with them as inputs.
     """
-    hook = webhook_tags(body.webhookUrl, settings, store, caller)
+    hook = webhook_tags(body.webhookUrl, settings, store, caller, body.webhookEvents)
     image = _artifact_input(store, body.imageUri, "imageUri")
     mask = _artifact_input(store, body.maskUri, "maskUri")
     _owned_artifact(runs, store, image, "imageUri", caller)

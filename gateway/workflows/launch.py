@@ -19,6 +19,7 @@ from gateway.observability import logs
 from gateway.schemas import StartRequest, StartResponse
 from gateway.settings import GatewaySettings
 from gateway.starts import PendingStart, StartLauncher, write_start
+from gateway.webhook_outbox.events import event_tags
 from gateway.webhooks import WebhookRefused, check_webhook_url, store_webhook_url
 from gateway.workflows.errors import pipeline_unavailable
 from jewel_dagster import tracing
@@ -43,7 +44,7 @@ def new_request_id() -> str:
 
 
 def webhook_tags(
-    url: str | None, settings: GatewaySettings, store: BlobStore, caller: str
+    url: str | None, settings: GatewaySettings, store: BlobStore, caller: str, events: list[str] | None = None
 ) -> Callable[[], dict[str, str]]:
     """Run tags that make the webhook dispatcher deliver the final state; the URL is checked now,
     before anything is stored, so a refused URL costs nothing. The returned function, called when
@@ -58,7 +59,7 @@ def webhook_tags(
         check_webhook_url(url, settings.webhook_allow_private, caller)  # its host looked up among the caller's
     except WebhookRefused as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
-    return lambda: store_webhook_url(store, url)
+    return lambda: {**store_webhook_url(store, url), **event_tags(events)}  # events: none for the default
 
 
 def store_strokes(

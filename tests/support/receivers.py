@@ -6,7 +6,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +23,7 @@ class Received:
 class Receiver:
     url: str
     answers: list[int] = field(default_factory=list)  # status per POST in order; 200 once used up
+    answer_with: Callable[[], int] | None = None  # when set, asked for each POST's status instead
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -41,7 +42,10 @@ def webhook_receiver(answers: list[int] | None = None, tls: ssl.SSLContext | Non
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             with receiver.lock:
                 receiver.received.append(Received(self.path, dict(self.headers.items()), body))
-                code = receiver.answers.pop(0) if receiver.answers else 200
+                if receiver.answer_with is not None:
+                    code = receiver.answer_with()
+                else:
+                    code = receiver.answers.pop(0) if receiver.answers else 200
             self.send_response(code)
             self.send_header("Content-Length", "0")
             self.end_headers()

@@ -77,7 +77,7 @@ def test_the_request_models_load_no_dagster() -> None:
 # segments that name a request's blobs: spelled in that module only.
 _KEY_WORDS = (
     "requests|strokes|webhooks|removed|starts|start-cancels|start-gateways|claims|compute-logs"
-    "|idempotency|continue|start-takeover|upload"
+    "|idempotency|continue|start-takeover|upload|webhook-outbox|webhook-deliveries|webhook-attempts"
 )
 # A key begins a string (never with '/': those are HTTP routes) or follows an f-string field.
 # Bare words are names of other things (the `requests` partitions, the `webhooks` route tag), but

@@ -86,30 +86,23 @@ def test_request_ids_are_plain_tokens(header: str | None, kept: bool) -> None:
     assert (request_id_from(header) == header) is kept
 
 
-def test_webhook_deliveries_are_counted_by_outcome(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.dagster_api.client import DagsterRuns
-    from gateway.dagster_api.models import RunInfo
+def test_webhook_deliveries_are_counted_by_outcome(tmp_path: Path) -> None:
+    """Each delivery the outbox ends is counted once: delivered, refused (a final 4xx), gave_up."""
     from gateway.observability.registry import GatewayMetrics
-    from gateway.results import ResultReader
-    from gateway.settings import GatewaySettings
-    from gateway.webhooks import WebhookDispatcher
-    from jewel_dagster.contract import WEBHOOK_URL_TAG
-    from jewel_dagster.resources.blob_store import LocalBlobStore
+    from tests.support.outbox import Clock, drain, inline_dispatcher, outbox_settings, queue
     from tests.support.receivers import webhook_receiver
 
     metrics = GatewayMetrics()
-    settings = GatewaySettings(
-        local_blob_root=str(tmp_path), webhook_secret="s3cret", webhook_allow_private=True, webhook_attempts=1
-    )
-    store = LocalBlobStore(root=str(tmp_path))
-    dispatcher = WebhookDispatcher(
-        settings, DagsterRuns(settings), ResultReader(store), store, on_delivery=metrics.webhook_delivered
-    )
-    monkeypatch.setattr(dispatcher, "_final_state", lambda workflow_id, run: b'{"s":1}')
+    settings = outbox_settings(tmp_path, webhook_give_up_seconds=60.0)
+    clock = Clock()
+    dispatcher = inline_dispatcher(settings, clock, on_outcome=metrics.webhook_ended)
     with webhook_receiver() as accepting, webhook_receiver(answers=[400]) as refusing:
-        for index, url in enumerate((accepting.url, accepting.url, refusing.url)):
-            run = RunInfo(f"run-{index}", "jewelry_generation", "SUCCESS", [], {WEBHOOK_URL_TAG: url})
-            dispatcher._deliver("jewelry-gen-x", run)
+        with webhook_receiver(answers=[503] * 100) as down:
+            for index, url in enumerate((accepting.url, accepting.url, refusing.url, down.url)):
+                queue(settings, url, f"run-{index}", clock)
+            drain(dispatcher, clock)
     scrape = samples(generate_latest(metrics.registry).decode())
     assert value(scrape, "jewel_webhook_deliveries_total", outcome="delivered") == 2
-    assert value(scrape, "jewel_webhook_deliveries_total", outcome="failed") == 1
+    assert value(scrape, "jewel_webhook_deliveries_total", outcome="refused") == 1
+    assert value(scrape, "jewel_webhook_deliveries_total", outcome="gave_up") == 1
+    assert value(scrape, "jewel_webhook_deliveries_total", outcome="failed") == 0

@@ -16,10 +16,14 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from gateway.dagster_api.client import DagsterRuns
 from gateway.results import ResultReader
 from gateway.settings import GatewaySettings
-from gateway.webhooks import WebhookDispatcher, WebhookRefused, caller_secret, check_webhook_url, signed_headers
+from gateway.webhook_outbox import outbox
+from gateway.webhook_outbox.sender import Attempt, send_once
+from gateway.webhook_outbox.watcher import WebhookDispatcher
+from gateway.webhooks import WebhookRefused, caller_secret, check_webhook_url, signed_headers
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from tests.support.answers import NEEDS_KEY, PIPELINE_DOWN, assert_refused
 from tests.support.gateway_client import gateway_client, start_body
+from tests.support.outbox import Clock, drain, inline_dispatcher, queue
 from tests.support.receivers import hostile_receiver, webhook_receiver
 
 
@@ -88,13 +92,27 @@ def _dispatcher(tmp_path: Path, **overrides: object) -> WebhookDispatcher:
     return WebhookDispatcher(settings, DagsterRuns(settings), ResultReader(store), store)
 
 
+def _send(dispatcher: WebhookDispatcher, url: str, body: bytes, delivery_id: str, caller: str = "anonymous") -> Attempt:
+    """One attempt, as the outbox makes it."""
+    return send_once(dispatcher._settings, url, body, delivery_id, caller, "completed", time.time(), dispatcher._verify)
+
+
+def _drained(dispatcher: WebhookDispatcher) -> None:
+    """Make every attempt the dispatcher's outbox owes, with time made fast."""
+    clock = Clock()
+    drain(inline_dispatcher(dispatcher._settings, clock), clock)
+
+
 def test_a_failing_receiver_is_retried_until_it_accepts(tmp_path: Path) -> None:
-    dispatcher = _dispatcher(tmp_path, webhook_attempts=5)
+    dispatcher = _dispatcher(tmp_path)
     body = json.dumps({"workflowId": "w", "status": "COMPLETED"}).encode()
+    clock = Clock()
     with webhook_receiver(answers=[500, 503]) as receiver:
-        outcome = dispatcher._post_with_retries(receiver.url, body, delivery_id="run-1")
+        queue(dispatcher._settings, receiver.url, "run-1", clock, body=body.decode())
+        drain(inline_dispatcher(dispatcher._settings, clock), clock)
     posts = receiver.posts()
-    assert outcome is not None and outcome.delivered and outcome.attempts == 3
+    record = outbox.read(dispatcher._store, "jewelry-gen-w", "run-1")
+    assert record is not None and record.status == "delivered" and record.attempts == 3, record
     assert [p.body for p in posts] == [body] * 3
     assert {p.headers["webhook-id"] for p in posts} == {"run-1"}  # stable across retries
     verifier = Webhook(caller_secret("s3cret", "anonymous"))
@@ -107,7 +125,7 @@ def test_a_failing_receiver_is_retried_until_it_accepts(tmp_path: Path) -> None:
 def test_a_callers_webhook_verifies_with_its_secret_only(tmp_path: Path) -> None:
     dispatcher = _dispatcher(tmp_path)
     with webhook_receiver() as receiver:
-        dispatcher._post_with_retries(receiver.url, b'{"a":1}', delivery_id="run-2", caller="alice-id")
+        _send(dispatcher, receiver.url, b'{"a":1}', delivery_id="run-2", caller="alice-id")
         (post,) = receiver.posts()
     assert Webhook(caller_secret("s3cret", "alice-id")).verify(post.body, post.headers) == {"a": 1}
     for other in (caller_secret("s3cret", "bob-id"), caller_secret("s3cret", "anonymous")):
@@ -132,25 +150,28 @@ def test_a_caller_reads_its_webhook_secret_with_its_key(tmp_path: Path) -> None:
         assert_refused(client.get("/webhooks/secret"), 404, "webhooks are off on this gateway (no WEBHOOK_SECRET set)")
 
 
-def test_delivery_gives_up_after_its_attempts_and_on_a_refusal(tmp_path: Path) -> None:
-    dispatcher = _dispatcher(tmp_path, webhook_attempts=3)
-    with webhook_receiver(answers=[500, 500, 500, 500]) as receiver:
-        outcome = dispatcher._post_with_retries(receiver.url, b"{}", delivery_id="r")
-    assert outcome is not None and not outcome.delivered and outcome.attempts == 3
-    assert len(receiver.posts()) == 3 and outcome.error == "HTTP 500"
+def test_a_refusal_is_final(tmp_path: Path) -> None:
+    dispatcher = _dispatcher(tmp_path)
+    clock = Clock()
     with webhook_receiver(answers=[410]) as receiver:
-        outcome = dispatcher._post_with_retries(receiver.url, b"{}", delivery_id="r")
-    assert outcome is not None and not outcome.delivered and outcome.attempts == 1
+        queue(dispatcher._settings, receiver.url, "run-r", clock)
+        drain(inline_dispatcher(dispatcher._settings, clock), clock)
+    record = outbox.read(dispatcher._store, "jewelry-gen-w", "run-r")
+    assert record is not None and record.status == "refused" and record.attempts == 1, record
+    assert record.lastStatusCode == 410 and len(receiver.posts()) == 1
 
 
 def test_a_receiver_asking_to_wait_is_retried_and_each_post_names_its_event(tmp_path: Path) -> None:
     """README, Webhooks: "a 4xx other than 408/425/429 is final"; these three are retried, and every
     POST carries `X-Jewel-Event: workflow.finished`."""
-    dispatcher = _dispatcher(tmp_path, webhook_attempts=5)
+    dispatcher = _dispatcher(tmp_path)
+    clock = Clock()
     with webhook_receiver(answers=[408, 425, 429]) as receiver:
-        outcome = dispatcher._post_with_retries(receiver.url, b'{"status":"COMPLETED"}', delivery_id="run-w")
+        queue(dispatcher._settings, receiver.url, "run-w", clock, body='{"status":"COMPLETED"}')
+        drain(inline_dispatcher(dispatcher._settings, clock), clock)
     posts = receiver.posts()
-    assert outcome is not None and outcome.delivered and outcome.attempts == 4, outcome
+    record = outbox.read(dispatcher._store, "jewelry-gen-w", "run-w")
+    assert record is not None and record.status == "delivered" and record.attempts == 4, record
     assert len(posts) == 4
     for post in posts:
         event = {name.lower(): value for name, value in post.headers.items()}.get("x-jewel-event")
@@ -184,9 +205,10 @@ def test_a_state_dagster_cannot_give_is_recorded_not_invented(tmp_path: Path) ->
     with webhook_receiver() as receiver:
         run = RunInfo("run-9", "jewelry_generation", "FAILURE", [], {WEBHOOK_URL_TAG: receiver.url})
         dispatcher._deliver("jewelry-gen-x", run)
+        _drained(dispatcher)
         assert receiver.posts() == []
     record = json.loads(LocalBlobStore(root=str(tmp_path)).get_path(record_path("jewelry-gen-x", "run-9")))
-    assert record["delivered"] is False and "could not be read" in record["error"]
+    assert record["status"] == "failed" and "could not be read" in record["lastError"]
 
 
 # ------------------------------------------------------------------ DNS rebinding and address forms
@@ -226,10 +248,10 @@ def test_a_name_that_rebinds_to_loopback_after_the_check_gets_no_post(
         port = receiver.url.split(":")[2].split("/")[0]
         resolver = _RebindingResolver("rebind.example.test", first="192.0.0.9", then="127.0.0.1")
         monkeypatch.setattr(socket, "getaddrinfo", resolver)
-        outcome = dispatcher._post_with_retries(f"http://rebind.example.test:{port}/hook", b"{}", delivery_id="r")
+        outcome = _send(dispatcher, f"http://rebind.example.test:{port}/hook", b"{}", delivery_id="r")
         monkeypatch.undo()
         assert receiver.posts() == []
-    assert outcome is not None and not outcome.delivered
+    assert outcome.verdict != "delivered"
 
 
 def test_the_pinned_connection_keeps_the_host_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -242,10 +264,10 @@ def test_the_pinned_connection_keeps_the_host_name(tmp_path: Path, monkeypatch: 
         port = receiver.url.split(":")[2].split("/")[0]
         resolver = _RebindingResolver("hooks.example.test", first="127.0.0.1", then="192.0.2.1")
         monkeypatch.setattr(socket, "getaddrinfo", resolver)
-        outcome = dispatcher._post_with_retries(f"http://hooks.example.test:{port}/hook?x=1", b"{}", delivery_id="r")
+        outcome = _send(dispatcher, f"http://hooks.example.test:{port}/hook?x=1", b"{}", delivery_id="r")
         monkeypatch.undo()
         posts = receiver.posts()
-    assert outcome is not None and outcome.delivered, outcome
+    assert outcome.verdict == "delivered", outcome
     assert len(posts) == 1 and posts[0].path == "/hook?x=1"
     assert posts[0].headers["Host"] == f"hooks.example.test:{port}"
 
@@ -297,10 +319,10 @@ def test_https_to_the_pinned_address_checks_the_certificate_against_the_name(
             monkeypatch.setattr(
                 socket, "getaddrinfo", _RebindingResolver("hooks.example.test", "127.0.0.1", "127.0.0.1")
             )
-            outcome = dispatcher._post_with_retries(f"https://hooks.example.test:{port}/hook", b"{}", delivery_id="r")
+            outcome = _send(dispatcher, f"https://hooks.example.test:{port}/hook", b"{}", delivery_id="r")
             monkeypatch.undo()
             posts = receiver.posts()
-        assert outcome is not None and outcome.delivered is delivered, (cert_name, outcome)
+        assert (outcome.verdict == "delivered") is delivered, (cert_name, outcome)
         assert names == ["hooks.example.test"]
         assert len(posts) == (1 if delivered else 0)
 
@@ -312,7 +334,8 @@ def test_credentials_and_query_tokens_stay_out_of_tags_records_and_logs(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Run tags, the delivery record and the log show scheme://host:port; the full URL is
-    read from the store by a dispatcher that was not there when the run was launched."""
+    read from the store by a dispatcher that was not there when the run was launched, and its
+    outbox marker (which holds it while the delivery is owed) is gone once it ends."""
     from gateway.dagster_api.models import RunInfo
     from gateway.workflows.launch import webhook_tags as _webhook_tags
     from jewel_dagster.contract import WEBHOOK_URL_TAG
@@ -326,14 +349,21 @@ def test_credentials_and_query_tokens_stay_out_of_tags_records_and_logs(
         assert tags[WEBHOOK_URL_TAG] == f"http://127.0.0.1:{port}"
         assert not any("pa55word" in v or "t0ken" in v for v in tags.values())
         run = RunInfo("run-5", "jewelry_generation", "SUCCESS", [], tags)
-        dispatcher = _dispatcher(tmp_path, webhook_attempts=2)  # a new gateway: only tags and store
+        dispatcher = _dispatcher(tmp_path)  # a new gateway: only tags and store
+        dispatcher._final_state = lambda workflow_id, run: b"{}"  # type: ignore[method-assign]
         with caplog.at_level("INFO"):
-            outcome = dispatcher._post_with_retries(dispatcher._full_url(run), b"{}", delivery_id=run.run_id)
+            dispatcher._deliver("jewelry-gen-x", run)
+            _drained(dispatcher)
         posts = receiver.posts()
-    assert [p.path for p in posts] == ["/hook?token=t0ken-123"] * 2  # the receiver gets the full URL
+    assert [p.path for p in posts] == ["/hook?token=t0ken-123"] * 3  # the receiver gets the full URL
     assert posts[0].headers["Authorization"].startswith("Basic ")
-    assert outcome is not None and outcome.url == f"http://127.0.0.1:{port}"
+    record = outbox.read(store, "jewelry-gen-x", "run-5")
+    assert record is not None and record.url == f"http://127.0.0.1:{port}" and record.status == "delivered"
     assert "pa55word" not in caplog.text and "t0ken" not in caplog.text  # httpx's client logged it whole
+    assert list(outbox.owed(store)) == []  # the marker that held the full URL is gone
+    for blob in (tmp_path / "blobs").rglob("*.json"):
+        if "/webhooks/" in blob.as_posix() and "/requests/" in blob.as_posix():
+            assert "pa55word" not in blob.read_text() and "t0ken" not in blob.read_text()
 
 
 def test_runs_launched_before_urls_were_stored_still_get_their_webhook(tmp_path: Path) -> None:
@@ -354,6 +384,7 @@ def test_the_runs_owner_picks_the_secret(tmp_path: Path, monkeypatch: pytest.Mon
     with webhook_receiver() as receiver:
         tags = {WEBHOOK_URL_TAG: receiver.url, OWNER_TAG: "alice-id"}
         dispatcher._deliver("jewelry-gen-x", RunInfo("run-7", "jewelry_generation", "SUCCESS", [], tags))
+        _drained(dispatcher)
         (post,) = receiver.posts()
     assert post.headers["webhook-id"] == "run-7"
     assert Webhook(caller_secret("s3cret", "alice-id")).verify(post.body, post.headers) == {"s": 1}
@@ -374,9 +405,13 @@ def test_two_replicas_that_both_see_a_finished_run_post_it_once(
         for replica in replicas:
             monkeypatch.setattr(replica, "_final_state", lambda workflow_id, run: b'{"s":1}')
             replica._consider(raw, time.time())
-        wait_until(lambda: receiver.posts(), "the webhook POST", timeout=10)
         for replica in replicas:
-            replica._pool.shutdown(wait=True)
+            replica._pool.shutdown(wait=True)  # queued
+            replica.outbox.start()  # both replicas' outboxes poll the same store
+        wait_until(lambda: receiver.posts(), "the webhook POST", timeout=10)
+        time.sleep(1.5)  # a second POST would come within a poll (1 s)
+        for replica in replicas:
+            replica.stop()
         assert len(receiver.posts()) == 1
 
 
@@ -394,12 +429,12 @@ def test_a_hostile_receiver_costs_a_few_kb_and_ends_at_the_deadline(
         tracemalloc.start()
         started = time.monotonic()
         try:
-            outcome = dispatcher._post_with_retries(url, b"{}", delivery_id="run-h")
+            outcome = _send(dispatcher, url, b"{}", delivery_id="run-h")
             elapsed = time.monotonic() - started
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    assert outcome is not None and outcome.delivered is delivered, outcome
+    assert (outcome.verdict == "delivered") is delivered, outcome
     assert peak < 5 * 1024 * 1024, f"the delivery allocated {peak / 1e6:.0f} MB"
     assert elapsed < 2.5, f"the delivery took {elapsed:.1f} s with a 1 s deadline"  # 1 s + a loaded machine
     if not delivered:
@@ -459,12 +494,15 @@ def test_a_lookup_that_fails_at_delivery_is_retried(tmp_path: Path, monkeypatch:
             raise failures.pop()
         return real(host, *args, **kwargs)  # type: ignore[arg-type]
 
-    dispatcher = _dispatcher(tmp_path, webhook_attempts=3)
+    dispatcher = _dispatcher(tmp_path)
+    clock = Clock()
     with webhook_receiver() as receiver:
         monkeypatch.setattr(socket, "getaddrinfo", flaky)
-        outcome = dispatcher._post_with_retries(receiver.url, b"{}", delivery_id="run-dns")
+        queue(dispatcher._settings, receiver.url, "run-dns", clock)
+        drain(inline_dispatcher(dispatcher._settings, clock), clock)
         monkeypatch.undo()
-    assert outcome is not None and outcome.delivered and outcome.attempts == 2, outcome
+    record = outbox.read(dispatcher._store, "jewelry-gen-w", "run-dns")
+    assert record is not None and record.status == "delivered" and record.attempts == 2, record
     assert len(receiver.posts()) == 1
 
 

@@ -1,0 +1,323 @@
+"""The watcher: finds in Dagster the runs that owe webhooks and queues their events in the outbox.
+
+A run launched with a `webhookUrl` carries tags (gateway/webhooks.py `store_webhook_url`; its
+`webhookEvents`, events.py): the watcher queues its final state when it ends (a failed run that
+Dagster retries ends with its retry) and, when asked, `started` and `progress` while it runs.
+A restarted gateway looks back WEBHOOK_RECOVERY_HOURS for finished runs without a record, so
+what a gateway owed is queued by the next one; what is queued is delivered by any replica's
+outbox dispatcher (dispatcher.py), across restarts, for up to WEBHOOK_GIVE_UP_SECONDS.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.claims import Claim, claim, release
+from gateway.dagster_api.client import DagsterRuns
+from gateway.dagster_api.errors import DagsterError
+from gateway.dagster_api.models import RunInfo, run_info_from
+from gateway.results import ResultReader
+from gateway.security import ANONYMOUS
+from gateway.settings import GatewaySettings
+from gateway.starts import PendingStart, state_of_start
+from gateway.webhook_outbox import outbox
+from gateway.webhook_outbox.dispatcher import OutboxDispatcher
+from gateway.webhook_outbox.events import LiveEvents, final_event, wanted
+from gateway.webhooks import master_key, redact
+from gateway.workflow_state import state_of
+from jewel_dagster.contract import (
+    OWNER_TAG,
+    PARTITION_TAG,
+    WEBHOOK_KEY_TAG,
+    WEBHOOK_LIVE_TAG,
+    WEBHOOK_TAG,
+    WEBHOOK_URL_TAG,
+    WILL_RETRY_TAG,
+)
+from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
+from jewel_dagster.storage_layout import webhook_delivery_claim, webhook_record_path, webhook_url_path
+
+log = logging.getLogger(__name__)
+
+_SETTLE_SECONDS = 3.0  # a failed run gets its will_retry tag a moment after its status
+_RESOLVE_SECONDS = 5.0
+
+_FINISHED_RUNS = """
+query WebhookRuns($tags: [ExecutionTag!]!, $after: Float!, $before: Float) {
+  runsOrError(
+    filter: {tags: $tags, statuses: [SUCCESS, FAILURE, CANCELED], updatedAfter: $after, updatedBefore: $before}
+    limit: 100
+  ) {
+    __typename
+    ... on Runs {
+      results { runId jobName status updateTime tags { key value } stepStats { stepKey status startTime } }
+    }
+    ... on PythonError { message }
+  }
+}"""
+_PAGE = 100
+_MAX_PAGES = 50
+_LIVE_RUNS = """
+query WebhookLiveRuns($tags: [ExecutionTag!]!) {
+  runsOrError(filter: {tags: $tags, statuses: [STARTING, STARTED]}, limit: 1000) {
+    __typename
+    ... on Runs {
+      results { runId jobName status updateTime tags { key value } stepStats { stepKey status startTime } }
+    }
+    ... on PythonError { message }
+  }
+}"""
+
+
+class WebhookDispatcher:
+    """Watches Dagster for runs that owe webhooks and queues each event once in the outbox.
+
+    One thread asks Dagster (one query a tick for finished runs, one for running runs that want
+    `started`/`progress`); a small pool reads final states. Every gateway replica may run it: a
+    run's final webhook is claimed in the shared blob store first, and the outbox queues a
+    delivery id once. The outbox's own dispatcher (gateway/webhook_outbox) POSTs and retries.
+    """
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        runs: DagsterRuns,
+        results: ResultReader,
+        store: BlobStore,
+        verify: ssl.SSLContext | bool = True,  # the certificates https receivers are checked against
+        on_delivery: Callable[[str], None] | None = None,  # told each ended delivery's status: metrics
+        clock: Callable[[], float] = time.time,  # the outbox's scheduling clock (tests make it fast)
+        rng: random.Random | None = None,  # the outbox's jitter
+    ) -> None:
+        master_key(settings.webhook_secret)  # a broken WEBHOOK_SECRET stops the start, not each POST
+        self._settings = settings
+        self._verify = verify
+        self._on_delivery = on_delivery
+        self._runs = runs
+        self._results = results
+        self._store = store
+        self._stop = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
+        self._handled: dict[str, float] = {}  # run id -> when it was handled
+        self._settling: dict[str, float] = {}  # failed run id -> when first seen without will_retry
+        # After a restart, look back this far for runs that finished while no gateway watched.
+        self._watermark = time.time() - settings.webhook_recovery_hours * 3600
+        self._thread = threading.Thread(target=self._watch, name="webhook-watch", daemon=True)
+        self._live = LiveEvents(settings.webhook_progress_seconds)
+        self.outbox = OutboxDispatcher(settings, store, clock, rng, verify, on_delivery)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.outbox.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.outbox.stop()
+
+    # ------------------------------------------------------------------ watching
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except DagsterError as exc:
+                log.warning("webhooks: Dagster did not answer: %s", exc)
+            except Exception:  # the watcher must outlive any one bad run
+                log.exception("webhooks: unexpected error")
+            self._stop.wait(self._settings.webhook_poll_seconds)
+
+    def _tick(self) -> None:
+        tick_started = time.time()
+        before: float | None = None
+        for _ in range(_MAX_PAGES):  # newest first; page back while pages come full
+            batch = self._finished_runs(self._watermark, before)
+            for raw in batch:
+                self._consider(raw, tick_started)
+            if len(batch) < _PAGE:
+                break
+            before = min(r["updateTime"] for r in batch) + 1e-3
+        if not self._settling:
+            # Runs that finished before this tick were all seen; the margin covers slow commits.
+            self._watermark = max(self._watermark, tick_started - 60.0)
+        for run_id in [r for r, t in self._handled.items() if t < self._watermark - 300.0]:
+            del self._handled[run_id]
+        self._tick_live()
+
+    def _finished_runs(self, after: float, before: float | None) -> list[dict[str, Any]]:
+        tags = [{"key": WEBHOOK_TAG, "value": "1"}]
+        answer = self._runs.query(_FINISHED_RUNS, {"tags": tags, "after": after, "before": before})["runsOrError"]
+        if answer["__typename"] != "Runs":
+            raise DagsterError(answer.get("message", answer["__typename"]))
+        return answer["results"]
+
+    def _consider(self, raw: dict[str, Any], now: float) -> None:
+        run = run_info_from(raw)
+        if run.run_id in self._handled or not self._owes_webhook(run, now):
+            return
+        self._handled[run.run_id] = now
+        if final_event(run.status) not in wanted(run.tags):
+            return  # the caller asked for other events only
+        workflow_id = run.tags.get(PARTITION_TAG, "")
+        record = webhook_record_path(workflow_id, run.run_id)
+        if self._store.exists_path(record):
+            return  # delivered (or given up) before a restart
+        # Every replica watches; the one that claims the run delivers (gateway/claims.py). A claim
+        # whose replica died before writing the record is taken over once stale, by whichever
+        # replica looks again (each one looks back WEBHOOK_RECOVERY_HOURS when it starts).
+        held = claim(
+            self._store,
+            webhook_delivery_claim(run.run_id),
+            {},
+            self._claim_stale_seconds(),
+            settled=lambda held: self._store.exists_path(record),
+        )
+        if held.won:
+            self._pool.submit(self._deliver, workflow_id, run, held)
+
+    def _claim_stale_seconds(self) -> float:
+        """Longer than one delivery can take: every attempt's timeout and backoff, plus a minute."""
+        attempts = self._settings.webhook_attempts
+        backoff = self._settings.webhook_backoff_seconds * (2 ** (attempts - 1) - 1)
+        return attempts * (self._settings.webhook_timeout_seconds + _RESOLVE_SECONDS) + backoff + 60.0
+
+    def _owes_webhook(self, run: RunInfo, now: float) -> bool:
+        """A failed run that Dagster will retry owes nothing: its retry run carries the webhook."""
+        if run.status != "FAILURE":
+            return True
+        will_retry = run.tags.get(WILL_RETRY_TAG)
+        if will_retry is None and now - self._settling.setdefault(run.run_id, now) < _SETTLE_SECONDS:
+            return False
+        self._settling.pop(run.run_id, None)
+        if will_retry == "true":
+            self._handled[run.run_id] = now
+            return False
+        return True
+
+    # ------------------------------------------------------------------ queuing
+
+    def _tick_live(self) -> None:
+        """Runs that want `started` or `progress`: each poll, what they owe now goes to the outbox."""
+        answer = self._runs.query(_LIVE_RUNS, {"tags": [{"key": WEBHOOK_LIVE_TAG, "value": "1"}]})["runsOrError"]
+        if answer["__typename"] != "Runs":
+            raise DagsterError(answer.get("message", answer["__typename"]))
+        running = set()
+        for raw in answer["results"]:
+            run = self._runs.with_progress(run_info_from(raw))
+            running.add(run.run_id)
+            workflow_id = run.tags.get(PARTITION_TAG, "")
+            state = state_of(workflow_id, run, self._runs, self._results)
+            for event, delivery_id in self._live.due(run.run_id, run.tags, state.progress, time.time()):
+                body = json.dumps(state.model_dump(exclude_none=True), separators=(",", ":")).encode()
+                self._queue(workflow_id, run.run_id, run.tags, event, delivery_id, self._full_url(run), body)
+        self._live.forget(running)
+
+    def _queue(
+        self,
+        workflow_id: str,
+        run_id: str | None,
+        tags: dict[str, str],
+        event: str,
+        delivery_id: str,
+        url: str,
+        body: bytes,
+    ) -> None:
+        now = time.time()
+        delivery = outbox.Delivery(
+            id=delivery_id,
+            workflowId=workflow_id,
+            runId=run_id,
+            owner=tags.get(OWNER_TAG, ANONYMOUS),  # runs without one (from the UI) were nobody's
+            event=event,
+            url=redact(url),
+            urlKey=tags.get(WEBHOOK_KEY_TAG),
+            createdAt=now,
+            since=now,
+            nextAttemptAt=now,
+        )
+        outbox.enqueue(self._store, delivery, url, body)
+
+    def deliver_failed_start(self, start: PendingStart) -> None:
+        """A start recorded FAILED before its run existed (gateway/starts.py) sends its `failed`
+        final state too, if it asked for a webhook and that event: no run carries it, so the watcher
+        would never see it. Called before the start's blobs are deleted: the outbox marker keeps
+        the URL until the delivery ends. Its `webhook-id` is the start's launch tag; only the
+        gateway that gave the start up queues it."""
+        key = start.tags.get(WEBHOOK_KEY_TAG)
+        if key is None or "failed" not in wanted(start.tags):
+            return
+        url = str(json.loads(self._store.get_path(webhook_url_path(key)))["url"])
+        body = json.dumps(state_of_start(start).model_dump(exclude_none=True), separators=(",", ":")).encode()
+        tags = {k: v for k, v in start.tags.items() if k != WEBHOOK_KEY_TAG}  # its URL blob goes with the start
+        self._queue(start.workflowId, None, tags, "failed", start.launch_tag, url, body)
+
+    def _full_url(self, run: RunInfo) -> str:
+        """The URL as the caller gave it; runs launched before URLs were kept in the store carry
+        it in their tag."""
+        key = run.tags.get(WEBHOOK_KEY_TAG)
+        if key is None:
+            return run.tags.get(WEBHOOK_URL_TAG, "")
+        return str(json.loads(self._store.get_path(webhook_url_path(key)))["url"])
+
+    def _deliver(self, workflow_id: str, run: RunInfo, held: Claim | None = None) -> None:
+        """Queue a finished run's final state in the outbox (the outbox dispatcher POSTs it)."""
+        event = final_event(run.status)
+        try:
+            url = self._full_url(run)
+            body = self._final_state(workflow_id, run)
+        except (BlobStoreError, OSError, ValueError, KeyError) as exc:  # the URL's blob is gone or broken
+            self._record_failure(workflow_id, run, event, f"the webhook URL cannot be read: {type(exc).__name__}")
+            return
+        except DagsterError as exc:  # Dagster kept failing: say so in the record, send nothing made up
+            self._record_failure(workflow_id, run, event, f"the final state could not be read: {exc}")
+            return
+        if body is None:  # shutting down: nothing queued, so another replica or the next gateway does it
+            if held is not None:
+                release(self._store, held)
+            return
+        self._queue(workflow_id, run.run_id, run.tags, event, run.run_id, url, body)
+
+    def _record_failure(self, workflow_id: str, run: RunInfo, event: str, error: str) -> None:
+        now = time.time()
+        failed = outbox.Delivery(
+            id=run.run_id,
+            workflowId=workflow_id,
+            runId=run.run_id,
+            owner=run.tags.get(OWNER_TAG, ANONYMOUS),
+            event=event,
+            url=redact(run.tags.get(WEBHOOK_URL_TAG, "")),
+            urlKey=run.tags.get(WEBHOOK_KEY_TAG),
+            status="failed",
+            createdAt=now,
+            since=now,
+            lastError=error,
+        )
+        if outbox.record_ended(self._store, failed) and self._on_delivery is not None:
+            self._on_delivery("failed")
+
+    def _final_state(self, workflow_id: str, run: RunInfo) -> bytes | None:
+        """GET's body for the run, asked again with backoff while Dagster does not answer; None
+        when stopped meanwhile; DagsterError after the last attempt."""
+        for attempt in range(1, self._settings.webhook_attempts + 1):
+            try:
+                # Its list of finished runs has no progress: a FAILED or CANCELLED body names the step.
+                placed = run if run.status == "SUCCESS" else self._runs.with_progress(run)
+                state = state_of(workflow_id, placed, self._runs, self._results)
+                return json.dumps(state.model_dump(exclude_none=True), separators=(",", ":")).encode()
+            except DagsterError as exc:
+                log.warning("webhooks: cannot read the state of %s yet: %s", workflow_id, exc)
+                if attempt == self._settings.webhook_attempts:
+                    raise
+                if self._stop.wait(self._settings.webhook_backoff_seconds * 2 ** (attempt - 1)):
+                    return None
+        return None
