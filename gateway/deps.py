@@ -17,7 +17,6 @@ from gateway.results import ResultReader
 from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings
 from gateway.starts import StartLauncher
-from gateway.state_bodies import FinishedBodies
 from jewel_dagster.provenance.signer import ProvenanceMode
 from jewel_dagster.resources.blob_store import BlobStore
 
@@ -54,10 +53,6 @@ async def _quotas(request: Request) -> Quotas:
     return request.app.state.quotas
 
 
-async def _finished_bodies(request: Request) -> FinishedBodies:
-    return request.app.state.finished_bodies
-
-
 async def _event_streams(request: Request) -> EventStreams:
     return request.app.state.event_streams
 
@@ -71,4 +66,3 @@ ProvenanceDep = Annotated[ProvenanceMode, Depends(_provenance)]
 LauncherDep = Annotated[StartLauncher, Depends(_launcher)]
 EventStreamsDep = Annotated[EventStreams, Depends(_event_streams)]
 QuotasDep = Annotated[Quotas, Depends(_quotas)]
-FinishedBodiesDep = Annotated[FinishedBodies, Depends(_finished_bodies)]
