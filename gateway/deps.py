@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the clients the lifespan built, as annotated aliases."""
+"""FastAPI dependencies: the clients the lifespan built, as annotated aliases.
+
+`async def`: FastAPI runs a plain `def` dependency on a worker thread, a hand-off (~0.1-0.3 ms of
+CPU under load) per dependency per request for an attribute read.
+"""
 
 from __future__ import annotations
 
@@ -17,39 +21,39 @@ from jewel_dagster.provenance.signer import ProvenanceMode
 from jewel_dagster.resources.blob_store import BlobStore
 
 
-def _settings(request: Request) -> GatewaySettings:
+async def _settings(request: Request) -> GatewaySettings:
     return request.app.state.settings
 
 
-def _runs(request: Request) -> DagsterRuns:
+async def _runs(request: Request) -> DagsterRuns:
     return request.app.state.runs
 
 
-def _store(request: Request) -> BlobStore:
+async def _store(request: Request) -> BlobStore:
     return request.app.state.store
 
 
-def _results(request: Request) -> ResultReader:
+async def _results(request: Request) -> ResultReader:
     return request.app.state.results
 
 
-def _probe(request: Request) -> ServiceProbe:
+async def _probe(request: Request) -> ServiceProbe:
     return request.app.state.probe
 
 
-def _provenance(request: Request) -> ProvenanceMode:
+async def _provenance(request: Request) -> ProvenanceMode:
     return request.app.state.provenance
 
 
-def _launcher(request: Request) -> StartLauncher:
+async def _launcher(request: Request) -> StartLauncher:
     return request.app.state.launcher
 
 
-def _quotas(request: Request) -> Quotas:
+async def _quotas(request: Request) -> Quotas:
     return request.app.state.quotas
 
 
-def _event_streams(request: Request) -> EventStreams:
+async def _event_streams(request: Request) -> EventStreams:
     return request.app.state.event_streams
 
 

@@ -29,6 +29,7 @@ from gateway.service_health import ServiceProbe
 from gateway.settings import GatewaySettings, get_settings
 from gateway.shutdown import drain_streams_on_signals
 from gateway.starts import StartLauncher
+from gateway.state_bodies import FinishedBodies
 from gateway.webhook_outbox.watcher import WebhookDispatcher
 from jewel_dagster.resources.selection import build_blob_store
 from jewel_dagster.tracing import configure_tracing
@@ -67,6 +68,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.runs = DagsterRuns(resolved)
         app.state.results = ResultReader(
             app.state.store, timedelta(minutes=resolved.result_url_minutes), url_base=resolved.result_url_base
+        )
+        app.state.finished_bodies = FinishedBodies(
+            int(resolved.state_body_cache_mb * 1024 * 1024), resolved.state_body_max_age()
         )
         app.state.probe = ServiceProbe(resolved)
         app.state.provenance = provenance_mode(resolved)

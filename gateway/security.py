@@ -166,19 +166,25 @@ def identify(settings: GatewaySettings, limits: RateLimits, given: str | None, h
     return caller
 
 
-def authenticate(
+async def authenticate(
     request: Request,
     api_key: Annotated[str | None, Security(api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_token)],
 ) -> str:
     """The caller `Gatekeeper` identified before the body was read; the schemes above document
-    the key's two headers in OpenAPI. A route outside the gatekeeper's paths identifies here."""
+    the key's two headers in OpenAPI. A route outside the gatekeeper's paths identifies here.
+
+    `async def`: a plain `def` dependency costs a worker-thread hand-off on every request, for what
+    is a dictionary read once the gatekeeper identified the caller."""
     known = request.scope.get("state", {}).get(CALLER_STATE)
     if isinstance(known, str):
         return known
     given = api_key if api_key is not None else (bearer.credentials if bearer else None)
     host = request.client.host if request.client else None
-    return identify(request.app.state.settings, request.app.state.rate_limits, given, host)
+    state = request.app.state
+    if state.rate_limits.remote:  # Redis: a round trip off the loop, as in Gatekeeper
+        return await anyio.to_thread.run_sync(identify, state.settings, state.rate_limits, given, host)
+    return identify(state.settings, state.rate_limits, given, host)
 
 
 CallerDep = Annotated[str, Depends(authenticate)]

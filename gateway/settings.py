@@ -36,6 +36,18 @@ class GatewaySettings(PipelineSettings):
         "that is not final is answered from the cache only while younger than half of this, so each poll sees "
         "a state newer than the previous poll (timers jitter: half leaves the margin).",
     )
+    state_body_cache_mb: float = Field(
+        default=32.0,
+        ge=0.0,
+        description="Encoded GET /workflow/{id} answers of finished runs kept in memory (MB; 0 = none): a "
+        "COMPLETED one (~0.7 MB of base64 images) is encoded once, not at every poll.",
+    )
+    state_body_cache_seconds: float = Field(
+        default=300.0,
+        ge=0.0,
+        description="How long a finished run's encoded answer is kept; at most half of RESULT_URL_MINUTES, so the "
+        "signed result URLs in it stay valid at least that long after they are handed out.",
+    )
     max_parallel_launches: int = Field(default=4, ge=1, description="Launches in flight at once.")
     launch_wait_seconds: float = Field(default=30.0, description="How long a start waits for a launch slot.")
     cancel_wait_seconds: float = Field(
@@ -196,6 +208,10 @@ class GatewaySettings(PipelineSettings):
         """How old a cached (running) status may be and still be answered while a refresh runs:
         older than half a poll interval, it would answer a poll with what the previous one saw."""
         return min(self.status_stale_seconds, self.frontend_poll_seconds / 2)
+
+    def state_body_max_age(self) -> float:
+        """How old a kept finished answer may be: its signed URLs were made when it was encoded."""
+        return min(self.state_body_cache_seconds, self.result_url_minutes * 60 / 2)
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.gateway_api_keys.split(",") if k.strip()]

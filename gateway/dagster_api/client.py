@@ -160,6 +160,11 @@ class DagsterRuns:
         """`latest_run`, answered from `StatusCache` while that is true (what every poll asks)."""
         return self.status.latest(request_id)
 
+    def remembered_run(self, request_id: str) -> RunInfo | None:
+        """The request's running run when `StatusCache` holds one it may answer without a read;
+        None when `latest_run_cached` must be asked (it may read). Never blocks."""
+        return self.status.remembered(request_id)
+
     def forget(self, request_id: str) -> None:
         """Drop the cached state after an action that changes it (a launch, a cancel)."""
         self.status.forget(request_id)

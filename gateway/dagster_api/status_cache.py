@@ -77,14 +77,9 @@ class StatusCache:
             with self._guard:
                 self._ended.pop(request_id, None)
         arrived = self.clock()
-        hit = self._status.get(request_id)
-        if hit is not None:
-            age = arrived - hit[0]
-            if age < ttl:
-                return hit[1]
-            if age < self._stale_limit():
-                self._refresh_soon(request_id)
-                return hit[1]
+        young = self._young(request_id, ttl, arrived)
+        if young is not None:
+            return young
         with self._guard:
             lock = self._locks.setdefault(request_id, threading.Lock())
         with lock:
@@ -99,6 +94,27 @@ class StatusCache:
             if hit is not None and self.clock() - hit[0] < ttl:
                 return hit[1]
             return self._refresh(request_id)
+
+    def remembered(self, request_id: str) -> RunInfo | None:
+        """The running run `latest` would answer from memory without reading anything (fresh, or
+        young enough to answer while a refresh runs); None when `latest` would read: an ended
+        run (checked by its id), none kept, or too old. Never blocks: GET asks it on the event loop."""
+        ttl = self._ttl()
+        if ttl <= 0 or (request_id in self._ended and self._newest_run_id is not None):  # as `latest` asks
+            return None
+        return self._young(request_id, ttl, self.clock())
+
+    def _young(self, request_id: str, ttl: float, arrived: float) -> RunInfo | None:
+        """The kept running run while it may be answered (see the module's rules), else None."""
+        hit = self._status.get(request_id)
+        if hit is not None:
+            age = arrived - hit[0]
+            if age < ttl:
+                return hit[1]
+            if age < self._stale_limit():
+                self._refresh_soon(request_id)
+                return hit[1]
+        return None
 
     def _refresh(self, request_id: str) -> RunInfo | None:
         epoch = self._epochs.get(request_id, 0)

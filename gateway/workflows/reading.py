@@ -11,23 +11,48 @@ from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError
 from gateway.results import ResultReader
 from gateway.schemas import WorkflowState
+from gateway.security import ANONYMOUS
 from gateway.starts import PendingStart, read_start, state_of_start
+from gateway.state_bodies import FinishedBodies, encode_progress, encode_state
+from gateway.status import position_of
 from gateway.workflow_state import FINAL_STATUSES, progress_of, state_of
 from gateway.workflows.errors import pipeline_unavailable
-from gateway.workflows.ownership import owned_run, owned_run_or_start
+from gateway.workflows.ownership import WORKFLOW_ID, owned_run, owned_run_or_start
 from gateway.workflows.tombstones import removed
-from jewel_dagster.contract import IMAGE_ASSETS, JSON_ASSETS
+from jewel_dagster.contract import IMAGE_ASSETS, JSON_ASSETS, OWNER_TAG
 from jewel_dagster.resources.blob_store import BlobNotFoundError, BlobStore
 from jewel_dagster.storage_layout import RUN_ID_PATTERN, artifact_path
 
 RUN_ID = re.compile(RUN_ID_PATTERN)
 MEDIA_TYPES = {"png": "image/png", "json": "application/json"}
+ENDED_RUN_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCELED"})  # Dagster's: the run never changes again
 
 
-def workflow_state(
-    workflow_id: str, runs: DagsterRuns, results: ResultReader, store: BlobStore, caller: str
-) -> WorkflowState:
-    """Status of the request's newest run; results once it completed; 410 once retention removed it."""
+def remembered_body(workflow_id: str, runs: DagsterRuns, caller: str) -> bytes | None:
+    """The body of a running request's GET when memory answers it (the status cache holds its
+    running run, the caller's by the run's owner tag), else None: `workflow_body` must be asked.
+
+    Reads nothing, so GET answers it on the event loop: no thread hand-off, no model built and
+    validated. Everything else (an ended run, checked by the id of the newest; a pending start; an
+    owner on the request's first run; 404 and 410) goes the way of `workflow_body`."""
+    if not WORKFLOW_ID.fullmatch(workflow_id):
+        return None
+    run = runs.remembered_run(workflow_id)
+    if run is None or (caller != ANONYMOUS and run.tags.get(OWNER_TAG) != caller):
+        return None
+    position = position_of(run)
+    if position.status in FINAL_STATUSES:
+        return None  # (a running run kept by age is not final; `workflow_body` keeps final bodies)
+    return encode_progress(workflow_id, position)
+
+
+def workflow_body(
+    workflow_id: str, runs: DagsterRuns, results: ResultReader, store: BlobStore, caller: str, bodies: FinishedBodies
+) -> bytes:
+    """`workflow_state` encoded; a finished run's body is encoded once and kept by its run id.
+
+    Ownership and the 410 are checked first, at every GET, as `workflow_state` checks them: a kept
+    body is answered only once the request's newest run is still that run and the caller's."""
     try:
         run = owned_run_or_start(runs, store, workflow_id, caller, cached=True)
     except HTTPException as exc:
@@ -36,11 +61,18 @@ def workflow_state(
             raise gone from None
         raise
     if isinstance(run, PendingStart):
-        return state_of_start(run)
+        return encode_state(state_of_start(run))
+    # Only a run Dagster ended keeps its answer: a FAILURE whose retry may follow is RUNNING for now.
+    final = run.status in ENDED_RUN_STATUSES and position_of(run).status in FINAL_STATUSES
+    if final and (kept := bodies.get(run.run_id)) is not None:
+        return kept
     try:
-        return state_of(workflow_id, run, runs, results)
+        body = encode_state(state_of(workflow_id, run, runs, results))
     except DagsterError as exc:
         raise pipeline_unavailable(exc) from exc
+    if final:
+        bodies.put(run.run_id, body)
+    return body
 
 
 def current_state(workflow_id: str, runs: DagsterRuns, results: ResultReader, store: BlobStore) -> WorkflowState | None:

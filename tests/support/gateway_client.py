@@ -71,6 +71,9 @@ class FakeDagster:
 
     latest_run_cached = latest_run
 
+    def remembered_run(self, request_id: str) -> RunInfo | None:
+        return None  # nothing in memory: GET asks latest_run_cached
+
     def newest_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
         return None
 

@@ -85,6 +85,9 @@ class RecordingDagster(FakeDagster):
     def latest_run_cached(self, request_id: str) -> RunInfo | None:
         return self.latest_run(request_id)
 
+    def remembered_run(self, request_id: str) -> RunInfo | None:
+        return None  # nothing in memory: GET asks latest_run_cached
+
     def newest_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
         found = [r for r in self.runs.values() if all(r.tags.get(k) == v for k, v in tags.items())]
         return found[-1] if found else None

@@ -52,6 +52,9 @@ class CountingRuns:
     def latest_run(self, request_id: str) -> RunInfo | None:
         return self.runs.get(request_id)
 
+    def remembered_run(self, request_id: str) -> RunInfo | None:
+        return None  # GET asks latest_run_cached, which counts
+
     def first_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
         return None
 

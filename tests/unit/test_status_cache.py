@@ -155,3 +155,36 @@ def test_an_ended_run_is_answered_without_reading_it_again_until_a_newer_run_exi
     finally:
         dagster.close()
         instance.dispose()
+
+
+def test_what_memory_answers_without_a_read_is_what_latest_would_answer(
+    runs: tuple[DagsterRuns, _Clock, list[RunInfo]],
+) -> None:
+    """GET asks `remembered_run` on the event loop: it must never read, nor answer what `latest`
+    would not (a run too old, or one that ended and must be checked by the newest run's id)."""
+    dagster, clock, history = runs
+    reads = [0]
+    read = dagster.latest_run
+
+    def counted(request_id: str) -> RunInfo | None:
+        reads[0] += 1
+        return read(request_id)
+
+    dagster.latest_run = counted  # type: ignore[method-assign]
+    assert dagster.remembered_run(RID) is None and reads[0] == 0  # nothing kept: not read here
+    assert dagster.latest_run_cached(RID).status == "STARTED"  # type: ignore[union-attr]
+    assert reads[0] == 1
+    assert dagster.remembered_run(RID) == history[-1] and reads[0] == 1  # fresh
+    clock.now += 0.5  # past the TTL, within the stale limit: answered, one refresh in the background
+    history.append(RunInfo("run-1", "jewelry_generation", "SUCCESS"))
+    assert dagster.remembered_run(RID) is not None
+    wait_for(lambda: reads[0] == 2, timeout=5.0)
+    wait_for(lambda: dagster.remembered_run(RID) is None, timeout=5.0)  # ended: never from memory
+    clock.now += 0.1
+    assert dagster.latest_run_cached(RID).status == "SUCCESS"  # type: ignore[union-attr]
+    assert dagster.remembered_run(RID) is None
+    history.append(RunInfo("run-2", "jewelry_generation", "STARTED"))
+    dagster.forget(RID)
+    assert dagster.latest_run_cached(RID).run_id == "run-2"  # type: ignore[union-attr]
+    clock.now += 1.5  # older than the stale limit (half a poll): latest would read, so no answer here
+    assert dagster.remembered_run(RID) is None
