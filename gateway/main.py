@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.dagster_api.client import DagsterRuns
+from gateway.dagster_api.queue_estimates import QueueEstimates
 from gateway.event_streams import EventStreams
 from gateway.observability.dagster_figures import DagsterFigures
 from gateway.observability.logs import configure_logging
@@ -65,6 +66,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.settings = resolved
         app.state.store = build_blob_store(resolved, inside_dagster=False)
         app.state.runs = DagsterRuns(resolved)
+        # One refresher a process: GET and the streams only look its snapshot up.
+        estimates = None
+        if resolved.status_source == "storage" and resolved.queue_estimate_seconds > 0:
+            estimates = QueueEstimates(resolved.queue_estimate_seconds)
+            estimates.start()
+        app.state.queue_estimates = estimates
         app.state.results = ResultReader(
             app.state.store, timedelta(minutes=resolved.result_url_minutes), url_base=resolved.result_url_base
         )
@@ -99,6 +106,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if dispatcher is not None:
             dispatcher.stop()
         app.state.runs.close()
+        if estimates is not None:
+            await run_in_threadpool(estimates.close)
         observed.registry.unregister(figures)
         figures.close()
 

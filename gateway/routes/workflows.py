@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Response, status
 
-from gateway.deps import LauncherDep, QuotasDep, ResultsDep, RunsDep, SettingsDep, StoreDep
+from gateway.deps import EstimatesDep, LauncherDep, QuotasDep, ResultsDep, RunsDep, SettingsDep, StoreDep
 from gateway.json_route import OffLoopJSONRoute
 from gateway.schemas import (
     ONE_WORKFLOW,
@@ -95,10 +95,17 @@ def generate_workflow(
     responses=error_responses(*ONE_WORKFLOW, 410),
 )
 def get_workflow(
-    workflow_id: WorkflowIdPath, runs: RunsDep, results: ResultsDep, store: StoreDep, caller: CallerDep
+    workflow_id: WorkflowIdPath,
+    runs: RunsDep,
+    results: ResultsDep,
+    store: StoreDep,
+    caller: CallerDep,
+    estimates: EstimatesDep,
 ) -> WorkflowState:
-    """Status of the request's newest run; results once it completed; 410 once retention removed it."""
-    return reading.workflow_state(workflow_id, runs, results, store, caller)
+    """Status of the request's newest run; results once it completed; 410 once retention removed it.
+    While it runs, `queuePosition` and `etaSeconds` when the gateway knows them."""
+    lookup = estimates.lookup if estimates is not None else None
+    return reading.workflow_state(workflow_id, runs, results, store, caller, lookup)
 
 
 @router.post(

@@ -12,7 +12,7 @@ from gateway.dagster_api.errors import DagsterError
 from gateway.results import ResultReader
 from gateway.schemas import WorkflowState
 from gateway.starts import PendingStart, read_start, state_of_start
-from gateway.workflow_state import FINAL_STATUSES, progress_of, state_of
+from gateway.workflow_state import FINAL_STATUSES, EstimateLookup, progress_of, state_of, with_estimate
 from gateway.workflows.errors import pipeline_unavailable
 from gateway.workflows.ownership import owned_run, owned_run_or_start
 from gateway.workflows.tombstones import removed
@@ -25,9 +25,15 @@ MEDIA_TYPES = {"png": "image/png", "json": "application/json"}
 
 
 def workflow_state(
-    workflow_id: str, runs: DagsterRuns, results: ResultReader, store: BlobStore, caller: str
+    workflow_id: str,
+    runs: DagsterRuns,
+    results: ResultReader,
+    store: BlobStore,
+    caller: str,
+    estimates: EstimateLookup | None = None,
 ) -> WorkflowState:
-    """Status of the request's newest run; results once it completed; 410 once retention removed it."""
+    """Status of the request's newest run; results once it completed; 410 once retention removed
+    it; its queue position and ETA while running, when `estimates` knows them."""
     try:
         run = owned_run_or_start(runs, store, workflow_id, caller, cached=True)
     except HTTPException as exc:
@@ -38,12 +44,18 @@ def workflow_state(
     if isinstance(run, PendingStart):
         return state_of_start(run)
     try:
-        return state_of(workflow_id, run, runs, results)
+        return with_estimate(state_of(workflow_id, run, runs, results), run, estimates)
     except DagsterError as exc:
         raise pipeline_unavailable(exc) from exc
 
 
-def current_state(workflow_id: str, runs: DagsterRuns, results: ResultReader, store: BlobStore) -> WorkflowState | None:
+def current_state(
+    workflow_id: str,
+    runs: DagsterRuns,
+    results: ResultReader,
+    store: BlobStore,
+    estimates: EstimateLookup | None = None,
+) -> WorkflowState | None:
     """Progress while running (cheap), the full state once ended; None when the run is gone.
     Before its run exists, a workflow started in the background is its pending start."""
     run = runs.latest_run_cached(workflow_id)
@@ -55,7 +67,11 @@ def current_state(workflow_id: str, runs: DagsterRuns, results: ResultReader, st
         if run is None:
             return None
     state = progress_of(workflow_id, run)
-    return state_of(workflow_id, run, runs, results) if state.status in FINAL_STATUSES else state
+    return (
+        state_of(workflow_id, run, runs, results)
+        if state.status in FINAL_STATUSES
+        else with_estimate(state, run, estimates)
+    )
 
 
 def artifact_name(name: str) -> tuple[str, str]:
