@@ -20,7 +20,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from gateway.deps import EstimatesDep, EventStreamsDep, ResultsDep, RunsDep, SettingsDep, StoreDep
-from gateway.event_streams import RETRY_AFTER_SECONDS, SHUTDOWN_RETRY_MS, StreamLease, StreamLimitReached, Watch
+from gateway.event_streams import (
+    RETRY_AFTER_SECONDS,
+    SHUTDOWN_RETRY_MS,
+    StreamLease,
+    StreamLimitReached,
+    Watch,
+    eta_moved,
+)
 from gateway.routes.workflows import WorkflowIdPath
 from gateway.schemas import ONE_WORKFLOW, WorkflowState, error_responses
 from gateway.security import ANONYMOUS, CallerDep, client_network
@@ -41,17 +48,6 @@ def sse(event: str, data: dict[str, object], event_id: int) -> str:
 
 def _body(state: WorkflowState) -> dict[str, object]:
     return state.model_dump(exclude_none=True)
-
-
-def _eta_moved(sent: int | None, now: int | None, since_sent: float) -> bool:
-    """Whether a new ETA is worth an event: a page counts down by itself from the last one, so
-    only a change beyond that countdown (3 s or a tenth) is news; a first ETA always is."""
-    if now is None:
-        return False
-    if sent is None:
-        return True
-    counted_down = sent - since_sent
-    return abs(now - counted_down) >= max(3.0, 0.1 * max(sent, 1))
 
 
 async def _stream(workflow_id: str, watch: Watch, lease: StreamLease, settings: GatewaySettings) -> AsyncIterator[str]:
@@ -91,7 +87,7 @@ async def _stream(workflow_id: str, watch: Watch, lease: StreamLease, settings: 
                 yield sse("final", _body(state), event_id + 1)
                 return
             key = (state.status, state.currentStep, state.progress, state.queuePosition)
-            if key != last or _eta_moved(sent_eta, state.etaSeconds, time.monotonic() - last_write):
+            if key != last or eta_moved(sent_eta, state.etaSeconds, time.monotonic() - last_write):
                 event_id += 1
                 last, last_write, sent_eta = key, time.monotonic(), state.etaSeconds
                 yield sse("progress", _body(state), event_id)

@@ -7,6 +7,7 @@ dict (`FixedEstimates`): what is tested is the lookup and the bodies, not the re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from fastapi.testclient import TestClient
 
 from gateway.dagster_api.models import RunInfo
 from gateway.eta import Estimate
+from gateway.event_streams import Watch, eta_moved
+from gateway.schemas import WorkflowState
 from jewel_dagster.contract import FULL_JOB, PARTITION_TAG
 from tests.support.gateway_client import FakeDagster, gateway_with_fake_dagster
 
@@ -108,3 +111,43 @@ def test_the_event_stream_sends_them_while_running_and_not_in_the_final_event(tm
     assert all(b["etaSeconds"] in (29, 30) for b in progress), progress
     name, final = events[-1]
     assert name == "final" and final["status"] == "CANCELLED" and set(final) == SEED_FIELDS
+
+
+def test_an_eta_that_only_counts_down_is_no_news() -> None:
+    assert not eta_moved(30, 29, 1.0) and not eta_moved(30, 28, 0.5)  # counting down, within 3 s
+    assert eta_moved(30, 40, 1.0) and eta_moved(30, 20, 1.0)  # moved beyond the countdown
+    assert eta_moved(None, 12, 0.0) and not eta_moved(12, None, 0.0)  # a first one is; none is not
+    assert not eta_moved(200, 185, 0.0) and eta_moved(200, 175, 0.0)  # a tenth of a long wait
+
+
+def test_a_watch_wakes_its_listeners_for_a_new_position_not_for_a_countdown() -> None:
+    """Each running workflow's watch reads every poll; an ETA that ticks down each second must
+    not wake every listener each second (3,000 idle streams would be 3,000 wake-ups a second)."""
+    end = time.monotonic() + 60
+    reads = [0]
+
+    def read() -> WorkflowState:
+        reads[0] += 1
+        position = 3 if reads[0] < 40 else 2
+        left = round(end - time.monotonic())
+        return WorkflowState(
+            workflowId=WORKFLOW,
+            status="RUNNING",
+            progress=5,
+            currentStep="UPLOADING_IMAGE",
+            queuePosition=position,
+            etaSeconds=left,
+        )
+
+    async def watch_for_a_while() -> int:
+        watch = Watch(WORKFLOW, read, poll_seconds=0.03)
+        watch.listeners = 1
+        task = asyncio.create_task(watch.run())
+        deadline = time.monotonic() + 10
+        while reads[0] < 60 and time.monotonic() < deadline:  # ~1.8 s: the ETA ticks at least once
+            await asyncio.sleep(0.01)
+        watch.listeners = 0
+        await task
+        return watch.version
+
+    assert asyncio.run(watch_for_a_while()) == 2  # the first state, then position 2
