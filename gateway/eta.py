@@ -32,7 +32,11 @@ from dataclasses import dataclass, field
 WINDOW = 30  # samples kept per median: a few bursts' worth, so the figures follow the load
 OVERDUE_SHARE = 0.1  # a step past its median: this share of the median is still expected
 QUEUED = "QUEUED"
-DEQUEUED = frozenset({"NOT_STARTED", "STARTING"})  # left the queue, RUN_START not written yet
+# Waiting for a run slot: queued, or created and not submitted yet (a launch stores the run
+# NOT_STARTED, then the coordinator queues it: a burst of starts holds many such runs at once,
+# and counting them as runs in flight gave every queued run a free slot).
+WAITING = frozenset({QUEUED, "NOT_STARTED"})
+DEQUEUED = frozenset({"STARTING"})  # left the queue, RUN_START not written yet
 RUNNING = "STARTED"
 LAUNCH = "launch"
 TAIL = "tail"
@@ -176,8 +180,13 @@ def remaining_seconds(run: ActiveRun, medians: RollingMedians, now: float) -> fl
 
 
 def queue_order(runs: Iterable[ActiveRun]) -> list[ActiveRun]:
-    """Queued runs in the order Dagster's queue takes them: priority, then age."""
-    return sorted((r for r in runs if r.status == QUEUED), key=lambda r: (-r.priority, r.created, r.run_id))
+    """Waiting runs in the order Dagster's queue takes them: priority, then age."""
+    return sorted((r for r in runs if r.status in WAITING), key=lambda r: (-r.priority, r.created, r.run_id))
+
+
+def in_flight(runs: Iterable[ActiveRun]) -> int:
+    """Runs holding one of the run queue's slots (starting, running, cancelling)."""
+    return sum(1 for r in runs if r.status not in WAITING)
 
 
 def pool_positions(pending: Iterable[PendingStep]) -> dict[str, int]:
@@ -205,7 +214,7 @@ def estimate(
     in_pool = pool_positions(pending)
     free_at: list[float] = []
     for run in runs:
-        if run.status == QUEUED:
+        if run.status in WAITING:
             continue
         left = remaining_seconds(run, medians, now) if run.status == RUNNING or run.status in DEQUEUED else None
         ends_at = None if left is None else now + left

@@ -31,6 +31,7 @@ from gateway.eta import (
     RollingMedians,
     StepTimes,
     estimate,
+    in_flight,
     last_step_end,
     step_samples,
 )
@@ -165,11 +166,10 @@ class QueueEstimates:
         for run_id in [r for r in self._timelines if r not in active]:  # ended since: its last events, once
             timeline = self._timelines.pop(run_id)
             self._read_events(instance, run_id, timeline)
-        in_flight = sum(1 for r in runs if r.status != QUEUED)
-        queued = len(runs) - in_flight
+        holding = in_flight(runs)
         # While runs wait, the runs in flight are as many as the queue admits (its limit is in
         # dagster.yaml, which this gateway may not read); the most seen in this burst, then.
-        self._slots = max(self._slots, in_flight) if queued else in_flight
+        self._slots = max(self._slots, holding) if holding < len(runs) else holding
         pending = _pool_line(instance)
         self._estimates = estimate(runs, pending, self.medians, self._slots, time.time() if now is None else now)
 

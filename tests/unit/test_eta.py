@@ -19,6 +19,7 @@ from gateway.eta import (
     estimate,
     exec_key,
     gap_key,
+    in_flight,
     job_seconds,
     pool_positions,
     queue_order,
@@ -124,6 +125,19 @@ def test_queued_runs_take_the_slot_that_frees_first() -> None:
     assert out["q0"] == Estimate(0, pytest.approx(NOW + 14.5))
     assert out["q1"] == Estimate(1, pytest.approx(NOW + 23.0))
     assert out["q2"] == Estimate(2, pytest.approx(NOW + 26.0))
+
+
+def test_runs_not_submitted_yet_wait_behind_and_hold_no_slot() -> None:
+    # A burst of starts: runs stored NOT_STARTED, not queued yet. They must not count as runs in
+    # flight (each queued run then had a free slot: every queued ETA was the same).
+    a = running("a", steps={op: StepTimes(NOW - 9 + i, NOW - 8.5 + i) for i, op in enumerate(OPS[:3])})
+    fresh = ActiveRun("fresh", OPS, "NOT_STARTED", created=NOW - 1)
+    runs = [a, queued("q0", NOW - 2), fresh]
+    assert in_flight(runs) == 1
+    out = estimate(runs, [], medians(), run_slots=in_flight(runs), now=NOW)
+    assert out["q0"].position == 0 and out["fresh"].position == 1
+    assert out["a"].ends_at is not None and out["q0"].ends_at is not None and out["fresh"].ends_at is not None
+    assert out["a"].ends_at < out["q0"].ends_at < out["fresh"].ends_at
 
 
 def test_without_samples_positions_stay_and_times_are_unknown() -> None:
