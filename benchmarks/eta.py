@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
+import json
 import statistics
 import subprocess
 import sys
@@ -165,6 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between a request's GETs")
+    parser.add_argument("--dump", type=Path, help="write every poll and each run's times here (JSON)")
     args = parser.parse_args()
     port = free_port()
     latency_args = [a for endpoint, s in LATENCY.items() for a in ("--latency", f"{endpoint}={s}")]
@@ -182,6 +185,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+    if args.dump:
+        args.dump.write_text(json.dumps([dataclasses.asdict(r) for r in found]))
     result = errors(found)
     print(f"{args.requests} requests in a burst, polled every {args.poll:.1f} s: {took:.0f} s in all")
     with_eta, running = result["coverage"]

@@ -86,6 +86,7 @@ class ActiveRun:
     status: str  # Dagster's run status name
     created: float  # unix seconds the run was stored (the queue's tie-break)
     priority: int = 0  # the `dagster/priority` tag
+    order: int = 0  # the run storage's id: Dagster's queue takes equal priorities in this order
     dequeued: float | None = None
     started: float | None = None  # RUN_START
     steps: Mapping[str, StepTimes] = field(default_factory=dict)
@@ -143,9 +144,12 @@ def job_seconds(ops: Sequence[str], medians: RollingMedians) -> float | None:
     return total
 
 
-def remaining_seconds(run: ActiveRun, medians: RollingMedians, now: float) -> float | None:
+def remaining_seconds(
+    run: ActiveRun, medians: RollingMedians, now: float, slot_at: float | None = None
+) -> float | None:
     """Seconds until a run that left the queue ends; None when unknown (a median missing, a
-    failed step, a job of unknown steps)."""
+    failed step, a job of unknown steps). `slot_at`: when the step it waits for in a pool should
+    get its slot (`pool_starts`), in place of the step's median wait."""
     if not run.ops:
         return None
     if run.started is None:  # dequeued, its worker starting
@@ -174,14 +178,17 @@ def remaining_seconds(run: ActiveRun, medians: RollingMedians, now: float) -> fl
     times = run.steps.get(op)
     if times is not None and times.start is not None:  # running its current step
         current = max(ex - (now - times.start), OVERDUE_SHARE * ex)
-    else:  # waiting for it (a pool slot, the executor)
+    elif slot_at is not None:  # in a pool's line: its turn, the executor's overhead, its run time
+        overhead = min(g for g in (medians.median(gap_key(o)) for o in run.ops) if g is not None)
+        current = max(slot_at - now, 0.0) + overhead + ex
+    else:  # waiting for it (the executor, a pool slot it has not asked for yet)
         current = max(gap - (now - anchor), 0.0) + ex
     return current + rest
 
 
 def queue_order(runs: Iterable[ActiveRun]) -> list[ActiveRun]:
     """Waiting runs in the order Dagster's queue takes them: priority, then age."""
-    return sorted((r for r in runs if r.status in WAITING), key=lambda r: (-r.priority, r.created, r.run_id))
+    return sorted((r for r in runs if r.status in WAITING), key=lambda r: (-r.priority, r.order, r.created))
 
 
 def in_flight(runs: Iterable[ActiveRun]) -> int:
@@ -199,6 +206,34 @@ def pool_positions(pending: Iterable[PendingStep]) -> dict[str, int]:
     return positions
 
 
+def pool_starts(
+    pending: Sequence[PendingStep], runs: Mapping[str, ActiveRun], medians: RollingMedians, now: float
+) -> dict[str, float]:
+    """run id -> when its waiting step should get a pool slot: the slots' holders free them after
+    their step's median run time, and the waiting steps take them in the line's order."""
+    free: list[float] = []
+    for holder in (p for p in pending if p.assigned):
+        ex = medians.median(exec_key(holder.step_key))
+        run = runs.get(holder.run_id)
+        times = run.steps.get(holder.step_key) if run is not None else None
+        if ex is None:
+            free.append(now)
+        elif times is None or times.start is None:  # assigned, its step about to start
+            free.append(now + ex)
+        else:
+            free.append(max(times.start + ex, now + OVERDUE_SHARE * ex))
+    if not free:
+        free = [now]  # a line with no holder: a slot is about to be assigned
+    heapq.heapify(free)
+    starts: dict[str, float] = {}
+    line = sorted((p for p in pending if not p.assigned), key=lambda p: (-p.priority, p.enqueued))
+    for step in line:
+        at = heapq.heappop(free)
+        starts.setdefault(step.run_id, at)
+        heapq.heappush(free, at + (medians.median(exec_key(step.step_key)) or 0.0))
+    return starts
+
+
 def estimate(
     runs: Sequence[ActiveRun],
     pending: Sequence[PendingStep],
@@ -212,11 +247,13 @@ def estimate(
     """
     out: dict[str, Estimate] = {}
     in_pool = pool_positions(pending)
+    slot_at = pool_starts(pending, {r.run_id: r for r in runs}, medians, now)
     free_at: list[float] = []
     for run in runs:
         if run.status in WAITING:
             continue
-        left = remaining_seconds(run, medians, now) if run.status == RUNNING or run.status in DEQUEUED else None
+        going = run.status == RUNNING or run.status in DEQUEUED
+        left = remaining_seconds(run, medians, now, slot_at.get(run.run_id)) if going else None
         ends_at = None if left is None else now + left
         out[run.run_id] = Estimate(in_pool.get(run.run_id), ends_at)
         # A run we cannot estimate (cancelling, failing) is taken to free its slot now.

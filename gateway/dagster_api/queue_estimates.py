@@ -162,7 +162,7 @@ class QueueEstimates:
             if status != QUEUED:
                 timeline = timeline or self._timelines.setdefault(run.run_id, _Timeline())
                 self._read_events(instance, run.run_id, timeline)
-            runs.append(_active_run(run, status, record.create_timestamp.timestamp(), timeline))
+            runs.append(_active_run(run, status, record.create_timestamp.timestamp(), record.storage_id, timeline))
         for run_id in [r for r in self._timelines if r not in active]:  # ended since: its last events, once
             timeline = self._timelines.pop(run_id)
             self._read_events(instance, run_id, timeline)
@@ -215,20 +215,21 @@ def _ops_of_steps(steps: dict[str, StepTimes]) -> list[str]:
     return sorted((k for k, t in steps.items() if t.start is not None), key=lambda k: steps[k].start or 0.0)
 
 
-def _active_run(run: Any, status: str, created: float, timeline: _Timeline | None) -> ActiveRun:
+def _active_run(run: Any, status: str, created: float, order: int, timeline: _Timeline | None) -> ActiveRun:
     try:
         priority = int(run.tags.get(PRIORITY_TAG, 0))
     except ValueError:
         priority = 0
     ops = tuple(JOB_OPS.get(run.job_name, ()))
     if timeline is None:
-        return ActiveRun(run.run_id, ops, status, created, priority)
+        return ActiveRun(run.run_id, ops, status, created, priority, order)
     return ActiveRun(
         run.run_id,
         ops,
         status,
         created,
         priority,
+        order,
         dequeued=timeline.dequeued,
         started=timeline.started,
         steps=dict(timeline.steps),

@@ -22,6 +22,7 @@ from gateway.eta import (
     in_flight,
     job_seconds,
     pool_positions,
+    pool_starts,
     queue_order,
     remaining_seconds,
     seconds_left,
@@ -167,6 +168,29 @@ def test_positions_never_rise_as_the_queue_drains() -> None:
             if run_id in seen and found.position is not None:
                 seen[run_id].append(found.position)
     assert all(p == sorted(p, reverse=True) for p in seen.values()), seen
+
+
+def test_a_step_in_the_pools_line_waits_for_the_holders_and_the_steps_ahead() -> None:
+    holder = running("holder", steps={GENERATE_OP: StepTimes(NOW - 1)})  # 3 s: frees the slot at +2
+    first = running("first", steps={PREPARE_OP: StepTimes(NOW - 3, NOW - 2)})
+    second = running("second", steps={PREPARE_OP: StepTimes(NOW - 3, NOW - 1)})
+    line = [
+        PendingStep("holder", GENERATE_OP, NOW - 5, assigned=True),
+        PendingStep("second", SEGMENT_OP, NOW - 1, assigned=False),
+        PendingStep("first", SEGMENT_OP, NOW - 2, assigned=False),
+    ]
+    runs = {r.run_id: r for r in (holder, first, second)}
+    assert pool_starts(line, runs, medians(), NOW) == {"first": NOW + 2, "second": NOW + 4}
+    # first: its slot at +2, the smallest step overhead 0.5, segment 2; then refine, generate, tail.
+    out = estimate(list(runs.values()), line, medians(), 4, NOW)
+    assert out["first"] == Estimate(0, pytest.approx(NOW + 2 + 0.5 + 2 + 1.5 + 3.5 + 0.5))
+    assert out["second"] == Estimate(1, pytest.approx(NOW + 4 + 0.5 + 2 + 1.5 + 3.5 + 0.5))
+
+
+def test_equal_priorities_leave_the_queue_in_storage_order() -> None:
+    # SQLite stores a run's creation time to the second: a burst's runs tie, the storage id does not.
+    runs = [ActiveRun(f"r{n}", OPS, "QUEUED", created=NOW, order=n) for n in (3, 1, 2)]
+    assert [r.run_id for r in queue_order(runs)] == ["r1", "r2", "r3"]
 
 
 def test_samples_follow_the_steps_in_order() -> None:
