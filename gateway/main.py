@@ -69,7 +69,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         # One refresher a process: GET and the streams only look its snapshot up.
         estimates = None
         if resolved.status_source == "storage" and resolved.queue_estimate_seconds > 0:
-            estimates = QueueEstimates(resolved.queue_estimate_seconds)
+            reader = app.state.runs.reader
+            estimates = QueueEstimates(resolved.queue_estimate_seconds, lambda: reader.instance)
             estimates.start()
         app.state.queue_estimates = estimates
         app.state.results = ResultReader(
@@ -105,9 +106,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         await run_in_threadpool(launcher.stop)  # queued starts launched, or left for a takeover
         if dispatcher is not None:
             dispatcher.stop()
-        app.state.runs.close()
-        if estimates is not None:
+        if estimates is not None:  # before the storage it reads is closed
             await run_in_threadpool(estimates.close)
+        app.state.runs.close()
         observed.registry.unregister(figures)
         figures.close()
 

@@ -152,6 +152,9 @@ class QueueEstimates:
             self._seeded = True
         statuses = [DagsterRunStatus[s] for s in ACTIVE_STATUSES]
         records = instance.get_run_records(filters=RunsFilter(statuses=statuses), limit=MAX_ACTIVE)
+        if not records and not self._timelines:  # nothing in flight, nothing that just ended
+            self._estimates, self._slots = {}, 0
+            return
         runs: list[ActiveRun] = []
         active: set[str] = set()
         for record in records:
