@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.dagster_api.client import DagsterRuns
+from gateway.dagster_api.queue_estimates import QueueEstimates
 from gateway.event_streams import EventStreams
 from gateway.quotas import Quotas
 from gateway.results import ResultReader
@@ -57,6 +58,10 @@ async def _event_streams(request: Request) -> EventStreams:
     return request.app.state.event_streams
 
 
+def _queue_estimates(request: Request) -> QueueEstimates | None:
+    return getattr(request.app.state, "queue_estimates", None)
+
+
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
 RunsDep = Annotated[DagsterRuns, Depends(_runs)]
 StoreDep = Annotated[BlobStore, Depends(_store)]
@@ -66,3 +71,4 @@ ProvenanceDep = Annotated[ProvenanceMode, Depends(_provenance)]
 LauncherDep = Annotated[StartLauncher, Depends(_launcher)]
 EventStreamsDep = Annotated[EventStreams, Depends(_event_streams)]
 QuotasDep = Annotated[Quotas, Depends(_quotas)]
+EstimatesDep = Annotated[QueueEstimates | None, Depends(_queue_estimates)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,27 @@ class Snapshot:
     error: str | None = None
 
 
+def eta_moved(sent: int | None, now: int | None, since_sent: float) -> bool:
+    """Whether a new `etaSeconds` is news: a page counts down by itself from the last one sent,
+    so only a change beyond that countdown (3 s, or a tenth) is; a first ETA always is."""
+    if now is None:
+        return False
+    if sent is None:
+        return True
+    counted_down = sent - since_sent
+    return abs(now - counted_down) >= max(3.0, 0.1 * max(sent, 1))
+
+
+def _news(new: Snapshot, old: Snapshot | None, since: float) -> bool:
+    """Whether the listeners must hear of `new`. An ETA that only counts down is no news: without
+    this, every running workflow's watch woke all its listeners once a second."""
+    if old is None or new.error is not None or new.state is None or old.state is None:
+        return new != old or new.error is not None
+    if eta_moved(old.state.etaSeconds, new.state.etaSeconds, since):
+        return True
+    return new.state.model_copy(update={"etaSeconds": None}) != old.state.model_copy(update={"etaSeconds": None})
+
+
 class StreamLimitReached(Exception):
     """Too many open streams for this caller or in total."""
 
@@ -53,6 +75,7 @@ class Watch:
         self.listeners = 0
         self.snapshot: Snapshot | None = None
         self.version = 0  # bumped on every published snapshot
+        self._published_at = time.monotonic()
         self._read = read
         self._poll_seconds = poll_seconds
         self._changed = asyncio.Event()
@@ -60,6 +83,7 @@ class Watch:
 
     def _publish(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
+        self._published_at = time.monotonic()
         self.version += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()  # wakes every listener waiting on this tick's event, once
@@ -91,7 +115,7 @@ class Watch:
                 log.exception("event stream: reading the state of %s failed", self.workflow_id)
                 snapshot = Snapshot(None, error="the gateway could not read the workflow's state")
                 delay = self._poll_seconds * 4
-            if snapshot.error is not None or snapshot != self.snapshot:
+            if _news(snapshot, self.snapshot, time.monotonic() - self._published_at):
                 self._publish(snapshot)
             ended = snapshot.error is None and (snapshot.state is None or snapshot.state.status in FINAL_STATUSES)
             if ended:

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.dagster_api.client import DagsterRuns
+from gateway.dagster_api.queue_estimates import QueueEstimates
 from gateway.event_streams import EventStreams
 from gateway.observability.dagster_figures import DagsterFigures
 from gateway.observability.logs import configure_logging
@@ -66,6 +67,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.settings = resolved
         app.state.store = build_blob_store(resolved, inside_dagster=False)
         app.state.runs = DagsterRuns(resolved)
+        # One refresher a process: GET and the streams only look its snapshot up.
+        estimates = None
+        if resolved.status_source == "storage" and resolved.queue_estimate_seconds > 0:
+            reader = app.state.runs.reader
+            estimates = QueueEstimates(resolved.queue_estimate_seconds, lambda: reader.instance)
+            estimates.start()
+        app.state.queue_estimates = estimates
         app.state.results = ResultReader(
             app.state.store, timedelta(minutes=resolved.result_url_minutes), url_base=resolved.result_url_base
         )
@@ -102,6 +110,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         await run_in_threadpool(launcher.stop)  # queued starts launched, or left for a takeover
         if dispatcher is not None:
             dispatcher.stop()
+        if estimates is not None:  # before the storage it reads is closed
+            await run_in_threadpool(estimates.close)
         app.state.runs.close()
         observed.registry.unregister(figures)
         figures.close()

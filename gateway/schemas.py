@@ -100,6 +100,17 @@ class WorkflowState(BaseModel):
     result: dict[str, Any] | None = None
     failedStep: str | None = None
     error: str | None = None
+    # Not in the seed: absent when unknown (GET leaves out None fields).
+    queuePosition: int | None = Field(
+        default=None,
+        description="While RUNNING: runs ahead of this one in the run queue, or steps ahead of its step in the "
+        "GPU pool while it waits for a slot; absent while it runs.",
+    )
+    etaSeconds: int | None = Field(
+        default=None,
+        description="While RUNNING: seconds until it should end, from recent step durations and the work ahead; "
+        "absent until the gateway has seen a run finish.",
+    )
 
 
 class HealthResponse(BaseModel):

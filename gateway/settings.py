@@ -193,6 +193,12 @@ class GatewaySettings(PipelineSettings):
         default="",
         description="Bearer token of GET /metrics; required there whenever API keys are on (else /metrics is 403).",
     )
+    queue_estimate_seconds: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="How often the queue positions and ETAs of GET and the event streams are recomputed "
+        "from Dagster's storage (STATUS_SOURCE=storage only; 0 = off, the fields are then absent).",
+    )
     metrics_cache_seconds: float = Field(
         default=10.0, ge=0.0, description="How old the figures read from Dagster's storage may be when scraped."
     )

@@ -33,15 +33,22 @@ def encode_state(state: WorkflowState) -> bytes:
     return _STATE.dump_json(state, by_alias=True, exclude_none=True)
 
 
-def encode_progress(workflow_id: str, position: WorkflowPosition) -> bytes:
+def encode_progress(
+    workflow_id: str, position: WorkflowPosition, queue_position: int | None = None, eta_seconds: int | None = None
+) -> bytes:
     """A running state's body without building and validating a model: the four fields in the
-    model's order, compact as pydantic writes them (ids and steps are ASCII, progress an int)."""
-    fields = {
+    model's order, compact as pydantic writes them (ids and steps are ASCII, progress an int), then
+    `queuePosition` and `etaSeconds` when known (the model's last fields; None is left out)."""
+    fields: dict[str, object] = {
         "workflowId": workflow_id,
         "status": position.status,
         "progress": position.progress,
         "currentStep": position.current_step,
     }
+    if queue_position is not None:
+        fields["queuePosition"] = queue_position
+    if eta_seconds is not None:
+        fields["etaSeconds"] = eta_seconds
     return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
 
 

@@ -6,9 +6,12 @@ Kept apart from the routes so that all three answer the same thing for the same 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.models import RunInfo
+from gateway.eta import Estimate, seconds_left
 from gateway.results import ResultReader
 from gateway.schemas import WorkflowState
 from gateway.status import position_of, seed_step_of_failure
@@ -16,6 +19,9 @@ from jewel_dagster.public_names import hide_addresses
 
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 log = logging.getLogger("gateway.workflow_state")
+
+# run id -> its queue position and end time from the last background refresh (QueueEstimates.lookup).
+EstimateLookup = Callable[[str], Estimate | None]
 
 
 def public_error(message: str, run_id: str) -> str:
@@ -57,4 +63,16 @@ def state_of(workflow_id: str, run: RunInfo, runs: DagsterRuns, results: ResultR
         op = failed_op or position_of(run).failed_op
         state.failedStep = seed_step_of_failure(run, op) or state.currentStep
         state.error = public_error(message, run.run_id)
+    return state
+
+
+def with_estimate(state: WorkflowState, run: RunInfo, lookup: EstimateLookup | None) -> WorkflowState:
+    """Add `queuePosition` and `etaSeconds` while the run is RUNNING: one dict read, no I/O (the
+    snapshot is refreshed in the background, gateway.dagster_api.queue_estimates)."""
+    if lookup is None or state.status != "RUNNING":
+        return state
+    found = lookup(run.run_id)
+    if found is not None:
+        state.queuePosition = found.position
+        state.etaSeconds = seconds_left(found, time.time())
     return state

@@ -10,6 +10,7 @@ terminations and everything that changes state still go through GraphQL.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from gateway.dagster_api.errors import DagsterUnavailable
 from gateway.dagster_api.models import RunInfo
@@ -37,6 +38,12 @@ class StorageRunReader:
 
         pool_sqlite_run_storage(self._instance)
         self.events = RunEventLog(self.events_after)  # each run's asset and step events, read once
+
+    @property
+    def instance(self) -> Any:
+        """The DagsterInstance it reads, with its pooled connections: shared with the queue
+        estimates' refresher (gateway.dagster_api.queue_estimates), which closes nothing."""
+        return self._instance
 
     def runs_tagged(self, tags: dict[str, str], newest: bool = True, with_steps: bool = True) -> RunInfo | None:
         from dagster import RunsFilter

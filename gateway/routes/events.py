@@ -19,8 +19,15 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from gateway.deps import EventStreamsDep, ResultsDep, RunsDep, SettingsDep, StoreDep
-from gateway.event_streams import RETRY_AFTER_SECONDS, SHUTDOWN_RETRY_MS, StreamLease, StreamLimitReached, Watch
+from gateway.deps import EstimatesDep, EventStreamsDep, ResultsDep, RunsDep, SettingsDep, StoreDep
+from gateway.event_streams import (
+    RETRY_AFTER_SECONDS,
+    SHUTDOWN_RETRY_MS,
+    StreamLease,
+    StreamLimitReached,
+    Watch,
+    eta_moved,
+)
 from gateway.routes.workflows import WorkflowIdPath
 from gateway.schemas import ONE_WORKFLOW, WorkflowState, error_responses
 from gateway.security import ANONYMOUS, CallerDep, client_network
@@ -50,7 +57,8 @@ async def _stream(workflow_id: str, watch: Watch, lease: StreamLease, settings: 
     then releases the lease.
     """
     try:
-        last: tuple[str, str, int] | None = None
+        last: tuple[str, str, int, int | None] | None = None
+        sent_eta: int | None = None
         event_id = seen = 0
         started = last_write = time.monotonic()
         yield f"retry: {int(settings.event_poll_seconds * 4000)}\n\n"
@@ -78,10 +86,10 @@ async def _stream(workflow_id: str, watch: Watch, lease: StreamLease, settings: 
             if state.status in FINAL_STATUSES:
                 yield sse("final", _body(state), event_id + 1)
                 return
-            key = (state.status, state.currentStep, state.progress)
-            if key != last:
+            key = (state.status, state.currentStep, state.progress, state.queuePosition)
+            if key != last or eta_moved(sent_eta, state.etaSeconds, time.monotonic() - last_write):
                 event_id += 1
-                last, last_write = key, time.monotonic()
+                last, last_write, sent_eta = key, time.monotonic(), state.etaSeconds
                 yield sse("progress", _body(state), event_id)
         yield sse("timeout", {"detail": "the stream's time is up; reconnect to keep listening"}, event_id + 1)
     finally:
@@ -127,6 +135,7 @@ async def workflow_events(
     streams: EventStreamsDep,
     store: StoreDep,
     caller: CallerDep,
+    estimates: EstimatesDep,
 ) -> StreamingResponse:
     """`progress` on every step change, then `final` with what GET returns once the workflow ended.
 
@@ -143,7 +152,8 @@ async def workflow_events(
         ) from None
     try:
         await run_in_threadpool(owned_run_or_start, runs, store, workflow_id, caller, True)  # 404 before it opens
-        watch = lease.follow(workflow_id, partial(reading.current_state, workflow_id, runs, results, store))
+        lookup = estimates.lookup if estimates is not None else None
+        watch = lease.follow(workflow_id, partial(reading.current_state, workflow_id, runs, results, store, lookup))
     except BaseException:
         lease.release()
         raise

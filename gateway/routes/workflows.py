@@ -96,16 +96,26 @@ def generate_workflow(
     responses=error_responses(*ONE_WORKFLOW, 410),
 )
 async def get_workflow(workflow_id: WorkflowIdPath, request: Request, caller: CallerDep) -> Response:
-    """Status of the request's newest run; results once it completed; 410 once retention removed it."""
+    """Status of the request's newest run; results once it completed; 410 once retention removed it.
+    While it runs, `queuePosition` and `etaSeconds` when the gateway knows them."""
     # What every poll of a running request asks: answered on the event loop from the status cache
     # when it can be (no thread hand-off, no model validated); anything that reads, on a thread.
     # The clients come from app.state, not as dependencies: FastAPI solves each dependency on every
     # request (~20 us apiece, the largest cost left in this route once it answers from memory).
     state = request.app.state
-    body = reading.remembered_body(workflow_id, state.runs, caller)
+    estimates = getattr(state, "queue_estimates", None)
+    lookup = estimates.lookup if estimates is not None else None
+    body = reading.remembered_body(workflow_id, state.runs, caller, lookup)
     if body is None:
         body = await run_in_threadpool(
-            reading.workflow_body, workflow_id, state.runs, state.results, state.store, caller, state.finished_bodies
+            reading.workflow_body,
+            workflow_id,
+            state.runs,
+            state.results,
+            state.store,
+            caller,
+            state.finished_bodies,
+            lookup,
         )
     return Response(content=body, media_type="application/json")
 

@@ -84,6 +84,26 @@ function showProgress(s) {
   $("step-name").textContent = s.currentStep;
   $("progress-value").textContent = s.progress;
   $("bar-fill").style.width = `${s.progress}%`;
+  showEta(s);
+}
+
+// "N ahead of you in the queue · about N s left": the gateway sends a new ETA only when it moves
+// beyond this countdown, so the page counts down by itself in between (never below 1 s).
+let etaTimer = null;
+function showEta(s) {
+  clearInterval(etaTimer);
+  etaTimer = null;
+  const running = s.status === undefined || s.status === "RUNNING";
+  const ahead = running && s.queuePosition != null ? `${s.queuePosition} ahead of you in the queue` : "";
+  const until = running && s.etaSeconds != null ? Date.now() + s.etaSeconds * 1000 : null;
+  const render = () => {
+    const left = until === null ? "" : `about ${Math.max(1, Math.round((until - Date.now()) / 1000))} s left`;
+    const text = [ahead, left].filter(Boolean).join(" · ");
+    $("eta").textContent = text;
+    $("eta").hidden = !text;
+  };
+  render();
+  if (until !== null) etaTimer = setInterval(render, 1000);
 }
 
 // Resolves with the final state (what GET returns once the workflow ended).
@@ -138,6 +158,7 @@ function ended(s) {
     showProgress(s);
     return true;
   }
+  showEta(s); // ended: no ETA left to count down
   const step = s.failedStep ? ` at ${s.failedStep}` : "";
   showError(s.status === "CANCELLED" ? "The workflow was cancelled." : `The workflow failed${step}: ${s.error || "no reason given"}`);
   return false;

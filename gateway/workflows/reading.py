@@ -4,18 +4,20 @@ and one of its stored artifacts."""
 from __future__ import annotations
 
 import re
+import time
 
 from fastapi import HTTPException, status
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError
+from gateway.eta import seconds_left
 from gateway.results import ResultReader
 from gateway.schemas import WorkflowState
 from gateway.security import ANONYMOUS
 from gateway.starts import PendingStart, read_start, state_of_start
 from gateway.state_bodies import FinishedBodies, encode_progress, encode_state
 from gateway.status import position_of
-from gateway.workflow_state import FINAL_STATUSES, progress_of, state_of
+from gateway.workflow_state import FINAL_STATUSES, EstimateLookup, progress_of, state_of, with_estimate
 from gateway.workflows.errors import pipeline_unavailable
 from gateway.workflows.ownership import WORKFLOW_ID, owned_run, owned_run_or_start
 from gateway.workflows.tombstones import removed
@@ -28,7 +30,9 @@ MEDIA_TYPES = {"png": "image/png", "json": "application/json"}
 ENDED_RUN_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCELED"})  # Dagster's: the run never changes again
 
 
-def remembered_body(workflow_id: str, runs: DagsterRuns, caller: str) -> bytes | None:
+def remembered_body(
+    workflow_id: str, runs: DagsterRuns, caller: str, estimates: EstimateLookup | None = None
+) -> bytes | None:
     """The body of a running request's GET when memory answers it (the status cache holds its
     running run, the caller's by the run's owner tag), else None: `workflow_body` must be asked.
 
@@ -43,16 +47,26 @@ def remembered_body(workflow_id: str, runs: DagsterRuns, caller: str) -> bytes |
     position = position_of(run)
     if position.status in FINAL_STATUSES:
         return None  # (a running run kept by age is not final; `workflow_body` keeps final bodies)
-    return encode_progress(workflow_id, position)
+    found = estimates(run.run_id) if estimates is not None and position.status == "RUNNING" else None
+    if found is None:
+        return encode_progress(workflow_id, position)
+    return encode_progress(workflow_id, position, found.position, seconds_left(found, time.time()))
 
 
 def workflow_body(
-    workflow_id: str, runs: DagsterRuns, results: ResultReader, store: BlobStore, caller: str, bodies: FinishedBodies
+    workflow_id: str,
+    runs: DagsterRuns,
+    results: ResultReader,
+    store: BlobStore,
+    caller: str,
+    bodies: FinishedBodies,
+    estimates: EstimateLookup | None = None,
 ) -> bytes:
     """`workflow_state` encoded; a finished run's body is encoded once and kept by its run id.
 
     Ownership and the 410 are checked first, at every GET, as `workflow_state` checks them: a kept
-    body is answered only once the request's newest run is still that run and the caller's."""
+    body is answered only once the request's newest run is still that run and the caller's. While
+    it runs, its queue position and ETA when `estimates` knows them."""
     try:
         run = owned_run_or_start(runs, store, workflow_id, caller, cached=True)
     except HTTPException as exc:
@@ -67,7 +81,7 @@ def workflow_body(
     if final and (kept := bodies.get(run.run_id)) is not None:
         return kept
     try:
-        body = encode_state(state_of(workflow_id, run, runs, results))
+        body = encode_state(with_estimate(state_of(workflow_id, run, runs, results), run, estimates))
     except DagsterError as exc:
         raise pipeline_unavailable(exc) from exc
     if final:
@@ -75,7 +89,13 @@ def workflow_body(
     return body
 
 
-def current_state(workflow_id: str, runs: DagsterRuns, results: ResultReader, store: BlobStore) -> WorkflowState | None:
+def current_state(
+    workflow_id: str,
+    runs: DagsterRuns,
+    results: ResultReader,
+    store: BlobStore,
+    estimates: EstimateLookup | None = None,
+) -> WorkflowState | None:
     """Progress while running (cheap), the full state once ended; None when the run is gone.
     Before its run exists, a workflow started in the background is its pending start."""
     run = runs.latest_run_cached(workflow_id)
@@ -87,7 +107,11 @@ def current_state(workflow_id: str, runs: DagsterRuns, results: ResultReader, st
         if run is None:
             return None
     state = progress_of(workflow_id, run)
-    return state_of(workflow_id, run, runs, results) if state.status in FINAL_STATUSES else state
+    return (
+        state_of(workflow_id, run, runs, results)
+        if state.status in FINAL_STATUSES
+        else with_estimate(state, run, estimates)
+    )
 
 
 def artifact_name(name: str) -> tuple[str, str]:

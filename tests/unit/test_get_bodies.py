@@ -5,6 +5,7 @@ loop; ownership and the 410 still come first."""
 from __future__ import annotations
 
 import io
+import time
 import json
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from gateway import state_bodies
+from gateway.eta import Estimate
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.models import RunInfo
 from gateway.schemas import WorkflowState
@@ -121,6 +123,40 @@ def test_a_running_body_is_encoded_as_the_model_would_be() -> None:
             workflowId="w", status=position.status, progress=position.progress, currentStep=position.current_step
         )
         assert encode_progress("w", position) == encode_state(model)
+
+
+def test_a_running_get_from_memory_carries_the_queue_estimate(
+    client: TestClient, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event-loop path adds `queuePosition` and `etaSeconds` as the model path does."""
+    rid = _rid()
+    run_id = _run(instance, rid, dg.DagsterRunStatus.STARTED)
+    client.app.state.settings.status_cache_seconds = 60.0  # type: ignore[attr-defined]  (no expiry in the test)
+    client.get(f"/workflow/{rid}")  # read on a thread, kept by the status cache
+
+    class Estimates:
+        def lookup(self, wanted: str) -> Estimate | None:
+            return Estimate(position=3, ends_at=time.time() + 41.6) if wanted == run_id else None
+
+    monkeypatch.setattr(client.app.state, "queue_estimates", Estimates(), raising=False)
+    slow: list[str] = []
+    real = reading.workflow_body
+    monkeypatch.setattr(reading, "workflow_body", lambda *args: slow.append(args[0]) or real(*args))
+    answer = client.get(f"/workflow/{rid}")
+    assert slow == [], "answered from memory"
+    body = answer.json()
+    assert body["queuePosition"] == 3 and body["etaSeconds"] in (41, 42), body
+    assert list(body)[-2:] == ["queuePosition", "etaSeconds"]  # the model's order
+    position = position_of(RunInfo(run_id, FULL_JOB, "STARTED"))
+    model = WorkflowState(
+        workflowId=rid,
+        status=position.status,
+        progress=position.progress,
+        currentStep=position.current_step,
+        queuePosition=3,
+        etaSeconds=body["etaSeconds"],
+    )
+    assert encode_progress(rid, position, 3, body["etaSeconds"]) == encode_state(model)
 
 
 def test_a_finished_body_is_encoded_once(

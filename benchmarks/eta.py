@@ -1,0 +1,210 @@
+"""Issue 33.2: how honest `etaSeconds` is, and whether `queuePosition` ever rises.
+
+    .venv/bin/python -m benchmarks.eta [--requests 40] [--poll 1.0]
+
+A burst of requests (posted at once) against the whole stack with the reference model server's
+latencies (SAM3 1.0 s, Flux 3.0 s, Gemini 2.0 s, as benchmarks.burst and critical_path), after
+one warm-up request (a gateway that has seen no run has no medians yet). Every `--poll` seconds
+each unfinished request is read with GET; once all ended, each run's actual end (and RUN_START)
+is read from Dagster's storage, so the error is measured against the true end, not the next poll.
+
+For each poll: |etaSeconds - actual remaining| as a share of the actual remaining, for polls at
+least 1 s before the end (closer, a rounding second is a large share). Reported "once started"
+(after the run's RUN_START; the target: median <= 20 %) and while queued, with a naive baseline in
+the same run: the reference latencies of the model steps not done yet (SAM3 1 s until the mask is
+made, then max(Flux, Gemini) 3 s), the queue ignored. Also: how many polls had an ETA, and whether
+any request's position rose within one wait (the target: never) or a later wait began above where
+the previous one ended (run queue, then the GPU pool: different lines; told apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.common import BENCH_ENV, BODY, final_state, percentile
+from devtools.reference_server import service_env
+from devtools.stack import REPO_ROOT, free_port, temporary_stack, wait_for_http
+from jewel_dagster.contract import PARTITION_TAG, STEP_PROGRESS
+
+LATENCY = {"sam3/segment": 1.0, "a100/generate": 3.0, "gemini/generate-content": 2.0}
+MIN_REMAINING = 1.0  # polls closer to the end than this are not scored
+TARGET_PERCENT = 20.0
+
+
+@dataclass
+class Poll:
+    at: float  # unix seconds
+    status: str
+    progress: int
+    position: int | None
+    eta: int | None
+
+
+@dataclass
+class Request:
+    workflow_id: str
+    polls: list[Poll] = field(default_factory=list)
+    started: float | None = None  # RUN_START
+    ended: float | None = None
+
+
+def naive_eta(progress: int) -> float:
+    """The reference latencies of the model steps still to come, the queue ignored."""
+    mask_left = LATENCY["sam3/segment"] if progress <= STEP_PROGRESS["GENERATING_MASK"] else 0.0
+    generate = max(LATENCY["a100/generate"], LATENCY["gemini/generate-content"])
+    return mask_left + (generate if progress <= STEP_PROGRESS["GENERATING_IMAGES"] else 0.0)
+
+
+def position_rises(polls: list[Poll]) -> tuple[int, int]:
+    """(rises within one wait, waits that began above where the previous wait ended)."""
+    within = across = 0
+    previous: int | None = None
+    last_wait_end: int | None = None
+    for poll in polls:
+        if poll.position is None:
+            if previous is not None:
+                last_wait_end = previous
+            previous = None
+            continue
+        if previous is not None and poll.position > previous:
+            within += 1
+        if previous is None and last_wait_end is not None and poll.position > last_wait_end:
+            across += 1
+        previous = poll.position
+    return within, across
+
+
+def burst(base_url: str, requests: int, poll_seconds: float, home: str) -> list[Request]:
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        warm = client.post("/workflow/start", json=BODY).json()["workflowId"]
+        if final_state(client, warm)["status"] != "COMPLETED":
+            raise RuntimeError("the warm-up request did not complete")
+        time.sleep(2 * poll_seconds)  # the refresher has seen it end
+
+        def post(_: int) -> str:
+            return str(client.post("/workflow/start", json=BODY).json()["workflowId"])
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            found = [Request(w) for w in pool.map(post, range(requests))]
+        open_ = list(found)
+        deadline = time.monotonic() + 1800
+        while open_ and time.monotonic() < deadline:
+            tick = time.monotonic()
+            for request in list(open_):
+                response = client.get(f"/workflow/{request.workflow_id}")
+                if response.status_code != 200:
+                    raise RuntimeError(f"GET answered {response.status_code}: {response.text[:200]}")
+                body = response.json()
+                request.polls.append(
+                    Poll(
+                        time.time(), body["status"], body["progress"], body.get("queuePosition"), body.get("etaSeconds")
+                    )
+                )
+                if body["status"] != "RUNNING":
+                    if body["status"] != "COMPLETED":
+                        raise RuntimeError(f"{request.workflow_id} ended {body['status']}: {body.get('error')}")
+                    open_.remove(request)
+            time.sleep(max(0.0, poll_seconds - (time.monotonic() - tick)))
+        if open_:
+            raise RuntimeError(f"{len(open_)} requests did not end in 30 minutes")
+    _read_run_times(home, found)
+    return found
+
+
+def _read_run_times(home: str, found: list[Request]) -> None:
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(home)
+    try:
+        for request in found:
+            records = instance.get_run_records(dg.RunsFilter(tags={PARTITION_TAG: request.workflow_id}), limit=1)
+            request.started, request.ended = records[0].start_time, records[0].end_time
+    finally:
+        instance.dispose()
+
+
+def errors(found: list[Request]) -> dict[str, Any]:
+    scored: dict[str, list[float]] = {"ours started": [], "naive started": [], "ours queued": [], "naive queued": []}
+    running_polls = with_eta = 0
+    for request in found:
+        assert request.started is not None and request.ended is not None
+        for poll in request.polls:
+            if poll.status != "RUNNING":
+                continue
+            running_polls += 1
+            with_eta += poll.eta is not None
+            left = request.ended - poll.at
+            if left < MIN_REMAINING:
+                continue
+            phase = "started" if poll.at >= request.started else "queued"
+            if poll.eta is not None:
+                scored[f"ours {phase}"].append(100 * abs(poll.eta - left) / left)
+            scored[f"naive {phase}"].append(100 * abs(naive_eta(poll.progress) - left) / left)
+    rises = [position_rises(r.polls) for r in found]
+    return {
+        "scored": scored,
+        "coverage": (with_eta, running_polls),
+        "rises_within": sum(r[0] for r in rises),
+        "rises_across": sum(r[1] for r in rises),
+        "requests_with_rise": sum(1 for r in rises if r[0]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--poll", type=float, default=1.0, help="seconds between a request's GETs")
+    parser.add_argument("--dump", type=Path, help="write every poll and each run's times here (JSON)")
+    args = parser.parse_args()
+    port = free_port()
+    latency_args = [a for endpoint, s in LATENCY.items() for a in ("--latency", f"{endpoint}={s}")]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "devtools.reference_server", "--port", str(port), *latency_args], cwd=REPO_ROOT
+    )
+    base = f"http://127.0.0.1:{port}"
+    env = {**service_env(base), "GEMINI_API_KEY": "reference-server", "GEMINI_BASE_URL": f"{base}/gemini", **BENCH_ENV}
+    try:
+        wait_for_http(f"{base}/sam3/health", 60, server)
+        with tempfile.TemporaryDirectory() as root, temporary_stack(Path(root), env) as stack:
+            began = time.monotonic()
+            found = burst(stack.gateway_url, args.requests, args.poll, stack.env["DAGSTER_HOME"])
+            took = time.monotonic() - began
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    if args.dump:
+        args.dump.write_text(json.dumps([dataclasses.asdict(r) for r in found]))
+    result = errors(found)
+    print(f"{args.requests} requests in a burst, polled every {args.poll:.1f} s: {took:.0f} s in all")
+    with_eta, running = result["coverage"]
+    print(f"polls while RUNNING with an etaSeconds: {with_eta}/{running}")
+    print(f"absolute error, as a share of the actual remaining (polls >= {MIN_REMAINING:.0f} s before the end):")
+    for name, values in result["scored"].items():
+        middle = statistics.median(values) if values else float("nan")
+        print(f"{name:>15}: n={len(values):4d} median {middle:6.1f} % p95 {percentile(values, 95):6.1f} %")
+    print(
+        f"queuePosition rose within a wait: {result['rises_within']} times "
+        f"({result['requests_with_rise']} requests); a later wait (the GPU pool after the run queue) "
+        f"began above where the previous one ended: {result['rises_across']} times"
+    )
+    ours = result["scored"]["ours started"]
+    median = statistics.median(ours) if ours else float("inf")
+    verdict = "meets" if median <= TARGET_PERCENT and result["rises_within"] == 0 else "MISSES"
+    print(f"target: median <= {TARGET_PERCENT:.0f} % once started, no rise: {verdict}")
+
+
+if __name__ == "__main__":
+    main()

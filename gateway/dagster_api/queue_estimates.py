@@ -1,0 +1,259 @@
+"""The queue snapshot behind `queuePosition` and `etaSeconds`: one background refresh a second
+per gateway process, so that GET and the event streams only look a run id up in a dict.
+
+Each refresh reads, through Dagster's instance API on the storage under DAGSTER_HOME (as
+`storage_reader` and /metrics do): the runs not ended yet (one query), the new step and run
+events of the runs in flight (one incremental read each: a handful, as the run queue admits
+few at once), and the `gpu` pool's line (one query). Finished steps and runs feed the rolling
+medians; `gateway.eta` turns it all into positions and end times. Asking this per GET would
+cost every poll those reads; a snapshot a second old is what a person watching needs.
+
+Where the storage cannot be read (a deployment whose gateway has no DAGSTER_HOME), the fields
+are simply absent: they are optional in the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gateway.eta import (
+    LAUNCH,
+    QUEUED,
+    TAIL,
+    ActiveRun,
+    Estimate,
+    PendingStep,
+    RollingMedians,
+    StepTimes,
+    estimate,
+    in_flight,
+    last_step_end,
+    step_samples,
+)
+from jewel_dagster.contract import GPU_POOL, JOB_OPS
+
+log = logging.getLogger("gateway.queue_estimates")
+
+ACTIVE_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+MAX_ACTIVE = 10_000  # runs read a refresh: far beyond any queue this deployment keeps
+SEED_RUNS = 10  # finished runs read once at start, so the first estimates need no warm-up
+PRIORITY_TAG = "dagster/priority"
+_EVENTS = (
+    "RUN_DEQUEUED",
+    "RUN_STARTING",
+    "RUN_START",
+    "RUN_SUCCESS",
+    "STEP_START",
+    "STEP_UP_FOR_RETRY",
+    "STEP_RESTARTED",
+    "STEP_SUCCESS",
+    "STEP_SKIPPED",
+    "STEP_FAILURE",
+)
+
+
+@dataclass
+class _Timeline:
+    """One run's events so far, folded; `sampled` names the steps already given to the medians."""
+
+    cursor: str | None = None
+    dequeued: float | None = None
+    started: float | None = None
+    ended: float | None = None
+    steps: dict[str, StepTimes] = field(default_factory=dict)
+    sampled: set[str] = field(default_factory=set)
+    tail_sampled: bool = False
+
+    def fold(self, kind: str, step_key: str | None, at: float) -> None:
+        if kind in ("RUN_DEQUEUED", "RUN_STARTING"):
+            self.dequeued = self.dequeued if self.dequeued is not None else at
+        elif kind == "RUN_START":
+            self.started = at
+        elif kind == "RUN_SUCCESS":
+            self.ended = at
+        elif step_key is not None:
+            known = self.steps.get(step_key, StepTimes())
+            if kind == "STEP_START":
+                self.steps[step_key] = StepTimes(start=at)
+            elif kind in ("STEP_UP_FOR_RETRY", "STEP_RESTARTED"):
+                self.steps[step_key] = replace(known, end=None)
+            elif kind in ("STEP_SUCCESS", "STEP_SKIPPED"):
+                self.steps[step_key] = replace(known, end=at)
+            elif kind == "STEP_FAILURE":
+                self.steps[step_key] = replace(known, failed=True)
+
+
+class QueueEstimates:
+    """Refreshes the snapshot every `interval` s in a daemon thread; `lookup` is a dict read."""
+
+    def __init__(self, interval: float, instance_factory: Callable[[], Any] | None = None) -> None:
+        self._interval = interval
+        self._factory = instance_factory or _default_instance
+        self._instance: Any = None
+        self.medians = RollingMedians()
+        self._timelines: dict[str, _Timeline] = {}
+        self._estimates: dict[str, Estimate] = {}
+        self._slots = 0
+        self._seeded = False
+        self._up = True
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def lookup(self, run_id: str) -> Estimate | None:
+        """The run's position and end time as of the last refresh: one dict read."""
+        return self._estimates.get(run_id)
+
+    def start(self) -> None:
+        if self._interval <= 0 or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="queue-estimates", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._instance is not None and self._factory is _default_instance:
+            self._instance.dispose()
+        self._instance = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            delay = self._interval
+            try:
+                self.refresh()
+                if not self._up:
+                    log.info("queue estimates: Dagster's storage answers again")
+                self._up = True
+            except Exception as exc:  # the storage is down or not configured: no estimates, say it once
+                if self._up:
+                    log.warning("queue estimates: Dagster's storage did not answer: %s: %s", type(exc).__name__, exc)
+                self._up = False
+                self._estimates = {}
+                delay = max(self._interval, 10.0)
+            self._stop.wait(delay)
+
+    # ------------------------------------------------------------------ one refresh
+
+    def refresh(self, now: float | None = None) -> None:
+        """Read the storage once and replace the snapshot (the loop calls it; tests call it)."""
+        from dagster import DagsterRunStatus, RunsFilter
+
+        if self._instance is None:
+            self._instance = self._factory()
+        instance = self._instance
+        if not self._seeded:
+            self._seed(instance)
+            self._seeded = True
+        statuses = [DagsterRunStatus[s] for s in ACTIVE_STATUSES]
+        records = instance.get_run_records(filters=RunsFilter(statuses=statuses), limit=MAX_ACTIVE)
+        if not records and not self._timelines:  # nothing in flight, nothing that just ended
+            self._estimates, self._slots = {}, 0
+            return
+        runs: list[ActiveRun] = []
+        active: set[str] = set()
+        for record in records:
+            run = record.dagster_run
+            active.add(run.run_id)
+            status = run.status.name
+            timeline = self._timelines.get(run.run_id) if status != QUEUED else None
+            if status != QUEUED:
+                timeline = timeline or self._timelines.setdefault(run.run_id, _Timeline())
+                self._read_events(instance, run.run_id, timeline)
+            runs.append(_active_run(run, status, record.create_timestamp.timestamp(), record.storage_id, timeline))
+        for run_id in [r for r in self._timelines if r not in active]:  # ended since: its last events, once
+            timeline = self._timelines.pop(run_id)
+            self._read_events(instance, run_id, timeline)
+        holding = in_flight(runs)
+        # While runs wait, the runs in flight are as many as the queue admits (its limit is in
+        # dagster.yaml, which this gateway may not read); the most seen in this burst, then.
+        self._slots = max(self._slots, holding) if holding < len(runs) else holding
+        pending = _pool_line(instance)
+        self._estimates = estimate(runs, pending, self.medians, self._slots, time.time() if now is None else now)
+
+    def _read_events(self, instance: Any, run_id: str, timeline: _Timeline) -> None:
+        from dagster import DagsterEventType
+
+        found = instance.get_records_for_run(
+            run_id, cursor=timeline.cursor, of_type={DagsterEventType[kind] for kind in _EVENTS}
+        )
+        for record in found.records:
+            entry = record.event_log_entry
+            if entry.dagster_event is not None:
+                timeline.fold(entry.dagster_event.event_type.name, entry.dagster_event.step_key, entry.timestamp)
+        timeline.cursor = found.cursor or timeline.cursor
+        self._sample(run_id, timeline)
+
+    def _sample(self, run_id: str, timeline: _Timeline) -> None:
+        """Give the medians what this run finished since the last look."""
+        job_ops = tuple(op for op in _ops_of_steps(timeline.steps))
+        view = ActiveRun(run_id, job_ops, "STARTED", 0.0, started=timeline.started, steps=timeline.steps)
+        fresh = [s for s in step_samples(view) if s[0] not in timeline.sampled]
+        if fresh and timeline.started is not None and timeline.dequeued is not None and not timeline.sampled:
+            self.medians.add(LAUNCH, timeline.started - timeline.dequeued)
+        for op, key, seconds, _ in fresh:
+            self.medians.add(key, seconds)
+            timeline.sampled.add(op)
+        last = last_step_end(view)
+        if timeline.ended is not None and last is not None and not timeline.tail_sampled:
+            self.medians.add(TAIL, timeline.ended - last)
+            timeline.tail_sampled = True
+
+    def _seed(self, instance: Any) -> None:
+        """The medians of the last few successful runs: right after a restart, estimates at once."""
+        from dagster import DagsterRunStatus, RunsFilter
+
+        records = instance.get_run_records(filters=RunsFilter(statuses=[DagsterRunStatus.SUCCESS]), limit=SEED_RUNS)
+        for record in reversed(records):  # oldest first: the newest stay in the window
+            self._read_events(instance, record.dagster_run.run_id, _Timeline())
+
+
+def _ops_of_steps(steps: dict[str, StepTimes]) -> list[str]:
+    """The steps a run ran, in the order they started (samples need the one before each)."""
+    return sorted((k for k, t in steps.items() if t.start is not None), key=lambda k: steps[k].start or 0.0)
+
+
+def _active_run(run: Any, status: str, created: float, order: int, timeline: _Timeline | None) -> ActiveRun:
+    try:
+        priority = int(run.tags.get(PRIORITY_TAG, 0))
+    except ValueError:
+        priority = 0
+    ops = tuple(JOB_OPS.get(run.job_name, ()))
+    if timeline is None:
+        return ActiveRun(run.run_id, ops, status, created, priority, order)
+    return ActiveRun(
+        run.run_id,
+        ops,
+        status,
+        created,
+        priority,
+        order,
+        dequeued=timeline.dequeued,
+        started=timeline.started,
+        steps=dict(timeline.steps),
+    )
+
+
+def _pool_line(instance: Any) -> list[PendingStep]:
+    info = instance.event_log_storage.get_concurrency_info(GPU_POOL)
+    return [
+        PendingStep(
+            p.run_id,
+            p.step_key,
+            p.enqueued_timestamp.timestamp(),
+            p.assigned_timestamp is not None,
+            p.priority or 0,
+        )
+        for p in info.pending_steps
+    ]
+
+
+def _default_instance() -> Any:
+    from dagster import DagsterInstance
+
+    return DagsterInstance.get()
