@@ -5,8 +5,8 @@ loop; ownership and the 410 still come first."""
 from __future__ import annotations
 
 import io
-import time
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from gateway import state_bodies
-from gateway.eta import Estimate
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.models import RunInfo
+from gateway.eta import Estimate
 from gateway.schemas import WorkflowState
 from gateway.security import caller_id
 from gateway.state_bodies import FinishedBodies, encode_progress, encode_state
