@@ -232,13 +232,21 @@ class Stack:
         """A gateway process (another replica when given another ``name`` and ``port``, settings of
         its own in ``env``); its URL. `python -m gateway` listens on API_PORT and BIND_HOST, as a
         deployment's would."""
+        url = self._spawn_gateway(name, port, env)
+        self.wait_for_gateway(url, name, timeout)
+        return url
+
+    def _spawn_gateway(
+        self, name: str = "gateway", port: int | None = None, env: Mapping[str, str] | None = None
+    ) -> str:
         port = port or self.gateway_port
         self._spawn(
             name, [sys.executable, "-m", "gateway", "--log-level", "warning"], {**(env or {}), "API_PORT": str(port)}
         )
-        url = f"http://{self.host}:{port}"
+        return f"http://{self.host}:{port}"
+
+    def wait_for_gateway(self, url: str, name: str = "gateway", timeout: float = 60.0) -> None:
         wait_for_http(f"{url}/health", timeout, self.processes[name])
-        return url
 
     def start_workers(self, count: int, concurrency: int = 2, timeout: float = 120.0) -> None:
         """``count`` Celery workers (`worker0`, ...; Celery names `w0@host`, ...), each running
@@ -280,10 +288,20 @@ class Stack:
             app.close()
 
     def start(self) -> None:
+        """Every process; the gateway (~2 CPU-s of imports, 4-8 s of wall time on a busy machine)
+        starts beside Dagster's processes instead of after them: it needs only the instance's
+        files, which exist before any process starts, unless the storage is PostgreSQL, whose
+        first process creates the schema (two at once can collide on its migrations), so there
+        the gateway waits for the webserver as before."""
+        early = not self.env.get("DAGSTER_PG_URL")
+        url = self._spawn_gateway() if early else None
         self.start_dagster()
         if self.celery:
             self.start_workers(int(self.env.get("CELERY_WORKERS", "2")), int(self.env.get("CELERY_CONCURRENCY", "2")))
-        self.start_gateway()
+        if url is None:
+            self.start_gateway()
+        else:
+            self.wait_for_gateway(url)
 
     def stop(self, names: tuple[str, ...] | None = None, grace: float = 10.0) -> None:
         """SIGTERM each process group, then SIGKILL what is still alive after ``grace``."""
