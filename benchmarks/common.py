@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: percentiles, a request body, wrk and a process's CPU time."""
+"""Shared by the benchmark scripts: percentiles, a request body, wrk, a process's CPU time and the
+reference model server with latencies."""
 
 from __future__ import annotations
 
@@ -149,3 +150,26 @@ def run_wrk(base_url: str, lua: str, connections: int, seconds: float, server_pi
         cpu_ms=cpu * 1000 / count if server_pid and count else None,
         raw=out,
     )
+
+
+@contextmanager
+def reference_services(latency: dict[str, float]) -> Iterator[dict[str, str]]:
+    """The reference model server on a free port with added ``latency`` (endpoint -> seconds);
+    yields the environment that points the model services and Gemini at it; stops it after."""
+    import sys
+
+    from devtools.reference_server import service_env
+    from devtools.stack import free_port, wait_for_http
+
+    port = free_port()
+    latency_args = [a for endpoint, s in latency.items() for a in ("--latency", f"{endpoint}={s}")]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "devtools.reference_server", "--port", str(port), *latency_args], cwd=REPO_ROOT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/sam3/health", 60, server)
+        yield {**service_env(base), "GEMINI_API_KEY": "reference-server", "GEMINI_BASE_URL": f"{base}/gemini"}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

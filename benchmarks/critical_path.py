@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from benchmarks.common import BENCH_ENV, BODY, final_state, percentile
-from devtools.reference_server import service_env
-from devtools.stack import REPO_ROOT, free_port, temporary_stack, wait_for_http
+from benchmarks.common import BENCH_ENV, BODY, final_state, percentile, reference_services
+from devtools.stack import temporary_stack
 
 LATENCY = {"sam3/segment": 1.0, "a100/generate": 3.0, "gemini/generate-content": 2.0}
 SETUPS = {
@@ -56,21 +53,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5)
     parser.add_argument("--only", choices=list(SETUPS), action="append", help="run only these setups")
     args = parser.parse_args()
-    port = free_port()
-    latency_args = [a for endpoint, s in LATENCY.items() for a in ("--latency", f"{endpoint}={s}")]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "devtools.reference_server", "--port", str(port), *latency_args], cwd=REPO_ROOT
-    )
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **service_env(base),
-        "GEMINI_API_KEY": "reference-server",
-        "GEMINI_BASE_URL": f"{base}/gemini",
-        **BENCH_ENV,
-    }
     results: dict[str, list[float]] = {}
-    try:
-        wait_for_http(f"{base}/sam3/health", 60, server)
+    with reference_services(LATENCY) as services:
+        env = {**services, **BENCH_ENV}
         for name in args.only or SETUPS:
             samples = results[name] = run_requests({**env, **SETUPS[name]}, args.requests)
             print(
@@ -79,9 +64,6 @@ def main() -> None:
                 f"{statistics.median(samples) - CRITICAL_PATH:.2f} s",
                 flush=True,
             )
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     if "ours" in results:
         ours = statistics.median(results["ours"])
         for baseline in [b for b in results if b != "ours"]:

@@ -24,8 +24,6 @@ import concurrent.futures
 import dataclasses
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -34,9 +32,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import BENCH_ENV, BODY, final_state, percentile
-from devtools.reference_server import service_env
-from devtools.stack import REPO_ROOT, free_port, temporary_stack, wait_for_http
+from benchmarks.common import BENCH_ENV, BODY, final_state, percentile, reference_services
+from devtools.stack import temporary_stack
 from jewel_dagster.contract import PARTITION_TAG, STEP_PROGRESS
 
 LATENCY = {"sam3/segment": 1.0, "a100/generate": 3.0, "gemini/generate-content": 2.0}
@@ -169,22 +166,11 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between a request's GETs")
     parser.add_argument("--dump", type=Path, help="write every poll and each run's times here (JSON)")
     args = parser.parse_args()
-    port = free_port()
-    latency_args = [a for endpoint, s in LATENCY.items() for a in ("--latency", f"{endpoint}={s}")]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "devtools.reference_server", "--port", str(port), *latency_args], cwd=REPO_ROOT
-    )
-    base = f"http://127.0.0.1:{port}"
-    env = {**service_env(base), "GEMINI_API_KEY": "reference-server", "GEMINI_BASE_URL": f"{base}/gemini", **BENCH_ENV}
-    try:
-        wait_for_http(f"{base}/sam3/health", 60, server)
-        with tempfile.TemporaryDirectory() as root, temporary_stack(Path(root), env) as stack:
+    with reference_services(LATENCY) as services, tempfile.TemporaryDirectory() as root:
+        with temporary_stack(Path(root), {**services, **BENCH_ENV}) as stack:
             began = time.monotonic()
             found = burst(stack.gateway_url, args.requests, args.poll, stack.env["DAGSTER_HOME"])
             took = time.monotonic() - began
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     if args.dump:
         args.dump.write_text(json.dumps([dataclasses.asdict(r) for r in found]))
     result = errors(found)

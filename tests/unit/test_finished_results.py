@@ -20,6 +20,7 @@ from gateway.dagster_api.storage_reader import StorageRunReader
 from jewel_dagster.contract import FULL_JOB, PARTITION_TAG, PARTITIONS_NAME
 from jewel_dagster.defs.retention import remove_requests
 from tests.support.gateway_client import gateway_client
+from tests.support.instances import home_instance
 
 
 def _rid() -> str:
@@ -41,10 +42,7 @@ class _Counted:
 
 @pytest.fixture
 def instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    with dg.DagsterInstance.get() as found:
+    with home_instance(tmp_path, monkeypatch) as found:
         yield found
 
 

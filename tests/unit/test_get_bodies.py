@@ -32,6 +32,7 @@ from jewel_dagster.contract import FULL_JOB, OWNER_TAG, PARTITION_TAG, PARTITION
 from jewel_dagster.defs.retention import remove_requests
 from jewel_dagster.storage_layout import artifact_path
 from tests.support.gateway_client import gateway_client
+from tests.support.instances import home_instance
 
 KEYS = {"alpha": "alpha-key", "beta": "beta-key"}
 # Floats pydantic and json.dumps write differently (0.00001 / 1e-05), nulls inside `result`, non-ASCII.
@@ -45,10 +46,7 @@ def _rid() -> str:
 
 @pytest.fixture
 def instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    with dg.DagsterInstance.get() as found:
+    with home_instance(tmp_path, monkeypatch) as found:
         yield found
 
 
