@@ -22,6 +22,7 @@ import yaml
 
 from jewel_dagster.contract import OWNER_TAG
 from jewel_dagster.settings import PipelineSettings
+from jewel_dagster.storage_layout import COMPUTE_LOGS_PREFIX
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent  # the repo root, /app in the image
 BASE = "dagster.yaml"
@@ -153,7 +154,7 @@ def compute_logs_config(env: Mapping[str, str], ours: dict[str, Any] | None) -> 
             "storage_account": {"env": "AZURE_ACCOUNT_NAME"},
             "container": env.get("AZURE_CONTAINER_NAME") or DEFAULT_CONTAINER,
             "access_key_or_sas_token": {"env": "AZURE_ACCOUNT_KEY"},
-            "prefix": settings.get("prefix", "compute-logs"),
+            "prefix": settings.get("prefix", COMPUTE_LOGS_PREFIX),
             "upload_interval": settings.get("upload_interval", 5),
         },
     }
