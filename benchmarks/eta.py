@@ -136,6 +136,9 @@ def _read_run_times(home: str, found: list[Request]) -> None:
 def errors(found: list[Request]) -> dict[str, Any]:
     scored: dict[str, list[float]] = {"ours started": [], "naive started": [], "ours queued": [], "naive queued": []}
     running_polls = with_eta = 0
+    # Seconds wrong and seconds remaining, summed per phase: a long wait weighs by its length, so a
+    # few polls near the end (small denominators) cannot dominate. Reported beside the target only.
+    weighted: dict[str, list[float]] = {"started": [0.0, 0.0], "queued": [0.0, 0.0]}
     for request in found:
         assert request.started is not None and request.ended is not None
         for poll in request.polls:
@@ -149,11 +152,14 @@ def errors(found: list[Request]) -> dict[str, Any]:
             phase = "started" if poll.at >= request.started else "queued"
             if poll.eta is not None:
                 scored[f"ours {phase}"].append(100 * abs(poll.eta - left) / left)
+                weighted[phase][0] += abs(poll.eta - left)
+                weighted[phase][1] += left
             scored[f"naive {phase}"].append(100 * abs(naive_eta(poll.progress) - left) / left)
     rises = [position_rises(r.polls) for r in found]
     return {
         "scored": scored,
         "coverage": (with_eta, running_polls),
+        "weighted": {phase: 100 * wrong / left if left else float("nan") for phase, (wrong, left) in weighted.items()},
         "rises_within": sum(r[0] for r in rises),
         "rises_across": sum(r[1] for r in rises),
         "requests_with_rise": sum(1 for r in rises if r[0]),
@@ -181,6 +187,11 @@ def main() -> None:
     for name, values in result["scored"].items():
         middle = statistics.median(values) if values else float("nan")
         print(f"{name:>15}: n={len(values):4d} median {middle:6.1f} % p95 {percentile(values, 95):6.1f} %")
+    weighted = result["weighted"]
+    print(
+        f"time-weighted (sum |error| / sum remaining; not the target): started {weighted['started']:.1f} %, "
+        f"queued {weighted['queued']:.1f} %"
+    )
     print(
         f"queuePosition rose within a wait: {result['rises_within']} times "
         f"({result['requests_with_rise']} requests); a later wait (the GPU pool after the run queue) "
