@@ -49,7 +49,15 @@ def test_make_run_serves_a_request_and_stops_every_process_it_started(tmp_path: 
     started: list[int] = []
     try:
         gateway = f"http://127.0.0.1:{api_port}"
-        wait_for_http(f"{gateway}/health", 180, main)
+        # Ready when it says so, as a person at the machine sees it: the banner with the sample request
+        # comes once every process answers (the gateway answers /health earlier, degraded, while
+        # Dagster's processes still start beside it).
+        deadline = time.monotonic() + 180
+        while "Try one request" not in (tmp_path / "make-run.log").read_text(errors="replace"):
+            assert main.poll() is None, "make run exited before it was ready"
+            assert time.monotonic() < deadline, "make run did not print its banner within 180 s"
+            time.sleep(0.2)
+        wait_for_http(f"{gateway}/health", 10, main)
         with httpx.Client(base_url=gateway, timeout=30) as client:
             answer = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
             assert answer.status_code == 200, answer.text
