@@ -25,6 +25,16 @@ _GQL_CONNECTION_FAILED: tuple[type[Exception], ...] = tuple(
     error for error in (getattr(gql_errors, "TransportConnectionFailed", None),) if error is not None
 )
 
+# What the webserver answers while its code location is down or reloading (a code server restarted):
+# transient, so the caller is told to retry (503), not that the pipeline refused it (502). The chaos
+# soak's code-server kills found both on /workflow/generate, which launches inside the call.
+_CODE_LOCATION_DOWN = ("DagsterUserCodeUnreachableError", "Could not reach user code server", "Could not find Pipeline")
+
+
+def code_location_down(message: str) -> bool:
+    """Whether a refusal from the webserver says the code location is unavailable for now."""
+    return any(marker in message for marker in _CODE_LOCATION_DOWN)
+
 
 class GraphQLTransport:
     """POSTs GraphQL documents to the webserver, with a timeout each and bounded retries."""
@@ -86,10 +96,12 @@ class GraphQLTransport:
             cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, *_GQL_CONNECTION_FAILED)
         ):
             error: DagsterError = DagsterUnavailable(f"Dagster did not answer in time at {self.url}")
-        elif cause is not None:
-            error = DagsterError(f"Dagster refused the request: {type(cause).__name__}: {str(cause)[:300]}")
         else:
-            error = DagsterError(f"Dagster refused the request: {str(exc.args[-1] if exc.args else exc)[:300]}")
+            said = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc.args[-1] if exc.args else exc)
+            if code_location_down(said):
+                error = DagsterUnavailable(f"Dagster's code location is unavailable: {said[:300]}")
+            else:
+                error = DagsterError(f"Dagster refused the request: {said[:300]}")
         self.contact = (time.monotonic(), not isinstance(error, DagsterUnavailable))
         return error
 
