@@ -49,10 +49,14 @@ soak: install node-tools
 deploy-test: install
 	$(PY) deploy/deploy_test.py
 
+# The import rules (lint-imports) and the rules import rules cannot see: private Dagster attributes
+# and non-public methods only in jewel_dagster/runtime/, blob keys only in storage_layout
+# (tests/unit/test_architecture.py, ~20 s, also part of `make test`).
 lint: install
 	$(VENV)/bin/ruff check jewel_dagster gateway devtools tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -n 0 -p no:cacheprovider tests/unit/test_architecture.py
 
 clean:
 	rm -rf $(DATA)
