@@ -64,6 +64,8 @@ _WAKE = ""  # put in the queue to wake the launch threads when stopping
 log = logging.getLogger("gateway.starts")
 
 StartState = Literal["pending", "failed", "cancelled"]
+# Dagster run statuses past which a terminate has nothing to stop.
+_STOPPED_RUN_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCELED", "CANCELING"})
 
 
 @dataclass
@@ -317,15 +319,30 @@ class StartLauncher:
         workflow_id = start.workflowId
         runs.forget(workflow_id)
         if self._store.exists_path(start_cancel_path(workflow_id)):
-            try:
-                run = runs.latest_run(workflow_id)
-                if run is not None and run.tags.get(LAUNCH_TAG) == start.launch_tag:
-                    runs.terminate(run.run_id)
-            except DagsterError as exc:
-                log.warning("start of %s: cancelled while launching; terminate failed: %s", workflow_id, exc)
+            self._terminate_launched(start, runs)
             runs.forget(workflow_id)
         forget_start(self._store, workflow_id)
         log.info("launched %s", start.job, extra=logs.fields(job=start.job))
+
+    def _terminate_launched(self, start: PendingStart, runs: DagsterRuns, seconds: float = 60.0) -> None:
+        """Stop the run a cancelled start launched. Dagster refuses to terminate a run while it is
+        STARTING: asked once, such a run went on RUNNING (and could complete) after the API had
+        answered CANCELLED. So ask again every half second until Dagster takes it or the run ended,
+        for up to ``seconds``."""
+        workflow_id = start.workflowId
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                run = runs.latest_run(workflow_id)
+                if run is None or run.tags.get(LAUNCH_TAG) != start.launch_tag or run.status in _STOPPED_RUN_STATUSES:
+                    return
+                runs.terminate(run.run_id)
+                return
+            except DagsterError as exc:
+                if time.monotonic() > deadline:
+                    log.warning("start of %s: cancelled while launching; terminate failed: %s", workflow_id, exc)
+                    return
+            time.sleep(0.5)
 
     def _down_for(self) -> float:
         return 0.0 if self._down_since is None else time.monotonic() - self._down_since

@@ -322,7 +322,16 @@ def test_cli_reads_its_gateway_and_key_from_the_environment_and_exits_1_when_can
         first = running.stderr.readline()  # printed once the gateway accepted the start
         assert first.startswith("workflow jewelry-gen-"), first
         workflow_id = first.split()[1]
-        cancel = httpx.post(f"{keyed_gateway}/workflow/{workflow_id}/cancel", headers={"X-API-Key": KEY}, timeout=30)
+        # As a client must: a run still STARTING cannot be stopped yet (503, Retry-After); ask again.
+        deadline = time.monotonic() + 60
+        while True:
+            cancel = httpx.post(
+                f"{keyed_gateway}/workflow/{workflow_id}/cancel", headers={"X-API-Key": KEY}, timeout=30
+            )
+            if cancel.status_code != 503 or time.monotonic() > deadline:
+                break
+            assert "still being started" in cancel.text and cancel.headers.get("Retry-After"), cancel.text
+            time.sleep(0.5)
         assert cancel.status_code == 200, cancel.text
         _, rest = running.communicate(timeout=300)
     finally:
@@ -333,9 +342,18 @@ def test_cli_reads_its_gateway_and_key_from_the_environment_and_exits_1_when_can
     assert not out.exists()
 
     env["JEWEL_API_KEY"] = "not-the-key"  # --api-key wins over the environment
-    status = subprocess.run(
-        [*_cli(), "--api-key", KEY, "status", workflow_id], env=env, capture_output=True, text=True, timeout=120
-    )
+    # A cancel that lands while the background launch of the start is in flight is answered
+    # CANCELLED; the run launched meanwhile shows RUNNING until the launcher's terminate takes
+    # (Dagster refuses it while the run is STARTING; gateway/starts.py asks again): a known gap in
+    # what GET says for those seconds (closing note of 2026-12-04). Wait for the final state.
+    deadline = time.monotonic() + 60
+    while True:
+        status = subprocess.run(
+            [*_cli(), "--api-key", KEY, "status", workflow_id], env=env, capture_output=True, text=True, timeout=120
+        )
+        if status.returncode != 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert status.returncode == 1 and json.loads(status.stdout)["status"] == "CANCELLED", status.stderr
 
 

@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from standardwebhooks import Webhook
 
-from gateway.dagster_api.errors import DagsterUnavailable
+from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
 from gateway.dagster_api.models import RunInfo
 from gateway.security import ANONYMOUS
 from gateway.starts import PendingStart, read_start, write_start
@@ -54,6 +54,7 @@ class RecordingDagster(FakeDagster):
         self.gate = threading.Event()
         self.gate.set()
         self.down = False
+        self.refuse_terminates = 0  # terminates refused before one takes (a STARTING run)
         self.in_launch = threading.Event()
         self._lock = threading.Lock()
 
@@ -93,6 +94,9 @@ class RecordingDagster(FakeDagster):
         return found[-1] if found else None
 
     def terminate(self, run_id: str) -> None:
+        if self.refuse_terminates > 0:  # as Dagster refuses a run that is still STARTING
+            self.refuse_terminates -= 1
+            raise DagsterError("Run is not in a state that can be terminated (STARTING)")
         with self._lock:
             for workflow, run in self.runs.items():
                 if run.run_id == run_id:
@@ -311,6 +315,21 @@ def test_cancel_before_the_run_exists(tmp_path: Path) -> None:
         assert client.get(f"/workflow/{queued}").json()["status"] == "CANCELLED"
         assert f"jewelry-uploads/requests/{queued}/upload" not in stored_blobs(tmp_path)
         assert_refused(client.post(f"/workflow/{queued}/cancel"), 409, f"workflow {queued} already ended: CANCELLED")
+
+
+def test_a_cancel_during_the_launch_stops_a_run_dagster_first_refuses_to_terminate(tmp_path: Path) -> None:
+    """Dagster refuses to terminate a STARTING run: the launcher asks again until it takes, so the
+    run a cancelled start launched ends CANCELED instead of running on after the API said CANCELLED."""
+    with gateways(tmp_path) as ([client], dagster):
+        dagster.refuse_terminates = 3
+        dagster.gate.clear()
+        held = client.post("/workflow/start", json=start_body()).json()["workflowId"]
+        assert dagster.in_launch.wait(5)
+        assert client.post(f"/workflow/{held}/cancel").json()["status"] == "CANCELLED"
+        dagster.gate.set()
+        poll_until(lambda: dagster.runs.get(held), lambda run: run is not None and run.status == "CANCELED", 30)
+        assert dagster.refuse_terminates == 0
+        assert client.get(f"/workflow/{held}").json()["status"] == "CANCELLED"
 
 
 def test_another_callers_pending_start_is_not_found(tmp_path: Path) -> None:
