@@ -292,8 +292,13 @@ class Stack:
         starts beside Dagster's processes instead of after them: it needs only the instance's
         files, which exist before any process starts, unless the storage is PostgreSQL, whose
         first process creates the schema (two at once can collide on its migrations), so there
-        the gateway waits for the webserver as before."""
+        the gateway waits for the webserver as before. A new SQLite home gets its storages
+        created before any process starts (`copy_migrated_sqlite`): four processes finding
+        empty files at once race to create the same tables ("table alembic_version already
+        exists" stopped `make run`'s gateway on a fresh machine)."""
         early = not self.env.get("DAGSTER_PG_URL")
+        if early:
+            copy_migrated_sqlite(Path(self.env["DAGSTER_HOME"]))
         url = self._spawn_gateway() if early else None
         self.start_dagster()
         if self.celery:
@@ -380,8 +385,6 @@ def temporary_stack(root: Path, extra_env: Mapping[str, str] | None = None) -> I
     else:
         env.setdefault("ALLOW_ANONYMOUS", "true")  # loopback only, and gone with the test
     prepare_dagster_home(env)
-    if not env.get("DAGSTER_PG_URL"):
-        copy_migrated_sqlite(Path(env["DAGSTER_HOME"]))
     stack = Stack(env, dagster_port=free_port(), gateway_port=free_port(), log_dir=logs)
     try:
         stack.start()

@@ -23,6 +23,11 @@ from tests.support.e2e_stack import poll
 pytestmark = pytest.mark.e2e
 
 
+def _tail(log: Path, lines: int = 40) -> str:
+    """The end of `make run`'s output, for a failure message: why it stopped is there."""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -54,7 +59,7 @@ def test_make_run_serves_a_request_and_stops_every_process_it_started(tmp_path: 
         # Dagster's processes still start beside it).
         deadline = time.monotonic() + 180
         while "Try one request" not in (tmp_path / "make-run.log").read_text(errors="replace"):
-            assert main.poll() is None, "make run exited before it was ready"
+            assert main.poll() is None, "make run exited before it was ready:\n" + _tail(tmp_path / "make-run.log")
             assert time.monotonic() < deadline, "make run did not print its banner within 180 s"
             time.sleep(0.2)
         wait_for_http(f"{gateway}/health", 10, main)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 import yaml
 from dagster import DagsterInstance
 
-from devtools.stack import copy_migrated_sqlite, prepare_dagster_home
+from devtools.stack import Stack, copy_migrated_sqlite, prepare_dagster_home
 
 STORAGES = ("history/runs.db", "history/runs/index.db", "schedules/schedules.db")
 
@@ -32,6 +33,31 @@ def test_a_new_home_gets_storages_with_the_current_schema(tmp_path: Path) -> Non
         assert _revision(copied / name) == _revision(fresh / name), name
     with DagsterInstance.from_config(str(copied)) as instance:
         assert instance.get_runs() == []
+
+
+def test_a_stack_on_a_new_sqlite_home_creates_its_storages_before_any_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run` on a fresh machine: the gateway, webserver, daemon and code server starting at
+    once on empty files raced to create the same tables ("table alembic_version already exists"
+    stopped the gateway). The storages must exist, stamped, before the first process spawns."""
+    home = tmp_path / "home"
+    env = {"DAGSTER_HOME": str(home)}
+    prepare_dagster_home(env)
+    seen: list[tuple[str, list[bool]]] = []
+
+    class Spawned(Exception):
+        pass
+
+    def spawn(self: Stack, name: str, args: list[str], env: object = None) -> None:
+        seen.append((name, [(home / storage).exists() for storage in STORAGES]))
+        raise Spawned
+
+    monkeypatch.setattr(Stack, "_spawn", spawn)
+    with pytest.raises(Spawned):
+        Stack(env).start()
+    assert seen and seen[0][1] == [True] * len(STORAGES), seen
+    assert _revision(home / STORAGES[0])
 
 
 def test_a_home_with_storages_keeps_them(tmp_path: Path) -> None:
