@@ -39,6 +39,7 @@ pytestmark = pytest.mark.e2e
 
 KEY = "live-test-key"  # the keyed gateway's one API key
 RING = REPO_ROOT / "samples" / "ring.jpg"
+STATIC = REPO_ROOT / "gateway" / "static"  # the web page's files
 
 
 @pytest.fixture(scope="module")
@@ -577,3 +578,55 @@ def test_the_page_shows_the_queue_position_then_the_time_left_counting_down(
     assert labels[-1] is None, labels  # ended: the label is gone
     errors = [line for line in console if line.startswith(("error", "pageerror"))]
     assert errors == [], console
+
+
+def test_the_page_stops_counting_down_for_a_request_it_lost(chromium: Path) -> None:
+    """A page that can no longer hear from its request (the event stream refused, then a poll
+    answered 503: the gateway going away mid-run) says why and drops the time left: a countdown
+    left running beside the error would promise an end the page will never show.
+
+    The page is the real one (gateway/static); the gateway's answers are played by the browser's
+    request routing, because a gateway failing exactly between two polls is not something a
+    running stack does on cue."""
+    from playwright import sync_api
+
+    workflow_id = "jewelry-gen-00000000-0000-0000-0000-000000000033"
+    waiting = {"workflowId": workflow_id, "status": "RUNNING", "progress": 5, "currentStep": "UPLOADING_IMAGE"}
+    polls = 0
+
+    def gateway(route: Any) -> None:
+        nonlocal polls
+        path = route.request.url.removeprefix("http://jewel.test")
+        if path == "/":
+            route.fulfill(path=str(STATIC / "index.html"))
+        elif path.startswith("/static/"):
+            route.fulfill(path=str(STATIC / path.removeprefix("/static/")))
+        elif path == "/workflow/preprocess":
+            route.fulfill(json={"workflowId": workflow_id, "status": "RUNNING"})
+        elif path == f"/workflow/{workflow_id}/events":
+            route.fulfill(status=503, json={"detail": "Dagster is unreachable"})
+        elif path == f"/workflow/{workflow_id}":
+            polls += 1  # the first poll finds it waiting, the next finds the gateway gone
+            if polls == 1:
+                route.fulfill(json={**waiting, "queuePosition": 1, "etaSeconds": 30})
+            else:
+                route.fulfill(status=503, json={"detail": "Dagster is unreachable"})
+        else:
+            route.fulfill(status=404, json={"detail": "Not Found"})
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.route("http://jewel.test/**", gateway)
+            page.goto("http://jewel.test/")
+            page.evaluate(_RECORD_ETA)
+            _choose_the_ring(page)
+            page.click("#preprocess")
+            page.wait_for_selector("#error", state="visible", timeout=30_000)
+            assert page.locator("#error").inner_text() == "Dagster is unreachable"
+            labels = _labels(page)
+            assert page.locator("#eta").is_hidden(), labels
+        finally:
+            browser.close()
+    assert (1, 30) in labels and labels[-1] is None, labels  # shown while it was heard from, then gone
