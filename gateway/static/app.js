@@ -91,8 +91,7 @@ function showProgress(s) {
 // beyond this countdown, so the page counts down by itself in between (never below 1 s).
 let etaTimer = null;
 function showEta(s) {
-  clearInterval(etaTimer);
-  etaTimer = null;
+  hideEta();
   const running = s.status === undefined || s.status === "RUNNING";
   const ahead = running && s.queuePosition != null ? `${s.queuePosition} ahead of you in the queue` : "";
   const until = running && s.etaSeconds != null ? Date.now() + s.etaSeconds * 1000 : null;
@@ -104,6 +103,15 @@ function showEta(s) {
   };
   render();
   if (until !== null) etaTimer = setInterval(render, 1000);
+}
+
+// Also when the page stops following a request it cannot hear from any more (the gateway gone, say):
+// a countdown left running would promise an end the page will never show.
+function hideEta() {
+  clearInterval(etaTimer);
+  etaTimer = null;
+  $("eta").textContent = "";
+  $("eta").hidden = true;
 }
 
 // Resolves with the final state (what GET returns once the workflow ended).
@@ -158,7 +166,7 @@ function ended(s) {
     showProgress(s);
     return true;
   }
-  showEta(s); // ended: no ETA left to count down
+  hideEta(); // ended: no ETA left to count down
   const step = s.failedStep ? ` at ${s.failedStep}` : "";
   showError(s.status === "CANCELLED" ? "The workflow was cancelled." : `The workflow failed${step}: ${s.error || "no reason given"}`);
   return false;
@@ -257,6 +265,7 @@ async function preprocess() {
     $("step-mask").hidden = false;
     drawMask();
   } catch (err) {
+    hideEta();
     showError(err.message);
   } finally {
     busy(false);
@@ -371,6 +380,7 @@ async function generate() {
     const final = await follow(started.workflowId);
     if (ended(final)) await showResults(final);
   } catch (err) {
+    hideEta();
     showError(err.message);
   } finally {
     busy(false);

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from PIL import Image
 from standardwebhooks import Webhook
 
 from devtools.stack import REPO_ROOT, Stack
-from jewel_dagster.contract import STEP_PROGRESS
+from jewel_dagster.contract import FULL_JOB, PREPROCESS_JOB, STEP_PROGRESS
 from jewel_dagster.provenance.reader import read_manifest
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from jewel_dagster.storage_layout import jpeg_rendition_path
@@ -28,6 +29,7 @@ from jewel_dagster.storage_layout import webhook_record_path as record_path
 from tests.support.answers import assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import free_port, launched_runs, poll, runs_of, wait_until
+from tests.support.gpu_pool import held_pool
 from tests.support.infra import missing, program
 from tests.support.provenance import edit_a_pixel
 from tests.support.receivers import Receiver, webhook_receiver
@@ -37,6 +39,7 @@ pytestmark = pytest.mark.e2e
 
 KEY = "live-test-key"  # the keyed gateway's one API key
 RING = REPO_ROOT / "samples" / "ring.jpg"
+STATIC = REPO_ROOT / "gateway" / "static"  # the web page's files
 
 
 @pytest.fixture(scope="module")
@@ -371,6 +374,15 @@ def chromium() -> Path:
     return browser
 
 
+def _choose_the_ring(page: Any) -> None:
+    """Pick samples/ring.jpg and click the ring (what README's first steps tell a person to do)."""
+    page.set_input_files("#file", str(RING))
+    page.wait_for_function("document.getElementById('photo-canvas').width > 1")
+    photo = page.locator("#photo-canvas").bounding_box()
+    assert photo is not None
+    page.mouse.click(photo["x"] + 0.245 * photo["width"], photo["y"] + 0.467 * photo["height"])
+
+
 # `chromium` before `keyed_gateway`: a missing browser is reported before a stack is started for nothing.
 def test_the_page_takes_a_photo_and_clicks_to_results(chromium: Path, keyed_gateway: str, tmp_path: Path) -> None:
     """Load the page from a gateway with API keys (README: "type one in the page's header, kept
@@ -387,14 +399,7 @@ def test_the_page_takes_a_photo_and_clicks_to_results(chromium: Path, keyed_gate
             page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
             page.goto(f"{keyed_gateway}/")
 
-            def choose_the_ring() -> None:
-                page.set_input_files("#file", str(RING))
-                page.wait_for_function("document.getElementById('photo-canvas').width > 1")
-                photo = page.locator("#photo-canvas").bounding_box()
-                assert photo is not None
-                page.mouse.click(photo["x"] + 0.245 * photo["width"], photo["y"] + 0.467 * photo["height"])
-
-            choose_the_ring()
+            _choose_the_ring(page)
             page.click("#preprocess")  # no key yet: the gateway refuses and the page says why
             page.wait_for_selector("#error", state="visible", timeout=30_000)
             assert "valid API key is required" in page.locator("#error").inner_text()
@@ -402,7 +407,7 @@ def test_the_page_takes_a_photo_and_clicks_to_results(chromium: Path, keyed_gate
             page.dispatch_event("#api-key", "change")  # what leaving the field does
             page.reload()
             assert page.input_value("#api-key") == KEY  # kept by the browser
-            choose_the_ring()
+            _choose_the_ring(page)
             page.click("#preprocess")
             page.wait_for_selector("#step-mask", state="visible", timeout=120_000)
             # Which implementation made the canvas and the mask: here the local stand-ins (the
@@ -441,3 +446,187 @@ def test_the_page_takes_a_photo_and_clicks_to_results(chromium: Path, keyed_gate
     errors = [line for line in console if line.startswith(("error", "pageerror"))]
     # The one refusal asked for above is logged by the browser; nothing else may be.
     assert [line for line in errors if "status of 401" not in line] == [], console
+
+
+# ------------------------------------------------------------------ the page's queue position and ETA
+
+AHEAD = 2  # stand-in steps waiting in the `gpu` pool's line before the page's request
+# Every text the `#eta` element shows, in order (null: hidden), recorded in the page as it changes:
+# what a person saw, with no render missed between two looks of the test.
+_RECORD_ETA = """() => {
+  const eta = document.getElementById("eta");
+  window.etaRenders = [];
+  new MutationObserver(() => window.etaRenders.push(eta.hidden ? null : eta.textContent))
+    .observe(eta, { childList: true, characterData: true, subtree: true, attributes: true });
+}"""
+_ETA_LABEL = re.compile(r"(?:(\d+) ahead of you in the queue(?:$| · (?=about)))?(?:about (\d+) s left)?")
+_FINISHED_RUNS = """
+query Finished($job: String!) {
+  runsOrError(filter: {statuses: [SUCCESS], pipelineName: $job}, limit: 1) { ... on Runs { results { runId } } }
+}"""
+
+Label = tuple[int | None, int | None] | None  # (position, seconds left) as shown; None: hidden
+
+
+def _labels(page: Any) -> list[Label]:
+    """What `#eta` showed so far, parsed; a text that is not the page's label (NaN, undefined,
+    an empty label left visible) fails here."""
+    labels: list[Label] = []
+    for text in page.evaluate("window.etaRenders"):
+        if text is None:
+            labels.append(None)
+            continue
+        match = _ETA_LABEL.fullmatch(text)
+        assert text and match, f"#eta showed {text!r}"
+        position, seconds = match.groups()
+        labels.append((None if position is None else int(position), None if seconds is None else int(seconds)))
+    return labels
+
+
+def _counted_down_while_waiting(labels: list[Label]) -> bool:
+    """A position of at least AHEAD shown, and the seconds left falling from one render to the
+    next while it stayed (the page counts down by itself between the gateway's events: those come
+    only when the position changes or the ETA moves beyond that countdown)."""
+    return any(
+        a is not None
+        and b is not None
+        and a[0] is not None
+        and a[0] >= AHEAD
+        and b[0] == a[0]
+        and a[1] is not None
+        and b[1] is not None
+        and b[1] < a[1]
+        for a, b in zip(labels, labels[1:], strict=False)
+    )
+
+
+def _waits_behind_the_stand_ins(state: dict[str, Any]) -> bool:
+    assert state["status"] == "RUNNING", state
+    return state.get("queuePosition", -1) >= AHEAD and "etaSeconds" in state
+
+
+def _waiting_stretches(labels: list[Label]) -> list[list[int]]:
+    """The positions shown, one list per time the request waited (until a render without one)."""
+    stretches: list[list[int]] = [[]]
+    for label in labels:
+        if label is not None and label[0] is not None:
+            stretches[-1].append(label[0])
+        elif stretches[-1]:
+            stretches.append([])
+    return [stretch for stretch in stretches if stretch]
+
+
+def _medians_known(stack: Stack, client: httpx.Client) -> None:
+    """The gateway's ETA needs a finished run of the same steps (docs/api.md: a gateway that has
+    seen no run finish gives a position only): one preprocess, unless the stack finished one already
+    (the earlier tests of the shared stack did)."""
+    for job in (PREPROCESS_JOB, FULL_JOB):
+        body = {"query": _FINISHED_RUNS, "variables": {"job": job}}
+        if httpx.post(f"{stack.dagster_url}/graphql", json=body, timeout=30).json()["data"]["runsOrError"]["results"]:
+            return
+    started = client.post("/workflow/preprocess", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
+    assert started.status_code == 200, started.text
+    final = poll(client, started.json()["workflowId"], finished, timeout=300)[-1]
+    assert final["status"] == "COMPLETED", final
+
+
+def test_the_page_shows_the_queue_position_then_the_time_left_counting_down(
+    chromium: Path, stack: Stack, client: httpx.Client
+) -> None:
+    """Issue 33: a request waiting behind others shows "N ahead of you in the queue" and about how
+    many seconds are left, counting down between the gateway's events; once its step runs, the
+    seconds left without a position; once it ended, nothing. The page's request waits in the `gpu`
+    pool's line behind AHEAD stand-in steps (tests/support/gpu_pool.py) for as long as this test
+    needs to see the countdown, so nothing here depends on how fast the machine is."""
+    from playwright import sync_api
+
+    _medians_known(stack, client)
+    console: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+            page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+            page.goto(f"{stack.gateway_url}/")
+            page.evaluate(_RECORD_ETA)
+            with held_pool(stack.env["DAGSTER_HOME"], waiting=AHEAD):
+                _choose_the_ring(page)
+                with page.expect_response("**/workflow/preprocess") as started:
+                    page.click("#preprocess")
+                workflow_id = started.value.json()["workflowId"]
+                # The gateway says so first (the run's launch and first step take a while on a
+                # loaded machine); then the page has a few of its events' worth of time to show it.
+                said = poll(client, workflow_id, _waits_behind_the_stand_ins, timeout=180)[-1]
+                deadline = time.monotonic() + 30
+                while not _counted_down_while_waiting(labels := _labels(page)):
+                    assert time.monotonic() < deadline, f"GET said {said}; the page showed {labels}"
+                    time.sleep(0.2)
+            page.wait_for_selector("#step-mask", state="visible", timeout=180_000)
+            labels = _labels(page)
+            assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
+        finally:
+            browser.close()
+    print(f"#eta showed: {labels}")
+    # A place in a line never rises while the request waits in it (the run queue's line, then the
+    # pool's: a new line, which may start higher, docs/api.md).
+    for stretch in _waiting_stretches(labels):
+        assert stretch == sorted(stretch, reverse=True), labels
+    last_waiting = max(i for i, label in enumerate(labels) if label is not None and label[0] is not None)
+    running = [label for label in labels[last_waiting:] if label is not None and label[0] is None]
+    assert running and all(seconds is not None for _, seconds in running), labels  # its step ran: time left only
+    assert labels[-1] is None, labels  # ended: the label is gone
+    errors = [line for line in console if line.startswith(("error", "pageerror"))]
+    assert errors == [], console
+
+
+def test_the_page_stops_counting_down_for_a_request_it_lost(chromium: Path) -> None:
+    """A page that can no longer hear from its request (the event stream refused, then a poll
+    answered 503: the gateway going away mid-run) says why and drops the time left: a countdown
+    left running beside the error would promise an end the page will never show.
+
+    The page is the real one (gateway/static); the gateway's answers are played by the browser's
+    request routing, because a gateway failing exactly between two polls is not something a
+    running stack does on cue."""
+    from playwright import sync_api
+
+    workflow_id = "jewelry-gen-00000000-0000-0000-0000-000000000033"
+    waiting = {"workflowId": workflow_id, "status": "RUNNING", "progress": 5, "currentStep": "UPLOADING_IMAGE"}
+    polls = 0
+
+    def gateway(route: Any) -> None:
+        nonlocal polls
+        path = route.request.url.removeprefix("http://jewel.test")
+        if path == "/":
+            route.fulfill(path=str(STATIC / "index.html"))
+        elif path.startswith("/static/"):
+            route.fulfill(path=str(STATIC / path.removeprefix("/static/")))
+        elif path == "/workflow/preprocess":
+            route.fulfill(json={"workflowId": workflow_id, "status": "RUNNING"})
+        elif path == f"/workflow/{workflow_id}/events":
+            route.fulfill(status=503, json={"detail": "Dagster is unreachable"})
+        elif path == f"/workflow/{workflow_id}":
+            polls += 1  # the first poll finds it waiting, the next finds the gateway gone
+            if polls == 1:
+                route.fulfill(json={**waiting, "queuePosition": 1, "etaSeconds": 30})
+            else:
+                route.fulfill(status=503, json={"detail": "Dagster is unreachable"})
+        else:
+            route.fulfill(status=404, json={"detail": "Not Found"})
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.route("http://jewel.test/**", gateway)
+            page.goto("http://jewel.test/")
+            page.evaluate(_RECORD_ETA)
+            _choose_the_ring(page)
+            page.click("#preprocess")
+            page.wait_for_selector("#error", state="visible", timeout=30_000)
+            assert page.locator("#error").inner_text() == "Dagster is unreachable"
+            labels = _labels(page)
+            assert page.locator("#eta").is_hidden(), labels
+        finally:
+            browser.close()
+    assert (1, 30) in labels and labels[-1] is None, labels  # shown while it was heard from, then gone
