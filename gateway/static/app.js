@@ -93,7 +93,9 @@ let etaTimer = null;
 function showEta(s) {
   hideEta();
   const running = s.status === undefined || s.status === "RUNNING";
-  const ahead = running && s.queuePosition != null ? `${s.queuePosition} ahead of you in the queue` : "";
+  // 0 ahead: first in line, taken at the next free place ("0 ahead of you" read as a fault).
+  const waiting = running && s.queuePosition != null;
+  const ahead = !waiting ? "" : s.queuePosition === 0 ? "next in the queue" : `${s.queuePosition} ahead of you in the queue`;
   const until = running && s.etaSeconds != null ? Date.now() + s.etaSeconds * 1000 : null;
   const render = () => {
     const left = until === null ? "" : `about ${Math.max(1, Math.round((until - Date.now()) / 1000))} s left`;

@@ -459,7 +459,7 @@ _RECORD_ETA = """() => {
   new MutationObserver(() => window.etaRenders.push(eta.hidden ? null : eta.textContent))
     .observe(eta, { childList: true, characterData: true, subtree: true, attributes: true });
 }"""
-_ETA_LABEL = re.compile(r"(?:(\d+) ahead of you in the queue(?:$| · (?=about)))?(?:about (\d+) s left)?")
+_ETA_LABEL = re.compile(r"(?:(?:(\d+) ahead of you|(next)) in the queue(?:$| · (?=about)))?(?:about (\d+) s left)?")
 _FINISHED_RUNS = """
 query Finished($job: String!) {
   runsOrError(filter: {statuses: [SUCCESS], pipelineName: $job}, limit: 1) { ... on Runs { results { runId } } }
@@ -478,8 +478,10 @@ def _labels(page: Any) -> list[Label]:
             continue
         match = _ETA_LABEL.fullmatch(text)
         assert text and match, f"#eta showed {text!r}"
-        position, seconds = match.groups()
-        labels.append((None if position is None else int(position), None if seconds is None else int(seconds)))
+        ahead, first, seconds = match.groups()
+        position = 0 if first else None if ahead is None else int(ahead)
+        assert position != 0 or first, f"#eta showed {text!r}: first in line reads 'next in the queue'"
+        labels.append((position, None if seconds is None else int(seconds)))
     return labels
 
 
