@@ -13,6 +13,7 @@ import pytest
 
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.models import RunInfo
+from gateway.dagster_api.status_cache import StatusCache
 from gateway.dagster_api.storage_reader import StorageRunReader
 from gateway.settings import GatewaySettings
 from jewel_dagster.contract import PARTITION_TAG
@@ -113,6 +114,71 @@ def test_polls_waiting_on_a_slow_read_share_its_answer() -> None:
         dagster.close()
     assert {a.status for a in answers} == {"SUCCESS"}
     assert len(reads) <= 2, f"{len(reads)} reads for 20 polls that arrived together"
+
+
+def test_polls_of_an_ended_run_share_its_newest_id_read() -> None:
+    """20 GETs of one finished request arrive together: they share the newest-run-id reads (at
+    most the one in flight when they came and one asked after), where each did its own."""
+    settings = GatewaySettings(dagster_port=free_port(), status_cache_seconds=0.25, status_stale_seconds=5.0)
+    id_reads: list[float] = []
+    release = threading.Event()
+
+    def slow_newest_id(request_id: str) -> str:
+        id_reads.append(time.monotonic())
+        release.wait(timeout=10)  # held until every poll is waiting
+        return "run-1"
+
+    dagster = DagsterRuns(settings)
+    cache = StatusCache(
+        lambda request_id: RunInfo("run-1", "jewelry_generation", "SUCCESS"),
+        lambda: 0.25,
+        lambda: 5.0,
+        newest_run_id=slow_newest_id,
+    )
+    dagster.status.close()
+    dagster.status = cache
+    assert dagster.latest_run_cached(RID).status == "SUCCESS"  # the run read once: ended, kept
+    assert id_reads == []
+    arrived: set[int] = set()
+    clock = cache.clock
+
+    def arrival_clock() -> float:
+        arrived.add(threading.get_ident())
+        return clock()
+
+    cache.clock = arrival_clock
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+            polls = [pool.submit(dagster.latest_run_cached, RID) for _ in range(20)]
+            wait_for(lambda: len(id_reads) >= 1 and len(arrived) == 20, timeout=10)
+            release.set()
+            answers = [poll.result(timeout=30) for poll in polls]
+    finally:
+        dagster.close()
+    assert {(a.run_id, a.status) for a in answers} == {("run-1", "SUCCESS")}
+    assert len(id_reads) <= 2, f"{len(id_reads)} newest-id reads for 20 polls that arrived together"
+
+
+def test_a_newer_run_is_seen_by_a_poll_that_arrives_after_it_was_launched() -> None:
+    """Sharing never hands a poll an id read asked before it arrived."""
+    newest = ["run-1"]
+    runs = {
+        "run-1": RunInfo("run-1", "jewelry_generation", "SUCCESS"),
+        "run-2": RunInfo("run-2", "jewelry_generation", "STARTED"),
+    }
+    cache = StatusCache(
+        lambda request_id: runs[newest[-1]], lambda: 0.25, lambda: 5.0, newest_run_id=lambda r: newest[-1]
+    )
+    clock = _Clock()
+    cache.clock = clock
+    try:
+        assert cache.latest(RID).run_id == "run-1"
+        assert cache.latest(RID).run_id == "run-1"  # checked by id: an answer asked at this instant
+        newest.append("run-2")  # another replica launches a newer run
+        clock.now += 0.001
+        assert cache.latest(RID).run_id == "run-2"
+    finally:
+        cache.close()
 
 
 @dg.op
