@@ -129,3 +129,15 @@ def _sessions(url: str) -> int:
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         return int(cur.fetchone()[0])  # type: ignore[index]
+
+
+def test_every_module_the_forkserver_preloads_still_imports() -> None:
+    """multiprocessing's forkserver skips a preload module that fails to import, silently: a
+    module Dagster moved would leave every run worker importing it again after the fork."""
+    import importlib
+
+    from jewel_dagster.runtime.processes.warm_code_server import PRELOAD
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+
