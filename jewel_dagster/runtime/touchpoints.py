@@ -38,6 +38,10 @@ PRIVATE_ATTRIBUTES: dict[str, tuple[str, str, str]] = {
     "_get_grpc_client_for_termination": ("DefaultRunLauncher", "run_launcher", "asks the code server"),
     "_engine": ("SqlRunStorage/SqlEventLogStorage (postgres)", "storage_engines", "closes pooled connections"),
     "_conn_string": ("SqliteRunStorage", "storage_engines", "the file a pooled engine of our own opens"),
+    "_connect": ("SqliteEventLogStorage", "sqlite_shard_engines", "overridden: one engine kept per shard"),
+    "_db_lock": ("SqliteEventLogStorage", "sqlite_shard_engines", "guards a shard's connection, as Dagster's"),
+    "_initdb": ("SqliteEventLogStorage", "sqlite_shard_engines", "a shard's schema, checked at first use"),
+    "_initialized_dbs": ("SqliteEventLogStorage", "sqlite_shard_engines", "shards whose schema was checked"),
     "_container_client": ("AzureBlobComputeLogManager", "compute_logs", "replaced by our store's client"),
     "_blob_client": ("AzureBlobComputeLogManager", "compute_logs", "replaced by our store's client"),
 }

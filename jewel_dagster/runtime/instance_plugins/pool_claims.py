@@ -85,6 +85,7 @@ from sqlalchemy.dialects.postgresql import insert as postgres_insert
 
 from jewel_dagster.runtime.executor import claim_sleep
 from jewel_dagster.runtime.instance_plugins import queue_wake
+from jewel_dagster.runtime.storage.sqlite_shard_engines import KeptShardEngines
 
 # Where these storages are the instance's, a step blocked on a slot sleeps between its checks
 # (claim_sleep.py): the interval below is then the only cadence of a waiting step.
@@ -156,7 +157,9 @@ class _QuickRaceFreeClaims(SqlEventLogStorage):
             queue_wake.wake_on_run_end(self._instance, event)
 
 
-class QuickClaimSqliteEventLogStorage(_QuickRaceFreeClaims, SqliteEventLogStorage):
+class QuickClaimSqliteEventLogStorage(_QuickRaceFreeClaims, KeptShardEngines, SqliteEventLogStorage):
+    """Also keeps one engine per shard (runtime/storage/sqlite_shard_engines.py)."""
+
     def __init__(
         self,
         base_dir: str,
