@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -74,14 +75,25 @@ def _line(instance: Any) -> list[tuple[str, str, bool]]:
     return [(p.run_id, p.step_key, p.assigned_timestamp is not None) for p in ordered]
 
 
-@pytest.fixture
-def quick_instance(tmp_path: Path) -> Iterator[Any]:
-    storage = {
-        "module": "jewel_dagster.runtime.instance_plugins.pool_claims",
-        "class": "QuickClaimSqliteEventLogStorage",
-        "config": {"base_dir": str(tmp_path / "events")},
-    }
-    with dg.instance_for_test(overrides={"event_log_storage": storage}) as instance:
+@pytest.fixture(params=["sqlite", "postgres"])
+def quick_instance(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """An instance on our event log storage (SQLite, or PostgreSQL: its CURRENT_TIMESTAMP has
+    microseconds, the per-request order is the same)."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            storage: dict[str, Any] = {
+                "module": "jewel_dagster.runtime.instance_plugins.pool_claims",
+                "class": "QuickClaimSqliteEventLogStorage",
+                "config": {"base_dir": str(tmp_path / "events")},
+            }
+        else:
+            url = stack.enter_context(postgres_database()).replace("postgresql://", "postgresql+psycopg2://", 1)
+            storage = {
+                "module": "jewel_dagster.runtime.instance_plugins.pool_claims",
+                "class": "QuickClaimPostgresEventLogStorage",
+                "config": {"postgres_url": url},
+            }
+        instance = stack.enter_context(dg.instance_for_test(overrides={"event_log_storage": storage}))
         instance.event_log_storage.set_concurrency_slots("gpu", 1)
         yield instance
 
