@@ -19,6 +19,12 @@ tenth of it) plus the medians of the steps after it. Queued runs are placed in D
 (higher `dagster/priority` first, then older first) on the run slots: each takes the slot that
 frees first, and runs for `launch` plus its job's medians. Positions only count what is ahead in
 that order, so they never rise while a run waits unless a run of higher priority arrives.
+
+The `gpu` pool's line is served by priority, then by when each step's request began (our storage
+stamps a step with its run's start: jewel_dagster/runtime/instance_plugins/pool_claims.py), so a
+request that began earlier is ahead even before its next pooled step claims (`pool_line`): a
+waiting step's position does not rise when that step joins, nor while Dagster hands a freed slot
+to the head of the line.
 """
 
 from __future__ import annotations
@@ -196,23 +202,100 @@ def in_flight(runs: Iterable[ActiveRun]) -> int:
     return sum(1 for r in runs if r.status not in WAITING)
 
 
-def pool_positions(pending: Iterable[PendingStep]) -> dict[str, int]:
+def line_key(step: PendingStep) -> tuple[int, float, str, str]:
+    """Dagster's order of a pool's line: priority, then `enqueued` (our storage stamps a step with
+    its run's start, to the microsecond: pool_claims.py), then, for the ties no storage of ours
+    makes, the pending steps index's order (run id, step key)."""
+    return (-step.priority, step.enqueued, step.run_id, step.step_key)
+
+
+@dataclass(frozen=True)
+class PoolLine:
+    """A pool's line as Dagster will serve it: the steps holding (or about to be given) a slot,
+    and the waiting ones in order, with the runs that will join ahead of later requests."""
+
+    holders: list[PendingStep]
+    waiting: list[PendingStep]  # in line_key order; `joining` entries have not claimed yet
+    joining: frozenset[str] = frozenset()  # run ids of the waiting entries that are not in the line yet
+
+
+def next_pooled_op(run: ActiveRun, pooled_ops: frozenset[str]) -> str | None:
+    """The run's first pooled step that has not started, if no step failed (a step started and
+    not ended with no entry in the line has just ended: its success is being written)."""
+    for op in run.ops:
+        times = run.steps.get(op)
+        if times is not None and times.failed:
+            return None
+        if times is None or times.start is None:
+            if op in pooled_ops:
+                return op
+    return None
+
+
+def pool_line(
+    pending: Sequence[PendingStep],
+    runs: Mapping[str, ActiveRun] | None = None,
+    pooled_ops: frozenset[str] = frozenset(),
+    slots: int | None = None,
+) -> PoolLine:
+    """The line from a snapshot of the pool's pending steps (and of the runs, read after it).
+
+    - Free slots (`slots` more than the steps assigned) go to the head of the line at once
+      (Dagster assigns when a holder frees its slot, a moment after removing its entry): a
+      snapshot taken in between counts those heads as holders, not as steps ahead.
+    - A request started before another is served first (pool_claims.py): a started run with no
+      step in the pool that has a pooled step still to come will join the line at its run's
+      start, ahead of every request begun later, so it counts ahead of them already. Without this,
+      a request's position rose each time an earlier request's next step joined. Only when the
+      storage stamps steps that way (every entry of a started run is stamped with its start).
+    """
+    runs = runs or {}
+    line = sorted((p for p in pending if not p.assigned), key=line_key)
+    holders = [p for p in pending if p.assigned]
+    free = 0 if slots is None else max(slots - len(holders), 0)
+    holders += line[:free]
+    waiting = line[free:]
+    stamped_by_run = all(
+        abs(p.enqueued - started) < 1e-3
+        for p in pending
+        if (run := runs.get(p.run_id)) is not None and (started := run.started) is not None
+    )
+    joining: dict[str, PendingStep] = {}
+    if stamped_by_run:
+        in_pool = {p.run_id for p in pending}
+        for run in runs.values():
+            if run.status != RUNNING or run.started is None or run.run_id in in_pool:
+                continue
+            op = next_pooled_op(run, pooled_ops)
+            if op is not None:
+                joining[run.run_id] = PendingStep(run.run_id, op, round(run.started, 6), False, run.priority)
+    ordered = sorted([*waiting, *joining.values()], key=line_key)
+    return PoolLine(holders, ordered, frozenset(joining))
+
+
+def pool_positions(pending: Iterable[PendingStep] | PoolLine) -> dict[str, int]:
     """run id -> steps ahead of its waiting step in the pool's line (Dagster assigns free slots
-    by priority, then by when the step joined). A step that holds its slot is not waiting."""
-    line = sorted((p for p in pending if not p.assigned), key=lambda p: (-p.priority, p.enqueued))
+    by priority, then by when the step's request began). A step that holds its slot is not
+    waiting; a run about to join counts ahead of those behind it but has no position itself."""
+    line = pending if isinstance(pending, PoolLine) else pool_line(list(pending))
     positions: dict[str, int] = {}
-    for ahead, step in enumerate(line):
-        positions.setdefault(step.run_id, ahead)
+    for ahead, step in enumerate(line.waiting):
+        if step.run_id not in line.joining:
+            positions.setdefault(step.run_id, ahead)
     return positions
 
 
 def pool_starts(
-    pending: Sequence[PendingStep], runs: Mapping[str, ActiveRun], medians: RollingMedians, now: float
+    pending: Sequence[PendingStep] | PoolLine,
+    runs: Mapping[str, ActiveRun],
+    medians: RollingMedians,
+    now: float,
 ) -> dict[str, float]:
     """run id -> when its waiting step should get a pool slot: the slots' holders free them after
     their step's median run time, and the waiting steps take them in the line's order."""
+    line = pending if isinstance(pending, PoolLine) else pool_line(pending)
     free: list[float] = []
-    for holder in (p for p in pending if p.assigned):
+    for holder in line.holders:
         ex = medians.median(exec_key(holder.step_key))
         run = runs.get(holder.run_id)
         times = run.steps.get(holder.step_key) if run is not None else None
@@ -226,10 +309,10 @@ def pool_starts(
         free = [now]  # a line with no holder: a slot is about to be assigned
     heapq.heapify(free)
     starts: dict[str, float] = {}
-    line = sorted((p for p in pending if not p.assigned), key=lambda p: (-p.priority, p.enqueued))
-    for step in line:
+    for step in line.waiting:
         at = heapq.heappop(free)
-        starts.setdefault(step.run_id, at)
+        if step.run_id not in line.joining:
+            starts.setdefault(step.run_id, at)
         heapq.heappush(free, at + (medians.median(exec_key(step.step_key)) or 0.0))
     return starts
 
@@ -240,14 +323,19 @@ def estimate(
     medians: RollingMedians,
     run_slots: int,
     now: float,
+    pool_slots: int | None = None,
+    pooled_ops: frozenset[str] = frozenset(),
 ) -> dict[str, Estimate]:
     """Position and end time of every run not ended yet.
 
-    `run_slots` is how many runs Dagster admits at once (at least the runs in flight now).
+    `run_slots` is how many runs Dagster admits at once (at least the runs in flight now);
+    `pool_slots` the pool's slots and `pooled_ops` the steps that claim it (`pool_line`).
     """
     out: dict[str, Estimate] = {}
-    in_pool = pool_positions(pending)
-    slot_at = pool_starts(pending, {r.run_id: r for r in runs}, medians, now)
+    by_id = {r.run_id: r for r in runs}
+    line = pool_line(pending, by_id, pooled_ops, pool_slots)
+    in_pool = pool_positions(line)
+    slot_at = pool_starts(line, by_id, medians, now)
     free_at: list[float] = []
     for run in runs:
         if run.status in WAITING:

@@ -35,7 +35,7 @@ from gateway.eta import (
     last_step_end,
     step_samples,
 )
-from jewel_dagster.contract import GPU_POOL, JOB_OPS
+from jewel_dagster.contract import GENERATE_OP, GPU_POOL, JOB_OPS, SEGMENT_OP
 
 log = logging.getLogger("gateway.queue_estimates")
 
@@ -43,6 +43,9 @@ ACTIVE_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 MAX_ACTIVE = 10_000  # runs read a refresh: far beyond any queue this deployment keeps
 SEED_RUNS = 10  # finished runs read once at start, so the first estimates need no warm-up
 PRIORITY_TAG = "dagster/priority"
+# Steps that claim the `gpu` pool whatever the settings (defs/assets.py); the refinement claims it
+# only when the A100 refines, so it, and any other, is learned from the steps seen in the line.
+POOLED_OPS = frozenset({SEGMENT_OP, GENERATE_OP})
 _EVENTS = (
     "RUN_DEQUEUED",
     "RUN_STARTING",
@@ -99,6 +102,7 @@ class QueueEstimates:
         self._timelines: dict[str, _Timeline] = {}
         self._estimates: dict[str, Estimate] = {}
         self._slots = 0
+        self._pooled_ops = POOLED_OPS
         self._seeded = False
         self._up = True
         self._stop = threading.Event()
@@ -150,6 +154,10 @@ class QueueEstimates:
         if not self._seeded:
             self._seed(instance)
             self._seeded = True
+        # The pool first, the runs after: a run seen with no step in the line and a pooled step
+        # still to come (its events read later, so newer) will join it (gateway.eta.pool_line).
+        pending, pool_slots = _pool_line(instance)
+        self._pooled_ops = self._pooled_ops | {p.step_key for p in pending}
         statuses = [DagsterRunStatus[s] for s in ACTIVE_STATUSES]
         records = instance.get_run_records(filters=RunsFilter(statuses=statuses), limit=MAX_ACTIVE)
         if not records and not self._timelines:  # nothing in flight, nothing that just ended
@@ -173,8 +181,15 @@ class QueueEstimates:
         # While runs wait, the runs in flight are as many as the queue admits (its limit is in
         # dagster.yaml, which this gateway may not read); the most seen in this burst, then.
         self._slots = max(self._slots, holding) if holding < len(runs) else holding
-        pending = _pool_line(instance)
-        self._estimates = estimate(runs, pending, self.medians, self._slots, time.time() if now is None else now)
+        self._estimates = estimate(
+            runs,
+            pending,
+            self.medians,
+            self._slots,
+            time.time() if now is None else now,
+            pool_slots=pool_slots,
+            pooled_ops=self._pooled_ops,
+        )
 
     def _read_events(self, instance: Any, run_id: str, timeline: _Timeline) -> None:
         from dagster import DagsterEventType
@@ -239,7 +254,8 @@ def _active_run(run: Any, status: str, created: float, order: int, timeline: _Ti
     )
 
 
-def _pool_line(instance: Any) -> list[PendingStep]:
+def _pool_line(instance: Any) -> tuple[list[PendingStep], int]:
+    """The `gpu` pool's pending steps (holding a slot or waiting) and its number of slots."""
     info = instance.event_log_storage.get_concurrency_info(GPU_POOL)
     return [
         PendingStep(
@@ -250,7 +266,7 @@ def _pool_line(instance: Any) -> list[PendingStep]:
             p.priority or 0,
         )
         for p in info.pending_steps
-    ]
+    ], info.slot_count
 
 
 def _default_instance() -> Any:

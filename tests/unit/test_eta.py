@@ -205,3 +205,63 @@ def test_seconds_left_is_whole_and_at_least_one_while_running() -> None:
     assert seconds_left(Estimate(None, NOW + 4.4), NOW) == 4
     assert seconds_left(Estimate(None, NOW - 3), NOW) == 1
     assert seconds_left(Estimate(3, None), NOW) is None
+
+
+def _positions(runs: list[ActiveRun], line: list[PendingStep], slots: int | None = 2) -> dict[str, int | None]:
+    pooled = frozenset({SEGMENT_OP, REFINE_OP, GENERATE_OP})
+    out = estimate(runs, line, medians(), 10, NOW, pool_slots=slots, pooled_ops=pooled)
+    return {run_id: found.position for run_id, found in out.items()}
+
+
+def test_a_request_begun_earlier_counts_ahead_before_its_next_step_joins_the_pool() -> None:
+    """The pool serves requests in the order they began (pool_claims.py stamps each step with its
+    run's start): A's refine joins ahead of D. Fails without `pool_line`'s joining runs (D went 1, 1,
+    0, 1), without its freed heads (1, 2, 1, 1: A's entry removed, C not assigned yet), or both
+    (as before this fix)."""
+    begun = {"A": NOW - 30, "B": NOW - 25, "C": NOW - 20, "D": NOW - 15}
+    prepared = {PREPARE_OP: StepTimes(NOW - 14, NOW - 13)}
+
+    def run(run_id: str, steps: dict[str, StepTimes]) -> ActiveRun:
+        return running(run_id, steps={**prepared, **steps}, started=begun[run_id])
+
+    def entry(run_id: str, op: str, assigned: bool) -> PendingStep:
+        return PendingStep(run_id, op, begun[run_id], assigned)
+
+    b = run(
+        "B",
+        {
+            SEGMENT_OP: StepTimes(NOW - 9, NOW - 8),
+            REFINE_OP: StepTimes(NOW - 7, NOW - 6),
+            GENERATE_OP: StepTimes(NOW - 1),
+        },
+    )
+    c, d = run("C", {}), run("D", {})
+    a_segmenting = run("A", {SEGMENT_OP: StepTimes(NOW - 1)})
+    a_segmented = run("A", {SEGMENT_OP: StepTimes(NOW - 1, NOW)})
+    holding_b = entry("B", GENERATE_OP, True)
+    snapshots = [
+        (
+            [a_segmenting, b, c, d],
+            [entry("A", SEGMENT_OP, True), holding_b, entry("C", SEGMENT_OP, False), entry("D", SEGMENT_OP, False)],
+        ),
+        # A's entry removed, its slot not given to C yet (Dagster assigns a moment later)
+        ([a_segmented, b, c, d], [holding_b, entry("C", SEGMENT_OP, False), entry("D", SEGMENT_OP, False)]),
+        ([a_segmented, b, c, d], [holding_b, entry("C", SEGMENT_OP, True), entry("D", SEGMENT_OP, False)]),
+        (
+            [a_segmented, b, c, d],
+            [holding_b, entry("C", SEGMENT_OP, True), entry("A", REFINE_OP, False), entry("D", SEGMENT_OP, False)],
+        ),
+    ]
+    seen = [_positions(runs, line) for runs, line in snapshots]
+    assert [s["D"] for s in seen] == [1, 1, 1, 1]
+    assert [s["C"] for s in seen] == [0, None, None, None]
+    assert [s["A"] for s in seen] == [None, None, None, 0]
+
+
+def test_a_storage_stamping_each_claim_keeps_the_line_as_it_is() -> None:
+    """Dagster's own storage (DAGSTER_STOCK_SETTINGS) stamps a step when it claims: a run with
+    no entry then joins at the back, so it is not counted ahead."""
+    a = running("A", steps={PREPARE_OP: StepTimes(NOW - 9, NOW - 8)}, started=NOW - 30)
+    d = running("D", steps={PREPARE_OP: StepTimes(NOW - 9, NOW - 8)}, started=NOW - 15)
+    line = [PendingStep("B", GENERATE_OP, NOW - 3, True), PendingStep("D", SEGMENT_OP, NOW - 2, False)]
+    assert _positions([a, d], line, slots=1)["D"] == 0

@@ -39,6 +39,24 @@ requests took 4.2x the GPU bound. These storages answer a blocked claim with a f
 `claim_interval_seconds`, which the context honours. dagster.yaml names them (devtools.stack writes
 the SQLite path in). Everything else is Dagster's own SQLite and PostgreSQL event log storage.
 
+First come, first served per request. Dagster assigns a free slot to the pending step of highest
+priority, then earliest `create_timestamp` (`assign_pending_steps`), and stamps that column with
+the database's CURRENT_TIMESTAMP when the step claims. Two faults for a person watching the queue
+position: on SQLite CURRENT_TIMESTAMP has whole seconds, and ties are broken by the scan of the
+pending steps' index (concurrency key, run id, step key), i.e. by the random run id: a step that
+joined the line later in the same second but whose run id sorts first is served first (its
+waiting neighbour's position rises, and `get_concurrency_info` lists the line in the same
+order). And each step of a request joins at the back when it claims: a request that finished its
+segmentation waits behind every request that began later, its position rising from step to step,
+and early requests' tails stretch. Our `add_pending_step` stamps a step with its run's start
+(RUN_START, the run storage's `start_time`, to the microsecond; the claim time when the run has
+none): the line is ordered by priority, then by when the request began, as the run queue is
+(started runs left it in its order; a caller held back by its `tag_concurrency_limits` starts
+later, so fairness between callers holds in the pool too). `gateway.eta` reads this order, and
+counts a request started earlier whose next pooled step has not joined yet as ahead, since it will
+be. tests/unit/test_pool_claims.py: a later request's step waits behind an earlier request's next
+step; steps claimed in one second keep their requests' order.
+
 Run ends wake the run queue. `store_event` is Dagster's, and an event that ends a run then wakes
 the queue daemon (jewel_dagster/runtime/instance_plugins/queue_wake.py), so the next queued run takes the freed
 place without waiting for the queue's poll.
@@ -51,6 +69,10 @@ Private symbols used (checked against dagster 1.13.27):
   the storage's `index_connection()`, an abstract method of that class.
 - `dagster._core.storage.event_log.schema.ConcurrencySlotsTable`: the slot rows (`id`,
   `concurrency_key`, `run_id`, `step_key`, `deleted`).
+- `SqlEventLogStorage.add_pending_step` (public name, private class): overridden, signature
+  `(concurrency_key, run_id, step_key, priority=None, should_assign=False)`; called by
+  `claim_concurrency_slot` once per step. `PendingStepsTable`: `concurrency_key`, `run_id`,
+  `step_key`, `priority`, `assigned_timestamp`, `create_timestamp` (unique on the first three).
 - `SqlEventLogStorage.initialize_concurrency_limit_to_default` (public name, private class):
   overridden for PostgreSQL; ours reads `has_concurrency_limits_table`, `has_default_pool_limit_col`,
   `has_instance`, `_instance.global_op_concurrency_default_limit`,
@@ -68,13 +90,15 @@ and tests/unit/test_pool_claims.py (a blocked claim names our interval).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 import sqlalchemy as db
-from dagster._core.storage.event_log.schema import ConcurrencyLimitsTable, ConcurrencySlotsTable
+from dagster._core.storage.event_log.schema import ConcurrencyLimitsTable, ConcurrencySlotsTable, PendingStepsTable
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._serdes import ConfigurableClassData
@@ -134,6 +158,13 @@ def claim_free_slot(
             lost.append(row[0])  # claimed by another step between our select and our update
 
 
+def line_timestamp(run_start: float | None, now: float | None = None) -> datetime:
+    """Where a step of a run stands in a pool's line: its run's start (else now), as the naive
+    UTC datetime Dagster's pending steps table stores, to the microsecond."""
+    at = run_start if run_start is not None else (time.time() if now is None else now)
+    return datetime.fromtimestamp(at, tz=UTC).replace(tzinfo=None)
+
+
 class _QuickRaceFreeClaims(SqlEventLogStorage):
     """What both storages change: blocked claims name a short retry interval, and a slot is
     taken only while still free. Listed first in their bases, so `super()` is Dagster's storage."""
@@ -148,6 +179,32 @@ class _QuickRaceFreeClaims(SqlEventLogStorage):
 
     def _claim_concurrency_slot(self, concurrency_key: str, run_id: str, step_key: str) -> ConcurrencySlotStatus:
         return claim_free_slot(self.index_connection(), concurrency_key, run_id, step_key)
+
+    def add_pending_step(
+        self,
+        concurrency_key: str,
+        run_id: str,
+        step_key: str,
+        priority: int | None = None,
+        should_assign: bool = False,
+    ) -> None:
+        """Dagster's, with the step placed in the line by its run's start (the module says why)."""
+        record = self._instance.get_run_record_by_id(run_id) if self.has_instance else None
+        enqueued = line_timestamp(record.start_time if record is not None else None)
+        with self.index_connection() as conn:
+            try:
+                conn.execute(
+                    PendingStepsTable.insert().values(
+                        run_id=run_id,
+                        step_key=step_key,
+                        concurrency_key=concurrency_key,
+                        priority=priority or 0,
+                        create_timestamp=enqueued,
+                        assigned_timestamp=db.func.now() if should_assign else None,
+                    )
+                )
+            except db.exc.IntegrityError:
+                pass  # already in the line (Dagster's own method ignores it too)
 
     def store_event(self, event: dg.EventLogEntry) -> None:
         """Dagster's, then a run's end wakes the run queue, so a queued run takes the freed place
