@@ -62,7 +62,7 @@ def test_compose_publishes_only_the_gateway_to_the_network(compose: dict[str, An
         if not str(port).startswith("127.0.0.1:")
     }
     assert published == {"gateway": "${GATEWAY_PUBLISH:-8001:8001}"}
-    assert compose["services"]["webserver"]["ports"] == ["127.0.0.1:3000:3000"]
+    assert compose["services"]["webserver"]["ports"] == ["127.0.0.1:${UI_HOST_PORT:-3000}:3000"]
     gateway_env = compose["services"]["gateway"]["environment"]
     assert gateway_env["GATEWAY_API_KEYS"].startswith("${GATEWAY_API_KEYS:?")  # compose refuses to start without
     assert "ALLOW_ANONYMOUS" not in gateway_env
@@ -86,6 +86,27 @@ def test_every_file_the_deployment_names_exists(compose: dict[str, Any]) -> None
     for line in re.findall(r"^COPY (.+)$", dockerfile, flags=re.MULTILINE):
         for source in line.split()[:-1]:
             assert (REPO_ROOT / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_every_host_port_can_move_and_defaults_to_the_documented_one(compose: dict[str, Any]) -> None:
+    """A host port already taken (another stack on 8001 or 3000, a Prometheus on 9090) must not stop
+    the deployment: each published port is a variable of .env whose default is the documented port,
+    and the UI and Prometheus stay on loopback whatever the value (`make deploy-test` moves them all
+    to free ports of the machine it runs on)."""
+    scaleout = yaml.safe_load((REPO_ROOT / "docker-compose.scaleout.yml").read_text())
+    ports = {
+        name: service["ports"]
+        for file in (compose, scaleout)
+        for name, service in file["services"].items()
+        if "ports" in service
+    }
+    assert ports == {
+        "gateway": ["${GATEWAY_PUBLISH:-8001:8001}"],
+        "webserver": ["127.0.0.1:${UI_HOST_PORT:-3000}:3000"],
+        "prometheus": ["127.0.0.1:${PROMETHEUS_HOST_PORT:-9090}:9090"],
+        "grafana": ["127.0.0.1:${GRAFANA_HOST_PORT:-3001}:3000"],
+        "lb": ["${LB_PUBLISH:-8001:8001}"],
+    }
 
 
 def test_workspace_points_at_the_code_server(compose: dict[str, Any]) -> None:
@@ -254,7 +275,9 @@ def test_the_scaleout_overlay_writes_the_worker_out_and_balances_the_gateways(
     assert worker["image"] == compose["services"]["gateway"]["image"]
     assert "worker.redirect_stdouts=false" in worker["command"][-1], "runs' JSON lines stay at their level"
     lb = scaleout["services"]["lb"]
-    assert lb["ports"] == ["8001:8001"] and lb["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    assert lb["ports"] == ["${LB_PUBLISH:-8001:8001}"] and lb["depends_on"] == {
+        "gateway": {"condition": "service_healthy"}
+    }
     conf = (REPO_ROOT / lb["volumes"][0].split(":")[0]).read_text()
     assert "gateway:8001" in conf and "resolver 127.0.0.11" in conf
     assert (
