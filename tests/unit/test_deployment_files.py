@@ -387,3 +387,28 @@ def test_the_stand_in_base_script_cleans_up_without_failing(tmp_path: Path) -> N
     )
     assert done.returncode == 0, (done.returncode, done.stderr)
     assert not root.exists(), "the trap removes the folder"
+
+
+def test_the_processes_that_sign_images_make_their_test_certificate_where_they_may_write(
+    compose: dict[str, Any], scaleout: dict[str, Any]
+) -> None:
+    """Without C2PA_SIGNING_CERT/KEY the gateway (at start, for /health) and the steps (to sign)
+    make a test certificate in C2PA_TEST_FOLDER, by default `.data/c2pa` under the working
+    directory: /app in the image, root's, so the gateway crash-looped on PermissionError (found by
+    `make deploy-test`). In compose it is under DAGSTER_HOME, the one folder the image's user owns;
+    a real certificate and key reach the same processes."""
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    home = re.search(r"DAGSTER_HOME=(\S+)", dockerfile)
+    assert home and "chown -R jewel:jewel /opt/dagster" in dockerfile
+    signers = {
+        "gateway": _env(compose["services"]["gateway"]),
+        "code-server": _env(compose["services"]["code-server"]),
+        "worker": _env(scaleout["services"]["worker"]),
+    }
+    for name, env in signers.items():
+        folder = env.get("C2PA_TEST_FOLDER", "")
+        assert folder.startswith("${C2PA_TEST_FOLDER:-" + home.group(1) + "/"), (name, folder)
+        for key in ("C2PA", "C2PA_SIGNING_CERT", "C2PA_SIGNING_KEY"):
+            assert env.get(key) == "${" + key + ":-}", (name, key)
+    for name in ("webserver", "daemon", "reference-server", "postgres", "azurite"):
+        assert "C2PA_SIGNING_KEY" not in _env(compose["services"][name]), name
