@@ -28,6 +28,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -564,7 +565,20 @@ def cleanup(src: Path | None) -> None:
             run(["docker", *remove, *ids], check=False)
 
 
+def stop_on_signals() -> None:
+    """SIGTERM (a CI timeout) and SIGINT end the test through its `finally`: containers, volumes
+    and the engine it started are removed even then. SIGINT is ignored by default in a process
+    started in the background by a shell, hence set here too."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
 def main() -> int:
+    stop_on_signals()
     engine = Engine()
     src: Path | None = None
     timings: list[tuple[str, float]] = []
