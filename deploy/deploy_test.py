@@ -16,8 +16,9 @@ of docs/deployment.md's "One machine" and "Scale-out" blocks word for word, chec
    on both workers, each webhook once; the run slot limit is workers x concurrency; the runs'
    JSON log lines keep their own level; a worker killed mid-run: its run completes on the other.
 
-Prints each stage's duration; at the end removes its containers, networks and volumes, and stops
-the engine if it started it. Not part of `make test`; `.ci/run` runs it after it.
+Prints each stage's duration; at the end removes its containers, networks and volumes and its
+scratch folder, and stops the engine if it started it (also on SIGTERM/SIGINT). Not part of
+`make test`; `.ci/run` runs it last.
 """
 
 from __future__ import annotations
@@ -175,8 +176,11 @@ class Engine:
             wait_for("dockerd answers", self.answers, 120)
         if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
             # Debian ships Compose 1.29 as `docker-compose` only; the documented commands say
-            # `docker compose`: a CLI plugin that hands them to it.
-            self.shim = Path.home() / ".docker" / "cli-plugins" / "docker-compose"
+            # `docker compose`: a CLI plugin that hands them to it, in a Docker CLI configuration
+            # folder of the test's own (DOCKER_CONFIG, for the test's commands only): nothing is
+            # written to the home folder, and a killed run leaves nothing behind there.
+            config = SCRATCH / "docker-config"
+            self.shim = config / "cli-plugins" / "docker-compose"
             self.shim.parent.mkdir(parents=True, exist_ok=True)
             self.shim.write_text(
                 "#!/bin/sh\n# make deploy-test: `docker compose` handed to Compose 1.29 (removed at its end).\n"
@@ -186,10 +190,11 @@ class Engine:
                 '  exit 0\nfi\nshift\nexec docker-compose "$@"\n'
             )
             self.shim.chmod(0o755)
+            ENV["DOCKER_CONFIG"] = str(config)
 
     def stop(self) -> None:
         if self.shim is not None:
-            self.shim.unlink(missing_ok=True)
+            shutil.rmtree(self.shim.parent.parent, ignore_errors=True)
         if self.process is not None:
             say("stopping the dockerd this test started")
             self.process.terminate()
@@ -621,6 +626,7 @@ def main() -> int:
         began = time.monotonic()
         cleanup(src)
         engine.stop()
+        shutil.rmtree(SCRATCH, ignore_errors=True)  # the copy, and its .env with the run's secrets
         timings.append(("clean-up", time.monotonic() - began))
         for name, seconds in timings:
             say(f"{name:32s} {seconds:7.0f} s")
