@@ -356,6 +356,8 @@ def test_the_deploy_test_runs_the_guides_commands() -> None:
     assert 'run_doc_block("One machine"' in test and 'run_doc_block("Scale-out"' in test
     makefile = (REPO_ROOT / "Makefile").read_text()
     assert "deploy-test:" in makefile and "deploy/deploy_test.py" in makefile
+    ci = [line for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines() if not line.startswith("#")]
+    assert "make deploy-test" in ci and ci.index("make deploy-test") > ci.index("make test-long"), "CI runs it last"
 
 
 def test_doc_commands_joins_continued_lines_and_skips_comments(tmp_path: Path) -> None:
