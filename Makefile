@@ -45,7 +45,7 @@ soak: install node-tools
 
 # The compose deployment built and run for real (docs/deployment.md): a Docker engine (started,
 # and installed from Debian, if missing), stand-ins of the public images, the three stages. Not
-# part of `make test` (nor, until its scale-out stage passes, of .ci/run). Needs root (the engine) and ~10 min warm.
+# part of `make test`; .ci/run runs it last. Needs root (the engine); ~10 min warm.
 deploy-test: install
 	$(PY) deploy/deploy_test.py
 

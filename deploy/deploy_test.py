@@ -7,8 +7,8 @@ of docs/deployment.md's "One machine" and "Scale-out" blocks word for word, chec
 
 1. one machine: every service healthy, processes not root, each service given only its variables,
    /docs off; a request with an API key completes through the published gateway and its result
-   is fetched from the host (artifact route) and decodes as an image; the UI on 127.0.0.1:3000
-   only; PostgreSQL, Azurite, the code server and the reference server published nowhere; a
+   is fetched from the host (artifact route) and decodes as an image; the UI on the host's
+   loopback only; PostgreSQL, Azurite, the code server and the reference server published nowhere; a
    restart of each service loses no finished request; `down` then `up` keeps the requests;
 2. observability: Prometheus (profile `observability`) scrapes the gateway's /metrics through the
    compose network;
@@ -16,8 +16,9 @@ of docs/deployment.md's "One machine" and "Scale-out" blocks word for word, chec
    on both workers, each webhook once; the run slot limit is workers x concurrency; the runs'
    JSON log lines keep their own level; a worker killed mid-run: its run completes on the other.
 
-Prints each stage's duration; at the end removes its containers, networks and volumes, and stops
-the engine if it started it. Not part of `make test`; `.ci/run` runs it after it.
+Prints each stage's duration; at the end removes its containers, networks and volumes and its
+scratch folder, and stops the engine if it started it (also on SIGTERM/SIGINT). Not part of
+`make test`; `.ci/run` runs it last.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import json
 import os
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -49,15 +52,36 @@ from devtools.deploy_docs import doc_commands  # noqa: E402
 
 PROJECT = "jeweldeploytest"
 SCRATCH = Path(os.environ.get("DEPLOY_TEST_DIR", "/var/tmp/jewel-deploy-test"))
-GATEWAY = "http://127.0.0.1:8001"
-UI = "http://127.0.0.1:3000"
+# The host ports the stack publishes: free ones of this machine (set by use_free_ports), so another
+# process on 8001, 3000 or 9090 (a `make run`, a test's Prometheus) neither breaks the test nor is
+# broken by it. The compose files read them from the environment (UI_HOST_PORT, ...); the
+# documented commands stay word for word.
+API_PORT = 8001
+UI_PORT = 3000
+PROMETHEUS_PORT = 9090
+GATEWAY = f"http://127.0.0.1:{API_PORT}"
+UI = f"http://127.0.0.1:{UI_PORT}"
 KEYS = ["deploy-key-a", "deploy-key-b"]
 OURS = ["reference-server", "code-server", "webserver", "daemon", "gateway"]
 UNPUBLISHED = ["postgres", "azurite", "reference-server", "code-server", "daemon"]
+T = TypeVar("T")
+
+
+def seconds_setting(name: str, default: float) -> float:
+    """A deadline of the test, from the environment when set. The defaults hold on this 2-core
+    machine shared at load ~10; on a busier one raise them (what is slow is the machine starting
+    a dozen Python processes at once, not the deployment) rather than edit the test."""
+    return float(os.environ.get(name) or default)
+
+
+# Until every service of a `docker compose up` is healthy (stage 1 cold start, stage 2's eleven
+# containers at once).
+HEALTHY_SECONDS = seconds_setting("DEPLOY_TEST_HEALTHY_SECONDS", 600)
+# One request, start to COMPLETED (about 20 s on a quiet machine).
+REQUEST_SECONDS = seconds_setting("DEPLOY_TEST_REQUEST_SECONDS", 300)
 # docs/deployment.md, "Scale-out": a killed worker's run is failed by run monitoring once its
 # worker has not answered for 20 s, at the next 10 s poll, then retried on the other worker.
-KILLED_RUN_BOUND_SECONDS = 180.0
-T = TypeVar("T")
+KILLED_RUN_BOUND_SECONDS = seconds_setting("DEPLOY_TEST_KILLED_RUN_SECONDS", 180)
 
 
 def say(message: str) -> None:
@@ -84,7 +108,27 @@ def run(cmd: str | list[str], cwd: Path | None = None, timeout: float = 1800, ch
 
 
 ENV = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "COMPOSE_HTTP_TIMEOUT": "300", "DOCKER_BUILDKIT": "0"}
-ENV.pop("GATEWAY_PUBLISH", None)
+
+
+def free_port() -> int:
+    """A TCP port nothing on this machine listens on now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def use_free_ports() -> None:
+    """Publish the API (the gateway, then the balancer), the UI and Prometheus on free ports."""
+    global API_PORT, UI_PORT, PROMETHEUS_PORT, GATEWAY, UI
+    API_PORT, UI_PORT, PROMETHEUS_PORT = free_port(), free_port(), free_port()
+    GATEWAY, UI = f"http://127.0.0.1:{API_PORT}", f"http://127.0.0.1:{UI_PORT}"
+    ENV.update(
+        GATEWAY_PUBLISH=f"{API_PORT}:8001",  # the scale-out command sets its own, for the replicas
+        LB_PUBLISH=f"{API_PORT}:8001",
+        UI_HOST_PORT=str(UI_PORT),
+        PROMETHEUS_HOST_PORT=str(PROMETHEUS_PORT),
+    )
+    say(f"host ports: API {API_PORT}, UI {UI_PORT}, Prometheus {PROMETHEUS_PORT}")
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float, every: float = 1.0) -> T:
@@ -132,8 +176,11 @@ class Engine:
             wait_for("dockerd answers", self.answers, 120)
         if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
             # Debian ships Compose 1.29 as `docker-compose` only; the documented commands say
-            # `docker compose`: a CLI plugin that hands them to it.
-            self.shim = Path.home() / ".docker" / "cli-plugins" / "docker-compose"
+            # `docker compose`: a CLI plugin that hands them to it, in a Docker CLI configuration
+            # folder of the test's own (DOCKER_CONFIG, for the test's commands only): nothing is
+            # written to the home folder, and a killed run leaves nothing behind there.
+            config = SCRATCH / "docker-config"
+            self.shim = config / "cli-plugins" / "docker-compose"
             self.shim.parent.mkdir(parents=True, exist_ok=True)
             self.shim.write_text(
                 "#!/bin/sh\n# make deploy-test: `docker compose` handed to Compose 1.29 (removed at its end).\n"
@@ -143,10 +190,11 @@ class Engine:
                 '  exit 0\nfi\nshift\nexec docker-compose "$@"\n'
             )
             self.shim.chmod(0o755)
+            ENV["DOCKER_CONFIG"] = str(config)
 
     def stop(self) -> None:
         if self.shim is not None:
-            self.shim.unlink(missing_ok=True)
+            shutil.rmtree(self.shim.parent.parent, ignore_errors=True)
         if self.process is not None:
             say("stopping the dockerd this test started")
             self.process.terminate()
@@ -233,8 +281,8 @@ def all_healthy(services: list[str]) -> bool:
     return True
 
 
-def wait_healthy(services: list[str], timeout: float = 600) -> None:
-    wait_for(f"{', '.join(services)} healthy", lambda: all_healthy(services), timeout, every=2)
+def wait_healthy(services: list[str]) -> None:
+    wait_for(f"{', '.join(services)} healthy", lambda: all_healthy(services), HEALTHY_SECONDS, every=2)
 
 
 def published(container: dict[str, Any]) -> list[str]:
@@ -266,7 +314,7 @@ def finished(c: httpx.Client, workflow_id: str) -> dict[str, Any] | None:
     return state if state.get("status") not in (None, "RUNNING") else None
 
 
-def completes(c: httpx.Client, workflow_id: str, timeout: float = 300) -> dict[str, Any]:
+def completes(c: httpx.Client, workflow_id: str, timeout: float = REQUEST_SECONDS) -> dict[str, Any]:
     state = wait_for(f"{workflow_id} ends", lambda: finished(c, workflow_id), timeout)
     assert state["status"] == "COMPLETED", state
     return state
@@ -337,7 +385,8 @@ def stage_one_machine(src: Path, env_values: dict[str, str]) -> str:
     assert "PASSWORD" not in ref_env and "AZURE" not in ref_env, ref_env
     for name in UNPUBLISHED + ["azurite"]:
         assert not published(by_service[name]), (name, published(by_service[name]))
-    assert published(by_service["webserver"]) == ["127.0.0.1:3000->3000/tcp"], published(by_service["webserver"])
+    ui_published = published(by_service["webserver"])
+    assert ui_published == [f"127.0.0.1:{UI_PORT}->3000/tcp"], ui_published
     assert httpx.get(f"{UI}/server_info", timeout=10).status_code == 200
     assert httpx.get(f"{GATEWAY}/docs", timeout=10).status_code == 404, "/docs is off in compose"
     assert httpx.get(f"{GATEWAY}/openapi.json", timeout=10).status_code == 404
@@ -373,11 +422,15 @@ def stage_observability(src: Path, env_values: dict[str, str]) -> None:
     run(["docker", "compose", "--profile", "observability", "up", "-d", "prometheus"], cwd=src)
 
     def scraped() -> bool:
-        targets = httpx.get("http://127.0.0.1:9090/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        targets = httpx.get(f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/targets", timeout=10).json()["data"][
+            "activeTargets"
+        ]
         if not targets or targets[0]["health"] != "up":
             return False
         query = httpx.get(
-            "http://127.0.0.1:9090/api/v1/query", params={"query": 'count({job="jewel-gateway"})'}, timeout=10
+            f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/query",
+            params={"query": 'count({job="jewel-gateway"})'},
+            timeout=10,
         ).json()
         return bool(query["data"]["result"]) and int(query["data"]["result"][0]["value"][1]) > 10
 
@@ -450,10 +503,11 @@ def stage_scale_out(src: Path, env_values: dict[str, str]) -> None:
         clients = [client(key) for key in KEYS]
         ids = [start(clients[i % 2], webhookUrl=hook) for i in range(20)]
         for i, workflow_id in enumerate(ids):
-            completes(clients[i % 2], workflow_id, timeout=900)
+            completes(clients[i % 2], workflow_id, timeout=3 * REQUEST_SECONDS)
         say(f"20 requests COMPLETED through the balancer in {time.monotonic() - began:.0f} s")
         wait_for("a webhook for each request", lambda: {r.get("workflowId") for r in received} >= set(ids), 120)
-        time.sleep(3)  # a second delivery, if any, would come now  # noqa: deploy-test waits for absence
+        # Not a synchronisation: a window in which a second delivery, if any, would arrive.
+        time.sleep(3)
         counts = Counter(r.get("workflowId") for r in received)
         assert all(counts[i] == 1 for i in ids), {i: counts[i] for i in ids if counts[i] != 1}
         on = Counter(runs_by_workflow()[i][0]["tags"].get("jewel/worker") for i in ids)
@@ -516,7 +570,20 @@ def cleanup(src: Path | None) -> None:
             run(["docker", *remove, *ids], check=False)
 
 
+def stop_on_signals() -> None:
+    """SIGTERM (a CI timeout) and SIGINT end the test through its `finally`: containers, volumes
+    and the engine it started are removed even then. SIGINT is ignored by default in a process
+    started in the background by a shell, hence set here too."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
 def main() -> int:
+    stop_on_signals()
     engine = Engine()
     src: Path | None = None
     timings: list[tuple[str, float]] = []
@@ -528,6 +595,7 @@ def main() -> int:
         timings.append(("engine and stand-ins", time.monotonic() - began))
         src = scratch_copy()
         cleanup(src)  # what an interrupted earlier run left
+        use_free_ports()
         env_values: dict[str, str] = {}
         stages: list[tuple[str, Callable[[Path, dict[str, str]], Any]]] = [
             ("1 one machine (build included)", stage_one_machine),
@@ -558,6 +626,7 @@ def main() -> int:
         began = time.monotonic()
         cleanup(src)
         engine.stop()
+        shutil.rmtree(SCRATCH, ignore_errors=True)  # the copy, and its .env with the run's secrets
         timings.append(("clean-up", time.monotonic() - began))
         for name, seconds in timings:
             say(f"{name:32s} {seconds:7.0f} s")

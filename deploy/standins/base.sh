@@ -8,7 +8,9 @@ TAG=jewel-standin/debian:bookworm
 if docker image inspect "$TAG" >/dev/null 2>&1; then exit 0; fi
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 root="$(mktemp -d /var/tmp/standin-root.XXXXXX)"
-trap 'umount "$root/proc" "$root/sys" 2>/dev/null; rm -rf --one-file-system "$root"' EXIT
+# `|| true`: debootstrap unmounts them itself, and under `set -e` a failed umount (64) in the trap
+# would become the script's exit status.
+trap 'umount "$root/proc" "$root/sys" 2>/dev/null || true; rm -rf --one-file-system "$root"' EXIT
 echo "standins: debootstrap bookworm (minbase) from $MIRROR" >&2
 debootstrap --variant=minbase --include=ca-certificates bookworm "$root" "$MIRROR" >/dev/null
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"

@@ -62,7 +62,7 @@ def test_compose_publishes_only_the_gateway_to_the_network(compose: dict[str, An
         if not str(port).startswith("127.0.0.1:")
     }
     assert published == {"gateway": "${GATEWAY_PUBLISH:-8001:8001}"}
-    assert compose["services"]["webserver"]["ports"] == ["127.0.0.1:3000:3000"]
+    assert compose["services"]["webserver"]["ports"] == ["127.0.0.1:${UI_HOST_PORT:-3000}:3000"]
     gateway_env = compose["services"]["gateway"]["environment"]
     assert gateway_env["GATEWAY_API_KEYS"].startswith("${GATEWAY_API_KEYS:?")  # compose refuses to start without
     assert "ALLOW_ANONYMOUS" not in gateway_env
@@ -86,6 +86,27 @@ def test_every_file_the_deployment_names_exists(compose: dict[str, Any]) -> None
     for line in re.findall(r"^COPY (.+)$", dockerfile, flags=re.MULTILINE):
         for source in line.split()[:-1]:
             assert (REPO_ROOT / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_every_host_port_can_move_and_defaults_to_the_documented_one(compose: dict[str, Any]) -> None:
+    """A host port already taken (another stack on 8001 or 3000, a Prometheus on 9090) must not stop
+    the deployment: each published port is a variable of .env whose default is the documented port,
+    and the UI and Prometheus stay on loopback whatever the value (`make deploy-test` moves them all
+    to free ports of the machine it runs on)."""
+    scaleout = yaml.safe_load((REPO_ROOT / "docker-compose.scaleout.yml").read_text())
+    ports = {
+        name: service["ports"]
+        for file in (compose, scaleout)
+        for name, service in file["services"].items()
+        if "ports" in service
+    }
+    assert ports == {
+        "gateway": ["${GATEWAY_PUBLISH:-8001:8001}"],
+        "webserver": ["127.0.0.1:${UI_HOST_PORT:-3000}:3000"],
+        "prometheus": ["127.0.0.1:${PROMETHEUS_HOST_PORT:-9090}:9090"],
+        "grafana": ["127.0.0.1:${GRAFANA_HOST_PORT:-3001}:3000"],
+        "lb": ["${LB_PUBLISH:-8001:8001}"],
+    }
 
 
 def test_workspace_points_at_the_code_server(compose: dict[str, Any]) -> None:
@@ -254,7 +275,9 @@ def test_the_scaleout_overlay_writes_the_worker_out_and_balances_the_gateways(
     assert worker["image"] == compose["services"]["gateway"]["image"]
     assert "worker.redirect_stdouts=false" in worker["command"][-1], "runs' JSON lines stay at their level"
     lb = scaleout["services"]["lb"]
-    assert lb["ports"] == ["8001:8001"] and lb["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    assert lb["ports"] == ["${LB_PUBLISH:-8001:8001}"] and lb["depends_on"] == {
+        "gateway": {"condition": "service_healthy"}
+    }
     conf = (REPO_ROOT / lb["volumes"][0].split(":")[0]).read_text()
     assert "gateway:8001" in conf and "resolver 127.0.0.11" in conf
     assert (
@@ -333,6 +356,8 @@ def test_the_deploy_test_runs_the_guides_commands() -> None:
     assert 'run_doc_block("One machine"' in test and 'run_doc_block("Scale-out"' in test
     makefile = (REPO_ROOT / "Makefile").read_text()
     assert "deploy-test:" in makefile and "deploy/deploy_test.py" in makefile
+    ci = [line for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines() if not line.startswith("#")]
+    assert "make deploy-test" in ci and ci.index("make deploy-test") > ci.index("make test-long"), "CI runs it last"
 
 
 def test_doc_commands_joins_continued_lines_and_skips_comments(tmp_path: Path) -> None:
@@ -346,3 +371,46 @@ def test_doc_commands_joins_continued_lines_and_skips_comments(tmp_path: Path) -
     assert doc_commands(doc, "B") == ["qux"]
     with pytest.raises(ValueError):
         doc_commands(doc, "C")
+
+
+def test_the_stand_in_base_script_cleans_up_without_failing(tmp_path: Path) -> None:
+    """deploy/standins/base.sh removes its debootstrap folder in an EXIT trap, under `set -e`.
+    debootstrap unmounts proc and sys itself, so the trap's `umount` fails (64): without `|| true`
+    that status became the script's, and every cold `make deploy-test` stopped right after
+    building the base image (found by the first cold run on a fresh machine)."""
+    import subprocess
+
+    script = (REPO_ROOT / "deploy" / "standins" / "base.sh").read_text()
+    (trap,) = [line for line in script.splitlines() if line.startswith("trap ")]
+    root = tmp_path / "standin-root"
+    (root / "proc").mkdir(parents=True)  # nothing mounted there: as after a finished debootstrap
+    done = subprocess.run(
+        ["bash", "-c", f"set -euo pipefail\nroot={root}\n{trap}\ntrue"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert not root.exists(), "the trap removes the folder"
+
+
+def test_the_processes_that_sign_images_make_their_test_certificate_where_they_may_write(
+    compose: dict[str, Any], scaleout: dict[str, Any]
+) -> None:
+    """Without C2PA_SIGNING_CERT/KEY the gateway (at start, for /health) and the steps (to sign)
+    make a test certificate in C2PA_TEST_FOLDER, by default `.data/c2pa` under the working
+    directory: /app in the image, root's, so the gateway crash-looped on PermissionError (found by
+    `make deploy-test`). In compose it is under DAGSTER_HOME, the one folder the image's user owns;
+    a real certificate and key reach the same processes."""
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    home = re.search(r"DAGSTER_HOME=(\S+)", dockerfile)
+    assert home and "chown -R jewel:jewel /opt/dagster" in dockerfile
+    signers = {
+        "gateway": _env(compose["services"]["gateway"]),
+        "code-server": _env(compose["services"]["code-server"]),
+        "worker": _env(scaleout["services"]["worker"]),
+    }
+    for name, env in signers.items():
+        folder = env.get("C2PA_TEST_FOLDER", "")
+        assert folder.startswith("${C2PA_TEST_FOLDER:-" + home.group(1) + "/"), (name, folder)
+        for key in ("C2PA", "C2PA_SIGNING_CERT", "C2PA_SIGNING_KEY"):
+            assert env.get(key) == "${" + key + ":-}", (name, key)
+    for name in ("webserver", "daemon", "reference-server", "postgres", "azurite"):
+        assert "C2PA_SIGNING_KEY" not in _env(compose["services"][name]), name
