@@ -17,7 +17,7 @@ requests against two stacks started here, one after the other:
   load decoding its blob (ARTIFACT_PNG_FILTER=adaptive, ARTIFACT_REUSE_MEGABYTES=0).
 Prints median/p95 of each, where the time goes (from Dagster's run timestamps: the start call,
 launch to RUN_START, RUN_START to the end, the end until GET shows COMPLETED) and the ratio
-stock / ours. Target for ours: p50 <= 0.5 s, p95 <= 1.0 s.
+stock / ours. Target for ours (issue 28): p50 <= 1.0 s, p95 <= 1.5 s.
 
     .venv/bin/python -m benchmarks.orchestration --only ours --requests 10   # one setup
 """
@@ -139,8 +139,8 @@ def main() -> None:
         for baseline in [b for b in results if b != "ours"]:
             ratio = statistics.median(results[baseline]) / statistics.median(ours)
             print(f"ratio {baseline} / ours (median): {ratio:.2f}x")
-        verdict = "meets" if statistics.median(ours) <= 0.5 and percentile(ours, 95) <= 1.0 else "MISSES"
-        print(f"target p50 <= 0.5 s, p95 <= 1.0 s: {verdict}")
+        verdict = "meets" if statistics.median(ours) <= 1.0 and percentile(ours, 95) <= 1.5 else "MISSES"
+        print(f"target (issue 28) p50 <= 1.0 s, p95 <= 1.5 s: {verdict}")
 
 
 if __name__ == "__main__":
