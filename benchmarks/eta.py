@@ -13,9 +13,10 @@ least 1 s before the end (closer, a rounding second is a large share). Reported 
 (after the run's RUN_START; the target: median <= 20 %) and while queued, with a naive baseline in
 the same run: the reference latencies of the model steps not done yet (SAM3 1 s until the mask is
 made, then max(Flux, Gemini) 3 s), the queue ignored. Also: how many polls had an ETA, and whether
-any request's position rose at the same step (the progress a poll shows: the target is never, even
-across a null poll), or a step's wait began above where the previous step's ended (told apart: the
-run queue then the GPU pool, different lines; one pooled step then the next).
+any request's position rose within one wait (a wait: the run queue before the run's RUN_START, then
+the GPU pool's line at one step's progress; the target is never, even across a null poll), or a
+wait began above where the previous one ended (told apart: the run queue then the GPU pool,
+different lines; one pooled step then the next).
 """
 
 from __future__ import annotations
@@ -76,32 +77,40 @@ class Rises:
     pool_to_pool: int = 0  # a pooled step's first position above the previous pooled step's last
 
 
-def position_rises(polls: list[Poll]) -> Rises:
-    """Rises of the position, told apart by step. A step is the progress a poll shows (each of
-    the request's waits is at one progress: the run queue's at the first steps, then one per
-    pooled step); comparing only consecutive non-null positions took the wait for the next step
-    (a short pooled step run between two polls) for the same wait. Every rise at the same progress
-    counts for the target, even across a null poll: the person sees one step's position go up."""
+def position_rises(polls: list[Poll], started: float | None = None) -> Rises:
+    """Rises of the position, told apart by wait. A wait is one line (the run queue before the
+    run's RUN_START, `started`; the GPU pool's after it) at one progress (one per pooled step);
+    without `started`, the first steps' progress stands for the run queue. Comparing only
+    consecutive non-null positions took the wait for the next step (a short pooled step run
+    between two polls) for the same wait; comparing by progress alone took the run queue's last
+    position and the pool's first, both at the first step's progress, for one wait. Every rise
+    within a wait counts for the target, even across a null poll: the person sees it go up."""
+
+    def wait_of(poll: Poll) -> tuple[bool, int]:
+        in_pool = poll.progress >= STEP_PROGRESS["REMOVING_BACKGROUND"] if started is None else poll.at >= started
+        return in_pool, poll.progress
+
     same = after_null = queue_to_pool = pool_to_pool = 0
-    last_at: dict[int, int] = {}  # progress -> the last position shown there
-    previous: tuple[int, int] | None = None  # (progress, position) of the last non-null position
-    null_since: set[int] = set()  # progresses with a null poll since their last position
+    last_at: dict[tuple[bool, int], int] = {}  # wait -> the last position shown there
+    previous: tuple[tuple[bool, int], int] | None = None  # (wait, position) of the last non-null position
+    null_since: set[tuple[bool, int]] = set()  # waits with a null poll since their last position
     for poll in polls:
+        wait = wait_of(poll)
         if poll.position is None:
-            null_since.add(poll.progress)
+            null_since.add(wait)
             continue
-        if poll.progress in last_at:
-            if poll.position > last_at[poll.progress]:
+        if wait in last_at:
+            if poll.position > last_at[wait]:
                 same += 1
-                after_null += poll.progress in null_since
+                after_null += wait in null_since
         elif previous is not None and poll.position > previous[1]:
-            if previous[0] < STEP_PROGRESS["REMOVING_BACKGROUND"]:
+            if not previous[0][0] and wait[0]:
                 queue_to_pool += 1
             else:
                 pool_to_pool += 1
-        last_at[poll.progress] = poll.position
-        null_since.discard(poll.progress)
-        previous = (poll.progress, poll.position)
+        last_at[wait] = poll.position
+        null_since.discard(wait)
+        previous = (wait, poll.position)
     return Rises(same, after_null, queue_to_pool, pool_to_pool)
 
 
@@ -176,7 +185,7 @@ def errors(found: list[Request]) -> dict[str, Any]:
                 weighted[phase][0] += abs(poll.eta - left)
                 weighted[phase][1] += left
             scored[f"naive {phase}"].append(100 * abs(naive_eta(poll.progress) - left) / left)
-    rises = [position_rises(r.polls) for r in found]
+    rises = [position_rises(r.polls, r.started) for r in found]
     return {
         "rises": Rises(*(sum(getattr(r, f.name) for r in rises) for f in dataclasses.fields(Rises))),
         "requests_with_rise": sum(1 for r in rises if r.same_step),

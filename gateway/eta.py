@@ -113,6 +113,19 @@ class PendingStep:
 class Estimate:
     position: int | None  # runs ahead in the run queue, or steps ahead in the pool; None: running
     ends_at: float | None  # unix seconds; None while a median it needs has no sample yet
+    # `position` is the run queue's (the snapshot saw the run waiting there); not compared: the
+    # same position and end either way.
+    queued: bool = field(default=False, compare=False)
+
+    def position_for(self, run_status: str) -> int | None:
+        """The position to show for a run Dagster now reports in `run_status`. The snapshot is up
+        to a refresh old and the run's status is newer: a run that left the run queue since (its
+        status no longer QUEUED) shows no queue position until the next snapshot places it in the
+        GPU pool's line, else a "0 ahead" from the queue turned "2 ahead" in the pool at the same
+        step (benchmarks.eta counted it as a rise)."""
+        if self.queued and run_status not in WAITING:
+            return None
+        return self.position
 
 
 def step_samples(run: ActiveRun) -> list[tuple[str, str, float, float]]:
@@ -357,7 +370,7 @@ def estimate(
         whole = job_seconds(run.ops, medians)
         known = known and whole is not None and launch is not None
         ends_at = slot + launch + whole if known and whole is not None and launch is not None else None
-        out[run.run_id] = Estimate(position, ends_at)
+        out[run.run_id] = Estimate(position, ends_at, queued=True)
         heapq.heappush(free_at, ends_at if ends_at is not None else slot)
     return out
 

@@ -64,6 +64,25 @@ def test_get_adds_the_position_and_eta_of_a_queued_run(tmp_path: Path) -> None:
     assert set(body) == SEED_FIELDS | {"queuePosition", "etaSeconds"}
 
 
+def test_a_run_that_left_the_queue_since_the_snapshot_shows_no_queue_position(tmp_path: Path) -> None:
+    """The snapshot (a second old at most) still has the run 0th in the run queue; Dagster already
+    says STARTING: its queue position is over, and its place in the GPU pool's line comes with the
+    next snapshot. Showing the stale 0 made a "0 ahead" turn "1 ahead" at the same step."""
+    snapshot = FixedEstimates({"run-7": Estimate(0, time.time() + 20, queued=True)})
+    with gateway_with_fake_dagster(tmp_path) as (client, _):
+        _client(client, Runs("QUEUED"), snapshot)
+        assert client.get(f"/workflow/{WORKFLOW}").json()["queuePosition"] == 0
+    for status in ("STARTING", "STARTED"):
+        with gateway_with_fake_dagster(tmp_path) as (client, _):
+            _client(client, Runs(status), snapshot)
+            body = client.get(f"/workflow/{WORKFLOW}").json()
+        assert "queuePosition" not in body and body["etaSeconds"] > 0, body
+    pooled = FixedEstimates({"run-7": Estimate(2, time.time() + 20)})  # in the pool's line: shown
+    with gateway_with_fake_dagster(tmp_path) as (client, _):
+        _client(client, Runs("STARTED"), pooled)
+        assert client.get(f"/workflow/{WORKFLOW}").json()["queuePosition"] == 2
+
+
 def test_get_leaves_out_what_is_not_known(tmp_path: Path) -> None:
     with gateway_with_fake_dagster(tmp_path) as (client, _):
         # Running its step (no position), ETA known.
