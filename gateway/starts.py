@@ -256,9 +256,6 @@ class StartLauncher:
         logs.start_request(start.tags.get(REQUEST_ID_TAG) or logs.request_id_from(None))
         logs.bind(workflowId=workflow_id)
         look_first = start.attempts > 0  # taken over, or launched before: its run decides
-        start = self._announce(start)
-        if start is None:
-            return
         added = False
         while True:
             if self._stop.is_set():
@@ -297,22 +294,6 @@ class StartLauncher:
             start = current.but(attempts=start.attempts)
         self._down_since = None
         self._launched(start, runs)
-
-    def _announce(self, start: PendingStart) -> PendingStart | None:
-        """Record that a launch may happen from now on (attempts >= 1), then look for a cancel
-        once more; None when one came (the record is closed: the run will never exist).
-
-        The cancel route writes its cancel blob, then reads this record; the launcher writes the
-        record, then reads the cancel blob: whichever comes second sees the other's write. So a
-        cancel that finds no announced launch may answer CANCELLED at once (this launcher will
-        skip the start), and one that finds it waits for the launch's outcome instead: a run
-        launched after the API had said CANCELLED ran, and showed RUNNING, for seconds."""
-        announced = start.but(attempts=max(start.attempts, 1))
-        write_start(self._store, announced)
-        if self._store.exists_path(start_cancel_path(start.workflowId)):
-            self._close_cancelled(announced)
-            return None
-        return announced
 
     def _fail_after_error(self, workflow_id: str) -> None:
         try:

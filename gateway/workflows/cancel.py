@@ -12,10 +12,9 @@ from fastapi import HTTPException, status
 from gateway.cancels import await_stop
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
-from gateway.dagster_api.models import RunInfo
 from gateway.schemas import StartResponse
 from gateway.settings import GatewaySettings
-from gateway.starts import PendingStart, mark_cancelled, read_start, state_of_start
+from gateway.starts import PendingStart, forget_start, mark_cancelled, state_of_start
 from gateway.status import position_of, workflow_status
 from gateway.workflows.errors import pipeline_unavailable
 from gateway.workflows.ownership import owned_run, owned_run_or_start
@@ -45,7 +44,7 @@ def cancel(
     """
     run = owned_run_or_start(runs, store, workflow_id, caller)
     if isinstance(run, PendingStart):
-        return _cancel_start(runs, store, settings, run, caller)
+        return _cancel_start(runs, store, settings, run)
     state = position_of(run).status
     if state != "RUNNING":
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {state}")
@@ -102,16 +101,10 @@ def _settled_cancel(runs: DagsterRuns, settings: GatewaySettings, workflow_id: s
     return CancelAnswer(StartResponse(workflowId=workflow_id, status="CANCELLED"))
 
 
-def _cancel_start(
-    runs: DagsterRuns, store: BlobStore, settings: GatewaySettings, start: PendingStart, caller: str
-) -> CancelAnswer:
+def _cancel_start(runs: DagsterRuns, store: BlobStore, settings: GatewaySettings, start: PendingStart) -> CancelAnswer:
     """Cancel a start whose run does not exist yet: its cancel blob makes the launcher skip it.
-
-    CANCELLED at once only when no launch is under way (the launcher has not announced one, see
-    `StartLauncher._announce`: it will read the cancel before it launches). A launch under way is
-    waited for, up to CANCEL_WAIT_SECONDS: its run is terminated and the answer is that of a
-    running run's cancel (CANCELLED once stopped, 409, or 202 while stopping); a launcher that saw
-    the cancel in time closes the record, and the answer is CANCELLED."""
+    The launcher may be launching it right now: if the run is there already, it is terminated
+    here (and the launcher, seeing the cancel after its launch, terminates it too)."""
     workflow_id = start.workflowId
     if start.state != "pending":
         ended = state_of_start(start).status
@@ -120,38 +113,19 @@ def _cancel_start(
         mark_cancelled(store, workflow_id)
     except BlobStoreError as exc:
         raise pipeline_unavailable(DagsterUnavailable(f"cancel not stored: {exc}")) from exc
-    deadline = time.monotonic() + settings.cancel_wait_seconds
-    while True:
-        announced = read_start(store, workflow_id)  # read after the cancel was written
-        try:
-            run = runs.latest_run(workflow_id)
-        except DagsterError:
-            run = None  # the launcher reads the cancel before it launches, or terminates after
-        if run is not None and run.tags.get(LAUNCH_TAG) == start.launch_tag:
-            return _cancel_launched(runs, settings, workflow_id, run, caller)
-        launching = announced is not None and announced.attempts > 0 and announced.endedAt is None
-        if not launching:
-            if announced is not None and announced.state == "failed":
-                raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: FAILED")
-            runs.forget(workflow_id)
-            return CancelAnswer(StartResponse(workflowId=workflow_id, status="CANCELLED"))
-        if time.monotonic() >= deadline:
-            return CancelAnswer(StartResponse(workflowId=workflow_id, status="RUNNING"), still_stopping=True)
-        time.sleep(0.1)
-
-
-def _cancel_launched(
-    runs: DagsterRuns, settings: GatewaySettings, workflow_id: str, run: RunInfo, caller: str
-) -> CancelAnswer:
-    """The run of a cancelled start exists: stop it as a running run's cancel does. The start's
-    record and cancel blob stay for the launcher, which, seeing the cancel after its launch,
-    terminates the run too (a STARTING run refuses the first asks) and then forgets the start."""
-    state = position_of(run).status
-    if state != "RUNNING":
-        runs.forget(workflow_id)
-        if state == "CANCELLED":
-            return CancelAnswer(StartResponse(workflowId=workflow_id, status="CANCELLED"))
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {state}")
-    if run.status != "CANCELING":
-        _terminate(runs, settings, workflow_id, run.run_id, caller)
-    return _settled_cancel(runs, settings, workflow_id, run.run_id)
+    try:
+        run = runs.latest_run(workflow_id)
+    except DagsterError:
+        run = None  # the launcher reads the cancel before it launches, or terminates after
+    if run is not None and run.tags.get(LAUNCH_TAG) == start.launch_tag:
+        forget_start(store, workflow_id)
+        if position_of(run).status == "RUNNING":
+            try:
+                if run.status != "CANCELING":
+                    runs.terminate(run.run_id)
+            except DagsterError as exc:
+                log.warning("cancel of %s: terminate failed (the launcher may have done it): %s", workflow_id, exc)
+            else:
+                return _settled_cancel(runs, settings, workflow_id, run.run_id)
+    runs.forget(workflow_id)
+    return CancelAnswer(StartResponse(workflowId=workflow_id, status="CANCELLED"))
