@@ -12,6 +12,7 @@ that started last would leave one core idle at the end while it finishes.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,26 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return SharedStackScheduling(config, log)
 
 
+def _sigterm_ignored() -> bool:
+    """Whether this process ignores SIGTERM, as the kernel sees it (C code may have set it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+_SIGTERM_RESET_AFTER: list[str] = []
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    """A worker left ignoring SIGTERM hands that on to every process it starts: Dagster's compute
+    log capture then waits 30 s for each `tail` it terminates (seen once on CI, in two tests that
+    run steps in-process). Put the default back and say after which test it was found."""
+    if Path("/proc/self/status").exists() and _sigterm_ignored():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _SIGTERM_RESET_AFTER.append(nodeid)
+
+
 def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
     longrepr = report.longrepr
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
@@ -165,7 +186,10 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """After a local run, every skipped test and why, in one block (CI fails them instead)."""
+    """After a local run, every skipped test and why, in one block (CI fails them instead); and
+    the tests after which a worker was found ignoring SIGTERM."""
+    for nodeid in _SIGTERM_RESET_AFTER:
+        terminalreporter.line(f"SIGTERM was ignored after {nodeid}: reset to the default")
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if not hasattr(r, "wasxfail")]
     if not skipped:
         return
