@@ -16,6 +16,13 @@ workflow), or it ends the workflow without a run:
   upload, strokes and webhook URL are deleted (nothing half-created), GET answers FAILED;
 - `cancelled`: cancelled before its run existed; GET answers CANCELLED.
 
+A cancel and a launch meet through two writes read in opposite orders: the launcher announces a
+launch in the record (`attempts` >= 1) and then reads the cancel blob; the cancel route writes
+the cancel blob and then reads the record. Whichever acts second sees the other. A cancel that
+finds no launch announced is final at once (the launcher will skip the start); one that finds a
+launch under way is not, until the launcher closes the record or the run it launched stops: till
+then GET answers RUNNING (`launch_under_way`), never CANCELLED and then RUNNING again.
+
 Ended records are removed after RETENTION_DAYS (when that is > 0).
 
 Replicas: each gateway writes a heartbeat (`start-gateways/<gateway id>.json`) every few
@@ -87,6 +94,12 @@ class PendingStart:
     def launch_tag(self) -> str:
         return self.tags[LAUNCH_TAG]
 
+    @property
+    def launch_under_way(self) -> bool:
+        """A launch was announced and the record is not closed: its run may still appear, so a
+        cancel of it is not final yet (see the module's docstring)."""
+        return self.attempts > 0 and self.endedAt is None and self.state != "failed"
+
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
@@ -95,14 +108,25 @@ class PendingStart:
 
 
 def read_start(store: BlobStore, workflow_id: str) -> PendingStart | None:
-    """The workflow's pending start (state `cancelled` once a cancel blob exists), or None."""
-    try:
-        start = PendingStart(**json.loads(store.get_path(pending_start_path(workflow_id))))
-    except (BlobStoreError, ValueError, TypeError):
-        return None
-    if start.state != "cancelled" and store.exists_path(start_cancel_path(workflow_id)):
+    """The workflow's pending start (state `cancelled` once a cancel blob exists), or None.
+
+    A pending record with a cancel blob is read again after the blob was seen: read before it,
+    it may miss a launch announced in between (and the cancel then look final while the launcher,
+    which read no cancel after its announce, launches the run)."""
+    start = _load_start(store, workflow_id)
+    if start is None or start.state != "pending" or not store.exists_path(start_cancel_path(workflow_id)):
+        return start
+    start = _load_start(store, workflow_id)
+    if start is not None and start.state == "pending":
         start.state = "cancelled"
     return start
+
+
+def _load_start(store: BlobStore, workflow_id: str) -> PendingStart | None:
+    try:
+        return PendingStart(**json.loads(store.get_path(pending_start_path(workflow_id))))
+    except (BlobStoreError, ValueError, TypeError):
+        return None
 
 
 def write_start(store: BlobStore, start: PendingStart) -> None:
@@ -131,7 +155,9 @@ def state_of_start(start: PendingStart) -> WorkflowState:
             failedStep=FIRST_STEP,
             error=start.error or "the workflow could not be started; start it again",
         )
-    status: Literal["RUNNING", "CANCELLED"] = "CANCELLED" if start.state == "cancelled" else "RUNNING"
+    # A cancelled start whose launch is under way may still get a run: RUNNING until that is settled.
+    cancelled = start.state == "cancelled" and not start.launch_under_way
+    status: Literal["RUNNING", "CANCELLED"] = "CANCELLED" if cancelled else "RUNNING"
     return WorkflowState(workflowId=start.workflowId, status=status, progress=progress, currentStep=FIRST_STEP)
 
 
@@ -235,27 +261,33 @@ class StartLauncher:
                 with self._mine_lock:
                     self._mine.discard(workflow_id)
 
-    def _own(self, workflow_id: str) -> PendingStart | None:
+    def _own(self, workflow_id: str, runs: DagsterRuns) -> PendingStart | None:
         """The record, while it is pending and still this gateway's to launch; a cancelled one is
-        closed here (its blobs dropped)."""
+        ended here (its blobs dropped; the run a launch before may have made is stopped)."""
         start = read_start(self._store, workflow_id)
-        if start is None or start.gateway != self.gateway_id:
+        if start is None or start.gateway != self.gateway_id or start.endedAt is not None:
             return None
         if start.state == "cancelled":
-            self._close_cancelled(start)
+            if start.attempts > 0:  # taken over: the dead gateway may have launched it
+                self._end_cancelled(start, runs)
+            else:
+                self._close_cancelled(start)
             return None
         return start if start.state == "pending" else None
 
     def _launch(self, workflow_id: str) -> None:
-        start = self._own(workflow_id)
+        runs = self._runs()
+        start = self._own(workflow_id, runs)
         if start is None:
             return
-        runs = self._runs()
         # The log lines of this launch carry the start call's request id, as they did when the
         # launch happened inside the call.
         logs.start_request(start.tags.get(REQUEST_ID_TAG) or logs.request_id_from(None))
         logs.bind(workflowId=workflow_id)
         look_first = start.attempts > 0  # taken over, or launched before: its run decides
+        start = self._announce(start)
+        if start is None:
+            return
         added = False
         while True:
             if self._stop.is_set():
@@ -288,16 +320,59 @@ class StartLauncher:
                 return self._give_up(start, runs, added, self._unreachable_message())
             log.warning("start of %s: Dagster did not answer (attempt %d): %s", workflow_id, start.attempts, error)
             self._stop.wait(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (start.attempts - 1)))
-            current = self._own(workflow_id)
-            if current is None:
-                return  # cancelled, or taken over while we waited
+            current = read_start(self._store, workflow_id)
+            if current is None or current.gateway != self.gateway_id or current.state == "failed":
+                return  # taken over while we waited
+            if current.state == "cancelled":
+                return self._end_cancelled(start, runs)
             start = current.but(attempts=start.attempts)
         self._down_since = None
         self._launched(start, runs)
 
+    def _announce(self, start: PendingStart) -> PendingStart | None:
+        """Record that a launch may happen from now on (attempts >= 1), then look for a cancel
+        once more; None when one came (the record is closed: the run will never exist).
+
+        The cancel route writes its cancel blob, then reads this record: whichever comes second
+        sees the other's write (see the module's docstring). Without it a cancel answered
+        CANCELLED while this thread was launching, and GET then said RUNNING for seconds."""
+        announced = start.but(attempts=max(start.attempts, 1))
+        write_start(self._store, announced)
+        if self._store.exists_path(start_cancel_path(start.workflowId)):
+            self._close_cancelled(announced)
+            return None
+        return announced
+
+    def _end_cancelled(self, start: PendingStart, runs: DagsterRuns) -> None:
+        """A cancel came while the launch was being retried: an attempt Dagster did not answer
+        may have launched the run all the same. Stop that run if it exists; close the record only
+        once Dagster said it does not (a closed record reads CANCELLED, and a run found later
+        would read RUNNING again). Asked until START_GIVE_UP_SECONDS of Dagster away."""
+        attempt = 0
+        while True:
+            try:
+                exists = run_exists(runs, start.workflowId, start.launch_tag)
+            except DagsterError as exc:
+                attempt += 1
+                self._down_since = self._down_since or time.monotonic()
+                if self._stop.is_set():
+                    raise _Stopped from exc
+                if self._down_for() > self._settings.start_give_up_seconds:
+                    log.warning("start of %s: cancelled; Dagster cannot tell if it launched: %s", start.workflowId, exc)
+                    self._close_cancelled(start)
+                    return
+                self._stop.wait(min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (attempt - 1)))
+                continue
+            self._down_since = None
+            if exists:
+                self._launched(start, runs)  # it sees the cancel: terminates the run
+            else:
+                self._close_cancelled(start)
+            return
+
     def _fail_after_error(self, workflow_id: str) -> None:
         try:
-            start = self._own(workflow_id)
+            start = self._own(workflow_id, self._runs())
             if start is not None and not self._exists_now(self._runs(), start):
                 error_id = uuid.uuid4().hex[:12]
                 log.error("error %s: the start of %s failed in the gateway", error_id, workflow_id)
@@ -435,6 +510,11 @@ class StartLauncher:
                 continue
             abandoned = start.gateway == self.gateway_id or not self._alive(start.gateway, alive)
             if start.state == "cancelled" and start.endedAt is None and abandoned:
+                if start.launch_under_way and start.gateway != self.gateway_id:
+                    # Its gateway died launching it: the run may exist. Taken over, the launcher
+                    # looks for it (and stops it) before the record closes.
+                    taken += int(self._take_over(start))
+                    continue
                 self._close_cancelled(start)  # its gateway never saw the cancel
                 start.endedAt = now
             if start.state != "pending":
@@ -454,7 +534,7 @@ class StartLauncher:
 
         def settled(held: dict[str, Any]) -> bool:
             current = read_start(self._store, workflow_id)
-            return current is None or current.state != "pending" or current.gateway != dead
+            return current is None or not _takeable(current) or current.gateway != dead
 
         try:
             held = claim(
@@ -469,11 +549,18 @@ class StartLauncher:
         if not held.won:
             return False
         current = read_start(self._store, workflow_id)
-        if current is None or current.state != "pending" or current.gateway != dead:
+        if current is None or not _takeable(current) or current.gateway != dead:
             return False
-        # attempts >= 1: the dead gateway may have launched it; the launcher looks for its run first.
-        mine = PendingStart(**{**asdict(current), "gateway": self.gateway_id, "attempts": max(1, current.attempts)})
+        # attempts >= 1: the dead gateway may have launched it; the launcher looks for its run
+        # first. (`cancelled` is read from the cancel blob, which stays: the record stays pending.)
+        changes = {"gateway": self.gateway_id, "attempts": max(1, current.attempts), "state": "pending"}
+        mine = PendingStart(**{**asdict(current), **changes})
         write_start(self._store, mine)
         log.warning("took over the pending start of %s from gateway %s", workflow_id, dead)
         self.submit(workflow_id)
         return True
+
+
+def _takeable(start: PendingStart) -> bool:
+    """A record another gateway may take over: pending, or cancelled while its launch was under way."""
+    return start.state == "pending" or (start.state == "cancelled" and start.launch_under_way)

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, status
 
-from gateway.cancels import await_stop
+from gateway.cancels import POLL_SECONDS, await_stop
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.errors import DagsterError, DagsterUnavailable
+from gateway.dagster_api.models import RunInfo
 from gateway.schemas import StartResponse
 from gateway.settings import GatewaySettings
-from gateway.starts import PendingStart, forget_start, mark_cancelled, state_of_start
+from gateway.starts import PendingStart, mark_cancelled, read_start, state_of_start
 from gateway.status import position_of, workflow_status
 from gateway.workflows.errors import pipeline_unavailable
 from gateway.workflows.ownership import owned_run, owned_run_or_start
@@ -102,30 +103,78 @@ def _settled_cancel(runs: DagsterRuns, settings: GatewaySettings, workflow_id: s
 
 
 def _cancel_start(runs: DagsterRuns, store: BlobStore, settings: GatewaySettings, start: PendingStart) -> CancelAnswer:
-    """Cancel a start whose run does not exist yet: its cancel blob makes the launcher skip it.
-    The launcher may be launching it right now: if the run is there already, it is terminated
-    here (and the launcher, seeing the cancel after its launch, terminates it too)."""
+    """Cancel a start whose run did not exist a moment ago: its cancel blob makes the launcher skip it.
+
+    Final at once (CANCELLED) only when no launch is under way: the record, read after the cancel
+    blob was written, announces none, so the launcher reads the cancel before it launches (see
+    gateway/starts.py). A launch under way is waited for, up to CANCEL_WAIT_SECONDS: its run is
+    then stopped and answered for as a running run's cancel (`_cancel_launched`); a launcher that
+    saw the cancel in time closes the record (CANCELLED); still under way at the deadline, 202 and
+    RUNNING (the launcher stops the run it launches)."""
     workflow_id = start.workflowId
-    if start.state != "pending":
+    if start.state == "failed" or (start.state == "cancelled" and not start.launch_under_way):
         ended = state_of_start(start).status
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {ended}")
     try:
-        mark_cancelled(store, workflow_id)
+        mark_cancelled(store, workflow_id)  # False when cancelled before (the launch still under way)
     except BlobStoreError as exc:
         raise pipeline_unavailable(DagsterUnavailable(f"cancel not stored: {exc}")) from exc
-    try:
-        run = runs.latest_run(workflow_id)
-    except DagsterError:
-        run = None  # the launcher reads the cancel before it launches, or terminates after
-    if run is not None and run.tags.get(LAUNCH_TAG) == start.launch_tag:
-        forget_start(store, workflow_id)
-        if position_of(run).status == "RUNNING":
-            try:
-                if run.status != "CANCELING":
-                    runs.terminate(run.run_id)
-            except DagsterError as exc:
-                log.warning("cancel of %s: terminate failed (the launcher may have done it): %s", workflow_id, exc)
-            else:
-                return _settled_cancel(runs, settings, workflow_id, run.run_id)
-    runs.forget(workflow_id)
-    return CancelAnswer(StartResponse(workflowId=workflow_id, status="CANCELLED"))
+    deadline = time.monotonic() + settings.cancel_wait_seconds
+    while True:
+        current = read_start(store, workflow_id)  # read after the cancel was written
+        try:
+            run = runs.latest_run(workflow_id)
+        except DagsterError:
+            run = None  # the launcher reads the cancel before it launches, or stops the run after
+        if run is not None and run.tags.get(LAUNCH_TAG) == start.launch_tag:
+            return _cancel_launched(runs, settings, workflow_id, run, deadline)
+        if current is not None and current.state == "failed":
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: FAILED")
+        if current is not None and not current.launch_under_way:
+            runs.forget(workflow_id)
+            return CancelAnswer(StartResponse(workflowId=workflow_id, status="CANCELLED"))
+        # Under way, or the record gone (the run exists: Dagster did not answer for it just now).
+        if time.monotonic() >= deadline:
+            return CancelAnswer(StartResponse(workflowId=workflow_id, status="RUNNING"), still_stopping=True)
+        time.sleep(POLL_SECONDS)
+
+
+def _cancel_launched(
+    runs: DagsterRuns, settings: GatewaySettings, workflow_id: str, run: RunInfo, deadline: float
+) -> CancelAnswer:
+    """The run of a cancelled start exists: answered as a running run's cancel (CANCELLED once it
+    stopped, 409 with the final state if it ended otherwise, 202 while it is still stopping).
+
+    The launcher, seeing the cancel after its launch, terminates the run too: a terminate refused
+    because its terminate took first is no conflict, so a refusal is answered by what the run is
+    then (a CANCELED run is this cancel's CANCELLED). A run still refusing (STARTING) at the
+    deadline answers 202: the launcher goes on asking, where a running run's cancel says 503."""
+    while True:
+        state = position_of(run).status
+        if run.status == "CANCELING":
+            return _settled_cancel(runs, settings, workflow_id, run.run_id)
+        if state == "CANCELLED":
+            runs.forget(workflow_id)
+            return CancelAnswer(StartResponse(workflowId=workflow_id, status="CANCELLED"))
+        if state != "RUNNING":
+            runs.forget(workflow_id)
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {state}")
+        try:
+            runs.terminate(run.run_id)
+        except DagsterUnavailable as exc:
+            raise pipeline_unavailable(exc) from exc
+        except DagsterError as exc:  # STARTING, or stopped meanwhile: look again
+            log.info("cancel of %s: terminate refused (%s); looking at the run again", workflow_id, exc)
+        else:
+            return _settled_cancel(runs, settings, workflow_id, run.run_id)
+        if time.monotonic() >= deadline:
+            return CancelAnswer(StartResponse(workflowId=workflow_id, status="RUNNING"), still_stopping=True)
+        time.sleep(POLL_SECONDS)
+        runs.forget(workflow_id)
+        try:
+            latest = runs.latest_run(workflow_id)
+        except DagsterError as exc:
+            raise pipeline_unavailable(exc) from exc
+        if latest is None:  # deleted meanwhile (retention): nothing runs
+            return CancelAnswer(StartResponse(workflowId=workflow_id, status="CANCELLED"))
+        run = latest
