@@ -14,11 +14,12 @@ import pytest
 
 from devtools.stack import Stack
 from tests.support.e2e_flows import CUP, PHOTO
-from tests.support.e2e_stack import poll, running_stack, wait_until
+from tests.support.e2e_stack import poll, wait_until
+from tests.support.shared_stacks import WOKEN_QUEUE_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
 
-POLL_SECONDS = 600
+POLL_SECONDS = float(WOKEN_QUEUE_STACK.env["RUN_QUEUE_POLL_SECONDS"])
 BOUND_SECONDS = 60.0  # generous on a loaded machine (a quiet one: ~0.3 s), and far below the poll
 
 _TIMES = """
@@ -36,10 +37,8 @@ query Events($runId: ID!) {
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"LOCAL_BACKENDS": "instant", "RUN_QUEUE_POLL_SECONDS": str(POLL_SECONDS)}
-    with running_stack(tmp_path_factory.mktemp("stack"), env) as running:
-        yield running
+def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
+    yield from shared_stack(shared_stacks, WOKEN_QUEUE_STACK)
 
 
 def _run_times(stack: Stack, workflow_id: str) -> dict[str, Any]:

@@ -4,11 +4,14 @@ The patch replaces `dagster._grpc.server.DagsterApiServer` before `dagster api g
 Dagster stops looking the class up there, the code server still works but spawns its run workers
 (`python -c 'from multiprocessing.spawn import spawn_main; ...'`) and every request pays the
 imports again. This test launches one request and looks, from /proc, at how its run worker began.
+It shares test_run_queue's stack (WOKEN_QUEUE_STACK: instant backends, no re-generation sensor,
+so the only run worker is this request's).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +19,7 @@ import pytest
 
 from devtools.stack import Stack, descendants, parent_pid
 from tests.support.e2e_flows import CUP, PHOTO, finished
-from tests.support.e2e_stack import running_stack
+from tests.support.shared_stacks import WOKEN_QUEUE_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -41,23 +44,27 @@ def _run_workers(stack: Stack) -> tuple[list[int], list[int]]:
     return forked, spawned
 
 
-def test_run_workers_are_forked_from_the_preloaded_forkserver(tmp_path: Path) -> None:
-    with running_stack(tmp_path, {"REGENERATION_SENSOR_ENABLED": "false"}) as stack:
-        assert "code_server" in stack.processes, "the stack runs the warm code server by default"
-        with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
-            started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
-            assert started.status_code == 200, started.text
-            workflow = started.json()["workflowId"]
-            deadline = time.monotonic() + 120
-            while True:
-                forked, spawned = _run_workers(stack)
-                assert spawned == [], f"run worker spawned, not forked: {[_cmdline(p) for p in spawned]}"
-                if forked:
-                    break
-                state = client.get(f"/workflow/{workflow}").json()
-                assert not finished(state), f"the run ended and no forked run worker was seen: {state}"
-                assert time.monotonic() < deadline, "no run worker appeared within 120 s"
-                time.sleep(0.05)
-            (worker,) = forked
-            assert "spawn_main" not in _cmdline(worker)
-            assert "forkserver" in _cmdline(parent_pid(worker))
+@pytest.fixture(scope="module")
+def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
+    yield from shared_stack(shared_stacks, WOKEN_QUEUE_STACK)
+
+
+def test_run_workers_are_forked_from_the_preloaded_forkserver(stack: Stack) -> None:
+    assert "code_server" in stack.processes, "the stack runs the warm code server by default"
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+        started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
+        assert started.status_code == 200, started.text
+        workflow = started.json()["workflowId"]
+        deadline = time.monotonic() + 120
+        while True:
+            forked, spawned = _run_workers(stack)
+            assert spawned == [], f"run worker spawned, not forked: {[_cmdline(p) for p in spawned]}"
+            if forked:
+                break
+            state = client.get(f"/workflow/{workflow}").json()
+            assert not finished(state), f"the run ended and no forked run worker was seen: {state}"
+            assert time.monotonic() < deadline, "no run worker appeared within 120 s"
+            time.sleep(0.05)
+        (worker,) = forked
+        assert "spawn_main" not in _cmdline(worker)
+        assert "forkserver" in _cmdline(parent_pid(worker))

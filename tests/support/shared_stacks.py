@@ -159,5 +159,15 @@ TWO_CALLERS_STACK = SharedSettings(
     {**TWO_CALLERS, "LOCAL_BACKENDS": "instant"},
     ("tests/e2e/test_fuzz_sequences.py", "tests/e2e/test_ownership.py", "tests/e2e/test_security.py"),
 )
+# Instant image backends, no re-generation sensor, and a run queue the daemon polls only every
+# 600 s: a run starts from its wake (test_run_queue), and each run worker is one of this file's
+# (test_warm_code_server counts them).
+WOKEN_QUEUE_STACK = SharedSettings(
+    "stack-woken-queue",
+    {"LOCAL_BACKENDS": "instant", "RUN_QUEUE_POLL_SECONDS": "600", "REGENERATION_SENSOR_ENABLED": "false"},
+    ("tests/e2e/test_run_queue.py", "tests/e2e/test_warm_code_server.py"),
+)
 # Test file -> the name of the shared stack it uses.
-GROUP_OF_FILE = {file: settings.name for settings in (DEFAULT_STACK, TWO_CALLERS_STACK) for file in settings.files}
+GROUP_OF_FILE = {
+    file: settings.name for settings in (DEFAULT_STACK, TWO_CALLERS_STACK, WOKEN_QUEUE_STACK) for file in settings.files
+}
