@@ -42,7 +42,6 @@ SLOWEST_FIRST: tuple[str, ...] = (
     "tests/e2e/test_production.py",
     "tests/unit/test_pipeline.py",
     "tests/e2e/test_services.py",
-    "tests/e2e/test_faults.py",
     "tests/e2e/test_warm_code_server.py",
     "tests/e2e/test_code_server_restart.py",
     "tests/unit/test_pool_claim_race.py",

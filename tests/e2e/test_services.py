@@ -1,15 +1,19 @@
-"""The stack with every model service over HTTP on the reference server (loopback)."""
+"""The stack with every model service over HTTP on the reference server (loopback), and a
+service outage longer than the retry budget (the same stack with the server stopped). Killed run
+workers, code server, daemon, webserver and gateway restarts: test_process_faults.py."""
 
 from __future__ import annotations
 
 import base64
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from tests.support.e2e_flows import finished
+from devtools.stack import Stack
+from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import free_port, poll, running_stack, runs_of
 from tests.support.photos import coffee_jpeg
 from tests.support.servers import reference_server, service_urls, set_knobs
@@ -36,14 +40,29 @@ def _services_when(client: httpx.Client, state: str, timeout: float = 15.0) -> d
         time.sleep(0.5)
 
 
-def test_service_failure_reaches_the_gateway_and_health_probes_services(tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class Services:
+    stack: Stack
+    port: int  # where the model services are: the reference server while a test runs one there
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """A stack whose every model service is at one loopback port, where nothing listens but while
+    a test runs the reference server there."""
     port = free_port()
     env = {key.upper(): value for key, value in service_urls(f"http://127.0.0.1:{port}").items()}
     # The re-execution below completes with a failed fidelity check: the re-generation sensor would
     # regenerate it (Flux and SAM3 called again) while the calls are counted, as it once did under
     # load in the suite.
     env["REGENERATION_SENSOR_ENABLED"] = "false"
-    with running_stack(tmp_path, env) as stack, httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
+    with running_stack(tmp_path_factory.mktemp("services"), env) as stack:
+        yield Services(stack, port)
+
+
+def test_service_failure_reaches_the_gateway_and_health_probes_services(services: Services) -> None:
+    stack, port = services.stack, services.port
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
         with reference_server(port=port) as server:
             set_knobs(server, reject={"a100/generate": 400})
             assert _services_when(client, "online") == {
@@ -102,3 +121,15 @@ def test_service_failure_reaches_the_gateway_and_health_probes_services(tmp_path
         # The reference server is gone: once the health cache expires the probes say so.
         services = _services_when(client, "offline")
         assert services["sam3"] == "offline" and services["a100"] == "offline"
+
+
+def test_service_outage_longer_than_the_retry_budget_fails_naming_the_service(services: Services) -> None:
+    # Nothing listens at the services' port (the reference server of the test above has stopped).
+    with httpx.Client(base_url=services.stack.gateway_url, timeout=30) as client:
+        workflow = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}).json()
+        final = poll(client, workflow["workflowId"], finished, timeout=120)[-1]
+    assert final["status"] == "FAILED"
+    assert final["failedStep"] == "RESIZING_IMAGE"
+    assert "ImageManipulator" in final["error"] and "unreachable" in final["error"]
+    # The service's internal address stays in the logs (issue 14, finding 7).
+    assert "127.0.0.1" not in final["error"] and "[internal address]" in final["error"], final["error"]
