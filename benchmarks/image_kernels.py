@@ -37,10 +37,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import percentile
+from benchmarks.common import REPO_ROOT, percentile
 from jewel_dagster.provenance.manifest import GenerationFacts, sha256_hex
 from jewel_dagster.provenance.signer import ImageSigner, make_test_identity
-from jewel_dagster.vision import imaging
+from jewel_dagster.vision import classical, imaging
 
 
 def _photo_jpeg(width: int = 4000, height: int = 3000) -> bytes:
@@ -217,14 +217,37 @@ def _signing(canvas: np.ndarray, repeats: int) -> None:
         )
 
 
+def _segmentation(repeats: int) -> None:
+    """The classical stand-in's point segmentation (GrabCut on a downscaled copy) of the ring
+    sample's canvas: at the working side in use against 640 px (the side before 2026-12-05), and
+    how far the masks agree (IoU)."""
+    canvas = imaging.decode_image(_our_pipeline((REPO_ROOT / "samples" / "ring.jpg").read_bytes()))
+    h, w = canvas.shape[:2]
+    points = [classical.PixelPoint(0.245 * w, 0.467 * h, 1), classical.PixelPoint(0.9 * w, 0.9 * h, 0)]
+    ours = classical.segment_from_points(canvas, points)
+    at_640 = classical.segment_from_points(canvas, points, work_side=640)
+    baseline = _time(lambda: classical.segment_from_points(canvas, points, work_side=640), repeats)
+    agreement = (ours & at_640).sum() / max(1, (ours | at_640).sum())
+    print(f"segmentation: working side {classical.WORK_SIDE} px vs 640 px, mask IoU {agreement:.3f}")
+    mine = _time(lambda: classical.segment_from_points(canvas, points), repeats)
+    med, base = statistics.median(mine), statistics.median(baseline)
+    print(
+        f"point segmentation (GrabCut): ours median {med * 1000:.1f} ms p95 {percentile(mine, 95) * 1000:.1f} ms | "
+        f"640 px median {base * 1000:.1f} ms p95 {percentile(baseline, 95) * 1000:.1f} ms | ratio {base / med:.2f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--only", choices=["all", "provenance"], default="all")
+    parser.add_argument("--only", choices=["all", "provenance", "segmentation"], default="all")
     args = parser.parse_args()
     data = _photo_jpeg()
     if args.only == "provenance":
         _signing(imaging.decode_image(_our_pipeline(data)), args.repeats)
+        return
+    if args.only == "segmentation":
+        _segmentation(args.repeats)
         return
     print(f"input: 4000x3000 JPEG, {len(data) / 1e6:.1f} MB; {args.repeats} repeats after a warm-up")
     _report(
@@ -244,6 +267,7 @@ def main() -> None:
     )
     canvas = imaging.decode_image(_our_pipeline(data))
     _signing(canvas, args.repeats)
+    _segmentation(args.repeats)
     for name, array in (("preview of the canvas", canvas), ("preview of a mask", reference)):
         _report(
             name,
