@@ -18,7 +18,9 @@ everyone, launches included. Three rules keep the answers true:
   the answer of an id read asked after it arrived (a crowd polling one finished request did one
   read each, ~0.7 ms of CPU, most of it SQLAlchemy building the query).
 - `forget` (a launch, a cancel of this replica) drops what is known of the request, and an older
-  read still in flight cannot put it back.
+  read still in flight cannot put it back. A run's end told by its run worker (`run_ended`,
+  jewel_dagster/run_end_notices.py) forgets the request too: the next poll reads the end rather
+  than the kept running state until it expires (~0.13 s on average, half the TTL).
 """
 
 from __future__ import annotations
@@ -185,6 +187,16 @@ class StatusCache:
                     self._refreshing.discard(request_id)
 
         self._refresher.submit(refresh)
+
+    def run_ended(self, run_id: str) -> int:
+        """A run's end, told by the process that stored it (jewel_dagster/run_end_notices.py):
+        every request whose kept running run it is, is forgotten, so the next poll reads the end
+        instead of the kept state until it expires. How many requests were forgotten."""
+        with self._guard:
+            requests = [rid for rid, (_, run) in self._status.items() if run is not None and run.run_id == run_id]
+        for request_id in requests:
+            self.forget(request_id)
+        return len(requests)
 
     def forget(self, request_id: str) -> None:
         """Drop what is known of the request after an action that changes it (a launch, a cancel)."""
