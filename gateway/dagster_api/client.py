@@ -19,6 +19,7 @@ over GraphQL, whichever source reads. Exceptions::
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable
 from dataclasses import replace
@@ -35,6 +36,7 @@ from gateway.dagster_api.storage_reader import StorageRunReader
 from gateway.dagster_api.transport import GraphQLTransport
 from gateway.settings import GatewaySettings
 from jewel_dagster.contract import PARTITION_TAG, PARTITIONS_NAME, json_logging_run_config
+from jewel_dagster.run_end_notices import RunEndListener
 
 _ADD_PARTITION = """
 mutation AddPartition($selector: RepositorySelector!, $name: String!, $key: String!) {
@@ -80,7 +82,17 @@ class DagsterRuns:
             else None,
         )
 
+        # A run's end told by its run worker on this machine (the storage source: same DAGSTER_HOME)
+        # reaches the next poll at once instead of after the cached state expires.
+        self._run_ends = (
+            RunEndListener(os.environ["DAGSTER_HOME"], self.status.run_ended)
+            if settings.status_source == "storage" and settings.status_ttl() > 0 and os.environ.get("DAGSTER_HOME")
+            else None
+        )
+
     def close(self) -> None:
+        if self._run_ends is not None:
+            self._run_ends.close()
         self.status.close()
         self.transport.close()
         self.reader.close()

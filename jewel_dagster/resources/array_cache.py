@@ -54,6 +54,17 @@ class RecentArrays:
             self._arrays.move_to_end(path)
         return array.copy()
 
+    def equal_at(self, array: np.ndarray, paths: list[str]) -> str | None:
+        """The first of `paths` whose kept array equals `array` (shape, dtype and every value),
+        without copying it (~1 ms for the canvas); None when none does."""
+        with self._lock:
+            for path in paths:
+                kept = self._arrays.get(path)
+                if kept is not None and kept.shape == array.shape and kept.dtype == array.dtype:
+                    if np.array_equal(kept, array):
+                        return path
+        return None
+
     def _drop(self, path: str) -> None:
         array = self._arrays.pop(path, None)
         if array is not None:

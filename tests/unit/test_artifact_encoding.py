@@ -13,6 +13,7 @@ from jewel_dagster.resources import io_manager
 from jewel_dagster.resources.array_cache import RecentArrays
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from jewel_dagster.resources.io_manager import BlobIOManager
+from jewel_dagster.storage_layout import artifact_path
 from jewel_dagster.vision import imaging
 
 RNG = np.random.default_rng(0)
@@ -119,3 +120,51 @@ def test_a_run_reuses_what_its_process_stored_and_a_rerun_reads_the_blobs(tmp_pa
         assert stock.output_for_node("summary") == first.output_for_node("summary") and len(decodes) == 5
         path = io_manager.latest_path(instance, "canvas", "r1")
         assert path and stock.run_id in path and store.get_path(path) == imaging.encode_png(IMAGE, "adaptive")
+
+
+def test_an_output_equal_to_an_array_just_stored_is_not_encoded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The canvas passed through as background_removed_image (the background stays), a mask no
+    stroke changed: the PNG encoded a moment ago is stored again, in the asset's own blob. A
+    signed generation's bytes are never reused for another array."""
+    encodes: list[tuple[int, ...]] = []
+    real = imaging.encode_stored_png
+
+    def counting(array: np.ndarray, png_filter: imaging.PngFilter = "up") -> bytes:
+        encodes.append(array.shape)
+        return real(array, png_filter)
+
+    monkeypatch.setattr(io_manager.imaging, "encode_stored_png", counting)
+    store = LocalBlobStore(root=str(tmp_path))
+    manager = BlobIOManager(blob_store=store)
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("requests", ["r"])
+        partitions = dg.DynamicPartitionsDefinition(name="requests")
+
+        def store_as(name: str, value: Any) -> bytes:
+            context = dg.build_output_context(
+                asset_key=dg.AssetKey(name),
+                partition_key="r",
+                run_id="run-1",
+                asset_partitions_def=partitions,
+                instance=instance,
+            )
+            manager.handle_output(context, value)
+            path = artifact_path("r", name, "png", "run-1")
+            return store.get_path(path)
+
+        canvas_png = store_as("resized_image", IMAGE.copy())
+        assert store_as("background_removed_image", IMAGE.copy()) == canvas_png
+        mask_png = store_as("jewelry_mask", MASK.copy())
+        assert store_as("refined_mask", MASK.copy()) == mask_png
+        assert encodes == [IMAGE.shape, MASK.shape]  # once each
+        changed = IMAGE.copy()
+        changed[0, 0, 0] ^= 1
+        assert np.array_equal(imaging.decode_png(store_as("flux_generation", changed)), changed)
+        assert len(encodes) == 3
+        signed = io_manager.EncodedImage(changed, b"signed png of the changed image", b"jpeg")
+        assert store_as("gemini_generation", signed) == b"signed png of the changed image"
+        store_as("final_mask", MASK.copy())
+        other = changed.copy()
+        assert imaging.decode_png(store_as("another_image", other)).tobytes() == other.tobytes()

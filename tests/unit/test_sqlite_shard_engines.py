@@ -13,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from devtools.stack import prepare_dagster_home
 from jewel_dagster.runtime.instance_plugins.pool_claims import QuickClaimSqliteEventLogStorage
@@ -92,3 +93,60 @@ def test_canary_dagsters_sqlite_event_log_makes_an_engine_for_every_use(
     finally:
         stock.dispose()
     assert len(made) == 3
+
+
+def _counting_connects(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """sqlite3 connections opened through the kept engines by connection string, but those of a
+    shard's schema check (`_initdb`, once a shard and process)."""
+    opened: dict[str, int] = {}
+    original: Callable[..., Any] = sqlite_shard_engines.create_engine
+    original_initdb: Callable[..., Any] = QuickClaimSqliteEventLogStorage._initdb
+    checking: list[bool] = []
+
+    def initdb(self: Any, *args: Any, **kwargs: Any) -> Any:
+        checking.append(True)
+        try:
+            return original_initdb(self, *args, **kwargs)
+        finally:
+            checking.pop()
+
+    monkeypatch.setattr(QuickClaimSqliteEventLogStorage, "_initdb", initdb)
+
+    def create_engine(url: str, *args: Any, **kwargs: Any) -> Any:
+        engine = original(url, *args, **kwargs)
+
+        def connected(*_: Any) -> None:
+            if not checking:
+                opened[str(url)] = opened.get(str(url), 0) + 1
+
+        sa.event.listen(engine, "connect", connected)
+        return engine
+
+    monkeypatch.setattr(sqlite_shard_engines, "create_engine", create_engine)
+    return opened
+
+
+def test_the_process_that_runs_a_run_writes_its_events_through_one_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From RUN_START to the run's end: 17 events here, one connection, closed at the end.
+    Opened and closed for each event, a WAL database is checkpointed at every close (the cost
+    this removes); each event is still committed on its own."""
+    prepare_dagster_home({"DAGSTER_HOME": str(tmp_path)})
+    opened = _counting_connects(monkeypatch)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        storage = instance.event_log_storage
+        assert isinstance(storage, QuickClaimSqliteEventLogStorage)
+        result = _small_job.execute_in_process(instance=instance)
+        assert result.success
+        run_shard = [url for url in opened if result.run_id in url]
+        assert len(run_shard) == 1
+        events = instance.all_logs(result.run_id)
+        assert len(events) > 15
+        # The kept one, and the read just above: not one an event (19 before).
+        assert opened[run_shard[0]] == 2, opened
+        assert storage._run_connections == {}  # closed at the run's end
+        # Another process's events of a run (the launcher's, the webserver's) keep nothing open.
+        run = instance.add_run(dg.DagsterRun(job_name="other", status=dg.DagsterRunStatus.STARTED))
+        instance.report_engine_event("an engine event", run)
+        assert storage._run_connections == {}

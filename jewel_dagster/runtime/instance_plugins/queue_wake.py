@@ -18,6 +18,8 @@ import socket
 
 import dagster as dg
 
+from jewel_dagster import run_end_notices
+
 # A run that ends frees its place in the queue.
 RUN_END_EVENTS = frozenset(
     {dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED}
@@ -41,7 +43,10 @@ def wake(instance: dg.DagsterInstance) -> bool:
 
 
 def wake_on_run_end(instance: dg.DagsterInstance, event: dg.EventLogEntry) -> None:
-    """Wake the queue when `event` ends a run (called by our event log storages)."""
+    """Wake the queue when `event` ends a run, and tell the gateways that answer its status
+    (jewel_dagster/run_end_notices.py; called by our event log storages)."""
     dagster_event = event.dagster_event
     if dagster_event is not None and dagster_event.event_type in RUN_END_EVENTS:
         wake(instance)
+        with contextlib.suppress(OSError):  # a hint: the gateways' cache expiry tells the end anyway
+            run_end_notices.notify(instance.root_directory, event.run_id)
