@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from devtools.stack import REPO_ROOT
 from jewel_dagster.vision import classical, imaging
 from jewel_dagster.vision.classical import PixelPoint
-from devtools.stack import REPO_ROOT
 from tests.support.photos import synthetic_ring
 
 
