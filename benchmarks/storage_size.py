@@ -18,6 +18,8 @@ event log (benchmarks/storage_breakdown.py).
 from __future__ import annotations
 
 import argparse
+import itertools
+import statistics
 import tempfile
 import time
 import uuid
@@ -97,16 +99,20 @@ def main() -> None:
             engine = sa.create_engine(url) if url and args.breakdown else None
             start = storage_breakdown.snapshot(engine) if engine else None
             before, blobs_before = dagster_bytes(), folder_bytes(tmp / "blobs")
+            sizes = [before]
             for _ in range(args.requests):
                 one(instance)
-            per_request = (dagster_bytes() - before) / args.requests
+                sizes.append(dagster_bytes())
+            per_request = (sizes[-1] - before) / args.requests
+            median = statistics.median(b - a for a, b in itertools.pairwise(sizes))
             if engine and start:
                 breakdown = storage_breakdown.report(start, storage_breakdown.snapshot(engine), args.requests)
                 engine.dispose()
             blobs = (folder_bytes(tmp / "blobs") - blobs_before) / args.requests
     storage = "PostgreSQL" if args.postgres else "SQLite"
     print(
-        f"{storage}: Dagster storage {per_request / 1024:.1f} KB per request; blobs {blobs / 1024:.1f} KB per request"
+        f"{storage}: Dagster storage {per_request / 1024:.1f} KB per request (median {median / 1024:.1f} KB); "
+        f"blobs {blobs / 1024:.1f} KB per request"
     )
     if breakdown:
         print(breakdown)
@@ -126,14 +132,19 @@ def stack_main(requests: int, breakdown: bool) -> None:
             time.sleep(2)  # the run's last writes (run end, monitoring) land before the snapshot
             engine = sa.create_engine(url)
             measure, start = pg_size(url), storage_breakdown.snapshot(engine)
-            before = measure()
+            sizes = [measure()]
             for _ in range(requests):
                 one()
-            time.sleep(2)
-            per_request = (measure() - before) / requests
+                time.sleep(2)
+                sizes.append(measure())
+            per_request = (sizes[-1] - sizes[0]) / requests
+            median = statistics.median(b - a for a, b in itertools.pairwise(sizes))
             end = storage_breakdown.snapshot(engine)
             engine.dispose()
-    print(f"PostgreSQL, through the stack: Dagster storage {per_request / 1024:.1f} KB per request")
+    print(
+        f"PostgreSQL, through the stack: Dagster storage {per_request / 1024:.1f} KB per request "
+        f"(median {median / 1024:.1f} KB)"
+    )
     if breakdown:
         print(storage_breakdown.report(start, end, requests))
 

@@ -57,12 +57,17 @@ class StepValues:
 
     def emit(self, name: str, value: Any, metadata: dict[str, Any]) -> Iterator[dg.Output[Any]]:
         """The Output of `name` when the run selected it (`yield from` it); the value is kept
-        for the rest of the step either way."""
+        for the rest of the step either way.
+
+        The metadata goes on the asset's materialization only (`add_asset_metadata`): given to
+        the Output, Dagster also copies it, preview and all, into the STEP_OUTPUT event, which
+        neither the UI's asset pages nor the gateway read (~1.5 KB an asset, issue 28)."""
         name = str(name)
         self._values[name] = value
         if name in self._selected:
             stop_if_cancelled(self._context, f"materializing {name}")
-            yield dg.Output(value, output_name=name, metadata=metadata)
+            self._context.add_asset_metadata(metadata, asset_key=name)
+            yield dg.Output(value, output_name=name)
 
     def check_selected(self, check_name: str) -> bool:
         return any(key.name == check_name for key in self._context.selected_asset_check_keys)
