@@ -210,7 +210,7 @@ def prepare_canvas(
     config: PrepareCanvasConfig,
     image_manipulator: ImageManipulator,
     blob_store: BlobStore,
-) -> Iterator[dg.Output[Any]]:
+) -> Iterator[dg.MaterializeResult]:
     """The photo decoded, placed on the canvas, and its zoom checked: CPU work, no GPU slot."""
     step = StepValues(context, io_manager)
     if step.makes(A.ORIGINAL_IMAGE):
@@ -268,7 +268,7 @@ def segment_jewelry(
     background_remover: BackgroundRemover,
     segmenter: Segmenter,
     blob_store: BlobStore,
-) -> Iterator[dg.Output[Any]]:
+) -> Iterator[dg.MaterializeResult]:
     """Background removal (when the zoom check or the request asks) and the jewelry mask."""
     step = StepValues(context, io_manager)
     if step.makes(A.BACKGROUND_REMOVED_IMAGE):
@@ -373,7 +373,7 @@ def refine_mask(
     config: RefineMaskConfig,
     mask_refiner: MaskRefiner,
     blob_store: BlobStore,
-) -> Iterator[dg.Output[Any]]:
+) -> Iterator[dg.MaterializeResult]:
     """The brush strokes applied, then the specks removed: the mask the generators get."""
     step = StepValues(context, io_manager)
     if step.makes(A.REFINED_MASK):
@@ -451,7 +451,7 @@ def generate_images(
     fidelity: FidelityThresholds,
     provenance: ImageProvenance,
     blob_store: BlobStore,
-) -> Iterator[dg.Output[Any] | dg.AssetCheckResult]:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Flux and Gemini at the same time (the request waits for the slower, not the sum), then the
     fidelity of the Flux image."""
     step = StepValues(context, io_manager)
@@ -469,7 +469,7 @@ def _generations(
     flux_generator: ImageGenerator,
     gemini_generator: ImageGenerator,
     signed: "_Signing",
-) -> Iterator[dg.Output[Any]]:
+) -> Iterator[dg.MaterializeResult]:
     image, mask = step.get(A.BACKGROUND_REMOVED_IMAGE), step.get(A.FINAL_MASK)
     wanted = [
         (name, generator)
@@ -575,7 +575,7 @@ class _Signing:
 
 def _flux_metrics(
     context: dg.AssetExecutionContext, step: StepValues, segmenter: Segmenter, fidelity: FidelityThresholds
-) -> Iterator[dg.Output[Any] | dg.AssetCheckResult]:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """How well the Flux image kept the jewelry: precision, recall, IoU, growth ratio.
 
     The segmenter is asked, with the same call that made the jewelry mask (mask from points),

@@ -25,7 +25,11 @@ def _run_events(resources: dict[str, Any]) -> list[dg.EventLogEntry]:
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("requests", [rid])
         result = dg.materialize(
-            ALL_ASSETS, partition_key=rid, instance=instance, resources=resources, run_config={"ops": run_config_ops(ops)}
+            ALL_ASSETS,
+            partition_key=rid,
+            instance=instance,
+            resources=resources,
+            run_config={"ops": run_config_ops(ops)},
         )
         assert result.success
         return list(instance.all_logs(result.run_id))
@@ -48,6 +52,9 @@ def test_a_request_writes_each_assets_metadata_once(local_resources: dict[str, A
             assert str(meta["preview"].value).startswith("![preview](data:image/"), meta.keys()
             assert {"width", "height", "seconds"} <= set(meta)
 
+    # No HANDLED_OUTPUT events: the steps store their blobs themselves, and the materialization
+    # names the blob (`path`, `uri`, `artifact`) once.
+    assert DagsterEventType.HANDLED_OUTPUT.value not in by_type
     # The step outputs do not carry the metadata again (previews included): nothing reads them.
     for entry in by_type[DagsterEventType.STEP_OUTPUT.value]:
         assert entry.dagster_event is not None
