@@ -9,10 +9,13 @@ gateway's own writes then count too. SQLite: the bytes of the
 instance folder (per-run event files, index, runs, compute logs). PostgreSQL: the growth of
 `pg_database_size` (tables and indexes), on a database created and dropped here.
 
-    .venv/bin/python -m benchmarks.storage_size [--requests 3] [--postgres [--breakdown] [--stack]]
+    .venv/bin/python -m benchmarks.storage_size [--requests 3] [--postgres [--breakdown] [--stack] [--vacuum]]
 
 `--breakdown` (PostgreSQL) also prints where the bytes go: per table, and per event type of the
-event log (benchmarks/storage_breakdown.py).
+event log (benchmarks/storage_breakdown.py). `--vacuum` runs a plain VACUUM before each
+measurement, as autovacuum does on a server that takes requests all day: Dagster updates a row of
+asset_keys at each materialization and the run's row at each status, and without it the dead
+versions of those rows count as a request's bytes although their space is reused.
 """
 
 from __future__ import annotations
@@ -45,11 +48,16 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def pg_size(url: str) -> Callable[[], int]:
-    engine = sa.create_engine(url)
+def pg_size(url: str, vacuum: bool = False) -> Callable[[], int]:
+    """`pg_database_size` now; with `vacuum`, after a plain VACUUM (what autovacuum does on a busy
+    server): the dead versions of updated rows (asset_keys, runs) become reusable space, so the
+    growth counts the rows a request keeps, not the updates' garbage."""
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
 
     def measure() -> int:
         with engine.connect() as conn:
+            if vacuum:
+                conn.execute(sa.text("VACUUM"))
             conn.execute(sa.text("CHECKPOINT"))
             return int(conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar_one())
 
@@ -62,11 +70,12 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true")
     parser.add_argument("--breakdown", action="store_true", help="per table and event type (PostgreSQL)")
     parser.add_argument("--stack", action="store_true", help="requests through the gateway and run launcher")
+    parser.add_argument("--vacuum", action="store_true", help="VACUUM after each request, as autovacuum would")
     args = parser.parse_args()
-    if (args.breakdown or args.stack) and not args.postgres:
-        parser.error("--breakdown and --stack measure PostgreSQL: add --postgres")
+    if (args.breakdown or args.stack or args.vacuum) and not args.postgres:
+        parser.error("--breakdown, --stack and --vacuum measure PostgreSQL: add --postgres")
     if args.stack:
-        stack_main(args.requests, args.breakdown)
+        stack_main(args.requests, args.breakdown, args.vacuum)
         return
     breakdown = ""
     tmp = Path(tempfile.mkdtemp(prefix="storage-size-"))
@@ -94,11 +103,11 @@ def main() -> None:
     with database as url:
         overrides = {"storage": {"postgres": {"postgres_url": url}}} if url else None
         with dg.instance_for_test(temp_dir=str(tmp / "home"), overrides=overrides) as instance:
-            dagster_bytes = pg_size(url) if url else (lambda: folder_bytes(tmp / "home"))
+            dagster_bytes = pg_size(url, args.vacuum) if url else (lambda: folder_bytes(tmp / "home"))
             one(instance)  # warm-up: schema, snapshots, first pages
+            before, blobs_before = dagster_bytes(), folder_bytes(tmp / "blobs")  # (vacuumed first)
             engine = sa.create_engine(url) if url and args.breakdown else None
             start = storage_breakdown.snapshot(engine) if engine else None
-            before, blobs_before = dagster_bytes(), folder_bytes(tmp / "blobs")
             sizes = [before]
             for _ in range(args.requests):
                 one(instance)
@@ -118,7 +127,7 @@ def main() -> None:
         print(breakdown)
 
 
-def stack_main(requests: int, breakdown: bool) -> None:
+def stack_main(requests: int, breakdown: bool, vacuum: bool) -> None:
     """Requests through a whole stack on PostgreSQL: what a production request writes."""
     with tempfile.TemporaryDirectory() as root, postgres_database("jewel_storage_size") as url:
         env = {"DAGSTER_PG_URL": url, **BENCH_ENV}
@@ -131,8 +140,9 @@ def stack_main(requests: int, breakdown: bool) -> None:
             one()  # warm-up: schema, snapshots, first pages
             time.sleep(2)  # the run's last writes (run end, monitoring) land before the snapshot
             engine = sa.create_engine(url)
-            measure, start = pg_size(url), storage_breakdown.snapshot(engine)
-            sizes = [measure()]
+            measure = pg_size(url, vacuum)
+            sizes = [measure()]  # (vacuumed first)
+            start = storage_breakdown.snapshot(engine)
             for _ in range(requests):
                 one()
                 time.sleep(2)
