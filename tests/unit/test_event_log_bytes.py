@@ -59,3 +59,13 @@ def test_a_request_writes_each_assets_metadata_once(local_resources: dict[str, A
     for entry in by_type[DagsterEventType.STEP_OUTPUT.value]:
         assert entry.dagster_event is not None
         assert not entry.dagster_event.step_output_data.metadata, entry.dagster_event.step_output_data.metadata
+
+
+def test_a_request_writes_at_most_51_events_and_95_kb_of_them(local_resources: dict[str, Any]) -> None:
+    """The whole run, in-process: 51 events and ~92 KB of event text on 2026-12-05 (62 events and
+    ~135 KB before the step outputs lost their metadata copy and the HANDLED_OUTPUT events went).
+    A new log line or metadata entry per asset shows here first."""
+    events = _run_events(local_resources)
+    text = sum(len(dg.serialize_value(entry)) for entry in events)
+    assert len(events) <= 51, [e.dagster_event.event_type_value if e.dagster_event else "LOG" for e in events]
+    assert text <= 95 * 1024, text
