@@ -2,26 +2,41 @@
 
 Runs whole requests in-process (`dg.materialize`, the local classical backends, the sample
 photo) against a fresh instance, on SQLite (the embedded default) or PostgreSQL (`--postgres`),
-and prints the growth per request after a first warm-up request. SQLite: the bytes of the
+and prints the growth per request after a first warm-up request. `--stack` (PostgreSQL) sends the
+requests through a whole stack instead (gateway, queue, run launcher, warm code server:
+devtools.stack), as production does: the run's lifecycle and engine events, the run tags and the
+gateway's own writes then count too. SQLite: the bytes of the
 instance folder (per-run event files, index, runs, compute logs). PostgreSQL: the growth of
 `pg_database_size` (tables and indexes), on a database created and dropped here.
 
-    .venv/bin/python -m benchmarks.storage_size [--requests 3] [--postgres]
+    .venv/bin/python -m benchmarks.storage_size [--requests 3] [--postgres [--breakdown] [--stack] [--vacuum]]
+
+`--breakdown` (PostgreSQL) also prints where the bytes go: per table, and per event type of the
+event log (benchmarks/storage_breakdown.py). `--vacuum` runs a plain VACUUM before each
+measurement, as autovacuum does on a server that takes requests all day: Dagster updates a row of
+asset_keys at each materialization and the run's row at each status, and without it the dead
+versions of those rows count as a request's bytes although their space is reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import statistics
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import sqlalchemy as sa
 
-from benchmarks.common import REPO_ROOT, postgres_database
+from benchmarks import storage_breakdown
+from benchmarks.common import BENCH_ENV, BODY, REPO_ROOT, final_state, postgres_database
+from devtools.stack import temporary_stack
 from jewel_dagster.contract import run_config_ops
 from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.resources.selection import build_resources
@@ -33,11 +48,16 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def pg_size(url: str) -> Callable[[], int]:
-    engine = sa.create_engine(url)
+def pg_size(url: str, vacuum: bool = False) -> Callable[[], int]:
+    """`pg_database_size` now; with `vacuum`, after a plain VACUUM (what autovacuum does on a busy
+    server): the dead versions of updated rows (asset_keys, runs) become reusable space, so the
+    growth counts the rows a request keeps, not the updates' garbage."""
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
 
     def measure() -> int:
         with engine.connect() as conn:
+            if vacuum:
+                conn.execute(sa.text("VACUUM"))
             conn.execute(sa.text("CHECKPOINT"))
             return int(conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar_one())
 
@@ -48,7 +68,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3)
     parser.add_argument("--postgres", action="store_true")
+    parser.add_argument("--breakdown", action="store_true", help="per table and event type (PostgreSQL)")
+    parser.add_argument("--stack", action="store_true", help="requests through the gateway and run launcher")
+    parser.add_argument("--vacuum", action="store_true", help="VACUUM after each request, as autovacuum would")
     args = parser.parse_args()
+    if (args.breakdown or args.stack or args.vacuum) and not args.postgres:
+        parser.error("--breakdown, --stack and --vacuum measure PostgreSQL: add --postgres")
+    if args.stack:
+        stack_main(args.requests, args.breakdown, args.vacuum)
+        return
+    breakdown = ""
     tmp = Path(tempfile.mkdtemp(prefix="storage-size-"))
     (tmp / "home").mkdir()
     resources = build_resources(PipelineSettings(local_blob_root=str(tmp / "blobs")))
@@ -74,17 +103,60 @@ def main() -> None:
     with database as url:
         overrides = {"storage": {"postgres": {"postgres_url": url}}} if url else None
         with dg.instance_for_test(temp_dir=str(tmp / "home"), overrides=overrides) as instance:
-            dagster_bytes = pg_size(url) if url else (lambda: folder_bytes(tmp / "home"))
+            dagster_bytes = pg_size(url, args.vacuum) if url else (lambda: folder_bytes(tmp / "home"))
             one(instance)  # warm-up: schema, snapshots, first pages
-            before, blobs_before = dagster_bytes(), folder_bytes(tmp / "blobs")
+            before, blobs_before = dagster_bytes(), folder_bytes(tmp / "blobs")  # (vacuumed first)
+            engine = sa.create_engine(url) if url and args.breakdown else None
+            start = storage_breakdown.snapshot(engine) if engine else None
+            sizes = [before]
             for _ in range(args.requests):
                 one(instance)
-            per_request = (dagster_bytes() - before) / args.requests
+                sizes.append(dagster_bytes())
+            per_request = (sizes[-1] - before) / args.requests
+            median = statistics.median(b - a for a, b in itertools.pairwise(sizes))
+            if engine and start:
+                breakdown = storage_breakdown.report(start, storage_breakdown.snapshot(engine), args.requests)
+                engine.dispose()
             blobs = (folder_bytes(tmp / "blobs") - blobs_before) / args.requests
     storage = "PostgreSQL" if args.postgres else "SQLite"
     print(
-        f"{storage}: Dagster storage {per_request / 1024:.1f} KB per request; blobs {blobs / 1024:.1f} KB per request"
+        f"{storage}: Dagster storage {per_request / 1024:.1f} KB per request (median {median / 1024:.1f} KB); "
+        f"blobs {blobs / 1024:.1f} KB per request"
     )
+    if breakdown:
+        print(breakdown)
+
+
+def stack_main(requests: int, breakdown: bool, vacuum: bool) -> None:
+    """Requests through a whole stack on PostgreSQL: what a production request writes."""
+    with tempfile.TemporaryDirectory() as root, postgres_database("jewel_storage_size") as url:
+        env = {"DAGSTER_PG_URL": url, **BENCH_ENV}
+        with temporary_stack(Path(root), env) as stack, httpx.Client(base_url=stack.gateway_url, timeout=60) as client:
+
+            def one() -> None:
+                state = final_state(client, client.post("/workflow/start", json=BODY).json()["workflowId"])
+                assert state["status"] == "COMPLETED", state
+
+            one()  # warm-up: schema, snapshots, first pages
+            time.sleep(2)  # the run's last writes (run end, monitoring) land before the snapshot
+            engine = sa.create_engine(url)
+            measure = pg_size(url, vacuum)
+            sizes = [measure()]  # (vacuumed first)
+            start = storage_breakdown.snapshot(engine)
+            for _ in range(requests):
+                one()
+                time.sleep(2)
+                sizes.append(measure())
+            per_request = (sizes[-1] - sizes[0]) / requests
+            median = statistics.median(b - a for a, b in itertools.pairwise(sizes))
+            end = storage_breakdown.snapshot(engine)
+            engine.dispose()
+    print(
+        f"PostgreSQL, through the stack: Dagster storage {per_request / 1024:.1f} KB per request "
+        f"(median {median / 1024:.1f} KB)"
+    )
+    if breakdown:
+        print(storage_breakdown.report(start, end, requests))
 
 
 if __name__ == "__main__":

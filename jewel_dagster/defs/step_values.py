@@ -55,14 +55,23 @@ class StepValues:
         """A value made in this step that is not (or not yet) an output."""
         self._values[str(name)] = value
 
-    def emit(self, name: str, value: Any, metadata: dict[str, Any]) -> Iterator[dg.Output[Any]]:
-        """The Output of `name` when the run selected it (`yield from` it); the value is kept
-        for the rest of the step either way."""
+    def emit(self, name: str, value: Any, metadata: dict[str, Any]) -> Iterator[dg.MaterializeResult]:
+        """The materialization of `name` when the run selected it (`yield from` it); the value
+        is kept for the rest of the step either way.
+
+        The blob is stored here, before the materialization is reported, and the result carries
+        no value: Dagster then calls no IO manager and writes no HANDLED_OUTPUT event (11 a
+        request, each repeating the blob's names). The metadata, the blob's included, goes on
+        the asset's materialization only (`add_asset_metadata`): given to the result, Dagster
+        also copies it, preview and all, into the STEP_OUTPUT event, which neither the UI's
+        asset pages nor the gateway read (issue 28)."""
         name = str(name)
         self._values[name] = value
         if name in self._selected:
             stop_if_cancelled(self._context, f"materializing {name}")
-            yield dg.Output(value, output_name=name, metadata=metadata)
+            stored = self._io.store(name, self._context.partition_key, self._context.run.run_id, value)
+            self._context.add_asset_metadata({**metadata, **stored}, asset_key=name)
+            yield dg.MaterializeResult(asset_key=name)
 
     def check_selected(self, check_name: str) -> bool:
         return any(key.name == check_name for key in self._context.selected_asset_check_keys)

@@ -143,7 +143,13 @@ class BlobIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         name = context.asset_key.path[-1]
-        request_id = context.asset_partition_key
+        context.add_output_metadata(self.store(name, context.asset_partition_key, context.run_id, obj))
+
+    def store(self, name: str, request_id: str, run_id: str, obj: Any) -> dict[str, Any]:
+        """Stores `obj` as the blob of asset `name` made by run `run_id`; returns the metadata
+        that names the blob. The steps call it themselves before they report a materialization
+        (`StepValues.emit`), so Dagster writes no HANDLED_OUTPUT event a materialization (issue 28);
+        `handle_output` is the same for any other output."""
         jpeg: bytes | None = None
         encoded_here = False
         if isinstance(obj, EncodedImage):
@@ -155,7 +161,7 @@ class BlobIOManager(dg.ConfigurableIOManager):
         else:
             extension = "json"
             data, content_type = json.dumps(obj).encode("utf-8"), "application/json"
-        path = artifact_path(request_id, name, extension, context.run_id)
+        path = artifact_path(request_id, name, extension, run_id)
         uri = self.blob_store.put(path, data, content_type)
         if extension == "png" and name in JPEG_RENDITION_ASSETS and obj.ndim == 3:
             jpeg = jpeg if jpeg is not None else imaging.encode_jpeg(obj)
@@ -167,14 +173,12 @@ class BlobIOManager(dg.ConfigurableIOManager):
                 self._recent_pngs[path] = data
                 while len(self._recent_pngs) > RECENT_PNGS:
                     self._recent_pngs.popitem(last=False)
-        context.add_output_metadata(
-            {
-                PATH_METADATA: dg.MetadataValue.text(path),
-                "uri": dg.MetadataValue.text(uri),
-                "artifact": dg.MetadataValue.url(self.blob_store.link(path)),
-                "stored_bytes": len(data),
-            }
-        )
+        return {
+            PATH_METADATA: dg.MetadataValue.text(path),
+            "uri": dg.MetadataValue.text(uri),
+            "artifact": dg.MetadataValue.url(self.blob_store.link(path)),
+            "stored_bytes": len(data),
+        }
 
     def _png_of(self, array: np.ndarray) -> bytes:
         """The stored PNG of `array`: the bytes this process encoded of an equal array lately

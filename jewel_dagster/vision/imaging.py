@@ -115,8 +115,11 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Mask:
         raise ImageDecodeError(f"not a readable mask image: {exc}") from exc
 
 
-def encode_jpeg(image: RGBImage, quality: int = 92) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+def encode_jpeg(image: RGBImage, quality: int = 92, optimize: bool = False) -> bytes:
+    """`optimize`: Huffman tables fitted to the image (the same pixels, a third fewer bytes on a
+    preview; slower on a big image)."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_OPTIMIZE, int(optimize)]
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
     if not ok:  # pragma: no cover
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()
@@ -138,8 +141,8 @@ PREVIEW_OVERSAMPLING = 4
 
 def preview_data_uri(array: np.ndarray, max_side: int = 64) -> str:
     """A tiny preview as a data URI, small enough to live in Dagster's event log (it is stored
-    there in the step output and the materialization): a mask as a 1-bit PNG (~0.3 KB), an
-    image as a low-quality JPEG (~1 KB)."""
+    there in the materialization): a mask as a 1-bit PNG (~0.3 KB), an image as a low-quality
+    JPEG with optimized Huffman tables (~0.6 KB: the standard tables cost ~0.3 KB more, issue 28)."""
     h, w = array.shape[:2]
     size = (max(1, round(w * max_side / max(h, w))), max(1, round(h * max_side / max(h, w))))
     # Every PREVIEW_OVERSAMPLING-th pixel is still 4x4 samples per preview pixel for INTER_AREA to
@@ -152,7 +155,7 @@ def preview_data_uri(array: np.ndarray, max_side: int = 64) -> str:
     small = cv2.resize(array, size, interpolation=cv2.INTER_AREA)
     if small.ndim == 2:
         small = np.stack([small] * 3, axis=-1)
-    encoded = base64.b64encode(encode_jpeg(small, quality=60)).decode("ascii")
+    encoded = base64.b64encode(encode_jpeg(small, quality=60, optimize=True)).decode("ascii")
     return f"data:image/jpeg;base64,{encoded}"
 
 

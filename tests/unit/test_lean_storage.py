@@ -29,8 +29,9 @@ def test_previews_stay_small_enough_for_the_event_log() -> None:
     photo, _ = synthetic_ring(imaging.CANVAS_WIDTH // 3, imaging.CANVAS_HEIGHT // 3)
     image_preview = imaging.preview_data_uri(photo)
     mask_preview = imaging.preview_data_uri(_mask())
-    # Each is stored twice per materialization (step output and materialization event).
-    assert image_preview.startswith("data:image/jpeg;base64,") and len(image_preview) <= 1500
+    # Each is stored in its materialization event; an image's JPEG has Huffman tables fitted to
+    # it (Dagster's event log on PostgreSQL cannot compress base64: issue 28, ~1.1 KB before).
+    assert image_preview.startswith("data:image/jpeg;base64,") and len(image_preview) <= 900
     assert mask_preview.startswith("data:image/png;base64,") and len(mask_preview) <= 400
     shown = Image.open(io.BytesIO(base64.b64decode(mask_preview.split(",", 1)[1])))
     assert shown.mode == "1" and max(shown.size) == 64
