@@ -13,6 +13,7 @@ import pytest
 from jewel_dagster.contract import run_config_ops
 from jewel_dagster.defs.assets import ALL_ASSETS, GEMINI_REASON, GENERATE_ASSETS, PREPROCESS_ASSETS
 from jewel_dagster.resources.blob_store import BlobStore
+from jewel_dagster.resources.local_services import InstantBackgroundRemover, InstantGenerator, InstantSegmenter
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import strokes_path
@@ -50,6 +51,14 @@ def _materialize(
         run_config={"ops": run_config_ops(ops)},
         raise_on_error=False,
     )
+
+
+@pytest.fixture
+def instant_resources(tmp_path: Path) -> dict[str, Any]:
+    """The instant stand-ins (LOCAL_BACKENDS=instant): for the tests of what the graph does with
+    a request (stages, supplied masks, absent generators), where the pixels of the classical
+    vision are not what is asserted (test_full_job_on_a_real_photo asserts those)."""
+    return build_resources(PipelineSettings(local_blob_root=str(tmp_path / "blobs"), local_backends="instant"))
 
 
 def test_full_job_on_a_real_photo(local_resources: dict[str, Any]) -> None:
@@ -123,6 +132,13 @@ def test_full_job_on_a_real_photo(local_resources: dict[str, Any]) -> None:
 
 def test_gemini_absent_is_not_materialized_and_says_why(tmp_path: Any) -> None:
     resources = build_resources(PipelineSettings(local_blob_root=str(tmp_path), local_gemini_enabled=False))
+    # The instant stand-ins for the vision (what is asserted is what becomes of the absent Gemini);
+    # LOCAL_BACKENDS=instant itself would put an instant Gemini in place of the disabled one.
+    resources |= {
+        "background_remover": InstantBackgroundRemover(),
+        "segmenter": InstantSegmenter(),
+        "flux_generator": InstantGenerator(),
+    }
     store: BlobStore = resources["blob_store"]
     rid = "no-gemini"
     image, _ = synthetic_ring(600, 800)
@@ -147,8 +163,8 @@ def test_gemini_absent_is_not_materialized_and_says_why(tmp_path: Any) -> None:
     assert _artifact(store, rid, "flux_generation").shape == (*CANVAS, 3)
 
 
-def test_preprocess_then_generate_on_the_same_partition(local_resources: dict[str, Any]) -> None:
-    store: BlobStore = local_resources["blob_store"]
+def test_preprocess_then_generate_on_the_same_partition(instant_resources: dict[str, Any]) -> None:
+    store: BlobStore = instant_resources["blob_store"]
     rid = "two-stage"
     image, truth = synthetic_ring(900, 1200)
     upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
@@ -156,7 +172,7 @@ def test_preprocess_then_generate_on_the_same_partition(local_resources: dict[st
         pre = _materialize(
             PREPROCESS_ASSETS,
             rid,
-            local_resources,
+            instant_resources,
             {
                 "original_image": {"image_uri": upload},
                 "background_removed_image": {"mode": "keep"},
@@ -168,7 +184,7 @@ def test_preprocess_then_generate_on_the_same_partition(local_resources: dict[st
         assert not store.exists_path(stored_path(store, rid, "final_mask", "png"))
         remove_all = {"points": [{"x": 0.0, "y": 0.5}, {"x": 1.0, "y": 0.5}], "mode": "remove", "size": 300}
         gen = _materialize(
-            GENERATE_ASSETS, rid, local_resources, {"refined_mask": _strokes(store, rid, [remove_all])}, instance
+            GENERATE_ASSETS, rid, instant_resources, {"refined_mask": _strokes(store, rid, [remove_all])}, instance
         )
         assert gen.success
     jewelry = _artifact(store, rid, "jewelry_mask")
@@ -177,8 +193,8 @@ def test_preprocess_then_generate_on_the_same_partition(local_resources: dict[st
     assert not (refined & ~jewelry).any()
 
 
-def test_supplied_mask_and_bad_inputs_fail_with_readable_messages(local_resources: dict[str, Any]) -> None:
-    store: BlobStore = local_resources["blob_store"]
+def test_supplied_mask_and_bad_inputs_fail_with_readable_messages(instant_resources: dict[str, Any]) -> None:
+    store: BlobStore = instant_resources["blob_store"]
     image, truth = synthetic_ring(300, 400)
     upload = store.put("requests/supplied/upload", to_jpeg(image))
     mask_uri = store.put("requests/supplied/mask.png", imaging.encode_png(truth))
@@ -186,7 +202,7 @@ def test_supplied_mask_and_bad_inputs_fail_with_readable_messages(local_resource
         ok = _materialize(
             ALL_ASSETS,
             "supplied",
-            local_resources,
+            instant_resources,
             {
                 "original_image": {"image_uri": upload},
                 "background_removed_image": {"mode": "keep"},
@@ -203,7 +219,7 @@ def test_supplied_mask_and_bad_inputs_fail_with_readable_messages(local_resource
         bad = _materialize(
             ALL_ASSETS,
             "junk",
-            local_resources,
+            instant_resources,
             {"original_image": {"image_uri": junk}, "jewelry_mask": {"points": [{"x": 0.5, "y": 0.5}]}},
             instance,
         )

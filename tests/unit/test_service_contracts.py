@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -15,6 +16,7 @@ import pytest
 from jewel_dagster.contract import run_config_ops
 from jewel_dagster.defs.assets import ALL_ASSETS, GEMINI_REASON
 from jewel_dagster.resources.blob_store import BlobStore
+from jewel_dagster.resources.http_services import HttpSegmenter
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import strokes_path
@@ -95,10 +97,37 @@ def _retries(result: dg.ExecuteInProcessResult) -> dict[str, int]:
     return counts
 
 
-def test_http_clients_match_the_local_run_pixel_for_pixel(tmp_path: Any, server: str) -> None:
-    set_knobs(server)
+@dataclass(frozen=True)
+class ClassicalRuns:
+    """One request run twice on the classical vision: in-process, and through the HTTP clients
+    against the classical reference server (whose SAM3 answers only the mask-from-points call),
+    with what that server counted."""
+
+    local: dg.ExecuteInProcessResult
+    local_store: BlobStore
+    remote: dg.ExecuteInProcessResult
+    remote_store: BlobStore
+    calls: dict[str, int]
+    wire: dict[str, dict[str, int]]
+
+
+@pytest.fixture(scope="module")
+def classical_runs(server: str, tmp_path_factory: pytest.TempPathFactory) -> ClassicalRuns:
+    """The module's two classical runs (about 5 CPU-s each), shared by the parity test and the
+    SAM3-only metrics test: the same request, and a SAM3 that answers the old `/find-jewelry`
+    with 404 (as a real SAM3 would) suits both."""
+    tmp_path = tmp_path_factory.mktemp("classical")
+    set_knobs(server, reject={"sam3/find-jewelry": 404})
     local, local_store = _run(build_resources(PipelineSettings(local_blob_root=str(tmp_path / "local"))), "parity")
     remote, remote_store = _run(_http_resources(tmp_path, server), "parity")
+    calls = httpx.get(f"{server}/_stats").json()
+    wire = httpx.get(f"{server}/_stats/wire").json()
+    return ClassicalRuns(local, local_store, remote, remote_store, calls, wire)
+
+
+def test_http_clients_match_the_local_run_pixel_for_pixel(classical_runs: ClassicalRuns) -> None:
+    runs = classical_runs
+    local, local_store, remote, remote_store = runs.local, runs.local_store, runs.remote, runs.remote_store
     assert local.success and remote.success
     for name in ARRAYS:
         a = imaging.decode_png(local_store.get_path(stored_path(local_store, "parity", name, "png")))
@@ -108,10 +137,9 @@ def test_http_clients_match_the_local_run_pixel_for_pixel(tmp_path: Any, server:
         a_doc = local_store.get_path(stored_path(local_store, "parity", name, "json"))
         b_doc = remote_store.get_path(stored_path(remote_store, "parity", name, "json"))
         assert json.loads(a_doc) == json.loads(b_doc), name
-    calls = httpx.get(f"{server}/_stats").json()
-    assert calls["sam3/segment"] == 2 and calls["a100/generate"] == 1  # the mask, then the metrics
+    assert runs.calls["sam3/segment"] == 2 and runs.calls["a100/generate"] == 1  # the mask, then the metrics
     # The default wire is binary: no call of the run went as base64 JSON (tests/unit/test_service_wire.py).
-    received = httpx.get(f"{server}/_stats/wire").json()
+    received = runs.wire
     assert received and all(set(c) & {"multipart/form-data"} and "application/json" not in c for c in received.values())
     # With the real generators elsewhere and no key, Gemini is not materialized (no JSON null),
     # and the Flux image's metadata says why.
@@ -129,19 +157,22 @@ def test_a_30_percent_failure_rate_still_completes_with_retries(tmp_path: Any, i
     assert sum(_retries(result).values()) >= 1, "the 503s must show up as step retries"
 
 
-# Every call of the run gets this timeout, including full-canvas (about 5 MP) uploads that take
-# seconds on a loaded machine: generous for them (httpx times each read and write, not the whole
-# call: a slow upload never meets it at once), yet well below the hang it has to cut; the test
-# waits it out once (it was 20 s). The hang ends on its own after HANG_SECONDS, so a timeout that
-# does not work fails the test (no retry) instead of hanging it.
-HANG_TIMEOUT = 10.0
+# Only the SAM3 client (the service that hangs) gets this timeout; the others keep the default.
+# Its calls are full-canvas (about 5 MP) uploads answered by the instant server's disc: httpx
+# times each read and write, not the whole call, so 3 s is a wide margin over any one of them on
+# a loaded machine, yet far below the hang it has to cut; the test waits it out once (it was
+# 10 s for every client, 20 s before). The hang ends on its own after HANG_SECONDS, so a timeout
+# that does not work fails the test (no retry) instead of hanging it.
+HANG_TIMEOUT = 3.0
 HANG_SECONDS = 150.0
 
 
 def test_a_hang_is_cut_by_the_timeout_and_retried(tmp_path: Any, instant_server: str) -> None:
     set_knobs(instant_server, hang={"sam3/segment": 1}, hang_seconds=HANG_SECONDS)
+    resources = _http_resources(tmp_path, instant_server)
+    resources["segmenter"] = HttpSegmenter(base_url=resources["segmenter"].base_url, timeout_seconds=HANG_TIMEOUT)
     start = time.monotonic()
-    result, _ = _run(_http_resources(tmp_path, instant_server, service_timeout_seconds=HANG_TIMEOUT), "hang")
+    result, _ = _run(resources, "hang")
     elapsed = time.monotonic() - start
     assert result.success
     assert _retries(result).get("segment_jewelry") == 1
@@ -161,15 +192,14 @@ def test_a_permanent_400_fails_at_once_with_the_services_message(tmp_path: Any, 
     assert httpx.get(f"{instant_server}/_stats").json()["a100/generate"] == 1
 
 
-def test_metrics_need_only_sam3_mask_generation(tmp_path: Any, server: str) -> None:
+def test_metrics_need_only_sam3_mask_generation(classical_runs: ClassicalRuns) -> None:
     """A SAM3 with nothing but the reference's mask-from-points call: the request completes
     with metrics (the old `/find-jewelry` is answered 404, as a real SAM3 would)."""
-    set_knobs(server, reject={"sam3/find-jewelry": 404})
-    result, store = _run(_http_resources(tmp_path, server), "sam3-only")
+    result, store = classical_runs.remote, classical_runs.remote_store
     assert result.success
-    metrics = json.loads(store.get_path(stored_path(store, "sam3-only", "flux_metrics", "json")))
+    metrics = json.loads(store.get_path(stored_path(store, "parity", "flux_metrics", "json")))
     assert set(metrics) == {"precision", "recall", "iou", "growth_ratio"} and metrics["iou"] >= 0.9
-    calls = httpx.get(f"{server}/_stats").json()
+    calls = classical_runs.calls
     assert calls.get("sam3/segment") == 2 and "sam3/find-jewelry" not in calls  # the mask, then the metrics
     (check,) = result.get_asset_check_evaluations()
     assert check.passed

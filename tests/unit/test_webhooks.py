@@ -8,6 +8,8 @@ import hmac
 import json
 import time
 import tracemalloc
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -397,22 +399,39 @@ def test_two_replicas_that_both_see_a_finished_run_post_it_once(
     from jewel_dagster.contract import PARTITION_TAG, WEBHOOK_URL_TAG
     from tests.support.e2e_stack import wait_until
 
-    replicas = [_dispatcher(tmp_path), _dispatcher(tmp_path)]
+    # Polls every 0.1 s (the default is 1 s): the window below is counted in polls, not seconds.
+    replicas = [_dispatcher(tmp_path, webhook_poll_seconds=0.1), _dispatcher(tmp_path, webhook_poll_seconds=0.1)]
+    started: list[list[int]] = [[], []]  # attempts each poll of each replica's outbox started
     with webhook_receiver() as receiver:
         tags = {WEBHOOK_URL_TAG: receiver.url, PARTITION_TAG: "jewelry-gen-y"}
         raw = {"runId": "run-8", "jobName": "jewelry_generation", "status": "SUCCESS", "tags":
                [{"key": k, "value": v} for k, v in tags.items()], "stepStats": []}  # fmt: skip
-        for replica in replicas:
+        for replica, polls in zip(replicas, started, strict=True):
             monkeypatch.setattr(replica, "_final_state", lambda workflow_id, run: b'{"s":1}')
+            monkeypatch.setattr(replica.outbox, "run_due", partial(_counted, replica.outbox.run_due, polls))
             replica._consider(raw, time.time())
         for replica in replicas:
             replica._pool.shutdown(wait=True)  # queued
             replica.outbox.start()  # both replicas' outboxes poll the same store
-        wait_until(lambda: receiver.posts(), "the webhook POST", timeout=10)
-        time.sleep(1.5)  # a second POST would come within a poll (1 s)
+        wait_until(lambda: receiver.posts(), "the webhook POST", timeout=10, every=0.05)
+        # A second attempt would be started by a poll after the first: two more of each replica.
+        seen = [len(polls) for polls in started]
+        wait_until(
+            lambda: all(len(polls) >= n + 2 for polls, n in zip(started, seen, strict=True)),
+            "two more polls of each replica",
+            timeout=10,
+            every=0.05,
+        )
         for replica in replicas:
             replica.stop()
         assert len(receiver.posts()) == 1
+        assert sum(map(sum, started)) == 1, started  # one attempt, by one replica
+
+
+def _counted(run_due: Callable[[], int], polls: list[int]) -> int:
+    """One poll of an outbox, its count of started attempts kept in `polls`."""
+    polls.append(run_due())
+    return polls[-1]
 
 
 @pytest.mark.parametrize(
