@@ -575,9 +575,12 @@ def test_the_page_shows_the_queue_position_then_the_time_left_counting_down(
     # pool's: a new line, which may start higher, docs/api.md).
     for stretch in _waiting_stretches(labels):
         assert stretch == sorted(stretch, reverse=True), labels
-    last_waiting = max(i for i, label in enumerate(labels) if label is not None and label[0] is not None)
-    running = [label for label in labels[last_waiting:] if label is not None and label[0] is None]
-    assert running and all(seconds is not None for _, seconds in running), labels  # its step ran: time left only
+    # A step running (the canvas before the line, the segmentation after it): time left only, no
+    # position. The segmentation may end between two of the page's updates (its GrabCut takes
+    # ~0.5 s since it runs on a 480 px copy: the page went from its last place in the line
+    # straight to the end, on CI and quiet), so the label is looked for over the whole request.
+    running = [label for label in labels if label is not None and label[0] is None]
+    assert running and all(seconds is not None for _, seconds in running), labels
     assert labels[-1] is None, labels  # ended: the label is gone
     errors = [line for line in console if line.startswith(("error", "pageerror"))]
     assert errors == [], console
