@@ -342,7 +342,9 @@ def test_cli_reads_its_gateway_and_key_from_the_environment_and_exits_1_when_can
             # 202: the cancel came while the launch was under way and the run it launched still
             # refused to stop at the deadline; the launcher goes on stopping it (GET: RUNNING until then).
             assert cancel.status_code in (200, 202), cancel.text
-            _, rest = running.communicate(timeout=300)
+            # A cancel that met the queue daemon taking the run off the queue once answered 200 and
+            # the run went on to wait for the held pool for good (queued_cancels.py): bounded here.
+            _, rest = running.communicate(timeout=90)
         finally:
             if running.poll() is None:
                 running.kill()

@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster import DagsterEvent, DagsterInstance, DagsterRun, DagsterRunStatus
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 
 from jewel_dagster.runtime.instance_plugins.celery_runs import (
     CheckRunHealthResult,
     JewelCeleryRunLauncher,
+    LaunchRunContext,
     WorkerStatus,
 )
 from jewel_dagster.runtime.processes.celery_worker import run_id_of
@@ -134,3 +135,19 @@ def test_the_worker_reads_the_run_id_from_dagster_celerys_packed_arguments() -> 
               "set_exit_code_on_failure": True}  # fmt: skip
     assert run_id_of(packed) == run_id
     assert run_id_of("not a dict") is None
+
+
+def test_a_run_cancelled_as_it_left_the_queue_is_not_sent_to_a_worker(launched: Launched) -> None:
+    """The queue daemon's STARTING overwrote the cancel's CANCELED (queued_cancels.py): the event
+    log still has the cancel, so no task is sent and the run is CANCELED again."""
+    instance, launcher = launched
+    run = instance.add_run(DagsterRun(job_name="jewelry_generation", run_id=str(uuid.uuid4())))
+    instance.report_run_canceling(run)
+    instance.report_run_canceled(run)
+    instance.report_dagster_event(DagsterEvent("PIPELINE_STARTING", "jewelry_generation"), run_id=run.run_id)
+    starting = instance.get_run_by_id(run.run_id)
+    assert starting is not None and starting.status == DagsterRunStatus.STARTING
+    launcher.launch_run(LaunchRunContext(dagster_run=starting, workspace=None))
+    after = instance.get_run_by_id(run.run_id)
+    assert after is not None and after.status == DagsterRunStatus.CANCELED
+    assert DAGSTER_CELERY_TASK_ID_TAG not in after.tags  # never sent to the broker

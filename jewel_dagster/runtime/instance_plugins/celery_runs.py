@@ -20,7 +20,8 @@ gets wrong for us, both seen against this project (DAGSTER-NOTES, "CeleryRunLaun
 
 Private Dagster API (checked against dagster 1.13.27, canary in tests/unit/test_celery_runs.py):
 `dagster._core.launcher` for `CheckRunHealthResult` and `WorkerStatus`, the types a launcher's
-health check answers with (dagster-celery imports them from there too).
+health check answers with (dagster-celery imports them from there too), and `LaunchRunContext`,
+what `launch_run` is given.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from typing import Any
 
 from celery.result import AsyncResult
 from dagster import DagsterRun, DagsterRunStatus
-from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster_celery.launcher import CeleryRunLauncher
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
+
+from jewel_dagster.runtime.instance_plugins.queued_cancels import cancelled_before_launch
 
 PING_TIMEOUT_SECONDS = 2.0
 PING_CACHE_SECONDS = 1.0
@@ -54,6 +57,12 @@ class JewelCeleryRunLauncher(CeleryRunLauncher):
         self._silent_since: dict[str, float] = {}  # worker hostname -> first unanswered ping
         self._pings_lock = threading.Lock()
         self.dead_after_seconds = DEAD_AFTER_SECONDS
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        """Celery's launch, except for a run cancelled while it left the queue (queued_cancels.py)."""
+        if cancelled_before_launch(self._instance, context.dagster_run):
+            return
+        super().launch_run(context)
 
     def terminate(self, run_id: str) -> bool:
         """Mark the run CANCELING, then revoke its task (the worker interrupts the run)."""

@@ -19,8 +19,8 @@ only the server's main process died): the run is checked again at the next poll,
 dagster.yaml and dagster.postgres.yaml name this class as `run_launcher`.
 
 Private symbols used (checked against dagster 1.13.27):
-- `dagster._core.launcher.base.CheckRunHealthResult`, `WorkerStatus`: what a health check answers
-  (exported only from the private module).
+- `dagster._core.launcher.base.CheckRunHealthResult`, `WorkerStatus`: what a health check answers,
+  and `LaunchRunContext`, what `launch_run` is given (exported only from the private module).
 - `DefaultRunLauncher._get_grpc_client_for_termination(run_id)`: the `DagsterGrpcClient` for the
   code server in the run's `dagster/grpc_info` tag (None for a finished run or one without it).
 - `dagster._grpc.client.DagsterGrpcClient.can_cancel_execution(request, timeout)`: serialized
@@ -30,23 +30,31 @@ Private symbols used (checked against dagster 1.13.27):
 - `dagster._core.errors.DagsterUserCodeUnreachableError`: what the client raises when no server answers.
 - (`deserialize_value` is public now: `dg.deserialize_value`.)
 Canaries: tests/unit/test_run_launcher.py (the answers for an unreachable server and a server
-that does not know the run) and tests/e2e/test_process_faults.py (a killed code server's run fails
-and is retried).
+that does not know the run; a run cancelled as it left the queue is not launched) and
+tests/e2e/test_process_faults.py (a killed code server's run fails and is retried).
 """
 
 from __future__ import annotations
 
 import dagster as dg
 from dagster._core.errors import DagsterUserCodeUnreachableError
-from dagster._core.launcher.base import CheckRunHealthResult, WorkerStatus
+from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._grpc.types import CanCancelExecutionRequest, CanCancelExecutionResult
+
+from jewel_dagster.runtime.instance_plugins.queued_cancels import cancelled_before_launch
 
 # One health check must not hold up the monitoring loop (it checks every STARTED run in turn).
 HEALTH_CHECK_TIMEOUT_SECONDS = 5
 
 
 class WorkerCheckingRunLauncher(dg.DefaultRunLauncher):
-    """DefaultRunLauncher whose runs run monitoring can see die with their code server."""
+    """DefaultRunLauncher whose runs run monitoring can see die with their code server, and
+    that launches no run cancelled while it left the queue (queued_cancels.py)."""
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        if cancelled_before_launch(self._instance, context.dagster_run):
+            return
+        super().launch_run(context)
 
     @property
     def supports_check_run_worker_health(self) -> bool:
