@@ -107,13 +107,15 @@ from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_config, pg_url_from_config
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 
-from jewel_dagster.runtime.executor import claim_sleep
+from jewel_dagster.runtime.executor import claim_sleep, interruptible_wait
 from jewel_dagster.runtime.instance_plugins import queue_wake
 from jewel_dagster.runtime.storage.sqlite_shard_engines import KeptShardEngines
 
 # Where these storages are the instance's, a step blocked on a slot sleeps between its checks
 # (claim_sleep.py): the interval below is then the only cadence of a waiting step.
 claim_sleep.install()
+# ... and stops as soon as its run is cancelled, not at its next slot (interruptible_wait.py).
+interruptible_wait.install()
 
 DEFAULT_CLAIM_INTERVAL_SECONDS = 0.25
 _INTERVAL_FIELD = dg.Field(float, is_required=False, default_value=DEFAULT_CLAIM_INTERVAL_SECONDS)
