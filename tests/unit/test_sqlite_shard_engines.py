@@ -150,3 +150,129 @@ def test_the_process_that_runs_a_run_writes_its_events_through_one_connection(
         run = instance.add_run(dg.DagsterRun(job_name="other", status=dg.DagsterRunStatus.STARTED))
         instance.report_engine_event("an engine event", run)
         assert storage._run_connections == {}
+
+
+@dg.asset
+def _first() -> int:
+    return 1
+
+
+@dg.asset
+def _second(_first: int) -> int:
+    return _first
+
+
+@dg.asset
+def _third(_second: int) -> int:
+    return _second
+
+
+_ASSET_JOB = dg.Definitions(assets=[_first, _second, _third]).resolve_implicit_global_asset_job_def()
+
+
+def test_the_process_that_creates_a_run_writes_its_planned_events_through_one_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webserver's launch: a planned event per asset, then the run's next event (queued, or
+    starting) closes the connection. One connection for all of them (one an event before)."""
+    prepare_dagster_home({"DAGSTER_HOME": str(tmp_path)})
+    opened = _counting_connects(monkeypatch)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        storage = instance.event_log_storage
+        assert isinstance(storage, QuickClaimSqliteEventLogStorage)
+        run = instance.create_run_for_job(job_def=_ASSET_JOB)
+        planned = [e for e in instance.all_logs(run.run_id) if e.dagster_event_type is not None]
+        assert [e.dagster_event_type for e in planned] == [dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED] * 3
+        assert list(storage._run_connections) == [run.run_id]  # kept for what comes next
+        instance.report_dagster_event(dg.DagsterEvent("PIPELINE_STARTING", _ASSET_JOB.name), run_id=run.run_id)
+        assert storage._run_connections == {}
+        run_shard = [url for url in opened if run.run_id in url]
+        assert len(run_shard) == 1
+        # The kept one served the planned events, the read above and the next event (5 before).
+        assert opened[run_shard[0]] == 1, opened
+
+
+def test_runs_whose_creation_never_ended_keep_a_bounded_number_of_connections(tmp_path: Path) -> None:
+    prepare_dagster_home({"DAGSTER_HOME": str(tmp_path)})
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        storage = instance.event_log_storage
+        assert isinstance(storage, QuickClaimSqliteEventLogStorage)
+        for _ in range(sqlite_shard_engines.CREATIONS_KEPT + 3):
+            instance.create_run_for_job(job_def=_ASSET_JOB)
+        assert len(storage._run_connections) == sqlite_shard_engines.CREATIONS_KEPT
+
+
+def _schema(path: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], str]:
+    """What makes two shards the same to Dagster: tables and indexes, alembic revision, journal mode."""
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            tables = conn.exec_driver_sql("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name")
+            master = [tuple(row) for row in tables]
+            revision = [tuple(row) for row in conn.exec_driver_sql("SELECT version_num FROM alembic_version")]
+            journal = str(conn.exec_driver_sql("PRAGMA journal_mode").scalar())
+    finally:
+        engine.dispose()
+    return master, revision, journal
+
+
+def test_new_run_shards_are_copies_of_a_template_with_dagsters_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster's `_initdb` (tables, then alembic's migration scripts read to check and stamp) runs
+    once, for the template; each new shard is then a copy, the same as one Dagster makes. When the
+    comparison fails (a Dagster upgrade that changed the schema without changing its version),
+    the template is stale."""
+    stock = sqlite_event_log.SqliteEventLogStorage(str(tmp_path / "stock"))
+    ours = QuickClaimSqliteEventLogStorage(str(tmp_path / "ours"))
+    initdb_calls: list[str] = []
+    dagsters_initdb: Callable[..., Any] = sqlite_event_log.SqliteEventLogStorage._initdb
+
+    def counted(self: Any, engine: Any, *args: Any, **kwargs: Any) -> Any:
+        initdb_calls.append(str(engine.url))
+        return dagsters_initdb(self, engine, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_event_log.SqliteEventLogStorage, "_initdb", counted)
+    try:
+        for storage in (stock, ours):
+            for shard in ("run-a", "run-b", "run-c"):
+                with storage.run_connection(shard) as conn:
+                    conn.exec_driver_sql("SELECT 1")
+    finally:
+        stock.dispose()
+        ours.dispose()
+    ours_made = [url for url in initdb_calls if "/ours/" in url]
+    assert len(ours_made) == 1 and sqlite_shard_engines.SHARD_TEMPLATE_NAME in ours_made[0], ours_made
+    assert _schema(tmp_path / "ours" / "run-b.db") == _schema(tmp_path / "stock" / "run-b.db")
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir() if p.suffix != ".db") == [
+        sqlite_shard_engines.SHARD_TEMPLATE_NAME
+    ]
+
+
+def test_a_shard_at_the_templates_revision_is_opened_without_dagsters_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process reading a run (the run worker, the gateway) took the run's shard as it is
+    when its alembic revision is the template's; a shard at another revision still gets
+    Dagster's check (which migrates or refuses it)."""
+    maker = QuickClaimSqliteEventLogStorage(str(tmp_path))
+    for shard in ("current", "older"):
+        with maker.run_connection(shard) as conn:
+            conn.exec_driver_sql("SELECT 1")
+    maker.dispose()
+    with sa.create_engine(f"sqlite:///{tmp_path / 'older.db'}").begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'an-older-revision'")
+    checked: list[str] = []
+
+    def counted(self: Any, engine: Any, *args: Any, **kwargs: Any) -> None:
+        checked.append(Path(str(engine.url.database)).stem)
+
+    reader = QuickClaimSqliteEventLogStorage(str(tmp_path))
+    monkeypatch.setattr(sqlite_event_log.SqliteEventLogStorage, "_initdb", counted)
+    try:
+        for shard in ("current", "older"):
+            with reader.run_connection(shard) as conn:
+                conn.exec_driver_sql("SELECT 1")
+    finally:
+        reader.dispose()
+    assert checked == ["older"]

@@ -22,25 +22,43 @@ committed (and synced) before `store_event` returns, as before: nothing changes 
 file is one the run is still writing, so retention cannot have deleted it; the connection is
 closed at the run's end, or with the storage, or with the process.
 
+The process that creates a run (the webserver, for the gateway's launches) keeps one connection
+to the run's new shard the same way while it stores the run's creation events (one
+ASSET_MATERIALIZATION_PLANNED per asset, the check's planned event), closed with the next event
+of the run it stores (RUN_ENQUEUED, or RUN_STARTING without a queue; a RUN_START keeps it, as
+above). py-spy of the webserver over 10 launches: 35 % of `launchRun` was creating each new shard
+(Dagster's `_initdb`: the tables, then alembic reading its migration scripts to check and stamp
+the revision), 29 % commits and 18 % closing a connection after each of the ~12 events (the WAL
+checkpoint). A new shard is now a copy of a template shard that Dagster's own `_initdb` made once
+(per Dagster version, in the storage's folder, named so that Dagster's `*.db` globs never list
+it): the same tables, indexes, WAL mode and alembic revision, without alembic.
+
 Private symbols used (checked against dagster 1.13.27):
 - `dagster._core.storage.event_log.sqlite.sqlite_event_log.SqliteEventLogStorage`: subclassed;
   its `_connect(shard)` overridden (a context manager yielding a Connection in
   a transaction; `run_connection` and `index_connection` go through it).
-- its `conn_string_for_shard(shard)`, `_initdb(engine)`, `_initialized_dbs` (shards whose schema
-  was checked by this object) and `_db_lock`, used as Dagster's method uses them.
+- its `conn_string_for_shard(shard)`, `_initdb(engine, for_index_shard)` (overridden: a new run
+  shard copied from the template), `_initialized_dbs` (shards whose schema was checked by this
+  object) and `_db_lock`, used as Dagster's method uses them.
 - `dagster._core.storage.sql.create_engine` and `dagster._core.storage.sqlite.SQLITE_BUSY_TIMEOUT_SECONDS`:
   what Dagster's method builds its engines with.
 - `SqliteEventLogStorage.store_event(event)` (the public storage method), wrapped to open and close
   the run's kept connection.
 Canary: tests/unit/test_sqlite_shard_engines.py (events stored through the instance make one
-engine per shard, and none through Dagster's own `_connect`; a run's events use one connection).
+engine per shard, and none through Dagster's own `_connect`; a run's events use one connection;
+a run's creation events one connection; a shard made from the template has the schema and the
+alembic revision of one Dagster made).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
 from typing import Any
 
 import dagster as dg
@@ -54,6 +72,15 @@ ENGINES_KEPT = 256  # shards: a process reads or writes a few runs at a time
 _RUN_END_EVENTS = frozenset(
     {dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED}
 )
+# What Dagster stores for a run as it creates it, before the run is queued or launched.
+CREATION_EVENTS = frozenset(
+    {dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED}
+)
+# Runs whose creation connection is kept at once: one whose creation failed before its next event
+# gives its connection back when newer creations push it out.
+CREATIONS_KEPT = 8
+# Not `*.db` (Dagster lists a storage's shards, and wipes them, by that glob); one per Dagster version.
+SHARD_TEMPLATE_NAME = f".jewel-shard-template-{dg.__version__}.sqlite"
 
 
 class KeptShardEngines(SqliteEventLogStorage):
@@ -63,20 +90,41 @@ class KeptShardEngines(SqliteEventLogStorage):
         # Before Dagster's __init__: it connects to the index shard to create it.
         self._shard_engines: OrderedDict[str, Engine] = OrderedDict()
         self._run_connections: dict[str, Connection | None] = {}  # run id -> its kept connection, once opened
+        self._creating: OrderedDict[str, None] = OrderedDict()  # runs whose creation events this process stores
+        self._template_revisions: dict[str, str | None] = {}  # template path -> its alembic revision
         super().__init__(*args, **kwargs)
 
     def store_event(self, event: dg.EventLogEntry) -> None:
         """Dagster's, through a connection to the run's shard kept from its RUN_START to its end
-        in the process that runs it (see the module)."""
+        in the process that runs it, and over its creation events in the process that creates it
+        (see the module)."""
         event_type = event.dagster_event.event_type if event.dagster_event is not None else None
-        if event_type == dg.DagsterEventType.RUN_START:
-            with self._db_lock:
-                self._run_connections.setdefault(event.run_id, None)
+        run_id = event.run_id
+        pushed_out: list[str] = []
+        with self._db_lock:
+            if event_type == dg.DagsterEventType.RUN_START or event_type in CREATION_EVENTS:
+                self._run_connections.setdefault(run_id, None)
+            if event_type in CREATION_EVENTS:
+                self._creating[run_id] = None
+                self._creating.move_to_end(run_id)
+                while len(self._creating) > CREATIONS_KEPT:
+                    pushed_out.append(self._creating.popitem(last=False)[0])
+        for old in pushed_out:
+            self._close_run_connection(old)
         try:
             super().store_event(event)
         finally:
             if event_type in _RUN_END_EVENTS:
-                self._close_run_connection(event.run_id)
+                self._end_creation(run_id)
+                self._close_run_connection(run_id)
+            elif event_type not in CREATION_EVENTS and run_id in self._creating:
+                self._end_creation(run_id)
+                if event_type != dg.DagsterEventType.RUN_START:  # this process runs it: kept on
+                    self._close_run_connection(run_id)
+
+    def _end_creation(self, run_id: str) -> None:
+        with self._db_lock:
+            self._creating.pop(run_id, None)
 
     def _close_run_connection(self, run_id: str) -> None:
         with self._db_lock:
@@ -118,6 +166,60 @@ class KeptShardEngines(SqliteEventLogStorage):
             with engine.connect() as conn, conn.begin():
                 yield conn
 
+    def _initdb(self, engine: Engine, for_index_shard: bool = False) -> None:
+        """Dagster's, except that a run shard not yet on disk is copied from the template, and
+        one already at the template's alembic revision is taken as it is (one SELECT, where
+        Dagster's check reads alembic's migration scripts: every process that reads a run, the
+        run worker and the gateway's status reads included, checked each shard that way)."""
+        path = engine.url.database
+        if not for_index_shard and path:
+            if not os.path.exists(path):
+                if self._copy_template(path):
+                    return
+            elif self._at_template_revision(path, engine):
+                return
+        super()._initdb(engine, for_index_shard=for_index_shard)
+
+    def _at_template_revision(self, path: str, engine: Engine) -> bool:
+        """Whether the shard's alembic revision is the template's (False without a template)."""
+        template = os.path.join(os.path.dirname(path), SHARD_TEMPLATE_NAME)
+        if not os.path.exists(template):
+            return False
+        wanted = self._template_revisions.get(template)
+        if wanted is None:
+            wanted = self._template_revisions[template] = _alembic_revision(template)
+        try:
+            with engine.connect() as conn:
+                found = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        except Exception:  # no table yet (another process is making it): Dagster's check decides
+            return False
+        return wanted is not None and found == wanted
+
+    def _copy_template(self, path: str) -> bool:
+        """Put a copy of the template shard at `path`; False if another process made the file
+        first (Dagster's `_initdb` then checks it). The template is made by Dagster's `_initdb`
+        once, under a temporary name, and renamed into place when complete."""
+        folder = os.path.dirname(path)
+        template = os.path.join(folder, SHARD_TEMPLATE_NAME)
+        if not os.path.exists(template):
+            building = f"{template}.{uuid.uuid4().hex}.tmp"
+            engine = create_engine(f"sqlite:///{building}", poolclass=NullPool)
+            try:
+                super()._initdb(engine)
+            finally:
+                engine.dispose()  # the last connection closed: the WAL is checkpointed into the file
+            os.replace(building, template)
+        copy = f"{path}.{uuid.uuid4().hex}.tmp"
+        try:
+            shutil.copyfile(template, copy)
+            os.link(copy, path)  # never over a shard another process made meanwhile
+        except FileExistsError:
+            return False
+        finally:
+            with suppress(FileNotFoundError):
+                os.unlink(copy)
+        return True
+
     def dispose(self) -> None:
         super().dispose()
         for run_id in list(self._run_connections):
@@ -126,3 +228,10 @@ class KeptShardEngines(SqliteEventLogStorage):
             while self._shard_engines:
                 _, engine = self._shard_engines.popitem()
                 engine.dispose()
+
+
+def _alembic_revision(path: str) -> str | None:
+    """The alembic revision stamped in a SQLite file."""
+    with closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS)) as conn:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    return str(row[0]) if row else None
