@@ -109,6 +109,7 @@ from sqlalchemy.dialects.postgresql import insert as postgres_insert
 
 from jewel_dagster.runtime.executor import claim_sleep, interruptible_wait
 from jewel_dagster.runtime.instance_plugins import queue_wake
+from jewel_dagster.runtime.storage import alembic_scripts
 from jewel_dagster.runtime.storage.sqlite_shard_engines import KeptShardEngines
 
 # Where these storages are the instance's, a step blocked on a slot sleeps between its checks
@@ -116,6 +117,9 @@ from jewel_dagster.runtime.storage.sqlite_shard_engines import KeptShardEngines
 claim_sleep.install()
 # ... and stops as soon as its run is cancelled, not at its next slot (interruptible_wait.py).
 interruptible_wait.install()
+# Each instance opened from here on checks its storages' schema without re-reading Dagster's
+# migration scripts (alembic_scripts.py).
+alembic_scripts.install()
 
 DEFAULT_CLAIM_INTERVAL_SECONDS = 0.25
 _INTERVAL_FIELD = dg.Field(float, is_required=False, default_value=DEFAULT_CLAIM_INTERVAL_SECONDS)
