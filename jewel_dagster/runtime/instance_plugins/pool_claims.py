@@ -110,6 +110,7 @@ from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from jewel_dagster.runtime.executor import claim_sleep, interruptible_wait
 from jewel_dagster.runtime.instance_plugins import queue_wake
 from jewel_dagster.runtime.storage import alembic_scripts
+from jewel_dagster.runtime.storage.run_partitions import KnownRunPartitions
 from jewel_dagster.runtime.storage.sqlite_shard_engines import KeptShardEngines
 
 # Where these storages are the instance's, a step blocked on a slot sleeps between its checks
@@ -220,8 +221,11 @@ class _QuickRaceFreeClaims(SqlEventLogStorage):
             queue_wake.wake_on_run_end(self._instance, event)
 
 
-class QuickClaimSqliteEventLogStorage(_QuickRaceFreeClaims, KeptShardEngines, SqliteEventLogStorage):
-    """Also keeps one engine per shard (runtime/storage/sqlite_shard_engines.py)."""
+class QuickClaimSqliteEventLogStorage(
+    _QuickRaceFreeClaims, KnownRunPartitions, KeptShardEngines, SqliteEventLogStorage
+):
+    """Also keeps one engine per shard (runtime/storage/sqlite_shard_engines.py) and a running
+    run's partition known (runtime/storage/run_partitions.py)."""
 
     def __init__(
         self,
@@ -243,7 +247,7 @@ class QuickClaimSqliteEventLogStorage(_QuickRaceFreeClaims, KeptShardEngines, Sq
         return cls(inst_data=inst_data, **config_value)
 
 
-class QuickClaimPostgresEventLogStorage(_QuickRaceFreeClaims, PostgresEventLogStorage):
+class QuickClaimPostgresEventLogStorage(_QuickRaceFreeClaims, KnownRunPartitions, PostgresEventLogStorage):
     def __init__(
         self, *args: Any, claim_interval_seconds: float = DEFAULT_CLAIM_INTERVAL_SECONDS, **kwargs: Any
     ) -> None:
