@@ -7,7 +7,7 @@ removes), and the events a run stores go through ours: none through Dagster's me
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,30 +126,38 @@ def _counting_connects(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return opened
 
 
-def test_the_process_that_runs_a_run_writes_its_events_through_one_connection(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """From RUN_START to the run's end: 17 events here, one connection, closed at the end.
-    Opened and closed for each event, a WAL database is checkpointed at every close (the cost
-    this removes); each event is still committed on its own."""
+Counted = tuple[dg.DagsterInstance, QuickClaimSqliteEventLogStorage, dict[str, int]]
+
+
+@pytest.fixture
+def counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Counted]:
+    """A DAGSTER_HOME as the stack makes it, its event log ours, connections counted by shard."""
     prepare_dagster_home({"DAGSTER_HOME": str(tmp_path)})
     opened = _counting_connects(monkeypatch)
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         storage = instance.event_log_storage
         assert isinstance(storage, QuickClaimSqliteEventLogStorage)
-        result = _small_job.execute_in_process(instance=instance)
-        assert result.success
-        run_shard = [url for url in opened if result.run_id in url]
-        assert len(run_shard) == 1
-        events = instance.all_logs(result.run_id)
-        assert len(events) > 15
-        # The kept one, and the read just above: not one an event (19 before).
-        assert opened[run_shard[0]] == 2, opened
-        assert storage._run_connections == {}  # closed at the run's end
-        # Another process's events of a run (the launcher's, the webserver's) keep nothing open.
-        run = instance.add_run(dg.DagsterRun(job_name="other", status=dg.DagsterRunStatus.STARTED))
-        instance.report_engine_event("an engine event", run)
-        assert storage._run_connections == {}
+        yield instance, storage, opened
+
+
+def test_the_process_that_runs_a_run_writes_its_events_through_one_connection(counted: Counted) -> None:
+    """From RUN_START to the run's end: 17 events here, one connection, closed at the end.
+    Opened and closed for each event, a WAL database is checkpointed at every close (the cost
+    this removes); each event is still committed on its own."""
+    instance, storage, opened = counted
+    result = _small_job.execute_in_process(instance=instance)
+    assert result.success
+    run_shard = [url for url in opened if result.run_id in url]
+    assert len(run_shard) == 1
+    events = instance.all_logs(result.run_id)
+    assert len(events) > 15
+    # The kept one, and the read just above: not one an event (19 before).
+    assert opened[run_shard[0]] == 2, opened
+    assert storage._run_connections == {}  # closed at the run's end
+    # Another process's events of a run (the launcher's, the webserver's) keep nothing open.
+    run = instance.add_run(dg.DagsterRun(job_name="other", status=dg.DagsterRunStatus.STARTED))
+    instance.report_engine_event("an engine event", run)
+    assert storage._run_connections == {}
 
 
 @dg.asset
@@ -170,26 +178,20 @@ def _third(_second: int) -> int:
 _ASSET_JOB = dg.Definitions(assets=[_first, _second, _third]).resolve_implicit_global_asset_job_def()
 
 
-def test_the_process_that_creates_a_run_writes_its_planned_events_through_one_connection(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_process_that_creates_a_run_writes_its_planned_events_through_one_connection(counted: Counted) -> None:
     """The webserver's launch: a planned event per asset, then the run's next event (queued, or
     starting) closes the connection. One connection for all of them (one an event before)."""
-    prepare_dagster_home({"DAGSTER_HOME": str(tmp_path)})
-    opened = _counting_connects(monkeypatch)
-    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
-        storage = instance.event_log_storage
-        assert isinstance(storage, QuickClaimSqliteEventLogStorage)
-        run = instance.create_run_for_job(job_def=_ASSET_JOB)
-        planned = [e for e in instance.all_logs(run.run_id) if e.dagster_event_type is not None]
-        assert [e.dagster_event_type for e in planned] == [dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED] * 3
-        assert list(storage._run_connections) == [run.run_id]  # kept for what comes next
-        instance.report_dagster_event(dg.DagsterEvent("PIPELINE_STARTING", _ASSET_JOB.name), run_id=run.run_id)
-        assert storage._run_connections == {}
-        run_shard = [url for url in opened if run.run_id in url]
-        assert len(run_shard) == 1
-        # The kept one served the planned events, the read above and the next event (5 before).
-        assert opened[run_shard[0]] == 1, opened
+    instance, storage, opened = counted
+    run = instance.create_run_for_job(job_def=_ASSET_JOB)
+    planned = [e for e in instance.all_logs(run.run_id) if e.dagster_event_type is not None]
+    assert [e.dagster_event_type for e in planned] == [dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED] * 3
+    assert list(storage._run_connections) == [run.run_id]  # kept for what comes next
+    instance.report_dagster_event(dg.DagsterEvent("PIPELINE_STARTING", _ASSET_JOB.name), run_id=run.run_id)
+    assert storage._run_connections == {}
+    run_shard = [url for url in opened if run.run_id in url]
+    assert len(run_shard) == 1
+    # The kept one served the planned events, the read above and the next event (5 before).
+    assert opened[run_shard[0]] == 1, opened
 
 
 def test_runs_whose_creation_never_ended_keep_a_bounded_number_of_connections(tmp_path: Path) -> None:
