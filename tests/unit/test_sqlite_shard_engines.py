@@ -278,3 +278,20 @@ def test_a_shard_at_the_templates_revision_is_opened_without_dagsters_check(
     finally:
         reader.dispose()
     assert checked == ["older"]
+
+
+def test_the_process_that_runs_a_run_reads_the_run_storage_through_a_pooled_engine(counted: Counted) -> None:
+    """The steps' cancel checks read the run's status ~20 times a request; Dagster's SQLite run
+    storage made an engine and a connection for each (storage_engines.pool_sqlite_run_storage)."""
+    instance, _, _ = counted
+    assert getattr(instance.run_storage, "_engine", None) is None  # a process that runs no run: Dagster's
+    result = _small_job.execute_in_process(instance=instance)
+    assert result.success
+    engine = getattr(instance.run_storage, "_engine", None)
+    assert engine is not None, "not pooled at RUN_START"
+    opened: list[object] = []
+    sa.event.listen(engine, "connect", lambda *args: opened.append(args))
+    for _ in range(20):
+        run = instance.get_run_by_id(result.run_id)
+        assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+    assert len(opened) <= 1, f"{len(opened)} connections for 20 reads"

@@ -22,6 +22,11 @@ committed (and synced) before `store_event` returns, as before: nothing changes 
 file is one the run is still writing, so retention cannot have deleted it; the connection is
 closed at the run's end, or with the storage, or with the process.
 
+That process also reads the run's status often (the steps' cancel checks, before each model call
+and output, ~20 a request): at RUN_START its instance's SQLite run storage gets one pooled engine
+(storage_engines.pool_sqlite_run_storage, as the gateway's reader has), where Dagster's makes an
+engine and a connection for every read.
+
 The process that creates a run (the webserver, for the gateway's launches) keeps one connection
 to the run's new shard the same way while it stores the run's creation events (one
 ASSET_MATERIALIZATION_PLANNED per asset, the check's planned event), closed with the next event
@@ -68,6 +73,8 @@ from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
+from jewel_dagster.runtime.storage.storage_engines import pool_sqlite_run_storage
+
 ENGINES_KEPT = 256  # shards: a process reads or writes a few runs at a time
 _RUN_END_EVENTS = frozenset(
     {dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED}
@@ -111,6 +118,10 @@ class KeptShardEngines(SqliteEventLogStorage):
                     pushed_out.append(self._creating.popitem(last=False)[0])
         for old in pushed_out:
             self._close_run_connection(old)
+        if event_type == dg.DagsterEventType.RUN_START and self.has_instance:
+            # The run's steps read its status before each model call and output (cancellation.py):
+            # ~20 reads a request, each an engine and a sqlite3 connection on Dagster's run storage.
+            pool_sqlite_run_storage(self._instance)
         try:
             super().store_event(event)
         finally:
