@@ -295,3 +295,16 @@ def test_the_process_that_runs_a_run_reads_the_run_storage_through_a_pooled_engi
         run = instance.get_run_by_id(result.run_id)
         assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
     assert len(opened) <= 1, f"{len(opened)} connections for 20 reads"
+
+
+def test_the_index_shard_is_kept_with_a_runs_connection_and_closed_after_it(counted: Counted) -> None:
+    """A run's asset records, materializations and pool claims go to the index shard: a
+    connection each before (22 for this run of three assets), one kept beside the run's now."""
+    instance, storage, opened = counted
+    instance.get_runs(limit=1)  # the index is created and checked before the count
+    opened.clear()
+    result = _ASSET_JOB.execute_in_process(instance=instance)
+    assert result.success
+    index = [url for url in opened if url.endswith("/index.db")]
+    assert len(index) == 1 and opened[index[0]] <= 2, opened
+    assert storage._index_connection is None and storage._run_connections == {}  # closed after the run

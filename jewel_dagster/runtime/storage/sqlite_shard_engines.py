@@ -22,6 +22,10 @@ committed (and synced) before `store_event` returns, as before: nothing changes 
 file is one the run is still writing, so retention cannot have deleted it; the connection is
 closed at the run's end, or with the storage, or with the process.
 
+While a run's connection is kept, so is one to the index shard, the other file its events and
+reads go to (asset records for Dagster's data versions, materializations, pool claims): 29 index
+connections for a run of three assets before, one now.
+
 That process also reads the run's status often (the steps' cancel checks, before each model call
 and output, ~20 a request): at RUN_START its instance's SQLite run storage gets one pooled engine
 (storage_engines.pool_sqlite_run_storage, as the gateway's reader has), where Dagster's makes an
@@ -39,7 +43,8 @@ checkpoint). A new shard is now a copy of a template shard that Dagster's own `_
 it): the same tables, indexes, WAL mode and alembic revision, without alembic.
 
 Private symbols used (checked against dagster 1.13.27):
-- `dagster._core.storage.event_log.sqlite.sqlite_event_log.SqliteEventLogStorage`: subclassed;
+- `dagster._core.storage.event_log.sqlite.sqlite_event_log.SqliteEventLogStorage`: subclassed,
+  and its module's `INDEX_SHARD_NAME` (the index shard's name);
   its `_connect(shard)` overridden (a context manager yielding a Connection in
   a transaction; `run_connection` and `index_connection` go through it).
 - its `conn_string_for_shard(shard)`, `_initdb(engine, for_index_shard)` (overridden: a new run
@@ -67,7 +72,7 @@ from contextlib import closing, contextmanager, suppress
 from typing import Any
 
 import dagster as dg
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.sql import create_engine
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from sqlalchemy.engine import Connection, Engine
@@ -98,6 +103,7 @@ class KeptShardEngines(SqliteEventLogStorage):
         self._shard_engines: OrderedDict[str, Engine] = OrderedDict()
         self._run_connections: dict[str, Connection | None] = {}  # run id -> its kept connection, once opened
         self._creating: OrderedDict[str, None] = OrderedDict()  # runs whose creation events this process stores
+        self._index_connection: Connection | None = None  # kept while any run's connection is
         self._template_revisions: dict[str, str | None] = {}  # template path -> its alembic revision
         super().__init__(*args, **kwargs)
 
@@ -138,10 +144,15 @@ class KeptShardEngines(SqliteEventLogStorage):
             self._creating.pop(run_id, None)
 
     def _close_run_connection(self, run_id: str) -> None:
+        """Close the run's kept connection, and the index's once no run's is kept."""
+        index = None
         with self._db_lock:
             conn = self._run_connections.pop(run_id, None)
-        if conn is not None:
-            conn.close()
+            if not self._run_connections:
+                index, self._index_connection = self._index_connection, None
+        for kept in (conn, index):
+            if kept is not None:
+                kept.close()
 
     def _shard_engine(self, shard: str) -> Engine:
         """The kept engine of `shard`, made on first use; the least recently used beyond
@@ -166,16 +177,29 @@ class KeptShardEngines(SqliteEventLogStorage):
             if shard not in self._initialized_dbs:
                 self._initdb(engine)
                 self._initialized_dbs.add(shard)
-            if shard in self._run_connections:
-                kept = self._run_connections[shard]
-                if kept is None or kept.closed or kept.invalidated:
-                    kept = self._run_connections[shard] = engine.connect()
-                if not kept.in_transaction():  # (a nested use, never seen: a connection of its own)
-                    with kept.begin():
-                        yield kept
-                    return
+            kept = self._kept_connection(shard, engine)
+            if kept is not None and not kept.in_transaction():  # (nested: a connection of its own)
+                with kept.begin():
+                    yield kept
+                return
             with engine.connect() as conn, conn.begin():
                 yield conn
+
+    def _kept_connection(self, shard: str, engine: Engine) -> Connection | None:
+        """The connection kept for `shard`, opened if it is not open; None for a shard whose
+        connections are not kept. A run's own shard while it is kept; the index while any run's
+        is (its asset records, materializations and pool claims go there). Under `_db_lock`."""
+        if shard in self._run_connections:
+            kept = self._run_connections[shard]
+            if kept is None or kept.closed or kept.invalidated:
+                kept = self._run_connections[shard] = engine.connect()
+            return kept
+        if shard == INDEX_SHARD_NAME and self._run_connections:
+            index = self._index_connection
+            if index is None or index.closed or index.invalidated:
+                index = self._index_connection = engine.connect()
+            return index
+        return None
 
     def _initdb(self, engine: Engine, for_index_shard: bool = False) -> None:
         """Dagster's, except that a run shard not yet on disk is copied from the template, and
