@@ -65,9 +65,11 @@ def test_the_probes_are_reused_for_health_cache_seconds() -> None:
         return PlainTextResponse("down" if down.is_set() else "ok", status_code=503 if down.is_set() else 200)
 
     with app_in_thread(app) as url:
-        cached = ServiceProbe(GatewaySettings(a100_server_url=f"{url}/a100"))
-        fresh = ServiceProbe(GatewaySettings(a100_server_url=f"{url}/a100", health_cache_seconds=0.0))
-        assert cached.states()["a100"] == fresh.states()["a100"] == "online"
+        # (a probe timeout of 10 s: on a loaded machine the 1 s default could read "unknown")
+        cached = ServiceProbe(GatewaySettings(a100_server_url=f"{url}/a100"), timeout=10.0)
+        fresh = ServiceProbe(GatewaySettings(a100_server_url=f"{url}/a100", health_cache_seconds=0.0), timeout=10.0)
+        assert fresh.states()["a100"] == "online"
+        assert cached.states()["a100"] == "online"
         down.set()
-        assert cached.states()["a100"] == "online"  # the default: the answer of a moment ago
+        assert cached.states()["a100"] == "online"  # the default (5 s): the answer of a moment ago
         assert fresh.states()["a100"] == "offline"
