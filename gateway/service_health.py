@@ -1,7 +1,8 @@
 """Probes each configured model service's health endpoint, cached for a few seconds.
 
 /health may be polled by load balancers every second; probing four services on each call
-would multiply that load onto the GPU machines, so answers are cached for `ttl` seconds.
+would multiply that load onto the GPU machines, so answers are cached for `ttl` seconds
+(HEALTH_CACHE_SECONDS, 5 s; the end-to-end test of the probes shortens it).
 
 States, as the reference README uses them: `online` (its /health answered 200), `offline` (nothing
 answers at the address, or it answers /health with an error), `unknown` (the service cannot be
@@ -25,10 +26,11 @@ _NOT_PROBEABLE = frozenset({401, 403, 404, 405, 501})
 
 
 class ServiceProbe:
-    def __init__(self, settings: GatewaySettings, ttl: float = 5.0, timeout: float = 1.0) -> None:
+    def __init__(self, settings: GatewaySettings, ttl: float | None = None, timeout: float = 1.0) -> None:
+        """`ttl`: how long answers are reused; HEALTH_CACHE_SECONDS (5 s) unless given."""
         self._urls = settings.service_urls()
         self._gemini = _gemini_state(settings)
-        self._ttl = ttl
+        self._ttl = settings.health_cache_seconds if ttl is None else ttl
         self._timeout = timeout
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, ServiceState]] | None = None

@@ -202,6 +202,11 @@ class GatewaySettings(PipelineSettings):
     metrics_cache_seconds: float = Field(
         default=10.0, ge=0.0, description="How old the figures read from Dagster's storage may be when scraped."
     )
+    health_cache_seconds: float = Field(
+        default=5.0,
+        ge=0.0,
+        description="How long GET /health reuses its probes of the model services before it asks them again.",
+    )
 
     def status_ttl(self) -> float:
         if self.status_cache_seconds is not None:

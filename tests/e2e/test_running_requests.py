@@ -43,7 +43,9 @@ class Deployment:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with reference_server() as reference, gated_proxy(reference, "/a100/generate") as (proxy, gate):
+    # The reference server's instant stand-ins: these tests look at statuses, cancels and
+    # metrics, not pixels; the classical ones cost CPU on every request of the module.
+    with reference_server("--instant") as reference, gated_proxy(reference, "/a100/generate") as (proxy, gate):
         gate.release.set()  # open unless a test closes it
         env = {key.upper(): value for key, value in service_urls(reference).items()}
         env["A100_SERVER_URL"] = f"{proxy}/a100"

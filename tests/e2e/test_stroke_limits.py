@@ -95,8 +95,12 @@ def test_cancel_of_a_step_stuck_in_c_is_escalated_to_a_kill_and_the_run_ends_can
     # The local refiner holds a core inside one numpy call for 10 minutes: a stand-in for a long
     # OpenCV or numpy call, where the cancel's SIGINT waits for the call to return. Only the warm
     # code server's kill, CANCEL_GRACE_SECONDS after the cancel (README, Faults), ends it.
+    # Instant stand-ins before it (no pixels are checked here; the busy refiner is the local one
+    # whatever LOCAL_BACKENDS says): the classical background removal and segmentation cost the
+    # test ~3 s before the step it cancels. No re-generation sensor: nothing is generated.
+    env = {"LOCAL_REFINE_BUSY_SECONDS": "600", "LOCAL_BACKENDS": "instant", "REGENERATION_SENSOR_ENABLED": "false"}
     with (
-        running_stack(tmp_path, {"LOCAL_REFINE_BUSY_SECONDS": "600"}) as stack,
+        running_stack(tmp_path, env) as stack,
         httpx.Client(base_url=stack.gateway_url, timeout=60) as client,
     ):
         started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}).json()

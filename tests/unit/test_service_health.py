@@ -52,3 +52,24 @@ def test_a_service_that_cannot_be_probed_reads_unknown_and_a_dead_one_offline() 
             release.set()
     nobody = GatewaySettings(sam3_url=f"http://127.0.0.1:{free_port()}")
     assert ServiceProbe(nobody, ttl=0.0, timeout=10.0).states()["sam3"] == "offline"  # connection refused
+
+
+def test_the_probes_are_reused_for_health_cache_seconds() -> None:
+    """HEALTH_CACHE_SECONDS sets how long answers are reused (the end-to-end test of the probes
+    sets it short rather than wait 5 s for a change to show)."""
+    down = threading.Event()
+    app = FastAPI()
+
+    @app.get("/a100/health")
+    def health() -> PlainTextResponse:
+        return PlainTextResponse("down" if down.is_set() else "ok", status_code=503 if down.is_set() else 200)
+
+    with app_in_thread(app) as url:
+        # (a probe timeout of 10 s: on a loaded machine the 1 s default could read "unknown")
+        cached = ServiceProbe(GatewaySettings(a100_server_url=f"{url}/a100"), timeout=10.0)
+        fresh = ServiceProbe(GatewaySettings(a100_server_url=f"{url}/a100", health_cache_seconds=0.0), timeout=10.0)
+        assert fresh.states()["a100"] == "online"
+        assert cached.states()["a100"] == "online"
+        down.set()
+        assert cached.states()["a100"] == "online"  # the default (5 s): the answer of a moment ago
+        assert fresh.states()["a100"] == "offline"
