@@ -21,7 +21,7 @@ import dagster as dg
 
 from jewel_dagster.defs.request_runs import BACKGROUND_TAG
 from jewel_dagster.runtime.instance_plugins.queue_coordinator import PromptQueuedRunCoordinator
-from jewel_dagster.runtime.instance_plugins.queue_wake import wake, wake_address
+from jewel_dagster.runtime.instance_plugins.queue_wake import RUN_ENDED, wake, wake_address
 from jewel_dagster.runtime.processes.queue_daemon import PromptRunQueueDaemon, _Waker
 
 POLL_SECONDS = 60  # far beyond every deadline below: only a wake can explain a dequeue
@@ -174,6 +174,27 @@ def test_the_limits_and_the_priorities_hold_on_the_prompt_path() -> None:
         assert _started(instance) == {"shopper-b", "background-a"}
         _finish(instance, daemon, background_a)
         assert _started(instance) == {"shopper-b", "background-b"}
+
+
+def test_a_run_end_woken_before_the_runs_status_changed_is_looked_at_again_soon() -> None:
+    """Dagster stores a run's end in the event log before it updates the run's status, and our
+    storage wakes the queue from the first: the woken iteration can still count the run in
+    flight. Without a second look the freed place waited for the poll (60 s here, 1 s deployed)."""
+    with _queue(max_runs=1) as (instance, daemon):
+        daemon.follow_up_seconds = 1.0  # room for a loaded machine between the wake and the status
+        first = _submit(instance, "first")
+        _wait_for("the first launch", lambda: _started(instance) == {"first"})
+        _submit(instance, "second")
+        _look_again(instance, daemon)
+        assert _started(instance) == {"first"}  # the queue is full
+        begun = daemon.begun
+        assert wake(instance, RUN_ENDED)  # the end's wake, as the event is stored...
+        _wait_for("the woken iteration", lambda: daemon.iterations > begun)
+        assert _started(instance) == {"first"}  # ...which still saw the run in flight
+        run = instance.get_run_by_id(first)
+        assert run is not None
+        instance.report_run_failed(run)  # ...then the run's status
+        _wait_for("the second launch", lambda: _started(instance) == {"second"})
 
 
 def test_a_wake_with_no_daemon_listening_is_harmless() -> None:

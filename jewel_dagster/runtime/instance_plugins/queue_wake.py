@@ -32,12 +32,19 @@ def wake_address(instance: dg.DagsterInstance) -> str:
     return "\0jewel-run-queue-" + hashlib.sha256(home.encode()).hexdigest()[:24]
 
 
-def wake(instance: dg.DagsterInstance) -> bool:
+# What a wake says. A run's end is stored in the event log before the run's status is updated
+# (Dagster's `handle_new_event`), and our storage wakes from the first: the iteration it wakes
+# may still count the run in flight, so the daemon looks again a moment later (queue_daemon.py).
+QUEUED = b"w"
+RUN_ENDED = b"e"
+
+
+def wake(instance: dg.DagsterInstance, why: bytes = QUEUED) -> bool:
     """Ask the queue daemon of `instance` for a dequeue iteration now; False when none listens
     here (another machine or container, or a daemon that polls): it then dequeues at its poll."""
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)  # a full buffer already holds a wake: never wait
-        sock.sendto(b"w", wake_address(instance))
+        sock.sendto(why, wake_address(instance))
         return True
     return False
 
@@ -47,6 +54,6 @@ def wake_on_run_end(instance: dg.DagsterInstance, event: dg.EventLogEntry) -> No
     (jewel_dagster/run_end_notices.py; called by our event log storages)."""
     dagster_event = event.dagster_event
     if dagster_event is not None and dagster_event.event_type in RUN_END_EVENTS:
-        wake(instance)
+        wake(instance, RUN_ENDED)
         with contextlib.suppress(OSError):  # a hint: the gateways' cache expiry tells the end anyway
             run_end_notices.notify(instance.root_directory, event.run_id)

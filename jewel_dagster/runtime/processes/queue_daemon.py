@@ -11,7 +11,9 @@ iterations also ends on a wake) then runs Dagster's own dequeue iteration at onc
 `max_concurrent_runs`, `tag_concurrency_limits`, `dagster/priority` order and pool checks, from
 the one process that dequeues, so no limit can be raced past. The ending of a run wakes it too
 (`wake_on_run_end`, called by our event log storages), so a queued run takes a freed place at
-once. A lost or unsent wake costs nothing but the poll: the interval loop stays as it was.
+once; as that wake is sent before Dagster updates the ended run's status, an iteration woken by
+a run's end is followed by another RUN_END_FOLLOW_UP_SECONDS later. A lost or unsent wake costs
+nothing but the poll: the interval loop stays as it was.
 
 The wake (instance_plugins/queue_wake.py) reaches processes of one instance on one machine (the embedded
 default); in docker-compose and scale-out, separate containers, the daemon dequeues at its poll,
@@ -53,11 +55,15 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import Queued
 from dagster._utils.error import serializable_error_info_from_exc_info
 
 from jewel_dagster.runtime.instance_plugins.queue_coordinator import PromptQueuedRunCoordinator
-from jewel_dagster.runtime.instance_plugins.queue_wake import wake_address
+from jewel_dagster.runtime.instance_plugins.queue_wake import RUN_ENDED, wake_address
 
 # The longest the loop waits without yielding: the daemon controller writes its heartbeat and
 # checks for shutdown between yields (Dagster's own loop waits 0.5 s at a time too).
 _YIELD_EVERY_SECONDS = 0.5
+# After an iteration woken by a run's end, the next one comes this soon: the end's wake is sent
+# when the event is stored, before Dagster updates the run's status, so the woken iteration may
+# still have counted the run in flight (and left its freed place to the next poll, 1 s).
+RUN_END_FOLLOW_UP_SECONDS = 0.1
 
 
 class _Waker:
@@ -72,19 +78,20 @@ class _Waker:
             self._sock.close()
             raise
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float) -> bytes:
+        """What the wakes received within `timeout` said, all of them; b"" when none came."""
         if timeout <= 0:
-            return False
+            return b""
         self._sock.settimeout(timeout)
         try:
-            self._sock.recv(16)
+            said = self._sock.recv(16)
         except (TimeoutError, BlockingIOError):
-            return False
+            return b""
         self._sock.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             while True:
-                self._sock.recv(16)
-        return True
+                said += self._sock.recv(16)
+        return said
 
     def close(self) -> None:
         self._sock.close()
@@ -102,6 +109,7 @@ class PromptRunQueueDaemon(QueuedRunCoordinatorDaemon):
         self.begun = 0
         self.iterations = 0
         self.woken = 0
+        self.follow_up_seconds = RUN_END_FOLLOW_UP_SECONDS
         self._lock = threading.Lock()
 
     def _listen(self) -> _Waker | None:
@@ -120,6 +128,7 @@ class PromptRunQueueDaemon(QueuedRunCoordinatorDaemon):
 
     def core_loop(self, workspace_process_context: Any, shutdown_event: Event) -> DaemonIterator:
         waker = self._listen()  # bound before the first look at the queue: no submit is missed
+        follow_up = False  # the iteration about to run was woken by a run's end: look again soon
         while True:
             with self._lock:
                 self.begun += 1
@@ -133,15 +142,19 @@ class PromptRunQueueDaemon(QueuedRunCoordinatorDaemon):
             yield SpanMarker.END_SPAN
             with self._lock:
                 self.iterations += 1
-            deadline = time.monotonic() + self.interval_seconds
+            wait = min(self.interval_seconds, self.follow_up_seconds) if follow_up else self.interval_seconds
+            follow_up = False
+            deadline = time.monotonic() + wait
             while not shutdown_event.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 step = min(left, _YIELD_EVERY_SECONDS)
-                if waker is not None and waker.wait(step):
+                said = waker.wait(step) if waker is not None else b""
+                if said:
                     with self._lock:
                         self.woken += 1
+                    follow_up = RUN_ENDED in said
                     break
                 if waker is None:
                     shutdown_event.wait(step)
