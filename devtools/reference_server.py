@@ -337,14 +337,11 @@ def create_app(state: ServerState) -> FastAPI:
             parts = body["contents"][0]["parts"]
             inline = next(p["inlineData"] for p in parts if "inlineData" in p)
             data = inline["data"]  # the SDK sends URL-safe base64
-            image = imaging.decode_image(base64.b64decode(data + "=" * (-len(data) % 4), altchars=b"-_"))
-        except (KeyError, IndexError, StopIteration, ValueError, TypeError) as exc:
+        except (KeyError, IndexError, StopIteration, TypeError) as exc:
             raise HTTPException(400, detail=f"contents: expected a text part and an image part ({exc})") from None
-        # No mask travels to Gemini: the whole image is the "jewelry"; the client pastes the
-        # real jewelry pixels back, so a radial backdrop blended in is enough to differ.
-        backdrop = classical.studio_background(image.shape[:2], seed=0, radial=True)
-        out = ((image.astype(np.uint16) + backdrop) // 2).astype(np.uint8)
-        data = base64.b64encode(imaging.encode_png(out)).decode("ascii")
+        # In the thread pool, as every endpoint's image work: on the event loop it held up the
+        # other services' answers (Flux's, on a loaded machine, by up to a second, issue 28).
+        data = await run_in_threadpool(_gemini_image, data)
         part = {"inlineData": {"mimeType": "image/png", "data": data}}
         return {"candidates": [{"finishReason": "STOP", "content": {"role": "model", "parts": [part]}}]}
 
@@ -388,6 +385,20 @@ def create_app(state: ServerState) -> FastAPI:
         return {}
 
     return app
+
+
+def _gemini_image(data: Any) -> str:
+    """The reference Gemini's picture, as base64 PNG, from the request's image part (URL-safe
+    base64, as the SDK sends it). No mask travels to Gemini: the whole image is the "jewelry";
+    the client pastes the real jewelry pixels back, so a radial backdrop blended in is enough
+    to differ."""
+    try:
+        image = imaging.decode_image(base64.b64decode(data + "=" * (-len(data) % 4), altchars=b"-_"))
+    except (ValueError, TypeError) as exc:
+        raise HTTPException(400, detail=f"contents: expected a text part and an image part ({exc})") from None
+    backdrop = classical.studio_background(image.shape[:2], seed=0, radial=True)
+    out = ((image.astype(np.uint16) + backdrop) // 2).astype(np.uint8)
+    return base64.b64encode(imaging.encode_png(out)).decode("ascii")
 
 
 def _pairs(values: list[str], cast: type) -> dict[str, Any]:
