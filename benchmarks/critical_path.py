@@ -19,6 +19,10 @@ stock artifact encoding (libpng's adaptive PNG filter, every load decoding its b
 
     .venv/bin/python -m benchmarks.critical_path --only ours --only "ours, stock artifacts"
 
+`--paired-base DIR` compares ours with another checkout's code instead, both stacks up at once
+and requests alternating (`git archive <commit> jewel_dagster | tar -x -C DIR`): on a shared
+machine the load then falls on both alike.
+
 `--timeline` also prints each request of each setup laid out in time from its POST: the run's
 start and end, each step's start and end (Dagster's events), each model call as the reference
 server saw it (came in, answered, minus its latency knob: the server's own work and the
