@@ -13,9 +13,11 @@ critical path + 0.5 s.
 The reference server answers with its instant stand-ins (`--instant`), so a call's model time
 is its latency knob, as the critical path counts it. `--server classical` runs its classical
 vision instead (GrabCut for SAM3, the studio composite for Flux: ~0.3-0.4 s of CPU a call on
-these 2 cores, on top of the knob), as every figure until 2026-12-05 did. Baselines in the same run: the same requests
-on Dagster's stock settings (5 s queue polling, multiprocess executor), and on ours with the
-stock artifact encoding (libpng's adaptive PNG filter, every load decoding its blob).
+these 2 cores, on top of the knob), as every figure until 2026-12-05 did.
+
+Baselines in the same run: the same requests on Dagster's stock settings (5 s queue polling,
+multiprocess executor), and on ours with the stock artifact encoding (libpng's adaptive PNG
+filter, every load decoding its blob).
 
     .venv/bin/python -m benchmarks.critical_path --only ours --only "ours, stock artifacts"
 
