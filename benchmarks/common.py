@@ -178,9 +178,10 @@ def run_wrk(base_url: str, lua: str, connections: int, seconds: float, server_pi
 
 
 @contextmanager
-def reference_services(latency: dict[str, float]) -> Iterator[dict[str, str]]:
+def reference_services(latency: dict[str, float], instant: bool = False) -> Iterator[dict[str, str]]:
     """The reference model server on a free port with added ``latency`` (endpoint -> seconds);
-    yields the environment that points the model services and Gemini at it; stops it after."""
+    yields the environment that points the model services and Gemini at it; stops it after.
+    ``instant``: its trivial stand-ins instead of its classical vision (`--instant`)."""
     import sys
 
     from devtools.reference_server import service_env
@@ -189,7 +190,9 @@ def reference_services(latency: dict[str, float]) -> Iterator[dict[str, str]]:
     port = free_port()
     latency_args = [a for endpoint, s in latency.items() for a in ("--latency", f"{endpoint}={s}")]
     server = subprocess.Popen(
-        [sys.executable, "-m", "devtools.reference_server", "--port", str(port), *latency_args], cwd=REPO_ROOT
+        [sys.executable, "-m", "devtools.reference_server", "--port", str(port), *latency_args]
+        + (["--instant"] if instant else []),
+        cwd=REPO_ROOT,
     )
     base = f"http://127.0.0.1:{port}"
     try:

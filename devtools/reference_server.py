@@ -9,7 +9,8 @@ Knobs model slow and flaky GPU services for tests, benchmarks and docker-compose
 latency per endpoint, a random failure rate (503), hanging the next N calls, and rejecting
 calls with a fixed 4xx. They can be changed at run time with `PUT /_knobs`; `GET /_stats`
 counts calls per endpoint so a test can see retries happen, `GET /_stats/wire` the content types
-they came as. Every endpoint speaks both wire modes of `docs/service-contracts.md`: a multipart
+they came as, `GET /_stats/timing` when each call came and was answered (a benchmark's
+timeline). Every endpoint speaks both wire modes of `docs/service-contracts.md`: a multipart
 request gets a binary answer, a JSON one a base64 JSON answer.
 """
 
@@ -20,7 +21,8 @@ import asyncio
 import base64
 import random
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -69,6 +71,9 @@ def service_env(base_url: str) -> dict[str, str]:
     }
 
 
+TIMING_KEPT = 4096  # calls `GET /_stats/timing` remembers
+
+
 class Knobs(BaseModel):
     latency: dict[str, float] = Field(default_factory=dict, description="Endpoint -> added seconds.")
     failure_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of calls answered 503.")
@@ -83,6 +88,8 @@ class ServerState:
         self.lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self.wire: dict[str, Counter[str]] = {}
+        # (path, received, answered) in wall-clock seconds, the last few thousand calls.
+        self.timing: deque[tuple[str, float, float]] = deque(maxlen=TIMING_KEPT)
         self.set_knobs(knobs)
         self.manipulator = LocalImageManipulator(zoom_threshold=zoom_threshold)
         self.refiner = LocalMaskRefiner()
@@ -228,6 +235,29 @@ async def answer(call: Call[Any], image: np.ndarray, **fields: Any) -> Response 
 IMAGE = {"image": wire.decode_image}
 
 
+class CallTiming:
+    """ASGI middleware: when each model call's headers came in and when its answer's last byte
+    left, so a benchmark can lay the server's part of each call beside the pipeline's steps."""
+
+    def __init__(self, app: Any, state: ServerState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path.startswith("/_") or path.endswith("/health"):
+            await self.app(scope, receive, send)
+            return
+        received = time.time()
+
+        async def timed_send(message: Any) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                with self.state.lock:
+                    self.state.timing.append((path, received, time.time()))
+
+        await self.app(scope, receive, timed_send)
+
+
 # A call's images stay in memory: past this size Starlette rolls a file part to a temporary file
 # and then writes it a 64 KB chunk at a time, each through the thread pool (a 16 MB BMP: 250 hops).
 SPOOL_BYTES = 128 * 1024 * 1024
@@ -236,6 +266,7 @@ SPOOL_BYTES = 128 * 1024 * 1024
 def create_app(state: ServerState) -> FastAPI:
     MultiPartParser.spool_max_size = SPOOL_BYTES  # a public class setting; this process serves only this app
     app = FastAPI(title="jewel-dagster reference model server")
+    app.add_middleware(CallTiming, state=state)
     manipulator = APIRouter(prefix="/image-manipulator")
     birefnet = APIRouter(prefix="/birefnet")
     sam3 = APIRouter(prefix="/sam3")
@@ -306,14 +337,11 @@ def create_app(state: ServerState) -> FastAPI:
             parts = body["contents"][0]["parts"]
             inline = next(p["inlineData"] for p in parts if "inlineData" in p)
             data = inline["data"]  # the SDK sends URL-safe base64
-            image = imaging.decode_image(base64.b64decode(data + "=" * (-len(data) % 4), altchars=b"-_"))
-        except (KeyError, IndexError, StopIteration, ValueError, TypeError) as exc:
+        except (KeyError, IndexError, StopIteration, TypeError) as exc:
             raise HTTPException(400, detail=f"contents: expected a text part and an image part ({exc})") from None
-        # No mask travels to Gemini: the whole image is the "jewelry"; the client pastes the
-        # real jewelry pixels back, so a radial backdrop blended in is enough to differ.
-        backdrop = classical.studio_background(image.shape[:2], seed=0, radial=True)
-        out = ((image.astype(np.uint16) + backdrop) // 2).astype(np.uint8)
-        data = base64.b64encode(imaging.encode_png(out)).decode("ascii")
+        # In the thread pool, as every endpoint's image work: on the event loop it held up the
+        # other services' answers (Flux's, on a loaded machine, by up to a second, issue 28).
+        data = await run_in_threadpool(_gemini_image, data)
         part = {"inlineData": {"mimeType": "image/png", "data": data}}
         return {"candidates": [{"finishReason": "STOP", "content": {"role": "model", "parts": [part]}}]}
 
@@ -341,14 +369,36 @@ def create_app(state: ServerState) -> FastAPI:
         with state.lock:
             return {endpoint: dict(counts) for endpoint, counts in state.wire.items()}
 
+    @app.get("/_stats/timing")
+    def timing_stats() -> list[dict[str, Any]]:
+        """The calls of late, oldest first: path, and when (Unix seconds) each came in and was
+        answered (its last byte sent)."""
+        with state.lock:
+            return [{"path": p, "received": r, "answered": a} for p, r, a in state.timing]
+
     @app.delete("/_stats")
     def reset_stats() -> dict[str, int]:
         with state.lock:
             state.calls.clear()
             state.wire.clear()
+            state.timing.clear()
         return {}
 
     return app
+
+
+def _gemini_image(data: Any) -> str:
+    """The reference Gemini's picture, as base64 PNG, from the request's image part (URL-safe
+    base64, as the SDK sends it). No mask travels to Gemini: the whole image is the "jewelry";
+    the client pastes the real jewelry pixels back, so a radial backdrop blended in is enough
+    to differ."""
+    try:
+        image = imaging.decode_image(base64.b64decode(data + "=" * (-len(data) % 4), altchars=b"-_"))
+    except (ValueError, TypeError) as exc:
+        raise HTTPException(400, detail=f"contents: expected a text part and an image part ({exc})") from None
+    backdrop = classical.studio_background(image.shape[:2], seed=0, radial=True)
+    out = ((image.astype(np.uint16) + backdrop) // 2).astype(np.uint8)
+    return base64.b64encode(imaging.encode_png(out)).decode("ascii")
 
 
 def _pairs(values: list[str], cast: type) -> dict[str, Any]:

@@ -27,7 +27,7 @@ A run that was cancelled stops before its next model call or output (`defs/cance
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -454,13 +454,19 @@ def generate_images(
     blob_store: BlobStore,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Flux and Gemini at the same time (the request waits for the slower, not the sum), then the
-    fidelity of the Flux image."""
+    fidelity of the Flux image, whose SAM3 call starts as soon as Flux answers."""
     step = StepValues(context, io_manager)
-    if step.makes(A.FLUX_GENERATION, A.GEMINI_GENERATION):
-        signed = _Signing(context, io_manager, provenance, blob_store)
-        yield from _generations(context, config, step, flux_generator, gemini_generator, signed)
-    if step.makes(A.FLUX_METRICS) or step.check_selected(CHECK_NAME):
-        yield from _flux_metrics(context, step, segmenter, fidelity)
+    measuring = step.makes(A.FLUX_METRICS) or step.check_selected(CHECK_NAME)
+    measure = _MetricsCall(context, step, segmenter) if measuring else None
+    try:
+        if step.makes(A.FLUX_GENERATION, A.GEMINI_GENERATION):
+            signed = _Signing(context, io_manager, provenance, blob_store)
+            yield from _generations(context, config, step, flux_generator, gemini_generator, signed, measure)
+        if measure is not None:
+            yield from _flux_metrics(context, step, measure, segmenter.backend_name, fidelity)
+    finally:
+        if measure is not None:
+            measure.close()
 
 
 def _generations(
@@ -470,7 +476,11 @@ def _generations(
     flux_generator: ImageGenerator,
     gemini_generator: ImageGenerator,
     signed: "_Signing",
+    measure: "_MetricsCall | None" = None,
 ) -> Iterator[dg.MaterializeResult]:
+    """Both generations, stored and signed. `measure` (the metrics' SAM3 call) finds its points
+    while the generators work and is started as soon as the Flux image is in, while Gemini may
+    still be generating and before any image is encoded."""
     image, mask = step.get(A.BACKGROUND_REMOVED_IMAGE), step.get(A.FINAL_MASK)
     wanted = [
         (name, generator)
@@ -487,10 +497,20 @@ def _generations(
     try:
         futures = {name: pool.submit(run, generator) for name, generator in wanted}
         pending = set(futures.values())
+        flux_future = futures.get(A.FLUX_GENERATION)
+        if flux_future is None:
+            measure = None
+        if measure is not None:
+            measure.points()  # read and computed while the generators work
         while pending:
             # A cancel ends the step while the calls are in flight: their answers are dropped.
             _, pending = wait(pending, timeout=CANCEL_POLL_SECONDS, return_when=FIRST_COMPLETED)
             stop_if_cancelled(context, "materializing the generated images")
+            if measure is not None and flux_future is not None and flux_future.done():
+                flux_image = None if flux_future.exception() else flux_future.result()[0].image
+                if flux_image is not None:
+                    measure.start(flux_image)
+                measure = None
         results = {name: future.result() for name, future in futures.items()}
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -574,20 +594,81 @@ class _Signing:
         )
 
 
+class _MetricsCall:
+    """The segmenter's call on the Flux image that `flux_metrics` measures with.
+
+    Started on a thread as soon as Flux answers (`start`), it runs while the step encodes, signs
+    and stores the generated images, and while Gemini is still generating when Gemini is the
+    slower: SAM3's latency follows Flux's directly instead of after that work. When this run
+    did not make the Flux image (a subset run), `result` makes the call itself. Either way the
+    call, its points and its failures are those of the direct call.
+    """
+
+    def __init__(self, context: dg.AssetExecutionContext, step: StepValues, segmenter: Segmenter) -> None:
+        self._context, self._step, self._segmenter = context, step, segmenter
+        self._points: list[PixelPoint] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._future: Future[tuple[np.ndarray, float]] | None = None
+        self._flux_image: np.ndarray | None = None
+
+    def points(self) -> list[PixelPoint]:
+        if self._points is None:
+            self._points = _metrics_points(self._context, self._step.get(A.FINAL_MASK))
+        return self._points
+
+    def _call(self, flux_image: np.ndarray, points: list[PixelPoint]) -> tuple[np.ndarray, float]:
+        return _timed(lambda: self._segmenter.segment(flux_image, points))
+
+    def start(self, flux_image: np.ndarray) -> None:
+        """Send the call now, on a thread of its own."""
+        points = self.points()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flux-metrics")
+        self._future = self._pool.submit(self._call, flux_image, points)
+
+    def wait(self) -> None:
+        """Until the call can be answered: the started call answered, or the Flux image loaded
+        for the direct call. Raises when the run was cancelled meanwhile (not a metrics failure)."""
+        if self._future is None:
+            self._flux_image = self._step.get(A.FLUX_GENERATION)
+        else:
+            pending = {self._future}
+            while pending:  # a cancel ends the step while the call is in flight
+                _, pending = wait(pending, timeout=CANCEL_POLL_SECONDS)
+                stop_if_cancelled(self._context, "measuring the Flux image")
+        stop_if_cancelled(self._context, "measuring the Flux image")
+
+    def result(self) -> tuple[np.ndarray, float]:
+        """The mask the segmenter found in the Flux image and the call's seconds (after `wait`);
+        raises what the call raised."""
+        if self._future is None:
+            assert self._flux_image is not None, "wait() loads the Flux image first"
+            return self._call(self._flux_image, self.points())
+        return self._future.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _flux_metrics(
-    context: dg.AssetExecutionContext, step: StepValues, segmenter: Segmenter, fidelity: FidelityThresholds
+    context: dg.AssetExecutionContext,
+    step: StepValues,
+    measure: _MetricsCall,
+    backend: str,
+    fidelity: FidelityThresholds,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """How well the Flux image kept the jewelry: precision, recall, IoU, growth ratio.
 
     The segmenter is asked, with the same call that made the jewelry mask (mask from points),
-    for the object under the request's positive clicks in the Flux image. When that fails the
-    images still stand: flux_metrics is not materialized, and the check fails saying why.
+    for the object under the request's positive clicks in the Flux image (`_MetricsCall`). When
+    that fails the images still stand: flux_metrics is not materialized, and the check fails
+    saying why.
     """
-    final_mask, flux_image = step.get(A.FINAL_MASK), step.get(A.FLUX_GENERATION)
-    points = _metrics_points(context, final_mask)
-    stop_if_cancelled(context, "measuring the Flux image")
+    final_mask = step.get(A.FINAL_MASK)
+    points = measure.points()
+    measure.wait()
     try:
-        found, seconds = _timed(lambda: segmenter.segment(flux_image, points))
+        found, seconds = measure.result()
         metrics = imaging.mask_metrics(found, final_mask).to_dict()
     except TransientServiceError:
         if context.retry_number < SERVICE_RETRY.max_retries:
@@ -597,7 +678,7 @@ def _flux_metrics(
         reason = _metrics_failure(exc)
     else:
         rounded = {k: round(v, 4) for k, v in metrics.items()}
-        meta = {**rounded, "seconds": seconds, "backend": segmenter.backend_name, "points": len(points)}
+        meta = {**rounded, "seconds": seconds, "backend": backend, "points": len(points)}
         yield from step.emit(A.FLUX_METRICS, rounded, meta)
         if step.check_selected(CHECK_NAME):
             violations = fidelity.violations(rounded)
@@ -620,7 +701,7 @@ def _flux_metrics(
             metadata={
                 "violations": f"metrics unavailable: {reason}",
                 "reason": reason,
-                "backend": segmenter.backend_name,
+                "backend": backend,
                 "points": len(points),
             },
         )

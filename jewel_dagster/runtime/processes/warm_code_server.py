@@ -60,6 +60,13 @@ PRELOAD = [
     "jewel_dagster.runtime.instance_plugins.pool_claims",
     "dagster._core.execution.plan.active",
     "dagster._core.executor.in_process",
+    # Gemini's SDK, which the code location imports only when a generation runs (its import costs
+    # ~0.3 s of CPU): imported in the run worker, it held the GIL at the start of generate_images,
+    # beside the thread sending Flux its request (issue 28, target 2).
+    "google.genai",
+    "google.genai.errors",
+    "google.genai.types",
+    "google.auth.aio.credentials",  # what the SDK's client imports when it is made
 ]
 
 
