@@ -13,10 +13,12 @@ first one.
 The reference model server answers with fixed latencies (SAM3 1.0 s, Flux 3.0 s, Gemini 2.0 s,
 its vision replaced by trivial stand-ins so that one machine measures the "GPU time" and the
 orchestration, not this server's CPU). The steps that call the model services share the `gpu`
-pool, so the GPU bound on the total time is requests x (SAM3 + max(Flux, Gemini)) / pool: the
-baseline this run is compared against. Every request must complete (none lost, none stuck);
-target: total within 15% of the bound, and the peak memory of all processes (PSS, so pages
-shared after a fork count once) <= 4 GB.
+pool: `segment_jewelry` (SAM3) and `generate_images` (Flux, then SAM3 again on the Flux image
+for the fidelity metrics, beside Gemini), so the GPU bound on the total time is requests x
+(SAM3 + max(Flux + SAM3, Gemini)) / pool, 5.0 s a request (stated as 4.0 s, without the second
+SAM3 call, until 2026-12-05): the baseline this run is compared against. Every request must
+complete (none lost, none stuck); target: total within 15% of the bound, and the peak memory of
+all processes (PSS, so pages shared after a fork count once) <= 4 GB.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ from devtools.reference_server import service_env
 from devtools.stack import REPO_ROOT, Stack, descendants, free_port, parent_pid, temporary_stack, wait_for_http
 
 LATENCY = {"sam3/segment": 1.0, "a100/generate": 3.0, "gemini/generate-content": 2.0}
-GPU_SECONDS = LATENCY["sam3/segment"] + max(LATENCY["a100/generate"], LATENCY["gemini/generate-content"])
+GPU_SECONDS = LATENCY["sam3/segment"] + max(
+    LATENCY["a100/generate"] + LATENCY["sam3/segment"], LATENCY["gemini/generate-content"]
+)
 
 
 def _pss_bytes(pid: int) -> int:
