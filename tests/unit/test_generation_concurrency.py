@@ -11,31 +11,18 @@ import numpy as np
 
 from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.resources.selection import build_resources
-from jewel_dagster.resources.services import Generation, ImageGenerator
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import artifact_path
 from jewel_dagster.vision import imaging
-from jewel_dagster.vision.imaging import Mask, RGBImage
+from tests.support.waiting_generator import waiting_generator
 
 MEETING = threading.Barrier(2, timeout=20)
 
 
-class MeetingGenerator(ImageGenerator):
-    """Returns only once the other generator is running too: run one after the other, it fails."""
-
-    @property
-    def backend_name(self) -> str:
-        return "test-barrier"
-
-    def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
-        MEETING.wait()
-        return Generation(image=image.copy(), model="test-barrier")
-
-
 def test_flux_and_gemini_overlap(tmp_path: Path) -> None:
     resources: dict[str, Any] = build_resources(PipelineSettings(local_blob_root=str(tmp_path)))
-    resources["flux_generator"] = MeetingGenerator()
-    resources["gemini_generator"] = MeetingGenerator()
+    resources["flux_generator"] = waiting_generator(MEETING)  # run one after the other, both time out
+    resources["gemini_generator"] = waiting_generator(MEETING)
     store = resources["blob_store"]
     image = np.full((40, 30, 3), 120, np.uint8)
     mask = np.zeros((40, 30), bool)

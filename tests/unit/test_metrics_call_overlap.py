@@ -25,6 +25,7 @@ from jewel_dagster.storage_layout import artifact_path
 from jewel_dagster.vision import imaging
 from jewel_dagster.vision.classical import PixelPoint
 from jewel_dagster.vision.imaging import Mask, RGBImage
+from tests.support.waiting_generator import waiting_generator
 
 # One barrier a test (a broken one stays broken); 10 s is the time a sequential step fails after.
 WITH_GEMINI = threading.Barrier(2, timeout=10)
@@ -54,18 +55,6 @@ class QuickGenerator(ImageGenerator):
 
     def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
         return Generation(image=image.copy(), model="test-quick")
-
-
-class SlowGemini(ImageGenerator):
-    """Returns only once the metrics call on the Flux image is under way."""
-
-    @property
-    def backend_name(self) -> str:
-        return "test-barrier"
-
-    def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
-        WITH_GEMINI.wait()
-        return Generation(image=image.copy(), model="test-barrier")
 
 
 class MeetingBlobStore(LocalBlobStore):
@@ -107,7 +96,7 @@ def _measured(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
 def test_the_metrics_call_overlaps_a_slower_gemini(tmp_path: Path) -> None:
     resources: dict[str, Any] = build_resources(PipelineSettings(local_blob_root=str(tmp_path)))
     resources["flux_generator"] = QuickGenerator()
-    resources["gemini_generator"] = SlowGemini()
+    resources["gemini_generator"] = waiting_generator(WITH_GEMINI)  # only once the metrics call is under way
     resources["segmenter"] = MeetingSegmenter(barrier="gemini")
     result = _materialize(tmp_path, resources)
     assert result.success, "the metrics call waited for Gemini: the barrier timed out"
