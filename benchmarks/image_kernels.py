@@ -217,6 +217,61 @@ def _signing(canvas: np.ndarray, repeats: int) -> None:
         )
 
 
+def full_canvas_backdrop(shape: tuple[int, int], seed: int, radial: bool = False) -> np.ndarray:
+    """The stand-in generators' backdrop computed at every pixel (before 2026-12-05's seventh
+    session): the baseline of `classical.studio_background`, which computes it on a grid an
+    eighth of the side (tests/unit/test_classical_vision.py holds them within one grey level)."""
+    h, w = shape
+    top, bottom = (np.asarray(c, dtype=np.float32) for c in classical.STUDIO_PALETTES[seed % len(classical.STUDIO_PALETTES)])
+    if radial:
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        t = np.clip(np.sqrt(((xx - w / 2) / w) ** 2 + ((yy - h * 0.45) / h) ** 2) / 0.7, 0, 1)[..., None]
+    else:
+        t = np.broadcast_to(np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None] ** 1.6, (h, w, 1))
+    backdrop = top * (1 - t) + bottom * t
+    coarse = np.random.default_rng(seed).normal(0.0, 1.5, size=(h // 8 + 1, w // 8 + 1, 1)).astype(np.float32)
+    grain = np.asarray(cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR))[..., None]
+    return np.clip(backdrop + grain, 0, 255).astype(np.uint8)
+
+
+def full_canvas_shadow(background: np.ndarray, mask: np.ndarray, strength: float = 0.25) -> np.ndarray:
+    """The contact shadow blurred over the whole canvas: the baseline of `classical.soft_shadow`,
+    which blurs the jewelry's box alone (the same pixels)."""
+    h, w = mask.shape
+    shift, k = max(2, h // 200), max(3, (h // 60) | 1)
+    shifted = np.zeros((h, w), dtype=np.float32)
+    shifted[shift:] = mask[:-shift].astype(np.float32)
+    shadow = np.asarray(cv2.GaussianBlur(shifted, (k, k), 0))
+    return (background.astype(np.float32) * (1 - strength * shadow[..., None])).astype(np.uint8)
+
+
+def _studio(repeats: int) -> None:
+    """The local stand-in generators' backdrop (each request makes two: Flux's sweep, Gemini's
+    radial spot) and its contact shadow, on the canvas with a ring-sized jewelry mask."""
+    mask = np.zeros((2667, 2000), bool)
+    mask[1100:1500, 800:1200] = True
+    for radial in (False, True):
+        _report_plain(
+            f"stand-in backdrop ({'radial' if radial else 'sweep'})",
+            _time(lambda r=radial: classical.studio_background(mask.shape, 1, radial=r), repeats),
+            _time(lambda r=radial: full_canvas_backdrop(mask.shape, 1, radial=r), repeats),
+        )
+    backdrop = classical.studio_background(mask.shape, 1)
+    _report_plain(
+        "stand-in contact shadow",
+        _time(lambda: classical.soft_shadow(backdrop, mask), repeats),
+        _time(lambda: full_canvas_shadow(backdrop, mask), repeats),
+    )
+
+
+def _report_plain(name: str, ours: list[float], baseline: list[float]) -> None:
+    med, base = statistics.median(ours), statistics.median(baseline)
+    print(
+        f"{name}: ours median {med * 1000:.1f} ms p95 {percentile(ours, 95) * 1000:.1f} ms | "
+        f"whole canvas median {base * 1000:.1f} ms p95 {percentile(baseline, 95) * 1000:.1f} ms | ratio {base / med:.1f}x"
+    )
+
+
 def _segmentation(repeats: int) -> None:
     """The classical stand-in's point segmentation (GrabCut on a downscaled copy) of the ring
     sample's canvas: at the working side in use against 640 px (the side before 2026-12-05), and
@@ -240,7 +295,7 @@ def _segmentation(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--only", choices=["all", "provenance", "segmentation"], default="all")
+    parser.add_argument("--only", choices=["all", "provenance", "segmentation", "studio"], default="all")
     args = parser.parse_args()
     data = _photo_jpeg()
     if args.only == "provenance":
@@ -248,6 +303,9 @@ def main() -> None:
         return
     if args.only == "segmentation":
         _segmentation(args.repeats)
+        return
+    if args.only == "studio":
+        _studio(args.repeats)
         return
     print(f"input: 4000x3000 JPEG, {len(data) / 1e6:.1f} MB; {args.repeats} repeats after a warm-up")
     _report(
@@ -268,6 +326,7 @@ def main() -> None:
     canvas = imaging.decode_image(_our_pipeline(data))
     _signing(canvas, args.repeats)
     _segmentation(args.repeats)
+    _studio(args.repeats)
     for name, array in (("preview of the canvas", canvas), ("preview of a mask", reference)):
         _report(
             name,

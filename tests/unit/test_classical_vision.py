@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from benchmarks.image_kernels import full_canvas_backdrop, full_canvas_shadow
 from devtools.stack import REPO_ROOT
 from jewel_dagster.vision import classical, imaging
 from jewel_dagster.vision.classical import PixelPoint
@@ -46,6 +48,28 @@ def test_generation_keeps_jewelry_pixels_and_replaces_background() -> None:
     out = classical.composite_generation(image, truth, seed=3)
     assert np.array_equal(out[truth], image[truth])
     assert np.mean(np.abs(out[~truth].astype(int) - image[~truth].astype(int))) > 20
+
+
+@pytest.mark.parametrize("radial", [False, True])
+def test_the_backdrop_from_its_coarse_grid_is_within_a_grey_level_of_every_pixel_computed(radial: bool) -> None:
+    # The generators draw on the canvas; on a side eight times smaller the grid is coarser.
+    for shape, levels in (((2667, 2000), 1), ((333, 250), 2)):
+        ours = classical.studio_background(shape, seed=2, radial=radial).astype(int)
+        assert np.abs(ours - full_canvas_backdrop(shape, seed=2, radial=radial)).max() <= levels
+
+
+def test_the_shadow_blurred_on_the_jewelry_box_is_the_shadow_blurred_on_the_whole_canvas() -> None:
+    rng = np.random.default_rng(4)
+    backdrop = rng.integers(0, 256, (2667, 2000, 3), dtype=np.uint8)
+    masks = [np.zeros((2667, 2000), bool) for _ in range(5)]
+    masks[1][1100:1500, 800:1200] = True  # a ring's box in the middle
+    masks[2][:40, -30:] = True  # against the top and right edges
+    masks[3][-5:, :] = True  # along the bottom edge, where the shifted mask leaves the canvas
+    masks[4][:] = True
+    for mask in masks:
+        shadowed = classical.soft_shadow(backdrop, mask)
+        assert np.array_equal(shadowed, full_canvas_shadow(backdrop, mask))
+        assert shadowed is not backdrop
 
 
 def test_find_jewelry_scores_an_exact_generation_high_and_a_grown_one_low() -> None:
