@@ -57,6 +57,9 @@ counts a request started earlier whose next pooled step has not joined yet as ah
 be. tests/unit/test_pool_claims.py: a later request's step waits behind an earlier request's next
 step; steps claimed in one second keep their requests' order.
 
+Lean events. Each event is stored without its logging tags and without a `user_message` that
+repeats its message (runtime/storage/lean_events.py says why; ~9 % of a request's event bytes).
+
 Run ends wake the run queue. `store_event` is Dagster's, and an event that ends a run then wakes
 the queue daemon (jewel_dagster/runtime/instance_plugins/queue_wake.py), so the next queued run takes the freed
 place without waiting for the queue's poll.
@@ -91,7 +94,7 @@ and tests/unit/test_pool_claims.py (a blocked claim names our interval).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
@@ -110,6 +113,7 @@ from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from jewel_dagster.runtime.executor import claim_sleep, interruptible_wait
 from jewel_dagster.runtime.instance_plugins import queue_wake
 from jewel_dagster.runtime.storage import alembic_scripts
+from jewel_dagster.runtime.storage.lean_events import lean_event
 from jewel_dagster.runtime.storage.run_partitions import KnownRunPartitions
 from jewel_dagster.runtime.storage.sqlite_shard_engines import KeptShardEngines
 
@@ -214,11 +218,16 @@ class _QuickRaceFreeClaims(SqlEventLogStorage):
                 pass  # already in the line (Dagster's own method ignores it too)
 
     def store_event(self, event: dg.EventLogEntry) -> None:
-        """Dagster's, then a run's end wakes the run queue, so a queued run takes the freed place
-        now rather than at the queue's next poll (queue_wake.py, processes/queue_daemon.py)."""
-        super().store_event(event)
+        """Dagster's, of the event without its copies (runtime/storage/lean_events.py), then a
+        run's end wakes the run queue, so a queued run takes the freed place now rather than at
+        the queue's next poll (queue_wake.py, processes/queue_daemon.py)."""
+        super().store_event(lean_event(event))
         if self.has_instance:
             queue_wake.wake_on_run_end(self._instance, event)
+
+    def store_event_batch(self, events: Sequence[dg.EventLogEntry]) -> None:
+        """Dagster's, of the events without their copies (a batch of materializations)."""
+        super().store_event_batch([lean_event(event) for event in events])
 
 
 class QuickClaimSqliteEventLogStorage(
