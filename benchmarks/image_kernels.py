@@ -222,7 +222,9 @@ def full_canvas_backdrop(shape: tuple[int, int], seed: int, radial: bool = False
     session): the baseline of `classical.studio_background`, which computes it on a grid an
     eighth of the side (tests/unit/test_classical_vision.py holds them within one grey level)."""
     h, w = shape
-    top, bottom = (np.asarray(c, dtype=np.float32) for c in classical.STUDIO_PALETTES[seed % len(classical.STUDIO_PALETTES)])
+    top, bottom = (
+        np.asarray(c, dtype=np.float32) for c in classical.STUDIO_PALETTES[seed % len(classical.STUDIO_PALETTES)]
+    )
     if radial:
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         t = np.clip(np.sqrt(((xx - w / 2) / w) ** 2 + ((yy - h * 0.45) / h) ** 2) / 0.7, 0, 1)[..., None]
@@ -268,7 +270,8 @@ def _report_plain(name: str, ours: list[float], baseline: list[float]) -> None:
     med, base = statistics.median(ours), statistics.median(baseline)
     print(
         f"{name}: ours median {med * 1000:.1f} ms p95 {percentile(ours, 95) * 1000:.1f} ms | "
-        f"whole canvas median {base * 1000:.1f} ms p95 {percentile(baseline, 95) * 1000:.1f} ms | ratio {base / med:.1f}x"
+        f"whole canvas median {base * 1000:.1f} ms p95 {percentile(baseline, 95) * 1000:.1f} ms | "
+        f"ratio {base / med:.1f}x"
     )
 
 

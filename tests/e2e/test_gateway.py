@@ -18,8 +18,10 @@ from jewel_dagster.vision import imaging
 from tests.support.answers import assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, full_request_completes
 from tests.support.e2e_flows import finished as _finished
-from tests.support.e2e_stack import launched_runs, poll, running_stack, runs_of
+from tests.support.e2e_stack import launched_runs, poll, runs_of
+from tests.support.gateway_process import gateway_process
 from tests.support.shared_stacks import DEFAULT_STACK, SharedStacks, shared_stack
+from tests.support.tcp_forwarder import forwarder
 
 pytestmark = pytest.mark.e2e
 
@@ -99,22 +101,29 @@ def test_unknown_workflow_is_404(client: httpx.Client) -> None:
     assert_refused(client.post("/workflow/not-ours/cancel"), 404, no_workflow("not-ours"))
 
 
-def test_dagster_down_gives_503_and_health_says_disconnected(tmp_path: Path) -> None:
-    with running_stack(tmp_path) as own:
-        with httpx.Client(base_url=own.gateway_url, timeout=30) as c:
-            assert c.get("/health").json()["dagster"] == "connected"
-            own.stop_dagster()
-            response = c.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
-            assert response.status_code == 503
-            assert "Dagster" in response.json()["detail"]
-            # /health asks Dagster at most every 2 s: the answer turns within that.
-            deadline = time.monotonic() + 10
-            while (health := c.get("/health").json())["dagster"] == "connected" and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert health["dagster"] == "disconnected" and health["temporal"] == "disconnected"
-            assert health["status"] == "degraded"
-        blobs = Path(own.env["LOCAL_BLOB_ROOT"])
-        assert not blobs.exists() or not any(blobs.rglob("upload")), "nothing is stored for a refused request"
+def test_dagster_down_gives_503_and_health_says_disconnected(stack: Stack, tmp_path: Path) -> None:
+    # A gateway of its own, reaching the shared stack's webserver through a forwarder that is
+    # then cut: Dagster goes away for this gateway alone (a stack of its own cost a start).
+    with (
+        forwarder(stack.dagster_port) as dagster,
+        gateway_process(
+            tmp_path, DAGSTER_PORT=str(dagster.port), HEALTH_CACHE_SECONDS="0.5", ALLOW_ANONYMOUS="true"
+        ) as (url, _),
+        httpx.Client(base_url=url, timeout=30) as c,
+    ):
+        assert c.get("/health").json()["dagster"] == "connected"
+        dagster.cut()
+        response = c.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
+        assert response.status_code == 503
+        assert "Dagster" in response.json()["detail"]
+        # /health reuses its probe for HEALTH_CACHE_SECONDS: the answer turns within that.
+        deadline = time.monotonic() + 10
+        while (health := c.get("/health").json())["dagster"] == "connected" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert health["dagster"] == "disconnected" and health["temporal"] == "disconnected"
+        assert health["status"] == "degraded"
+    blobs = tmp_path / "blobs"
+    assert not blobs.exists() or not any(blobs.rglob("upload")), "nothing is stored for a refused request"
 
 
 def test_concurrent_starts_are_all_accepted_launched_once_and_completed(client: httpx.Client, stack: Stack) -> None:
