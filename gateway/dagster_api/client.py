@@ -71,15 +71,15 @@ class DagsterRuns:
             if settings.status_source == "storage"
             else self.graphql
         )
+        storage = self.reader if isinstance(self.reader, StorageRunReader) else None
         self.status = StatusCache(
             # Late-bound: `latest_run` is what a test stands in for.
             lambda request_id: self.latest_run(request_id),
             settings.status_ttl,
             settings.stale_status_limit,
             # Over GraphQL an id costs the webserver a query, as the run itself nearly does.
-            (lambda request_id: self.reader.newest_run_id({PARTITION_TAG: request_id}))
-            if settings.status_source == "storage"
-            else None,
+            (lambda request_id: self.reader.newest_run_id({PARTITION_TAG: request_id})) if storage else None,
+            storage.queued_run_ids if storage else None,
         )
 
         # A run's end told by its run worker on this machine (the storage source: same DAGSTER_HOME)

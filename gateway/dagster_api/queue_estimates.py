@@ -2,9 +2,14 @@
 per gateway process, so that GET and the event streams only look a run id up in a dict.
 
 Each refresh reads, through Dagster's instance API on the storage under DAGSTER_HOME (as
-`storage_reader` and /metrics do): the runs not ended yet (one query), the new step and run
-events of the runs in flight (one incremental read each: a handful, as the run queue admits
-few at once), and the `gpu` pool's line (one query). Finished steps and runs feed the rolling
+`storage_reader` and /metrics do): the ids of the queued runs (one query), the other runs not
+ended yet (one query), the new step and run events of the runs in flight (one incremental read
+each: a handful, as the run queue admits few at once), and the `gpu` pool's line (one query). A
+queued run's record is read once, when its id is first seen, and kept while it stays queued: it
+changes nothing but its status meanwhile, and reading every record of a burst's queue each second
+(a stored run deserialized each, ~0.3 ms) was most of a refresh's CPU with 30 queued runs
+(py-spy, benchmarks.burst). A run known not ended that neither query lists (it changed status
+between them) is read by its id. Finished steps and runs feed the rolling
 medians; `gateway.eta` turns it all into positions and end times. Asking this per GET would
 cost every poll those reads; a snapshot a second old is what a person watching needs.
 
@@ -40,6 +45,7 @@ from jewel_dagster.contract import GENERATE_OP, GPU_POOL, JOB_OPS, SEGMENT_OP
 log = logging.getLogger("gateway.queue_estimates")
 
 ACTIVE_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+GOING_STATUSES = tuple(s for s in ACTIVE_STATUSES if s != QUEUED)  # read whole at every refresh
 MAX_ACTIVE = 10_000  # runs read a refresh: far beyond any queue this deployment keeps
 SEED_RUNS = 10  # finished runs read once at start, so the first estimates need no warm-up
 PRIORITY_TAG = "dagster/priority"
@@ -100,6 +106,8 @@ class QueueEstimates:
         self._instance: Any = None
         self.medians = RollingMedians()
         self._timelines: dict[str, _Timeline] = {}
+        self._queued_records: dict[str, Any] = {}  # run id -> its RunRecord, read once while it is queued
+        self._active: set[str] = set()  # the run ids of the last refresh's runs not ended
         self._estimates: dict[str, Estimate] = {}
         self._slots = 0
         self._pooled_ops = POOLED_OPS
@@ -146,8 +154,6 @@ class QueueEstimates:
 
     def refresh(self, now: float | None = None) -> None:
         """Read the storage once and replace the snapshot (the loop calls it; tests call it)."""
-        from dagster import DagsterRunStatus, RunsFilter
-
         if self._instance is None:
             self._instance = self._factory()
         instance = self._instance
@@ -158,17 +164,15 @@ class QueueEstimates:
         # still to come (its events read later, so newer) will join it (gateway.eta.pool_line).
         pending, pool_slots = _pool_line(instance)
         self._pooled_ops = self._pooled_ops | {p.step_key for p in pending}
-        statuses = [DagsterRunStatus[s] for s in ACTIVE_STATUSES]
-        records = instance.get_run_records(filters=RunsFilter(statuses=statuses), limit=MAX_ACTIVE)
+        records = self._active_records(instance)
         if not records and not self._timelines:  # nothing in flight, nothing that just ended
-            self._estimates, self._slots = {}, 0
+            self._estimates, self._slots, self._active = {}, 0, set()
             return
         runs: list[ActiveRun] = []
         active: set[str] = set()
-        for record in records:
+        for record, status in records:
             run = record.dagster_run
             active.add(run.run_id)
-            status = run.status.name
             timeline = self._timelines.get(run.run_id) if status != QUEUED else None
             if status != QUEUED:
                 timeline = timeline or self._timelines.setdefault(run.run_id, _Timeline())
@@ -177,6 +181,7 @@ class QueueEstimates:
         for run_id in [r for r in self._timelines if r not in active]:  # ended since: its last events, once
             timeline = self._timelines.pop(run_id)
             self._read_events(instance, run_id, timeline)
+        self._active = active
         holding = in_flight(runs)
         # While runs wait, the runs in flight are as many as the queue admits (its limit is in
         # dagster.yaml, which this gateway may not read); the most seen in this burst, then.
@@ -190,6 +195,35 @@ class QueueEstimates:
             pool_slots=pool_slots,
             pooled_ops=self._pooled_ops,
         )
+
+    def _active_records(self, instance: Any) -> list[tuple[Any, str]]:
+        """(RunRecord, status name) of every run not ended: the queued ones' records kept from when
+        their ids were first seen (see the module's docstring), the others read whole."""
+        from dagster import DagsterRunStatus, RunsFilter
+
+        # Queued first: a run dequeued between the two reads is in both, and the second says so.
+        queued = instance.get_run_ids(filters=RunsFilter(statuses=[DagsterRunStatus.QUEUED]), limit=MAX_ACTIVE)
+        going = {
+            record.dagster_run.run_id: (record, record.dagster_run.status.name)
+            for record in instance.get_run_records(
+                filters=RunsFilter(statuses=[DagsterRunStatus[s] for s in GOING_STATUSES]), limit=MAX_ACTIVE
+            )
+        }
+        kept = {run_id: self._queued_records[run_id] for run_id in queued if run_id in self._queued_records}
+        new = [run_id for run_id in queued if run_id not in kept and run_id not in going]
+        # Queued after the first read, or seen last time and listed by neither (it changed status
+        # between the two reads: queued meanwhile, or ended): read by id, as they are now.
+        missing = [run_id for run_id in self._active if run_id not in going and run_id not in kept]
+        looked = list(dict.fromkeys([*new, *missing]))
+        if looked:
+            for record in instance.get_run_records(filters=RunsFilter(run_ids=looked)):
+                status = record.dagster_run.status.name
+                if status == QUEUED:
+                    kept[record.dagster_run.run_id] = record
+                elif status in GOING_STATUSES:
+                    going[record.dagster_run.run_id] = (record, status)
+        self._queued_records = {run_id: record for run_id, record in kept.items() if run_id not in going}
+        return [(record, QUEUED) for record in self._queued_records.values()] + list(going.values())
 
     def _read_events(self, instance: Any, run_id: str, timeline: _Timeline) -> None:
         from dagster import DagsterEventType

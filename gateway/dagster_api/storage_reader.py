@@ -89,6 +89,16 @@ class StorageRunReader:
             raise DagsterUnavailable(f"Dagster's run storage did not answer: {type(exc).__name__}: {exc}") from exc
         return ids[0] if ids else None
 
+    def queued_run_ids(self) -> frozenset[str]:
+        """The ids of every run in Dagster's run queue (QUEUED): one indexed read, no run bodies
+        (what tells the status cache a queued request is still queued, `StatusCache`)."""
+        from dagster import DagsterRunStatus, RunsFilter
+
+        try:
+            return frozenset(self._instance.get_run_ids(filters=RunsFilter(statuses=[DagsterRunStatus.QUEUED])))
+        except Exception as exc:  # the database is down or locked: as if Dagster did not answer
+            raise DagsterUnavailable(f"Dagster's run storage did not answer: {type(exc).__name__}: {exc}") from exc
+
     def newest_texts(self, request_id: str, asset: str) -> dict[str, str]:
         """The text metadata (label -> text) of the request's newest materialization of `asset`,
         empty when it has none: one indexed read, where GraphQL costs the webserver a query."""

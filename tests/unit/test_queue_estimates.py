@@ -84,3 +84,43 @@ def test_refresh_learns_from_finished_runs_and_places_queued_and_waiting_runs(in
     assert found[urgent].ends_at is not None and found[late].ends_at is not None
     assert found[late].ends_at >= found[urgent].ends_at
     estimates.close()
+
+
+class _CountedRecords:
+    """The instance, counting the run records its `get_run_records` hands back."""
+
+    def __init__(self, instance: Any) -> None:
+        self._instance = instance
+        self.records = 0
+
+    def get_run_records(self, *args: Any, **kwargs: Any) -> Any:
+        found = self._instance.get_run_records(*args, **kwargs)
+        self.records += len(found)
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._instance, name)
+
+
+def test_a_queued_run_is_read_once_while_it_waits(instance: Any) -> None:
+    """A burst's queue is read by its ids each refresh; a queued run's record (a stored run to
+    deserialize) only when first seen, where every refresh read every queued run's record. A run
+    that leaves the queue, or is cancelled in it, is seen at the next refresh."""
+    counted = _CountedRecords(instance)
+    estimates = QueueEstimates(interval=0, instance_factory=lambda: counted)
+    estimates.refresh()  # seeded: no finished run
+    queued = [_run(instance, dg.DagsterRunStatus.QUEUED) for _ in range(20)]
+    counted.records = 0
+    for _ in range(3):
+        estimates.refresh()
+        assert all(estimates.lookup(run_id) is not None for run_id in queued)
+    assert counted.records == 20, counted.records  # 60 when each refresh read them all
+    assert [estimates.lookup(run_id).position for run_id in queued] == list(range(20))  # type: ignore[union-attr]
+    started, cancelled = queued[0], queued[1]
+    instance.handle_run_event(started, dg.DagsterEvent(event_type_value="PIPELINE_START", job_name=FULL_JOB))
+    instance.report_run_canceled(instance.get_run_by_id(cancelled))
+    estimates.refresh()
+    assert estimates.lookup(started) is not None and estimates.lookup(started).queued is False  # type: ignore[union-attr]
+    assert estimates.lookup(cancelled) is None
+    assert estimates.lookup(queued[2]).position == 0  # type: ignore[union-attr]
+    estimates.close()

@@ -254,3 +254,93 @@ def test_what_memory_answers_without_a_read_is_what_latest_would_answer(
     assert dagster.latest_run_cached(RID).run_id == "run-2"  # type: ignore[union-attr]
     clock.now += 1.5  # older than the stale limit (half a poll): latest would read, so no answer here
     assert dagster.remembered_run(RID) is None
+
+
+def test_queued_requests_share_one_read_of_the_queued_ids_instead_of_a_read_each() -> None:
+    """A burst keeps most requests in Dagster's run queue while a frontend polls each: a refresh of
+    a queued request asks only whether its run is still queued, from one ids read shared by every
+    queued request for the TTL, where each refresh read the run and its events (~4 ms of CPU)."""
+    requests = [f"w{i}" for i in range(20)]
+    runs = {rid: RunInfo(f"run-{rid}", "jewelry_generation", "QUEUED") for rid in requests}
+    queued = {run.run_id for run in runs.values()}
+    full_reads: list[str] = []
+    id_reads: list[float] = []
+    clock = _Clock()
+
+    def read(request_id: str) -> RunInfo:
+        full_reads.append(request_id)
+        return runs[request_id]
+
+    def queued_ids() -> frozenset[str]:
+        id_reads.append(clock.now)
+        return frozenset(queued)
+
+    cache = StatusCache(read, lambda: 0.25, lambda: 1.0, queued_run_ids=queued_ids)
+    cache.clock = clock
+    try:
+        for _ in range(3):  # three rounds of polls, each past the stale limit (as a burst's poller)
+            for rid in requests:
+                assert cache.latest(rid) == runs[rid]
+                clock.now += 0.01
+            clock.now += 1.5
+        assert sorted(full_reads) == sorted(requests), "each queued run is read once"
+        assert len(id_reads) == 2, id_reads  # one a round after the first (the TTL covers each round)
+        # A run that leaves the queue is read at the next poll past the TTL: the ids are read again.
+        runs["w3"] = RunInfo("run-w3", "jewelry_generation", "STARTED")
+        queued.discard("run-w3")
+        assert cache.latest("w3").status == "STARTED"  # type: ignore[union-attr]
+        assert len(id_reads) == 3 and full_reads.count("w3") == 2
+        clock.now += 0.3
+        assert cache.latest("w3").status == "STARTED"  # type: ignore[union-attr]  (running: read again)
+        assert full_reads.count("w3") == 3
+    finally:
+        cache.close()
+
+
+def test_a_queued_request_is_refreshed_from_the_storage_without_reading_its_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storage source's queued ids (the real run storage): polls of a queued request past the
+    TTL read the run once, and see it at once when it leaves the queue."""
+    from tests.unit.test_prompt_queue import _origin
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    instance = dg.DagsterInstance.get()
+    run = dg.DagsterRun(
+        job_name="jewelry_generation",
+        run_id="a" * 32,
+        status=dg.DagsterRunStatus.QUEUED,
+        tags={PARTITION_TAG: RID},
+        remote_job_origin=_origin("jewelry_generation"),
+    )
+    instance.add_run(run)
+    other = dg.DagsterRun(job_name="jewelry_generation", run_id="b" * 32, status=dg.DagsterRunStatus.STARTED)
+    instance.add_run(other)
+    dagster = DagsterRuns(GatewaySettings(dagster_port=free_port(), status_source="storage"))
+    assert isinstance(dagster.reader, StorageRunReader)
+    assert dagster.reader.queued_run_ids() == frozenset({run.run_id})
+    clock = _Clock()
+    dagster.status.clock = clock
+    full_reads: list[dict[str, str]] = []
+    read = dagster.reader.runs_tagged
+
+    def counted(tags: dict[str, str], newest: bool = True, with_steps: bool = True) -> RunInfo | None:
+        full_reads.append(tags)
+        return read(tags, newest, with_steps)
+
+    dagster.reader.runs_tagged = counted  # type: ignore[method-assign]
+    try:
+        for _ in range(4):
+            assert dagster.latest_run_cached(RID).status == "QUEUED"  # type: ignore[union-attr]
+            clock.now += 1.5
+        assert len(full_reads) == 1
+        instance.handle_run_event(
+            run.run_id,
+            dg.DagsterEvent(event_type_value="PIPELINE_STARTING", job_name="jewelry_generation"),
+        )
+        assert dagster.latest_run_cached(RID).status == "STARTING"  # type: ignore[union-attr]
+        assert len(full_reads) == 2
+    finally:
+        dagster.close()
+        instance.dispose()
