@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,21 @@ import numpy as np
 import pytest
 
 from jewel_dagster.contract import run_config_ops
-from jewel_dagster.defs.assets import ALL_ASSETS, GEMINI_REASON, GENERATE_ASSETS, PREPROCESS_ASSETS
-from jewel_dagster.resources.blob_store import BlobStore
-from jewel_dagster.resources.local_services import InstantBackgroundRemover, InstantGenerator, InstantSegmenter
+from jewel_dagster.defs.assets import ALL_ASSETS, GEMINI_REASON, GENERATE_ASSETS, PREPROCESS_ASSETS, prepare_canvas
+from jewel_dagster.resources.blob_store import BlobStore, LocalBlobStore
+from jewel_dagster.resources.io_manager import BlobIOManager
+from jewel_dagster.resources.local_services import (
+    InstantBackgroundRemover,
+    InstantGenerator,
+    InstantSegmenter,
+    LocalImageManipulator,
+)
 from jewel_dagster.resources.selection import build_resources
+from jewel_dagster.resources.services import ZoomCheck
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import strokes_path
 from jewel_dagster.vision import imaging
+from jewel_dagster.vision.imaging import CanvasTransform, RGBImage
 from tests.support.artifacts import stored_path
 from tests.support.photos import RING_CLICK, coffee_jpeg, synthetic_ring, to_jpeg
 
@@ -245,3 +254,56 @@ def test_no_positive_point_fails_the_mask_step(local_resources: dict[str, Any], 
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert failure.step_key == "segment_jewelry" and "label 1" in failure.event_specific_data.error.message
+
+
+STORE_WAIT = 10.0  # seconds a store waits for its call to be out; far above a thread's start
+_CALLS_OUT: dict[str, threading.Event] = {}  # call -> set once sent: across resource copies
+
+
+class _CallsOut(LocalImageManipulator):
+    """The local manipulator, telling when each call was sent."""
+
+    def resize_to_canvas(self, image: RGBImage) -> tuple[RGBImage, CanvasTransform]:
+        _CALLS_OUT["resize"].set()
+        return super().resize_to_canvas(image)
+
+    def check_zoom(self, image: RGBImage) -> ZoomCheck:
+        _CALLS_OUT["zoom"].set()
+        return super().check_zoom(image)
+
+
+class _StoresOnceTheNextCallIsOut(LocalBlobStore):
+    """A local store whose photo and canvas are stored only once the call that follows them was
+    sent (the resize, the zoom check), failing after STORE_WAIT s: a step that sends a call only
+    after storing what came before it fails."""
+
+    def put_path(self, path: str, data: bytes, content_type: str) -> None:
+        call = {"original_image.png": "resize", "resized_image.png": "zoom"}.get(path.rsplit("/", 1)[-1])
+        if call and not _CALLS_OUT[call].wait(STORE_WAIT):
+            raise dg.Failure(description=f"{path} was stored before the {call} call was sent", allow_retries=False)
+        super().put_path(path, data, content_type)
+
+
+def test_prepare_canvas_stores_each_image_while_the_next_call_is_out(tmp_path: Path) -> None:
+    # The resize and the zoom check have no latency knob: each is sent before the step stores
+    # what came before it (the photo, the canvas), not after (issue 28: ~0.1 s of the step).
+    _CALLS_OUT.update(resize=threading.Event(), zoom=threading.Event())
+    settings = PipelineSettings(local_blob_root=str(tmp_path / "blobs"), local_backends="instant")
+    store = _StoresOnceTheNextCallIsOut(root=settings.local_blob_root, container=settings.azure_container_name)
+    resources = {
+        **build_resources(settings),
+        "blob_store": store,
+        "io_manager": BlobIOManager(blob_store=store),
+        "image_manipulator": _CallsOut(),
+    }
+    rid = "overlap"
+    image, _ = synthetic_ring(300, 400)
+    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
+    with dg.instance_for_test() as instance:
+        result = _materialize([prepare_canvas], rid, resources, {"original_image": {"image_uri": upload}}, instance)
+        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        made = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    assert made == {"original_image", "resized_image", "canvas_transform", "zoom_check"}
+    canvas = _artifact(store, rid, "resized_image")
+    assert canvas.shape == (*CANVAS, 3)
+    assert _artifact(store, rid, "zoom_check") == LocalImageManipulator().check_zoom(canvas).to_dict()
