@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,11 @@ from jewel_dagster.resources.local_services import (
     LocalImageManipulator,
 )
 from jewel_dagster.resources.selection import build_resources
-from jewel_dagster.resources.services import ZoomCheck
+from jewel_dagster.resources.services import MaskRefiner, ZoomCheck
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import strokes_path
 from jewel_dagster.vision import imaging
-from jewel_dagster.vision.imaging import CanvasTransform, RGBImage
+from jewel_dagster.vision.imaging import CanvasStroke, CanvasTransform, Mask, RGBImage
 from tests.support.artifacts import stored_path
 from tests.support.photos import RING_CLICK, coffee_jpeg, synthetic_ring, to_jpeg
 
@@ -254,6 +255,42 @@ def test_no_positive_point_fails_the_mask_step(local_resources: dict[str, Any], 
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert failure.step_key == "segment_jewelry" and "label 1" in failure.event_specific_data.error.message
+
+
+class _RefusingRefiner(MaskRefiner):
+    """A mask refiner that fails any call made to it."""
+
+    @property
+    def backend_name(self) -> str:
+        return "refusing"
+
+    def refine(self, mask: Mask, strokes: Sequence[CanvasStroke]) -> Mask:
+        raise dg.Failure(description=f"the refiner was called with {len(strokes)} strokes", allow_retries=False)
+
+
+def test_no_strokes_keep_the_jewelry_mask_without_a_refiner_call(instant_resources: dict[str, Any]) -> None:
+    # The refiner applies strokes and nothing else: without strokes the refined mask is the
+    # jewelry mask, still materialized, and the A100 is not asked (issue 28: ~0.06 s a request).
+    store: BlobStore = instant_resources["blob_store"]
+    rid = "no-strokes"
+    image, _ = synthetic_ring(300, 400)
+    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
+    with dg.instance_for_test() as instance:
+        result = _materialize(
+            ALL_ASSETS,
+            rid,
+            {**instant_resources, "mask_refiner": _RefusingRefiner()},
+            {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": [RING_CLICK]}},
+            instance,
+        )
+        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        (refined,) = [
+            e.materialization.metadata
+            for e in result.get_asset_materialization_events()
+            if e.asset_key.path[-1] == "refined_mask"
+        ]
+    assert "backend" not in refined and refined["strokes"].value == 0 and refined["changed_pixels"].value == 0
+    assert np.array_equal(_artifact(store, rid, "refined_mask"), _artifact(store, rid, "jewelry_mask"))
 
 
 STORE_WAIT = 10.0  # seconds a store waits for its call to be out; far above a thread's start
