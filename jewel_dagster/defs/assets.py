@@ -310,20 +310,37 @@ def segment_jewelry(
 ) -> Iterator[dg.MaterializeResult]:
     """Background removal (when the zoom check or the request asks) and the jewelry mask."""
     step = StepValues(context, io_manager)
-    if step.makes(A.BACKGROUND_REMOVED_IMAGE):
-        mode = config.background_removed_image.mode
-        zoom = step.get(A.ZOOM_CHECK)
-        canvas = step.get(A.RESIZED_IMAGE)
-        reason = f"mode={mode}; zoom score {zoom['score']}"
-        if mode == "remove" or (mode == "auto" and zoom["needs_background_removal"]):
-            stop_if_cancelled(context, "removing the background")
-            image, seconds = _timed(lambda: background_remover.remove_background(canvas))
-            meta = {**_image_metadata(image, seconds, background_remover.backend_name), "background_removed": True}
-        else:
-            image, meta = canvas, {**_image_metadata(canvas, 0.0), "background_removed": False}
-        yield from step.emit(A.BACKGROUND_REMOVED_IMAGE, image, {**meta, "reason": reason})
-    if step.makes(A.JEWELRY_MASK):
-        yield from step.emit(A.JEWELRY_MASK, *_jewelry_mask(context, config, step, segmenter, blob_store))
+    calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-jewelry")
+    try:
+        prepared: tuple[np.ndarray, float, str | None, dict[str, Any]] | None = None
+        if step.makes(A.BACKGROUND_REMOVED_IMAGE):
+            mode = config.background_removed_image.mode
+            zoom = step.get(A.ZOOM_CHECK)
+            canvas = step.get(A.RESIZED_IMAGE)
+            removed = mode == "remove" or (mode == "auto" and zoom["needs_background_removal"])
+            backend: str | None = None
+            if removed:
+                stop_if_cancelled(context, "removing the background")
+                image, seconds = _timed(lambda: background_remover.remove_background(canvas))
+                backend = background_remover.backend_name
+            else:
+                image, seconds = canvas, 0.0
+            step.keep(A.BACKGROUND_REMOVED_IMAGE, image)
+            facts = {"background_removed": removed, "reason": f"mode={mode}; zoom score {zoom['score']}"}
+            prepared = (image, seconds, backend, facts)
+        # SAM3 is sent before the image it segments is stored (its PNG, its preview): that work
+        # no longer waits on the critical path ahead of the call (issue 28).
+        mask = (
+            _jewelry_mask(context, config, step, segmenter, blob_store, calls) if step.makes(A.JEWELRY_MASK) else None
+        )
+        if prepared is not None:
+            image, seconds, backend, facts = prepared
+            meta = {**_image_metadata(image, seconds, backend), **facts}
+            yield from step.emit(A.BACKGROUND_REMOVED_IMAGE, image, meta)
+        if mask is not None:
+            yield from step.emit(A.JEWELRY_MASK, *mask())
+    finally:
+        calls.shutdown(wait=False, cancel_futures=True)
 
 
 def _jewelry_mask(
@@ -332,25 +349,38 @@ def _jewelry_mask(
     step: StepValues,
     segmenter: Segmenter,
     blob_store: BlobStore,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """The mask under the request's clicks (or the supplied one), with its metadata."""
+    calls: ThreadPoolExecutor,
+) -> Callable[[], tuple[np.ndarray, dict[str, Any]]]:
+    """The mask under the request's clicks (or the supplied one), with its metadata: the
+    segmenter's call is sent now, on `calls`; what is returned waits for it (and raises what the
+    call raised, or a refusal of the request)."""
     request = config.jewelry_mask
     transform = CanvasTransform.from_dict(step.get(A.CANVAS_TRANSFORM))
     if request.mask_uri:
-        return _supplied_mask(request.mask_uri, transform, blob_store)
+        uri = request.mask_uri
+        return lambda: _supplied_mask(uri, transform, blob_store)
     if not any(p.label == 1 for p in request.points):
-        raise _permanent("no point on the jewelry: give at least one mask point with label 1")
+
+        def refused() -> tuple[np.ndarray, dict[str, Any]]:
+            raise _permanent("no point on the jewelry: give at least one mask point with label 1")
+
+        return refused
     points = [PixelPoint(*transform.to_canvas(p.x, p.y), label=p.label) for p in request.points]
     image = step.get(A.BACKGROUND_REMOVED_IMAGE)
     stop_if_cancelled(context, "segmenting the jewelry")
-    mask, seconds = _timed(lambda: segmenter.segment(image, points))
-    if not mask.any():
-        raise _permanent("the segmenter found no jewelry under the points; click on the jewelry itself")
-    meta = _image_metadata(mask, seconds, segmenter.backend_name)
-    meta["points"] = len(points)
-    # The clicks on the canvas: `flux_metrics` asks the segmenter for the jewelry at the same places.
-    meta[CANVAS_POINTS] = dg.MetadataValue.json([[p.x, p.y, p.label] for p in points])
-    return mask, meta
+    segmenting = calls.submit(_timed, lambda: segmenter.segment(image, points))
+
+    def answered() -> tuple[np.ndarray, dict[str, Any]]:
+        mask, seconds = segmenting.result()
+        if not mask.any():
+            raise _permanent("the segmenter found no jewelry under the points; click on the jewelry itself")
+        meta = _image_metadata(mask, seconds, segmenter.backend_name)
+        meta["points"] = len(points)
+        # The clicks on the canvas: `flux_metrics` asks the segmenter for the jewelry at the same places.
+        meta[CANVAS_POINTS] = dg.MetadataValue.json([[p.x, p.y, p.label] for p in points])
+        return mask, meta
+
+    return answered
 
 
 def _supplied_mask(uri: str, transform: CanvasTransform, blob_store: BlobStore) -> tuple[np.ndarray, dict[str, Any]]:
