@@ -25,12 +25,13 @@ import pytest
 from devtools.stack import Stack
 from jewel_dagster.contract import FULL_JOB, PARTITION_TAG, SEED_STEP_OF_ASSET, STEP_PROGRESS, AssetName
 from jewel_dagster.runtime.processes.warm_code_server import CANCEL_GRACE_SECONDS
-from tests.support.e2e_flows import CUP, PHOTO, finished
+from tests.support.e2e_flows import CUP, PHOTO, TOUCH_UP, finished
 from tests.support.e2e_stack import poll, running_stack, runs_of, wait_until
 from tests.support.gpu_pool import GPU_POOL_NAME, held_pool
 
 pytestmark = pytest.mark.e2e
-BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP]}
+# A stroke: the refine step calls the (busy) refiner only when there are strokes.
+BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP], "brushStrokes": [TOUCH_UP]}
 REFINE_BUSY = 8.0
 GENERATIONS = [AssetName.FLUX_GENERATION, AssetName.GEMINI_GENERATION, AssetName.FLUX_METRICS]
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from devtools.stack import Stack
-from tests.support.e2e_flows import CUP, PHOTO, finished
+from tests.support.e2e_flows import CUP, PHOTO, TOUCH_UP, finished
 from tests.support.e2e_stack import free_port, poll, running_stack, runs_of
 from tests.support.photos import coffee_jpeg
 from tests.support.servers import reference_server, service_urls, set_knobs
@@ -78,9 +78,9 @@ def test_service_failure_reaches_the_gateway_and_health_probes_services(services
                 "gemini": "offline",
             }
             photo = base64.b64encode(coffee_jpeg()).decode()
-            response = client.post(
-                "/workflow/start", json={"originalImageBase64": photo, "maskPoints": [{"x": 0.45, "y": 0.42}]}
-            )
+            # A stroke: the A100 refines the mask only when there are strokes (maskRefiner below).
+            body = {"originalImageBase64": photo, "maskPoints": [{"x": 0.45, "y": 0.42}], "brushStrokes": [TOUCH_UP]}
+            response = client.post("/workflow/start", json=body)
             assert response.status_code == 200, response.text
             started = response.json()
             final = poll(client, started["workflowId"], lambda s: s["status"] != "RUNNING")[-1]

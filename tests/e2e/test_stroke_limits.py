@@ -14,7 +14,7 @@ import pytest
 
 from devtools.stack import Stack, descendants
 from jewel_dagster.runtime.processes.warm_code_server import CANCEL_GRACE_SECONDS
-from tests.support.e2e_flows import CUP, PHOTO, finished, full_request_completes
+from tests.support.e2e_flows import CUP, PHOTO, TOUCH_UP, finished, full_request_completes
 from tests.support.e2e_stack import poll, run_worker, running_stack, runs_of, wait_until
 from tests.support.shared_stacks import DEFAULT_STACK, SharedStacks, shared_stack
 
@@ -103,7 +103,9 @@ def test_cancel_of_a_step_stuck_in_c_is_escalated_to_a_kill_and_the_run_ends_can
         running_stack(tmp_path, env) as stack,
         httpx.Client(base_url=stack.gateway_url, timeout=60) as client,
     ):
-        started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}).json()
+        # A stroke: without any, the refine step keeps the mask without calling the refiner.
+        body = {"originalImageBase64": PHOTO, "maskPoints": [CUP], "brushStrokes": [TOUCH_UP]}
+        started = client.post("/workflow/start", json=body).json()
         rid = started["workflowId"]
         poll(client, rid, lambda s: s["currentStep"] == "REFINING_MASK", timeout=180)
         # REFINING_MASK shows once the step starts; a cancel before the C call begins is stopped

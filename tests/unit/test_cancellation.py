@@ -84,7 +84,7 @@ def _run(resources: dict[str, Any], rid: str, instance: dg.DagsterInstance) -> d
     [
         (
             "segmenter",
-            {"original_image", "resized_image", "canvas_transform", "zoom_check", "background_removed_image"},
+            {"original_image", "resized_image", "canvas_transform", "zoom_check"},
         ),
         (
             "flux_generator",
@@ -112,7 +112,10 @@ def test_a_cancelled_run_stops_and_ends_canceled(
         assert run is not None
         assert run.dagster_run.status == dg.DagsterRunStatus.CANCELED  # not FAILURE, not SUCCESS
         materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
-        assert materialized == made_before_cancel  # nothing after the cancel
+        # Nothing after the cancel. SAM3 is sent before the image it segments is stored: a cancel
+        # during its call may come before that image's materialization or after it.
+        racing = {"background_removed_image"} if backend == "segmenter" else set()
+        assert made_before_cancel <= materialized <= made_before_cancel | racing
         types = [e.event_type_value for e in result.all_events]
         assert "STEP_UP_FOR_RETRY" not in types and "STEP_RESTARTED" not in types  # the RetryPolicy stayed out
         failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

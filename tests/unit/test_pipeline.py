@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +13,22 @@ import numpy as np
 import pytest
 
 from jewel_dagster.contract import run_config_ops
-from jewel_dagster.defs.assets import ALL_ASSETS, GEMINI_REASON, GENERATE_ASSETS, PREPROCESS_ASSETS
-from jewel_dagster.resources.blob_store import BlobStore
-from jewel_dagster.resources.local_services import InstantBackgroundRemover, InstantGenerator, InstantSegmenter
+from jewel_dagster.defs.assets import ALL_ASSETS, GEMINI_REASON, GENERATE_ASSETS, PREPROCESS_ASSETS, prepare_canvas
+from jewel_dagster.resources.blob_store import BlobStore, LocalBlobStore
+from jewel_dagster.resources.io_manager import BlobIOManager
+from jewel_dagster.resources.local_services import (
+    InstantBackgroundRemover,
+    InstantGenerator,
+    InstantSegmenter,
+    LocalImageManipulator,
+)
 from jewel_dagster.resources.selection import build_resources
+from jewel_dagster.resources.services import MaskRefiner, ZoomCheck
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import strokes_path
 from jewel_dagster.vision import imaging
+from jewel_dagster.vision.classical import PixelPoint
+from jewel_dagster.vision.imaging import CanvasStroke, CanvasTransform, Mask, RGBImage
 from tests.support.artifacts import stored_path
 from tests.support.photos import RING_CLICK, coffee_jpeg, synthetic_ring, to_jpeg
 
@@ -245,3 +256,129 @@ def test_no_positive_point_fails_the_mask_step(local_resources: dict[str, Any], 
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert failure.step_key == "segment_jewelry" and "label 1" in failure.event_specific_data.error.message
+
+
+class _RefusingRefiner(MaskRefiner):
+    """A mask refiner that fails any call made to it."""
+
+    @property
+    def backend_name(self) -> str:
+        return "refusing"
+
+    def refine(self, mask: Mask, strokes: Sequence[CanvasStroke]) -> Mask:
+        raise dg.Failure(description=f"the refiner was called with {len(strokes)} strokes", allow_retries=False)
+
+
+def test_no_strokes_keep_the_jewelry_mask_without_a_refiner_call(instant_resources: dict[str, Any]) -> None:
+    # The refiner applies strokes and nothing else: without strokes the refined mask is the
+    # jewelry mask, still materialized, and the A100 is not asked (issue 28: ~0.06 s a request).
+    store: BlobStore = instant_resources["blob_store"]
+    rid = "no-strokes"
+    image, _ = synthetic_ring(300, 400)
+    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
+    with dg.instance_for_test() as instance:
+        result = _materialize(
+            ALL_ASSETS,
+            rid,
+            {**instant_resources, "mask_refiner": _RefusingRefiner()},
+            {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": [RING_CLICK]}},
+            instance,
+        )
+        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        (refined,) = [
+            e.materialization.metadata
+            for e in result.get_asset_materialization_events()
+            if e.asset_key.path[-1] == "refined_mask"
+        ]
+    assert "backend" not in refined and refined["strokes"].value == 0 and refined["changed_pixels"].value == 0
+    assert np.array_equal(_artifact(store, rid, "refined_mask"), _artifact(store, rid, "jewelry_mask"))
+
+
+STORE_WAIT = 10.0  # seconds a store waits for its call to be out; far above a thread's start
+_CALLS_OUT: dict[str, threading.Event] = {}  # call -> set once sent: across resource copies
+# The blob -> the call the step must have sent before storing it (when the test watches that call).
+_CALL_AFTER = {"original_image.png": "resize", "resized_image.png": "zoom", "background_removed_image.png": "segment"}
+
+
+class _CallsOut(LocalImageManipulator):
+    """The local manipulator, telling when each call was sent."""
+
+    def resize_to_canvas(self, image: RGBImage) -> tuple[RGBImage, CanvasTransform]:
+        _CALLS_OUT["resize"].set()
+        return super().resize_to_canvas(image)
+
+    def check_zoom(self, image: RGBImage) -> ZoomCheck:
+        _CALLS_OUT["zoom"].set()
+        return super().check_zoom(image)
+
+
+class _SegmentCallOut(InstantSegmenter):
+    """The instant segmenter, telling when its call was sent."""
+
+    def segment(self, image: RGBImage, points: Sequence[PixelPoint]) -> Mask:
+        _CALLS_OUT["segment"].set()
+        return super().segment(image, points)
+
+
+class _StoresOnceTheNextCallIsOut(LocalBlobStore):
+    """A local store whose images are stored only once the call that follows them was sent (the
+    photo after the resize, the canvas after the zoom check, the prepared image after SAM3; the
+    calls the test watches), failing after STORE_WAIT s: a step that sends a call only after
+    storing what came before it fails."""
+
+    def put_path(self, path: str, data: bytes, content_type: str) -> None:
+        call = _CALL_AFTER.get(path.rsplit("/", 1)[-1])
+        if call in _CALLS_OUT and not _CALLS_OUT[call].wait(STORE_WAIT):
+            raise dg.Failure(description=f"{path} was stored before the {call} call was sent", allow_retries=False)
+        super().put_path(path, data, content_type)
+
+
+def test_prepare_canvas_stores_each_image_while_the_next_call_is_out(tmp_path: Path) -> None:
+    # The resize and the zoom check have no latency knob: each is sent before the step stores
+    # what came before it (the photo, the canvas), not after (issue 28: ~0.1 s of the step).
+    _CALLS_OUT.clear()
+    _CALLS_OUT.update(resize=threading.Event(), zoom=threading.Event())
+    settings = PipelineSettings(local_blob_root=str(tmp_path / "blobs"), local_backends="instant")
+    store = _StoresOnceTheNextCallIsOut(root=settings.local_blob_root, container=settings.azure_container_name)
+    resources = {
+        **build_resources(settings),
+        "blob_store": store,
+        "io_manager": BlobIOManager(blob_store=store),
+        "image_manipulator": _CallsOut(),
+    }
+    rid = "overlap"
+    image, _ = synthetic_ring(300, 400)
+    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
+    with dg.instance_for_test() as instance:
+        result = _materialize([prepare_canvas], rid, resources, {"original_image": {"image_uri": upload}}, instance)
+        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        made = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    assert made == {"original_image", "resized_image", "canvas_transform", "zoom_check"}
+    canvas = _artifact(store, rid, "resized_image")
+    assert canvas.shape == (*CANVAS, 3)
+    assert _artifact(store, rid, "zoom_check") == LocalImageManipulator().check_zoom(canvas).to_dict()
+
+
+def test_segment_jewelry_stores_the_prepared_image_while_sam3_is_out(tmp_path: Path) -> None:
+    # SAM3 is on the critical path: sent before the image it segments is stored (its PNG and
+    # preview), not after (issue 28).
+    _CALLS_OUT.clear()
+    _CALLS_OUT["segment"] = threading.Event()
+    settings = PipelineSettings(local_blob_root=str(tmp_path / "blobs"), local_backends="instant")
+    store = _StoresOnceTheNextCallIsOut(root=settings.local_blob_root, container=settings.azure_container_name)
+    resources = {
+        **build_resources(settings),
+        "blob_store": store,
+        "io_manager": BlobIOManager(blob_store=store),
+        "segmenter": _SegmentCallOut(),
+    }
+    rid = "sam3-overlap"
+    image, _ = synthetic_ring(300, 400)
+    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
+    with dg.instance_for_test() as instance:
+        config = {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": [RING_CLICK]}}
+        result = _materialize(PREPROCESS_ASSETS, rid, resources, config, instance)
+        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        made = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    assert {"background_removed_image", "jewelry_mask"} <= made
+    assert _artifact(store, rid, "jewelry_mask").any()

@@ -3,6 +3,7 @@ beside a request's run) keeps its own inputs, and a re-execution reads its paren
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.resources.blob_store import BlobStore
 from jewel_dagster.resources.io_manager import PARENT_RUN_TAG, ROOT_RUN_TAG, run_lineage
 from jewel_dagster.resources.local_services import LocalMaskRefiner
-from jewel_dagster.storage_layout import artifact_path
+from jewel_dagster.storage_layout import artifact_path, strokes_path
 from jewel_dagster.vision import imaging
 from jewel_dagster.vision.imaging import CanvasStroke, Mask
 from tests.support.photos import RING_CLICK, synthetic_ring, to_jpeg
@@ -25,10 +26,15 @@ RID = "side-by-side"
 def _config(store: BlobStore, seed: int) -> dict[str, Any]:
     image, _ = synthetic_ring(600, 800, seed=seed)
     upload = store.put(f"requests/{RID}/upload-{seed}", to_jpeg(image))
+    # A stroke: without any, the mask is kept without a refiner call, and `OtherRunMeanwhile` is
+    # the refiner that runs the other run.
+    stroke = [{"points": [{"x": 0.1, "y": 0.1}, {"x": 0.12, "y": 0.1}], "mode": "add", "size": 4}]
+    strokes = store.put(strokes_path(RID, f"strokes-{seed}"), json.dumps(stroke).encode())
     sections = {
         "original_image": {"image_uri": upload},
         "background_removed_image": {"mode": "keep"},
         "jewelry_mask": {"points": [RING_CLICK]},
+        "refined_mask": {"strokes_uri": strokes},
     }
     return {"ops": run_config_ops(sections)}
 
