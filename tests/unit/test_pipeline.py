@@ -333,19 +333,21 @@ class _StoresOnceTheNextCallIsOut(LocalBlobStore):
         super().put_path(path, data, content_type)
 
 
+def _overlap_resources(tmp_path: Path, **calls_out: Any) -> tuple[BlobStore, dict[str, Any]]:
+    """Instant resources whose blob store holds each store until the call after it is out, with
+    the given stand-ins for the services whose calls are watched."""
+    settings = PipelineSettings(local_blob_root=str(tmp_path / "blobs"), local_backends="instant")
+    store = _StoresOnceTheNextCallIsOut(root=settings.local_blob_root, container=settings.azure_container_name)
+    resources = {**build_resources(settings), "blob_store": store, "io_manager": BlobIOManager(blob_store=store)}
+    return store, {**resources, **calls_out}
+
+
 def test_prepare_canvas_stores_each_image_while_the_next_call_is_out(tmp_path: Path) -> None:
     # The resize and the zoom check have no latency knob: each is sent before the step stores
     # what came before it (the photo, the canvas), not after (issue 28: ~0.1 s of the step).
     _CALLS_OUT.clear()
     _CALLS_OUT.update(resize=threading.Event(), zoom=threading.Event())
-    settings = PipelineSettings(local_blob_root=str(tmp_path / "blobs"), local_backends="instant")
-    store = _StoresOnceTheNextCallIsOut(root=settings.local_blob_root, container=settings.azure_container_name)
-    resources = {
-        **build_resources(settings),
-        "blob_store": store,
-        "io_manager": BlobIOManager(blob_store=store),
-        "image_manipulator": _CallsOut(),
-    }
+    store, resources = _overlap_resources(tmp_path, image_manipulator=_CallsOut())
     rid = "overlap"
     image, _ = synthetic_ring(300, 400)
     upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
@@ -364,14 +366,7 @@ def test_segment_jewelry_stores_the_prepared_image_while_sam3_is_out(tmp_path: P
     # preview), not after (issue 28).
     _CALLS_OUT.clear()
     _CALLS_OUT["segment"] = threading.Event()
-    settings = PipelineSettings(local_blob_root=str(tmp_path / "blobs"), local_backends="instant")
-    store = _StoresOnceTheNextCallIsOut(root=settings.local_blob_root, container=settings.azure_container_name)
-    resources = {
-        **build_resources(settings),
-        "blob_store": store,
-        "io_manager": BlobIOManager(blob_store=store),
-        "segmenter": _SegmentCallOut(),
-    }
+    store, resources = _overlap_resources(tmp_path, segmenter=_SegmentCallOut())
     rid = "sam3-overlap"
     image, _ = synthetic_ring(300, 400)
     upload = store.put(f"requests/{rid}/upload", to_jpeg(image))

@@ -191,6 +191,19 @@ def _ended_job() -> None:
     _step()
 
 
+def _counted_full_reads(dagster: DagsterRuns) -> list[dict[str, str]]:
+    """The tags of every full read of a run (`runs_tagged`) the storage reader makes from now on."""
+    full_reads: list[dict[str, str]] = []
+    read = dagster.reader.runs_tagged
+
+    def counted(tags: dict[str, str], newest: bool = True, with_steps: bool = True) -> RunInfo | None:
+        full_reads.append(tags)
+        return read(tags, newest, with_steps)
+
+    dagster.reader.runs_tagged = counted  # type: ignore[method-assign]
+    return full_reads
+
+
 def test_an_ended_run_is_answered_without_reading_it_again_until_a_newer_run_exists(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,14 +216,7 @@ def test_an_ended_run_is_answered_without_reading_it_again_until_a_newer_run_exi
     first = _ended_job.execute_in_process(instance=instance, tags={PARTITION_TAG: RID}).run_id
     dagster = DagsterRuns(GatewaySettings(dagster_port=free_port(), status_source="storage"))
     assert isinstance(dagster.reader, StorageRunReader)
-    full_reads: list[dict[str, str]] = []
-    read = dagster.reader.runs_tagged
-
-    def counted(tags: dict[str, str], newest: bool = True, with_steps: bool = True) -> RunInfo | None:
-        full_reads.append(tags)
-        return read(tags, newest, with_steps)
-
-    dagster.reader.runs_tagged = counted  # type: ignore[method-assign]
+    full_reads = _counted_full_reads(dagster)
     try:
         answers = [dagster.latest_run_cached(RID) for _ in range(6)]
         assert [(a.run_id, a.status) for a in answers if a] == [(first, "SUCCESS")] * 6
@@ -322,14 +328,7 @@ def test_a_queued_request_is_refreshed_from_the_storage_without_reading_its_run_
     assert dagster.reader.queued_run_ids() == frozenset({run.run_id})
     clock = _Clock()
     dagster.status.clock = clock
-    full_reads: list[dict[str, str]] = []
-    read = dagster.reader.runs_tagged
-
-    def counted(tags: dict[str, str], newest: bool = True, with_steps: bool = True) -> RunInfo | None:
-        full_reads.append(tags)
-        return read(tags, newest, with_steps)
-
-    dagster.reader.runs_tagged = counted  # type: ignore[method-assign]
+    full_reads = _counted_full_reads(dagster)
     try:
         for _ in range(4):
             assert dagster.latest_run_cached(RID).status == "QUEUED"  # type: ignore[union-attr]
