@@ -414,7 +414,9 @@ def _load_strokes(uri: str | None, blob_store: BlobStore) -> list[BrushStroke]:
         raise _permanent(f"the brush strokes at {uri} are not valid: {where}: {first['msg']}") from None
 
 
-_Owed = list[tuple[AssetName, np.ndarray, dict[str, Any]]]
+# A mask made and kept, its materialization owed: name, mask, seconds, backend, metadata besides
+# `_image_metadata`'s (whose preview is made when the mask is stored, after the generators are sent).
+_Owed = list[tuple[AssetName, np.ndarray, float, str | None, dict[str, Any]]]
 
 
 def _masks(
@@ -444,14 +446,15 @@ def _masks(
         if strokes:
             stop_if_cancelled(context, "refining the mask")
             mask, seconds = _timed(lambda: mask_refiner.refine(jewelry, strokes))
-            meta = _image_metadata(mask, seconds, mask_refiner.backend_name)
+            backend: str | None = mask_refiner.backend_name
+            meta: dict[str, Any] = {}
         else:
             # The refiner applies strokes and nothing else (docs/service-contracts.md): without
             # any, its answer is the mask it was sent. So no call (the A100's was ~0.06 s on the
             # critical path of every request without strokes, issue 28), and no `backend`, as for
             # a background kept as it was: no service made this mask.
-            mask = jewelry
-            meta = {**_image_metadata(mask, 0.0), "reason": "no strokes: the jewelry mask as it is"}
+            mask, seconds, backend = jewelry, 0.0, None
+            meta = {"reason": "no strokes: the jewelry mask as it is"}
         # What the strokes cost, whatever else the machine is doing: wall time grows with load, CPU time
         # is the bill a request's strokes run up (bounded by the stroke limits of request_inputs).
         meta["cpu_seconds"] = round(time.process_time() - cpu_before, 3)
@@ -461,7 +464,7 @@ def _masks(
             meta["points_space"] = request.points_space
         meta["changed_pixels"] = int(np.count_nonzero(mask != jewelry))
         step.keep(A.REFINED_MASK, mask)
-        owed.append((A.REFINED_MASK, mask, meta))
+        owed.append((A.REFINED_MASK, mask, seconds, backend, meta))
     if step.makes(A.FINAL_MASK):
         refined = step.get(A.REFINED_MASK)
         mask, seconds = _timed(lambda: imaging.remove_specks(refined, SPECK_AREA))
@@ -469,14 +472,15 @@ def _masks(
             refused = "the refined mask is empty: nothing would be kept; add jewelry back with an 'add' stroke"
             return owed, _permanent(refused)
         step.keep(A.FINAL_MASK, mask)
-        owed.append((A.FINAL_MASK, mask, _image_metadata(mask, seconds)))
+        owed.append((A.FINAL_MASK, mask, seconds, None, {}))
     return owed, None
 
 
 def _emit_owed(step: StepValues, owed: _Owed) -> Iterator[dg.MaterializeResult]:
-    """The masks' materializations, in order, each blob stored first (`StepValues.emit`)."""
-    for name, mask, meta in owed:
-        yield from step.emit(name, mask, meta)
+    """The masks' materializations, in order, each blob stored first (`StepValues.emit`); `owed`
+    is emptied, so a second call emits nothing."""
+    for name, mask, seconds, backend, meta in owed:
+        yield from step.emit(name, mask, {**_image_metadata(mask, seconds, backend), **meta})
     owed.clear()
 
 
