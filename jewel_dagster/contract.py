@@ -70,11 +70,11 @@ def json_logging_run_config() -> dict[str, dict[str, dict[str, object]]]:
 
 
 # The Dagster steps (ops) of the request graph: each materializes several assets in order, in
-# memory, so a full request is four steps (defs/assets.py says why this grouping).
+# memory, so a full request is three steps (defs/assets.py says why this grouping).
 PREPARE_OP = "prepare_canvas"  # original_image, resized_image, canvas_transform, zoom_check (CPU)
 SEGMENT_OP = "segment_jewelry"  # background_removed_image, jewelry_mask (GPU pool)
-REFINE_OP = "refine_mask"  # refined_mask, final_mask (CPU; GPU pool when the A100 refines)
-GENERATE_OP = "generate_images"  # flux_generation, gemini_generation, flux_metrics + check (GPU pool)
+# refined_mask, final_mask, flux_generation, gemini_generation, flux_metrics + check (GPU pool)
+GENERATE_OP = "generate_images"
 
 # Asset -> the step (op) that materializes it.
 OP_OF_ASSET: dict[str, str] = {
@@ -84,8 +84,8 @@ OP_OF_ASSET: dict[str, str] = {
     AssetName.ZOOM_CHECK: PREPARE_OP,
     AssetName.BACKGROUND_REMOVED_IMAGE: SEGMENT_OP,
     AssetName.JEWELRY_MASK: SEGMENT_OP,
-    AssetName.REFINED_MASK: REFINE_OP,
-    AssetName.FINAL_MASK: REFINE_OP,
+    AssetName.REFINED_MASK: GENERATE_OP,
+    AssetName.FINAL_MASK: GENERATE_OP,
     AssetName.FLUX_GENERATION: GENERATE_OP,
     AssetName.GEMINI_GENERATION: GENERATE_OP,
     AssetName.FLUX_METRICS: GENERATE_OP,
@@ -96,8 +96,7 @@ OP_OF_ASSET: dict[str, str] = {
 STEP_SERVICES: dict[str, tuple[str, ...]] = {
     PREPARE_OP: ("image_manipulator",),
     SEGMENT_OP: ("birefnet", "sam3"),
-    REFINE_OP: ("a100",),
-    GENERATE_OP: ("flux", "gemini", "sam3"),
+    GENERATE_OP: ("flux", "gemini", "sam3", "a100"),
 }
 
 # The seed README's "Workflow Steps" table, in order.
@@ -117,8 +116,7 @@ STEP_PROGRESS: dict[str, int] = {
 SEED_STEP_OF_OP: dict[str, str] = {
     PREPARE_OP: "UPLOADING_IMAGE",
     SEGMENT_OP: "REMOVING_BACKGROUND",
-    REFINE_OP: "REFINING_MASK",
-    GENERATE_OP: "GENERATING_IMAGES",
+    GENERATE_OP: "REFINING_MASK",
 }
 
 # Asset -> the seed step that makes it: progress follows the materializations a run reports, so a
@@ -143,13 +141,13 @@ PREPROCESS_JOB = "jewelry_preprocess"
 GENERATE_JOB = "jewelry_generate"
 REGENERATE_JOB = "jewelry_regenerate"
 _PREPROCESS_OPS = [PREPARE_OP, SEGMENT_OP]
-_GENERATE_OPS = [REFINE_OP, GENERATE_OP]
 
-# Each job's steps in execution order (the in-process executor runs them one at a time).
+# Each job's steps in execution order (the in-process executor runs them one at a time). The
+# re-generation job runs `generate_images` too, selecting only the generations and their metrics.
 JOB_OPS: dict[str, list[str]] = {
-    FULL_JOB: _PREPROCESS_OPS + _GENERATE_OPS,
+    FULL_JOB: [*_PREPROCESS_OPS, GENERATE_OP],
     PREPROCESS_JOB: _PREPROCESS_OPS,
-    GENERATE_JOB: _GENERATE_OPS,
+    GENERATE_JOB: [GENERATE_OP],
     REGENERATE_JOB: [GENERATE_OP],
 }
 
@@ -161,7 +159,7 @@ OP_OF_CONFIG: dict[str, str] = {
     AssetName.ORIGINAL_IMAGE: PREPARE_OP,
     AssetName.BACKGROUND_REMOVED_IMAGE: SEGMENT_OP,
     AssetName.JEWELRY_MASK: SEGMENT_OP,
-    AssetName.REFINED_MASK: REFINE_OP,
+    AssetName.REFINED_MASK: GENERATE_OP,
     GENERATIONS_CONFIG: GENERATE_OP,
 }
 

@@ -4,7 +4,8 @@ The gateway validates API bodies with these models and the pipeline's run config
 them (`defs.config.MaskPoint` is this `MaskPoint` plus `dg.Config`), so what the API accepts is
 what a run accepts, and importing them costs no Dagster: the gateway's request path stays free
 of it (tests/unit/test_architecture.py checks that `gateway.schemas` loads no `dagster`).
-The stored strokes blob the `refined_mask` step loads is validated by the same `BRUSH_STROKES`.
+The stored strokes blob `refined_mask` loads (in `generate_images`) is validated by the same
+`BRUSH_STROKES`.
 
 They forbid unknown fields and take `label` as a strict integer, as the API promises; Dagster's
 config system cannot express `Literal[0, 1]`, so the label is an integer bounded to 0..1.
@@ -100,7 +101,7 @@ def check_stroke_budget(strokes: Sequence[BrushStroke]) -> Sequence[BrushStroke]
     return strokes
 
 
-# A request's brush strokes: the gateway's `brushStrokes` and the stored strokes blob that the
-# `refined_mask` step loads are both validated by this one type.
+# A request's brush strokes: the gateway's `brushStrokes` and the stored strokes blob that
+# `refined_mask` loads are both validated by this one type.
 BrushStrokes = Annotated[list[BrushStroke], Field(max_length=MAX_STROKES), AfterValidator(check_stroke_budget)]
 BRUSH_STROKES = TypeAdapter(BrushStrokes)

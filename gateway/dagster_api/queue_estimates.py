@@ -49,8 +49,8 @@ GOING_STATUSES = tuple(s for s in ACTIVE_STATUSES if s != QUEUED)  # read whole 
 MAX_ACTIVE = 10_000  # runs read a refresh: far beyond any queue this deployment keeps
 SEED_RUNS = 10  # finished runs read once at start, so the first estimates need no warm-up
 PRIORITY_TAG = "dagster/priority"
-# Steps that claim the `gpu` pool whatever the settings (defs/assets.py); the refinement claims it
-# only when the A100 refines, so it, and any other, is learned from the steps seen in the line.
+# Steps that claim the `gpu` pool (defs/assets.py); any other is learned from the steps seen in
+# the line.
 POOLED_OPS = frozenset({SEGMENT_OP, GENERATE_OP})
 _EVENTS = (
     "RUN_DEQUEUED",

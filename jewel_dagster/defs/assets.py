@@ -1,24 +1,32 @@
 """The per-request asset graph: one partition of `requests` per shopper's photo.
 
 Eleven assets, each materialized per request with its own blob, metadata, preview and lineage,
-made by four steps (`multi_asset`s with `can_subset=True` and their internal dependencies
+made by three steps (`multi_asset`s with `can_subset=True` and their internal dependencies
 declared, so any asset can still be materialized alone from the UI). A step passes its arrays on
 in memory and yields its assets in order: each blob is stored (`StepValues.emit`, through the IO
 manager's `store`) before the step reports a value-less materialization, so Dagster writes no
 HANDLED_OUTPUT events. Each step event and each process hop costs (a run of nine steps wrote ~95
-events); four steps write about 51 (55 through the stack, issue 28).
+events); four steps wrote about 51 (55 through the stack), three write fewer (issue 28).
 
 The grouping follows the `gpu` pool: a step holds a GPU slot for its whole duration, so the CPU
-work (decoding the photo, the canvas, the zoom check; brush strokes and speck removal with the
-local rasteriser) sits in steps outside the pool, and the GPU steps hold the slot only around
-model calls (and the blob writes of what those calls return):
+work of decoding the photo, the canvas and the zoom check sits in a step outside the pool, and
+the GPU steps hold the slot only around model calls (and the blob writes of what those calls
+return):
 
 - `prepare_canvas` (CPU): original_image, resized_image + canvas_transform, zoom_check
 - `segment_jewelry` (gpu): background_removed_image, jewelry_mask
-- `refine_mask` (CPU; gpu when the A100 refines): refined_mask, final_mask
-- `generate_images` (gpu): flux_generation, gemini_generation, flux_metrics and its check; the two
-  images are encoded and signed here (C2PA manifest, jewel_dagster/provenance), so every copy of
-  them (blob, signed URL, the API's base64) carries the same signed bytes
+- `generate_images` (gpu): refined_mask, final_mask, flux_generation, gemini_generation,
+  flux_metrics and its check; the two images are encoded and signed here (C2PA manifest,
+  jewel_dagster/provenance), so every copy of them (blob, signed URL, the API's base64) carries
+  the same signed bytes
+
+The brush strokes and the speck removal once had a CPU step of their own, in the pool only when
+the A100 server refined. They now run inside `generate_images`, holding its GPU slot: their CPU
+is bounded (the stroke limits of `request_inputs`: a typical request's 20 strokes paint in ~20 ms,
+the costliest the limits allow in ~75 ms, benchmarks.image_kernels; without strokes there is no
+refiner call at all), while a step of its own cost every request two step transitions, its
+events and ~0.1 s between SAM3's answer and the Flux call (issue 28). The masks are stored while
+Flux and Gemini work, so their blobs are not on the critical path either.
 
 A run that was cancelled stops before its next model call or output (`defs/cancellation.py`).
 """
@@ -41,7 +49,6 @@ from jewel_dagster.contract import (
     GPU_POOL,
     PARTITIONS_NAME,
     PREPARE_OP,
-    REFINE_OP,
     SEGMENT_OP,
     AssetName,
 )
@@ -49,7 +56,6 @@ from jewel_dagster.defs.cancellation import stop_if_cancelled
 from jewel_dagster.defs.config import (
     GenerateImagesConfig,
     PrepareCanvasConfig,
-    RefineMaskConfig,
     SegmentJewelryConfig,
 )
 from jewel_dagster.defs.step_values import StepValues
@@ -71,7 +77,7 @@ from jewel_dagster.resources.services import (
     ZoomCheck,
 )
 from jewel_dagster.resources.versions import code_versions
-from jewel_dagster.settings import PipelineSettings, get_settings
+from jewel_dagster.settings import get_settings
 from jewel_dagster.vision import imaging
 from jewel_dagster.vision.classical import PixelPoint
 from jewel_dagster.vision.imaging import CanvasTransform, ImageDecodeError
@@ -126,12 +132,6 @@ def _out(description: str, image: bool = True, code_version: str | None = None) 
     )
 
 
-def refiner_pool(settings: PipelineSettings) -> str | None:
-    """The `gpu` pool only when the A100 server refines the mask: the local rasteriser is CPU
-    work, and holding a GPU slot for it would queue other requests' GPU steps behind it."""
-    return GPU_POOL if settings.a100_server_url else None
-
-
 def _timed(call: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     result = call()
@@ -176,12 +176,9 @@ _SEGMENT_DEPS: dict[AssetName, set[dg.AssetKey]] = {
     A.JEWELRY_MASK: _key(A.BACKGROUND_REMOVED_IMAGE, A.CANVAS_TRANSFORM),
 }
 
-_REFINE_DEPS: dict[AssetName, set[dg.AssetKey]] = {
+_GENERATE_DEPS: dict[AssetName, set[dg.AssetKey]] = {
     A.REFINED_MASK: _key(A.JEWELRY_MASK, A.CANVAS_TRANSFORM),
     A.FINAL_MASK: _key(A.REFINED_MASK),
-}
-
-_GENERATE_DEPS: dict[AssetName, set[dg.AssetKey]] = {
     A.FLUX_GENERATION: _key(A.BACKGROUND_REMOVED_IMAGE, A.FINAL_MASK),
     A.GEMINI_GENERATION: _key(A.BACKGROUND_REMOVED_IMAGE, A.FINAL_MASK),
     # jewelry_mask: its metadata names the request's clicks (`_metrics_points`).
@@ -417,34 +414,24 @@ def _load_strokes(uri: str | None, blob_store: BlobStore) -> list[BrushStroke]:
         raise _permanent(f"the brush strokes at {uri} are not valid: {where}: {first['msg']}") from None
 
 
-@dg.multi_asset(
-    name=REFINE_OP,
-    partitions_def=requests_partitions,
-    group_name="generate",
-    outs=_outs(
-        {
-            A.REFINED_MASK: _out(
-                "The jewelry mask with the person's brush strokes applied (add / remove).",
-                code_version=_versions.mask_refiner,
-            ),
-            A.FINAL_MASK: _out("The mask handed to the generators: the refined mask without stray specks."),
-        }
-    ),
-    internal_asset_deps=_internal_deps(_REFINE_DEPS),
-    deps=_external_deps(_REFINE_DEPS),
-    can_subset=True,
-    retry_policy=SERVICE_RETRY,
-    pool=refiner_pool(_settings),
-)
-def refine_mask(
+# A mask made and kept, its materialization owed: name, mask, seconds, backend, metadata besides
+# `_image_metadata`'s (whose preview is made when the mask is stored, after the generators are sent).
+_Owed = list[tuple[AssetName, np.ndarray, float, str | None, dict[str, Any]]]
+
+
+def _masks(
     context: dg.AssetExecutionContext,
-    io_manager: dg.ResourceParam[BlobIOManager],
-    config: RefineMaskConfig,
+    config: GenerateImagesConfig,
+    step: StepValues,
     mask_refiner: MaskRefiner,
     blob_store: BlobStore,
-) -> Iterator[dg.MaterializeResult]:
-    """The brush strokes applied, then the specks removed: the mask the generators get."""
-    step = StepValues(context, io_manager)
+) -> tuple[_Owed, dg.Failure | None]:
+    """The brush strokes applied, then the specks removed: the mask the generators get. Both are
+    made and kept now; what is returned are their materializations owed, in order, which the
+    step stores once the generators are sent (`_emit_owed`), and the refusal of a final mask
+    left empty: raised once the refined mask is stored (it shows what the strokes did, and the
+    request fails at UPLOADING_MASK, where it stopped)."""
+    owed: _Owed = []
     if step.makes(A.REFINED_MASK):
         request = config.refined_mask
         transform = CanvasTransform.from_dict(step.get(A.CANVAS_TRANSFORM))
@@ -459,29 +446,42 @@ def refine_mask(
         if strokes:
             stop_if_cancelled(context, "refining the mask")
             mask, seconds = _timed(lambda: mask_refiner.refine(jewelry, strokes))
-            meta = _image_metadata(mask, seconds, mask_refiner.backend_name)
+            backend: str | None = mask_refiner.backend_name
+            meta: dict[str, Any] = {}
         else:
             # The refiner applies strokes and nothing else (docs/service-contracts.md): without
             # any, its answer is the mask it was sent. So no call (the A100's was ~0.06 s on the
             # critical path of every request without strokes, issue 28), and no `backend`, as for
             # a background kept as it was: no service made this mask.
-            mask = jewelry
-            meta = {**_image_metadata(mask, 0.0), "reason": "no strokes: the jewelry mask as it is"}
+            mask, seconds, backend = jewelry, 0.0, None
+            meta = {"reason": "no strokes: the jewelry mask as it is"}
         # What the strokes cost, whatever else the machine is doing: wall time grows with load, CPU time
-        # is the bill a request's strokes run up (bounded by the stroke limits of defs/config.py).
+        # is the bill a request's strokes run up (bounded by the stroke limits of request_inputs).
         meta["cpu_seconds"] = round(time.process_time() - cpu_before, 3)
         meta["strokes"] = len(strokes)
         if request.strokes_uri:
             meta["strokes_uri"] = request.strokes_uri
             meta["points_space"] = request.points_space
         meta["changed_pixels"] = int(np.count_nonzero(mask != jewelry))
-        yield from step.emit(A.REFINED_MASK, mask, meta)
+        step.keep(A.REFINED_MASK, mask)
+        owed.append((A.REFINED_MASK, mask, seconds, backend, meta))
     if step.makes(A.FINAL_MASK):
         refined = step.get(A.REFINED_MASK)
         mask, seconds = _timed(lambda: imaging.remove_specks(refined, SPECK_AREA))
         if not mask.any():
-            raise _permanent("the refined mask is empty: nothing would be kept; add jewelry back with an 'add' stroke")
-        yield from step.emit(A.FINAL_MASK, mask, _image_metadata(mask, seconds))
+            refused = "the refined mask is empty: nothing would be kept; add jewelry back with an 'add' stroke"
+            return owed, _permanent(refused)
+        step.keep(A.FINAL_MASK, mask)
+        owed.append((A.FINAL_MASK, mask, seconds, None, {}))
+    return owed, None
+
+
+def _emit_owed(step: StepValues, owed: _Owed) -> Iterator[dg.MaterializeResult]:
+    """The masks' materializations, in order, each blob stored first (`StepValues.emit`); `owed`
+    is emptied, so a second call emits nothing."""
+    for name, mask, seconds, backend, meta in owed:
+        yield from step.emit(name, mask, {**_image_metadata(mask, seconds, backend), **meta})
+    owed.clear()
 
 
 @dg.multi_asset(
@@ -490,6 +490,11 @@ def refine_mask(
     group_name="generate",
     outs=_outs(
         {
+            A.REFINED_MASK: _out(
+                "The jewelry mask with the person's brush strokes applied (add / remove).",
+                code_version=_versions.mask_refiner,
+            ),
+            A.FINAL_MASK: _out("The mask handed to the generators: the refined mask without stray specks."),
             A.FLUX_GENERATION: _out("Flux image that keeps the jewelry pixels.", code_version=_versions.flux),
             A.GEMINI_GENERATION: _out(
                 "Gemini image that keeps the jewelry pixels; not materialized when Gemini is absent or refuses "
@@ -522,6 +527,7 @@ def generate_images(
     context: dg.AssetExecutionContext,
     io_manager: dg.ResourceParam[BlobIOManager],
     config: GenerateImagesConfig,
+    mask_refiner: MaskRefiner,
     flux_generator: ImageGenerator,
     gemini_generator: ImageGenerator,
     segmenter: Segmenter,
@@ -529,15 +535,21 @@ def generate_images(
     provenance: ImageProvenance,
     blob_store: BlobStore,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """Flux and Gemini at the same time (the request waits for the slower, not the sum), then the
-    fidelity of the Flux image, whose SAM3 call starts as soon as Flux answers."""
+    """The final mask (brush strokes, then specks removed), then Flux and Gemini at the same time
+    (the request waits for the slower, not the sum), then the fidelity of the Flux image, whose
+    SAM3 call starts as soon as Flux answers. The masks are stored while the generators work."""
     step = StepValues(context, io_manager)
     measuring = step.makes(A.FLUX_METRICS) or step.check_selected(CHECK_NAME)
     measure = _MetricsCall(context, step, segmenter) if measuring else None
     try:
+        owed, refused = _masks(context, config, step, mask_refiner, blob_store)
+        if refused is not None:
+            yield from _emit_owed(step, owed)
+            raise refused
         if step.makes(A.FLUX_GENERATION, A.GEMINI_GENERATION):
             signed = _Signing(context, io_manager, provenance, blob_store)
-            yield from _generations(context, config, step, flux_generator, gemini_generator, signed, measure)
+            yield from _generations(context, config, step, flux_generator, gemini_generator, signed, measure, owed)
+        yield from _emit_owed(step, owed)  # a run without the generations: nothing to send first
         if measure is not None:
             yield from _flux_metrics(context, step, measure, segmenter.backend_name, fidelity)
     finally:
@@ -553,10 +565,14 @@ def _generations(
     gemini_generator: ImageGenerator,
     signed: "_Signing",
     measure: "_MetricsCall | None" = None,
+    owed: _Owed | None = None,
 ) -> Iterator[dg.MaterializeResult]:
-    """Both generations, stored and signed. `measure` (the metrics' SAM3 call) finds its points
-    while the generators work and is started as soon as the Flux image is in, while Gemini may
-    still be generating and before any image is encoded."""
+    """Both generations, stored and signed. The masks `owed` are stored once both calls are sent:
+    their PNGs no longer wait on the critical path ahead of the calls (issue 28), and each is
+    still stored before its materialization is reported, in order, before the generations'.
+    `measure` (the metrics' SAM3 call) finds its points while the generators work and is
+    started as soon as the Flux image is in, while Gemini may still be generating and before
+    any image is encoded."""
     image, mask = step.get(A.BACKGROUND_REMOVED_IMAGE), step.get(A.FINAL_MASK)
     wanted = [
         (name, generator)
@@ -573,6 +589,8 @@ def _generations(
     try:
         futures = {name: pool.submit(run, generator) for name, generator in wanted}
         pending = set(futures.values())
+        if owed:
+            yield from _emit_owed(step, owed)
         flux_future = futures.get(A.FLUX_GENERATION)
         if flux_future is None:
             measure = None
@@ -813,5 +831,5 @@ def _metrics_points(context: dg.AssetExecutionContext, final_mask: np.ndarray) -
 
 
 PREPROCESS_ASSETS = [prepare_canvas, segment_jewelry]
-GENERATE_ASSETS = [refine_mask, generate_images]
+GENERATE_ASSETS = [generate_images]
 ALL_ASSETS = [*PREPROCESS_ASSETS, *GENERATE_ASSETS]

@@ -70,9 +70,6 @@ class SegmentJewelryConfig(dg.Config):
     jewelry_mask: JewelryMaskConfig = Field(default_factory=JewelryMaskConfig)
 
 
-class RefineMaskConfig(dg.Config):
-    refined_mask: RefineConfig = Field(default_factory=RefineConfig)
-
-
 class GenerateImagesConfig(dg.Config):
+    refined_mask: RefineConfig = Field(default_factory=RefineConfig)
     generations: GenerationConfig = Field(default_factory=GenerationConfig)

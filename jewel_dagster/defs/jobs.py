@@ -33,7 +33,7 @@ preprocess_job = _request_job(
     PREPROCESS_JOB, PREPROCESS_ASSETS, "Upload, resize, background and jewelry mask: the /workflow/preprocess endpoint."
 )
 generate_job = _request_job(
-    GENERATE_JOB, GENERATE_ASSETS, "Brush refinement and generations for a preprocessed request: /workflow/generate."
+    GENERATE_JOB, GENERATE_ASSETS, "Brush strokes, final mask and generations: the /workflow/generate endpoint."
 )
 regenerate_job = _request_job(
     REGENERATE_JOB,

@@ -30,7 +30,7 @@ from tests.support.e2e_stack import poll, running_stack, runs_of, wait_until
 from tests.support.gpu_pool import GPU_POOL_NAME, held_pool
 
 pytestmark = pytest.mark.e2e
-# A stroke: the refine step calls the (busy) refiner only when there are strokes.
+# A stroke: generate_images calls the (busy) refiner only when there are strokes.
 BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP], "brushStrokes": [TOUCH_UP]}
 REFINE_BUSY = 8.0
 GENERATIONS = [AssetName.FLUX_GENERATION, AssetName.GEMINI_GENERATION, AssetName.FLUX_METRICS]
@@ -144,7 +144,7 @@ class Cancelled:
 
 @pytest.fixture(scope="module")
 def cancelled(stack: Stack) -> Cancelled:
-    """A request cancelled while Dagster executes its refine step (busy for REFINE_BUSY s)."""
+    """A request cancelled while Dagster executes its refine (in generate_images, busy for REFINE_BUSY s)."""
     with httpx.Client(base_url=stack.gateway_url, timeout=60) as client:
         workflow = client.post("/workflow/start", json=BODY).json()["workflowId"]
         poll(client, workflow, lambda s: s["currentStep"] == "REFINING_MASK" or finished(s))

@@ -103,7 +103,7 @@ def test_cancel_of_a_step_stuck_in_c_is_escalated_to_a_kill_and_the_run_ends_can
         running_stack(tmp_path, env) as stack,
         httpx.Client(base_url=stack.gateway_url, timeout=60) as client,
     ):
-        # A stroke: without any, the refine step keeps the mask without calling the refiner.
+        # A stroke: without any, generate_images keeps the mask without calling the refiner.
         body = {"originalImageBase64": PHOTO, "maskPoints": [CUP], "brushStrokes": [TOUCH_UP]}
         started = client.post("/workflow/start", json=body).json()
         rid = started["workflowId"]

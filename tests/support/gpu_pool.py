@@ -19,12 +19,10 @@ import dagster as dg
 from tests.support.e2e_stack import wait_until
 
 GPU_POOL_NAME = "gpu"  # README, Deployment: `GPU_POOL_SIZE` slots of the `gpu` pool
-# Every step that calls a GPU model service (the A100 server's refinement, `refine_mask`, only
-# when A100_SERVER_URL is set: the local brush is CPU work).
-# Issue 28 grouped the eleven assets into four steps: the background removal and the mask in
-# `segment_jewelry`, the generations and their metrics in `generate_images`.
+# Every step that calls a GPU model service, whatever the settings. Issue 28 grouped the eleven
+# assets into three steps: the background removal and the mask in `segment_jewelry`; the brush
+# strokes, the final mask, the generations and their metrics in `generate_images`.
 GPU_STEPS = frozenset({"segment_jewelry", "generate_images"})
-A100_REFINER_STEP = "refine_mask"
 
 # What the stand-ins of `held_pool` claim as: a real GPU step's name, so the gateway's estimate
 # gives them that step's median length (gateway/eta.py, pool_starts).

@@ -11,8 +11,8 @@ def test_every_job_resolves() -> None:
 def test_every_step_maps_to_a_seed_step() -> None:
     full = defs.resolve_job_def(FULL_JOB)
     op_names = {node.name for node in full.graph.nodes}
-    # Named here, not read from the code under test: a full request is these four steps.
-    assert op_names == {"prepare_canvas", "segment_jewelry", "refine_mask", "generate_images"}
+    # Named here, not read from the code under test: a full request is these three steps (issue 28).
+    assert op_names == {"prepare_canvas", "segment_jewelry", "generate_images"}
     assert set(SEED_STEP_OF_OP) == op_names
     assert set(SEED_STEP_OF_OP.values()) <= set(STEP_PROGRESS)
 
@@ -57,9 +57,9 @@ def test_job_step_orders_match_the_jobs() -> None:
     from jewel_dagster.contract import JOB_OPS
 
     assert JOB_OPS == {
-        "jewelry_generation": ["prepare_canvas", "segment_jewelry", "refine_mask", "generate_images"],
+        "jewelry_generation": ["prepare_canvas", "segment_jewelry", "generate_images"],
         "jewelry_preprocess": ["prepare_canvas", "segment_jewelry"],
-        "jewelry_generate": ["refine_mask", "generate_images"],
+        "jewelry_generate": ["generate_images"],
         "jewelry_regenerate": ["generate_images"],
     }
     for name, ops in JOB_OPS.items():
@@ -72,16 +72,12 @@ def test_job_step_orders_match_the_jobs() -> None:
                 assert position[upstream.node_name] < position[node.name]
 
 
-def test_the_local_rasteriser_holds_no_gpu_slot() -> None:
-    # CPU work in the GPU pool queued other requests' GPU steps behind it (issue 14).
+def test_only_the_model_steps_hold_a_gpu_slot() -> None:
+    # CPU work in the GPU pool queued other requests' GPU steps behind it (issue 14); the brush
+    # strokes' bounded CPU now rides in `generate_images` (issue 28, defs/assets.py says why).
     from jewel_dagster.contract import GPU_POOL
-    from jewel_dagster.defs.assets import generate_images, prepare_canvas, refine_mask, refiner_pool, segment_jewelry
-    from jewel_dagster.settings import PipelineSettings, get_settings
+    from jewel_dagster.defs.assets import generate_images, prepare_canvas, segment_jewelry
 
-    assert refiner_pool(PipelineSettings(a100_server_url=None)) is None
-    assert refiner_pool(PipelineSettings(a100_server_url="http://a100.example")) == GPU_POOL
-    if not get_settings().a100_server_url:
-        assert refine_mask.op.pool is None
     assert prepare_canvas.op.pool is None  # decoding, the canvas, the zoom check: CPU only
     assert segment_jewelry.op.pool == GPU_POOL
     assert generate_images.op.pool == GPU_POOL
@@ -119,10 +115,9 @@ def test_code_versions_follow_the_models_not_where_the_services_live() -> None:
 
 def test_exactly_the_gpu_steps_hold_a_gpu_slot() -> None:
     """The expected steps are named in tests/support/gpu_pool.py, not read from the assets."""
-    from jewel_dagster.settings import get_settings
-    from tests.support.gpu_pool import A100_REFINER_STEP, GPU_POOL_NAME, GPU_STEPS
+    from tests.support.gpu_pool import GPU_POOL_NAME, GPU_STEPS
 
-    expected = GPU_STEPS | ({A100_REFINER_STEP} if get_settings().a100_server_url else set())
+    expected = GPU_STEPS
     for name in (FULL_JOB, PREPROCESS_JOB, GENERATE_JOB):
         nodes = defs.resolve_job_def(name).graph.nodes
         in_pool = {node.name for node in nodes if node.definition.pool == GPU_POOL_NAME}

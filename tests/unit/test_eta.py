@@ -28,10 +28,10 @@ from gateway.eta import (
     seconds_left,
     step_samples,
 )
-from jewel_dagster.contract import FULL_JOB, GENERATE_OP, JOB_OPS, PREPARE_OP, REFINE_OP, SEGMENT_OP
+from jewel_dagster.contract import FULL_JOB, GENERATE_OP, JOB_OPS, PREPARE_OP, SEGMENT_OP
 
 OPS = tuple(JOB_OPS[FULL_JOB])
-EXEC = {PREPARE_OP: 1.0, SEGMENT_OP: 2.0, REFINE_OP: 1.0, GENERATE_OP: 3.0}
+EXEC = {PREPARE_OP: 1.0, SEGMENT_OP: 2.0, GENERATE_OP: 4.5}  # generate: the brush strokes and the images
 NOW = 1_000.0
 
 
@@ -71,27 +71,27 @@ def test_a_whole_run_is_the_sum_of_its_medians() -> None:
 
 def test_remaining_while_a_step_runs() -> None:
     # prepare done at NOW-8, segment started at NOW-7.5 and runs 2 s: 1.5 s left of it, then
-    # refine 1.5, generate 3.5, tail 0.5.
+    # generate 5.0, tail 0.5.
     run = running(steps={PREPARE_OP: StepTimes(NOW - 9.5, NOW - 8), SEGMENT_OP: StepTimes(NOW - 7.5)})
-    assert remaining_seconds(run, medians(), NOW - 6) == pytest.approx(0.5 + 1.5 + 3.5 + 0.5)
+    assert remaining_seconds(run, medians(), NOW - 6) == pytest.approx(0.5 + 5.0 + 0.5)
 
 
 def test_a_step_past_its_median_still_has_a_tenth_left() -> None:
     run = running(steps={PREPARE_OP: StepTimes(NOW - 9.5, NOW - 8), SEGMENT_OP: StepTimes(NOW - 7.5)})
-    assert remaining_seconds(run, medians(), NOW) == pytest.approx(0.2 + 1.5 + 3.5 + 0.5)
+    assert remaining_seconds(run, medians(), NOW) == pytest.approx(0.2 + 5.0 + 0.5)
 
 
 def test_remaining_while_a_step_waits_for_its_slot() -> None:
     # prepare ended 0.2 s ago; segment not started: 0.3 s of its median gap left, then 2 s.
     run = running(steps={PREPARE_OP: StepTimes(NOW - 1.2, NOW - 0.2)})
-    assert remaining_seconds(run, medians(), NOW) == pytest.approx(0.3 + 2 + 1.5 + 3.5 + 0.5)
+    assert remaining_seconds(run, medians(), NOW) == pytest.approx(0.3 + 2 + 5.0 + 0.5)
 
 
 def test_remaining_before_run_start_and_after_the_last_step() -> None:
     starting = ActiveRun("r", OPS, "STARTING", created=NOW - 5, dequeued=NOW - 0.5)
     assert remaining_seconds(starting, medians(), NOW) == pytest.approx(1.5 + 9.5)
     done = {op: StepTimes(NOW - 9 + i, NOW - 8.5 + i) for i, op in enumerate(OPS)}
-    assert remaining_seconds(running(steps=done), medians(), NOW - 5.3) == pytest.approx(0.3)
+    assert remaining_seconds(running(steps=done), medians(), NOW - 6.3) == pytest.approx(0.3)
 
 
 def test_no_estimate_for_a_failed_step_or_an_unknown_job() -> None:
@@ -111,9 +111,8 @@ def test_queued_runs_take_the_slot_that_frees_first() -> None:
         "a",
         steps={
             PREPARE_OP: StepTimes(NOW - 5, NOW - 4),
-            SEGMENT_OP: StepTimes(NOW - 3.5, NOW - 1.5),
-            REFINE_OP: StepTimes(NOW - 1.0, NOW - 0.5),
-            GENERATE_OP: StepTimes(NOW - 0.5),
+            SEGMENT_OP: StepTimes(NOW - 3.5, NOW - 2.5),
+            GENERATE_OP: StepTimes(NOW - 2.0),
         },
         started=NOW - 5.5,
     )
@@ -131,7 +130,7 @@ def test_queued_runs_take_the_slot_that_frees_first() -> None:
 def test_runs_not_submitted_yet_wait_behind_and_hold_no_slot() -> None:
     # A burst of starts: runs stored NOT_STARTED, not queued yet. They must not count as runs in
     # flight (each queued run then had a free slot: every queued ETA was the same).
-    a = running("a", steps={op: StepTimes(NOW - 9 + i, NOW - 8.5 + i) for i, op in enumerate(OPS[:3])})
+    a = running("a", steps={op: StepTimes(NOW - 9 + i, NOW - 8.5 + i) for i, op in enumerate(OPS[:2])})
     fresh = ActiveRun("fresh", OPS, "NOT_STARTED", created=NOW - 1)
     runs = [a, queued("q0", NOW - 2), fresh]
     assert in_flight(runs) == 1
@@ -171,7 +170,7 @@ def test_positions_never_rise_as_the_queue_drains() -> None:
 
 
 def test_a_step_in_the_pools_line_waits_for_the_holders_and_the_steps_ahead() -> None:
-    holder = running("holder", steps={GENERATE_OP: StepTimes(NOW - 1)})  # 3 s: frees the slot at +2
+    holder = running("holder", steps={GENERATE_OP: StepTimes(NOW - 2.5)})  # 4.5 s: frees the slot at +2
     first = running("first", steps={PREPARE_OP: StepTimes(NOW - 3, NOW - 2)})
     second = running("second", steps={PREPARE_OP: StepTimes(NOW - 3, NOW - 1)})
     line = [
@@ -181,10 +180,10 @@ def test_a_step_in_the_pools_line_waits_for_the_holders_and_the_steps_ahead() ->
     ]
     runs = {r.run_id: r for r in (holder, first, second)}
     assert pool_starts(line, runs, medians(), NOW) == {"first": NOW + 2, "second": NOW + 4}
-    # first: its slot at +2, the smallest step overhead 0.5, segment 2; then refine, generate, tail.
+    # first: its slot at +2, the smallest step overhead 0.5, segment 2; then generate, tail.
     out = estimate(list(runs.values()), line, medians(), 4, NOW)
-    assert out["first"] == Estimate(0, pytest.approx(NOW + 2 + 0.5 + 2 + 1.5 + 3.5 + 0.5))
-    assert out["second"] == Estimate(1, pytest.approx(NOW + 4 + 0.5 + 2 + 1.5 + 3.5 + 0.5))
+    assert out["first"] == Estimate(0, pytest.approx(NOW + 2 + 0.5 + 2 + 5.0 + 0.5))
+    assert out["second"] == Estimate(1, pytest.approx(NOW + 4 + 0.5 + 2 + 5.0 + 0.5))
 
 
 def test_equal_priorities_leave_the_queue_in_storage_order() -> None:
@@ -208,14 +207,14 @@ def test_seconds_left_is_whole_and_at_least_one_while_running() -> None:
 
 
 def _positions(runs: list[ActiveRun], line: list[PendingStep], slots: int | None = 2) -> dict[str, int | None]:
-    pooled = frozenset({SEGMENT_OP, REFINE_OP, GENERATE_OP})
+    pooled = frozenset({SEGMENT_OP, GENERATE_OP})
     out = estimate(runs, line, medians(), 10, NOW, pool_slots=slots, pooled_ops=pooled)
     return {run_id: found.position for run_id, found in out.items()}
 
 
 def test_a_request_begun_earlier_counts_ahead_before_its_next_step_joins_the_pool() -> None:
     """The pool serves requests in the order they began (pool_claims.py stamps each step with its
-    run's start): A's refine joins ahead of D. Fails without `pool_line`'s joining runs (D went 1, 1,
+    run's start): A's generate joins ahead of D. Fails without `pool_line`'s joining runs (D went 1, 1,
     0, 1), without its freed heads (1, 2, 1, 1: A's entry removed, C not assigned yet), or both
     (as before this fix)."""
     begun = {"A": NOW - 30, "B": NOW - 25, "C": NOW - 20, "D": NOW - 15}
@@ -231,7 +230,6 @@ def test_a_request_begun_earlier_counts_ahead_before_its_next_step_joins_the_poo
         "B",
         {
             SEGMENT_OP: StepTimes(NOW - 9, NOW - 8),
-            REFINE_OP: StepTimes(NOW - 7, NOW - 6),
             GENERATE_OP: StepTimes(NOW - 1),
         },
     )
@@ -249,7 +247,7 @@ def test_a_request_begun_earlier_counts_ahead_before_its_next_step_joins_the_poo
         ([a_segmented, b, c, d], [holding_b, entry("C", SEGMENT_OP, True), entry("D", SEGMENT_OP, False)]),
         (
             [a_segmented, b, c, d],
-            [holding_b, entry("C", SEGMENT_OP, True), entry("A", REFINE_OP, False), entry("D", SEGMENT_OP, False)],
+            [holding_b, entry("C", SEGMENT_OP, True), entry("A", GENERATE_OP, False), entry("D", SEGMENT_OP, False)],
         ),
     ]
     seen = [_positions(runs, line) for runs, line in snapshots]

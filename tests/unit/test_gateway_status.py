@@ -61,7 +61,7 @@ def run(
             dict(status="STARTED", done=("original_image", "resized_image", "canvas_transform", "zoom_check")),
             ("RUNNING", "REMOVING_BACKGROUND", 30),
         ),
-        # A generate run (or a re-execution from the refine step) starts where it starts.
+        # A generate run (or a re-execution from generate_images) starts where it starts.
         (dict(status="QUEUED", planned=GENERATE), ("RUNNING", "REFINING_MASK", 55)),
         (dict(status="STARTED", planned=GENERATE, done=GENERATE[:2]), ("RUNNING", "GENERATING_IMAGES", 70)),
         # The UI's "Materialize selected" of the generations: 70 % from the first look.

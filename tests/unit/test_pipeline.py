@@ -23,7 +23,7 @@ from jewel_dagster.resources.local_services import (
     LocalImageManipulator,
 )
 from jewel_dagster.resources.selection import build_resources
-from jewel_dagster.resources.services import MaskRefiner, ZoomCheck
+from jewel_dagster.resources.services import Generation, MaskRefiner, ZoomCheck
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import strokes_path
 from jewel_dagster.vision import imaging
@@ -297,7 +297,14 @@ def test_no_strokes_keep_the_jewelry_mask_without_a_refiner_call(instant_resourc
 STORE_WAIT = 10.0  # seconds a store waits for its call to be out; far above a thread's start
 _CALLS_OUT: dict[str, threading.Event] = {}  # call -> set once sent: across resource copies
 # The blob -> the call the step must have sent before storing it (when the test watches that call).
-_CALL_AFTER = {"original_image.png": "resize", "resized_image.png": "zoom", "background_removed_image.png": "segment"}
+_CALL_AFTER = {
+    "original_image.png": "resize",
+    "resized_image.png": "zoom",
+    "background_removed_image.png": "segment",
+    # Gemini is sent after Flux: a mask stored once Gemini is out was stored after both.
+    "refined_mask.png": "gemini",
+    "final_mask.png": "gemini",
+}
 
 
 class _CallsOut(LocalImageManipulator):
@@ -320,11 +327,21 @@ class _SegmentCallOut(InstantSegmenter):
         return super().segment(image, points)
 
 
+class _GeneratorCallOut(InstantGenerator):
+    """The instant generator, telling when its call (`flux` or `gemini`) was sent."""
+
+    call: str
+
+    def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
+        _CALLS_OUT[self.call].set()
+        return super().generate(image, mask, seed, prompt)
+
+
 class _StoresOnceTheNextCallIsOut(LocalBlobStore):
     """A local store whose images are stored only once the call that follows them was sent (the
-    photo after the resize, the canvas after the zoom check, the prepared image after SAM3; the
-    calls the test watches), failing after STORE_WAIT s: a step that sends a call only after
-    storing what came before it fails."""
+    photo after the resize, the canvas after the zoom check, the prepared image after SAM3, the
+    masks after Flux and Gemini; the calls the test watches), failing after STORE_WAIT s: a step
+    that sends a call only after storing what came before it fails."""
 
     def put_path(self, path: str, data: bytes, content_type: str) -> None:
         call = _CALL_AFTER.get(path.rsplit("/", 1)[-1])
@@ -377,3 +394,28 @@ def test_segment_jewelry_stores_the_prepared_image_while_sam3_is_out(tmp_path: P
         made = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
     assert {"background_removed_image", "jewelry_mask"} <= made
     assert _artifact(store, rid, "jewelry_mask").any()
+
+
+def test_generate_images_stores_the_masks_while_flux_and_gemini_are_out(tmp_path: Path) -> None:
+    # Issue 28: the masks are made in the generations' step (no step of their own) and their PNGs
+    # stored once both generators are sent, not on the critical path ahead of the calls; each is
+    # still reported after its blob is stored, and before the generations (progress follows).
+    _CALLS_OUT.clear()
+    _CALLS_OUT.update(flux=threading.Event(), gemini=threading.Event())
+    store, resources = _overlap_resources(
+        tmp_path, flux_generator=_GeneratorCallOut(call="flux"), gemini_generator=_GeneratorCallOut(call="gemini")
+    )
+    rid = "masks-overlap"
+    image, _ = synthetic_ring(300, 400)
+    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
+    with dg.instance_for_test() as instance:
+        config = {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": [RING_CLICK]}}
+        assert _materialize(PREPROCESS_ASSETS, rid, resources, config, instance).success
+        _CALLS_OUT.update(flux=threading.Event(), gemini=threading.Event())
+        result = _materialize(GENERATE_ASSETS, rid, resources, {}, instance)
+        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        steps = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+        made = [e.asset_key.path[-1] for e in result.get_asset_materialization_events()]
+    assert steps == {"generate_images"}
+    assert made == ["refined_mask", "final_mask", "flux_generation", "gemini_generation", "flux_metrics"]
+    assert np.array_equal(_artifact(store, rid, "final_mask"), _artifact(store, rid, "jewelry_mask"))

@@ -24,7 +24,7 @@ def instance() -> Iterator[Any]:
 
 
 def _full_job() -> Any:
-    """A stand-in named like the pipeline's job, with its four steps in order."""
+    """A stand-in named like the pipeline's job, with its steps in order."""
     ops = []
     for name in JOB_OPS[FULL_JOB]:
 

@@ -49,7 +49,7 @@ def test_start_stores_the_strokes_and_puts_only_their_uri_in_run_config(tmp_path
         store = client.app.state.store  # type: ignore[attr-defined]
     assert response.status_code == 200, response.text
     (call,) = launches.calls
-    refine = call["run_config"]["ops"]["refine_mask"]["config"]["refined_mask"]
+    refine = call["run_config"]["ops"]["generate_images"]["config"]["refined_mask"]
     assert set(refine) == {"strokes_uri"}
     assert refine["strokes_uri"].startswith(f"local://jewelry-uploads/requests/{call['request_id']}/strokes/")
     # 20,000 points would have been ~1 MB of run config; now it is a few hundred bytes.
@@ -64,7 +64,7 @@ def test_no_strokes_no_blob(tmp_path: Path) -> None:
         launches.install(client.app.state.runs)  # type: ignore[attr-defined]
         assert client.post("/workflow/start", json=start_body()).status_code == 200
     (call,) = launches.calls
-    assert call["run_config"]["ops"]["refine_mask"]["config"]["refined_mask"] == {}
+    assert call["run_config"]["ops"]["generate_images"]["config"]["refined_mask"] == {}
     assert not list((tmp_path / "blobs").rglob("*.json"))
 
 
