@@ -52,6 +52,9 @@ PRELOAD = [
     "dagster",
     "dagster._grpc.impl",
     "jewel_dagster.definitions",
+    # The repository, its jobs and their run config schemas, built from the imported code location
+    # (each worker built them before its RUN_START: ~30 ms, issue 28).
+    "jewel_dagster.runtime.processes.warm_definitions",
     "jewel_dagster.runtime.instance_plugins.compute_logs",
     # What each run worker still imported after the fork, for the instance it opens (py-spy of
     # the run workers, instant backends: ~4 % of their samples in imports, 119 modules under
