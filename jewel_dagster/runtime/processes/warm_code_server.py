@@ -63,6 +63,18 @@ PRELOAD = [
     "jewel_dagster.runtime.instance_plugins.pool_claims",
     "dagster._core.execution.plan.active",
     "dagster._core.executor.in_process",
+    # What a run worker still imported on its way to the first model call (py-spy of the run
+    # workers, instant backends; issue 28): the job's reconstruction and execution plan ...
+    "dagster._utils.test.definitions",
+    "dagster._core.system_config.composite_descent",
+    "dagster._core.utility_ops",
+    # ... and Pillow's codecs, which `Image.open` imports at a process's first call
+    # (`Image.preinit`): about half of the photo's decode in prepare_canvas, before the resize call.
+    "PIL.BmpImagePlugin",
+    "PIL.GifImagePlugin",
+    "PIL.JpegImagePlugin",
+    "PIL.PngImagePlugin",
+    "PIL.PpmImagePlugin",
     # Gemini's SDK, which the code location imports only when a generation runs (its import costs
     # ~0.3 s of CPU): imported in the run worker, it held the GIL at the start of generate_images,
     # beside the thread sending Flux its request (issue 28, target 2).
