@@ -31,7 +31,8 @@ def test_the_gemini_sdk_is_preloaded_for_run_workers() -> None:
 
 
 # What a run worker does from its fork to the resize call: its instance, its job and execution
-# plan (Dagster's core_execute_run), then prepare_canvas's decode of the photo.
+# plan (Dagster's core_execute_run), then prepare_canvas's decode of the photo and its first HTTP
+# client (httpx imports its transport at a process's first client).
 RUN_START_PROBE = """
 import importlib, sys
 from pathlib import Path
@@ -57,6 +58,8 @@ except dg.DagsterInvalidConfigError:
     pass  # a request's run config is not needed for what the plan imports
 from jewel_dagster.vision import imaging
 imaging.decode_image(Path("samples/ring.jpg").read_bytes())
+from jewel_dagster.resources.http_services import HttpImageManipulator
+HttpImageManipulator(base_url="http://127.0.0.1:9/image-manipulator")._client().close()
 print(" ".join(sorted(set(sys.modules) - before)))
 """
 

@@ -10,6 +10,7 @@ daemon's RUN_STARTING and the run's RUN_START: ~14 ms for the repository and ~15
 its schema in a forked child (quiet 2-core machine), ~8 % of a run worker's samples up to
 RUN_START (py-spy, instant backends, issue 28). Built here, in the process the workers are forked
 from, each worker finds them made (Dagster caches all three on the objects it looks them up on).
+So with the model services' shared TLS context (resources/http_services.py, `tls_context`).
 
 What is built is what the worker would build from the same imported module: one process image per
 code server, as the preloaded imports already are (a code change restarts the code server). A
@@ -45,8 +46,15 @@ def warm(defs: dg.Definitions) -> int:
 
 def _warm_code_location() -> None:
     from jewel_dagster.definitions import defs
+    from jewel_dagster.resources.http_services import warm_service_clients
 
     warm(defs)
+    # The model services' HTTP clients: a worker's first two (resize, SAM3) each built a TLS
+    # context, the first also imported httpx's transport (~56 ms before SAM3's call, issue 28).
+    try:
+        warm_service_clients()
+    except Exception:  # noqa: BLE001 - a warm-up: each worker builds its own, as before
+        _log.exception("the model services' HTTP client set-up could not be built ahead of the run workers")
 
 
 # Imported by the forkserver (warm_code_server.PRELOAD), after the code location itself.
