@@ -52,9 +52,9 @@ PRELOAD = [
     "dagster",
     "dagster._grpc.impl",
     "jewel_dagster.definitions",
-    # The repository, its jobs and their run config schemas, built from the imported code location
-    # (each worker built them before its RUN_START: ~30 ms, issue 28).
-    "jewel_dagster.runtime.processes.warm_definitions",
+    # The repository, its jobs and their run config schemas, a first instance and the model
+    # services' HTTP client set-up, which each worker built before its first model call (issue 28).
+    "jewel_dagster.runtime.processes.worker_warmup",
     "jewel_dagster.runtime.instance_plugins.compute_logs",
     # What each run worker still imported after the fork, for the instance it opens (py-spy of
     # the run workers, instant backends: ~4 % of their samples in imports, 119 modules under

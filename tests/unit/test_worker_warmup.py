@@ -1,15 +1,20 @@
 """A warm run worker finds the code location's repository, its job and the job's run config schema
-built (jewel_dagster/runtime/processes/warm_definitions.py, in warm_code_server.PRELOAD): nothing
-of them is built between the daemon's RUN_STARTING and the run's RUN_START (issue 28)."""
+built (jewel_dagster/runtime/processes/worker_warmup.py, in warm_code_server.PRELOAD): nothing
+of them is built between the daemon's RUN_STARTING and the run's RUN_START (issue 28). The
+forkserver's instance warm-up leaves nothing open to fork."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import dagster as dg
+import pytest
 
-from jewel_dagster.runtime.processes import warm_definitions
+from devtools.stack import prepare_dagster_home
+from jewel_dagster.runtime.processes import worker_warmup
 
 # In a fresh interpreter, as the forkserver does: the preloaded modules, then what a run worker does
 # before RUN_START (Dagster's `core_execute_run`: the job from its reconstructable, then the run
@@ -49,7 +54,7 @@ def test_warm_builds_every_jobs_run_config_schema() -> None:
         return 1
 
     defs = dg.Definitions(assets=[one], jobs=[dg.define_asset_job("all_assets")])
-    assert warm_definitions.warm(defs) == 2  # ours and Dagster's implicit asset job
+    assert worker_warmup.warm(defs) == 2  # ours and Dagster's implicit asset job
     # Canary: Dagster keeps the schema on the job (a private attribute); when this fails, look
     # where it keeps it now, or whether it still builds it per run.
     for job in defs.get_repository_def().get_all_jobs():
@@ -61,4 +66,17 @@ def test_warm_survives_definitions_that_fail_to_build() -> None:
         def get_repository_def(self) -> dg.RepositoryDefinition:
             raise RuntimeError("a broken code location")
 
-    assert warm_definitions.warm(Broken()) == 0
+    assert worker_warmup.warm(Broken()) == 0
+
+
+def test_warm_instance_opens_reads_and_closes_dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prepare_dagster_home({"DAGSTER_HOME": str(tmp_path)})
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    threads = threading.active_count()
+    assert worker_warmup.warm_instance()
+    assert threading.active_count() == threads  # nothing left running in the forkserver to fork
+
+
+def test_warm_instance_without_dagster_home_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert not worker_warmup.warm_instance()
