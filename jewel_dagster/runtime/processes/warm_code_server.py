@@ -56,6 +56,9 @@ PRELOAD = [
     # services' HTTP client set-up, which each worker built before its first model call (issue 28).
     "jewel_dagster.runtime.processes.worker_warmup",
     "jewel_dagster.runtime.instance_plugins.compute_logs",
+    # Step stdout/stderr mirrored by GNU tail alone, without Dagster's Python watcher per stream
+    # (two interpreters started at each run's first step; installed on import).
+    "jewel_dagster.runtime.loggers.compute_log_tail",
     # What each run worker still imported after the fork, for the instance it opens (py-spy of
     # the run workers, instant backends: ~4 % of their samples in imports, 119 modules under
     # legacy_storage alone): the storages and our pool-claim storages.
