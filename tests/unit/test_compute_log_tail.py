@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from dagster._core.execution import compute_logs
 
 from jewel_dagster.runtime.loggers import compute_log_tail
+
+compute_logs = compute_log_tail.compute_logs  # Dagster's module the patch replaces a function of
 
 pytestmark = pytest.mark.skipif(not compute_log_tail.tail_follows_pid(), reason="needs GNU tail")
 
@@ -47,8 +48,7 @@ def test_a_stream_is_mirrored_by_one_tail_and_no_watcher(tmp_path: Path) -> None
 WORKER = """
 import os, sys, time
 from jewel_dagster.runtime.loggers import compute_log_tail
-from dagster._core.execution import compute_logs
-with compute_logs.tail_to_stream(sys.argv[1], sys.stdout) as (tail_pid, _):
+with compute_log_tail.compute_logs.tail_to_stream(sys.argv[1], sys.stdout) as (tail_pid, _):
     print(tail_pid, file=sys.stderr, flush=True)
     time.sleep(60)
 """

@@ -15,14 +15,15 @@ from unittest.mock import Mock, create_autospec
 
 import dagster as dg
 import pytest
-from dagster._core.errors import DagsterUserCodeUnreachableError
-from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
-from dagster._core.remote_representation.code_location import GrpcServerCodeLocation
-from dagster._grpc.client import DagsterGrpcClient
-from dagster._grpc.types import ExecuteExternalJobArgs, StartRunResult
 
 from devtools.stack import free_port
-from jewel_dagster.runtime.instance_plugins.run_launcher import LaunchRunContext
+from jewel_dagster.runtime.instance_plugins.run_launcher import (
+    DagsterGrpcClient,
+    DagsterUserCodeUnreachableError,
+    ExecuteExternalJobArgs,
+    GrpcServerCodeLocation,
+    LaunchRunContext,
+)
 
 LAUNCHER = {"module": "jewel_dagster.runtime.instance_plugins.run_launcher", "class": "WorkerCheckingRunLauncher"}
 GRPC_INFO_TAG = ".dagster/grpc_info"  # where DefaultRunLauncher records the code server of a run
@@ -94,8 +95,9 @@ class _StubbedStartRun:
         self.calls.append((method, kwargs["serialized_execute_run_args"]))
         if self.fails:
             raise DagsterUserCodeUnreachableError("no code server here")
-        result = StartRunResult(success=True, message=None, serializable_error_info=None)
-        return SimpleNamespace(serialized_start_run_result=dg.serialize_value(result))
+        # A StartRunResult as the code server serializes it (the class is private; its form is not).
+        result = {"__class__": "StartRunResult", "success": True, "message": None, "serializable_error_info": None}
+        return SimpleNamespace(serialized_start_run_result=json.dumps(result))
 
 
 def _code_server_client(monkeypatch: pytest.MonkeyPatch, query: _StubbedStartRun) -> DagsterGrpcClient:
@@ -105,13 +107,13 @@ def _code_server_client(monkeypatch: pytest.MonkeyPatch, query: _StubbedStartRun
 
 
 def _launchable(instance: dg.DagsterInstance, client: DagsterGrpcClient) -> LaunchRunContext:
-    origin = RemoteJobOrigin(
-        repository_origin=RemoteRepositoryOrigin(
-            code_location_origin=GrpcServerCodeLocationOrigin(host="127.0.0.1", port=client.port, location_name="here"),
-            repository_name="__repository__",
-        ),
-        job_name="jewelry_generation",
-    )
+    # A launched run's origin as Dagster stores it (the classes are private, their stored form is not).
+    location = {"__class__": "GrpcServerRepositoryLocationOrigin", "host": "127.0.0.1", "port": client.port}
+    location |= {"socket": None, "location_name": "here", "use_ssl": None, "additional_metadata": None}
+    repository = {"__class__": "ExternalRepositoryOrigin", "repository_location_origin": location}
+    repository["repository_name"] = "__repository__"
+    stored = {"__class__": "ExternalPipelineOrigin", "external_repository_origin": repository}
+    origin = dg.deserialize_value(json.dumps({**stored, "pipeline_name": "jewelry_generation"}))
     run = instance.add_run(
         dg.DagsterRun(job_name="jewelry_generation", run_id=str(uuid.uuid4()), remote_job_origin=origin)
     )

@@ -15,7 +15,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # In a fresh interpreter: the preloaded modules, then what the Gemini generator's first use adds.
 PROBE = """
 import importlib, sys
-from jewel_dagster.runtime.processes.warm_code_server import PRELOAD
+import os
+from jewel_dagster.runtime.processes.warm_code_server import CODE_LOCATION_ENV, PRELOAD
+os.environ[CODE_LOCATION_ENV] = "jewel_dagster.definitions"  # as the warm code server sets it
 for name in PRELOAD:
     importlib.import_module(name)
 from jewel_dagster.resources.gemini import GeminiGenerator
@@ -36,7 +38,9 @@ def test_the_gemini_sdk_is_preloaded_for_run_workers() -> None:
 RUN_START_PROBE = """
 import importlib, sys
 from pathlib import Path
-from jewel_dagster.runtime.processes.warm_code_server import PRELOAD
+import os
+from jewel_dagster.runtime.processes.warm_code_server import CODE_LOCATION_ENV, PRELOAD
+os.environ[CODE_LOCATION_ENV] = "jewel_dagster.definitions"  # as the warm code server sets it
 for name in PRELOAD:
     importlib.import_module(name)
 import dagster as dg

@@ -21,7 +21,9 @@ from jewel_dagster.runtime.processes import worker_warmup
 # config schema for the execution plan), counting what Dagster builds for it.
 PROBE = """
 import importlib
-from jewel_dagster.runtime.processes.warm_code_server import PRELOAD
+import os
+from jewel_dagster.runtime.processes.warm_code_server import CODE_LOCATION_ENV, PRELOAD
+os.environ[CODE_LOCATION_ENV] = "jewel_dagster.definitions"  # as the warm code server sets it
 for name in PRELOAD:
     importlib.import_module(name)
 import dagster._core.definitions.definitions_class as definitions_class

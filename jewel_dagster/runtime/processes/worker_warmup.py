@@ -18,6 +18,10 @@ Measured between the daemon's RUN_STARTING and prepare_canvas's resize call (iss
   the shared TLS context and httpx's transport modules, ~56 ms for the first two clients (the
   resize, SAM3).
 
+The code location is the module the code server serves (`-m`), which it names in the environment
+its forkserver inherits (warm_code_server.CODE_LOCATION_ENV); without it nothing is built, so a
+test or tool importing this module builds nothing.
+
 What is built is what the worker would build from the same imported modules and configuration:
 one process image per code server, as the preloaded imports already are (a code change or a
 deploy restarts the code server). A failure here is logged and leaves the workers building it as
@@ -33,10 +37,13 @@ tests/unit/test_run_worker_preload.py (nothing imported on the way to the first 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 
 import dagster as dg
+
+from jewel_dagster.runtime.processes.warm_code_server import CODE_LOCATION_ENV
 
 _log = logging.getLogger(__name__)
 
@@ -67,11 +74,24 @@ def warm_instance() -> bool:
     return True
 
 
+def code_location_definitions() -> list[dg.Definitions]:
+    """The `Definitions` of the module CODE_LOCATION_ENV names (already imported by the forkserver's
+    preload; [] when none is named)."""
+    name = os.environ.get(CODE_LOCATION_ENV)
+    if not name:
+        return []
+    module = importlib.import_module(name)
+    return [value for value in vars(module).values() if isinstance(value, dg.Definitions)]
+
+
 def _warm_run_workers() -> None:
-    from jewel_dagster.definitions import defs
     from jewel_dagster.resources.http_services import warm_service_clients
 
-    warm(defs)
+    try:
+        for defs in code_location_definitions():
+            warm(defs)
+    except Exception:  # noqa: BLE001 - a warm-up: the workers build what is missing, as before
+        _log.exception("the code location could not be loaded ahead of the run workers")
     warm_instance()
     try:
         warm_service_clients()
@@ -79,5 +99,8 @@ def _warm_run_workers() -> None:
         _log.exception("the model services' HTTP client set-up could not be built ahead of the run workers")
 
 
-# Imported by the forkserver (warm_code_server.PRELOAD), after the code location itself.
-_warm_run_workers()
+# Imported by the forkserver (warm_code_server.PRELOAD), after the code location itself; the code
+# server names its code location in the environment the forkserver inherits. Elsewhere (a test, a
+# tool importing the module) nothing is built.
+if os.environ.get(CODE_LOCATION_ENV):
+    _warm_run_workers()
