@@ -12,10 +12,18 @@ does the retrying:
 Images travel as binary multipart parts and binary answer bodies by default, or as base64 in
 JSON (`wire_mode="json"`, setting `SERVICE_WIRE`) for a service that speaks nothing else (`wire.py`).
 An answer is read by its content type, whichever mode asked for it.
+
+Every client of a process shares one TLS context (`tls_context`): httpx builds a new one for each
+client it makes (the CA bundle read and parsed, ~21 ms of CPU), and a run worker made one client
+per service on its first call, two of them (the image manipulator's resize, SAM3) ahead of the
+first SAM3 call (issue 28). The warm code server's forkserver builds it, and imports what httpx
+imports at its first client (~14 ms), before any run worker is forked (`warm_service_clients`).
 """
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +45,19 @@ from jewel_dagster.resources.services import (
 )
 from jewel_dagster.vision.classical import PixelPoint
 from jewel_dagster.vision.imaging import CanvasStroke, CanvasTransform, Mask, RGBImage
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The TLS context httpx would build for a client (certifi's CA bundle, or SSL_CERT_FILE /
+    SSL_CERT_DIR from the environment), built once per process: a context is safe to share."""
+    return httpx.create_ssl_context()
+
+
+def warm_service_clients() -> None:
+    """Build the shared TLS context and one client, closed unused: what a process's first client
+    costs (its context, httpx's transport modules) is then paid here, e.g. in the forkserver."""
+    httpx.Client(verify=tls_context()).close()
 
 
 class TransientServiceError(Exception):
@@ -65,6 +86,7 @@ class HttpBackend(ServiceBackend):
         if self._http is None:
             self._http = httpx.Client(
                 base_url=self.base_url.rstrip("/"),
+                verify=tls_context(),
                 timeout=httpx.Timeout(self.timeout_seconds, connect=self.connect_timeout_seconds),
                 limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
             )

@@ -38,6 +38,11 @@ PRIVATE_ATTRIBUTES: dict[str, tuple[str, str, str]] = {
     "_get_grpc_client_for_termination": ("DefaultRunLauncher", "run_launcher", "asks the code server"),
     "_engine": ("SqlRunStorage/SqlEventLogStorage (postgres)", "storage_engines", "closes pooled connections"),
     "_conn_string": ("SqliteRunStorage", "storage_engines", "the file a pooled engine of our own opens"),
+    "_query": ("DagsterGrpcClient", "run_launcher", "StartRun sent without the client's throwaway instance"),
+    "_loadable_target_origin": ("DagsterApiServer", "warm_code_server", "the code location the forkserver warms"),
+    "_fileno": ("dagster._core.execution.compute_logs", "compute_log_tail", "the stream tail mirrors to"),
+    "_clean_up_subprocess": ("dagster._core.execution.compute_logs", "compute_log_tail", "ends the tail"),
+    "_run_config_schema": ("JobDefinition", "canary only", "the schema worker_warmup builds, kept on the job"),
     "_connect": ("SqliteEventLogStorage", "sqlite_shard_engines", "overridden: one engine kept per shard"),
     "_db_lock": ("SqliteEventLogStorage", "sqlite_shard_engines", "guards a shard's connection, as Dagster's"),
     "_initdb": ("SqliteEventLogStorage", "sqlite_shard_engines", "a shard's schema, checked at first use"),
@@ -50,6 +55,7 @@ PRIVATE_ATTRIBUTES: dict[str, tuple[str, str, str]] = {
 OURS: dict[str, str] = {
     "_lock": "queue_daemon's wake-up lock (the daemon subclass's own)",
     "_claim_interval": "pool_claims' retry interval (the storage subclass's own field)",
+    "_client": "run_launcher's LaunchingClient: the code server's gRPC client it wraps",
 }
 
 # Instance and storage methods Dagster does not mark `@public`, called outside runtime/:

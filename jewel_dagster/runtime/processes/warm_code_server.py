@@ -22,6 +22,8 @@ Private symbols used (checked against dagster 1.13.27):
   `dagster._core.storage.legacy_storage`, `dagster._core.execution.plan.active` and
   `dagster._core.executor.in_process`, which the worker imports when it opens the instance and
   runs the plan (a module that moved is skipped by the forkserver: the canary test imports each).
+- `DagsterApiServer._loadable_target_origin` (its `module_name`: the code location, for the
+  forkserver's warm-up, processes/worker_warmup.py).
 - `DagsterApiServer.CancelExecution(request, context)`: extended (super() first); the request is
   a `CancelExecutionRequest` serialized in `request.serialized_cancel_execution_request`.
 - `DagsterApiServer._executions` (run id -> (process, instance ref)) under `_execution_lock`.
@@ -35,6 +37,7 @@ Canary: tests/e2e/test_warm_code_server.py (the run worker's parent, from /proc,
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import threading
 from typing import Any
@@ -42,6 +45,10 @@ from typing import Any
 import dagster._grpc.server as dagster_grpc_server  # the class `dagster api grpc` instantiates
 from dagster import DagsterInstance, DagsterRunStatus, deserialize_value
 from dagster._grpc.types import CancelExecutionRequest
+
+# The code location's module (`-m`), in the environment the forkserver inherits: its warm-up
+# (processes/worker_warmup.py) builds that module's repository before any run worker is forked.
+CODE_LOCATION_ENV = "JEWEL_WARM_CODE_LOCATION"
 
 # A run worker gets this long to stop by itself after a cancel (Dagster's interrupt, its events
 # written), then it is killed.
@@ -52,7 +59,13 @@ PRELOAD = [
     "dagster",
     "dagster._grpc.impl",
     "jewel_dagster.definitions",
+    # The repository, its jobs and their run config schemas, a first instance and the model
+    # services' HTTP client set-up, which each worker built before its first model call (issue 28).
+    "jewel_dagster.runtime.processes.worker_warmup",
     "jewel_dagster.runtime.instance_plugins.compute_logs",
+    # Step stdout/stderr mirrored by GNU tail alone, without Dagster's Python watcher per stream
+    # (two interpreters started at each run's first step; installed on import).
+    "jewel_dagster.runtime.loggers.compute_log_tail",
     # What each run worker still imported after the fork, for the instance it opens (py-spy of
     # the run workers, instant backends: ~4 % of their samples in imports, 119 modules under
     # legacy_storage alone): the storages and our pool-claim storages.
@@ -60,6 +73,18 @@ PRELOAD = [
     "jewel_dagster.runtime.instance_plugins.pool_claims",
     "dagster._core.execution.plan.active",
     "dagster._core.executor.in_process",
+    # What a run worker still imported on its way to the first model call (py-spy of the run
+    # workers, instant backends; issue 28): the job's reconstruction and execution plan ...
+    "dagster._utils.test.definitions",
+    "dagster._core.system_config.composite_descent",
+    "dagster._core.utility_ops",
+    # ... and Pillow's codecs, which `Image.open` imports at a process's first call
+    # (`Image.preinit`): about half of the photo's decode in prepare_canvas, before the resize call.
+    "PIL.BmpImagePlugin",
+    "PIL.GifImagePlugin",
+    "PIL.JpegImagePlugin",
+    "PIL.PngImagePlugin",
+    "PIL.PpmImagePlugin",
     # Gemini's SDK, which the code location imports only when a generation runs (its import costs
     # ~0.3 s of CPU): imported in the run worker, it held the GIL at the start of generate_images,
     # beside the thread sending Flux its request (issue 28, target 2).
@@ -75,6 +100,10 @@ class WarmApiServer(dagster_grpc_server.DagsterApiServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        origin = self._loadable_target_origin
+        if origin is not None and origin.module_name:
+            # worker_warmup builds this module's repository in the forkserver (which inherits it).
+            os.environ[CODE_LOCATION_ENV] = origin.module_name
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
         self._mp_ctx = context  # type: ignore[assignment]  # Dagster declares a SpawnContext
