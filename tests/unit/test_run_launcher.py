@@ -153,6 +153,10 @@ def test_a_launch_sends_dagsters_start_run_and_opens_no_instance(monkeypatch: py
         assert args.instance_ref == instance.get_ref()
         tags = instance.get_run_by_id(context.dagster_run.run_id).tags  # type: ignore[union-attr]
         assert json.loads(tags[GRPC_INFO_TAG])["port"] == context.workspace.get_code_location("here").client.port  # type: ignore[union-attr]
+        # Canary: Dagster's `join()` waits for the runs in this set (private); ours must add to it.
+        assert context.dagster_run.run_id in instance.run_launcher._run_ids  # type: ignore[attr-defined]
+        # No worker executes the stubbed start: ended here, or closing the instance joins it for 30 s.
+        instance.report_run_canceled(context.dagster_run)
 
 
 def test_a_failed_start_run_is_reported_on_the_run_as_dagster_does(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -94,6 +94,7 @@ class WorkerCheckingRunLauncher(dg.DefaultRunLauncher):
             run,
             LaunchingClient(location.client, self._instance),  # type: ignore[arg-type]
         )
+        self._run_ids.add(run.run_id)  # as Dagster's launch_run: what `join()` waits for
 
     @property
     def supports_check_run_worker_health(self) -> bool:
