@@ -91,12 +91,25 @@ OP_OF_ASSET: dict[str, str] = {
     AssetName.FLUX_METRICS: GENERATE_OP,
 }
 
-# Which model services each step calls, for metrics and logs (the first is blamed for a step
-# failure whose message names none of them).
+# Which model services each step calls, for metrics and logs.
 STEP_SERVICES: dict[str, tuple[str, ...]] = {
     PREPARE_OP: ("image_manipulator",),
     SEGMENT_OP: ("birefnet", "sam3"),
     GENERATE_OP: ("flux", "gemini", "sam3", "a100"),
+}
+
+# How a step failure's message names the service that failed (case-sensitive): the HTTP clients
+# start theirs with their class name ("MaskRefiner (http://.../a100/refine) answered 503"), the
+# steps' own refusals name the model ("Flux returned no image"). Not the services' URLs: the
+# reference server's Flux path is /a100/generate. A failure that names none of a step's services
+# is the request refused (an empty mask, bad strokes), not a model call's error.
+SERVICE_NAMES_IN_ERRORS: dict[str, tuple[str, ...]] = {
+    "image_manipulator": ("ImageManipulator",),
+    "birefnet": ("BackgroundRemover",),
+    "sam3": ("Segmenter", "SAM3"),
+    "a100": ("MaskRefiner",),
+    "flux": ("FluxGenerator", "Flux"),
+    "gemini": ("Gemini",),
 }
 
 # The seed README's "Workflow Steps" table, in order.

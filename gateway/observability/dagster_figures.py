@@ -42,6 +42,7 @@ from jewel_dagster.contract import (
     GPU_POOL,
     PREPROCESS_JOB,
     REGENERATE_JOB,
+    SERVICE_NAMES_IN_ERRORS,
     STEP_SERVICES,
     AssetName,
 )
@@ -270,15 +271,18 @@ class DagsterFigures(Collector):
             self._call_seconds.observe((service,), float(seconds))
 
     def _count_step_failure(self, event: Any) -> None:
-        services = STEP_SERVICES.get(event.step_key or "")
-        if not services:
-            return
-        service = services[0]
-        if len(services) > 1:
-            error = getattr(event.event_specific_data, "error", None)
-            text = f"{getattr(error, 'message', '')} {getattr(getattr(error, 'cause', None), 'message', '')}"
-            service = next((s for s in services[1:] if s in text.lower()), services[0])
-        self._calls[(service, "error")] += 1
+        """A model call's error for the service of the step the failure's message names; none
+        for a failure that names none (the request refused, e.g. a mask left empty)."""
+        error = getattr(event.event_specific_data, "error", None)
+        text = f"{getattr(error, 'message', '')} {getattr(getattr(error, 'cause', None), 'message', '')}"
+        named = (
+            service
+            for service in STEP_SERVICES.get(event.step_key or "", ())
+            if any(name in text for name in SERVICE_NAMES_IN_ERRORS[service])
+        )
+        service = next(named, None)
+        if service is not None:
+            self._calls[(service, "error")] += 1
 
     # ------------------------------------------------------------------ rendering
 

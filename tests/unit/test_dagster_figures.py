@@ -96,3 +96,42 @@ def test_figures_say_when_the_storage_does_not_answer() -> None:
     registry.register(DagsterFigures(ttl=0.0, instance_factory=broken))
     scrape = samples(generate_latest(registry).decode())
     assert scrape == {("jewel_dagster_storage_up", ()): 0.0}
+
+
+class _Failing(dg.Config):
+    message: str
+
+
+def test_a_step_failure_counts_against_the_service_its_message_names(instance: Any) -> None:
+    """generate_images calls four services: the failure's message says which one failed (the
+    reference server's Flux URL is /a100/generate, so URLs cannot), and a refusal of the request
+    that names none (an empty mask after the strokes) is no model call's error."""
+
+    @dg.multi_asset(name="generate_images", outs={"flux_generation": dg.AssetOut()})
+    def generate(config: _Failing) -> int:
+        raise RuntimeError(config.message)
+
+    job = dg.Definitions(
+        assets=[generate],
+        jobs=[dg.define_asset_job(FULL_JOB, selection=[generate], executor_def=dg.in_process_executor)],
+    ).resolve_job_def(FULL_JOB)
+    figures = DagsterFigures(ttl=0.0, instance_factory=lambda: instance)
+    registry = CollectorRegistry()
+    registry.register(figures)
+    before = samples(generate_latest(registry).decode())
+    messages = [
+        "FluxGenerator (http://models/a100/generate) answered 503: busy",
+        "MaskRefiner (http://models/a100/refine) answered 503: busy",
+        "Segmenter (http://models/segment) timed out after 120.0 s",
+        "the refined mask is empty: nothing would be kept; add jewelry back with an 'add' stroke",
+    ]
+    for message in messages:
+        config = {"ops": {"generate_images": {"config": {"message": message}}}}
+        job.execute_in_process(instance=instance, run_config=config, raise_on_error=False)
+    after = samples(generate_latest(registry).decode())
+    errors = {
+        service: value(after, "jewel_model_calls_total", service=service, outcome="error")
+        - value(before, "jewel_model_calls_total", service=service, outcome="error")
+        for service in ("flux", "a100", "sam3", "gemini")
+    }
+    assert errors == {"flux": 1, "a100": 1, "sam3": 1, "gemini": 0}
