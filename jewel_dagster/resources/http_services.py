@@ -50,7 +50,15 @@ from jewel_dagster.vision.imaging import CanvasStroke, CanvasTransform, Mask, RG
 @functools.cache
 def tls_context() -> ssl.SSLContext:
     """The TLS context httpx would build for a client (certifi's CA bundle, or SSL_CERT_FILE /
-    SSL_CERT_DIR from the environment), built once per process: a context is safe to share."""
+    SSL_CERT_DIR from the environment), built once per process: a context holds no socket or
+    thread, so sharing it across the fork is safe.
+
+    One caveat: httpcore sets the context's ALPN list again at each new TLS connection, and
+    OpenSSL copies that list in `SSL_new`, which CPython runs without the GIL; two threads opening
+    TLS connections through this context at the same instant could race on it. No step does that
+    today (each step's calls through these clients open one connection at a time; Gemini's SDK has
+    its own client). A step that starts two of these clients' calls at once should first open one
+    connection, or give each thread its own context."""
     return httpx.create_ssl_context()
 
 
