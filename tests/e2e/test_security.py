@@ -20,6 +20,7 @@ from devtools.stack import Stack
 from tests.support.answers import NEEDS_KEY, assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import ALPHA, BETA, launched_runs, poll, wait_until
+from tests.support.gpu_pool import held_pool
 from tests.support.shared_stacks import TWO_CALLERS_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
@@ -162,10 +163,6 @@ def test_a_callers_burst_waits_behind_its_own_runs_not_in_front_of_another_calle
     """Issue 29, finding 5 against the real run queue: the owner tag's per-caller limit (2) holds
     A's third and fourth runs QUEUED while two of A's run, and B's request, started after A's
     burst, does not wait behind it."""
-    burst = [client.post("/workflow/preprocess", json=BODY, headers=A).json()["workflowId"] for _ in range(4)]
-    burst_runs = [launched_runs(stack, workflow)[0]["runId"] for workflow in burst]
-    other = client.post("/workflow/preprocess", json=BODY, headers=B).json()["workflowId"]
-    other_run = launched_runs(stack, other)[0]["runId"]
     samples: list[tuple[list[str], str]] = []
 
     def statuses() -> tuple[list[str], str]:
@@ -184,6 +181,22 @@ def test_a_callers_burst_waits_behind_its_own_runs_not_in_front_of_another_calle
         mine, theirs = samples[-1]
         return all(state in ENDED for state in [*mine, theirs])
 
+    def queue_seen() -> bool:
+        sample()
+        mine, theirs = samples[-1]
+        in_flight = sum(state in ("STARTING", "STARTED") for state in mine)
+        return in_flight == 2 and "QUEUED" in mine and theirs in ("STARTING", "STARTED")
+
+    # The `gpu` pool is held while the runs are launched and the queue is looked at: a run of
+    # instant stand-ins otherwise ends in well under a second, and two of A's had ended before
+    # the five were launched (seen beside stress-ng), so the queue was never seen. Held, A's first
+    # two wait in segment_jewelry, STARTED, and the queue's state stays until it is released.
+    with held_pool(stack.env["DAGSTER_HOME"], waiting=0):
+        burst = [client.post("/workflow/preprocess", json=BODY, headers=A).json()["workflowId"] for _ in range(4)]
+        burst_runs = [launched_runs(stack, workflow)[0]["runId"] for workflow in burst]
+        other = client.post("/workflow/preprocess", json=BODY, headers=B).json()["workflowId"]
+        other_run = launched_runs(stack, other)[0]["runId"]
+        wait_until(queue_seen, "two of A's runs started, A's others queued, B's started", timeout=120, every=0.05)
     wait_until(sample, "A's burst and B's request ended", timeout=240, every=0.05)
     in_flight = [sum(state in ("STARTING", "STARTED") for state in mine) for mine, _ in samples]
     assert max(in_flight) <= 2, samples
