@@ -15,6 +15,7 @@ import pytest
 from jewel_dagster.contract import run_config_ops
 from jewel_dagster.defs.assets import ALL_ASSETS, GEMINI_REASON, GENERATE_ASSETS, PREPROCESS_ASSETS, prepare_canvas
 from jewel_dagster.resources.blob_store import BlobStore, LocalBlobStore
+from jewel_dagster.resources.http_services import TransientServiceError
 from jewel_dagster.resources.io_manager import BlobIOManager
 from jewel_dagster.resources.local_services import (
     InstantBackgroundRemover,
@@ -419,3 +420,37 @@ def test_generate_images_stores_the_masks_while_flux_and_gemini_are_out(tmp_path
     assert steps == {"generate_images"}
     assert made == ["refined_mask", "final_mask", "flux_generation", "gemini_generation", "flux_metrics"]
     assert np.array_equal(_artifact(store, rid, "final_mask"), _artifact(store, rid, "jewelry_mask"))
+
+
+_FLUX_CALLS: list[int] = []  # across resource copies: every call of the generator below
+
+
+class _FluxFailingOnce(InstantGenerator):
+    """The instant generator, answering its first call with a 503 (a transient failure)."""
+
+    def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
+        _FLUX_CALLS.append(1)
+        if len(_FLUX_CALLS) == 1:
+            raise TransientServiceError("FluxGenerator (http://models/a100/generate) answered 503: busy")
+        return super().generate(image, mask, seed, prompt)
+
+
+def test_a_retried_generate_images_makes_each_asset_once(instant_resources: dict[str, Any]) -> None:
+    # The masks are stored and reported while Flux is out; Flux then fails and the step is
+    # retried (its RetryPolicy). The retry loads the masks its first attempt materialized instead
+    # of making and reporting them again (StepValues), and calls Flux again.
+    _FLUX_CALLS.clear()
+    store: BlobStore = instant_resources["blob_store"]
+    rid = "retried-generate"
+    image, _ = synthetic_ring(300, 400)
+    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
+    with dg.instance_for_test() as instance:
+        config = {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": [RING_CLICK]}}
+        assert _materialize(PREPROCESS_ASSETS, rid, instant_resources, config, instance).success
+        resources = {**instant_resources, "flux_generator": _FluxFailingOnce()}
+        result = _materialize(GENERATE_ASSETS, rid, resources, {}, instance)
+        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+        made = [e.asset_key.path[-1] for e in result.get_asset_materialization_events()]
+    assert len(retries) == 1 and len(_FLUX_CALLS) == 2
+    assert made == ["refined_mask", "final_mask", "flux_generation", "gemini_generation", "flux_metrics"]
