@@ -46,11 +46,11 @@ def test_a_stream_is_mirrored_by_one_tail_and_no_watcher(tmp_path: Path) -> None
 
 
 WORKER = """
-import os, sys, time
+import signal, sys
 from jewel_dagster.runtime.loggers import compute_log_tail
 with compute_log_tail.compute_logs.tail_to_stream(sys.argv[1], sys.stdout) as (tail_pid, _):
     print(tail_pid, file=sys.stderr, flush=True)
-    time.sleep(60)
+    signal.pause()  # a step at work, until the test kills this worker
 """
 
 
