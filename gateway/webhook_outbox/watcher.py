@@ -4,7 +4,8 @@ A run launched with a `webhookUrl` carries tags (gateway/webhooks.py `store_webh
 `webhookEvents`, events.py): the watcher queues its final state when it ends (a failed run that
 Dagster retries ends with its retry) and, when asked, `started` and `progress` while it runs.
 A restarted gateway looks back WEBHOOK_RECOVERY_HOURS for finished runs without a record, so
-what a gateway owed is queued by the next one; what is queued is delivered by any replica's
+what a gateway owed is queued by the next one (or by a live replica, once the dead one's claim is
+CLAIM_STALE_SECONDS old); what is queued is delivered by any replica's
 outbox dispatcher (dispatcher.py), across restarts, for up to WEBHOOK_GIVE_UP_SECONDS.
 """
 
@@ -48,7 +49,10 @@ from jewel_dagster.storage_layout import webhook_delivery_claim, webhook_record_
 log = logging.getLogger(__name__)
 
 _SETTLE_SECONDS = 3.0  # a failed run gets its will_retry tag a moment after its status
-_RESOLVE_SECONDS = 5.0
+# A run's claim covers reading its final state and queuing it, not its POSTs (the outbox makes
+# those). Queuing is idempotent (the outbox keeps one record per delivery id), so a live claimant
+# overtaken after this long costs a second read, never a second POST; a dead one costs this delay.
+CLAIM_STALE_SECONDS = 30.0
 
 _FINISHED_RUNS = """
 query WebhookRuns($tags: [ExecutionTag!]!, $after: Float!, $before: Float) {
@@ -107,6 +111,11 @@ class WebhookDispatcher:
         self._stop = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
         self._handled: dict[str, float] = {}  # run id -> when it was handled
+        # Runs another replica claimed: looked at again each tick until their record exists,
+        # so a claimant killed before queuing is overtaken once its claim goes stale.
+        self._contested: dict[str, tuple[str, RunInfo]] = {}
+        self._queuing: dict[concurrent.futures.Future[None], Claim] = {}
+        self._clock = clock
         self._settling: dict[str, float] = {}  # failed run id -> when first seen without will_retry
         # After a restart, look back this far for runs that finished while no gateway watched.
         self._watermark = time.time() - settings.webhook_recovery_hours * 3600
@@ -122,7 +131,7 @@ class WebhookDispatcher:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)  # a cancelled one's claim is released
         self.outbox.stop()
 
     # ------------------------------------------------------------------ watching
@@ -138,6 +147,7 @@ class WebhookDispatcher:
             self._stop.wait(self._settings.webhook_poll_seconds)
 
     def _tick(self) -> None:
+        self._retry_contested()  # needs the blob store only: done while Dagster is away too
         tick_started = time.time()
         before: float | None = None
         for _ in range(_MAX_PAGES):  # newest first; page back while pages come full
@@ -168,28 +178,49 @@ class WebhookDispatcher:
         self._handled[run.run_id] = now
         if final_event(run.status) not in wanted(run.tags):
             return  # the caller asked for other events only
-        workflow_id = run.tags.get(PARTITION_TAG, "")
+        self._claim_and_queue(run.tags.get(PARTITION_TAG, ""), run)
+
+    def _claim_and_queue(self, workflow_id: str, run: RunInfo) -> None:
+        """Queue the run's final state unless it has a record, or another replica's live claim.
+
+        Every replica watches; the one that claims the run queues it (gateway/claims.py). The
+        others keep looking at it each tick (`_contested`) until its record exists, and take a
+        claim over once it is CLAIM_STALE_SECONDS old: its replica died before queuing."""
         record = webhook_record_path(workflow_id, run.run_id)
         if self._store.exists_path(record):
-            return  # delivered (or given up) before a restart
-        # Every replica watches; the one that claims the run delivers (gateway/claims.py). A claim
-        # whose replica died before writing the record is taken over once stale, by whichever
-        # replica looks again (each one looks back WEBHOOK_RECOVERY_HOURS when it starts).
+            self._contested.pop(run.run_id, None)
+            return  # queued (delivered, given up) by another replica or before a restart
         held = claim(
             self._store,
             webhook_delivery_claim(run.run_id),
             {},
-            self._claim_stale_seconds(),
+            CLAIM_STALE_SECONDS,
             settled=lambda held: self._store.exists_path(record),
+            now=self._clock,
         )
-        if held.won:
-            self._pool.submit(self._deliver, workflow_id, run, held)
+        if not held.won:
+            self._contested[run.run_id] = (workflow_id, run)
+            return
+        self._contested.pop(run.run_id, None)
+        future = self._pool.submit(self._deliver, workflow_id, run, held)
+        self._queuing[future] = held
+        future.add_done_callback(self._queued)
 
-    def _claim_stale_seconds(self) -> float:
-        """Longer than one delivery can take: every attempt's timeout and backoff, plus a minute."""
-        attempts = self._settings.webhook_attempts
-        backoff = self._settings.webhook_backoff_seconds * (2 ** (attempts - 1) - 1)
-        return attempts * (self._settings.webhook_timeout_seconds + _RESOLVE_SECONDS) + backoff + 60.0
+    def _queued(self, future: concurrent.futures.Future[None]) -> None:
+        """A queuing ended; one cancelled by stop() never ran: its claim is released, so another
+        replica (or this gateway's next life) queues the run at once, not after the claim's staleness."""
+        held = self._queuing.pop(future, None)
+        if future.cancelled() and held is not None:
+            try:
+                release(self._store, held)
+            except BlobStoreError as exc:  # then it goes stale: queued CLAIM_STALE_SECONDS later
+                log.warning("webhooks: cannot release the claim of a run not queued: %s", exc)
+
+    def _retry_contested(self) -> None:
+        for workflow_id, run in list(self._contested.values()):
+            if self._stop.is_set():
+                return
+            self._claim_and_queue(workflow_id, run)
 
     def _owes_webhook(self, run: RunInfo, now: float) -> bool:
         """A failed run that Dagster will retry owes nothing: its retry run carries the webhook."""

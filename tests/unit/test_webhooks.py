@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import hmac
 import json
@@ -87,11 +88,11 @@ def test_each_caller_has_a_secret_of_its_own() -> None:
         caller_secret("whsec_not*base64", "a")
 
 
-def _dispatcher(tmp_path: Path, **overrides: object) -> WebhookDispatcher:
+def _dispatcher(tmp_path: Path, clock: Callable[[], float] = time.time, **overrides: object) -> WebhookDispatcher:
     options: dict[str, object] = {"webhook_allow_private": True, "webhook_backoff_seconds": 0.05, **overrides}
     settings = GatewaySettings(local_blob_root=str(tmp_path), webhook_secret="s3cret", **options)  # type: ignore[arg-type]
     store = LocalBlobStore(root=str(tmp_path))
-    return WebhookDispatcher(settings, DagsterRuns(settings), ResultReader(store), store)
+    return WebhookDispatcher(settings, DagsterRuns(settings), ResultReader(store), store, clock=clock)
 
 
 def _send(dispatcher: WebhookDispatcher, url: str, body: bytes, delivery_id: str, caller: str = "anonymous") -> Attempt:
@@ -426,6 +427,74 @@ def test_two_replicas_that_both_see_a_finished_run_post_it_once(
             replica.stop()
         assert len(receiver.posts()) == 1
         assert sum(map(sum, started)) == 1, started  # one attempt, by one replica
+
+
+def _finished_raw(run_id: str, url: str, workflow_id: str = "jewelry-gen-k") -> dict[str, object]:
+    """A finished run as the watcher's Dagster query lists it."""
+    from jewel_dagster.contract import PARTITION_TAG, WEBHOOK_URL_TAG
+
+    tags = {WEBHOOK_URL_TAG: url, PARTITION_TAG: workflow_id}
+    return {"runId": run_id, "jobName": "jewelry_generation", "status": "SUCCESS", "updateTime": time.time(),
+            "tags": [{"key": k, "value": v} for k, v in tags.items()], "stepStats": []}  # fmt: skip
+
+
+def _watching(replica: WebhookDispatcher, monkeypatch: pytest.MonkeyPatch, finished: list[dict[str, object]]) -> None:
+    """`replica`'s ticks see `finished` as Dagster's finished runs, and no running run."""
+    monkeypatch.setattr(replica, "_finished_runs", lambda after, before: finished)
+    monkeypatch.setattr(replica, "_tick_live", lambda: None)
+    monkeypatch.setattr(replica, "_final_state", lambda workflow_id, run: b'{"s":1}')
+
+
+def test_a_replica_killed_between_claiming_and_queuing_a_webhook_is_overtaken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway SIGKILLed after it claimed a finished run's webhook, before queuing it, leaves a
+    claim and no record (the soak lost two webhooks so): a live replica, which lost the claim to
+    it, queues the webhook once the claim is stale, and not before."""
+    from gateway.webhook_outbox.watcher import CLAIM_STALE_SECONDS
+
+    clock = Clock()
+    dead, live = _dispatcher(tmp_path, clock), _dispatcher(tmp_path, clock)
+    with webhook_receiver() as receiver:
+        finished = [_finished_raw("run-k", receiver.url)]
+        for replica in (dead, live):
+            _watching(replica, monkeypatch, finished)
+        monkeypatch.setattr(dead, "_deliver", lambda *args: None)  # killed: claimed, never queued
+        dead._tick()
+        dead._pool.shutdown(wait=True)
+        live._tick()
+        clock.now += CLAIM_STALE_SECONDS - 1.0
+        live._tick()
+        live._pool.shutdown(wait=True)
+        assert outbox.read(live._store, "jewelry-gen-k", "run-k") is None  # the claim still holds
+        live._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        clock.now += 2.0
+        live._tick()
+        live._pool.shutdown(wait=True)
+        record = outbox.read(live._store, "jewelry-gen-k", "run-k")
+        assert record is not None and record.status == "pending", record
+        drain(inline_dispatcher(live._settings, clock), clock)
+        assert [p.headers["webhook-id"] for p in receiver.posts()] == ["run-k"]
+
+
+def test_a_stopping_gateway_releases_the_claims_it_never_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() cancels queuings still waiting for a thread: their claims are released, so another
+    replica queues those runs at its next tick, not after the claims go stale."""
+    stopping, other = _dispatcher(tmp_path), _dispatcher(tmp_path)
+    with webhook_receiver() as receiver:
+        finished = [_finished_raw(f"run-s{n}", receiver.url) for n in range(6)]  # more than its 4 threads
+        _watching(stopping, monkeypatch, finished)
+        # Its threads are busy reading states until it stops (then they give up, as when shutting down).
+        monkeypatch.setattr(stopping, "_final_state", lambda workflow_id, run: stopping._stop.wait(30) and None)
+        stopping._tick()
+        stopping.stop()
+        _watching(other, monkeypatch, finished)
+        other._tick()
+        other._pool.shutdown(wait=True)
+        queued = [outbox.read(other._store, "jewelry-gen-k", f"run-s{n}") for n in range(6)]
+        assert all(record is not None for record in queued), queued
 
 
 def _counted(run_due: Callable[[], int], polls: list[int]) -> int:
