@@ -153,11 +153,17 @@ DEFAULT_STACK = SharedSettings(
     ),
 )
 # Two callers with API keys, no rate limit in the way, no background runs, instant image
-# backends (ownership, idempotency and fuzzing look at who may see what, not at pixels).
+# backends (ownership, idempotency and fuzzing look at who may see what, not at pixels; and
+# test_gateway_launches at concurrent launches).
 TWO_CALLERS_STACK = SharedSettings(
     "stack-two-callers",
     {**TWO_CALLERS, "LOCAL_BACKENDS": "instant"},
-    ("tests/e2e/test_fuzz_sequences.py", "tests/e2e/test_ownership.py", "tests/e2e/test_security.py"),
+    (
+        "tests/e2e/test_fuzz_sequences.py",
+        "tests/e2e/test_gateway_launches.py",
+        "tests/e2e/test_ownership.py",
+        "tests/e2e/test_security.py",
+    ),
 )
 # Instant image backends, no re-generation sensor, and a run queue the daemon polls only every
 # 600 s: a run starts from its wake (test_run_queue), and each run worker is one of this file's
