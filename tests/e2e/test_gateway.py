@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +11,12 @@ import numpy as np
 import pytest
 
 from devtools.stack import Stack
-from jewel_dagster.contract import PREPROCESS_JOB
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from jewel_dagster.vision import imaging
 from tests.support.answers import assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, full_request_completes
 from tests.support.e2e_flows import finished as _finished
-from tests.support.e2e_stack import launched_runs, poll, runs_of
+from tests.support.e2e_stack import poll
 from tests.support.gateway_process import gateway_process
 from tests.support.shared_stacks import DEFAULT_STACK, SharedStacks, shared_stack
 from tests.support.tcp_forwarder import forwarder
@@ -77,7 +75,8 @@ def test_preprocess_then_generate_with_a_brush_stroke(client: httpx.Client, stac
 
 
 # A cancel of a run executing a step: tests/e2e/test_run_progress.py (this one cancelled a start
-# before its run existed, which tests/unit/test_background_starts.py covers).
+# before its run existed, which tests/unit/test_background_starts.py covers). Concurrent starts,
+# each launched once: tests/e2e/test_gateway_launches.py (instant backends).
 
 
 def test_failed_request_names_the_step_and_the_reason(client: httpx.Client) -> None:
@@ -124,32 +123,3 @@ def test_dagster_down_gives_503_and_health_says_disconnected(stack: Stack, tmp_p
         assert health["status"] == "degraded"
     blobs = tmp_path / "blobs"
     assert not blobs.exists() or not any(blobs.rglob("upload")), "nothing is stored for a refused request"
-
-
-def test_concurrent_starts_are_all_accepted_launched_once_and_completed(client: httpx.Client, stack: Stack) -> None:
-    """Found by the load benchmark: one shared GraphQL client failed concurrent launches. Starts
-    launch in the background, so eight 200s prove nothing: each start must become exactly one
-    run (none lost, none launched twice) that completes."""
-    answers: list[httpx.Response] = []
-
-    def post() -> None:
-        with httpx.Client(base_url=stack.gateway_url, timeout=60) as own:
-            answers.append(own.post("/workflow/preprocess", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]}))
-
-    threads = [threading.Thread(target=post) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert [a.status_code for a in answers] == [200] * 8, [a.text[:200] for a in answers if a.status_code != 200]
-    workflows = [a.json()["workflowId"] for a in answers]
-    assert len(set(workflows)) == 8, workflows
-    for workflow in workflows:
-        runs = launched_runs(stack, workflow, timeout=120)
-        assert [r["jobName"] for r in runs] == [PREPROCESS_JOB], (workflow, runs)
-    for workflow in workflows:
-        final = poll(client, workflow, _finished, timeout=240)[-1]
-        assert final["status"] == "COMPLETED", final
-        assert set(final["result"]) == {"imageUri", "maskUri", "backends"}, final
-        (run,) = runs_of(stack.dagster_url, workflow)  # still one run: nothing launched it again
-        assert run["status"] == "SUCCESS", run

@@ -5,10 +5,12 @@ of a cancelled request, shows in GET the seed steps it performs: never below the
 executes, and it ends COMPLETED. A cancel of a run executing a step ends the run CANCELED, and GET
 never says COMPLETED after it.
 
-Instant stand-ins everywhere but the mask refiner, which keeps a core busy for REFINE_BUSY s
-(LOCAL_REFINE_BUSY_SECONDS): a step the test can catch IN_PROGRESS and cancel, however loaded the
-machine. What the tests expect is read from Dagster (the run's planned assets), not from the step
-layout, so they hold for any layout of the steps.
+The reference server's instant stand-ins, and the A100 server's mask refinement and generation
+behind a gate the tests hold: a step the test can catch IN_PROGRESS and cancel, and a run that
+cannot end before a GET saw it RUNNING, however loaded the machine. (Until issue 27 the local
+refiner kept a core busy for 8 s instead, at each of the file's three refines: a run to cancel, and
+one to see RUNNING.) What the tests expect is read from Dagster (the run's planned assets), not
+from the step layout, so they hold for any layout of the steps.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from jewel_dagster.runtime.processes.warm_code_server import CANCEL_GRACE_SECOND
 from tests.support.e2e_flows import CUP, PHOTO, TOUCH_UP, finished
 from tests.support.e2e_stack import poll, running_stack, runs_of, wait_until
 from tests.support.gpu_pool import GPU_POOL_NAME, held_pool
+from tests.support.servers import Gate, gated_proxy, reference_server, service_urls
 
 pytestmark = pytest.mark.e2e
-# A stroke: generate_images calls the (busy) refiner only when there are strokes.
+# A stroke: generate_images calls the refiner only when there are strokes.
 BODY = {"originalImageBase64": PHOTO, "maskPoints": [CUP], "brushStrokes": [TOUCH_UP]}
-REFINE_BUSY = 8.0
 GENERATIONS = [AssetName.FLUX_GENERATION, AssetName.GEMINI_GENERATION, AssetName.FLUX_METRICS]
 
 _PLANNED = """
@@ -74,13 +76,33 @@ mutation Reexecute($parent: String!) {
 }"""
 
 
+@dataclass(frozen=True)
+class GatedA100:
+    reference: str  # the instant reference server: every model service
+    proxy: str  # in front of it: the A100 server's URL, its calls held while `gate` is closed
+    gate: Gate
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {
-        "LOCAL_BACKENDS": "instant",
-        "LOCAL_REFINE_BUSY_SECONDS": str(REFINE_BUSY),
-        "REGENERATION_SENSOR_ENABLED": "false",
-    }
+def a100() -> Iterator[GatedA100]:
+    held = ("/a100/refine-mask", "/a100/generate")  # a subset of the generations refines nothing
+    with reference_server("--instant") as reference, gated_proxy(reference, held) as (proxy, gate):
+        gate.release.set()  # open unless a test holds it
+        yield GatedA100(reference, proxy, gate)
+
+
+@pytest.fixture(scope="module")
+def gate(a100: GatedA100) -> Gate:
+    return a100.gate
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, a100: GatedA100) -> Iterator[Stack]:
+    env = {key.upper(): value for key, value in service_urls(a100.reference).items()}
+    env |= {"A100_SERVER_URL": f"{a100.proxy}/a100", "REGENERATION_SENSOR_ENABLED": "false"}
+    # Gemini through its SDK to the reference server too: with an A100 server and no key, no
+    # Gemini runs at all, and the subset test's selection has a Gemini generation.
+    env |= {"GEMINI_BASE_URL": f"{a100.reference}/gemini", "GEMINI_API_KEY": "key-of-the-test"}
     with running_stack(tmp_path_factory.mktemp("progress"), env) as running:
         yield running
 
@@ -119,9 +141,20 @@ def _run_of(stack: Stack, workflow: str, run_id: str) -> dict[str, Any]:
     return next(r for r in runs_of(stack.dagster_url, workflow) if r["runId"] == run_id)
 
 
-def _follow(client: httpx.Client, stack: Stack, workflow: str, run_id: str) -> list[dict[str, Any]]:
-    """GET the workflow until it is final; checks the run polled is the one launched."""
-    states = poll(client, workflow, finished, timeout=180)
+def _follow(client: httpx.Client, stack: Stack, workflow: str, run_id: str, gate: Gate) -> list[dict[str, Any]]:
+    """GET the workflow until it is final; checks the run polled is the one launched. The run was
+    launched with the gate held (`gate.rearm()`): its A100 call waits there until a GET saw it RUNNING
+    (a run of instant stand-ins could otherwise end between two GETs)."""
+
+    def final(state: dict[str, Any]) -> bool:
+        if gate.entered.is_set() and state["status"] == "RUNNING":
+            gate.release.set()
+        return finished(state)
+
+    try:
+        states = poll(client, workflow, final, timeout=180)
+    finally:
+        gate.release.set()
     assert runs_of(stack.dagster_url, workflow)[0]["runId"] == run_id, "another run superseded the one followed"
     return states
 
@@ -143,21 +176,23 @@ class Cancelled:
 
 
 @pytest.fixture(scope="module")
-def cancelled(stack: Stack) -> Cancelled:
-    """A request cancelled while Dagster executes its refine (in generate_images, busy for REFINE_BUSY s)."""
+def cancelled(stack: Stack, gate: Gate) -> Cancelled:
+    """A request cancelled while Dagster executes its refine (in generate_images, held at the gate)."""
+    gate.rearm()
     with httpx.Client(base_url=stack.gateway_url, timeout=60) as client:
         workflow = client.post("/workflow/start", json=BODY).json()["workflowId"]
-        poll(client, workflow, lambda s: s["currentStep"] == "REFINING_MASK" or finished(s))
+        gate.wait_entered(timeout=180)
 
         def executing() -> str | None:
             runs = runs_of(stack.dagster_url, workflow)
             steps = runs[0]["stepStats"] if runs else []
             return runs[0]["runId"] if any(s["status"] == "IN_PROGRESS" for s in steps) else None
 
-        run_id = wait_until(executing, "a step IN_PROGRESS", timeout=REFINE_BUSY / 2)
+        run_id = wait_until(executing, "a step IN_PROGRESS", timeout=60)
         assert client.get(f"/workflow/{workflow}").json()["currentStep"] == "REFINING_MASK"
         answer = client.post(f"/workflow/{workflow}/cancel")
         after = poll(client, workflow, finished, timeout=90)
+        gate.release.set()  # the held call answers: a run the cancel left going would go on
         deadline = time.monotonic() + 3  # and a while after: a run that goes on would show
         while time.monotonic() < deadline:
             after.append(client.get(f"/workflow/{workflow}").json())
@@ -187,19 +222,20 @@ def test_cancel_a_run_executing_a_step(cancelled: Cancelled, client: httpx.Clien
 
 
 def test_reexecution_from_failure_of_a_cancelled_request(
-    cancelled: Cancelled, client: httpx.Client, stack: Stack
+    cancelled: Cancelled, client: httpx.Client, stack: Stack, gate: Gate
 ) -> None:
     """Dagster's re-execution from failure (also what run retries do) executes only what the
     cancelled run did not finish: GET starts there (issue 28: it said UPLOADING_IMAGE, 5 %)."""
+    gate.rearm()
     run_id = _launched(_graphql(stack, _REEXECUTE, {"parent": cancelled.run_id})["launchRunReexecution"])
     floor = _first_seed_progress(stack, run_id)
     assert floor > STEP_PROGRESS["UPLOADING_IMAGE"], "a re-execution from failure does not redo the upload"
-    states = _follow(client, stack, cancelled.workflow, run_id)
+    states = _follow(client, stack, cancelled.workflow, run_id, gate)
     _assert_never_below(states, floor)
     assert states[-1]["result"]["flux_result_base64"]
 
 
-def test_a_subset_rerun_from_the_ui_shows_the_steps_it_performs(client: httpx.Client, stack: Stack) -> None:
+def test_a_subset_rerun_from_the_ui_shows_the_steps_it_performs(client: httpx.Client, stack: Stack, gate: Gate) -> None:
     """The UI's "Materialize selected" of a request's generations (GraphQL launchRun with an asset
     selection, as the UI sends it): GENERATING_IMAGES from the first GET, then COMPLETED."""
     workflow = client.post("/workflow/start", json=BODY).json()["workflowId"]
@@ -215,10 +251,11 @@ def test_a_subset_rerun_from_the_ui_shows_the_steps_it_performs(client: httpx.Cl
         "runConfigData": {},
         "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": workflow}]},
     }
+    gate.rearm()
     run_id = _launched(_graphql(stack, _LAUNCH, {"params": params})["launchRun"])
     floor = _first_seed_progress(stack, run_id)
     assert floor == STEP_PROGRESS["GENERATING_IMAGES"]
-    states = _follow(client, stack, workflow, run_id)
+    states = _follow(client, stack, workflow, run_id, gate)
     _assert_never_below(states, floor)
     assert set(_asset_events(stack, run_id, "MaterializationEvent")) == {a.value for a in GENERATIONS}
 

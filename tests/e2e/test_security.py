@@ -36,6 +36,11 @@ FUZZ_HEALTH_CHECKS = [
     HealthCheck.data_too_large,
     HealthCheck.large_base_example,
 ]
+# Examples per operation and mode, each run. The test process spends ~70 % of the test generating
+# them (schemathesis' negative bodies the most): 50 cost ~15 s of a core for ~1,200 requests;
+# 25 halve that. Every run explores anew (random, not derandomized) and replays the failures kept
+# in the example database first (tests/conftest.py), so runs add up to far more than one run's.
+FUZZ_EXAMPLES = 25
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +123,7 @@ def test_fuzzing_the_openapi_schema_gives_no_server_error(stack: Stack) -> None:
             modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE] if _has_inputs(operation) else []
             for mode in modes or [GenerationMode.POSITIVE]:
 
-                @settings(max_examples=50, deadline=None, suppress_health_check=FUZZ_HEALTH_CHECKS)
+                @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=FUZZ_HEALTH_CHECKS)
                 @given(case=operation.as_strategy(generation_mode=mode))
                 def send(case: schemathesis.Case) -> None:
                     kwargs = case.as_transport_kwargs(base_url=stack.gateway_url)
@@ -147,7 +152,7 @@ def test_fuzzing_the_openapi_schema_gives_no_server_error(stack: Stack) -> None:
                 send()
     total = sum(statuses.values())
     print(f"fuzz: {total} requests, statuses {dict(sorted(statuses.items()))}")
-    assert total >= 500, statuses  # 50 examples per operation and mode: ~900 requests
+    assert total >= 250, statuses  # 25 examples per operation and mode: ~600 requests
     assert not failures, "\n\n".join(list(failures.values())[:8])
 
 

@@ -109,9 +109,10 @@ class Gate:
 
 
 @contextmanager
-def gated_proxy(target: str, gated: str) -> Iterator[tuple[str, Gate]]:
+def gated_proxy(target: str, gated: str | tuple[str, ...]) -> Iterator[tuple[str, Gate]]:
     """A loopback proxy to ``target`` that holds every request whose path ends with ``gated``
-    until ``gate.release`` is set: a model call that takes exactly as long as a test needs."""
+    (or one of them) until ``gate.release`` is set: a model call that takes exactly as long as a
+    test needs."""
     gate = Gate()
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

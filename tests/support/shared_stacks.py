@@ -153,19 +153,31 @@ DEFAULT_STACK = SharedSettings(
     ),
 )
 # Two callers with API keys, no rate limit in the way, no background runs, instant image
-# backends (ownership, idempotency and fuzzing look at who may see what, not at pixels).
+# backends (ownership, idempotency and fuzzing look at who may see what, not at pixels; and
+# test_gateway_launches at concurrent launches).
 TWO_CALLERS_STACK = SharedSettings(
     "stack-two-callers",
     {**TWO_CALLERS, "LOCAL_BACKENDS": "instant"},
-    ("tests/e2e/test_fuzz_sequences.py", "tests/e2e/test_ownership.py", "tests/e2e/test_security.py"),
+    (
+        "tests/e2e/test_fuzz_sequences.py",
+        "tests/e2e/test_gateway_launches.py",
+        "tests/e2e/test_ownership.py",
+        "tests/e2e/test_security.py",
+    ),
 )
 # Instant image backends, no re-generation sensor, and a run queue the daemon polls only every
 # 600 s: a run starts from its wake (test_run_queue), and each run worker is one of this file's
-# (test_warm_code_server counts them).
+# (test_warm_code_server counts them). The local refiner holds a core in C for 10 minutes
+# (test_cancel_in_c cancels it there): the other files send no brush strokes, so never call it.
 WOKEN_QUEUE_STACK = SharedSettings(
     "stack-woken-queue",
-    {"LOCAL_BACKENDS": "instant", "RUN_QUEUE_POLL_SECONDS": "600", "REGENERATION_SENSOR_ENABLED": "false"},
-    ("tests/e2e/test_run_queue.py", "tests/e2e/test_warm_code_server.py"),
+    {
+        "LOCAL_BACKENDS": "instant",
+        "RUN_QUEUE_POLL_SECONDS": "600",
+        "REGENERATION_SENSOR_ENABLED": "false",
+        "LOCAL_REFINE_BUSY_SECONDS": "600",
+    },
+    ("tests/e2e/test_cancel_in_c.py", "tests/e2e/test_run_queue.py", "tests/e2e/test_warm_code_server.py"),
 )
 # Test file -> the name of the shared stack it uses.
 GROUP_OF_FILE = {
