@@ -68,6 +68,11 @@ def warm_service_clients() -> None:
     httpx.Client(verify=tls_context()).close()
 
 
+# The images this process decoded from binary answers, with their bytes: the resize's canvas is
+# the zoom check's image, the Flux image SAM3's (the metrics), sent as they came (`wire.AnsweredImages`).
+ANSWERED_IMAGES = wire.AnsweredImages()
+
+
 class TransientServiceError(Exception):
     """A failure worth retrying; raised to let the step's RetryPolicy retry it."""
 
@@ -119,7 +124,10 @@ class HttpBackend(ServiceBackend):
             return {"json": {**{name: wire.encode_array(array) for name, array in images.items()}, **fields}}
         files: dict[str, tuple[str | None, bytes | str, str]] = {}
         for name, array in images.items():
-            data, content_type = wire.encode_binary(array, self.image_encoding)
+            content_type = wire.CONTENT_TYPES[self.image_encoding]
+            data = ANSWERED_IMAGES.bytes_of(array, content_type)
+            if data is None:
+                data, content_type = wire.encode_binary(array, self.image_encoding)
             files[name] = (f"{name}.{content_type.removeprefix('image/')}", data, content_type)
         if fields:
             files[wire.FIELDS_PART] = (None, wire.encode_fields(fields), "application/json")
@@ -142,8 +150,10 @@ class HttpBackend(ServiceBackend):
                 allow_retries=False,
             )
         try:
-            if response.headers.get("content-type", "").startswith("image/"):
-                return {**wire.decode_fields(response.headers.get(wire.FIELDS_HEADER)), wire.BODY: response.content}
+            content_type = response.headers.get("content-type", "")
+            if content_type.startswith("image/"):
+                fields = wire.decode_fields(response.headers.get(wire.FIELDS_HEADER))
+                return {**fields, wire.BODY: response.content, wire.BODY_TYPE: content_type.split(";")[0].strip()}
             body = response.json()
             if not isinstance(body, dict):
                 raise ValueError("the body is not a JSON object")
@@ -153,12 +163,16 @@ class HttpBackend(ServiceBackend):
 
     def _decode(self, decode: Any, body: dict[str, Any], field: str) -> Any:
         """A field of the answer; an image field comes from the binary body when there is one."""
+        binary = wire.BODY in body and field in ("image", "mask")
         try:
-            return decode(body[wire.BODY] if wire.BODY in body and field in ("image", "mask") else body[field])
+            value = decode(body[wire.BODY] if binary else body[field])
         except (KeyError, ValueError, TypeError) as exc:
             raise dg.Failure(
                 description=f"{self.service_name} sent an undecodable '{field}': {exc}", allow_retries=False
             ) from exc
+        if binary and field == "image":
+            ANSWERED_IMAGES.remember(value, body[wire.BODY], str(body.get(wire.BODY_TYPE, "")))
+        return value
 
 
 def _message(response: httpx.Response) -> str:
