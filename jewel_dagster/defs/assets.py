@@ -581,13 +581,20 @@ def _generations(
     ]
     request = config.generations
 
-    def run(generator: ImageGenerator) -> tuple[Generation, float]:
-        return _timed(lambda: generator.generate(image, mask, request.seed, request.prompt))
+    def prepare(generator: ImageGenerator) -> tuple[Callable[[], Generation], float]:
+        return _timed(lambda: generator.prepare(image, mask, request.seed, request.prompt))
+
+    def run(call: Callable[[], Generation], prepared_seconds: float) -> tuple[Generation, float]:
+        generation, seconds = _timed(call)
+        return generation, round(prepared_seconds + seconds, 3)
 
     stop_if_cancelled(context, "generating the images")
+    # Each call is prepared (Flux's request encoded) before any is started: Flux's encode then
+    # no longer shares the cores with Gemini's thread and the masks' stores (issue 28).
+    prepared = {name: prepare(generator) for name, generator in wanted}
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="generator")
     try:
-        futures = {name: pool.submit(run, generator) for name, generator in wanted}
+        futures = {name: pool.submit(run, *prepared[name]) for name, _ in wanted}
         pending = set(futures.values())
         if owed:
             yield from _emit_owed(step, owed)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dagster as dg
@@ -115,8 +115,19 @@ class HttpBackend(ServiceBackend):
 
         Returns the answer's fields; an image answered as the body sits under `wire.BODY` as bytes,
         one answered in JSON under its field name as base64 text: `wire.decode_*` take either."""
-        with self.call_span(f"{self.service_name} POST {path}", **{"jewel.service": self.service_name}):
-            return self._answer(path, self._request(images, fields or {}))
+        return self._prepared_post(path, images, fields)()
+
+    def _prepared_post(
+        self, path: str, images: dict[str, np.ndarray], fields: dict[str, Any] | None = None
+    ) -> Callable[[], dict[str, Any]]:
+        """`_post` in two halves: the request is encoded now, the call made by what is returned."""
+        request = self._request(images, fields or {})
+
+        def call() -> dict[str, Any]:
+            with self.call_span(f"{self.service_name} POST {path}", **{"jewel.service": self.service_name}):
+                return self._answer(path, request)
+
+        return call
 
     def _request(self, images: dict[str, np.ndarray], fields: dict[str, Any]) -> dict[str, Any]:
         """httpx keyword arguments of one call in this resource's wire mode."""
@@ -228,5 +239,15 @@ class HttpMaskRefiner(HttpBackend, MaskRefiner):
 
 class HttpFluxGenerator(HttpBackend, ImageGenerator):
     def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
-        body = self._post("/generate", {"image": image, "mask": mask}, {"seed": seed, "prompt": prompt})
-        return Generation(image=self._decode(wire.decode_image, body, "image"), model=str(body.get("model", "flux")))
+        return self.prepare(image, mask, seed, prompt)()
+
+    def prepare(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Callable[[], Generation]:
+        """The canvas and the mask are encoded now (~25 ms quiet, a 16 MB BMP and a 1-bit PNG)."""
+        post = self._prepared_post("/generate", {"image": image, "mask": mask}, {"seed": seed, "prompt": prompt})
+
+        def call() -> Generation:
+            body = post()
+            image = self._decode(wire.decode_image, body, "image")
+            return Generation(image=image, model=str(body.get("model", "flux")))
+
+        return call

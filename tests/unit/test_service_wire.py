@@ -145,6 +145,28 @@ def test_an_answered_image_is_sent_on_as_the_bytes_it_came_as(
     assert encoded == [mask.shape, changed.shape]
 
 
+def test_flux_encodes_its_request_when_prepared_and_calls_when_asked(
+    server: str, photo: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_knobs(server)
+    httpx.delete(f"{server}/_stats")
+    canvas = LocalImageManipulator().resize_to_canvas(photo)[0]
+    mask = InstantSegmenter().segment(canvas, [PixelPoint(900.0, 1200.0, 1)])
+    encoded: list[tuple[int, ...]] = []
+    encode = wire.encode_binary
+
+    def counted(array: np.ndarray, encoding: wire.ImageEncoding = "bmp") -> tuple[bytes, str]:
+        encoded.append(array.shape)
+        return encode(array, encoding)
+
+    monkeypatch.setattr(wire, "encode_binary", counted)
+    call = _clients(server, "binary", "bmp")["flux"].prepare(canvas, mask, 3, "studio")
+    assert encoded == [canvas.shape, mask.shape] and httpx.get(f"{server}/_stats").json() == {}
+    generation = call()
+    assert httpx.get(f"{server}/_stats").json() == {"a100/generate": 1} and len(encoded) == 2
+    assert np.array_equal(generation.image, InstantGenerator().generate(canvas, mask, 3, "studio").image)
+
+
 def test_answered_images_are_found_by_identity_and_go_with_their_array() -> None:
     answered = wire.AnsweredImages(max_entries=2)
     arrays = [np.full((4, 6, 3), i, np.uint8) for i in range(3)]
