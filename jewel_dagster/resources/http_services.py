@@ -11,7 +11,8 @@ does the retrying:
 
 Images travel as binary multipart parts and binary answer bodies by default, or as base64 in
 JSON (`wire_mode="json"`, setting `SERVICE_WIRE`) for a service that speaks nothing else (`wire.py`).
-An answer is read by its content type, whichever mode asked for it.
+An answer is read by its content type, whichever mode asked for it. An image decoded from a
+binary answer is sent on, when a later call sends it, as the bytes it came as (`ANSWERED_IMAGES`).
 
 Every client of a process shares one TLS context (`tls_context`): httpx builds a new one for each
 client it makes (the CA bundle read and parsed, ~21 ms of CPU), and a run worker made one client
