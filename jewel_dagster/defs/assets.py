@@ -228,9 +228,10 @@ def _prepare_canvas(
     calls: ThreadPoolExecutor,
 ) -> Iterator[dg.MaterializeResult]:
     """Each call to the image manipulator is sent before the step stores what came before it:
-    the resize while the photo is stored, the zoom check while the canvas is (its PNG, the
-    largest blob of the step). Neither call has a latency knob; each waited for a store it does
-    not need (~0.1 s of the step's ~0.45 s, issue 28)."""
+    the resize while the photo is stored, the zoom check (right after the resize, on the same
+    call thread) while the photo or the canvas is (its PNG, the largest blob of the step).
+    Neither call has a latency knob; each waited for a store it does not need (~0.1 s of the
+    step's ~0.45 s, issue 28)."""
     photo: tuple[bytes, str, float] | None = None  # the upload, its URI, the decode's seconds
     if step.makes(A.ORIGINAL_IMAGE):
         if config.original_image is None:
@@ -244,10 +245,18 @@ def _prepare_canvas(
         step.keep(A.ORIGINAL_IMAGE, image)
         photo = (data, uri, seconds)
     resizing: Future[tuple[tuple[np.ndarray, CanvasTransform], float]] | None = None
+    checking: Future[tuple[ZoomCheck, float]] | None = None
     if step.makes(A.RESIZED_IMAGE, A.CANVAS_TRANSFORM):
         original = step.get(A.ORIGINAL_IMAGE)
         stop_if_cancelled(context, "resizing to the canvas")
         resizing = calls.submit(_timed, lambda: image_manipulator.resize_to_canvas(original))
+        if step.makes(A.ZOOM_CHECK):
+            # Queued behind the resize on the one call thread, it is sent as soon as the canvas
+            # is in, not once this thread has stored the photo and taken the canvas (issue 28).
+            # A cancel meanwhile: a model service's client refuses to call for a cancelled run,
+            # and the step materializes nothing more either way (StepValues.emit).
+            resized_by = resizing
+            checking = calls.submit(_timed, lambda: image_manipulator.check_zoom(resized_by.result()[0][0]))
     if photo is not None:
         data, uri, seconds = photo
         image = step.get(A.ORIGINAL_IMAGE)
@@ -259,8 +268,7 @@ def _prepare_canvas(
         step.keep(A.RESIZED_IMAGE, canvas)
         step.keep(A.CANVAS_TRANSFORM, transform.to_dict())
         resized = (canvas, seconds)
-    checking: Future[tuple[ZoomCheck, float]] | None = None
-    if step.makes(A.ZOOM_CHECK):
+    if checking is None and step.makes(A.ZOOM_CHECK):
         canvas = step.get(A.RESIZED_IMAGE)
         stop_if_cancelled(context, "the zoom check")
         checking = calls.submit(_timed, lambda: image_manipulator.check_zoom(canvas))
@@ -581,13 +589,20 @@ def _generations(
     ]
     request = config.generations
 
-    def run(generator: ImageGenerator) -> tuple[Generation, float]:
-        return _timed(lambda: generator.generate(image, mask, request.seed, request.prompt))
+    def prepare(generator: ImageGenerator) -> tuple[Callable[[], Generation], float]:
+        return _timed(lambda: generator.prepare(image, mask, request.seed, request.prompt))
+
+    def run(call: Callable[[], Generation], prepared_seconds: float) -> tuple[Generation, float]:
+        generation, seconds = _timed(call)
+        return generation, round(prepared_seconds + seconds, 3)
 
     stop_if_cancelled(context, "generating the images")
+    # Each call is prepared (Flux's request encoded) before any is started: Flux's encode then
+    # no longer shares the cores with Gemini's thread and the masks' stores (issue 28).
+    prepared = {name: prepare(generator) for name, generator in wanted}
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="generator")
     try:
-        futures = {name: pool.submit(run, generator) for name, generator in wanted}
+        futures = {name: pool.submit(run, *prepared[name]) for name, _ in wanted}
         pending = set(futures.values())
         if owed:
             yield from _emit_owed(step, owed)

@@ -6,8 +6,9 @@ Assets annotate these abstract types; `resources.py` picks an implementation: th
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -120,3 +121,11 @@ class ImageGenerator(ServiceBackend, ABC):
     @abstractmethod
     def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
         """A new image that keeps the masked jewelry pixels."""
+
+    def prepare(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Callable[[], Generation]:
+        """`generate`, split: what can be done before the call is made now, in the caller's
+        thread (an HTTP generator encodes its request), and the call itself is returned. The
+        generate step prepares Flux's call before Gemini's thread and its own stores start, so
+        they do not slow that encode down on the critical path (issue 28). By default nothing
+        is done ahead."""
+        return functools.partial(self.generate, image, mask, seed, prompt)

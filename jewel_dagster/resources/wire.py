@@ -21,6 +21,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
+import weakref
+from collections import OrderedDict
 from typing import Any, Literal
 
 import cv2
@@ -36,6 +39,7 @@ MULTIPART = "multipart/form-data"
 FIELDS_PART = "fields"
 FIELDS_HEADER = "X-Fields"
 BODY = "@body"  # where a client keeps a binary answer's image among the answer's fields
+BODY_TYPE = "@body-type"  # and that image's content type
 
 
 # --------------------------------------------------------------------------- binary mode
@@ -72,6 +76,55 @@ def decode_fields(text: str | None) -> dict[str, Any]:
     if not isinstance(fields, dict):
         raise ValueError("the fields are not a JSON object")
     return fields
+
+
+class AnsweredImages:
+    """RGB images decoded from binary answers, with the bytes they came as, so that a later
+    request sending the same array sends those bytes instead of encoding it again.
+
+    On the critical path an answer's image is often the next call's image: the resize's canvas
+    goes to the zoom check, the Flux image to SAM3 (the fidelity metrics). Each re-encode is a
+    16 MB BMP (~17 ms quiet, several times that beside the step's other threads, issue 28).
+    An entry is found by the array's identity only, and the array is made read-only when it is
+    remembered, so what is sent is always the pixels the array holds: code that changes it in
+    place raises instead of sending stale bytes. Entries go with their array, and at most
+    `max_entries` are kept (the oldest dropped), so a process holds a few answers' bytes at most.
+    """
+
+    def __init__(self, max_entries: int = 2) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[int, tuple[weakref.ref[np.ndarray], bytes, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, array: np.ndarray, data: bytes, content_type: str) -> None:
+        """`array` was decoded from `data` (of `content_type`): kept for :meth:`bytes_of`."""
+        if array.dtype != np.uint8 or array.ndim != 3 or not array.flags.owndata:
+            return  # a view's pixels can change through its base: not remembered
+        array.flags.writeable = False
+        key, ref = id(array), weakref.ref(array)
+        with self._lock:
+            self._entries[key] = (ref, data, content_type)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        weakref.finalize(array, self._forget, key, ref)
+
+    def bytes_of(self, array: np.ndarray, content_type: str) -> bytes | None:
+        """The bytes `array` came as, when it was remembered as `content_type`; else None."""
+        with self._lock:
+            entry = self._entries.get(id(array))
+        if entry is None or entry[0]() is not array or entry[2] != content_type or array.flags.writeable:
+            return None
+        return entry[1]
+
+    def _forget(self, key: int, ref: weakref.ref[np.ndarray]) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is ref:
+                del self._entries[key]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
 
 
 # --------------------------------------------------------------------------- json mode

@@ -55,6 +55,24 @@ def test_recent_arrays_copy_evict_and_skip_what_png_changes() -> None:
     assert np.array_equal(recent.get("m.png"), MASK)  # type: ignore[arg-type]
 
 
+def test_recent_arrays_hand_an_unchangeable_array_on_as_itself() -> None:
+    """An image decoded from a model's answer is read-only and owns its memory: kept and handed
+    out without copies, so the HTTP clients of a later step find the bytes it came as (issue 28)."""
+    recent = RecentArrays(max_bytes=4 * IMAGE.nbytes)
+    answered = IMAGE.copy()
+    answered.flags.writeable = False
+    recent.put("a.png", answered)
+    assert recent.get("a.png") is answered
+    # A read-only view of memory another handle can write is copied, as a writeable array is.
+    writeable = IMAGE.copy()
+    view = writeable.view()
+    view.flags.writeable = False
+    recent.put("b.png", view)
+    writeable[:] = 0
+    got = recent.get("b.png")
+    assert got is not view and np.array_equal(got, IMAGE)  # type: ignore[arg-type]
+
+
 PARTITIONS = dg.StaticPartitionsDefinition(["r1"])
 
 

@@ -379,6 +379,29 @@ def test_prepare_canvas_stores_each_image_while_the_next_call_is_out(tmp_path: P
     assert _artifact(store, rid, "zoom_check") == LocalImageManipulator().check_zoom(canvas).to_dict()
 
 
+def test_prepare_canvas_sends_the_zoom_check_while_the_photo_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The zoom check follows the resize on the call thread as soon as the canvas is in: it does
+    # not wait for the step's own thread to store the photo and take the canvas (issue 28).
+    monkeypatch.setitem(_CALL_AFTER, "original_image.png", "zoom")
+    _CALLS_OUT.clear()
+    _CALLS_OUT.update(resize=threading.Event(), zoom=threading.Event())
+    store, resources = _overlap_resources(tmp_path, image_manipulator=_CallsOut())
+    rid = "zoom-overlap"
+    image, _ = synthetic_ring(300, 400)
+    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
+    with dg.instance_for_test() as instance:
+        result = _materialize([prepare_canvas], rid, resources, {"original_image": {"image_uri": upload}}, instance)
+        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        made = [e.asset_key.path[-1] for e in result.get_asset_materialization_events()]
+    assert made == ["original_image", "resized_image", "canvas_transform", "zoom_check"]
+    assert (
+        _artifact(store, rid, "zoom_check")
+        == LocalImageManipulator().check_zoom(_artifact(store, rid, "resized_image")).to_dict()
+    )
+
+
 def test_segment_jewelry_stores_the_prepared_image_while_sam3_is_out(tmp_path: Path) -> None:
     # SAM3 is on the critical path: sent before the image it segments is stored (its PNG and
     # preview), not after (issue 28).

@@ -110,6 +110,82 @@ def test_every_client_gives_the_local_pixels_and_sends_what_its_mode_says(
         assert parts == expected, endpoint
 
 
+def test_an_answered_image_is_sent_on_as_the_bytes_it_came_as(
+    server: str, photo: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resize's canvas goes on to the zoom check, SAM3 and Flux, the Flux image to SAM3 (the
+    metrics): each is sent as the BMP it was answered as, not encoded again (issue 28), and the
+    services still see the pixels the array holds."""
+    set_knobs(server)
+    http = _clients(server, "binary", "bmp")
+    canvas, _ = http["manipulator"].resize_to_canvas(photo)
+    encoded: list[tuple[int, ...]] = []
+    encode = wire.encode_binary
+
+    def counted(array: np.ndarray, encoding: wire.ImageEncoding = "bmp") -> tuple[bytes, str]:
+        encoded.append(array.shape)
+        return encode(array, encoding)
+
+    monkeypatch.setattr(wire, "encode_binary", counted)
+    assert http["manipulator"].check_zoom(canvas) == LocalImageManipulator().check_zoom(canvas)
+    points = [PixelPoint(900.0, 1200.0, 1)]
+    mask = http["segmenter"].segment(canvas, points)
+    assert np.array_equal(mask, InstantSegmenter().segment(canvas, points))
+    generation = http["flux"].generate(canvas, mask, 3, "studio")
+    assert generation.image is not None
+    assert np.array_equal(generation.image, InstantGenerator().generate(canvas, mask, 3, "studio").image)
+    found = http["segmenter"].segment(generation.image, points)
+    assert np.array_equal(found, InstantSegmenter().segment(generation.image, points))
+    assert encoded == [mask.shape]  # only the mask: no image was encoded again
+    # The arrays cannot change under their bytes; a copy (which may) is encoded.
+    assert not canvas.flags.writeable and not generation.image.flags.writeable
+    changed = canvas.copy()
+    changed[0, 0] = 255 - changed[0, 0]
+    assert http["manipulator"].check_zoom(changed) == LocalImageManipulator().check_zoom(changed)
+    assert encoded == [mask.shape, changed.shape]
+
+
+def test_flux_encodes_its_request_when_prepared_and_calls_when_asked(
+    server: str, photo: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_knobs(server)
+    httpx.delete(f"{server}/_stats")
+    canvas = LocalImageManipulator().resize_to_canvas(photo)[0]
+    mask = InstantSegmenter().segment(canvas, [PixelPoint(900.0, 1200.0, 1)])
+    encoded: list[tuple[int, ...]] = []
+    encode = wire.encode_binary
+
+    def counted(array: np.ndarray, encoding: wire.ImageEncoding = "bmp") -> tuple[bytes, str]:
+        encoded.append(array.shape)
+        return encode(array, encoding)
+
+    monkeypatch.setattr(wire, "encode_binary", counted)
+    call = _clients(server, "binary", "bmp")["flux"].prepare(canvas, mask, 3, "studio")
+    assert encoded == [canvas.shape, mask.shape] and httpx.get(f"{server}/_stats").json() == {}
+    generation = call()
+    assert httpx.get(f"{server}/_stats").json() == {"a100/generate": 1} and len(encoded) == 2
+    assert np.array_equal(generation.image, InstantGenerator().generate(canvas, mask, 3, "studio").image)
+
+
+def test_answered_images_are_found_by_identity_and_go_with_their_array() -> None:
+    answered = wire.AnsweredImages(max_entries=2)
+    arrays = [np.full((4, 6, 3), i, np.uint8) for i in range(3)]
+    for i, array in enumerate(arrays):
+        answered.remember(array, b"bytes %d" % i, "image/bmp")
+    del array
+    assert answered.bytes_of(arrays[0], "image/bmp") is None  # the oldest, dropped for the third
+    assert answered.bytes_of(arrays[2], "image/bmp") == b"bytes 2"
+    assert answered.bytes_of(arrays[2], "image/png") is None  # came as BMP: not what PNG would send
+    assert answered.bytes_of(arrays[2].copy(), "image/bmp") is None  # equal pixels, another array
+    with pytest.raises(ValueError, match="read-only"):
+        arrays[2][0, 0] = 1
+    del arrays[1:]
+    assert len(answered) == 0  # the bytes go with their arrays
+    view = np.zeros((4, 6, 3), np.uint8)[1:]
+    answered.remember(view, b"view", "image/bmp")
+    assert answered.bytes_of(view, "image/bmp") is None and view.flags.writeable
+
+
 # --------------------------------------------------------------------------- the server's side
 
 
