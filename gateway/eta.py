@@ -116,15 +116,29 @@ class Estimate:
     # `position` is the run queue's (the snapshot saw the run waiting there); not compared: the
     # same position and end either way.
     queued: bool = field(default=False, compare=False)
+    # The step the snapshot saw waiting in the pool's line, and when it read the line (unix s).
+    waiting: tuple[str, float] | None = field(default=None, compare=False)
 
-    def position_for(self, run_status: str) -> int | None:
-        """The position to show for a run Dagster now reports in `run_status`. The snapshot is up
-        to a refresh old and the run's status is newer: a run that left the run queue since (its
-        status no longer QUEUED) shows no queue position until the next snapshot places it in the
-        GPU pool's line, else a "0 ahead" from the queue turned "2 ahead" in the pool at the same
-        step (benchmarks.eta counted it as a rise)."""
+    def position_for(self, run_status: str, step_starts: Mapping[str, float] | None = None) -> int | None:
+        """The position to show for a run Dagster now reports in `run_status`, its steps started
+        at `step_starts` (step key -> first start). The snapshot is up to a refresh old and the
+        run's status is newer:
+
+        - a run that left the run queue since (its status no longer QUEUED) shows no queue
+          position until the next snapshot places it in the GPU pool's line, else a "0 ahead"
+          from the queue turned "2 ahead" in the pool at the same step (benchmarks.eta counted it
+          as a rise);
+        - a step that started after the snapshot saw it waiting in the pool's line got its slot:
+          no position, only the time left, rather than "1 ahead" for the whole of a step shorter
+          than a refresh. (A retried step keeps its first start, so waiting again it still shows
+          its place.)"""
         if self.queued and run_status not in WAITING:
             return None
+        if self.waiting is not None and step_starts:
+            step, line_read_at = self.waiting
+            started = step_starts.get(step)
+            if started is not None and started >= line_read_at:
+                return None
         return self.position
 
 
@@ -338,16 +352,22 @@ def estimate(
     now: float,
     pool_slots: int | None = None,
     pooled_ops: frozenset[str] = frozenset(),
+    line_read_at: float | None = None,
 ) -> dict[str, Estimate]:
     """Position and end time of every run not ended yet.
 
     `run_slots` is how many runs Dagster admits at once (at least the runs in flight now);
-    `pool_slots` the pool's slots and `pooled_ops` the steps that claim it (`pool_line`).
+    `pool_slots` the pool's slots and `pooled_ops` the steps that claim it (`pool_line`);
+    `line_read_at` when `pending` was read (default `now`), in the clock of step events.
     """
     out: dict[str, Estimate] = {}
     by_id = {r.run_id: r for r in runs}
     line = pool_line(pending, by_id, pooled_ops, pool_slots)
     in_pool = pool_positions(line)
+    read_at = now if line_read_at is None else line_read_at
+    waiting: dict[str, tuple[str, float]] = {}
+    for step in line.waiting:
+        waiting.setdefault(step.run_id, (step.step_key, read_at))
     slot_at = pool_starts(line, by_id, medians, now)
     free_at: list[float] = []
     for run in runs:
@@ -356,7 +376,8 @@ def estimate(
         going = run.status == RUNNING or run.status in DEQUEUED
         left = remaining_seconds(run, medians, now, slot_at.get(run.run_id)) if going else None
         ends_at = None if left is None else now + left
-        out[run.run_id] = Estimate(in_pool.get(run.run_id), ends_at)
+        place = in_pool.get(run.run_id)
+        out[run.run_id] = Estimate(place, ends_at, waiting=waiting.get(run.run_id) if place is not None else None)
         # A run we cannot estimate (cancelling, failing) is taken to free its slot now.
         free_at.append(ends_at if ends_at is not None else now)
     free_at += [now] * max(run_slots - len(free_at), 0)

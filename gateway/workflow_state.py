@@ -73,6 +73,6 @@ def with_estimate(state: WorkflowState, run: RunInfo, lookup: EstimateLookup | N
         return state
     found = lookup(run.run_id)
     if found is not None:
-        state.queuePosition = found.position_for(run.status)
+        state.queuePosition = found.position_for(run.status, run.step_starts)
         state.etaSeconds = seconds_left(found, time.time())
     return state

@@ -41,6 +41,11 @@ class RunInfo:
     assets: RunAssets | None = None  # None: not read (e.g. a look at the owner tag only)
 
     @property
+    def step_starts(self) -> dict[str, float]:
+        """step key -> when it first started, for the steps this read saw start."""
+        return {s.step_key: s.start_time for s in self.steps if s.start_time is not None}
+
+    @property
     def ended(self) -> bool:
         """Final: the run ended and no retry of it (run_retries) is coming."""
         return self.status in _ENDED and not (self.status == "FAILURE" and self.tags.get(WILL_RETRY_TAG) == "true")

@@ -50,7 +50,9 @@ def remembered_body(
     found = estimates(run.run_id) if estimates is not None and position.status == "RUNNING" else None
     if found is None:
         return encode_progress(workflow_id, position)
-    return encode_progress(workflow_id, position, found.position_for(run.status), seconds_left(found, time.time()))
+    return encode_progress(
+        workflow_id, position, found.position_for(run.status, run.step_starts), seconds_left(found, time.time())
+    )
 
 
 def workflow_body(

@@ -186,6 +186,26 @@ def test_a_step_in_the_pools_line_waits_for_the_holders_and_the_steps_ahead() ->
     assert out["second"] == Estimate(1, pytest.approx(NOW + 4 + 0.5 + 2 + 5.0 + 0.5))
 
 
+def test_a_step_that_started_after_the_snapshot_saw_it_waiting_shows_no_place_in_the_line() -> None:
+    """The snapshot is up to a refresh old; a pooled step shorter than a refresh ran while GET
+    and the page still said "1 ahead" (the page's test saw no running label, 1 run in 3 beside
+    other work). A step started after the line was read has its slot: no place; one not started,
+    or started before (a retried step waiting again keeps its first start), keeps its place."""
+    holder = running("holder", steps={GENERATE_OP: StepTimes(NOW - 2.5)})
+    first = running("first", steps={PREPARE_OP: StepTimes(NOW - 3, NOW - 2)})
+    line = [
+        PendingStep("holder", GENERATE_OP, NOW - 5, assigned=True),
+        PendingStep("first", SEGMENT_OP, NOW - 2, assigned=False),
+    ]
+    out = estimate([holder, first], line, medians(), 4, NOW, line_read_at=NOW - 0.2)
+    found = out["first"]
+    assert found.waiting == (SEGMENT_OP, NOW - 0.2)
+    assert found.position_for("STARTED", {PREPARE_OP: NOW - 3}) == 0  # still waiting
+    assert found.position_for("STARTED", {PREPARE_OP: NOW - 3, SEGMENT_OP: NOW - 0.1}) is None  # got its slot
+    assert found.position_for("STARTED", {SEGMENT_OP: NOW - 9}) == 0  # a retry waiting again
+    assert out["holder"].waiting is None and out["holder"].position_for("STARTED", {GENERATE_OP: NOW}) is None
+
+
 def test_equal_priorities_leave_the_queue_in_storage_order() -> None:
     # SQLite stores a run's creation time to the second: a burst's runs tie, the storage id does not.
     runs = [ActiveRun(f"r{n}", OPS, "QUEUED", created=NOW, order=n) for n in (3, 1, 2)]

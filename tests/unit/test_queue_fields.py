@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from gateway.dagster_api.models import RunInfo
+from gateway.dagster_api.models import RunInfo, StepStat
 from gateway.eta import Estimate
 from gateway.event_streams import Watch, eta_moved
 from gateway.schemas import WorkflowState
@@ -29,15 +29,16 @@ SEED_FIELDS = {"workflowId", "status", "progress", "currentStep"}
 class Runs(FakeDagster):
     """One run of WORKFLOW whose status the test sets; `statuses` are answered in turn, the last kept."""
 
-    def __init__(self, *statuses: str) -> None:
+    def __init__(self, *statuses: str, steps: list[StepStat] | None = None) -> None:
         super().__init__()
         self.statuses = list(statuses)
+        self.steps = steps or []
 
     def latest_run(self, request_id: str) -> RunInfo | None:
         if request_id != WORKFLOW:
             return None
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-        return RunInfo("run-7", FULL_JOB, status, tags={PARTITION_TAG: WORKFLOW})
+        return RunInfo("run-7", FULL_JOB, status, list(self.steps), tags={PARTITION_TAG: WORKFLOW})
 
     latest_run_cached = latest_run
 
@@ -81,6 +82,21 @@ def test_a_run_that_left_the_queue_since_the_snapshot_shows_no_queue_position(tm
     with gateway_with_fake_dagster(tmp_path) as (client, _):
         _client(client, Runs("STARTED"), pooled)
         assert client.get(f"/workflow/{WORKFLOW}").json()["queuePosition"] == 2
+
+
+def test_a_pooled_step_that_started_since_the_snapshot_shows_the_time_left_only(tmp_path: Path) -> None:
+    """The snapshot saw the run's segmentation waiting in the GPU pool's line; the run's events,
+    read since, have it started after that: GET drops the stale place and keeps the time left."""
+    from jewel_dagster.contract import SEGMENT_OP
+
+    read_at = time.time() - 0.5
+    snapshot = FixedEstimates({"run-7": Estimate(1, time.time() + 20, waiting=(SEGMENT_OP, read_at))})
+    for started, shown in ((None, 1), (read_at - 5, 1), (read_at + 0.3, None)):
+        steps = [] if started is None else [StepStat(SEGMENT_OP, "IN_PROGRESS", started)]
+        with gateway_with_fake_dagster(tmp_path) as (client, _):
+            _client(client, Runs("STARTED", steps=steps), snapshot)
+            body = client.get(f"/workflow/{WORKFLOW}").json()
+        assert body.get("queuePosition") == shown and body["etaSeconds"] > 0, (started, body)
 
 
 def test_get_leaves_out_what_is_not_known(tmp_path: Path) -> None:
