@@ -144,6 +144,9 @@ DEFAULT_STACK = SharedSettings(
         "WEBHOOK_ALLOW_PRIVATE": "true",  # the test's receivers listen on loopback
         "WEBHOOK_BACKOFF_SECONDS": "0.3",
         "WEBHOOK_POLL_SECONDS": "0.5",
+        # The page's ETA test looks for the label of a step running, and a step here may take
+        # less than the 1 s default between two snapshots of the queue.
+        "QUEUE_ESTIMATE_SECONDS": "0.25",
     },
     (
         "tests/e2e/test_artifacts.py",
