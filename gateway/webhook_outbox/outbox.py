@@ -72,7 +72,10 @@ def enqueue(store: BlobStore, delivery: Delivery, full_url: str, body: bytes) ->
 
     The marker is written first: a gateway that dies before the record leaves a marker the
     dispatcher drops, and the run, still without a record, is queued again by whichever watcher
-    looks next."""
+    looks next. A delivery already recorded is left as it is: a replica overtaken while it read
+    the state must not replace the body that is (or was) POSTed under that id."""
+    if store.exists_path(webhook_record_path(delivery.workflowId, delivery.id)):
+        return False
     store.put_path(webhook_body_path(delivery.workflowId, delivery.id), body, "application/json")
     store.put_path(
         webhook_index_path(delivery.id), json.dumps({"workflowId": delivery.workflowId}).encode(), "application/json"

@@ -53,6 +53,9 @@ _SETTLE_SECONDS = 3.0  # a failed run gets its will_retry tag a moment after its
 # those). Queuing is idempotent (the outbox keeps one record per delivery id), so a live claimant
 # overtaken after this long costs a second read, never a second POST; a dead one costs this delay.
 CLAIM_STALE_SECONDS = 30.0
+# A contested run still without a record this long after it was first contested is left to the
+# next gateway's look-back (each start looks back WEBHOOK_RECOVERY_HOURS), with a warning.
+CONTESTED_MAX_SECONDS = 3600.0
 
 _FINISHED_RUNS = """
 query WebhookRuns($tags: [ExecutionTag!]!, $after: Float!, $before: Float) {
@@ -113,8 +116,8 @@ class WebhookDispatcher:
         self._handled: dict[str, float] = {}  # run id -> when it was handled
         # Runs another replica claimed: looked at again each tick until their record exists,
         # so a claimant killed before queuing is overtaken once its claim goes stale.
-        self._contested: dict[str, tuple[str, RunInfo]] = {}
-        self._queuing: dict[concurrent.futures.Future[None], Claim] = {}
+        self._contested: dict[str, tuple[str, RunInfo, float]] = {}  # run id -> (workflow, run, since)
+        self._queuing: dict[concurrent.futures.Future[None], tuple[str, RunInfo, Claim]] = {}
         self._clock = clock
         self._settling: dict[str, float] = {}  # failed run id -> when first seen without will_retry
         # After a restart, look back this far for runs that finished while no gateway watched.
@@ -199,28 +202,57 @@ class WebhookDispatcher:
             now=self._clock,
         )
         if not held.won:
-            self._contested[run.run_id] = (workflow_id, run)
+            self._contest(workflow_id, run)
             return
         self._contested.pop(run.run_id, None)
-        future = self._pool.submit(self._deliver, workflow_id, run, held)
-        self._queuing[future] = held
+        try:
+            future = self._pool.submit(self._deliver, workflow_id, run, held)
+        except RuntimeError:  # stop() shut the pool meanwhile: the next replica or life queues it
+            self._release(held)
+            return
+        self._queuing[future] = (workflow_id, run, held)
         future.add_done_callback(self._queued)
 
+    def _contest(self, workflow_id: str, run: RunInfo) -> None:
+        since = self._contested.get(run.run_id, (workflow_id, run, self._clock()))[2]
+        self._contested[run.run_id] = (workflow_id, run, since)
+
     def _queued(self, future: concurrent.futures.Future[None]) -> None:
-        """A queuing ended; one cancelled by stop() never ran: its claim is released, so another
-        replica (or this gateway's next life) queues the run at once, not after the claim's staleness."""
-        held = self._queuing.pop(future, None)
-        if future.cancelled() and held is not None:
-            try:
-                release(self._store, held)
-            except BlobStoreError as exc:  # then it goes stale: queued CLAIM_STALE_SECONDS later
-                log.warning("webhooks: cannot release the claim of a run not queued: %s", exc)
+        """A queuing ended. One cancelled by stop() never ran, one that raised (the blob store
+        failed) wrote no record: either way its claim is released, so another replica or this
+        gateway's next life queues the run at once, and one that raised is looked at again by this
+        replica too at its next tick (a lone gateway would otherwise leave it until its restart)."""
+        entry = self._queuing.pop(future, None)
+        if entry is None or not (future.cancelled() or future.exception() is not None):
+            return
+        workflow_id, run, held = entry
+        if not future.cancelled():
+            log.warning("webhooks: the final state of %s was not queued: %r", run.run_id, future.exception())
+            self._contest(workflow_id, run)
+        self._release(held)
+
+    def _release(self, held: Claim) -> None:
+        try:
+            release(self._store, held)
+        except BlobStoreError as exc:  # then it goes stale: queued CLAIM_STALE_SECONDS later
+            log.warning("webhooks: cannot release the claim of a run not queued: %s", exc)
 
     def _retry_contested(self) -> None:
-        for workflow_id, run in list(self._contested.values()):
+        """Each contested run once; one that fails (its claim's blobs unreadable) is logged and
+        tried again next tick, so it never keeps the others (or this tick's finished runs) waiting."""
+        for workflow_id, run, since in list(self._contested.values()):
             if self._stop.is_set():
                 return
-            self._claim_and_queue(workflow_id, run)
+            if self._clock() - since > CONTESTED_MAX_SECONDS:
+                log.warning(
+                    "webhooks: %s has no record %.0f s on: left to the look-back", run.run_id, self._clock() - since
+                )
+                self._contested.pop(run.run_id, None)
+                continue
+            try:
+                self._claim_and_queue(workflow_id, run)
+            except Exception:  # a bad claim blob, the store away: this run only
+                log.exception("webhooks: cannot look at the claim of %s again", run.run_id)
 
     def _owes_webhook(self, run: RunInfo, now: float) -> bool:
         """A failed run that Dagster will retry owes nothing: its retry run carries the webhook."""

@@ -497,6 +497,75 @@ def test_a_stopping_gateway_releases_the_claims_it_never_queued(
         assert all(record is not None for record in queued), queued
 
 
+def test_a_queuing_the_blob_store_fails_is_tried_again_by_the_same_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone gateway whose first write of a run's webhook fails (the store away a moment) queues
+    it at a later tick: the failed queuing releases its claim and the run is looked at again."""
+    from gateway.webhook_outbox import watcher
+    from jewel_dagster.resources.blob_store import BlobStoreError
+    from tests.support.e2e_stack import wait_until
+
+    replica = _dispatcher(tmp_path)
+    failures = [BlobStoreError("the store is away")]
+    enqueue = outbox.enqueue
+
+    def flaky(*args: object) -> bool:
+        if failures:
+            raise failures.pop()
+        return enqueue(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(watcher.outbox, "enqueue", flaky)
+    with webhook_receiver() as receiver:
+        _watching(replica, monkeypatch, [_finished_raw("run-f", receiver.url)])
+        replica._tick()
+        wait_until(lambda: not replica._queuing and not failures, "the failed queuing", timeout=10, every=0.05)
+        assert outbox.read(replica._store, "jewelry-gen-k", "run-f") is None
+        replica._tick()
+        wait_until(lambda: outbox.read(replica._store, "jewelry-gen-k", "run-f") is not None, "the queuing", timeout=10)
+        replica.stop()
+
+
+def test_a_contested_run_whose_claim_cannot_be_read_holds_up_no_other_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One contested run whose claim keeps failing is logged and tried again; the tick goes on
+    to the runs that finished meanwhile."""
+    from gateway.claims import ClaimError
+    from gateway.dagster_api.models import run_info_from
+    from gateway.webhook_outbox import watcher
+
+    replica = _dispatcher(tmp_path)
+    claim = watcher.claim
+
+    def broken_for_one(store: object, name: str, *args: object, **kwargs: object) -> object:
+        if "run-bad" in name:
+            raise ClaimError("50 generations taken")
+        return claim(store, name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(watcher, "claim", broken_for_one)
+    with webhook_receiver() as receiver:
+        bad = run_info_from(_finished_raw("run-bad", receiver.url))
+        replica._contested["run-bad"] = ("jewelry-gen-k", bad, replica._clock())
+        _watching(replica, monkeypatch, [_finished_raw("run-good", receiver.url)])
+        replica._tick()
+        replica._pool.shutdown(wait=True)
+    assert outbox.read(replica._store, "jewelry-gen-k", "run-good") is not None
+    assert "run-bad" in replica._contested  # looked at again next tick
+
+
+def test_a_replica_overtaken_while_reading_leaves_the_queued_body_as_it_is(tmp_path: Path) -> None:
+    """The POSTed message under one webhook-id stays one body: a late replica's queuing of the same
+    delivery (its own read of the state, maybe different) writes nothing."""
+    from gateway.webhook_outbox.outbox import body_of
+    from tests.support.outbox import outbox_settings
+
+    settings, clock = outbox_settings(tmp_path), Clock()
+    first = queue(settings, "http://h.example/x", "run-b", clock, body='{"first":1}')
+    assert not outbox.enqueue(LocalBlobStore(root=str(tmp_path)), first, "http://h.example/x", b'{"late":1}')
+    assert body_of(LocalBlobStore(root=str(tmp_path)), first) == b'{"first":1}'
+
+
 def _counted(run_due: Callable[[], int], polls: list[int]) -> int:
     """One poll of an outbox, its count of started attempts kept in `polls`."""
     polls.append(run_due())
