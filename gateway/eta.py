@@ -116,8 +116,9 @@ class Estimate:
     # `position` is the run queue's (the snapshot saw the run waiting there); not compared: the
     # same position and end either way.
     queued: bool = field(default=False, compare=False)
-    # The step the snapshot saw waiting in the pool's line, and when it read the line (unix s).
-    waiting: tuple[str, float] | None = field(default=None, compare=False)
+    # The step the snapshot saw waiting in the pool's line, and whether the snapshot's own read of
+    # the run's events had that step started already (a retried step waiting again).
+    waiting: tuple[str, bool] | None = field(default=None, compare=False)
 
     def position_for(self, run_status: str, step_starts: Mapping[str, float] | None = None) -> int | None:
         """The position to show for a run Dagster now reports in `run_status`, its steps started
@@ -128,16 +129,16 @@ class Estimate:
           position until the next snapshot places it in the GPU pool's line, else a "0 ahead"
           from the queue turned "2 ahead" in the pool at the same step (benchmarks.eta counted it
           as a rise);
-        - a step that started after the snapshot saw it waiting in the pool's line got its slot:
-          no position, only the time left, rather than "1 ahead" for the whole of a step shorter
-          than a refresh. (A retried step keeps its first start, so waiting again it still shows
-          its place.)"""
+        - a step the snapshot saw waiting in the pool's line, never started, that the run's newer
+          events have started got its slot: no position, only the time left, rather than
+          "1 ahead" for the whole of a step shorter than a refresh. Judged by what each read saw,
+          not by clocks (a step's start is stamped by the host that ran it). A retried step
+          waiting again had started before: it keeps its place."""
         if self.queued and run_status not in WAITING:
             return None
         if self.waiting is not None and step_starts:
-            step, line_read_at = self.waiting
-            started = step_starts.get(step)
-            if started is not None and started >= line_read_at:
+            step, had_started = self.waiting
+            if not had_started and step in step_starts:
                 return None
         return self.position
 
@@ -352,22 +353,21 @@ def estimate(
     now: float,
     pool_slots: int | None = None,
     pooled_ops: frozenset[str] = frozenset(),
-    line_read_at: float | None = None,
 ) -> dict[str, Estimate]:
     """Position and end time of every run not ended yet.
 
     `run_slots` is how many runs Dagster admits at once (at least the runs in flight now);
-    `pool_slots` the pool's slots and `pooled_ops` the steps that claim it (`pool_line`);
-    `line_read_at` when `pending` was read (default `now`), in the clock of step events.
+    `pool_slots` the pool's slots and `pooled_ops` the steps that claim it (`pool_line`).
     """
     out: dict[str, Estimate] = {}
     by_id = {r.run_id: r for r in runs}
     line = pool_line(pending, by_id, pooled_ops, pool_slots)
     in_pool = pool_positions(line)
-    read_at = now if line_read_at is None else line_read_at
-    waiting: dict[str, tuple[str, float]] = {}
+    waiting: dict[str, tuple[str, bool]] = {}
     for step in line.waiting:
-        waiting.setdefault(step.run_id, (step.step_key, read_at))
+        seen = by_id.get(step.run_id)
+        times = seen.steps.get(step.step_key) if seen is not None else None
+        waiting.setdefault(step.run_id, (step.step_key, times is not None and times.start is not None))
     slot_at = pool_starts(line, by_id, medians, now)
     free_at: list[float] = []
     for run in runs:

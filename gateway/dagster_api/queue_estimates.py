@@ -162,7 +162,6 @@ class QueueEstimates:
             self._seeded = True
         # The pool first, the runs after: a run seen with no step in the line and a pooled step
         # still to come (its events read later, so newer) will join it (gateway.eta.pool_line).
-        line_read_at = time.time()  # a step started after this got its slot (Estimate.position_for)
         pending, pool_slots = _pool_line(instance)
         self._pooled_ops = self._pooled_ops | {p.step_key for p in pending}
         records = self._active_records(instance)
@@ -195,7 +194,6 @@ class QueueEstimates:
             time.time() if now is None else now,
             pool_slots=pool_slots,
             pooled_ops=self._pooled_ops,
-            line_read_at=line_read_at,
         )
 
     def _active_records(self, instance: Any) -> list[tuple[Any, str]]:

@@ -189,20 +189,26 @@ def test_a_step_in_the_pools_line_waits_for_the_holders_and_the_steps_ahead() ->
 def test_a_step_that_started_after_the_snapshot_saw_it_waiting_shows_no_place_in_the_line() -> None:
     """The snapshot is up to a refresh old; a pooled step shorter than a refresh ran while GET
     and the page still said "1 ahead" (the page's test saw no running label, 1 run in 3 beside
-    other work). A step started after the line was read has its slot: no place; one not started,
-    or started before (a retried step waiting again keeps its first start), keeps its place."""
+    other work). A step the snapshot had not seen start, started since, has its slot: no place;
+    one not started, or one the snapshot saw started (a retried step waiting again), keeps it."""
     holder = running("holder", steps={GENERATE_OP: StepTimes(NOW - 2.5)})
     first = running("first", steps={PREPARE_OP: StepTimes(NOW - 3, NOW - 2)})
+    retried = running("retried", steps={PREPARE_OP: StepTimes(NOW - 9, NOW - 8), SEGMENT_OP: StepTimes(NOW - 7)})
     line = [
         PendingStep("holder", GENERATE_OP, NOW - 5, assigned=True),
+        PendingStep("retried", SEGMENT_OP, NOW - 9, assigned=False),
         PendingStep("first", SEGMENT_OP, NOW - 2, assigned=False),
     ]
-    out = estimate([holder, first], line, medians(), 4, NOW, line_read_at=NOW - 0.2)
+    out = estimate([holder, first, retried], line, medians(), 4, NOW)
     found = out["first"]
-    assert found.waiting == (SEGMENT_OP, NOW - 0.2)
-    assert found.position_for("STARTED", {PREPARE_OP: NOW - 3}) == 0  # still waiting
-    assert found.position_for("STARTED", {PREPARE_OP: NOW - 3, SEGMENT_OP: NOW - 0.1}) is None  # got its slot
-    assert found.position_for("STARTED", {SEGMENT_OP: NOW - 9}) == 0  # a retry waiting again
+    assert found.waiting == (SEGMENT_OP, False)
+    assert found.position_for("STARTED", {PREPARE_OP: NOW - 3}) == 1  # still waiting
+    assert found.position_for("STARTED", {PREPARE_OP: NOW - 3, SEGMENT_OP: NOW + 0.1}) is None  # got its slot
+    # Whatever the clocks say: a step stamped by a host whose clock is behind got its slot too.
+    assert found.position_for("STARTED", {SEGMENT_OP: NOW - 60}) is None
+    # A retry waiting again had started before the snapshot: it keeps its place.
+    assert out["retried"].waiting == (SEGMENT_OP, True)
+    assert out["retried"].position_for("STARTED", {PREPARE_OP: NOW - 9, SEGMENT_OP: NOW - 7}) == 0
     assert out["holder"].waiting is None and out["holder"].position_for("STARTED", {GENERATE_OP: NOW}) is None
 
 
