@@ -2,7 +2,8 @@
 
 Every model service answers over HTTP from the reference server; the A100 server's /generate
 goes through a gate the test opens, so a run is held in its GENERATING_IMAGES step for exactly
-as long as a test needs, however loaded the machine is.
+as long as a test needs, however loaded the machine is. BiRefNet, SAM3 and the A100's refinement
+go through gates of their own too (open unless a test closes them), for the progress test.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from devtools.stack import REPO_ROOT, Stack, free_port, wait_for_http
+from jewel_dagster.contract import STEP_PROGRESS
 from tests.support.e2e_flows import CUP, PHOTO, TOUCH_UP, finished
 from tests.support.e2e_stack import poll, running_stack, runs_of, step_status, wait_until
 from tests.support.infra import program
@@ -40,22 +42,38 @@ class Deployment:
     stack: Stack
     reference: str  # the reference server's URL (knobs)
     gate: Gate  # holds a100/generate while closed
+    step_gates: dict[str, Gate]  # seed step -> the gate that holds the model call it makes
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     # The reference server's instant stand-ins: these tests look at statuses, cancels and
     # metrics, not pixels; the classical ones cost CPU on every request of the module.
-    with reference_server("--instant") as reference, gated_proxy(reference, "/a100/generate") as (proxy, gate):
-        gate.release.set()  # open unless a test closes it
+    with (
+        reference_server("--instant") as reference,
+        gated_proxy(reference, "/birefnet/remove-background") as (birefnet, background_gate),
+        gated_proxy(reference, "/sam3/segment") as (sam3, mask_gate),
+        gated_proxy(reference, "/a100/refine-mask") as (refiner, refine_gate),
+        gated_proxy(refiner, "/a100/generate") as (proxy, gate),
+    ):
+        # In the order of the steps: the test holds each in turn.
+        step_gates = {
+            "REMOVING_BACKGROUND": background_gate,
+            "GENERATING_MASK": mask_gate,
+            "REFINING_MASK": refine_gate,
+        }
+        for each in (gate, *step_gates.values()):
+            each.release.set()  # open unless a test closes it
         env = {key.upper(): value for key, value in service_urls(reference).items()}
+        env["BIREFNET_URL"] = f"{birefnet}/birefnet"
+        env["SAM3_URL"] = f"{sam3}/sam3"
         env["A100_SERVER_URL"] = f"{proxy}/a100"
         env["STATUS_SOURCE"] = "graphql"
         env["REGENERATION_SENSOR_ENABLED"] = "false"
         env["METRICS_CACHE_SECONDS"] = "0"  # each scrape reads Dagster's storage afresh
         env["METRICS_API_KEY"] = METRICS_TOKEN
         with running_stack(tmp_path_factory.mktemp("graphql"), env) as stack:
-            yield Deployment(stack, reference, gate)
+            yield Deployment(stack, reference, gate, step_gates)
 
 
 @pytest.fixture
@@ -66,16 +84,28 @@ def client(deployment: Deployment) -> Iterator[httpx.Client]:
 
 def test_graphql_status_reports_progress_until_completed(client: httpx.Client, deployment: Deployment) -> None:
     assert deployment.stack.env["STATUS_SOURCE"] == "graphql"
-    # A second on three services: each of their steps is seen by a poll every 0.2 s.
-    latency = {"birefnet/remove-background": 1.0, "sam3/segment": 1.0, "a100/refine-mask": 1.0}
-    set_knobs(deployment.reference, latency=latency)
+    # BiRefNet, SAM3 and the A100's refinement are each held until a poll (every 0.2 s) saw
+    # their step: each step is seen however loaded the machine, and none waits longer than that.
+    # (Was a second's latency on each of the three: 3 s of the test, and a miss if a loaded poll
+    # came late.)
+    gates = deployment.step_gates
+    for gate in gates.values():
+        gate.rearm()
+    states: list[dict[str, Any]] = []
     try:
         started = client.post("/workflow/start", json=BODY)
         assert started.status_code == 200, started.text
         workflow = started.json()["workflowId"]
-        states = poll(client, workflow, finished, timeout=180)
+        for step, gate in gates.items():
+            # Until the step or one after it: a status that skips the held step fails at once.
+            reached = STEP_PROGRESS[step]
+            states += poll(client, workflow, lambda s, at=reached: s["progress"] >= at or finished(s), timeout=180)
+            assert states[-1]["currentStep"] == step, f"{step} not reported while its call was held: {states[-1]}"
+            gate.release.set()
+        states += poll(client, workflow, finished, timeout=180)
     finally:
-        set_knobs(deployment.reference)
+        for gate in gates.values():
+            gate.release.set()
     final = states[-1]
     assert final["status"] == "COMPLETED", final
     assert final["progress"] == 100 and final["currentStep"] == "COMPLETED"

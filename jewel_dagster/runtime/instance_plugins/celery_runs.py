@@ -57,6 +57,7 @@ class JewelCeleryRunLauncher(CeleryRunLauncher):
         self._silent_since: dict[str, float] = {}  # worker hostname -> first unanswered ping
         self._pings_lock = threading.Lock()
         self.dead_after_seconds = DEAD_AFTER_SECONDS
+        self.ping_timeout_seconds = PING_TIMEOUT_SECONDS  # a test with no worker shortens the wait
 
     def launch_run(self, context: LaunchRunContext) -> None:
         """Celery's launch, except for a run cancelled while it left the queue (queued_cancels.py)."""
@@ -101,7 +102,8 @@ class JewelCeleryRunLauncher(CeleryRunLauncher):
         it does not hold ``task_id``. A supervisor restarts a killed worker under the same name
         (compose keeps the container's host name; the soak restarted one within seconds), so the
         ping answers and the dead incarnation's run stayed STARTED until max_runtime."""
-        replies = self.celery.control.inspect(destination=[hostname], timeout=PING_TIMEOUT_SECONDS).query_task(task_id)
+        inspect = self.celery.control.inspect(destination=[hostname], timeout=self.ping_timeout_seconds)
+        replies = inspect.query_task(task_id)
         known = (replies or {}).get(hostname)
         key = f"{hostname} {task_id}"
         now = time.monotonic()
@@ -129,7 +131,7 @@ class JewelCeleryRunLauncher(CeleryRunLauncher):
             cached = self._pings.get(hostname)
         if cached is not None and now - cached[0] < PING_CACHE_SECONDS:
             return cached[1]
-        replies = self.celery.control.ping(destination=[hostname], timeout=PING_TIMEOUT_SECONDS) or []
+        replies = self.celery.control.ping(destination=[hostname], timeout=self.ping_timeout_seconds) or []
         answered = any(hostname in reply for reply in replies)
         with self._pings_lock:
             self._pings[hostname] = (now, answered)
