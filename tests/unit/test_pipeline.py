@@ -360,20 +360,25 @@ def _overlap_resources(tmp_path: Path, **calls_out: Any) -> tuple[BlobStore, dic
     return store, {**resources, **calls_out}
 
 
-def test_prepare_canvas_stores_each_image_while_the_next_call_is_out(tmp_path: Path) -> None:
-    # The resize and the zoom check have no latency knob: each is sent before the step stores
-    # what came before it (the photo, the canvas), not after (issue 28: ~0.1 s of the step).
+def _prepare_canvas_with_calls_out(tmp_path: Path, rid: str) -> tuple[Any, list[str]]:
+    """prepare_canvas on a small ring with the resize and the zoom check held until the store
+    they should overlap has begun (_CallsOut); the store and the assets made, in order."""
     _CALLS_OUT.clear()
     _CALLS_OUT.update(resize=threading.Event(), zoom=threading.Event())
     store, resources = _overlap_resources(tmp_path, image_manipulator=_CallsOut())
-    rid = "overlap"
     image, _ = synthetic_ring(300, 400)
     upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
     with dg.instance_for_test() as instance:
         result = _materialize([prepare_canvas], rid, resources, {"original_image": {"image_uri": upload}}, instance)
         assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        made = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
-    assert made == {"original_image", "resized_image", "canvas_transform", "zoom_check"}
+        return store, [e.asset_key.path[-1] for e in result.get_asset_materialization_events()]
+
+
+def test_prepare_canvas_stores_each_image_while_the_next_call_is_out(tmp_path: Path) -> None:
+    # The resize and the zoom check have no latency knob: each is sent before the step stores
+    # what came before it (the photo, the canvas), not after (issue 28: ~0.1 s of the step).
+    store, made = _prepare_canvas_with_calls_out(tmp_path, rid := "overlap")
+    assert set(made) == {"original_image", "resized_image", "canvas_transform", "zoom_check"}
     canvas = _artifact(store, rid, "resized_image")
     assert canvas.shape == (*CANVAS, 3)
     assert _artifact(store, rid, "zoom_check") == LocalImageManipulator().check_zoom(canvas).to_dict()
@@ -385,16 +390,7 @@ def test_prepare_canvas_sends_the_zoom_check_while_the_photo_is_stored(
     # The zoom check follows the resize on the call thread as soon as the canvas is in: it does
     # not wait for the step's own thread to store the photo and take the canvas (issue 28).
     monkeypatch.setitem(_CALL_AFTER, "original_image.png", "zoom")
-    _CALLS_OUT.clear()
-    _CALLS_OUT.update(resize=threading.Event(), zoom=threading.Event())
-    store, resources = _overlap_resources(tmp_path, image_manipulator=_CallsOut())
-    rid = "zoom-overlap"
-    image, _ = synthetic_ring(300, 400)
-    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
-    with dg.instance_for_test() as instance:
-        result = _materialize([prepare_canvas], rid, resources, {"original_image": {"image_uri": upload}}, instance)
-        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        made = [e.asset_key.path[-1] for e in result.get_asset_materialization_events()]
+    store, made = _prepare_canvas_with_calls_out(tmp_path, rid := "zoom-overlap")
     assert made == ["original_image", "resized_image", "canvas_transform", "zoom_check"]
     assert (
         _artifact(store, rid, "zoom_check")

@@ -110,6 +110,19 @@ def test_every_client_gives_the_local_pixels_and_sends_what_its_mode_says(
         assert parts == expected, endpoint
 
 
+def _encoded_shapes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The shape of each array the clients encode from now on, in order."""
+    encoded: list[tuple[int, ...]] = []
+    encode = wire.encode_binary
+
+    def counted(array: np.ndarray, encoding: wire.ImageEncoding = "bmp") -> tuple[bytes, str]:
+        encoded.append(array.shape)
+        return encode(array, encoding)
+
+    monkeypatch.setattr(wire, "encode_binary", counted)
+    return encoded
+
+
 def test_an_answered_image_is_sent_on_as_the_bytes_it_came_as(
     server: str, photo: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,14 +132,7 @@ def test_an_answered_image_is_sent_on_as_the_bytes_it_came_as(
     set_knobs(server)
     http = _clients(server, "binary", "bmp")
     canvas, _ = http["manipulator"].resize_to_canvas(photo)
-    encoded: list[tuple[int, ...]] = []
-    encode = wire.encode_binary
-
-    def counted(array: np.ndarray, encoding: wire.ImageEncoding = "bmp") -> tuple[bytes, str]:
-        encoded.append(array.shape)
-        return encode(array, encoding)
-
-    monkeypatch.setattr(wire, "encode_binary", counted)
+    encoded = _encoded_shapes(monkeypatch)
     assert http["manipulator"].check_zoom(canvas) == LocalImageManipulator().check_zoom(canvas)
     points = [PixelPoint(900.0, 1200.0, 1)]
     mask = http["segmenter"].segment(canvas, points)
@@ -152,14 +158,7 @@ def test_flux_encodes_its_request_when_prepared_and_calls_when_asked(
     httpx.delete(f"{server}/_stats")
     canvas = LocalImageManipulator().resize_to_canvas(photo)[0]
     mask = InstantSegmenter().segment(canvas, [PixelPoint(900.0, 1200.0, 1)])
-    encoded: list[tuple[int, ...]] = []
-    encode = wire.encode_binary
-
-    def counted(array: np.ndarray, encoding: wire.ImageEncoding = "bmp") -> tuple[bytes, str]:
-        encoded.append(array.shape)
-        return encode(array, encoding)
-
-    monkeypatch.setattr(wire, "encode_binary", counted)
+    encoded = _encoded_shapes(monkeypatch)
     call = _clients(server, "binary", "bmp")["flux"].prepare(canvas, mask, 3, "studio")
     assert encoded == [canvas.shape, mask.shape] and httpx.get(f"{server}/_stats").json() == {}
     generation = call()
