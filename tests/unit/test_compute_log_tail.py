@@ -29,6 +29,16 @@ def _alive(pid: int) -> bool:
     return not status.exists() or "State:\tZ" not in status.read_text()
 
 
+def _arguments(pid: int) -> list[str]:
+    """The process's argv. Popen returns once the child's exec closed its close-on-exec pipe,
+    which the kernel does before the new program's arguments are set up: read at once, on a
+    loaded machine, /proc/<pid>/cmdline can still be empty (CI saw it). So it is read until set."""
+    deadline = time.monotonic() + 5
+    while not (raw := Path(f"/proc/{pid}/cmdline").read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return raw.decode().split("\0")
+
+
 def test_a_stream_is_mirrored_by_one_tail_and_no_watcher(tmp_path: Path) -> None:
     """Canary too: Dagster's tail_to_stream looks the function up at each call, so the patch takes."""
     assert compute_log_tail.install()
@@ -37,7 +47,7 @@ def test_a_stream_is_mirrored_by_one_tail_and_no_watcher(tmp_path: Path) -> None
     captured.write_text("hello from a step\n")
     with mirror.open("w") as stream, compute_logs.tail_to_stream(str(captured), stream) as (tail_pid, watcher_pid):
         assert watcher_pid is None
-        assert f"--pid={os.getpid()}" in Path(f"/proc/{tail_pid}/cmdline").read_bytes().decode().split("\0")
+        assert f"--pid={os.getpid()}" in _arguments(tail_pid)
         deadline = time.monotonic() + 5
         while "hello from a step" not in mirror.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
