@@ -78,6 +78,26 @@ def decode_fields(text: str | None) -> dict[str, Any]:
     return fields
 
 
+def plain_rgb(data: bytes, content_type: str) -> bool:
+    """Whether `data` is an image of 8-bit RGB pixels and nothing else: a BMP with the plain
+    40-byte header (no colour profile) at 24 bits a pixel, or a PNG of colour type 2 at depth 8."""
+    if content_type == "image/bmp":
+        return (
+            len(data) >= 30
+            and data[:2] == b"BM"
+            and int.from_bytes(data[14:18], "little") == 40
+            and int.from_bytes(data[28:30], "little") == 24
+        )
+    if content_type == "image/png":
+        return (
+            len(data) >= 26
+            and data[:8] == b"\x89PNG\r\n\x1a\n"
+            and data[12:16] == b"IHDR"
+            and data[24:26] == b"\x08\x02"
+        )
+    return False
+
+
 class AnsweredImages:
     """RGB images decoded from binary answers, with the bytes they came as, so that a later
     request sending the same array sends those bytes instead of encoding it again.
@@ -97,9 +117,13 @@ class AnsweredImages:
         self._lock = threading.Lock()
 
     def remember(self, array: np.ndarray, data: bytes, content_type: str) -> None:
-        """`array` was decoded from `data` (of `content_type`): kept for :meth:`bytes_of`."""
+        """`array` was decoded from `data` (of `content_type`): kept for :meth:`bytes_of`. Only
+        bytes that hold exactly those pixels are kept: an answer with alpha or a palette was
+        decoded as RGB, and the next service must not receive what we did not see."""
         if array.dtype != np.uint8 or array.ndim != 3 or not array.flags.owndata:
             return  # a view's pixels can change through its base: not remembered
+        if not plain_rgb(data, content_type):
+            return
         array.flags.writeable = False
         key, ref = id(array), weakref.ref(array)
         with self._lock:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import cv2
 import dagster as dg
 import httpx
 import numpy as np
@@ -169,11 +170,12 @@ def test_flux_encodes_its_request_when_prepared_and_calls_when_asked(
 def test_answered_images_are_found_by_identity_and_go_with_their_array() -> None:
     answered = wire.AnsweredImages(max_entries=2)
     arrays = [np.full((4, 6, 3), i, np.uint8) for i in range(3)]
-    for i, array in enumerate(arrays):
-        answered.remember(array, b"bytes %d" % i, "image/bmp")
+    sent = [wire.encode_binary(array, "bmp")[0] for array in arrays]
+    for data, array in zip(sent, arrays, strict=True):
+        answered.remember(array, data, "image/bmp")
     del array
     assert answered.bytes_of(arrays[0], "image/bmp") is None  # the oldest, dropped for the third
-    assert answered.bytes_of(arrays[2], "image/bmp") == b"bytes 2"
+    assert answered.bytes_of(arrays[2], "image/bmp") == sent[2]
     assert answered.bytes_of(arrays[2], "image/png") is None  # came as BMP: not what PNG would send
     assert answered.bytes_of(arrays[2].copy(), "image/bmp") is None  # equal pixels, another array
     with pytest.raises(ValueError, match="read-only"):
@@ -181,8 +183,27 @@ def test_answered_images_are_found_by_identity_and_go_with_their_array() -> None
     del arrays[1:]
     assert len(answered) == 0  # the bytes go with their arrays
     view = np.zeros((4, 6, 3), np.uint8)[1:]
-    answered.remember(view, b"view", "image/bmp")
+    answered.remember(view, wire.encode_binary(view, "bmp")[0], "image/bmp")
     assert answered.bytes_of(view, "image/bmp") is None and view.flags.writeable
+
+
+@pytest.mark.parametrize(
+    ("channels", "extension", "content_type", "kept"),
+    [(3, ".bmp", "image/bmp", True), (3, ".png", "image/png", True), (4, ".bmp", "image/bmp", False),
+     (4, ".png", "image/png", False), (1, ".png", "image/png", False)],
+)  # fmt: skip
+def test_only_answers_of_plain_rgb_pixels_are_sent_on_as_they_came(
+    channels: int, extension: str, content_type: str, kept: bool
+) -> None:
+    """An answer with alpha (or grey) is decoded as RGB: sending its bytes on would show the next
+    service pixels we did not see, so it is encoded again from the array (review of issue 28)."""
+    pixels = np.random.default_rng(3).integers(0, 256, (5, 7, channels), np.uint8)
+    ok, encoded = cv2.imencode(extension, pixels if channels > 1 else pixels[..., 0])
+    assert ok
+    answered = wire.AnsweredImages()
+    array = np.ascontiguousarray(np.zeros((5, 7, 3), np.uint8))  # what our decoder would give
+    answered.remember(array, encoded.tobytes(), content_type)
+    assert (answered.bytes_of(array, content_type) is not None) is kept
 
 
 # --------------------------------------------------------------------------- the server's side
