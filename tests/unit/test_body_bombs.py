@@ -88,12 +88,14 @@ def test_bodies_without_a_key_are_refused_unread_while_other_callers_are_answere
         f"401 after {slowest * 1000:.1f} ms (slowest of 3), +{growth_mb:.1f} MB, "
         f"other caller's GET p99 {p99 * 1000:.1f} ms (without bombs {quiet_p99 * 1000:.1f} ms)"
     )
-    # The bounds (401 < 100 ms, p99 < 50 ms) hold on a quiet machine; on a loaded one each
-    # may also take what the same GET took there without bombs. A parse on the event loop took
-    # seconds (8 s quiet, 47 s loaded), far past either.
-    assert slowest < 0.1 + 2 * quiet_p99, f"401 took {slowest:.2f} s"
+    # What this guards against: a parse on the event loop took seconds (8 s quiet, 47 s loaded)
+    # and +640 MB. The bounds (401 < 100 ms, p99 < 50 ms) hold on a quiet machine, but a
+    # loaded one (CI beside a stress-ng core) gave the other caller a 270 ms p99 while three 25 MB
+    # bodies crossed loopback: the bounds here sit far under the stall and far over that noise
+    # (printed above for the record); the memory bound holds whatever the load.
     assert growth_mb < 20, f"gateway memory grew {growth_mb:.0f} MB"
-    assert p99 < 0.05 + 2 * quiet_p99, f"another caller's GET p99 {p99 * 1000:.0f} ms"
+    assert slowest < 1.0 + 2 * quiet_p99, f"401 took {slowest:.2f} s"
+    assert p99 < 1.0 + 2 * quiet_p99, f"another caller's GET p99 {p99 * 1000:.0f} ms"
 
 
 def test_a_callers_nested_array_bomb_is_413_before_it_is_parsed(tmp_path: Path) -> None:
