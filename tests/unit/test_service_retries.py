@@ -23,7 +23,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from jewel_dagster import tracing
-from jewel_dagster.resources.http_services import HttpImageManipulator, TransientServiceError
+from jewel_dagster.resources.http_services import HttpBackend, HttpImageManipulator, TransientServiceError
+from jewel_dagster.resources.selection import build_resources
+from jewel_dagster.settings import PipelineSettings
 from tests.support.e2e_stack import wait_until
 
 ZOOM = {"needs_background_removal": False, "score": 0.1, "threshold": 0.25}
@@ -168,3 +170,18 @@ def test_a_cancelled_run_stops_retrying() -> None:
                 call.result(timeout=30)  # the wait polls every 0.2 s; the service asked for 60 s
         assert failure.value.allow_retries is False
         assert service.seen() == 1
+
+
+def test_the_setting_gives_every_http_client_its_attempts(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    urls = {name: f"http://127.0.0.1:1/{name}" for name in ("image_manipulator_url", "birefnet_url", "sam3_url")}
+    urls["a100_server_url"] = "http://127.0.0.1:1/a100"
+
+    def attempts() -> set[int]:
+        resources = build_resources(PipelineSettings(local_blob_root=str(tmp_path), **urls))
+        clients = [r for r in resources.values() if isinstance(r, HttpBackend)]
+        assert len(clients) == 5
+        return {client.call_attempts for client in clients}
+
+    assert attempts() == {3}
+    monkeypatch.setenv("SERVICE_CALL_ATTEMPTS", "1")
+    assert attempts() == {1}
