@@ -11,7 +11,7 @@ Every call has a timeout. Failures are of two kinds:
   check; Flux then SAM3 on its image), so one 503 no longer re-does the step's other calls: with
   the step's RetryPolicy alone, a 30 % failure rate failed 7 requests of 46, now none (issue 28). The waits
   stop at a cancel: the run's status is read before each attempt and every 0.2 s of a wait.
-  Each retry is an event on the call's span and a warning in the step's log. When the attempts or
+  Each retry is an event on the call's span and a warning in the run's log. When the attempts or
   the budget run out -> `TransientServiceError`, which the step's RetryPolicy retries in turn;
 - permanent (any other 4xx, a response we cannot decode) -> `dg.Failure(allow_retries=False)`
   naming the service, the status and the service's message, at the first attempt.
@@ -198,9 +198,7 @@ class HttpBackend(ServiceBackend):
             {"jewel.attempt": state.attempt_number, "jewel.retry_wait_seconds": round(wait, 3), "error": str(error)},
         )
         span.set_attribute("jewel.attempts", state.attempt_number + 1)
-        dg.get_dagster_logger("jewel_dagster.services").warning(
-            f"{error}; try {state.attempt_number + 1} of {self.call_attempts} in {wait:.2f} s"
-        )
+        self._log.warning(f"{error}; try {state.attempt_number + 1} of {self.call_attempts} in {wait:.2f} s")
 
     def _request(self, images: dict[str, np.ndarray], fields: dict[str, Any]) -> dict[str, Any]:
         """httpx keyword arguments of one call in this resource's wire mode."""

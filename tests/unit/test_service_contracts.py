@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,8 +60,12 @@ def instant_server(servers: tuple[str, str]) -> str:
 
 
 def _run(
-    resources: dict[str, Any], rid: str, jewelry_mask: dict[str, Any] | None = None
+    resources: dict[str, Any],
+    rid: str,
+    jewelry_mask: dict[str, Any] | None = None,
+    warnings: list[str] | None = None,
 ) -> tuple[dg.ExecuteInProcessResult, BlobStore]:
+    """`warnings`, when given, receives the run's log lines of level WARNING."""
     store: BlobStore = resources["blob_store"]
     upload = store.put(f"requests/{rid}/upload", coffee_jpeg())
     strokes = store.put(strokes_path(rid, "test"), json.dumps([STROKE]).encode())
@@ -82,6 +87,8 @@ def _run(
                 )
             },
         )
+        if warnings is not None:
+            warnings += [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
     return result, store
 
 
@@ -167,11 +174,15 @@ def test_a_30_percent_failure_rate_completes_with_each_call_retried(tmp_path: An
     for name, resource in resources.items():
         if isinstance(resource, HttpBackend):
             resources[name] = type(resource)(**{**resource.model_dump(), "retry_wait_seconds": 0.05})
-    result, _ = _run(resources, "flaky")
+    warnings: list[str] = []
+    result, _ = _run(resources, "flaky", warnings=warnings)
     assert result.success
     assert _retries(result) == {}, "each 503 is retried by its call: no step runs again"
     calls = sum(httpx.get(f"{instant_server}/_stats").json().values())
     assert calls > PIPELINE_CALLS, f"the 503s must have been retried: {calls} calls"
+    # Every retry is in the run's log, those of the call threads while the step stored an output too.
+    retried = [line for line in warnings if "answered 503" in line and " of 3 in " in line]
+    assert len(retried) == calls - PIPELINE_CALLS, warnings
 
 
 # Only the SAM3 client (the service that hangs) gets this timeout; the others keep the default.
