@@ -191,6 +191,7 @@ class HttpBackend(ServiceBackend):
         self._refuse_if_cancelled()
 
     def _note_retry(self, span: trace.Span, state: tenacity.RetryCallState) -> None:
+        """What an operator sees of a flaky service: an event on the call's span, a warning line."""
         error = state.outcome.exception() if state.outcome is not None else None
         wait = state.upcoming_sleep
         span.add_event(
