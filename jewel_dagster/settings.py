@@ -99,6 +99,11 @@ class PipelineSettings(BaseSettings):
     sam3_url: str | None = None
     a100_server_url: str | None = None
     service_timeout_seconds: float = Field(default=120.0, description="Timeout of one call to a model service.")
+    service_call_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Tries of one model-service call at a transient failure (429, 5xx, timeout), within its timeout.",
+    )
     service_wire: Literal["binary", "json"] = Field(
         default="binary", description="Images to the model services: binary multipart bodies, or base64 in JSON."
     )

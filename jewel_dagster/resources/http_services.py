@@ -1,13 +1,20 @@
 """HTTP clients for the model services (image manipulator, BiRefNet, SAM3, A100 server).
 
 The contracts are documented in `docs/service-contracts.md`; `reference_server.py` serves them.
-Every call has a timeout. Failure handling is split so that Dagster's RetryPolicy on the asset
-does the retrying:
+Every call has a timeout. Failures are of two kinds:
 
-- transient (connection error, timeout, 429, 5xx) -> `TransientServiceError`, which the step's
-  RetryPolicy retries with exponential backoff and jitter;
+- transient (connection error, timeout, 429, 5xx): the call itself is tried again, up to
+  `call_attempts` (3) tries in all, with exponential backoff and jitter (0.5 s, then 1 s, at most
+  `retry_wait_max_seconds`, 4 s, which also caps a `Retry-After` the service sends), all within
+  `call_budget_seconds` (the timeout, 120 s, by default): no wait runs and no attempt starts past
+  it, and a retry's timeouts are cut to what is left. A step makes several calls (resize and zoom
+  check; Flux then SAM3 on its image), so one 503 no longer re-does the step's other calls: with
+  the step's RetryPolicy alone, a 30 % failure rate failed 7 requests of 46, now none (issue 28). The waits
+  stop at a cancel: the run's status is read before each attempt and every 0.2 s of a wait.
+  Each retry is an event on the call's span and a warning in the run's log. When the attempts or
+  the budget run out -> `TransientServiceError`, which the step's RetryPolicy retries in turn;
 - permanent (any other 4xx, a response we cannot decode) -> `dg.Failure(allow_retries=False)`
-  naming the service, the status and the service's message.
+  naming the service, the status and the service's message, at the first attempt.
 
 Images travel as binary multipart parts and binary answer bodies by default, or as base64 in
 JSON (`wire_mode="json"`, setting `SERVICE_WIRE`) for a service that speaks nothing else (`wire.py`).
@@ -24,14 +31,19 @@ imports at its first client (~14 ms), before any run worker is forked (`warm_ser
 from __future__ import annotations
 
 import functools
+import math
 import ssl
+import time
 from collections.abc import Callable, Sequence
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import dagster as dg
 import httpx
 import numpy as np
-from pydantic import PrivateAttr
+import tenacity
+from opentelemetry import trace
+from pydantic import Field, PrivateAttr
 
 from jewel_dagster.resources import wire
 from jewel_dagster.resources.services import (
@@ -75,7 +87,16 @@ ANSWERED_IMAGES = wire.AnsweredImages()
 
 
 class TransientServiceError(Exception):
-    """A failure worth retrying; raised to let the step's RetryPolicy retry it."""
+    """A failure worth retrying: the call retries it, then raises it for the step's RetryPolicy.
+
+    `retry_after`: the seconds the service asked for in a `Retry-After` header, if it sent one."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+CANCEL_POLL_SECONDS = 0.2  # how often a retry's wait reads the run's status
 
 
 class HttpBackend(ServiceBackend):
@@ -86,6 +107,14 @@ class HttpBackend(ServiceBackend):
     connect_timeout_seconds: float = 5.0
     wire_mode: wire.WireMode = "binary"
     image_encoding: wire.ImageEncoding = "bmp"
+    call_attempts: int = Field(default=3, ge=1, description="Tries of one call at a transient failure (1: no retry).")
+    retry_wait_seconds: float = Field(default=0.5, ge=0, description="The wait before the first retry; it doubles.")
+    retry_wait_max_seconds: float = Field(
+        default=4.0, ge=0, description="The longest wait between tries, a service's Retry-After included."
+    )
+    call_budget_seconds: float | None = Field(
+        default=None, gt=0, description="The most one call takes, its retries included (None: timeout_seconds)."
+    )
     _http: httpx.Client | None = PrivateAttr(default=None)
 
     @property
@@ -125,10 +154,52 @@ class HttpBackend(ServiceBackend):
         request = self._request(images, fields or {})
 
         def call() -> dict[str, Any]:
-            with self.call_span(f"{self.service_name} POST {path}", **{"jewel.service": self.service_name}):
-                return self._answer(path, request)
+            with self.call_span(f"{self.service_name} POST {path}", **{"jewel.service": self.service_name}) as span:
+                budget = self.call_budget_seconds or self.timeout_seconds
+                deadline = time.monotonic() + budget
+                return self._retrying(span, budget)(self._answer, path, request, deadline)
 
         return call
+
+    def _retrying(self, span: trace.Span, budget: float) -> tenacity.Retrying:
+        """The retries of one call: transient failures only, within the attempts and the budget."""
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientServiceError),
+            stop=tenacity.stop_after_attempt(self.call_attempts) | tenacity.stop_before_delay(budget),
+            wait=self._wait,
+            sleep=self._sleep_unless_cancelled,
+            before_sleep=functools.partial(self._note_retry, span),
+            reraise=True,
+        )
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """Exponential with jitter, or the service's Retry-After; never more than the cap."""
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, TransientServiceError) and error.retry_after is not None:
+            return min(error.retry_after, self.retry_wait_max_seconds)
+        backoff = tenacity.wait_exponential_jitter(
+            initial=self.retry_wait_seconds, max=self.retry_wait_max_seconds, jitter=self.retry_wait_seconds / 2
+        )
+        return backoff(state)
+
+    def _sleep_unless_cancelled(self, seconds: float) -> None:
+        """Wait before a retry in short slices, ending it (and the call) once the run is cancelled."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self._refuse_if_cancelled()
+            time.sleep(min(left, CANCEL_POLL_SECONDS))
+        self._refuse_if_cancelled()
+
+    def _note_retry(self, span: trace.Span, state: tenacity.RetryCallState) -> None:
+        """What an operator sees of a flaky service: an event on the call's span, a warning line."""
+        error = state.outcome.exception() if state.outcome is not None else None
+        wait = state.upcoming_sleep
+        span.add_event(
+            "retry",
+            {"jewel.attempt": state.attempt_number, "jewel.retry_wait_seconds": round(wait, 3), "error": str(error)},
+        )
+        span.set_attribute("jewel.attempts", state.attempt_number + 1)
+        self._log.warning(f"{error}; try {state.attempt_number + 1} of {self.call_attempts} in {wait:.2f} s")
 
     def _request(self, images: dict[str, np.ndarray], fields: dict[str, Any]) -> dict[str, Any]:
         """httpx keyword arguments of one call in this resource's wire mode."""
@@ -146,16 +217,21 @@ class HttpBackend(ServiceBackend):
         accept = f"{wire.CONTENT_TYPES[self.image_encoding]}, image/*;q=0.9, application/json;q=0.5"
         return {"files": files, "headers": {"Accept": accept}}
 
-    def _answer(self, path: str, request: dict[str, Any]) -> dict[str, Any]:
+    def _answer(self, path: str, request: dict[str, Any], deadline: float) -> dict[str, Any]:
+        """One attempt of a call; its timeouts are cut to what is left of the call's budget."""
         where = f"{self.service_name} ({self.base_url.rstrip('/')}{path})"
+        seconds = min(self.timeout_seconds, max(deadline - time.monotonic(), 0.001))
+        timeout = httpx.Timeout(seconds, connect=min(self.connect_timeout_seconds, seconds))
         try:
-            response = self._client().post(path, **request)
+            response = self._client().post(path, **request, timeout=timeout)
         except httpx.TimeoutException as exc:
-            raise TransientServiceError(f"{where} timed out after {self.timeout_seconds} s") from exc
+            raise TransientServiceError(f"{where} timed out after {seconds:g} s") from exc
         except httpx.TransportError as exc:
             raise TransientServiceError(f"{where} is unreachable: {exc}") from exc
         if response.status_code == 429 or response.status_code >= 500:
-            raise TransientServiceError(f"{where} answered {response.status_code}: {_message(response)}")
+            raise TransientServiceError(
+                f"{where} answered {response.status_code}: {_message(response)}", _retry_after(response)
+            )
         if response.status_code >= 400:
             raise dg.Failure(
                 description=f"{where} answered {response.status_code}: {_message(response)}",
@@ -185,6 +261,22 @@ class HttpBackend(ServiceBackend):
         if binary and field == "image":
             ANSWERED_IMAGES.remember(value, body[wire.BODY], str(body.get(wire.BODY_TYPE, "")))
         return value
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The seconds of a `Retry-After` header (a number, or an HTTP date); None without one."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    except ValueError:
+        pass
+    try:
+        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
 
 
 def _message(response: httpx.Response) -> str:

@@ -90,9 +90,10 @@ def _provenance(settings: PipelineSettings) -> ImageProvenance:
 
 def build_resources(settings: PipelineSettings) -> dict[str, Any]:
     blob_store = build_blob_store(settings)
-    # Every HTTP model client: its timeout and how images travel (docs/service-contracts.md).
+    # Every HTTP model client: its timeout, its retries and how images travel (docs/service-contracts.md).
     http: dict[str, Any] = {
         "timeout_seconds": settings.service_timeout_seconds,
+        "call_attempts": settings.service_call_attempts,
         "wire_mode": settings.service_wire,
         "image_encoding": settings.service_image_encoding,
     }

@@ -7,6 +7,7 @@ Assets annotate these abstract types; `resources.py` picks an implementation: th
 from __future__ import annotations
 
 import functools
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -52,6 +53,7 @@ class ServiceBackend(dg.ConfigurableResource, ABC):
     _run_tags: dict[str, str] = PrivateAttr(default_factory=dict)
     _run_id: str | None = PrivateAttr(default=None)
     _instance: dg.DagsterInstance | None = PrivateAttr(default=None)
+    _log: logging.Logger = PrivateAttr(default_factory=lambda: logging.getLogger("jewel_dagster.services"))
 
     @property
     @abstractmethod
@@ -60,10 +62,17 @@ class ServiceBackend(dg.ConfigurableResource, ABC):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Remember the run: a model call's span joins the request's trace (`tracing`), and a
-        call is not made for a run being cancelled (`_refuse_if_cancelled`)."""
+        call is not made for a run being cancelled (`_refuse_if_cancelled`).
+
+        And its log: what a call logs (a retry) goes to the run's event log from any thread at
+        any time. `get_dagster_logger` would not do: Dagster attaches its handler to that logger
+        only while the step's own code runs, so a call thread's line written while the step
+        stores an output was lost (one retry of three in a 30 % failure run)."""
         if context.run is not None:
             self._run_tags, self._run_id = dict(context.run.tags), context.run.run_id
             self._instance = context.instance
+        if context.log is not None:
+            self._log = context.log
 
     def _refuse_if_cancelled(self) -> None:
         """Dagster turns a cancel's interrupt into a step retry when the step has a RetryPolicy

@@ -59,6 +59,9 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     # /health reuses its probes for 5 s by default: the test waited ~4 s for the "offline" probed
     # at the stack's start to expire once the reference server answered. The same cache, shorter.
     env["HEALTH_CACHE_SECONDS"] = "0.5"
+    # One try a call: the outage test then waits out the steps' RetryPolicy alone (8.1 s; 12.7 s
+    # with each call's own three tries, n=1). Those tries are tests/unit/test_service_retries.py's.
+    env["SERVICE_CALL_ATTEMPTS"] = "1"
     with running_stack(tmp_path_factory.mktemp("services"), env) as stack:
         yield Services(stack, port)
 

@@ -1,0 +1,187 @@
+"""The model-service clients retry one call on its own (resources/http_services.py): a transient
+failure (429, 5xx, a timeout) is tried again within the call's attempts and budget, with waits a
+`Retry-After` may set but never beyond the cap, and a cancel ends the waiting. Against a real
+loopback server that answers from a script (issue 28: one 503 failed a whole step before)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from jewel_dagster import tracing
+from jewel_dagster.resources.http_services import HttpBackend, HttpImageManipulator, TransientServiceError
+from jewel_dagster.resources.selection import build_resources
+from jewel_dagster.settings import PipelineSettings
+from tests.support.e2e_stack import wait_until
+
+ZOOM = {"needs_background_removal": False, "score": 0.1, "threshold": 0.25}
+IMAGE = np.zeros((4, 4, 3), np.uint8)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+OK = Answer(200)
+
+
+@dataclass
+class ScriptedService:
+    """Answers each POST with the next scripted status (200 with a zoom check once the script is
+    used up) and counts them."""
+
+    url: str = ""
+    script: list[Answer] = field(default_factory=list)
+    requests: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def seen(self) -> int:
+        with self.lock:
+            return self.requests
+
+
+@contextmanager
+def scripted_service(*script: Answer) -> Iterator[ScriptedService]:
+    service = ScriptedService(script=list(script))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with service.lock:
+                service.requests += 1
+                answer = service.script.pop(0) if service.script else OK
+            body = json.dumps(ZOOM if answer.status == 200 else {"detail": f"scripted {answer.status}"}).encode()
+            self.send_response(answer.status)
+            for name, value in {"Content-Type": "application/json", **answer.headers}.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    service.url = f"http://127.0.0.1:{server.server_address[1]}/image-manipulator"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield service
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def spans(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
+    """The clients' spans, kept in memory (the process's tracer provider is left alone)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "tracer", lambda: provider.get_tracer("test"))
+    return exporter
+
+
+def _client(service: ScriptedService, **config: Any) -> HttpImageManipulator:
+    # Waits of 10 ms: the tests count requests, not seconds.
+    return HttpImageManipulator(base_url=service.url, **{"retry_wait_seconds": 0.01, **config})
+
+
+def _retry_waits(span: ReadableSpan) -> list[float]:
+    return [float(e.attributes["jewel.retry_wait_seconds"]) for e in span.events if e.name == "retry"]  # type: ignore[index]
+
+
+def test_a_call_answered_503_twice_succeeds_on_its_third_try(spans: InMemorySpanExporter) -> None:
+    with scripted_service(Answer(503), Answer(503), OK) as service:
+        assert _client(service).check_zoom(IMAGE).score == 0.1
+        assert service.seen() == 3
+    (span,) = spans.get_finished_spans()
+    assert [e.attributes["jewel.attempt"] for e in span.events if e.name == "retry"] == [1, 2]  # type: ignore[index]
+    assert span.attributes is not None and span.attributes["jewel.attempts"] == 3
+    assert span.status.is_ok
+
+
+def test_a_permanent_400_fails_at_once() -> None:
+    with scripted_service(Answer(400), OK) as service:
+        with pytest.raises(dg.Failure, match="400: scripted 400") as failure:
+            _client(service).check_zoom(IMAGE)
+        assert failure.value.allow_retries is False
+        assert service.seen() == 1
+
+
+def test_retries_stop_at_the_attempt_limit_and_leave_the_rest_to_the_step() -> None:
+    with scripted_service(*[Answer(503)] * 10) as service:
+        with pytest.raises(TransientServiceError, match="503: scripted 503"):
+            _client(service, call_attempts=4).check_zoom(IMAGE)
+        assert service.seen() == 4
+    with scripted_service(Answer(429), OK) as service:
+        with pytest.raises(TransientServiceError, match="429"):
+            _client(service, call_attempts=1).check_zoom(IMAGE)
+        assert service.seen() == 1
+
+
+def test_retry_after_is_honoured_up_to_the_cap(spans: InMemorySpanExporter) -> None:
+    script = (Answer(429, {"Retry-After": "0.2"}), Answer(503, {"Retry-After": "3600"}), OK)
+    with scripted_service(*script) as service:
+        _client(service, retry_wait_max_seconds=0.3).check_zoom(IMAGE)
+        assert service.seen() == 3
+    (span,) = spans.get_finished_spans()
+    assert _retry_waits(span) == [0.2, 0.3]  # the service's wait, then the cap instead of an hour
+
+
+def test_no_retry_waits_past_the_calls_budget() -> None:
+    """A Retry-After that would end past the call's budget ends the call instead of waiting."""
+    with scripted_service(Answer(503, {"Retry-After": "2"}), OK) as service:
+        with pytest.raises(TransientServiceError):
+            _client(service, call_budget_seconds=1.0).check_zoom(IMAGE)
+        assert service.seen() == 1
+
+
+def test_a_cancelled_run_stops_retrying() -> None:
+    """The service asks for a minute's wait; the run is cancelled during it: the call ends as a
+    cancel (no step retry), without another request."""
+    with dg.instance_for_test() as instance, scripted_service(*[Answer(503, {"Retry-After": "60"})] * 3) as service:
+        run = instance.add_run(
+            dg.DagsterRun(job_name="j", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED)
+        )
+        client = _client(service, retry_wait_max_seconds=60.0)
+        client._instance, client._run_id = instance, run.run_id
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            call: Future[Any] = pool.submit(client.check_zoom, IMAGE)
+            wait_until(lambda: service.seen() == 1, "the first request", timeout=30, every=0.02)
+            instance.report_run_canceling(run)
+            with pytest.raises(dg.Failure, match="cancelled") as failure:
+                call.result(timeout=30)  # the wait polls every 0.2 s; the service asked for 60 s
+        assert failure.value.allow_retries is False
+        assert service.seen() == 1
+
+
+def test_the_setting_gives_every_http_client_its_attempts(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    urls = {name: f"http://127.0.0.1:1/{name}" for name in ("image_manipulator_url", "birefnet_url", "sam3_url")}
+    urls["a100_server_url"] = "http://127.0.0.1:1/a100"
+
+    def attempts() -> set[int]:
+        resources = build_resources(PipelineSettings(local_blob_root=str(tmp_path), **urls))
+        clients = [r for r in resources.values() if isinstance(r, HttpBackend)]
+        assert len(clients) == 5
+        return {client.call_attempts for client in clients}
+
+    assert attempts() == {3}
+    monkeypatch.setenv("SERVICE_CALL_ATTEMPTS", "1")
+    assert attempts() == {1}
