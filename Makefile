@@ -28,7 +28,7 @@ $(NODE_TOOLS):
 
 node-tools: $(NODE_TOOLS)
 
-# The inner loop: every test but those marked `long` (the 60-request scale-out), 2 xdist workers.
+# The inner loop: every test but those marked `long` (the 60-request scale-out), on one xdist worker more than the cores (tests/conftest.py).
 test: install node-tools
 	$(PY) -m pytest -m "not long"
 
