@@ -34,8 +34,14 @@ IMAGE = np.zeros((4, 4, 3), np.uint8)
 
 @dataclass(frozen=True)
 class Answer:
+    """A scripted answer: `body` (default: a zoom check, or a `detail` for an error) sent whole, or
+    in 16-byte pieces `every` so many seconds; `length`: with a Content-Length header."""
+
     status: int
     headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    every: float = 0.0
+    length: bool = True
 
 
 OK = Answer(200)
@@ -50,6 +56,7 @@ class ScriptedService:
     script: list[Answer] = field(default_factory=list)
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)  # ends a trickle at teardown
 
     def seen(self) -> int:
         with self.lock:
@@ -66,13 +73,23 @@ def scripted_service(*script: Answer) -> Iterator[ScriptedService]:
             with service.lock:
                 service.requests += 1
                 answer = service.script.pop(0) if service.script else OK
-            body = json.dumps(ZOOM if answer.status == 200 else {"detail": f"scripted {answer.status}"}).encode()
+            body = answer.body
+            if body is None:
+                body = json.dumps(ZOOM if answer.status == 200 else {"detail": f"scripted {answer.status}"}).encode()
             self.send_response(answer.status)
             for name, value in {"Content-Type": "application/json", **answer.headers}.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
+            if answer.length:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            pieces = [body[i : i + 16] for i in range(0, len(body), 16)] if answer.every else [body]
+            try:
+                for piece in pieces:
+                    self.wfile.write(piece)
+                    if answer.every and service.stop.wait(answer.every):
+                        return
+            except OSError:  # the client gave up on the answer
+                pass
 
         def log_message(self, *args: object) -> None:
             pass
@@ -84,6 +101,7 @@ def scripted_service(*script: Answer) -> Iterator[ScriptedService]:
     try:
         yield service
     finally:
+        service.stop.set()
         server.shutdown()
         server.server_close()
 
@@ -150,6 +168,25 @@ def test_no_retry_waits_past_the_calls_budget() -> None:
     with scripted_service(Answer(503, {"Retry-After": "2"}), OK) as service:
         with pytest.raises(TransientServiceError):
             _client(service, call_budget_seconds=1.0).check_zoom(IMAGE)
+        assert service.seen() == 1
+
+
+def test_an_answer_that_trickles_ends_at_the_attempts_deadline() -> None:
+    """httpx bounds each read, not the answer: 16 bytes every 0.5 s (20 s in all) would keep a
+    call with a 2 s timeout waiting for all of it; the attempt ends at its deadline instead."""
+    trickle = Answer(200, body=b" " * 16 * 40 + json.dumps(ZOOM).encode(), every=0.5)
+    with scripted_service(trickle) as service:
+        with pytest.raises(TransientServiceError, match="did not answer within 2 s"):
+            _client(service, timeout_seconds=2.0, call_attempts=1).check_zoom(IMAGE)
+        assert service.seen() == 1
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["declared", "undeclared"])
+def test_an_answer_beyond_the_size_cap_fails_for_good(length: bool) -> None:
+    with scripted_service(Answer(200, body=b" " * 5000, length=length), OK) as service:
+        with pytest.raises(dg.Failure, match="more than 1000 bytes") as failure:
+            _client(service, max_answer_bytes=1000).check_zoom(IMAGE)
+        assert failure.value.allow_retries is False
         assert service.seen() == 1
 
 
