@@ -7,12 +7,14 @@ Every call has a timeout. Failures are of two kinds:
   `call_attempts` (3) tries in all, with exponential backoff and jitter (0.5 s, then 1 s, at most
   `retry_wait_max_seconds`, 4 s, which also caps a `Retry-After` the service sends), all within
   `call_budget_seconds` (the timeout, 120 s, by default): no wait runs and no attempt starts past
-  it, and a retry's timeouts are cut to what is left. An attempt ends at its deadline even while
-  its answer trickles in (httpx's timeouts bound each read, not the whole), and an answer beyond
-  `max_answer_bytes` (256 MiB) is permanent. A step makes several calls (resize and zoom
-  check; Flux then SAM3 on its image), so one 503 no longer re-does the step's other calls: with
-  the step's RetryPolicy alone, a 30 % failure rate failed 7 requests of 46, now none (issue 28). The waits
-  stop at a cancel: the run's status is read before each attempt and every 0.2 s of a wait.
+  it (nor with less than `MIN_ATTEMPT_SECONDS` left), and a retry's timeouts are cut to what is
+  left; a call that ends out of time names the failure before. An attempt ends at its deadline
+  even while its answer trickles in (httpx's timeouts bound each read, not the whole), and an
+  answer beyond `max_answer_bytes` (256 MiB) is permanent. A step makes several calls (resize and
+  zoom check; Flux then SAM3 on its image), so one 503 no longer re-does the step's other calls:
+  with the step's RetryPolicy alone, a 30 % failure rate failed 7 requests of 46, now none (issue
+  28). The waits stop at a cancel: the run's status is read before each attempt and every 0.2 s
+  of a wait.
   Each retry is an event on the call's span and a warning in the run's log. When the attempts or
   the budget run out -> `TransientServiceError`, which the step's RetryPolicy retries in turn;
 - permanent (any other 4xx, a response we cannot decode) -> `dg.Failure(allow_retries=False)`
@@ -92,14 +94,21 @@ ANSWERED_IMAGES = wire.AnsweredImages()
 class TransientServiceError(Exception):
     """A failure worth retrying: the call retries it, then raises it for the step's RetryPolicy.
 
-    `retry_after`: the seconds the service asked for in a `Retry-After` header, if it sent one."""
+    `retry_after`: the seconds the service asked for in a `Retry-After` header, if it sent one;
+    `out_of_time`: a try that timed out at the end of its call's budget, not at its own timeout."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, *, out_of_time: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.out_of_time = out_of_time
 
 
 CANCEL_POLL_SECONDS = 0.2  # how often a retry's wait reads the run's status
+# The least time a retry starts with: the connect timeout, at least 1 s, at most a quarter of the
+# call's budget. Without it a retry was sent with 8 ms left, timed out, and the call's error said
+# "timed out after 0.0079 s" instead of the service's 503.
+MIN_ATTEMPT_SECONDS = 1.0
+MIN_ATTEMPT_SHARE = 0.25
 
 
 class HttpBackend(ServiceBackend):
@@ -161,17 +170,46 @@ class HttpBackend(ServiceBackend):
 
         def call() -> dict[str, Any]:
             with self.call_span(f"{self.service_name} POST {path}", **{"jewel.service": self.service_name}) as span:
-                budget = self.call_budget_seconds or self.timeout_seconds
-                deadline = time.monotonic() + budget
-                return self._retrying(span, budget)(self._answer, path, request, deadline)
+                return self._tries(span, path, request)
 
         return call
 
-    def _retrying(self, span: trace.Span, budget: float) -> tenacity.Retrying:
-        """The retries of one call: transient failures only, within the attempts and the budget."""
+    def _tries(self, span: trace.Span, path: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The tries of one call within its budget. A call that ends out of time says why the
+        tries before failed: the service's 503 tells more than the last try's timeout."""
+        budget = self.call_budget_seconds or self.timeout_seconds
+        deadline = time.monotonic() + budget
+        failures: list[TransientServiceError] = []
+
+        def attempt() -> dict[str, Any]:
+            try:
+                return self._answer(path, request, deadline)
+            except TransientServiceError as exc:
+                failures.append(exc)
+                raise
+
+        try:
+            return self._retrying(span, deadline, budget)(attempt)
+        except TransientServiceError as exc:
+            earlier = [failure for failure in failures[:-1] if not failure.out_of_time]
+            if not exc.out_of_time or not earlier:
+                raise
+            raise TransientServiceError(
+                f"{exc}, the end of the call's {budget:.3g} s; the try before: {earlier[-1]}"
+            ) from exc
+
+    def _retrying(self, span: trace.Span, deadline: float, budget: float) -> tenacity.Retrying:
+        """The retries of one call: transient failures only, within the attempts and the budget,
+        each retry starting with its minimum time (`MIN_ATTEMPT_SECONDS`) left."""
+        least = min(max(self.connect_timeout_seconds, MIN_ATTEMPT_SECONDS), budget * MIN_ATTEMPT_SHARE)
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            out_of_time = time.monotonic() + state.upcoming_sleep > deadline - least
+            return state.attempt_number >= self.call_attempts or out_of_time
+
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientServiceError),
-            stop=tenacity.stop_after_attempt(self.call_attempts) | tenacity.stop_before_delay(budget),
+            stop=stop,
             wait=self._wait,
             sleep=self._sleep_unless_cancelled,
             before_sleep=functools.partial(self._note_retry, span),
@@ -235,11 +273,12 @@ class HttpBackend(ServiceBackend):
         seconds = min(self.timeout_seconds, max(deadline - time.monotonic(), 0.001))
         timeout = httpx.Timeout(seconds, connect=min(self.connect_timeout_seconds, seconds))
         attempt_deadline = time.monotonic() + seconds
+        cut = seconds < self.timeout_seconds  # the call's budget, not the timeout, ends this try
         try:
             with self._client().stream("POST", path, **request, timeout=timeout) as response:
-                content = self._read_body(response, where, attempt_deadline, seconds)
+                content = self._read_body(response, where, attempt_deadline, seconds, cut)
         except httpx.TimeoutException as exc:
-            raise TransientServiceError(f"{where} timed out after {seconds:.3g} s") from exc
+            raise TransientServiceError(f"{where} timed out after {seconds:.3g} s", out_of_time=cut) from exc
         except httpx.TransportError as exc:
             raise TransientServiceError(f"{where} is unreachable: {exc}") from exc
         if response.status_code == 429 or response.status_code >= 500:
@@ -264,7 +303,7 @@ class HttpBackend(ServiceBackend):
         except ValueError as exc:
             raise dg.Failure(description=f"{where} sent an undecodable response: {exc}", allow_retries=False) from exc
 
-    def _read_body(self, response: httpx.Response, where: str, deadline: float, seconds: float) -> bytes:
+    def _read_body(self, response: httpx.Response, where: str, deadline: float, seconds: float, cut: bool) -> bytes:
         """The answer's body, within the attempt's deadline and `max_answer_bytes`.
 
         Each chunk is what one read of the socket gave (httpcore reads up to 64 KiB): a 16 MB
@@ -278,7 +317,7 @@ class HttpBackend(ServiceBackend):
             raise too_large
         chunks: list[bytes] = []
         size = 0
-        late = TransientServiceError(f"{where} did not answer within {seconds:.3g} s")
+        late = TransientServiceError(f"{where} did not answer within {seconds:.3g} s", out_of_time=cut)
         if time.monotonic() > deadline:  # the headers came late
             raise late
         for chunk in response.iter_bytes():

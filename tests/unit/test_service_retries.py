@@ -34,14 +34,16 @@ IMAGE = np.zeros((4, 4, 3), np.uint8)
 
 @dataclass(frozen=True)
 class Answer:
-    """A scripted answer: `body` (default: a zoom check, or a `detail` for an error) sent whole, or
-    in 16-byte pieces `every` so many seconds; `length`: with a Content-Length header."""
+    """A scripted answer, `delay` seconds after the request: `body` (default: a zoom check, or a
+    `detail` for an error) sent whole, or in 16-byte pieces `every` so many seconds; `length`: with
+    a Content-Length header."""
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
     every: float = 0.0
     length: bool = True
+    delay: float = 0.0
 
 
 OK = Answer(200)
@@ -73,6 +75,8 @@ def scripted_service(*script: Answer) -> Iterator[ScriptedService]:
             with service.lock:
                 service.requests += 1
                 answer = service.script.pop(0) if service.script else OK
+            if answer.delay and service.stop.wait(answer.delay):
+                return
             body = answer.body
             if body is None:
                 body = json.dumps(ZOOM if answer.status == 200 else {"detail": f"scripted {answer.status}"}).encode()
@@ -169,6 +173,28 @@ def test_no_retry_waits_past_the_calls_budget() -> None:
         with pytest.raises(TransientServiceError):
             _client(service, call_budget_seconds=1.0).check_zoom(IMAGE)
         assert service.seen() == 1
+
+
+def test_a_retry_starts_only_with_time_enough_left() -> None:
+    """The service asks for 9 s of a 10 s budget: a retry then would have under 1 s, less than its
+    minimum (a quarter of the budget here), so the call ends at once with the service's 503."""
+    with scripted_service(Answer(503, {"Retry-After": "9"}), OK) as service:
+        with pytest.raises(TransientServiceError, match="503: scripted 503"):
+            _client(service, call_budget_seconds=10.0, retry_wait_max_seconds=9.0).check_zoom(IMAGE)
+        assert service.seen() == 1
+
+
+def test_a_call_out_of_time_names_the_failure_before() -> None:
+    """A 503, then an answer 30 s late: the retry's timeout is what is left of the call's 6 s, not
+    the 30 s timeout, and the call's error carries the 503's message beside the timeout."""
+    with scripted_service(Answer(503), Answer(200, delay=30.0)) as service:
+        client = _client(service, timeout_seconds=30.0, call_budget_seconds=6.0)
+        with pytest.raises(TransientServiceError) as error:
+            client.check_zoom(IMAGE)
+        assert service.seen() == 2
+    message = str(error.value)
+    assert "timed out after" in message and "timed out after 30 s" not in message
+    assert message.endswith(f"the try before: ImageManipulator ({service.url}/zoom-check) answered 503: scripted 503")
 
 
 def test_an_answer_that_trickles_ends_at_the_attempts_deadline() -> None:
