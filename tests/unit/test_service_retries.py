@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import dagster as dg
+import httpx
 import numpy as np
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -173,6 +174,22 @@ def test_no_retry_waits_past_the_calls_budget() -> None:
         with pytest.raises(TransientServiceError):
             _client(service, call_budget_seconds=1.0).check_zoom(IMAGE)
         assert service.seen() == 1
+
+
+def test_a_connect_timeout_is_retried_within_the_call() -> None:
+    """Nothing was sent, and the connect timeout (5 s) leaves most of the call's time: retried."""
+    tries: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        tries.append(request.url.path)
+        if len(tries) == 1:
+            raise httpx.ConnectTimeout("scripted connect timeout", request=request)
+        return httpx.Response(200, json=ZOOM)
+
+    client = HttpImageManipulator(base_url="http://image-manipulator.test", retry_wait_seconds=0.01)
+    client._http = httpx.Client(base_url=client.base_url, transport=httpx.MockTransport(handler))
+    assert client.check_zoom(IMAGE).score == 0.1
+    assert tries == ["/zoom-check", "/zoom-check"]
 
 
 def test_a_retry_starts_only_with_time_enough_left() -> None:
