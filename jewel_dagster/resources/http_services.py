@@ -182,6 +182,7 @@ class HttpBackend(ServiceBackend):
         failures: list[TransientServiceError] = []
 
         def attempt() -> dict[str, Any]:
+            span.set_attribute("jewel.attempts", len(failures) + 1)  # every try before it failed
             try:
                 return self._answer(path, request, deadline)
             except TransientServiceError as exc:
@@ -242,7 +243,6 @@ class HttpBackend(ServiceBackend):
             "retry",
             {"jewel.attempt": state.attempt_number, "jewel.retry_wait_seconds": round(wait, 3), "error": str(error)},
         )
-        span.set_attribute("jewel.attempts", state.attempt_number + 1)
         self._log.warning(f"{error}; try {state.attempt_number + 1} of {self.call_attempts} in {wait:.2f} s")
 
     def _request(self, images: dict[str, np.ndarray], fields: dict[str, Any]) -> dict[str, Any]:

@@ -140,12 +140,14 @@ def test_a_call_answered_503_twice_succeeds_on_its_third_try(spans: InMemorySpan
     assert span.status.is_ok
 
 
-def test_a_permanent_400_fails_at_once() -> None:
+def test_a_permanent_400_fails_at_once(spans: InMemorySpanExporter) -> None:
     with scripted_service(Answer(400), OK) as service:
         with pytest.raises(dg.Failure, match="400: scripted 400") as failure:
             _client(service).check_zoom(IMAGE)
         assert failure.value.allow_retries is False
         assert service.seen() == 1
+    (span,) = spans.get_finished_spans()
+    assert span.attributes is not None and span.attributes["jewel.attempts"] == 1
 
 
 def test_retries_stop_at_the_attempt_limit_and_leave_the_rest_to_the_step() -> None:
@@ -233,7 +235,7 @@ def test_an_answer_beyond_the_size_cap_fails_for_good(length: bool) -> None:
         assert service.seen() == 1
 
 
-def test_a_cancelled_run_stops_retrying() -> None:
+def test_a_cancelled_run_stops_retrying(spans: InMemorySpanExporter) -> None:
     """The service asks for a minute's wait; the run is cancelled during it: the call ends as a
     cancel (no step retry), without another request."""
     with dg.instance_for_test() as instance, scripted_service(*[Answer(503, {"Retry-After": "60"})] * 3) as service:
@@ -250,6 +252,8 @@ def test_a_cancelled_run_stops_retrying() -> None:
                 call.result(timeout=30)  # the wait polls every 0.2 s; the service asked for 60 s
         assert failure.value.allow_retries is False
         assert service.seen() == 1
+    (span,) = spans.get_finished_spans()
+    assert span.attributes is not None and span.attributes["jewel.attempts"] == 1  # no try after the 503
 
 
 def test_the_setting_gives_every_http_client_its_attempts(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
