@@ -171,10 +171,11 @@ def test_retry_after_is_honoured_up_to_the_cap(spans: InMemorySpanExporter) -> N
 
 
 def test_no_retry_waits_past_the_calls_budget() -> None:
-    """A Retry-After that would end past the call's budget ends the call instead of waiting."""
-    with scripted_service(Answer(503, {"Retry-After": "2"}), OK) as service:
-        with pytest.raises(TransientServiceError):
-            _client(service, call_budget_seconds=1.0).check_zoom(IMAGE)
+    """A Retry-After that would end past the call's budget ends the call instead of waiting. (A
+    budget of 30 s: a 1 s one also cut the first try's timeouts to 1 s, short on a loaded machine.)"""
+    with scripted_service(Answer(503, {"Retry-After": "60"}), OK) as service:
+        with pytest.raises(TransientServiceError, match="503: scripted 503"):
+            _client(service, call_budget_seconds=30.0, retry_wait_max_seconds=60.0).check_zoom(IMAGE)
         assert service.seen() == 1
 
 
