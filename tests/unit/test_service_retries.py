@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -168,6 +170,18 @@ def test_retry_after_is_honoured_up_to_the_cap(spans: InMemorySpanExporter) -> N
         assert service.seen() == 3
     (span,) = spans.get_finished_spans()
     assert _retry_waits(span) == [0.2, 0.3]  # the service's wait, then the cap instead of an hour
+
+
+def test_retry_after_as_an_http_date(spans: InMemorySpanExporter) -> None:
+    """An hour ahead waits the cap; a date already past does not wait."""
+    now = datetime.now(UTC)
+    ahead, past = (format_datetime(now + timedelta(hours=sign), usegmt=True) for sign in (1, -1))
+    script = (Answer(503, {"Retry-After": ahead}), Answer(503, {"Retry-After": past}), OK)
+    with scripted_service(*script) as service:
+        _client(service, retry_wait_max_seconds=0.3).check_zoom(IMAGE)
+        assert service.seen() == 3
+    (span,) = spans.get_finished_spans()
+    assert _retry_waits(span) == [0.3, 0.0]
 
 
 def test_no_retry_waits_past_the_calls_budget() -> None:
