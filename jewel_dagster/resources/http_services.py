@@ -190,7 +190,7 @@ class HttpBackend(ServiceBackend):
                 raise
 
         try:
-            return self._retrying(span, deadline, budget)(attempt)
+            return self._retrying(span, path, deadline, budget)(attempt)
         except TransientServiceError as exc:
             earlier = [failure for failure in failures[:-1] if not failure.out_of_time]
             if not exc.out_of_time or not earlier:
@@ -199,7 +199,7 @@ class HttpBackend(ServiceBackend):
                 f"{exc}, the end of the call's {budget:.3g} s; the try before: {earlier[-1]}"
             ) from exc
 
-    def _retrying(self, span: trace.Span, deadline: float, budget: float) -> tenacity.Retrying:
+    def _retrying(self, span: trace.Span, path: str, deadline: float, budget: float) -> tenacity.Retrying:
         """The retries of one call: transient failures only, within the attempts and the budget,
         each retry starting with its minimum time (`MIN_ATTEMPT_SECONDS`) left."""
         least = min(max(self.connect_timeout_seconds, MIN_ATTEMPT_SECONDS), budget * MIN_ATTEMPT_SHARE)
@@ -213,7 +213,7 @@ class HttpBackend(ServiceBackend):
             stop=stop,
             wait=self._wait,
             sleep=self._sleep_unless_cancelled,
-            before_sleep=functools.partial(self._note_retry, span),
+            before_sleep=functools.partial(self._note_retry, span, path),
             reraise=True,
         )
 
@@ -235,7 +235,7 @@ class HttpBackend(ServiceBackend):
             time.sleep(min(left, CANCEL_POLL_SECONDS))
         self._refuse_if_cancelled()
 
-    def _note_retry(self, span: trace.Span, state: tenacity.RetryCallState) -> None:
+    def _note_retry(self, span: trace.Span, path: str, state: tenacity.RetryCallState) -> None:
         """What an operator sees of a flaky service: an event on the call's span, a warning line."""
         error = state.outcome.exception() if state.outcome is not None else None
         wait = state.upcoming_sleep
@@ -243,7 +243,12 @@ class HttpBackend(ServiceBackend):
             "retry",
             {"jewel.attempt": state.attempt_number, "jewel.retry_wait_seconds": round(wait, 3), "error": str(error)},
         )
-        self._log.warning(f"{error}; try {state.attempt_number + 1} of {self.call_attempts} in {wait:.2f} s")
+        # The run's log manager writes it as a run event (no step key): the call first, so that it
+        # reads on its own beside the other steps' lines.
+        self._log.warning(
+            f"{self.service_name} POST {path}: try {state.attempt_number + 1} of {self.call_attempts}"
+            f" in {wait:.2f} s, after {error}"
+        )
 
     def _request(self, images: dict[str, np.ndarray], fields: dict[str, Any]) -> dict[str, Any]:
         """httpx keyword arguments of one call in this resource's wire mode."""

@@ -6,6 +6,7 @@ loopback server that answers from a script (issue 28: one 503 failed a whole ste
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -132,10 +133,19 @@ def _retry_waits(span: ReadableSpan) -> list[float]:
     return [float(e.attributes["jewel.retry_wait_seconds"]) for e in span.events if e.name == "retry"]  # type: ignore[index]
 
 
-def test_a_call_answered_503_twice_succeeds_on_its_third_try(spans: InMemorySpanExporter) -> None:
-    with scripted_service(Answer(503), Answer(503), OK) as service:
+def test_a_call_answered_503_twice_succeeds_on_its_third_try(
+    spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    with scripted_service(Answer(503), Answer(503), OK) as service, caplog.at_level(logging.WARNING):
         assert _client(service).check_zoom(IMAGE).score == 0.1
         assert service.seen() == 3
+    # The warnings name the call first: they show among the run's events, not under the step.
+    warnings = [record.getMessage() for record in caplog.records if record.name == "jewel_dagster.services"]
+    assert [message.split(" in ")[0] for message in warnings] == [
+        "ImageManipulator POST /zoom-check: try 2 of 3",
+        "ImageManipulator POST /zoom-check: try 3 of 3",
+    ]
+    assert all(message.endswith("answered 503: scripted 503") for message in warnings)
     (span,) = spans.get_finished_spans()
     assert [e.attributes["jewel.attempt"] for e in span.events if e.name == "retry"] == [1, 2]  # type: ignore[index]
     assert span.attributes is not None and span.attributes["jewel.attempts"] == 3
