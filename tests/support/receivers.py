@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 import threading
@@ -9,7 +10,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.support.handler_server import handler_server
 
 
 @dataclass
@@ -53,18 +56,11 @@ def webhook_receiver(answers: list[int] | None = None, tls: ssl.SSLContext | Non
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    scheme = "https" if tls is not None else "http"
-    receiver.url = f"{scheme}://127.0.0.1:{server.server_address[1]}/hook"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    wrap = None if tls is None else functools.partial(tls.wrap_socket, server_side=True)
+    with handler_server(Handler, wrap) as server:
+        scheme = "https" if tls is not None else "http"
+        receiver.url = f"{scheme}://127.0.0.1:{server.server_address[1]}/hook"
         yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @contextmanager

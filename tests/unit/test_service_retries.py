@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import dagster as dg
@@ -31,6 +31,7 @@ from jewel_dagster.resources.http_services import HttpBackend, HttpImageManipula
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from tests.support.e2e_stack import wait_until
+from tests.support.handler_server import handler_server
 
 ZOOM = {"needs_background_removal": False, "score": 0.1, "threshold": 0.25}
 IMAGE = np.zeros((4, 4, 3), np.uint8)
@@ -102,16 +103,12 @@ def scripted_service(*script: Answer) -> Iterator[ScriptedService]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    service.url = f"http://127.0.0.1:{server.server_address[1]}/image-manipulator"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield service
-    finally:
-        service.stop.set()
-        server.shutdown()
-        server.server_close()
+    with handler_server(Handler) as server:
+        service.url = f"http://127.0.0.1:{server.server_address[1]}/image-manipulator"
+        try:
+            yield service
+        finally:
+            service.stop.set()
 
 
 @pytest.fixture
