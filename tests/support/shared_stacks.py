@@ -149,19 +149,19 @@ DEFAULT_STACK = SharedSettings(
         "QUEUE_ESTIMATE_SECONDS": "0.25",
     },
     (
-        "tests/e2e/test_artifacts.py",
         "tests/e2e/test_gateway.py",
         "tests/e2e/test_live.py",
     ),
 )
 # Two callers with API keys, no rate limit in the way, no background runs, instant image
 # backends (ownership, idempotency and fuzzing look at who may see what, not at pixels;
-# test_gateway_launches at concurrent launches; test_stroke_limits at the real local refiner's
-# painting, which the instant backends keep).
+# test_gateway_launches at concurrent launches; test_artifacts and test_stroke_limits at the real
+# local refiner's painting, which the instant backends keep).
 TWO_CALLERS_STACK = SharedSettings(
     "stack-two-callers",
     {**TWO_CALLERS, "LOCAL_BACKENDS": "instant"},
     (
+        "tests/e2e/test_artifacts.py",
         "tests/e2e/test_fuzz_sequences.py",
         "tests/e2e/test_gateway_launches.py",
         "tests/e2e/test_ownership.py",
