@@ -76,6 +76,10 @@ class PipelineSettings(BaseSettings):
     regeneration_max_attempts: int = 3
     regeneration_sensor_enabled: bool = True
     regeneration_sensor_interval_seconds: int = 30
+    # How often the daemon's sensor loop looks at the sensors (Dagster's fixed 5 s; the tests that
+    # wait for a sensor shorten it) and how often the run-trace sensors tick.
+    sensor_loop_seconds: float = Field(default=5.0, gt=0, description="The daemon's sensor loop (Dagster: 5 s).")
+    run_trace_sensor_interval_seconds: int = Field(default=5, ge=1, description="How often ended runs become spans.")
     regeneration_cron: str = "0 3 * * *"
     regeneration_schedule_enabled: bool = False
 

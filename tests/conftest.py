@@ -31,8 +31,8 @@ from tests.support.shared_stacks import GROUP_OF_FILE, SharedStacks
 # `--durations` of single files (README, Layout, on the tests); what is not listed (each a few
 # seconds) runs after them, in collection order.
 SLOWEST_FIRST: tuple[str, ...] = (
-    "tests/e2e/test_live.py",  # with test_gateway, test_artifacts and test_stroke_limits: one stack
-    "tests/e2e/test_security.py",  # with test_ownership and test_fuzz_sequences: one stack
+    "tests/e2e/test_live.py",  # with test_gateway: one stack
+    "tests/e2e/test_security.py",  # with test_ownership, test_fuzz_sequences, test_artifacts, test_stroke_limits
     "tests/e2e/test_process_faults.py",
     "tests/unit/test_service_contracts.py",
     "tests/unit/test_regeneration.py",

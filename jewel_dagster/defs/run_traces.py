@@ -32,11 +32,11 @@ def report_run_span(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
         span.end(end_time=int(record.end_time * 1e9))
 
 
-def _sensor(status: dg.DagsterRunStatus) -> dg.SensorDefinition:
+def _sensor(status: dg.DagsterRunStatus, interval_seconds: int) -> dg.SensorDefinition:
     @dg.run_status_sensor(
         run_status=status,
         name=f"trace_runs_{status.value.lower()}",
-        minimum_interval_seconds=5,
+        minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Writes each ended run as a span of its request's trace (OpenTelemetry).",
     )
@@ -46,6 +46,6 @@ def _sensor(status: dg.DagsterRunStatus) -> dg.SensorDefinition:
     return trace_run
 
 
-def build_run_trace_sensors() -> list[dg.SensorDefinition]:
-    """The sensors, when an OTLP endpoint is set; none otherwise."""
-    return [_sensor(status) for status in _ENDINGS] if tracing.tracing_enabled() else []
+def build_run_trace_sensors(interval_seconds: int = 5) -> list[dg.SensorDefinition]:
+    """The sensors (RUN_TRACE_SENSOR_INTERVAL_SECONDS apart), when an OTLP endpoint is set; none otherwise."""
+    return [_sensor(status, interval_seconds) for status in _ENDINGS] if tracing.tracing_enabled() else []

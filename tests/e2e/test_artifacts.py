@@ -1,4 +1,9 @@
-"""End to end: where brush strokes land on /generate, and every run keeping its own artifacts."""
+"""End to end: where brush strokes land on /generate, and every run keeping its own artifacts.
+
+On the two-callers stack (TWO_CALLERS_STACK, requests as caller alpha): its instant backends keep
+the real local refiner, which paints the strokes, and nothing here looks at what the segmenter or
+the generators drew, only at where strokes land and which run stored what.
+"""
 
 from __future__ import annotations
 
@@ -16,21 +21,21 @@ from jewel_dagster.resources.blob_store import LocalBlobStore
 from jewel_dagster.vision import imaging
 from tests.support.e2e_flows import CUP, PHOTO
 from tests.support.e2e_flows import finished as _finished
-from tests.support.e2e_stack import poll, runs_of
+from tests.support.e2e_stack import ALPHA, poll, runs_of
 from tests.support.photos import to_jpeg
-from tests.support.shared_stacks import DEFAULT_STACK, SharedStacks, shared_stack
+from tests.support.shared_stacks import TWO_CALLERS_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
-    yield from shared_stack(shared_stacks, DEFAULT_STACK)
+    yield from shared_stack(shared_stacks, TWO_CALLERS_STACK)
 
 
 @pytest.fixture
 def client(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.gateway_url, timeout=30) as c:
+    with httpx.Client(base_url=stack.gateway_url, timeout=30, headers=ALPHA) as c:
         yield c
 
 

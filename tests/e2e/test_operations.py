@@ -39,6 +39,7 @@ def test_failed_check_is_regenerated_by_the_sensor(tmp_path: Path) -> None:
         "LOCAL_FLUX_GROW_PX": "30",
         "LOCAL_FLUX_GROW_SEEDS": "[0]",  # the first try bleeds, a re-generation with a new seed does not
         "REGENERATION_SENSOR_INTERVAL_SECONDS": "1",
+        "SENSOR_LOOP_SECONDS": "1",  # the daemon looks at the sensor every second (production: 5 s)
     }
     with running_stack(tmp_path, env) as stack, httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
         started = client.post("/workflow/start", json={"originalImageBase64": RING, "maskPoints": [RING_CLICK]}).json()

@@ -75,8 +75,11 @@ def faults(tmp_path_factory: pytest.TempPathFactory, traces: Receiver, reference
         # Run monitoring polls every second and frees a dead run's slots a second after its end
         # (dagster.yaml: 5 s and 5 s): each fault test waits for them; the mechanism is the same.
         env |= {"RUN_MONITORING_POLL_SECONDS": "1", "FREE_SLOTS_AFTER_RUN_END_SECONDS": "1"}
-        # Tracing on (its spans are checked at the end), exported at once rather than every 5 s.
+        # Tracing on (its spans are checked at the end), exported at once rather than every 5 s,
+        # and a run's span written by its sensor within a second of its end (production: 5 s and
+        # 5 s; the sensor's tick is what the trace test waited for).
         env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": traces.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        env |= {"SENSOR_LOOP_SECONDS": "1", "RUN_TRACE_SENSOR_INTERVAL_SECONDS": "1"}
         with running_stack(tmp_path_factory.mktemp("process-faults"), env) as stack:
             yield stack, gate
 

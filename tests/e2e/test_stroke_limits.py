@@ -1,4 +1,10 @@
-"""Issue 14: brush strokes cannot stall the service. (Its cancel of a CPU-bound step: test_cancel_in_c.py.)"""
+"""Issue 14: brush strokes cannot stall the service. (Its cancel of a CPU-bound step: test_cancel_in_c.py.)
+
+On the two-callers stack (TWO_CALLERS_STACK, requests as caller alpha): its instant image
+backends keep the real local refiner, which paints the strokes; what is measured is that
+painting's CPU time, not the classical segmentation and generation around it (~20 CPU-s for the
+four runs on the embedded default).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,9 @@ import httpx
 import pytest
 
 from devtools.stack import Stack
-from tests.support.e2e_flows import CUP, PHOTO, finished, full_request_completes
-from tests.support.e2e_stack import poll
-from tests.support.shared_stacks import DEFAULT_STACK, SharedStacks, shared_stack
+from tests.support.e2e_flows import CUP, PHOTO, finished
+from tests.support.e2e_stack import ALPHA, poll
+from tests.support.shared_stacks import TWO_CALLERS_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -47,15 +53,22 @@ def _painting_cpu_seconds(dagster_url: str, partition: str) -> float:
     return float(entries["cpu_seconds"])
 
 
+def _normal_request(client: httpx.Client) -> dict[str, Any]:
+    """A request without strokes, polled to its end; its last state."""
+    started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
+    assert started.status_code == 200, started.text
+    return poll(client, started.json()["workflowId"], finished, timeout=180)[-1]
+
+
 @pytest.fixture(scope="module")
 def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
-    yield from shared_stack(shared_stacks, DEFAULT_STACK)
+    yield from shared_stack(shared_stacks, TWO_CALLERS_STACK)
 
 
 def test_stroke_bombs_are_refused_or_cheap_beside_a_normal_request(stack: Stack) -> None:
-    with httpx.Client(base_url=stack.gateway_url, timeout=60) as client:
+    with httpx.Client(base_url=stack.gateway_url, timeout=60, headers=ALPHA) as client:
         normal: dict[str, Any] = {}
-        beside = threading.Thread(target=lambda: normal.update(full_request_completes(client)))
+        beside = threading.Thread(target=lambda: normal.update(_normal_request(client)))
         beside.start()
         for strokes in ([BOMB], [{**BOMB, "size": 300}], [{**BOMB, "points": CORNERS[:3700], "size": 300}]):
             start = time.monotonic()

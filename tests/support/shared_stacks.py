@@ -149,23 +149,24 @@ DEFAULT_STACK = SharedSettings(
         "QUEUE_ESTIMATE_SECONDS": "0.25",
     },
     (
-        "tests/e2e/test_artifacts.py",
         "tests/e2e/test_gateway.py",
         "tests/e2e/test_live.py",
-        "tests/e2e/test_stroke_limits.py",
     ),
 )
 # Two callers with API keys, no rate limit in the way, no background runs, instant image
-# backends (ownership, idempotency and fuzzing look at who may see what, not at pixels; and
-# test_gateway_launches at concurrent launches).
+# backends (ownership, idempotency and fuzzing look at who may see what, not at pixels;
+# test_gateway_launches at concurrent launches; test_artifacts and test_stroke_limits at the real
+# local refiner's painting, which the instant backends keep).
 TWO_CALLERS_STACK = SharedSettings(
     "stack-two-callers",
     {**TWO_CALLERS, "LOCAL_BACKENDS": "instant"},
     (
+        "tests/e2e/test_artifacts.py",
         "tests/e2e/test_fuzz_sequences.py",
         "tests/e2e/test_gateway_launches.py",
         "tests/e2e/test_ownership.py",
         "tests/e2e/test_security.py",
+        "tests/e2e/test_stroke_limits.py",
     ),
 )
 # Instant image backends, no re-generation sensor, and a run queue the daemon polls only every

@@ -6,7 +6,8 @@
 - warm_code_server.py: tests/e2e/test_warm_code_server.py (run workers forked, not spawned).
 - json_logs.py: tests/unit/test_json_logs.py (a run's JSON lines carry its ids).
 - processes/queue_daemon.py: here (the daemon factory builds our queue loop; `dagster-daemon` is the CLI we
-  wrap) and tests/unit/test_prompt_queue.py (the loop runs Dagster's iteration, woken).
+  wrap; the sensor loop's period is a module global it reads at each pass) and
+  tests/unit/test_prompt_queue.py (the loop runs Dagster's iteration, woken).
 - storage_engines.py: here (the three PostgreSQL storages' engines are found and closed) and
   tests/unit/test_result_metadata_source.py (the gateway's reader keeps no connection after close).
 """
@@ -99,6 +100,19 @@ def test_the_daemon_factory_builds_the_prompt_queue_loop() -> None:
         assert type(prompt_queue.queue_daemon(instance)).__name__ == "QueuedRunCoordinatorDaemon"
 
 
+def test_the_sensor_loop_reads_its_period_at_each_pass() -> None:
+    from jewel_dagster.runtime.processes.queue_daemon import sensor_loop_reads_its_period, set_sensor_loop_seconds
+
+    before = set_sensor_loop_seconds(0.5)
+    try:
+        assert before == 5  # Dagster's, and production's (SENSOR_LOOP_SECONDS)
+        assert set_sensor_loop_seconds(before) == 0.5
+    finally:
+        set_sensor_loop_seconds(before)
+    # A global the loop looks up when it sleeps, not a value it bound once: setting it takes effect.
+    assert sensor_loop_reads_its_period()
+
+
 def test_dispose_storage_engines_closes_the_pooled_postgresql_connections(tmp_path: Path) -> None:
     """`DagsterInstance.dispose()` leaves an optimized instance's pooled connections open; the
     helper finds the engine of each PostgreSQL storage (`_engine`) and closes them."""
@@ -140,4 +154,3 @@ def test_every_module_the_forkserver_preloads_still_imports() -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
-

@@ -36,6 +36,10 @@ tests/unit/test_runtime_canaries.py:
   `create_daemons_from_instance(instance)`.
 - `dagster._daemon.cli.main`, the `dagster-daemon` command.
 - `dagster._utils.error.serializable_error_info_from_exc_info`.
+- `dagster._daemon.sensor.MIN_INTERVAL_LOOP_TIME` (5): the sensor loop's period, read at each
+  pass of `execute_sensor_iteration_loop`; `set_sensor_loop_seconds` sets it from
+  SENSOR_LOOP_SECONDS (production keeps Dagster's 5 s; the tests that wait for a sensor's tick,
+  the run-trace and re-generation sensors, shorten it).
 """
 
 from __future__ import annotations
@@ -202,11 +206,32 @@ def queue_daemon(instance: dg.DagsterInstance) -> QueuedRunCoordinatorDaemon:
     return daemon
 
 
+def set_sensor_loop_seconds(seconds: float) -> float:
+    """Make the daemon's sensor loop look at the sensors every ``seconds`` (each sensor still
+    ticks at most every `minimum_interval_seconds`); returns the period it had."""
+    from dagster._daemon import sensor
+
+    before: float = sensor.MIN_INTERVAL_LOOP_TIME
+    sensor.MIN_INTERVAL_LOOP_TIME = seconds  # type: ignore[assignment]
+    return before
+
+
+def sensor_loop_reads_its_period() -> bool:
+    """Whether Dagster's sensor loop looks its period up at each pass (a module global, not a
+    value bound once): what `set_sensor_loop_seconds` relies on (the canary's question)."""
+    from dagster._daemon import sensor
+
+    return "MIN_INTERVAL_LOOP_TIME" in sensor.execute_sensor_iteration_loop.__code__.co_names
+
+
 def main() -> None:
-    """`dagster-daemon` with the prompt queue loop."""
+    """`dagster-daemon` with the prompt queue loop, and its sensor loop SENSOR_LOOP_SECONDS apart."""
     from dagster._daemon.cli import main as dagster_daemon
 
+    from jewel_dagster.settings import get_settings
+
     install()
+    set_sensor_loop_seconds(get_settings().sensor_loop_seconds)
     dagster_daemon()
 
 
