@@ -99,7 +99,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             resolved,
             app.state.store,
             lambda: app.state.runs,
-            on_failed=dispatcher.deliver_failed_start if dispatcher is not None else None,
+            on_ended=dispatcher.deliver_unlaunched_start if dispatcher is not None else None,
         )
         app.state.launcher = launcher
         observed.pending_starts.set_function(launcher.pending)

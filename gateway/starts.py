@@ -183,16 +183,16 @@ class StartLauncher:
         store: BlobStore,
         runs: Callable[[], DagsterRuns],
         clock: Callable[[], float] = time.time,
-        on_failed: Callable[[PendingStart], None] | None = None,
+        on_ended: Callable[[PendingStart], None] | None = None,
     ) -> None:
         self.gateway_id = uuid.uuid4().hex
         self._settings = settings
         self._store = store
         self._runs = runs  # app.state.runs, read at each use (tests swap in a fake Dagster)
         self._clock = clock
-        # Told each start it records FAILED (the webhook dispatcher's: a webhook promises the
-        # final state, and such a start has no run for the dispatcher to find).
-        self._on_failed = on_failed
+        # Told each start it ends without a run, FAILED or CANCELLED (the webhook dispatcher's: a
+        # webhook promises the final state, and such a start has no run for the dispatcher to find).
+        self._on_ended = on_ended
         self._queue: queue.Queue[str] = queue.Queue()
         self._mine: set[str] = set()  # workflow ids queued or being launched here
         self._mine_lock = threading.Lock()
@@ -434,18 +434,26 @@ class StartLauncher:
         if added:
             runs.delete_partition(start.workflowId)
         failed = start.but(state="failed", error=message, endedAt=self._clock())
-        if self._on_failed is not None:
-            try:
-                self._on_failed(failed)  # before the webhook URL's blob goes with the others
-            except Exception:  # the record must still say FAILED
-                log.exception("start of %s: its failed webhook could not be queued", start.workflowId)
+        self._tell_ended(failed)
         self._drop_blobs(start)
         write_start(self._store, failed)
         log.error("start of %s given up: %s", start.workflowId, message)
 
     def _close_cancelled(self, start: PendingStart) -> None:
+        closed = start.but(state="cancelled", endedAt=start.endedAt or self._clock())
+        self._tell_ended(closed)
         self._drop_blobs(start)
-        write_start(self._store, start.but(state="cancelled", endedAt=start.endedAt or self._clock()))
+        write_start(self._store, closed)
+
+    def _tell_ended(self, ended: PendingStart) -> None:
+        """Hand a start that ends without a run to `on_ended` (its webhook), before the webhook
+        URL's blob goes with the others; the record is written whatever that does."""
+        if self._on_ended is None:
+            return
+        try:
+            self._on_ended(ended)
+        except Exception:  # the record must still say FAILED or CANCELLED
+            log.exception("start of %s: its %s webhook could not be queued", ended.workflowId, ended.state)
 
     def _drop_blobs(self, start: PendingStart) -> None:
         for uri in start.blobs:

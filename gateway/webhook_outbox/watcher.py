@@ -310,19 +310,21 @@ class WebhookDispatcher:
         )
         outbox.enqueue(self._store, delivery, url, body)
 
-    def deliver_failed_start(self, start: PendingStart) -> None:
-        """A start recorded FAILED before its run existed (gateway/starts.py) sends its `failed`
-        final state too, if it asked for a webhook and that event: no run carries it, so the watcher
-        would never see it. Called before the start's blobs are deleted: the outbox marker keeps
-        the URL until the delivery ends. Its `webhook-id` is the start's launch tag; only the
-        gateway that gave the start up queues it."""
+    def deliver_unlaunched_start(self, start: PendingStart) -> None:
+        """A start that ended before its run existed (gateway/starts.py: given up FAILED, or
+        cancelled before its launch) sends its `failed` or `cancelled` final state too, if it asked
+        for a webhook and that event: no run carries it, so the watcher would never see it. Called
+        before the start's blobs are deleted: the outbox marker keeps the URL until the delivery
+        ends. Its `webhook-id` is the start's launch tag; the gateway that closes the record queues
+        it (the outbox keeps one delivery per id, should two close it)."""
+        event = "failed" if start.state == "failed" else "cancelled"
         key = start.tags.get(WEBHOOK_KEY_TAG)
-        if key is None or "failed" not in wanted(start.tags):
+        if key is None or event not in wanted(start.tags):
             return
         url = str(json.loads(self._store.get_path(webhook_url_path(key)))["url"])
         body = json.dumps(state_of_start(start).model_dump(exclude_none=True), separators=(",", ":")).encode()
         tags = {k: v for k, v in start.tags.items() if k != WEBHOOK_KEY_TAG}  # its URL blob goes with the start
-        self._queue(start.workflowId, None, tags, "failed", start.launch_tag, url, body)
+        self._queue(start.workflowId, None, tags, event, start.launch_tag, url, body)
 
     def _full_url(self, run: RunInfo) -> str:
         """The URL as the caller gave it; runs launched before URLs were kept in the store carry

@@ -235,6 +235,34 @@ def test_a_start_that_fails_before_its_run_exists_sends_its_failed_webhook(tmp_p
         ]
 
 
+def test_a_start_cancelled_before_its_run_exists_sends_its_cancelled_webhook(tmp_path: Path) -> None:
+    """The same promise for a start cancelled while it waited for the launcher: no run will
+    ever carry it, so the launcher that closes the record sends CANCELLED (seen on a loaded
+    machine: test_live's cancel reached the start before its launch, and no webhook came)."""
+    with (
+        webhook_receiver() as receiver,
+        gateways(tmp_path, webhook_secret="s3cret", webhook_allow_private=True, max_parallel_launches=1) as (
+            [client],
+            dagster,
+        ),
+    ):
+        dagster.gate.clear()
+        held = client.post("/workflow/start", json=start_body()).json()["workflowId"]
+        assert dagster.in_launch.wait(5)
+        started = client.post("/workflow/start", json=start_body(webhookUrl=receiver.url))
+        workflow = started.json()["workflowId"]
+        cancelled = client.post(f"/workflow/{workflow}/cancel")
+        assert cancelled.json() == {"workflowId": workflow, "status": "CANCELLED"}, cancelled.text
+        dagster.gate.set()
+        (post,) = poll_until(receiver.posts, bool)
+        state = Webhook(caller_secret("s3cret", ANONYMOUS)).verify(post.body, post.headers)
+        assert state == {"workflowId": workflow, "status": "CANCELLED", "progress": 5, "currentStep": "UPLOADING_IMAGE"}
+        assert post.headers["webhook-id"] == read_start(client.app.state.store, workflow).launch_tag  # type: ignore[attr-defined, union-attr]
+        poll_until(lambda: client.app.state.launcher.pending(), lambda n: n == 0)  # type: ignore[attr-defined]
+        assert dagster.launches == [(FULL_JOB, held)]
+        assert len(receiver.posts()) == 1
+
+
 def test_an_idempotent_retry_while_pending_gets_the_same_workflow_and_one_launch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
