@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -28,7 +29,7 @@ from devtools.stack import Stack
 from jewel_dagster.contract import FULL_JOB, PARTITION_TAG, SEED_STEP_OF_ASSET, STEP_PROGRESS, AssetName
 from jewel_dagster.runtime.processes.warm_code_server import CANCEL_GRACE_SECONDS
 from tests.support.e2e_flows import CUP, PHOTO, TOUCH_UP, finished
-from tests.support.e2e_stack import poll, running_stack, runs_of, wait_until
+from tests.support.e2e_stack import poll, run_worker, running_stack, runs_of, wait_until
 from tests.support.gpu_pool import GPU_POOL_NAME, held_pool
 from tests.support.servers import Gate, gated_proxy, reference_server, service_urls
 
@@ -172,7 +173,7 @@ class Cancelled:
     workflow: str
     run_id: str
     answer: httpx.Response
-    after: list[dict[str, Any]]  # every GET from the cancel on, until final and a while after
+    after: list[dict[str, Any]]  # every GET from the cancel on, until final and its run worker gone
 
 
 @pytest.fixture(scope="module")
@@ -189,15 +190,23 @@ def cancelled(stack: Stack, gate: Gate) -> Cancelled:
             return runs[0]["runId"] if any(s["status"] == "IN_PROGRESS" for s in steps) else None
 
         run_id = wait_until(executing, "a step IN_PROGRESS", timeout=60)
+        worker = wait_until(lambda: run_worker(stack), "the run worker", timeout=30)
         assert client.get(f"/workflow/{workflow}").json()["currentStep"] == "REFINING_MASK"
         answer = client.post(f"/workflow/{workflow}/cancel")
         after = poll(client, workflow, finished, timeout=90)
-        gate.release.set()  # the held call answers: a run the cancel left going would go on
-        deadline = time.monotonic() + 3  # and a while after: a run that goes on would show
-        while time.monotonic() < deadline:
-            after.append(client.get(f"/workflow/{workflow}").json())
-            time.sleep(0.2)
+        gate.release.set()  # the held call answers: a run the cancel left going would go on,
+        # until its process ends: once it is gone nothing more can come of the run (GET then).
+        wait_until(lambda: not _process_running(worker), f"the run worker {worker} gone", timeout=60)
+        after.append(client.get(f"/workflow/{workflow}").json())
     return Cancelled(workflow, run_id, answer, after)
+
+
+def _process_running(pid: int) -> bool:
+    """Whether the process still runs (a zombie waiting for its parent does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def test_cancel_a_run_executing_a_step(cancelled: Cancelled, client: httpx.Client, stack: Stack) -> None:
