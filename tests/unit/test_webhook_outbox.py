@@ -252,6 +252,8 @@ def test_webhook_events_are_checked_with_a_clear_message(tmp_path: Path) -> None
 
 def test_a_caller_lists_and_redelivers_its_own_deliveries_only(tmp_path: Path) -> None:
     keys = {"gateway_api_keys": "key-a,key-b", "webhook_secret": "s3cret", "webhook_allow_private": True}
+    # The gateway's outbox polls every 0.1 s (production: 1 s): the test waits for two of its polls.
+    keys |= {"webhook_poll_seconds": 0.1}
     alice, bob = {"X-API-Key": "key-a"}, {"X-API-Key": "key-b"}
     settings = outbox_settings(tmp_path / "blobs")
     with webhook_receiver() as receiver, gateway_client(tmp_path, **keys) as client:
