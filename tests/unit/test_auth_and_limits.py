@@ -179,6 +179,7 @@ def test_a_failing_redis_lets_requests_through(tmp_path: Path, caplog: pytest.Lo
 
             def calls(*api_keys: str) -> list[int]:
                 """Status codes, or a failure when the calls hang (a Redis call without a timeout)."""
+
                 def send() -> list[int]:
                     return [client.get(WORKFLOW, headers={"X-API-Key": k}).status_code for k in api_keys]
 
@@ -229,28 +230,32 @@ def test_health_asks_dagster_at_most_once_in_two_seconds(tmp_path: Path) -> None
     assert answers == {"disconnected"} and len(asked) == 1, asked
 
 
-def test_counters_of_addresses_gone_quiet_are_dropped(tmp_path: Path) -> None:
+def test_counters_of_addresses_gone_quiet_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 14, finding 7: the old buckets kept every address ever seen (200k = 41 MB)."""
+    import types
+
+    import limits.storage.memory
     from limits import RateLimitItemPerSecond
 
     from gateway.security import RateLimits
     from gateway.settings import GatewaySettings
 
-    limits = RateLimits(GatewaySettings(allow_anonymous=True))
-    storage = limits._limiter.storage  # the memory storage: its counters are what grows
-    # A 2 s window: the sliding window keeps a counter two windows (4 s), and 500 counters are
-    # made well within that even on a loaded machine (2,000 in a 1 s window began to expire
-    # before the count below on a busy 2-core machine). The wait below is those 4 s (it was a 5 s
-    # window: 10 s).
-    per_second = RateLimitItemPerSecond(5, multiples=2)
+    # The memory storage's clock, moved by the test: the counters expire when the clock says so,
+    # not after 4 s of real waiting (the test took ~4.2 s), and none before the count below.
+    now = [time.time()]
+    monkeypatch.setattr(limits.storage.memory, "time", types.SimpleNamespace(time=lambda: now[0]))
+    limits_ = RateLimits(GatewaySettings(allow_anonymous=True))
+    storage = limits_._limiter.storage  # the memory storage: its counters are what grows
+    per_second = RateLimitItemPerSecond(5, multiples=2)  # the sliding window keeps a counter 4 s
     for i in range(500):
-        assert limits.take(per_second, f"address:198.51.{i // 256}.{i % 256}") == 0.0
+        assert limits_.take(per_second, f"address:198.51.{i // 256}.{i % 256}") == 0.0
     assert len(storage.storage) >= 500  # type: ignore[attr-defined]
+    now[0] += 4.5
     # Expired counters go with the storage's next expiry pass, which any later call starts.
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 10
     while len(storage.storage) > 2 and time.monotonic() < deadline:  # type: ignore[attr-defined]
-        limits.take(per_second, "address:192.0.2.1")
-        time.sleep(0.2)
+        limits_.take(per_second, "address:192.0.2.1")
+        time.sleep(0.02)
     assert len(storage.storage) <= 2  # type: ignore[attr-defined]  # the one still-active address
 
 

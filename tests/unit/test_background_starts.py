@@ -214,7 +214,8 @@ def test_a_start_that_fails_before_its_run_exists_sends_its_failed_webhook(tmp_p
     find, so the launcher sends it: once, signed, FAILED at the first step."""
     with (
         webhook_receiver() as receiver,
-        gateways(tmp_path, webhook_secret="s3cret", webhook_allow_private=True) as (
+        # The outbox polls every 0.1 s (production: 1 s): the test waits for the poll that sends it.
+        gateways(tmp_path, webhook_secret="s3cret", webhook_allow_private=True, webhook_poll_seconds=0.1) as (
             [client],
             dagster,
         ),

@@ -242,15 +242,17 @@ def test_supplied_mask_and_bad_inputs_fail_with_readable_messages(instant_resour
 
 
 @pytest.mark.parametrize("points", [[{"x": 0.5, "y": 0.5, "label": 0}]])
-def test_no_positive_point_fails_the_mask_step(local_resources: dict[str, Any], points: list[dict[str, Any]]) -> None:
-    store: BlobStore = local_resources["blob_store"]
+def test_no_positive_point_fails_the_mask_step(instant_resources: dict[str, Any], points: list[dict[str, Any]]) -> None:
+    # The step refuses the request before any segmenter call: the instant stand-ins serve (was
+    # the local GrabCut's background removal, ~0.6 s of CPU for nothing asserted).
+    store: BlobStore = instant_resources["blob_store"]
     image, _ = synthetic_ring(300, 400)
     upload = store.put("requests/neg/upload", to_jpeg(image))
     with dg.instance_for_test() as instance:
         result = _materialize(
             PREPROCESS_ASSETS,
             "neg",
-            local_resources,
+            instant_resources,
             {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": points}},
             instance,
         )
@@ -374,63 +376,49 @@ def _prepare_canvas_with_calls_out(tmp_path: Path, rid: str) -> tuple[Any, list[
         return store, [e.asset_key.path[-1] for e in result.get_asset_materialization_events()]
 
 
-def test_prepare_canvas_stores_each_image_while_the_next_call_is_out(tmp_path: Path) -> None:
+def test_prepare_canvas_stores_each_image_while_the_next_call_is_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The resize and the zoom check have no latency knob: each is sent before the step stores
-    # what came before it (the photo, the canvas), not after (issue 28: ~0.1 s of the step).
+    # what came before it (the photo, the canvas), not after (issue 28: ~0.1 s of the step). The
+    # zoom check follows the resize on the call thread as soon as the canvas is in: it does not
+    # wait for the step's own thread to store the photo and take the canvas either, so the photo
+    # is held until the zoom check is out (sent after the resize: that covers the resize too; a
+    # test of the resize alone cost a materialization of its own).
+    monkeypatch.setitem(_CALL_AFTER, "original_image.png", "zoom")
     store, made = _prepare_canvas_with_calls_out(tmp_path, rid := "overlap")
-    assert set(made) == {"original_image", "resized_image", "canvas_transform", "zoom_check"}
+    assert made == ["original_image", "resized_image", "canvas_transform", "zoom_check"]
     canvas = _artifact(store, rid, "resized_image")
     assert canvas.shape == (*CANVAS, 3)
     assert _artifact(store, rid, "zoom_check") == LocalImageManipulator().check_zoom(canvas).to_dict()
 
 
-def test_prepare_canvas_sends_the_zoom_check_while_the_photo_is_stored(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The zoom check follows the resize on the call thread as soon as the canvas is in: it does
-    # not wait for the step's own thread to store the photo and take the canvas (issue 28).
-    monkeypatch.setitem(_CALL_AFTER, "original_image.png", "zoom")
-    store, made = _prepare_canvas_with_calls_out(tmp_path, rid := "zoom-overlap")
-    assert made == ["original_image", "resized_image", "canvas_transform", "zoom_check"]
-    assert (
-        _artifact(store, rid, "zoom_check")
-        == LocalImageManipulator().check_zoom(_artifact(store, rid, "resized_image")).to_dict()
-    )
-
-
-def test_segment_jewelry_stores_the_prepared_image_while_sam3_is_out(tmp_path: Path) -> None:
+def test_segment_and_generate_store_their_images_while_sam3_flux_and_gemini_are_out(tmp_path: Path) -> None:
     # SAM3 is on the critical path: sent before the image it segments is stored (its PNG and
-    # preview), not after (issue 28).
-    _CALLS_OUT.clear()
-    _CALLS_OUT["segment"] = threading.Event()
-    store, resources = _overlap_resources(tmp_path, segmenter=_SegmentCallOut())
-    rid = "sam3-overlap"
-    image, _ = synthetic_ring(300, 400)
-    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
-    with dg.instance_for_test() as instance:
-        config = {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": [RING_CLICK]}}
-        result = _materialize(PREPROCESS_ASSETS, rid, resources, config, instance)
-        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        made = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
-    assert {"background_removed_image", "jewelry_mask"} <= made
-    assert _artifact(store, rid, "jewelry_mask").any()
-
-
-def test_generate_images_stores_the_masks_while_flux_and_gemini_are_out(tmp_path: Path) -> None:
+    # preview), not after (issue 28). One preprocess serves this and the generations below (a
+    # test of its own cost a materialization).
     # Issue 28: the masks are made in the generations' step (no step of their own) and their PNGs
     # stored once both generators are sent, not on the critical path ahead of the calls; each is
     # still reported after its blob is stored, and before the generations (progress follows).
     _CALLS_OUT.clear()
-    _CALLS_OUT.update(flux=threading.Event(), gemini=threading.Event())
+    _CALLS_OUT.update(segment=threading.Event(), flux=threading.Event(), gemini=threading.Event())
     store, resources = _overlap_resources(
-        tmp_path, flux_generator=_GeneratorCallOut(call="flux"), gemini_generator=_GeneratorCallOut(call="gemini")
+        tmp_path,
+        segmenter=_SegmentCallOut(),
+        flux_generator=_GeneratorCallOut(call="flux"),
+        gemini_generator=_GeneratorCallOut(call="gemini"),
     )
     rid = "masks-overlap"
     image, _ = synthetic_ring(300, 400)
     upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
     with dg.instance_for_test() as instance:
         config = {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": [RING_CLICK]}}
-        assert _materialize(PREPROCESS_ASSETS, rid, resources, config, instance).success
+        pre = _materialize(PREPROCESS_ASSETS, rid, resources, config, instance)
+        assert pre.success, [e.message for e in pre.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert {"background_removed_image", "jewelry_mask"} <= {
+            e.asset_key.path[-1] for e in pre.get_asset_materialization_events()
+        }
+        assert _artifact(store, rid, "jewelry_mask").any()
         _CALLS_OUT.update(flux=threading.Event(), gemini=threading.Event())
         result = _materialize(GENERATE_ASSETS, rid, resources, {}, instance)
         assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]

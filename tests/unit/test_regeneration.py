@@ -23,13 +23,21 @@ from jewel_dagster.defs.regeneration import (
     sweep_page,
 )
 from jewel_dagster.defs.request_runs import BACKGROUND_TAG
-from jewel_dagster.resources.selection import build_resources
+from jewel_dagster.resources.local_services import InstantGenerator
+from jewel_dagster.resources.selection import build_resources as build_local_resources
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.vision import imaging
 from tests.support.photos import synthetic_ring, to_jpeg
 
 # What the regenerate job makes (named here, not read from the code under test).
 REGENERATED = ["flux_generation", "gemini_generation", "flux_metrics"]
+
+
+def build_resources(settings: PipelineSettings) -> dict[str, Any]:
+    """The local resources with an instant Gemini: the fidelity check and the regeneration are
+    about the Flux image; Gemini's studio backdrop, encoded and signed at every run, cost CPU
+    for pixels nothing here asserts."""
+    return {**build_local_resources(settings), "gemini_generator": InstantGenerator()}
 
 
 def _check_passed(result: dg.ExecuteInProcessResult) -> bool:

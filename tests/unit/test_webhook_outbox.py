@@ -30,6 +30,7 @@ from gateway.webhook_outbox.watcher import WebhookDispatcher
 from gateway.webhooks import caller_secret, store_webhook_url
 from jewel_dagster.contract import WEBHOOK_EVENTS_TAG, WEBHOOK_KEY_TAG, WEBHOOK_URL_TAG
 from jewel_dagster.resources.blob_store import LocalBlobStore
+from tests.support.e2e_stack import wait_until
 from tests.support.gateway_client import gateway_client, poll_until, start_body
 from tests.support.outbox import Clock, drain, inline_dispatcher, outbox_settings, queue
 from tests.support.receivers import Receiver, webhook_receiver
@@ -138,9 +139,12 @@ def test_two_replicas_polling_at_once_make_each_attempt_once(tmp_path: Path) -> 
     clock = Clock()
     replicas = [inline_dispatcher(settings, clock, seed=1), inline_dispatcher(settings, clock, seed=2)]
     up_at = clock.now + 60.0
+    made: list[int] = []  # the attempts each replica's poll of a round made
 
     def slow_answer() -> int:
-        time.sleep(0.3)  # the other replica polls meanwhile
+        # The POST is held until the other replica's poll of the round is over (was: 0.3 s each,
+        # ~3 s a test): it polled while this attempt was out.
+        wait_until(lambda: made, "the other replica's poll", timeout=10, every=0.005)
         return 503 if clock.now < up_at else 200
 
     with webhook_receiver() as receiver:
@@ -151,8 +155,8 @@ def test_two_replicas_polling_at_once_make_each_attempt_once(tmp_path: Path) -> 
             if due is None:
                 break
             clock.now = max(clock.now, due)
-            made: list[int] = []
-            threads = [threading.Thread(target=lambda r=r, made=made: made.append(r.run_due())) for r in replicas]
+            made.clear()
+            threads = [threading.Thread(target=lambda r=r: made.append(r.run_due())) for r in replicas]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -248,6 +252,8 @@ def test_webhook_events_are_checked_with_a_clear_message(tmp_path: Path) -> None
 
 def test_a_caller_lists_and_redelivers_its_own_deliveries_only(tmp_path: Path) -> None:
     keys = {"gateway_api_keys": "key-a,key-b", "webhook_secret": "s3cret", "webhook_allow_private": True}
+    # The gateway's outbox polls every 0.1 s (production: 1 s): the test waits for two of its polls.
+    keys |= {"webhook_poll_seconds": 0.1}
     alice, bob = {"X-API-Key": "key-a"}, {"X-API-Key": "key-b"}
     settings = outbox_settings(tmp_path / "blobs")
     with webhook_receiver() as receiver, gateway_client(tmp_path, **keys) as client:

@@ -598,42 +598,60 @@ def test_a_hostile_receiver_costs_a_few_kb_and_ends_at_the_deadline(
         assert outcome.error is not None and "within 1 s" in outcome.error
 
 
-class _SlowNames:
-    """Names under `.slow.test` take `seconds` to resolve; `fast.test` resolves at once."""
+class _HeldNames:
+    """Names under `.slow.test` resolve only once `release` is set (a name server that does not
+    answer); `fast.test` resolves at once. `held` counts the lookups waiting."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.held = 0
+        self._lock = threading.Lock()
 
     def __call__(self, host: str, port: int, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
         import socket
 
         if host.endswith(".slow.test"):
-            time.sleep(self.seconds)
+            with self._lock:
+                self.held += 1
+            self.release.wait(30)
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("8.8.8.8", port))]
 
 
 def test_one_callers_slow_names_do_not_delay_another_callers_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 29, finding 4: lookups ran on 4 shared threads; a caller's slow names made every
-    other caller's URLs "cannot be resolved"."""
+    other caller's URLs "cannot be resolved". Mallory's names are held until alice's lookup is
+    done (they took 3 s each before: the test ~5 s, now ~0.1 s); on shared threads alice's would
+    wait out its 5 s deadline and be refused."""
     import socket
     import threading
 
-    monkeypatch.setattr(socket, "getaddrinfo", _SlowNames(3.0))
+    from tests.support.e2e_stack import wait_until
+
+    names = _HeldNames()
+    monkeypatch.setattr(socket, "getaddrinfo", names)
+    asked: list[str] = []
     slow = [
-        threading.Thread(target=_try_check, args=(f"http://n{i}.slow.test/hook", "mallory"), daemon=True)
+        threading.Thread(target=_try_check, args=(f"http://n{i}.slow.test/hook", "mallory", asked), daemon=True)
         for i in range(8)
     ]
     for thread in slow:
         thread.start()
-    time.sleep(0.2)  # mallory's lookups hold their threads
-    started = time.monotonic()
-    assert check_webhook_url("http://fast.test/hook", allow_private=False, caller="alice") == ["8.8.8.8"]
-    assert time.monotonic() - started < 1.0
-    for thread in slow:
-        thread.join(timeout=15)
+    try:
+        # Mallory's lookups hold their threads: all 8 asked, as many held as her places allow.
+        wait_until(lambda: len(asked) == 8 and names.held >= 2, "mallory's held lookups", timeout=10, every=0.01)
+        started = time.monotonic()
+        assert check_webhook_url("http://fast.test/hook", allow_private=False, caller="alice") == ["8.8.8.8"]
+        assert time.monotonic() - started < 1.0
+    finally:
+        names.release.set()
+        for thread in slow:
+            thread.join(timeout=15)
 
 
-def _try_check(url: str, caller: str) -> None:
+def _try_check(url: str, caller: str, asked: list[str]) -> None:
+    asked.append(url)
     try:
         check_webhook_url(url, allow_private=False, caller=caller)
     except WebhookRefused:
