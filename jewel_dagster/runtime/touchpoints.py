@@ -28,6 +28,12 @@ PRIVATE_ATTRIBUTES: dict[str, tuple[str, str, str]] = {
     "_execution_lock": ("DagsterApiServer", "warm_code_server", "guards `_executions`"),
     "_termination_events": ("DagsterApiServer", "canary only", "what Dagster's CancelExecution sets"),
     "_termination_times": ("DagsterApiServer", "canary only", "what Dagster's CancelExecution records"),
+    "_check_for_orphaned_runs": (
+        "DagsterApiServer",
+        "warm_code_server",
+        "extended: a CANCELING run whose worker exited is CANCELED, not FAILED and retried",
+    ),
+    "_shutdown_once_executions_finish_event": ("DagsterApiServer", "canary only", "read by Dagster's orphan check"),
     "_pending_claims": ("InstanceConcurrencyContext", "claim_sleep", "the steps still waiting for a pool slot"),
     "_pending_timeouts": ("InstanceConcurrencyContext", "claim_sleep", "when each waiting step checks again"),
     "_claim_concurrency_slot": ("SqlEventLogStorage", "pool_claims", "overridden: a slot is never granted twice"),

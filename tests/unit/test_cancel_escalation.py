@@ -22,6 +22,7 @@ from jewel_dagster.runtime.processes.warm_code_server import (
     CancelExecutionRequest,
     WarmApiServer,
     end_cancelled_worker,
+    end_orphaned_cancels,
 )
 
 DagsterApiServer = warm_code_server.dagster_grpc_server.DagsterApiServer
@@ -36,6 +37,12 @@ def test_canary_the_private_dagster_api_we_extend_is_still_there() -> None:
     assert "run_id" in CancelExecutionRequest._fields
     assert WarmApiServer.CancelExecution is not DagsterApiServer.CancelExecution
     assert 1 <= warm_code_server.CANCEL_GRACE_SECONDS <= 10
+    # The check of ended workers we run first: still called by the server's loop, still failing
+    # an unfinished run whose worker is gone (what a CANCELING one must not get).
+    orphans = inspect.getsource(DagsterApiServer._check_for_orphaned_runs)
+    assert "self._executions.items()" in orphans and "report_run_failed(run)" in orphans
+    assert "self._check_for_orphaned_runs()" in source
+    assert WarmApiServer._check_for_orphaned_runs is not DagsterApiServer._check_for_orphaned_runs
 
 
 def _run_worker_stuck_in_c(cancelled: Any, started: Any) -> None:
@@ -125,3 +132,35 @@ def test_a_worker_that_stopped_by_itself_is_left_alone() -> None:
     worker.join()
     with dg.instance_for_test() as instance:
         assert not end_cancelled_worker("any", worker, instance.get_ref())
+
+
+def test_a_canceling_run_whose_worker_exited_is_canceled_not_failed() -> None:
+    """A cancel that reached a run while it was STARTING: its worker finds it CANCELING, ignores
+    it as a duplicate and exits 0. Dagster's orphan check reported it FAILED (and run retries
+    then completed the cancelled request, seen on CI); ours reports it CANCELED first. An
+    unfinished run that is not being cancelled is still Dagster's to fail."""
+    exited = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0,))
+    exited.start()
+    exited.join()
+    with dg.instance_for_test() as instance:
+        job = dg.GraphDefinition("noop").to_job()
+        cancelled = instance.create_run_for_job(job)
+        instance.report_run_canceling(cancelled)
+        crashed = instance.create_run_for_job(job)
+        instance.handle_run_event(
+            crashed.run_id,
+            dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=job.name),
+        )
+        server = WarmApiServer.__new__(WarmApiServer)
+        server._execution_lock = threading.Lock()
+        server._executions = {run.run_id: (exited, instance.get_ref()) for run in (cancelled, crashed)}
+        server._termination_events = {run.run_id: threading.Event() for run in (cancelled, crashed)}
+        server._termination_times = {}
+        server._shutdown_once_executions_finish_event = threading.Event()
+        server._check_for_orphaned_runs()
+        assert instance.get_run_by_id(cancelled.run_id).status == dg.DagsterRunStatus.CANCELED  # type: ignore[union-attr]
+        assert instance.get_run_by_id(crashed.run_id).status == dg.DagsterRunStatus.FAILURE  # type: ignore[union-attr]
+        messages = [e.message for e in instance.all_logs(cancelled.run_id)]
+        assert any("ended while the run was being cancelled (exit code 0)" in m for m in messages), messages
+        assert server._executions == {}
+        assert end_orphaned_cancels({}, threading.Lock()) == []

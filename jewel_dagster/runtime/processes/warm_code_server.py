@@ -14,7 +14,9 @@ A cancel also ends the work: Dagster's cancel only interrupts the run worker (SI
 step's RetryPolicy turns that interrupt into a step retry (`op_execution_error_boundary`), while
 code inside a long C call never sees it; the run then stayed CANCELING with the step burning a
 core. So `CancelExecution` here also arms a timer: a worker still alive `CANCEL_GRACE_SECONDS`
-later is killed and its run reported CANCELED (an engine event says why).
+later is killed and its run reported CANCELED (an engine event says why). And a run whose worker
+exits while the run is CANCELING (a cancel that reached the run while it was STARTING: the worker
+then ignores it as a duplicate and exits) is reported CANCELED, not FAILED and retried.
 
 Private symbols used (checked against dagster 1.13.27):
 - `dagster._grpc.server.DagsterApiServer`: subclassed; its `_mp_ctx` (a spawn context) replaced.
@@ -27,6 +29,8 @@ Private symbols used (checked against dagster 1.13.27):
 - `DagsterApiServer.CancelExecution(request, context)`: extended (super() first); the request is
   a `CancelExecutionRequest` serialized in `request.serialized_cancel_execution_request`.
 - `DagsterApiServer._executions` (run id -> (process, instance ref)) under `_execution_lock`.
+- `DagsterApiServer._check_for_orphaned_runs()`: extended (ours first, then super()): a CANCELING
+  run whose worker exited is reported CANCELED before Dagster's check would report it FAILED.
 - `dagster._grpc.types.CancelExecutionRequest` (read with the public `dg.deserialize_value`).
 - `dagster._cli.api.grpc_command`: imports `DagsterApiServer` from `dagster._grpc.server` when
   called, so replacing the module attribute hands it ours. If that import moves, the server
@@ -124,6 +128,40 @@ class WarmApiServer(dagster_grpc_server.DagsterApiServer):
             timer.daemon = True
             timer.start()
         return reply
+
+    def _check_for_orphaned_runs(self) -> None:
+        """Dagster's check of ended workers, a cancelled run's first: see `end_orphaned_cancels`."""
+        end_orphaned_cancels(self._executions, self._execution_lock)
+        super()._check_for_orphaned_runs()
+
+
+def end_orphaned_cancels(executions: dict[str, Any], executions_lock: threading.Lock) -> list[str]:
+    """Report CANCELED the CANCELING runs whose worker has exited; returns their run ids.
+
+    Dagster's own check (`_check_for_orphaned_runs`, right after this) reports FAILED every
+    unfinished run whose worker exited, and run retries then launch it again. A run cancelled
+    while STARTING reaches its worker as CANCELING; the worker ignores it ("a duplicate run")
+    and exits 0, so the cancelled request was FAILED, retried and COMPLETED (seen on CI: the API
+    had answered the cancel 409 FAILED). A worker gone while its run is being cancelled is the
+    cancel done: CANCELED, with an engine event saying so.
+    """
+    ended = []
+    with executions_lock:
+        for run_id, (process, instance_ref) in list(executions.items()):
+            if process.is_alive():
+                continue
+            with DagsterInstance.from_ref(instance_ref) as instance:
+                run = instance.get_run_by_id(run_id)
+                if run is None or run.status != DagsterRunStatus.CANCELING:
+                    continue
+                instance.report_engine_event(
+                    f"The run worker (pid {process.pid}) ended while the run was being cancelled "
+                    f"(exit code {process.exitcode}).",
+                    run,
+                )
+                instance.report_run_canceled(run)
+                ended.append(run_id)
+    return ended
 
 
 def end_cancelled_worker(
