@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devtools.stack import Stack, descendants, temporary_stack
+from devtools.stack import Stack, descendants
 from tests.support.e2e_flows import CUP, PHOTO, finished
-from tests.support.e2e_stack import poll
+from tests.support.e2e_stack import poll, running_stack
 from tests.support.infra import postgres_database, redis_url
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +53,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # Without the fix the start fails only after this long: the test fails sooner.
             "START_GIVE_UP_SECONDS": "30",
         }
-        with temporary_stack(root / "stack", env) as running:
+        # running_stack: SIGKILL 2 s after the SIGTERM at the end (temporary_stack's 10 s grace
+        # went by whole at every run: a process of the Celery stack outlives it).
+        with running_stack(root / "stack", env) as running:
             yield running
 
 

@@ -24,8 +24,14 @@ def finished(state: dict[str, Any]) -> bool:
     return state["status"] != "RUNNING"
 
 
-def full_request_completes(client: httpx.Client) -> dict[str, Any]:
-    """POST /workflow/start with a real photo, poll every 0.2 s, check the states; returns the last."""
+def full_request_completes(client: httpx.Client, fidelity: bool = True) -> dict[str, Any]:
+    """POST /workflow/start with a real photo, poll every 0.2 s, check the states; returns the last.
+
+    ``fidelity``: the stack runs the classical stand-ins, whose Flux image keeps the jewelry, so
+    the metrics meet the README's thresholds and the check passes. A stack on the instant
+    backends (LOCAL_BACKENDS=instant, the reference server's --instant) measures its flat
+    backdrop with discs around the points, which fails them: there the metrics and the check's
+    verdict must be there, whatever it is (a test about storage, not pixels)."""
     started = client.post("/workflow/start", json={"originalImageBase64": PHOTO, "maskPoints": [CUP]})
     assert started.status_code == 200, started.text
     body = started.json()
@@ -51,6 +57,10 @@ def full_request_completes(client: httpx.Client) -> dict[str, Any]:
         image = Image.open(io.BytesIO(base64.b64decode(result[key])))
         assert image.format == "JPEG" and image.size == (2000, 2667)
     metrics = result["flux_metrics"]
+    assert set(metrics) >= {"precision", "recall", "iou", "growth_ratio"}, metrics
+    if not fidelity:
+        assert isinstance(result["checks"]["fidelity"]["passed"], bool), result["checks"]
+        return final
     # The local Flux stand-in keeps every jewelry pixel: the README's fidelity thresholds hold
     # (precision, recall, IoU at least 0.90; growth ratio 0.90..1.10), and the check says so.
     assert all(0.90 <= metrics[k] <= 1.0 for k in ("precision", "recall", "iou")), metrics
