@@ -205,8 +205,9 @@ class DagsterRuns:
         return self.graphql.failure_of(run_id)
 
     def fidelity_check(self, request_id: str) -> dict[str, Any] | None:
-        """The newest `fidelity` check result of the request (see GraphQLRunReader.fidelity_check)."""
-        return self.graphql.fidelity_check(request_id)
+        """The newest `fidelity` check result of the request (RunReader.fidelity_check): read from
+        the storage with STATUS_SOURCE=storage, so a COMPLETED result needs no webserver."""
+        return self.reader.fidelity_check(request_id)
 
     def artifact_path(self, request_id: str, asset: str) -> str | None:
         """The blob path of the request's newest materialization of `asset` (its `path` metadata,

@@ -1,8 +1,8 @@
 """Runs read over dagster-webserver's GraphQL (STATUS_SOURCE=graphql, the default).
 
 Narrow documents, each asking only the fields the gateway uses. Also the reads that have no
-storage counterpart here (a failure's message, the fidelity check, runs in flight): whichever
-source reads run status, those go over GraphQL.
+storage counterpart here (a failure's message, runs in flight): whichever source reads run
+status, those go over GraphQL.
 """
 
 from __future__ import annotations
@@ -176,6 +176,24 @@ class GraphQLRunReader:
                 texts[name] = {e["label"]: str(e["text"]) for e in entries if e.get("text") is not None}
         return texts
 
+    def fidelity_check(self, request_id: str) -> dict[str, Any] | None:
+        """The newest `fidelity` check result of the request: {"passed", "status", "violations"},
+        and "reason" when the metrics could not be measured."""
+        query = self._transport.query
+        executions = query(_CHECK, {"partition": request_id, "check": CHECK_NAME})["assetCheckExecutions"]
+        if not executions:
+            return None
+        newest = executions[0]
+        evaluation = newest.get("evaluation") or {}
+        texts = {e["label"]: e.get("text") for e in evaluation.get("metadataEntries", [])}
+        return {
+            "passed": evaluation.get("success"),
+            "status": newest["status"],
+            "violations": texts.get("violations"),
+            "runId": newest["runId"],
+            **({"reason": texts["reason"]} if texts.get("reason") else {}),
+        }
+
     # ------------------------------------------------------------------ GraphQL-only reads
 
     def runs_in_flight(self, tags: dict[str, str]) -> int:
@@ -201,21 +219,3 @@ class GraphQLRunReader:
             if event["__typename"] == "RunFailureEvent":
                 return None, event["message"]
         return None, "the run failed"
-
-    def fidelity_check(self, request_id: str) -> dict[str, Any] | None:
-        """The newest `fidelity` check result of the request: {"passed", "status", "violations"},
-        and "reason" when the metrics could not be measured."""
-        query = self._transport.query
-        executions = query(_CHECK, {"partition": request_id, "check": CHECK_NAME})["assetCheckExecutions"]
-        if not executions:
-            return None
-        newest = executions[0]
-        evaluation = newest.get("evaluation") or {}
-        texts = {e["label"]: e.get("text") for e in evaluation.get("metadataEntries", [])}
-        return {
-            "passed": evaluation.get("success"),
-            "status": newest["status"],
-            "violations": texts.get("violations"),
-            "runId": newest["runId"],
-            **({"reason": texts["reason"]} if texts.get("reason") else {}),
-        }

@@ -8,7 +8,7 @@ read in-process: a few milliseconds and no webserver CPU). `StatusCache` sits in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.dagster_api.models import RunInfo
 from gateway.dagster_api.run_events import RunEventLog
@@ -32,6 +32,11 @@ class RunReader(Protocol):
     def newest_texts_of(self, request_id: str, assets: Sequence[str]) -> dict[str, dict[str, str]]:
         """asset -> the text metadata (label -> text) of the request's newest materialization of
         it; assets never materialized for the request map to {}."""
+        ...
+
+    def fidelity_check(self, request_id: str) -> dict[str, Any] | None:
+        """The newest `fidelity` check result of the request: {"passed", "status", "violations",
+        "runId"}, and "reason" when the metrics could not be measured; None when it never ran."""
         ...
 
     def close(self) -> None: ...

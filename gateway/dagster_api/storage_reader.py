@@ -2,9 +2,10 @@
 
 A GraphQL status query costs the webserver ~20-100 ms of CPU and queues behind launches and
 the UI; the same rows read from the storage (SQLite or PostgreSQL, through Dagster's own
-DagsterInstance API) take a few milliseconds and load nothing but the database. The metadata a
-finished request's result names (blob paths, backends) is read the same way. Launches,
-terminations and everything that changes state still go through GraphQL.
+DagsterInstance API) take a few milliseconds and load nothing but the database. What a finished
+request's result names (blob paths, backends, the `fidelity` check verdict) is read the same way,
+so a COMPLETED result is answered while the webserver is down. Launches, terminations and
+everything that changes state still go through GraphQL.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from gateway.dagster_api.errors import DagsterUnavailable
 from gateway.dagster_api.models import RunInfo
 from gateway.dagster_api.run_events import EVENT_TYPES, RunEvent, RunEventLog
+from jewel_dagster.contract import CHECK_NAME, AssetName
 
 POOL_OVERFLOW = 8  # connections beyond the one kept, for reads at once (closed when returned)
 
@@ -121,6 +123,28 @@ class StorageRunReader:
         """`newest_texts` of each asset: one indexed read each (the SQLite event log opens a
         connection a read, which is why a finished run's result is read once, `StatusCache`)."""
         return {name: self.newest_texts(request_id, name) for name in dict.fromkeys(assets)}
+
+    def fidelity_check(self, request_id: str) -> dict[str, Any] | None:
+        """The newest `fidelity` result of the request, the dict GraphQLRunReader.fidelity_check
+        answers: read from the check-execution index, as the webserver itself reads it."""
+        from dagster import AssetCheckKey, AssetKey
+
+        from jewel_dagster.runtime.storage.check_history import newest_check_execution
+
+        check = AssetCheckKey(AssetKey(str(AssetName.FLUX_METRICS)), CHECK_NAME)
+        try:
+            newest = newest_check_execution(self._instance, check, request_id)
+        except Exception as exc:  # the database is down or locked: as if Dagster did not answer
+            raise DagsterUnavailable(f"Dagster's event storage did not answer: {type(exc).__name__}: {exc}") from exc
+        if newest is None:
+            return None
+        return {
+            "passed": newest.passed,
+            "status": newest.status,
+            "violations": newest.texts.get("violations"),
+            "runId": newest.run_id,
+            **({"reason": newest.texts["reason"]} if newest.texts.get("reason") else {}),
+        }
 
     def close(self) -> None:
         from jewel_dagster.runtime.storage.storage_engines import dispose_storage_engines

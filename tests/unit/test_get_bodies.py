@@ -54,7 +54,8 @@ def instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.Dag
 def client(tmp_path: Path, instance: dg.DagsterInstance) -> Iterator[TestClient]:
     with gateway_client(tmp_path, status_source="storage") as found:
         runs: DagsterRuns = found.app.state.runs  # type: ignore[attr-defined]
-        runs.graphql.fidelity_check = lambda request_id: dict(CHECK)  # type: ignore[method-assign]  (no webserver)
+        # A verdict whose encoding matters (read from the storage: tests/unit/test_results_without_webserver.py).
+        runs.fidelity_check = lambda request_id: dict(CHECK)  # type: ignore[method-assign]
         runs.graphql.failure_of = lambda run_id: ("jewelry_mask", "SAM3 (http://10.0.0.7:9000) timed out")  # type: ignore[method-assign]
         yield found
 
@@ -195,8 +196,6 @@ def test_a_running_get_is_answered_on_the_event_loop(
 
 def test_another_caller_gets_404_from_a_kept_body(tmp_path: Path, instance: dg.DagsterInstance) -> None:
     with gateway_client(tmp_path, status_source="storage", gateway_api_keys=",".join(KEYS.values())) as client:
-        runs: DagsterRuns = client.app.state.runs  # type: ignore[attr-defined]
-        runs.graphql.fidelity_check = lambda request_id: None  # type: ignore[method-assign]
         owner = caller_id(KEYS["alpha"], client.app.state.settings.gateway_secret)  # type: ignore[attr-defined]
         done, running = _rid(), _rid()
         _completed(client, instance, done, owner=owner)

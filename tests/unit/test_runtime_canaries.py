@@ -1,6 +1,7 @@
 """Canaries for the Dagster internals jewel_dagster/runtime relies on, one per patch.
 
-- check_history.py: here (a failed check is seen as failed, a passed one not, per partition).
+- check_history.py: here (a failed check is seen as failed, a passed one not, per partition; the
+  newest execution's status, verdict and texts, a planned one's status resolved by its run).
 - pool_claims.py: tests/unit/test_pool_claims.py (the quick retry interval) and
   tests/unit/test_pool_claim_race.py (a slot is granted once).
 - warm_code_server.py: tests/e2e/test_warm_code_server.py (run workers forked, not spawned).
@@ -19,15 +20,21 @@ from pathlib import Path
 
 import dagster as dg
 
-from jewel_dagster.runtime.storage.check_history import failed_partitions, newest_check_failed
+from jewel_dagster.runtime.storage.check_history import (
+    CheckExecution,
+    failed_partitions,
+    newest_check_execution,
+    newest_check_failed,
+)
 from jewel_dagster.runtime.storage.storage_engines import dispose_storage_engines
 
-PARTITIONS = dg.StaticPartitionsDefinition(["passes", "fails", "recovers", "never-checked"])
+PARTITIONS = dg.StaticPartitionsDefinition(["passes", "fails", "recovers", "never-checked", "crashes"])
 CHECK = dg.AssetCheckKey(dg.AssetKey("measured"), "fidelity")
 
 
 class Outcome(dg.Config):
     passed: bool
+    crash: bool = False
 
 
 @dg.asset(
@@ -35,19 +42,24 @@ class Outcome(dg.Config):
     check_specs=[dg.AssetCheckSpec("fidelity", asset="measured", partitions_def=PARTITIONS)],
 )
 def measured(config: Outcome) -> Iterator[dg.Output[int] | dg.AssetCheckResult]:
+    if config.crash:  # the check was planned, never evaluated: the run fails
+        raise RuntimeError("crashed")
     yield dg.Output(1)
-    yield dg.AssetCheckResult(check_name="fidelity", passed=config.passed)
+    yield dg.AssetCheckResult(check_name="fidelity", passed=config.passed, metadata={"why": f"passed={config.passed}"})
 
 
-def _run(instance: dg.DagsterInstance, partition: str, passed: bool) -> None:
+def _run(instance: dg.DagsterInstance, partition: str, passed: bool, crash: bool = False) -> str:
     result = dg.materialize(
         [measured],
         partition_key=partition,
         instance=instance,
-        run_config={"ops": {"measured": {"config": {"passed": passed}}}},
+        run_config={"ops": {"measured": {"config": {"passed": passed, "crash": crash}}}},
+        raise_on_error=not crash,
     )
-    (evaluation,) = result.get_asset_check_evaluations()
-    assert evaluation.passed is passed
+    if not crash:
+        (evaluation,) = result.get_asset_check_evaluations()
+        assert evaluation.passed is passed
+    return result.run_id
 
 
 def test_newest_check_failed_reads_the_newest_result_of_that_partition() -> None:
@@ -69,6 +81,24 @@ def test_newest_check_failed_reads_the_newest_result_of_that_partition() -> None
         assert failed_partitions(instance, CHECK, list(PARTITIONS.get_partition_keys())) == {"fails", "passes"}
         assert failed_partitions(instance, CHECK, ["fails", "recovers"]) == {"fails"}
         assert failed_partitions(instance, CHECK, []) == set()
+
+
+def test_newest_check_execution_answers_what_graphql_answers() -> None:
+    """The gateway's storage read of a result's verdict (gateway.dagster_api.storage_reader):
+    the statuses GraphQL's `assetCheckExecutions` resolves, the newest of that partition."""
+    with dg.instance_for_test() as instance:
+        _run(instance, "fails", passed=False)
+        passed = _run(instance, "passes", passed=True)
+        assert newest_check_execution(instance, CHECK, "passes") == CheckExecution(
+            passed, "SUCCEEDED", True, {"why": "passed=True"}
+        )
+        failed = _run(instance, "recovers", passed=False)
+        assert newest_check_execution(instance, CHECK, "recovers") == CheckExecution(
+            failed, "FAILED", False, {"why": "passed=False"}
+        )
+        assert newest_check_execution(instance, CHECK, "never-checked") is None
+        crashed = _run(instance, "crashes", passed=True, crash=True)
+        assert newest_check_execution(instance, CHECK, "crashes") == CheckExecution(crashed, "EXECUTION_FAILED", None)
 
 
 def test_the_daemon_factory_builds_the_prompt_queue_loop() -> None:
