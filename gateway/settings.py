@@ -24,7 +24,11 @@ class GatewaySettings(PipelineSettings):
     )
     status_source: Literal["graphql", "storage"] = Field(
         default="graphql",
-        description="Where run status is read: Dagster's GraphQL, or its run storage under DAGSTER_HOME (faster).",
+        description=(
+            "Where run status is read, and what a finished request's answer names (blob paths, backends, check"
+            " verdict, failure): Dagster's GraphQL, or its storage under DAGSTER_HOME (faster, and GET answers"
+            " while the webserver is down)."
+        ),
     )
     status_stale_seconds: float = Field(
         default=5.0, ge=0.0, description="An expired status this young is answered while a refresh runs."

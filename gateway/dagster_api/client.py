@@ -201,8 +201,9 @@ class DagsterRuns:
         return self.graphql.runs_in_flight(tags)
 
     def failure_of(self, run_id: str) -> tuple[str | None, str]:
-        """(failed step key, a message a person can read) of a failed run."""
-        return self.graphql.failure_of(run_id)
+        """(failed step key, a message a person can read) of a failed run (RunReader.failure_of):
+        read from the storage with STATUS_SOURCE=storage, so a FAILED answer needs no webserver."""
+        return self.reader.failure_of(run_id)
 
     def fidelity_check(self, request_id: str) -> dict[str, Any] | None:
         """The newest `fidelity` check result of the request (RunReader.fidelity_check): read from

@@ -1,8 +1,8 @@
 """Runs read over dagster-webserver's GraphQL (STATUS_SOURCE=graphql, the default).
 
 Narrow documents, each asking only the fields the gateway uses. Also the reads that have no
-storage counterpart here (a failure's message, runs in flight): whichever source reads run
-status, those go over GraphQL.
+storage counterpart here (runs in flight): whichever source reads run status, those go over
+GraphQL.
 """
 
 from __future__ import annotations
@@ -176,6 +176,23 @@ class GraphQLRunReader:
                 texts[name] = {e["label"]: str(e["text"]) for e in entries if e.get("text") is not None}
         return texts
 
+    def failure_of(self, run_id: str) -> tuple[str | None, str]:
+        """(failed step key, a message a person can read) of a failed run."""
+        data = self._transport.query(_RUN_FAILURE, {"runId": run_id})["logsForRun"]
+        events = data.get("events", []) if data["__typename"] == "EventConnection" else []
+        for event in events:
+            if event["__typename"] == "ExecutionStepFailureEvent":
+                error = event.get("error") or {}
+                message = readable_error(error.get("message") or "")
+                cause = (error.get("cause") or {}).get("message")
+                if cause:  # e.g. "Exceeded max_retries of 3": the cause is what a person needs
+                    message = f"{readable_error(cause)} ({message})"
+                return event["stepKey"], message
+        for event in events:
+            if event["__typename"] == "RunFailureEvent":
+                return None, event["message"]
+        return None, "the run failed"
+
     def fidelity_check(self, request_id: str) -> dict[str, Any] | None:
         """The newest `fidelity` check result of the request: {"passed", "status", "violations"},
         and "reason" when the metrics could not be measured."""
@@ -202,20 +219,3 @@ class GraphQLRunReader:
         if data["__typename"] != "Runs":
             raise DagsterError(data.get("message", data["__typename"]))
         return int(data["count"])
-
-    def failure_of(self, run_id: str) -> tuple[str | None, str]:
-        """(failed step key, a message a person can read) of a failed run."""
-        data = self._transport.query(_RUN_FAILURE, {"runId": run_id})["logsForRun"]
-        events = data.get("events", []) if data["__typename"] == "EventConnection" else []
-        for event in events:
-            if event["__typename"] == "ExecutionStepFailureEvent":
-                error = event.get("error") or {}
-                message = readable_error(error.get("message") or "")
-                cause = (error.get("cause") or {}).get("message")
-                if cause:  # e.g. "Exceeded max_retries of 3": the cause is what a person needs
-                    message = f"{readable_error(cause)} ({message})"
-                return event["stepKey"], message
-        for event in events:
-            if event["__typename"] == "RunFailureEvent":
-                return None, event["message"]
-        return None, "the run failed"

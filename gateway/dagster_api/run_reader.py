@@ -34,6 +34,11 @@ class RunReader(Protocol):
         it; assets never materialized for the request map to {}."""
         ...
 
+    def failure_of(self, run_id: str) -> tuple[str | None, str]:
+        """(failed step key, a message a person can read) of a failed run: its first step failure
+        (the cause first when there is one), else its run failure's message."""
+        ...
+
     def fidelity_check(self, request_id: str) -> dict[str, Any] | None:
         """The newest `fidelity` check result of the request: {"passed", "status", "violations",
         "runId"}, and "reason" when the metrics could not be measured; None when it never ran."""

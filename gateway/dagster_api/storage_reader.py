@@ -3,8 +3,8 @@
 A GraphQL status query costs the webserver ~20-100 ms of CPU and queues behind launches and
 the UI; the same rows read from the storage (SQLite or PostgreSQL, through Dagster's own
 DagsterInstance API) take a few milliseconds and load nothing but the database. What a finished
-request's result names (blob paths, backends, the `fidelity` check verdict) is read the same way,
-so a COMPLETED result is answered while the webserver is down. Launches, terminations and
+request's answer names (blob paths, backends, the `fidelity` check verdict, a failure's message) is
+read the same way, so a finished request is answered while the webserver is down. Launches, terminations and
 everything that changes state still go through GraphQL.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.dagster_api.errors import DagsterUnavailable
+from gateway.dagster_api.errors import DagsterUnavailable, readable_error
 from gateway.dagster_api.models import RunInfo
 from gateway.dagster_api.run_events import EVENT_TYPES, RunEvent, RunEventLog
 from jewel_dagster.contract import CHECK_NAME, AssetName
@@ -123,6 +123,30 @@ class StorageRunReader:
         """`newest_texts` of each asset: one indexed read each (the SQLite event log opens a
         connection a read, which is why a finished run's result is read once, `StatusCache`)."""
         return {name: self.newest_texts(request_id, name) for name in dict.fromkeys(assets)}
+
+    def failure_of(self, run_id: str) -> tuple[str | None, str]:
+        """What GraphQLRunReader.failure_of answers, from the run's failure events in the event log."""
+        from dagster import DagsterEventType
+
+        failures = {DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}
+        try:
+            records = self._instance.get_records_for_run(run_id, of_type=failures).records
+        except Exception as exc:  # the database is down or locked: as if Dagster did not answer
+            raise DagsterUnavailable(f"Dagster's event storage did not answer: {type(exc).__name__}: {exc}") from exc
+        entries = [record.event_log_entry for record in records]
+        for entry in entries:
+            event = entry.dagster_event
+            if event is not None and event.event_type == DagsterEventType.STEP_FAILURE:
+                error = event.step_failure_data.error
+                message = readable_error(error.message if error else "")
+                if error is not None and error.cause is not None:  # e.g. "Exceeded max_retries of 3"
+                    message = f"{readable_error(error.cause.message)} ({message})"
+                return event.step_key, message
+        for entry in entries:
+            event = entry.dagster_event
+            if event is not None and event.event_type == DagsterEventType.RUN_FAILURE:
+                return None, entry.message
+        return None, "the run failed"
 
     def fidelity_check(self, request_id: str) -> dict[str, Any] | None:
         """The newest `fidelity` result of the request, the dict GraphQLRunReader.fidelity_check

@@ -56,7 +56,7 @@ def client(tmp_path: Path, instance: dg.DagsterInstance) -> Iterator[TestClient]
         runs: DagsterRuns = found.app.state.runs  # type: ignore[attr-defined]
         # A verdict whose encoding matters (read from the storage: tests/unit/test_results_without_webserver.py).
         runs.fidelity_check = lambda request_id: dict(CHECK)  # type: ignore[method-assign]
-        runs.graphql.failure_of = lambda run_id: ("jewelry_mask", "SAM3 (http://10.0.0.7:9000) timed out")  # type: ignore[method-assign]
+        runs.failure_of = lambda run_id: ("jewelry_mask", "SAM3 (http://10.0.0.7:9000) timed out")  # type: ignore[method-assign]
         yield found
 
 

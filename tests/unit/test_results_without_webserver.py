@@ -1,6 +1,7 @@
-"""With STATUS_SOURCE=storage a COMPLETED request's result, its `fidelity` check verdict included,
-is read from Dagster's storage: a gateway started while the webserver is down (nothing cached)
-answers it, as docs/operations.md says GET does while the webserver restarts."""
+"""With STATUS_SOURCE=storage a finished request's answer is read from Dagster's storage: a
+COMPLETED one's result with its `fidelity` check verdict, a FAILED one's step and message. A
+gateway started while the webserver is down (nothing cached) answers them, as docs/operations.md
+says GET does while the webserver restarts."""
 
 # No `from __future__ import annotations` here: Dagster reads the asset's annotations at run time.
 import io
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from gateway.dagster_api.client import DagsterRuns
-from jewel_dagster.contract import CHECK_NAME, PARTITION_TAG, PARTITIONS_NAME, AssetName
+from jewel_dagster.contract import CHECK_NAME, PARTITION_TAG, PARTITIONS_NAME, WILL_RETRY_TAG, AssetName
 from jewel_dagster.storage_layout import artifact_path
 from tests.support.gateway_client import gateway_client
 from tests.support.instances import home_instance
@@ -101,3 +102,37 @@ def test_a_fresh_gateway_answers_a_completed_result_while_the_webserver_is_down(
         assert check == expected
         if reason:
             assert "10.0.0.7" not in body["result"]["flux_metrics_error"]
+
+
+@dg.asset(name=str(AssetName.JEWELRY_MASK), partitions_def=REQUESTS)
+def segmented() -> None:
+    """Fails as a service step does."""
+    raise RuntimeError("SAM3 (http://10.0.0.7:9000/sam3/segment) timed out")
+
+
+def test_a_fresh_gateway_answers_a_failed_request_while_the_webserver_is_down(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    rid = f"jewelry-gen-{uuid.uuid4()}"
+    instance.add_dynamic_partitions(PARTITIONS_NAME, [rid])
+    result = dg.materialize(
+        [segmented],
+        partition_key=rid,
+        instance=instance,
+        tags={PARTITION_TAG: rid, WILL_RETRY_TAG: "false"},  # final: no run retry follows
+        raise_on_error=False,
+    )
+    assert not result.success
+    with gateway_client(tmp_path, status_source="storage") as client:
+        runs: DagsterRuns = client.app.state.runs  # type: ignore[attr-defined]
+        assert not runs.ping(timeout=1.0)
+        # What GraphQLRunReader.failure_of makes of the same events: the step, the cause first
+        # (Dagster wraps the step's error in "Error occurred while executing op ...").
+        step, message = runs.failure_of(result.run_id)
+        assert step == AssetName.JEWELRY_MASK
+        assert message.startswith("RuntimeError: SAM3 (http://10.0.0.7:9000/sam3/segment) timed out ("), message
+        answer = client.get(f"/workflow/{rid}")
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["status"] == "FAILED"
+        assert "SAM3" in body["error"] and "10.0.0.7" not in body["error"]  # its address hidden
