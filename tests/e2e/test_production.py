@@ -67,13 +67,15 @@ def test_postgres_and_azurite_survive_a_restart(tmp_path: Path) -> None:
             stored = container.download_blob(f"{run_folder}/flux_generation.png").readall()
             assert stored == flux.content  # the blob, its signed URL: the same signed bytes
 
-            # The gateway goes away and a new one answers from the storage: the run from
-            # PostgreSQL (STATUS_SOURCE=storage), the check through the webserver's GraphQL (which
-            # reads PostgreSQL too) and the images from Azurite; nothing of the request is left in
-            # a gateway's memory (its result cache). Dagster's processes keep running: they hold
-            # no copy of the storage, and restarting them cost ~9 CPU-s of imports here (their
-            # start on a PostgreSQL schema another process made is test_compose_processes').
-            stack.stop(("gateway",))
+            # The gateway and the webserver go away, and a new gateway answers from the storage
+            # alone (STATUS_SOURCE=storage): the run, the check's verdict and the failure texts from
+            # PostgreSQL, the images from Azurite; nothing of the request is left in a gateway's
+            # memory (its result cache) nor behind Dagster's GraphQL. (A fresh gateway answered
+            # 503 here while the webserver was down, before the verdict was read from the storage.)
+            # The daemon and code server keep running: they hold no copy of the storage, and
+            # restarting them cost ~9 CPU-s of imports here (their start on a PostgreSQL schema
+            # another process made is test_compose_processes').
+            stack.stop(("gateway", "webserver"))
             stack.start_gateway()
             with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
                 again = client.get(f"/workflow/{final['workflowId']}")
