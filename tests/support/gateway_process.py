@@ -38,15 +38,16 @@ def gateway_process(tmp_path: Path, **env: str) -> Iterator[tuple[str, int]]:
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the gateway did not start (exit code {process.poll()})")
-            time.sleep(0.2)
+        with httpx.Client(timeout=2) as client:  # one for the wait (devtools.stack.wait_for_http says why)
+            while True:
+                try:
+                    if client.get(f"{url}/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the gateway did not start (exit code {process.poll()})")
+                time.sleep(0.2)
         yield url, process.pid
     finally:
         process.terminate()

@@ -31,6 +31,7 @@ from jewel_dagster.vision import imaging
 from jewel_dagster.vision.classical import PixelPoint
 from jewel_dagster.vision.imaging import CanvasStroke, CanvasTransform, Mask, RGBImage
 from tests.support.artifacts import stored_path
+from tests.support.instances import stack_storage_instance
 from tests.support.photos import RING_CLICK, coffee_jpeg, synthetic_ring, to_jpeg
 
 CANVAS = (imaging.CANVAS_HEIGHT, imaging.CANVAS_WIDTH)
@@ -78,7 +79,7 @@ def test_full_job_on_a_real_photo(local_resources: dict[str, Any]) -> None:
     rid = "jewelry-gen-test-1"
     upload = store.put(f"requests/{rid}/upload", coffee_jpeg())
     stroke = {"points": [{"x": 0.05, "y": 0.1}, {"x": 0.15, "y": 0.1}], "mode": "add", "size": 40}
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         result = _materialize(
             ALL_ASSETS,
             rid,
@@ -155,7 +156,7 @@ def test_gemini_absent_is_not_materialized_and_says_why(tmp_path: Any) -> None:
     rid = "no-gemini"
     image, _ = synthetic_ring(600, 800)
     upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         result = _materialize(
             ALL_ASSETS,
             rid,
@@ -180,7 +181,7 @@ def test_preprocess_then_generate_on_the_same_partition(instant_resources: dict[
     rid = "two-stage"
     image, truth = synthetic_ring(900, 1200)
     upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         pre = _materialize(
             PREPROCESS_ASSETS,
             rid,
@@ -210,7 +211,7 @@ def test_supplied_mask_and_bad_inputs_fail_with_readable_messages(instant_resour
     image, truth = synthetic_ring(300, 400)
     upload = store.put("requests/supplied/upload", to_jpeg(image))
     mask_uri = store.put("requests/supplied/mask.png", imaging.encode_png(truth))
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         ok = _materialize(
             ALL_ASSETS,
             "supplied",
@@ -248,7 +249,7 @@ def test_no_positive_point_fails_the_mask_step(instant_resources: dict[str, Any]
     store: BlobStore = instant_resources["blob_store"]
     image, _ = synthetic_ring(300, 400)
     upload = store.put("requests/neg/upload", to_jpeg(image))
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         result = _materialize(
             PREPROCESS_ASSETS,
             "neg",
@@ -279,7 +280,7 @@ def test_no_strokes_keep_the_jewelry_mask_without_a_refiner_call(instant_resourc
     rid = "no-strokes"
     image, _ = synthetic_ring(300, 400)
     upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         result = _materialize(
             ALL_ASSETS,
             rid,
@@ -370,7 +371,7 @@ def _prepare_canvas_with_calls_out(tmp_path: Path, rid: str) -> tuple[Any, list[
     store, resources = _overlap_resources(tmp_path, image_manipulator=_CallsOut())
     image, _ = synthetic_ring(300, 400)
     upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         result = _materialize([prepare_canvas], rid, resources, {"original_image": {"image_uri": upload}}, instance)
         assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         return store, [e.asset_key.path[-1] for e in result.get_asset_materialization_events()]
@@ -411,7 +412,7 @@ def test_segment_and_generate_store_their_images_while_sam3_flux_and_gemini_are_
     rid = "masks-overlap"
     image, _ = synthetic_ring(300, 400)
     upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         config = {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": [RING_CLICK]}}
         pre = _materialize(PREPROCESS_ASSETS, rid, resources, config, instance)
         assert pre.success, [e.message for e in pre.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -451,7 +452,7 @@ def test_a_retried_generate_images_makes_each_asset_once(instant_resources: dict
     rid = "retried-generate"
     image, _ = synthetic_ring(300, 400)
     upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         config = {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": [RING_CLICK]}}
         assert _materialize(PREPROCESS_ASSETS, rid, instant_resources, config, instance).success
         resources = {**instant_resources, "flux_generator": _FluxFailingOnce()}

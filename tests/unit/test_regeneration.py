@@ -27,6 +27,7 @@ from jewel_dagster.resources.local_services import InstantGenerator
 from jewel_dagster.resources.selection import build_resources as build_local_resources
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.vision import imaging
+from tests.support.instances import stack_storage_instance
 from tests.support.photos import synthetic_ring, to_jpeg
 
 # What the regenerate job makes (named here, not read from the code under test).
@@ -78,7 +79,7 @@ def test_failed_check_is_regenerated_once_with_a_new_seed_and_then_passes(tmp_pa
         PipelineSettings(local_blob_root=str(tmp_path), local_flux_grow_px=30, local_flux_grow_seeds=[0])
     )
     settings = PipelineSettings(local_blob_root=str(tmp_path))
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         good = _full_run(build_resources(settings), instance, "good")
         assert _check_passed(good)
         bad = _full_run(resources, instance, "bad")
@@ -136,7 +137,7 @@ def _a_new_generator_version_marks_old_generations_stale(
 
 def test_attempts_are_bounded(tmp_path: Path) -> None:
     resources = build_resources(PipelineSettings(local_blob_root=str(tmp_path), local_flux_grow_px=30))
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         _full_run(resources, instance, "always-bad")
         for attempt in (1, 2):
             (request,) = regeneration_requests(instance, current_flux_version(), max_attempts=2)
@@ -155,7 +156,7 @@ def test_attempts_are_bounded(tmp_path: Path) -> None:
 
 def test_the_schedule_asks_for_what_the_sensor_asks_for() -> None:
     sensor, schedule = build_regeneration_automation(PipelineSettings(regeneration_max_attempts=3))
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         # What a run whose check failed leaves (the first test makes one for real): a current
         # Flux image, and a failed `fidelity` result on the partition.
         _generated(instance, "bad", current_flux_version())
@@ -214,7 +215,7 @@ def test_the_sensor_walks_every_partition_a_page_a_tick_with_bounded_runs() -> N
     settings = PipelineSettings(regeneration_page_size=5, regeneration_max_runs_per_tick=3)
     sensor, _ = build_regeneration_automation(settings)
     stale = [f"r{i:02d}" for i in range(14)]
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         for partition in stale:
             _generated(instance, partition, "old-model")
         _generated(instance, "busy", "old-model")  # has a run going: left alone
@@ -251,7 +252,7 @@ def test_a_page_costs_the_same_queries_whatever_its_size() -> None:
     """At 100,000s of partitions a tick must stay a few batched queries (issue 17): the
     question "which of these partitions has a run going" is asked once a page, not once a
     partition (a tick of 500 took ~8 s on PostgreSQL that way)."""
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         for i in range(40):
             _generated(instance, f"r{i:02d}", current_flux_version() if i % 2 else "old-model")
 
@@ -292,7 +293,7 @@ def test_a_failed_stale_regeneration_is_tried_again_under_a_new_run_key_a_bounde
     # Issue 28: the key was `<partition>:stale:<version>` whatever happened before, and Dagster never
     # launches a run key twice: after one failed run the partition stayed stale for good.
     sensor, _ = build_regeneration_automation(PipelineSettings(regeneration_max_attempts=2))
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         _generated(instance, "r1", "old-model")
         keys = []
         for attempt in (1, 2):
@@ -326,7 +327,7 @@ def test_the_walk_moves_on_when_a_page_needs_more_runs_than_a_tick_and_dagster_s
         PipelineSettings(regeneration_page_size=5, regeneration_max_runs_per_tick=2)
     )
     stale = [f"r{i}" for i in range(6)]
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         for partition in stale:
             _generated(instance, partition, "old-model")
         requested: list[str] = []

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import numpy as np
+import pytest
 
 from jewel_dagster.contract import run_config_ops
 from jewel_dagster.defs.assets import ALL_ASSETS
 from jewel_dagster.resources.blob_store import BlobStore
 from jewel_dagster.resources.io_manager import PARENT_RUN_TAG, ROOT_RUN_TAG, run_lineage
 from jewel_dagster.resources.local_services import LocalMaskRefiner
+from jewel_dagster.resources.selection import build_resources
+from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import artifact_path, strokes_path
 from jewel_dagster.vision import imaging
 from jewel_dagster.vision.imaging import CanvasStroke, Mask
+from tests.support.instances import stack_storage_instance
 from tests.support.photos import RING_CLICK, synthetic_ring, to_jpeg
 
 RID = "side-by-side"
@@ -63,18 +68,26 @@ def _stored(store: BlobStore, run_id: str, name: str) -> np.ndarray:
     return imaging.decode_png(store.get_path(artifact_path(RID, name, "png", run_id)))
 
 
-def test_a_run_beside_another_run_of_the_partition_keeps_its_own_inputs(local_resources: dict[str, Any]) -> None:
-    store: BlobStore = local_resources["blob_store"]
+@pytest.fixture
+def instant_resources(tmp_path: Path) -> dict[str, Any]:
+    """The instant stand-ins (LOCAL_BACKENDS=instant): what is asserted is which run's values each
+    step loads, told apart by the two photos' pixels, which the instant Flux keeps under the mask
+    as the local one does (the classical vision of two full runs cost ~5 CPU-s, 2026-12-05)."""
+    return build_resources(PipelineSettings(local_blob_root=str(tmp_path / "blobs"), local_backends="instant"))
+
+
+def test_a_run_beside_another_run_of_the_partition_keeps_its_own_inputs(instant_resources: dict[str, Any]) -> None:
+    store: BlobStore = instant_resources["blob_store"]
     OTHER_RESOURCES.clear()
-    OTHER_RESOURCES.update(local_resources)
+    OTHER_RESOURCES.update(instant_resources)
     OTHER_RUN.clear()
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         instance.add_dynamic_partitions("requests", [RID])
         mine = dg.materialize(
             ALL_ASSETS,
             partition_key=RID,
             instance=instance,
-            resources={**local_resources, "mask_refiner": OtherRunMeanwhile()},
+            resources={**instant_resources, "mask_refiner": OtherRunMeanwhile()},
             run_config=_config(store, seed=1),
         )
     assert mine.success and OTHER_RUN
@@ -92,7 +105,7 @@ def test_a_run_beside_another_run_of_the_partition_keeps_its_own_inputs(local_re
 
 def test_a_re_execution_reads_its_parent_then_its_root() -> None:
     job = dg.GraphDefinition("empty").to_job()
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         root = instance.create_run_for_job(job)
         parent = instance.create_run_for_job(job, tags={PARENT_RUN_TAG: root.run_id, ROOT_RUN_TAG: root.run_id})
         child = instance.create_run_for_job(job, tags={PARENT_RUN_TAG: parent.run_id, ROOT_RUN_TAG: root.run_id})

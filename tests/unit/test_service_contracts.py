@@ -23,6 +23,7 @@ from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import strokes_path
 from jewel_dagster.vision import imaging
 from tests.support.artifacts import stored_path
+from tests.support.instances import stack_storage_instance
 from tests.support.photos import coffee_jpeg
 from tests.support.servers import reference_servers, service_urls, set_knobs
 
@@ -69,7 +70,7 @@ def _run(
     store: BlobStore = resources["blob_store"]
     upload = store.put(f"requests/{rid}/upload", coffee_jpeg())
     strokes = store.put(strokes_path(rid, "test"), json.dumps([STROKE]).encode())
-    with dg.instance_for_test() as instance:
+    with stack_storage_instance() as instance:
         instance.add_dynamic_partitions("requests", [rid])
         result = dg.materialize(
             ALL_ASSETS,
