@@ -81,7 +81,61 @@ def faults(tmp_path_factory: pytest.TempPathFactory, traces: Receiver, reference
         env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": traces.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
         env |= {"SENSOR_LOOP_SECONDS": "1", "RUN_TRACE_SENSOR_INTERVAL_SECONDS": "1"}
         with running_stack(tmp_path_factory.mktemp("process-faults"), env) as stack:
+            # The trace sensors run by default; stopped until the trace test starts them again,
+            # as an operator would from the UI: ticking every second, their three evaluations
+            # (daemon and code server) burned ~4 CPU-s per 30 s of the fault tests, which look
+            # at no span.
+            sensors = _trace_sensors(stack)
+            assert {s["name"] for s in sensors} == set(TRACE_SENSORS), sensors
+            assert all(s["defaultStatus"] == s["sensorState"]["status"] == "RUNNING" for s in sensors), sensors
+            _set_trace_sensors(stack, running=False)
             yield stack, gate
+
+
+_REPOSITORY = {"repositoryLocationName": "jewel_dagster", "repositoryName": "__repository__"}
+TRACE_SENSORS = ("trace_runs_success", "trace_runs_failure", "trace_runs_canceled")  # defs/run_traces.py
+_SENSORS = """query S($repo: RepositorySelector!) { sensorsOrError(repositorySelector: $repo) {
+  ... on Sensors { results { id name defaultStatus sensorState { status ticks(limit: 1) { timestamp } } } } } }"""
+_START = "mutation S($s: SensorSelector!) { startSensor(sensorSelector: $s) { __typename } }"
+_STOP = "mutation S($id: String!) { stopSensor(id: $id) { __typename } }"
+_FORGET_CURSOR = "mutation S($s: SensorSelector!) { setSensorCursor(sensorSelector: $s) { __typename } }"
+
+
+def _graphql(stack: Stack, query: str, **variables: Any) -> dict[str, Any]:
+    body = httpx.post(f"{stack.dagster_url}/graphql", json={"query": query, "variables": variables}, timeout=30).json()
+    assert "errors" not in body, body
+    return dict(body["data"])
+
+
+def _trace_sensors(stack: Stack) -> list[dict[str, Any]]:
+    """The run-trace sensors, their default and current status and their latest tick."""
+    results = _graphql(stack, _SENSORS, repo=_REPOSITORY)["sensorsOrError"]["results"]
+    return [s for s in results if s["name"] in TRACE_SENSORS]
+
+
+def _set_trace_sensors(stack: Stack, *, running: bool) -> None:
+    """Start or stop the run-trace sensors (the UI's toggle), and wait until Dagster says so.
+
+    A started one without its cursor, and once it ticked since: that first tick sets the cursor
+    to the latest run ending, so it reports the runs that end after it; the fault tests' runs,
+    which ended while it was stopped, are skipped instead of worked through at 5 a tick."""
+    since = time.time()
+    for sensor in _trace_sensors(stack):
+        selector = {**_REPOSITORY, "sensorName": sensor["name"]}
+        if running:
+            assert _graphql(stack, _FORGET_CURSOR, s=selector)["setSensorCursor"]["__typename"] == "Sensor"
+            answer = _graphql(stack, _START, s=selector)["startSensor"]
+        else:
+            answer = _graphql(stack, _STOP, id=sensor["id"])["stopSensor"]
+        assert answer["__typename"] in ("Sensor", "StopSensorMutationResult"), answer
+
+    def settled() -> bool:
+        status = "RUNNING" if running else "STOPPED"
+        states = [s["sensorState"] for s in _trace_sensors(stack)]
+        ticked = all(s["ticks"] and s["ticks"][0]["timestamp"] >= since for s in states) or not running
+        return len(states) == len(TRACE_SENSORS) and all(s["status"] == status for s in states) and ticked
+
+    wait_until(settled, f"the trace sensors {'started' if running else 'stopped'}", 60)
 
 
 def _gpu_claims(stack: Stack) -> list[str]:
@@ -330,6 +384,7 @@ def test_one_trace_holds_the_start_call_the_model_calls_and_the_run(
 ) -> None:
     stack, gate = faults
     gate.release.set()
+    _set_trace_sensors(stack, running=True)
     with httpx.Client(base_url=stack.gateway_url, timeout=30) as client:
         workflow = _start(client)
         _completes(client, workflow)
