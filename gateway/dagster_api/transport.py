@@ -66,8 +66,16 @@ class GraphQLTransport:
     def close(self) -> None:
         self.http.close()
 
-    def query(self, document: str, variables: dict[str, Any], attempts: int = 2, timeout: float | None = None) -> Any:
-        """POST a GraphQL document; reads are retried once on a dropped connection."""
+    def query(
+        self,
+        document: str,
+        variables: dict[str, Any],
+        attempts: int = 2,
+        timeout: float | None = None,
+        retry_timeouts: bool = True,
+    ) -> Any:
+        """POST a GraphQL document; reads are retried once on a dropped connection (and, unless
+        `retry_timeouts` is off, once after a timeout)."""
         last: Exception | None = None
         for _ in range(attempts):
             try:
@@ -78,6 +86,8 @@ class GraphQLTransport:
                 )
             except httpx.TransportError as exc:
                 last = exc
+                if isinstance(exc, httpx.TimeoutException) and not retry_timeouts:
+                    break
                 continue
             self.contact = (time.monotonic(), True)
             if response.status_code != 200:
@@ -112,9 +122,14 @@ class GraphQLTransport:
     # ------------------------------------------------------------------ liveness
 
     def ping(self, timeout: float | None = 2.0) -> bool:
-        """Is Dagster answering? /health uses the short default; starts wait the full timeout."""
+        """Is Dagster answering? /health uses the short default; starts wait the full timeout.
+        A dropped connection is tried once more on a new one: the webserver closes a kept-alive
+        connection that sat idle (uvicorn's keep-alive, 5 s), and a request sent on it as it
+        closes fails at once; a start after a few idle seconds was answered 503 for it (the
+        suite's concurrent starts, CI 2026-12-05). A timeout is not tried again: the full
+        timeout is already the wait a start may spend on it."""
         try:
-            self.query("{ version }", {}, attempts=1, timeout=timeout)
+            self.query("{ version }", {}, attempts=2, timeout=timeout, retry_timeouts=False)
             return True
         except DagsterError:
             return False
