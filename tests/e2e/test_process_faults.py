@@ -118,22 +118,47 @@ def _set_trace_sensors(stack: Stack, *, running: bool) -> None:
 
     A started one without its cursor, and once it ticked since: that first tick sets the cursor
     to the latest run ending, so it reports the runs that end after it; the fault tests' runs,
-    which ended while it was stopped, are skipped instead of worked through at 5 a tick."""
+    which ended while it was stopped, are skipped instead of worked through at 5 a tick.
+
+    A stop can be undone by the daemon: a tick writes back a sensor's state it read before,
+    status included (dagster/_daemon/sensor.py, `state.with_data` at a tick's start and end), so
+    a stop landing in between is overwritten with RUNNING (stop 41's CI: "the trace sensors
+    stopped did not happen within 60 s"). Each poll sends the toggle again to a sensor still in
+    the other status, as an operator would click again."""
     since = time.time()
-    for sensor in _trace_sensors(stack):
+    status = "RUNNING" if running else "STOPPED"
+
+    def toggle(sensor: dict[str, Any]) -> None:
         selector = {**_REPOSITORY, "sensorName": sensor["name"]}
         if running:
-            assert _graphql(stack, _FORGET_CURSOR, s=selector)["setSensorCursor"]["__typename"] == "Sensor"
             answer = _graphql(stack, _START, s=selector)["startSensor"]
         else:
             answer = _graphql(stack, _STOP, id=sensor["id"])["stopSensor"]
         assert answer["__typename"] in ("Sensor", "StopSensorMutationResult"), answer
 
+    for sensor in _trace_sensors(stack):
+        if running:
+            selector = {**_REPOSITORY, "sensorName": sensor["name"]}
+            assert _graphql(stack, _FORGET_CURSOR, s=selector)["setSensorCursor"]["__typename"] == "Sensor"
+        toggle(sensor)
+
+    held_since: list[float] = []  # when every sensor was first seen in the wanted status, this time
+
     def settled() -> bool:
-        status = "RUNNING" if running else "STOPPED"
-        states = [s["sensorState"] for s in _trace_sensors(stack)]
-        ticked = all(s["ticks"] and s["ticks"][0]["timestamp"] >= since for s in states) or not running
-        return len(states) == len(TRACE_SENSORS) and all(s["status"] == status for s in states) and ticked
+        sensors = _trace_sensors(stack)
+        for sensor in sensors:
+            if sensor["sensorState"]["status"] != status:
+                toggle(sensor)
+                held_since.clear()
+        states = [s["sensorState"] for s in sensors]
+        if len(states) != len(TRACE_SENSORS) or any(s["status"] != status for s in states):
+            return False
+        if running:
+            return all(s["ticks"] and s["ticks"][0]["timestamp"] >= since for s in states)
+        # A stop holds once it outlived the daemon's loops that had read the state before it
+        # (SENSOR_LOOP_SECONDS=1: two seconds are two whole loops).
+        held_since[:] = held_since or [time.monotonic()]
+        return time.monotonic() - held_since[0] >= 2
 
     wait_until(settled, f"the trace sensors {'started' if running else 'stopped'}", 60)
 
