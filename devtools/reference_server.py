@@ -34,6 +34,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from jewel_dagster.resources import wire
 from jewel_dagster.resources.local_services import (
@@ -263,10 +264,18 @@ class CallTiming:
 SPOOL_BYTES = 128 * 1024 * 1024
 
 
+async def _caller_gone(request: Request, exc: Exception) -> Response:
+    """A caller that went away before its body was read (a run worker killed mid-upload, a
+    client's timeout) is not a server error: answered 400 for nobody rather than logged as
+    "Exception in ASGI application" with a traceback (CI's soak printed one per chaos kill)."""
+    return Response("the caller disconnected before its body was read", status_code=400)
+
+
 def create_app(state: ServerState) -> FastAPI:
     MultiPartParser.spool_max_size = SPOOL_BYTES  # a public class setting; this process serves only this app
     app = FastAPI(title="jewel-dagster reference model server")
     app.add_middleware(CallTiming, state=state)
+    app.add_exception_handler(ClientDisconnect, _caller_gone)
     manipulator = APIRouter(prefix="/image-manipulator")
     birefnet = APIRouter(prefix="/birefnet")
     sam3 = APIRouter(prefix="/sam3")

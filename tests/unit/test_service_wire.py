@@ -4,6 +4,7 @@ malformed or refused calls on both sides."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -238,6 +239,35 @@ def test_a_binary_request_gets_a_binary_answer_in_the_encoding_it_accepts(
     )
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     assert response.content[:8] == b"\x89PNG\r\n\x1a\n" and response.content[24] == 1  # bit depth 1
+
+
+def test_a_caller_gone_mid_body_is_answered_not_raised(photo: np.ndarray) -> None:
+    """A run worker killed while it uploads an image (the soak's chaos) leaves the server a
+    half-read multipart body: that is a 400 for nobody, not an exception out of the app (which
+    uvicorn logs as "Exception in ASGI application" with a traceback)."""
+    data, content_type = wire.encode_binary(photo, "png")
+    request = httpx.Request(
+        "POST", "http://server/birefnet/remove-background", files={"image": ("i.png", data, content_type)}
+    )
+    body = request.read()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/birefnet/remove-background", "raw_path": b"/birefnet/remove-background", "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 40000), "server": ("server", 80),
+        "headers": [(name.encode(), value.encode()) for name, value in request.headers.items()],
+    }  # fmt: skip
+    first = [{"type": "http.request", "body": body[: len(body) // 2], "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        return first.pop() if first else {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(create_app(ServerState(Knobs(), instant=True))(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400, sent
 
 
 @pytest.mark.parametrize(
