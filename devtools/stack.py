@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import IO, Protocol
 
 import httpx
 import yaml
@@ -98,6 +99,22 @@ def _location_state(client: httpx.Client, dagster_url: str) -> str:
     return "loading"
 
 
+class Spawner(Protocol):
+    """What starts a stack's process: `subprocess.Popen` itself, or a stand-in that takes the same
+    arguments (the tests' warm interpreter, tests/support/warm_interpreter.py)."""
+
+    def __call__(
+        self,
+        args: list[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        stdout: IO[bytes] | None,
+        stderr: int | None,
+        start_new_session: bool,
+    ) -> subprocess.Popen[bytes]: ...
+
+
 class Stack:
     def __init__(
         self,
@@ -106,6 +123,7 @@ class Stack:
         gateway_port: int = 8001,
         log_dir: Path | None = None,
         host: str = "127.0.0.1",
+        spawner: Spawner = subprocess.Popen,
     ) -> None:
         if "DAGSTER_HOME" not in env:
             raise ValueError("DAGSTER_HOME must be set: it holds dagster.yaml and the run storage")
@@ -122,6 +140,7 @@ class Stack:
         self.dagster_port = dagster_port
         self.gateway_port = gateway_port
         self.log_dir = log_dir
+        self.spawner = spawner
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.code_server_port: int | None = None
 
@@ -135,7 +154,7 @@ class Stack:
 
     def _spawn(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> None:
         out = open(self.log_dir / f"{name}.log", "ab") if self.log_dir else None  # noqa: SIM115
-        self.processes[name] = subprocess.Popen(
+        self.processes[name] = self.spawner(
             args,
             # Not the repo: Dagster's CLI loads a `.env` from its working folder over the
             # environment it was given (a relative DAGSTER_HOME there stopped it). The environment
@@ -376,7 +395,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def temporary_stack(root: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[Stack]:
+def temporary_stack(
+    root: Path, extra_env: Mapping[str, str] | None = None, spawner: Spawner = subprocess.Popen
+) -> Iterator[Stack]:
     """The whole stack on free loopback ports with its state under ``root``; for tests and benchmarks."""
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -391,7 +412,7 @@ def temporary_stack(root: Path, extra_env: Mapping[str, str] | None = None) -> I
     else:
         env.setdefault("ALLOW_ANONYMOUS", "true")  # loopback only, and gone with the test
     prepare_dagster_home(env)
-    stack = Stack(env, dagster_port=free_port(), gateway_port=free_port(), log_dir=logs)
+    stack = Stack(env, dagster_port=free_port(), gateway_port=free_port(), log_dir=logs, spawner=spawner)
     try:
         stack.start()
         yield stack

@@ -60,11 +60,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def _code_servers(stack: Stack) -> list[int]:
-    """Every `dagster api grpc` process of the stack: its own code server (and its children),
-    and any the webserver or daemon spawned."""
+    """Every code server of the stack: its own (by name: forked from the tests' warm interpreter,
+    its command line is that interpreter's), and any `dagster api grpc` the webserver or daemon
+    spawned."""
     roots = [p.pid for p in stack.processes.values()]
-    found = []
-    for pid in [*roots, *descendants(roots)]:
+    found = [stack.processes["code_server"].pid] if "code_server" in stack.processes else []
+    for pid in descendants(roots):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:

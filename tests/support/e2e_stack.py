@@ -16,6 +16,7 @@ from jewel_dagster.resources.selection import build_blob_store
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import pending_start_path as pending_path
 from tests.support.metrics import samples, value
+from tests.support.warm_interpreter import warm_interpreter
 
 # How long a test stack's processes get to exit after SIGTERM at the end of its test (then
 # SIGKILL): Stack.stop's 10 s is for `make run`; the daemon alone took 6 s to join its threads on a
@@ -26,8 +27,9 @@ TEARDOWN_GRACE_SECONDS = 2.0
 
 @contextmanager
 def running_stack(root: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[Stack]:
-    """`devtools.stack.temporary_stack`, stopped with a short grace (TEARDOWN_GRACE_SECONDS)."""
-    with temporary_stack(root, extra_env) as stack:
+    """`devtools.stack.temporary_stack`, stopped with a short grace (TEARDOWN_GRACE_SECONDS), its
+    processes forked from this worker's warm interpreter (tests/support/warm_interpreter.py)."""
+    with temporary_stack(root, extra_env, spawner=warm_interpreter().popen) as stack:
         try:
             yield stack
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import uvicorn
 from devtools.reference_server import service_env
 from devtools.stack import REPO_ROOT, wait_for_http
 from tests.support.e2e_stack import free_port
+from tests.support.warm_interpreter import warm_interpreter
 
 
 @contextmanager
@@ -37,7 +39,8 @@ def reference_servers(*arg_lists: list[str], ports: list[int | None] | None = No
     try:
         for args, port in zip(arg_lists, chosen, strict=True):
             command = [sys.executable, "-m", "devtools.reference_server", "--port", str(port), *args]
-            processes.append(subprocess.Popen(command, cwd=REPO_ROOT))
+            # Forked from the worker's warm interpreter (FastAPI and uvicorn imported once).
+            processes.append(warm_interpreter().popen(command, cwd=REPO_ROOT, env=os.environ))
         urls = [f"http://127.0.0.1:{port}" for port in chosen]
         for url, process in zip(urls, processes, strict=True):
             wait_for_http(f"{url}/sam3/health", 60, process)
