@@ -110,6 +110,20 @@ def test_an_edited_pixel_breaks_validation(signer: ImageSigner, mime: str) -> No
     assert report.summary()["label"] is None  # the page shows no label for a broken manifest
 
 
+def test_the_pixel_edit_finds_the_scan_past_a_segment_holding_its_marker_bytes() -> None:
+    """A signed JPEG's manifest changes at each signing and now and then holds the bytes FFDA
+    (start of scan) before the real scan: the edit must land in the pixels all the same (CI once
+    failed when it looked for the first FFDA of the file)."""
+    plain = imaging.encode_jpeg(_image())
+    payload = b"manifest-like \xff\xda\xff\xff bytes"
+    segment = b"\xff\xeb" + (len(payload) + 2).to_bytes(2, "big") + payload  # APP11, as C2PA's JUMBF
+    jpeg = plain[:2] + segment + plain[2:]
+    edited = edit_a_pixel(jpeg, "image/jpeg")
+    assert edited[: len(segment) + 2] == jpeg[: len(segment) + 2]  # the segment is left as it was
+    before, after = (np.array(Image.open(io.BytesIO(d)).convert("RGB")) for d in (jpeg, edited))
+    assert not np.array_equal(before, after)
+
+
 def test_an_unsigned_image_has_no_manifest() -> None:
     assert read_manifest(imaging.encode_jpeg(_image())) is None
 
