@@ -168,6 +168,10 @@ class WarmInterpreter:
         if ready.get("threads") != 1:
             raise RuntimeError(f"the warm interpreter started {ready.get('threads')} threads: it cannot fork")
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def _ask(self, message: Mapping[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
         with self._lock:
             _send(self._control, message, fds)
