@@ -54,7 +54,7 @@ def test_a_module_runs_forked_with_its_arguments_environment_folder_output_and_s
 
 
 def test_a_running_child_polls_none_times_out_and_reports_the_signal_that_ended_it(program: Path) -> None:
-    (program / "warm_test_program.py").write_text("import time\ntime.sleep(600)\n")
+    (program / "warm_test_program.py").write_text("import signal\nsignal.pause()\n")  # runs until signalled
     process = _start(program)
     assert process.poll() is None
     with pytest.raises(subprocess.TimeoutExpired):
