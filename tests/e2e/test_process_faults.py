@@ -95,7 +95,8 @@ def faults(tmp_path_factory: pytest.TempPathFactory, traces: Receiver, reference
 _REPOSITORY = {"repositoryLocationName": "jewel_dagster", "repositoryName": "__repository__"}
 TRACE_SENSORS = ("trace_runs_success", "trace_runs_failure", "trace_runs_canceled")  # defs/run_traces.py
 _SENSORS = """query S($repo: RepositorySelector!) { sensorsOrError(repositorySelector: $repo) {
-  ... on Sensors { results { id name defaultStatus sensorState { status ticks(limit: 1) { timestamp } } } } } }"""
+  ... on Sensors { results { id name defaultStatus
+    sensorState { status ticks(limit: 1) { timestamp status } } } } } }"""
 _START = "mutation S($s: SensorSelector!) { startSensor(sensorSelector: $s) { __typename } }"
 _STOP = "mutation S($id: String!) { stopSensor(id: $id) { __typename } }"
 _FORGET_CURSOR = "mutation S($s: SensorSelector!) { setSensorCursor(sensorSelector: $s) { __typename } }"
@@ -107,6 +108,17 @@ def _graphql(stack: Stack, query: str, **variables: Any) -> dict[str, Any]:
     return dict(body["data"])
 
 
+_TICKS = """query S($repo: RepositorySelector!) { sensorsOrError(repositorySelector: $repo) {
+  ... on Sensors { results { name sensorState { status ticks(limit: 5) {
+    timestamp status cursor runIds skipReason error { message } } } } } } }"""
+
+
+def _trace_sensor_ticks(stack: Stack) -> list[dict[str, Any]]:
+    """The run-trace sensors' last ticks (status, cursor, error): what a failed trace test shows."""
+    results = _graphql(stack, _TICKS, repo=_REPOSITORY)["sensorsOrError"]["results"]
+    return [s for s in results if s["name"] in TRACE_SENSORS]
+
+
 def _trace_sensors(stack: Stack) -> list[dict[str, Any]]:
     """The run-trace sensors, their default and current status and their latest tick."""
     results = _graphql(stack, _SENSORS, repo=_REPOSITORY)["sensorsOrError"]["results"]
@@ -116,9 +128,14 @@ def _trace_sensors(stack: Stack) -> list[dict[str, Any]]:
 def _set_trace_sensors(stack: Stack, *, running: bool) -> None:
     """Start or stop the run-trace sensors (the UI's toggle), and wait until Dagster says so.
 
-    A started one without its cursor, and once it ticked since: that first tick sets the cursor
-    to the latest run ending, so it reports the runs that end after it; the fault tests' runs,
-    which ended while it was stopped, are skipped instead of worked through at 5 a tick.
+    A started one without its cursor, and once a tick since has ended: that first tick sets the
+    cursor to the latest run ending, so it reports the runs that end after it; the fault tests'
+    runs, which ended while it was stopped, are skipped instead of worked through at 5 a tick. A
+    tick is recorded STARTED before its evaluation (dagster/_daemon/sensor.py, `create_tick`): a
+    run that ends before that evaluation reads the latest run ending becomes the cursor's start
+    and is never reported. That is the likely cause of stop 41's CI failure, under load: the
+    trace test's run span never came (not reproduced in 6 runs of the file beside stress-ng;
+    the failure message now shows the sensors' ticks and cursors).
 
     A stop can be undone by the daemon: a tick writes back a sensor's state it read before,
     status included (dagster/_daemon/sensor.py, `state.with_data` at a tick's start and end), so
@@ -153,8 +170,9 @@ def _set_trace_sensors(stack: Stack, *, running: bool) -> None:
         states = [s["sensorState"] for s in sensors]
         if len(states) != len(TRACE_SENSORS) or any(s["status"] != status for s in states):
             return False
-        if running:
-            return all(s["ticks"] and s["ticks"][0]["timestamp"] >= since for s in states)
+        if running:  # a tick since the start that has ended: its cursor (the latest run ending) is set
+            latest = [s["ticks"][0] if s["ticks"] else None for s in states]
+            return all(tick and tick["timestamp"] >= since and tick["status"] != "STARTED" for tick in latest)
         # A stop holds once it outlived the daemon's loops that had read the state before it
         # (SENSOR_LOOP_SECONDS=1: two seconds are two whole loops).
         held_since[:] = held_since or [time.monotonic()]
@@ -420,7 +438,11 @@ def test_one_trace_holds_the_start_call_the_model_calls_and_the_run(
         ended = [s for s in mine if s.name == f"run {run['jobName']}"]
         return mine if ended and any(s.service == "jewel-gateway" for s in mine) else None
 
-    spans = wait_until(trace_of_the_request, "the request's spans at the collector", 60)
+    try:
+        spans = wait_until(trace_of_the_request, "the request's spans at the collector", 60)
+    except AssertionError as missing:  # say which span is missing and what the sensors did
+        names = sorted({(s.service, s.name) for s in traces.received() if s.attributes.get("workflow.id") == workflow})
+        raise AssertionError(f"{missing}; run {run}; its spans {names}; sensors {_trace_sensor_ticks(stack)}") from None
     (start,) = [s for s in spans if s.service == "jewel-gateway"]
     assert start.name == f"start {run['jobName']}"
     calls = {s.name for s in spans if s.attributes.get("jewel.service")}

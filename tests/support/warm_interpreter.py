@@ -121,6 +121,16 @@ def _become(start: Mapping[str, Any], fds: list[int]) -> None:
     os.chdir(start["cwd"])
     os.environ.clear()
     os.environ.update(start["env"])
+    _name_process(start["argv"])
+
+
+def _name_process(argv: Sequence[str]) -> None:
+    """Name the child after its program (`ps -o comm`, /proc/PID/comm, 15 bytes at most): every
+    child shares the warm interpreter's command line, so without this `ps`, `top` and a CPU
+    sampler cannot tell a gateway from a daemon."""
+    program = argv[1].rsplit(".", 1)[-1] if argv[0] == "-m" else Path(argv[0]).name
+    with contextlib.suppress(OSError):
+        Path("/proc/self/comm").write_text(program[:15])
 
 
 def _run(start: Mapping[str, Any]) -> None:

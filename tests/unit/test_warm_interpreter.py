@@ -18,6 +18,7 @@ PROGRAM = """\
 import os, sys
 print("argv", sys.argv[1:], "cwd", os.getcwd(), "env", os.environ.get("WARM_TEST"))
 print("own session", os.getsid(0) == os.getpid(), "dagster already imported", "dagster" in sys.modules)
+print("named", open("/proc/self/comm").read().strip())
 sys.stderr.write("to stderr\\n")
 sys.exit(int(os.environ.get("WARM_EXIT", "0")))
 """
@@ -51,6 +52,7 @@ def test_a_module_runs_forked_with_its_arguments_environment_folder_output_and_s
     # Preloaded: the child found Dagster imported, which is the point of the warm interpreter.
     assert "own session True dagster already imported True" in lines
     assert "to stderr" in lines
+    assert "named warm_test_progr" in lines  # ps and samplers tell the children apart (15 bytes)
 
 
 def test_a_running_child_polls_none_times_out_and_reports_the_signal_that_ended_it(program: Path) -> None:
