@@ -25,6 +25,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from jewel_dagster.resources.selection import build_resources
 from jewel_dagster.settings import PipelineSettings
 from tests.support.infra import on_ci
+from tests.support.lazy_cas import read_cas_lazily
 from tests.support.shared_stacks import GROUP_OF_FILE, SharedStacks
 
 # Test files, slowest first (a file of a shared-stack group brings its whole group forward), from
@@ -52,6 +53,8 @@ SLOWEST_FIRST: tuple[str, ...] = (
     "tests/unit/test_pool_initialization_race.py",
 )
 _SHARED_STACKS = pytest.StashKey[SharedStacks]()
+
+read_cas_lazily(os.environ)  # before any client: ~95 CPU-s a run (tests/support/lazy_cas.py)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+import certifi
+import httpx
 import pytest
 
 from jewel_dagster.resources import http_services
@@ -35,8 +37,17 @@ def test_the_clients_of_a_process_read_the_ca_bundle_once(monkeypatch: pytest.Mo
         http_services.tls_context.cache_clear()
 
 
-def test_the_shared_context_verifies_as_httpxs_own_would() -> None:
+def test_the_shared_context_verifies_as_httpxs_own_would(monkeypatch: pytest.MonkeyPatch) -> None:
     context = http_services.tls_context()
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname
-    assert context.cert_store_stats()["x509_ca"] > 0
+    # The same CAs as httpx's own context: looked up lazily in the suite (tests/support/lazy_cas.py)...
+    assert context.cert_store_stats() == httpx.create_ssl_context().cert_store_stats()
+    # ...and read up front from a bundle, as a deployment's SSL_CERT_FILE or certifi's has them.
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    http_services.tls_context.cache_clear()
+    try:
+        assert http_services.tls_context().cert_store_stats()["x509_ca"] > 0
+    finally:
+        http_services.tls_context.cache_clear()
