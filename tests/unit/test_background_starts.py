@@ -271,7 +271,11 @@ def test_an_idempotent_retry_while_pending_gets_the_same_workflow_and_one_launch
     # Every claim is "stale" at once: only its `settled` check (a pending start counts) keeps a
     # retry from launching the key again while the first run does not exist yet.
     monkeypatch.setattr(idempotency, "IDEMPOTENCY_CLAIM_STALE_SECONDS", 0.0)
-    with gateways(tmp_path, count=2) as ([a, b], dagster):
+    # Takeover at production's pace, not FAST's 0.3 s: with a heartbeat due every 0.1 s, a loaded
+    # machine let a's lapse while its launch was held, and b took the start over and launched it
+    # too (a fourteenth-session run: 2 launches). That is the takeover's contract (a gateway whose
+    # heartbeat is that old is taken for dead), tested in its own tests; not what this one is about.
+    with gateways(tmp_path, count=2, start_takeover_seconds=30.0) as ([a, b], dagster):
         dagster.gate.clear()
         key = {"Idempotency-Key": "order-19"}
         first = a.post("/workflow/start", json=start_body(), headers=key)
