@@ -391,7 +391,11 @@ def chromium() -> Path:
 def _choose_the_ring(page: Any) -> None:
     """Pick samples/ring.jpg and click the ring (what README's first steps tell a person to do)."""
     page.set_input_files("#file", str(RING))
-    page.wait_for_function("document.getElementById('photo-canvas').width > 1")
+    # Waits in the page are functions, not expressions: Playwright evals an expression string at
+    # every poll after the first, which the page's CSP (no 'unsafe-eval') refuses; a function is
+    # evaluated once, by the first (CDP) call, and only called after. An expression passed only
+    # when its condition already held at the first poll.
+    page.wait_for_function("() => document.getElementById('photo-canvas').width > 1")
     photo = page.locator("#photo-canvas").bounding_box()
     assert photo is not None
     page.mouse.click(photo["x"] + 0.245 * photo["width"], photo["y"] + 0.467 * photo["height"])
@@ -440,8 +444,8 @@ def test_the_page_takes_a_photo_and_clicks_to_results(chromium: Path, keyed_gate
             assert page.locator("#undo-stroke").is_enabled()  # the stroke was recorded
             page.click("#generate")
             page.wait_for_selector("#results", state="visible", timeout=180_000)
-            page.wait_for_function("document.getElementById('flux-img').naturalWidth === 2000", timeout=30_000)
-            page.wait_for_function("document.getElementById('gemini-img').naturalWidth === 2000", timeout=30_000)
+            page.wait_for_function("() => document.getElementById('flux-img').naturalWidth === 2000", timeout=30_000)
+            page.wait_for_function("() => document.getElementById('gemini-img').naturalWidth === 2000", timeout=30_000)
             assert page.locator("#step-name").inner_text() == "COMPLETED"
             assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
             assert page.locator("#metrics tr").count() >= 3
