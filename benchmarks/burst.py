@@ -40,6 +40,7 @@ import httpx
 from benchmarks.common import BENCH_ENV, BODY, percentile
 from devtools.reference_server import service_env
 from devtools.stack import REPO_ROOT, Stack, descendants, free_port, parent_pid, temporary_stack, wait_for_http
+from jewel_dagster.runtime.processes.forked_forkserver import FORKSERVER_NAME, RUN_WORKER_NAME
 
 LATENCY = {"sam3/segment": 1.0, "a100/generate": 3.0, "gemini/generate-content": 2.0}
 GPU_SECONDS = LATENCY["sam3/segment"] + max(
@@ -79,6 +80,12 @@ def _role(pid: int) -> str:
         except OSError:
             return ""
 
+    try:  # the forkserver the warm code server forks, and its run workers, are named, not told by argv
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        comm = ""
+    if comm in (FORKSERVER_NAME, RUN_WORKER_NAME):
+        return "code server forkserver" + (" child" if comm == RUN_WORKER_NAME else "")
     own = cmdline(pid)
     role = next((name for needle, name in ROLES if needle in own), "other")
     parent = parent_pid(pid)

@@ -46,7 +46,6 @@ PRIVATE_ATTRIBUTES: dict[str, tuple[str, str, str]] = {
     "_conn_string": ("SqliteRunStorage", "storage_engines", "the file a pooled engine of our own opens"),
     "_query": ("DagsterGrpcClient", "run_launcher", "StartRun sent without the client's throwaway instance"),
     "_run_ids": ("DefaultRunLauncher", "run_launcher", "the launched runs `join()` waits for"),
-    "_loadable_target_origin": ("DagsterApiServer", "warm_code_server", "the code location the forkserver warms"),
     "_fileno": ("dagster._core.execution.compute_logs", "compute_log_tail", "the stream tail mirrors to"),
     "_clean_up_subprocess": ("dagster._core.execution.compute_logs", "compute_log_tail", "ends the tail"),
     "_run_config_schema": ("JobDefinition", "canary only", "the schema worker_warmup builds, kept on the job"),

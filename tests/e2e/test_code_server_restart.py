@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from devtools.stack import Stack, descendants
+from jewel_dagster.runtime.processes.forked_forkserver import FORKSERVER_NAME, RUN_WORKER_NAME
 from tests.support.e2e_flows import CUP, PHOTO, finished
 from tests.support.e2e_stack import poll, running_stack
 from tests.support.infra import postgres_database, redis_url
@@ -68,9 +69,12 @@ def _code_servers(stack: Stack) -> list[int]:
     for pid in descendants(roots):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            # The forkserver a code server forks, and its run workers, keep its command line.
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            forked_by_a_code_server = comm in (FORKSERVER_NAME, RUN_WORKER_NAME)
         except OSError:
             continue
-        if b" api grpc" in cmdline or b"warm_code_server" in cmdline:
+        if (b" api grpc" in cmdline or b"warm_code_server" in cmdline) and not forked_by_a_code_server:
             found.append(pid)
     return found
 

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from devtools.stack import Stack, descendants, free_port, parent_pid, temporary_stack
 from jewel_dagster.resources.selection import build_blob_store
+from jewel_dagster.runtime.processes.forked_forkserver import RUN_WORKER_NAME
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import pending_start_path as pending_path
 from tests.support.metrics import samples, value
@@ -35,6 +36,7 @@ def running_stack(root: Path, extra_env: Mapping[str, str] | None = None) -> Ite
         finally:
             stack.stop(grace=TEARDOWN_GRACE_SECONDS)  # temporary_stack's own stop finds nothing left
 
+
 __all__ = ["free_port", "launched_runs", "poll", "run_worker", "running_stack", "runs_of", "step_status", "wait_until"]
 
 _RUNS = """
@@ -52,16 +54,25 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def run_worker(stack: Stack) -> int | None:
-    """The process executing the run: a child of our code server's forkserver (warm workers), or
-    a spawned multiprocessing child of the daemon's own code server (CODE_SERVER=managed)."""
+    """The process executing the run: a child of our code server's forkserver (warm workers:
+    named RUN_WORKER_NAME by the forkserver the code server forked, or multiprocessing's spawned
+    forkserver's child), or a spawned multiprocessing child of the daemon's own code server
+    (CODE_SERVER=managed)."""
     root = stack.processes.get("code_server") or stack.processes["daemon"]
     for pid in descendants([root.pid]):
         cmdline = _cmdline(pid)
-        if b"spawn_main" in cmdline:
+        if b"spawn_main" in cmdline or _comm(pid) == RUN_WORKER_NAME:
             return pid
         if b"forkserver" in cmdline and b"forkserver" in _cmdline(parent_pid(pid)):
-            return pid  # forked by the forkserver (the forkserver itself is the code server's child)
+            return pid  # forked by a spawned forkserver (itself the code server's child)
     return None
 
 

@@ -24,8 +24,8 @@ Private symbols used (checked against dagster 1.13.27):
   `dagster._core.storage.legacy_storage`, `dagster._core.execution.plan.active` and
   `dagster._core.executor.in_process`, which the worker imports when it opens the instance and
   runs the plan (a module that moved is skipped by the forkserver: the canary test imports each).
-- `DagsterApiServer._loadable_target_origin` (its `module_name`: the code location, for the
-  forkserver's warm-up, processes/worker_warmup.py).
+- `DagsterApiServer.__init__`'s keyword `loadable_target_origin` (its `module_name`: the code
+  location, for the forkserver's warm-up, processes/worker_warmup.py), as `grpc_command` passes it.
 - `DagsterApiServer.CancelExecution(request, context)`: extended (super() first); the request is
   a `CancelExecutionRequest` serialized in `request.serialized_cancel_execution_request`.
 - `DagsterApiServer._executions` (run id -> (process, instance ref)) under `_execution_lock`.
@@ -49,6 +49,8 @@ from typing import Any
 import dagster._grpc.server as dagster_grpc_server  # the class `dagster api grpc` instantiates
 from dagster import DagsterInstance, DagsterRunStatus, deserialize_value
 from dagster._grpc.types import CancelExecutionRequest
+
+from jewel_dagster.runtime.processes.forked_forkserver import start_forked_forkserver
 
 # The code location's module (`-m`), in the environment the forkserver inherits: its warm-up
 # (processes/worker_warmup.py) builds that module's repository before any run worker is forked.
@@ -103,13 +105,17 @@ class WarmApiServer(dagster_grpc_server.DagsterApiServer):
     """DagsterApiServer whose run workers come from a preloaded forkserver instead of spawn."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        origin = self._loadable_target_origin
+        origin = kwargs.get("loadable_target_origin")
         if origin is not None and origin.module_name:
             # worker_warmup builds this module's repository in the forkserver (which inherits it).
             os.environ[CODE_LOCATION_ENV] = origin.module_name
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
+        # Before Dagster's server starts its threads: the forkserver as a fork of this process
+        # (processes/forked_forkserver.py); with threads already running, multiprocessing spawns
+        # one at the first run instead.
+        start_forked_forkserver(PRELOAD)
+        super().__init__(*args, **kwargs)
         self._mp_ctx = context  # type: ignore[assignment]  # Dagster declares a SpawnContext
 
     def CancelExecution(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
