@@ -117,8 +117,10 @@ def main() -> None:
         by_kind[reading.kind] += spent
         count[reading.kind] += 1
     sampled = sum(by_kind.values())
-    print(f"\nexit {child.returncode}; wall {wall:.1f} s; machine busy {busy:.1f} CPU-s; "
-          f"sampled {sampled:.1f} CPU-s", file=sys.stderr)
+    print(
+        f"\nexit {child.returncode}; wall {wall:.1f} s; machine busy {busy:.1f} CPU-s; sampled {sampled:.1f} CPU-s",
+        file=sys.stderr,
+    )
     for kind, seconds in sorted(by_kind.items(), key=lambda item: -item[1])[: arguments.top]:
         print(f"{seconds:8.1f} CPU-s {count[kind]:5d} processes  {kind}", file=sys.stderr)
     sys.exit(child.returncode)

@@ -37,7 +37,8 @@ def _cpu_seconds(pid: int) -> float:
     return sum(int(value) for value in fields[11:15]) / _TICKS
 
 
-def _stack_cpu(stack: Stack) -> float:
+def stack_cpu_seconds(stack: Stack) -> float:
+    """CPU of a stack's processes and their descendants so far (each one's reaped children too)."""
     roots = [process.pid for process in stack.processes.values()]
     return sum(_cpu_seconds(pid) for pid in [*roots, *descendants(roots)])
 
@@ -46,7 +47,7 @@ def _start_once(root: Path, spawner: Spawner) -> tuple[float, float]:
     began = time.monotonic()
     with temporary_stack(root, {"LOCAL_BACKENDS": "instant"}, spawner=spawner) as stack:
         wall = time.monotonic() - began
-        cpu = _stack_cpu(stack)
+        cpu = stack_cpu_seconds(stack)
     return wall, cpu
 
 

@@ -56,6 +56,10 @@ from jewel_dagster.runtime.processes.forked_forkserver import start_forked_forks
 # (processes/worker_warmup.py) builds that module's repository before any run worker is forked.
 CODE_LOCATION_ENV = "JEWEL_WARM_CODE_LOCATION"
 
+# `spawn`: the forkserver is multiprocessing's own, a fresh interpreter started at the first run
+# (benchmarks.forkserver_start's baseline); anything else forks it from the code server at start.
+FORKSERVER_START_ENV = "FORKSERVER_START"
+
 # A run worker gets this long to stop by itself after a cancel (Dagster's interrupt, its events
 # written), then it is killed.
 CANCEL_GRACE_SECONDS = 5.0
@@ -114,7 +118,8 @@ class WarmApiServer(dagster_grpc_server.DagsterApiServer):
         # Before Dagster's server starts its threads: the forkserver as a fork of this process
         # (processes/forked_forkserver.py); with threads already running, multiprocessing spawns
         # one at the first run instead.
-        start_forked_forkserver(PRELOAD)
+        if os.environ.get(FORKSERVER_START_ENV, "fork") != "spawn":
+            start_forked_forkserver(PRELOAD)
         super().__init__(*args, **kwargs)
         self._mp_ctx = context  # type: ignore[assignment]  # Dagster declares a SpawnContext
 
