@@ -15,17 +15,18 @@ import multiprocessing, os, sys
 from jewel_dagster.runtime.processes.forked_forkserver import start_forked_forkserver
 
 def parent_of_worker(queue):
-    queue.put((os.getppid(), open("/proc/self/comm").read().strip()))
+    # colorsys: preloaded by the forkserver after the fork, so not in the parent
+    queue.put((os.getppid(), open("/proc/self/comm").read().strip(), "colorsys" in sys.modules))
 
 if __name__ == "__main__":
-    server = start_forked_forkserver(["json"])
+    server = start_forked_forkserver(["json", "colorsys"], imported_first=["json"])
     context = multiprocessing.get_context("forkserver")
     queue = context.Queue()
     worker = context.Process(target=parent_of_worker, args=(queue,))
     worker.start()
-    parent, name = queue.get(timeout=30)
+    parent, name, preloaded = queue.get(timeout=30)
     worker.join(30)
-    print(server, parent, name, worker.exitcode, flush=True)
+    print(server, parent, name, worker.exitcode, preloaded, "colorsys" in sys.modules, flush=True)
 """
 
 _WITH_A_THREAD = """
@@ -34,7 +35,7 @@ from jewel_dagster.runtime.processes.forked_forkserver import start_forked_forks
 
 stop = threading.Event()
 threading.Thread(target=stop.wait, daemon=True).start()
-print(start_forked_forkserver(["json"]))
+print(start_forked_forkserver(["json"], imported_first=["json"]))
 stop.set()
 """
 
@@ -54,10 +55,11 @@ def test_workers_come_from_the_forked_server_which_ends_with_its_process(tmp_pat
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=os.getcwd(), check=False
     )
     assert done.returncode == 0, done.stderr
-    server, parent, name, exitcode = done.stdout.split()
+    server, parent, name, exitcode, preloaded, imported_here = done.stdout.split()
     assert server != "None", "nothing was forked from a single-threaded process"
     assert parent == server, "the worker was not forked by the forked forkserver"
     assert (name, exitcode) == ("run_worker", "0")
+    assert (preloaded, imported_here) == ("True", "False"), "the rest of the preloads is the forkserver's"
     # The process that forked it has exited: its forkserver must follow (init reaps it).
     wait_until(lambda: not _alive(int(server)), "the forkserver's exit after its process ended", timeout=30, every=0.05)
 

@@ -6,7 +6,8 @@ multiprocessing starts one the first time a worker is needed, as a fresh interpr
 Dagster, numpy, OpenCV, this code location and the warm-up of processes/worker_warmup.py, about
 3.5 CPU-s, paid while the first request of a code server waits for its run to start. The code
 server imports most of that anyway to serve its code location. So before it starts any thread,
-the code server imports the preloads and forks the forkserver from itself: the same
+the code server imports Dagster and its code location and forks the forkserver from itself, which
+imports the rest of the preloads beside the code server's start: the same
 `multiprocessing.forkserver.main`, the same socket protocol, nothing imported twice, and the
 first request finds it running.
 
@@ -59,14 +60,18 @@ def python_thread_count() -> int:
     return threading.active_count()
 
 
-def start_forked_forkserver(preload: list[str]) -> int | None:
-    """Import `preload`, then fork this process into multiprocessing's forkserver; its pid.
+def start_forked_forkserver(preload: list[str], imported_first: list[str]) -> int | None:
+    """Import `imported_first`, fork this process into multiprocessing's forkserver, which then
+    imports the rest of `preload`; the forkserver's pid.
 
-    None when nothing was started: the process runs another Python thread, or a forkserver runs
-    already. Call it before starting any thread (a gRPC server's, a heartbeat's).
+    `imported_first` is what this process needs itself (the code server: Dagster and its code
+    location); the rest (the workers' warm-up, the Gemini SDK, codecs) is imported by the
+    forkserver alone, beside this process's own start. None when nothing was started: the
+    process runs another Python thread, or a forkserver runs already. Call it before starting
+    any thread (a gRPC server's, a heartbeat's).
     """
     server: Any = forkserver._forkserver  # the process-wide ForkServer (its fields are private)
-    for module in preload:
+    for module in imported_first:
         try:
             importlib.import_module(module)
         except ImportError:  # as multiprocessing's forkserver does: a preload is an optimisation
@@ -89,7 +94,7 @@ def start_forked_forkserver(preload: list[str]) -> int | None:
             alive_r, alive_w = os.pipe()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the forkserver; it never returns
-                _serve(listener.fileno(), alive_r)
+                _serve(listener.fileno(), alive_r, list(preload))
             os.close(alive_r)
         server._forkserver_address = address
         server._forkserver_alive_fd = alive_w
@@ -97,7 +102,7 @@ def start_forked_forkserver(preload: list[str]) -> int | None:
     return pid
 
 
-def _serve(listener_fd: int, alive_r: int) -> None:
+def _serve(listener_fd: int, alive_r: int, preload: list[str]) -> None:
     """The forked child: keep only what a spawned forkserver would be handed, then serve."""
     code = 1
     try:
@@ -112,7 +117,8 @@ def _serve(listener_fd: int, alive_r: int) -> None:
         # "forkserver", each worker it forks "run_worker".
         _name_process(FORKSERVER_NAME)
         os.register_at_fork(after_in_child=lambda: _name_process(RUN_WORKER_NAME))
-        forkserver.main(listener_fd, alive_r, [])  # its preloads are this process's imports
+        # main() imports the preloads (those imported before the fork are there already).
+        forkserver.main(listener_fd, alive_r, preload)
         code = 0
     except SystemExit as exit_:  # main() raises it when the last client closed "alive"
         code = exit_.code if isinstance(exit_.code, int) else 0

@@ -119,7 +119,8 @@ class WarmApiServer(dagster_grpc_server.DagsterApiServer):
         # (processes/forked_forkserver.py); with threads already running, multiprocessing spawns
         # one at the first run instead.
         if os.environ.get(FORKSERVER_START_ENV, "fork") != "spawn":
-            start_forked_forkserver(PRELOAD)
+            code_location = [origin.module_name] if origin is not None and origin.module_name else []
+            start_forked_forkserver(PRELOAD, imported_first=["dagster", *code_location])
         super().__init__(*args, **kwargs)
         self._mp_ctx = context  # type: ignore[assignment]  # Dagster declares a SpawnContext
 
