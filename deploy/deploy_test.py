@@ -365,6 +365,19 @@ def runs_by_workflow() -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+RETRY_TAGS = ("jewel/worker", "dagster/retry_number", "dagster/will_retry", "dagster/parent_run_id")
+
+
+def runs_told(workflow_id: str) -> str:
+    """A request's runs, oldest first, with where they ran and their retry tags: what a failed
+    expectation about retries prints (CI once saw a killed worker's request end FAILED)."""
+    runs = reversed(runs_by_workflow().get(workflow_id, []))
+    return "; ".join(
+        f"{r['runId'][:8]} {r['status']} " + " ".join(f"{k}={r['tags'][k]}" for k in RETRY_TAGS if k in r["tags"])
+        for r in runs
+    )
+
+
 # ---------------------------------------------------------------- stages
 
 
@@ -536,7 +549,10 @@ def stage_scale_out(src: Path, env_values: dict[str, str]) -> None:
         victim = next(w for w in workers if worker.endswith("@" + w["Config"]["Hostname"]))
         killed = time.monotonic()
         run(["docker", "kill", victim["Id"]])
-        completes(clients[ids.index(workflow_id) % 2], workflow_id, timeout=KILLED_RUN_BOUND_SECONDS)
+        try:
+            completes(clients[ids.index(workflow_id) % 2], workflow_id, timeout=KILLED_RUN_BOUND_SECONDS)
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}; its runs: {runs_told(workflow_id)}") from failure
         took = time.monotonic() - killed
         finals = [r for r in runs_by_workflow()[workflow_id] if r["status"] == "SUCCESS"]
         assert finals and finals[0]["tags"]["jewel/worker"] != worker, (worker, finals)
