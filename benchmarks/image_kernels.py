@@ -16,6 +16,8 @@
   and scaled by segment count (it is linear in segments): 1,830 segments of it take ~3 minutes.
 - event-log previews (`imaging.preview_data_uri`, 11 a request) of the canvas and of a mask,
   against the same preview resized from every pixel of the canvas (what it did before).
+- stored PNG (fifteenth session): `imaging.encode_png` (zlib level 1 with the RLE strategy)
+  against level 1's default strategy, on the photo's canvas and the ring sample's: time and size.
 - provenance (issue 33): signing the 2000x2667 canvas's JPEG (XMP field + C2PA manifest,
   `ImageSigner.sign`, test identity) and its stored PNG, against encoding it unsigned
   (`imaging.encode_jpeg` / `encode_png`) in the same run. Target: < 50 ms a result (the JPEG).
@@ -197,6 +199,30 @@ def _report(name: str, ours: list[float], baseline: list[float], target: float) 
     )
 
 
+def _level_one_png(array: np.ndarray) -> bytes:
+    """The stored PNG before the fifteenth session: zlib level 1, default strategy, "up" filter."""
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(array, cv2.COLOR_RGB2BGR), params)
+    assert ok
+    return bytes(buf.tobytes())
+
+
+def _stored_png(canvas: np.ndarray, repeats: int) -> None:
+    """`imaging.encode_png` (zlib's RLE strategy) against level 1's default strategy, on the photo
+    canvas and on the smooth ring sample's canvas: time and size (both stay lossless)."""
+    ring, _ = imaging.fit_to_canvas(imaging.decode_image((REPO_ROOT / "samples" / "ring.jpg").read_bytes()))
+    for name, array in (("photo canvas", canvas), ("ring sample canvas", ring)):
+        ours, baseline = imaging.encode_png(array), _level_one_png(array)
+        assert np.array_equal(imaging.decode_image(ours), array)
+        _report_plain(
+            f"stored PNG, {name} ({len(ours) / 1e6:.2f} MB against {len(baseline) / 1e6:.2f} MB: "
+            f"{len(baseline) / len(ours):.2f}x smaller)",
+            _time(lambda a=array: imaging.encode_png(a), repeats),
+            _time(lambda a=array: _level_one_png(a), repeats),
+            "level 1 default strategy",
+        )
+
+
 def _signing(canvas: np.ndarray, repeats: int) -> None:
     """What provenance adds to each generated image: the signing of bytes already encoded."""
     signer = ImageSigner(make_test_identity())
@@ -266,11 +292,11 @@ def _studio(repeats: int) -> None:
     )
 
 
-def _report_plain(name: str, ours: list[float], baseline: list[float]) -> None:
+def _report_plain(name: str, ours: list[float], baseline: list[float], baseline_name: str = "whole canvas") -> None:
     med, base = statistics.median(ours), statistics.median(baseline)
     print(
         f"{name}: ours median {med * 1000:.1f} ms p95 {percentile(ours, 95) * 1000:.1f} ms | "
-        f"whole canvas median {base * 1000:.1f} ms p95 {percentile(baseline, 95) * 1000:.1f} ms | "
+        f"{baseline_name} median {base * 1000:.1f} ms p95 {percentile(baseline, 95) * 1000:.1f} ms | "
         f"ratio {base / med:.1f}x"
     )
 
@@ -298,9 +324,12 @@ def _segmentation(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--only", choices=["all", "provenance", "segmentation", "studio"], default="all")
+    parser.add_argument("--only", choices=["all", "provenance", "segmentation", "studio", "png"], default="all")
     args = parser.parse_args()
     data = _photo_jpeg()
+    if args.only == "png":
+        _stored_png(imaging.decode_image(_our_pipeline(data)), args.repeats)
+        return
     if args.only == "provenance":
         _signing(imaging.decode_image(_our_pipeline(data)), args.repeats)
         return
@@ -327,6 +356,7 @@ def main() -> None:
         0.020,
     )
     canvas = imaging.decode_image(_our_pipeline(data))
+    _stored_png(canvas, args.repeats)
     _signing(canvas, args.repeats)
     _segmentation(args.repeats)
     _studio(args.repeats)

@@ -68,6 +68,13 @@ PngFilter = Literal["adaptive", "up", "sub", "none"]
 _PNG_FILTERS = {"up": cv2.IMWRITE_PNG_FILTER_UP, "sub": cv2.IMWRITE_PNG_FILTER_SUB, "none": cv2.IMWRITE_PNG_FILTER_NONE}
 
 
+# zlib's run-length strategy at level 1 after the row filter: filtered photo rows are mostly
+# short runs of small differences, which level 1's default (lazy string matching) searches for
+# matches it rarely finds. On a noisy 2000x2667 photo canvas RLE was both faster and ~20 % smaller
+# (benchmarks.image_kernels, "stored PNG"); on a smooth one about as fast and ~7 % smaller.
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+
+
 def encode_png(array: np.ndarray, png_filter: PngFilter = "up") -> bytes:
     """Lossless encoding; fast compression and one fixed row filter, because these PNGs are
     intermediate artifacts and wire payloads, read by machines."""
@@ -78,7 +85,7 @@ def encode_png(array: np.ndarray, png_filter: PngFilter = "up") -> bytes:
         pixels = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
     else:
         pixels = array
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    params = list(_PNG_PARAMS)
     if png_filter != "adaptive":
         params += [cv2.IMWRITE_PNG_FILTER, _PNG_FILTERS[png_filter]]
     ok, buf = cv2.imencode(".png", pixels, params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -188,6 +189,21 @@ def test_decode_rejects_non_images_and_oversized_images() -> None:
     Image.new("RGB", (100, 100)).save(buf, "PNG")
     with pytest.raises(ImageDecodeError, match="limit"):
         imaging.decode_image(buf.getvalue(), max_pixels=5000)
+
+
+def test_stored_pngs_are_smaller_than_zlib_level_one_on_a_noisy_photo() -> None:
+    """encode_png uses zlib's RLE strategy (benchmarks.image_kernels, "stored PNG": faster and
+    smaller on photos): on a noisy photo-like image it beats level 1's default strategy."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:400, 0:500].astype(np.float32)
+    base = np.stack([120 + 60 * np.sin(xx / 40), 110 + 50 * np.cos(yy / 30), 90 + 40 * np.sin((xx + yy) / 50)], -1)
+    photo = np.clip(base + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8)
+    level_one = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+    ok, default_strategy = cv2.imencode(".png", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), level_one)
+    assert ok
+    stored = imaging.encode_png(photo)
+    assert np.array_equal(imaging.decode_png(stored), photo)
+    assert len(stored) < 0.95 * len(default_strategy), (len(stored), len(default_strategy))
 
 
 def test_png_round_trip_is_lossless_for_images_and_masks() -> None:
