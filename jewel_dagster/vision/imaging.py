@@ -134,7 +134,8 @@ def encode_jpeg(image: RGBImage, quality: int = 92, optimize: bool = False) -> b
 
 def encode_stored_png(array: np.ndarray, png_filter: PngFilter = "up") -> bytes:
     """How artifacts are stored: a mask as a 1-bit PNG (mode "1": one bit a pixel, ~4x smaller
-    than 8-bit grey and faster to write), anything else as :func:`encode_png`. Every PNG reader
+    than 8-bit grey at zlib level 1's default strategy, ~1.4x than 8-bit grey with :func:`encode_png`'s
+    RLE strategy, on a canvas's mask), anything else as :func:`encode_png`. Every PNG reader
     (:func:`decode_png`, :func:`decode_mask`, browsers, Pillow) reads it back unchanged."""
     if array.dtype != bool:
         return encode_png(array, png_filter)
