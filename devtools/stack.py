@@ -296,6 +296,8 @@ class Stack:
 
     def _wait_for_workers(self, names: list[str], timeout: float) -> None:
         from celery import Celery
+        from kombu.exceptions import OperationalError
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         app = Celery(broker=self.env["CELERY_BROKER_URL"])
         workers = [p for n, p in self.processes.items() if n.startswith("worker")]
@@ -305,7 +307,12 @@ class Stack:
                 for process in workers:
                     if process.poll() is not None:
                         raise RuntimeError(f"a Celery worker exited with {process.returncode}")
-                replies = app.control.ping(destination=names, timeout=1.0) or []
+                try:
+                    replies = app.control.ping(destination=names, timeout=1.0) or []
+                except (OperationalError, RedisConnectionError, OSError):
+                    # A broker restarted a moment ago (the soak's chaos): its old connection is
+                    # closed on the first use ("Connection closed by server"); ask again.
+                    return False
                 return {h for reply in replies for h in reply} >= set(names)
 
             _wait_until(all_answer, f"Celery workers {names} answered", timeout, None)
