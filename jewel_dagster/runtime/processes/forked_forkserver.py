@@ -6,7 +6,8 @@ multiprocessing starts one the first time a worker is needed, as a fresh interpr
 Dagster, numpy, OpenCV, this code location and the warm-up of processes/worker_warmup.py, about
 3.5 CPU-s, paid while the first request of a code server waits for its run to start. The code
 server imports most of that anyway to serve its code location. So before it starts any thread,
-the code server imports Dagster and its code location and forks the forkserver from itself, which
+the code server imports Dagster, its code location and the workers' warm-up (which opens the
+instance: before Dagster's server opens it, never beside it) and forks the forkserver from itself, which
 imports the rest of the preloads beside the code server's start: the same
 `multiprocessing.forkserver.main`, the same socket protocol, nothing imported twice, and the
 first request finds it running.

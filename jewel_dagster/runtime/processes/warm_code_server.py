@@ -64,6 +64,9 @@ FORKSERVER_START_ENV = "FORKSERVER_START"
 # written), then it is killed.
 CANCEL_GRACE_SECONDS = 5.0
 
+# The preload that builds the repository and opens the instance (processes/worker_warmup.py).
+WARMUP_MODULE = "jewel_dagster.runtime.processes.worker_warmup"
+
 # Imported once in the forkserver; every run worker forked from it starts with them loaded.
 PRELOAD = [
     "dagster",
@@ -71,7 +74,7 @@ PRELOAD = [
     "jewel_dagster.definitions",
     # The repository, its jobs and their run config schemas, a first instance and the model
     # services' HTTP client set-up, which each worker built before its first model call (issue 28).
-    "jewel_dagster.runtime.processes.worker_warmup",
+    WARMUP_MODULE,
     "jewel_dagster.runtime.instance_plugins.compute_logs",
     # Step stdout/stderr mirrored by GNU tail alone, without Dagster's Python watcher per stream
     # (two interpreters started at each run's first step; installed on import).
@@ -120,7 +123,11 @@ class WarmApiServer(dagster_grpc_server.DagsterApiServer):
         # one at the first run instead.
         if os.environ.get(FORKSERVER_START_ENV, "fork") != "spawn":
             code_location = [origin.module_name] if origin is not None and origin.module_name else []
-            start_forked_forkserver(PRELOAD, imported_first=["dagster", *code_location])
+            # The warm-up opens the instance (DAGSTER_HOME): here, before Dagster's server opens
+            # it, never beside it: on a fresh PostgreSQL database two processes creating the
+            # schema at once collide ("type secondary_indexes already exists": the CI soak's
+            # code server died of it when the forkserver warmed up after the fork).
+            start_forked_forkserver(PRELOAD, imported_first=["dagster", *code_location, WARMUP_MODULE])
         super().__init__(*args, **kwargs)
         self._mp_ctx = context  # type: ignore[assignment]  # Dagster declares a SpawnContext
 
