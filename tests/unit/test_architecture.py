@@ -23,9 +23,15 @@ RUNTIME = REPO_ROOT / "jewel_dagster" / "runtime"
 CHECKED = ["jewel_dagster", "gateway", "devtools", "benchmarks", "tests"]
 
 
+@functools.cache
+def _parsed(path: Path) -> ast.Module:
+    """A file's syntax tree, parsed once for all the checks here (each walks every file)."""
+    return ast.parse(path.read_text(), str(path))
+
+
 def _private_dagster_imports(path: Path) -> list[str]:
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(_parsed(path)):
         names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -49,7 +55,7 @@ def test_each_runtime_module_lists_the_private_symbols_it_uses() -> None:
     """A reader (or a Dagster upgrade) finds every private use in the module docstrings."""
     for path in RUNTIME.rglob("*.py"):
         imports = _private_dagster_imports(path)
-        docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+        docstring = ast.get_docstring(_parsed(path)) or ""
         if imports:
             assert "checked against dagster 1.13.27" in docstring, path.name
             for module in imports:
@@ -98,7 +104,7 @@ def _docstrings(tree: ast.AST) -> set[int]:
 
 def _blob_key_spellings(path: Path) -> list[str]:
     """String literals (f-strings with their fields as `{}`) that spell a blob key or claim name."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = _parsed(path)
     docs = _docstrings(tree)
     inside_fstrings = {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for part in node.values}
     found = []
@@ -169,7 +175,7 @@ def _private_uses(path: Path) -> dict[str, bool]:
     """Private names used as attributes (or by getattr/setattr/hasattr), each with whether it is
     used on an object other than self/cls; private methods a class defines count as used on self."""
     uses: dict[str, bool] = {}
-    tree = ast.parse(path.read_text(), str(path))
+    tree = _parsed(path)
     for cls in (node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)):
         for method in cls.body:  # a method of a subclass may override Dagster's private one
             if isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef) and method.name.startswith("_"):
@@ -192,7 +198,7 @@ def _defined_by_us(paths: list[Path]) -> set[str]:
     """Names our own code defines: attributes it assigns on self, class-level fields, functions, classes."""
     names: set[str] = set()
     for path in paths:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(_parsed(path)):
             if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
                 if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
                     names.add(node.attr)  # (set on another object, it is that object's attribute)
@@ -255,6 +261,7 @@ def _non_public_dagster_methods() -> dict[str, set[str]]:
     mark public (`@public`) on any of those classes, and that our code does not define itself."""
     classes = touchpoints.instance_classes()
 
+    @functools.cache  # asked once per attribute name, not per use: dir() of every class is slow
     def non_public(name: str) -> bool:
         members = [getattr(cls, name) for cls in classes if name in dir(cls)]
         return bool(members) and not any(touchpoints.is_public(member) for member in members)
@@ -263,7 +270,7 @@ def _non_public_dagster_methods() -> dict[str, set[str]]:
     ours = _defined_by_us(paths)
     found: dict[str, set[str]] = {}
     for path in paths:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(_parsed(path)):
             if isinstance(node, ast.Attribute) and not node.attr.startswith("_") and node.attr not in ours:
                 if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")) and non_public(
                     node.attr
