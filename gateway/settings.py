@@ -25,9 +25,10 @@ class GatewaySettings(PipelineSettings):
     status_source: Literal["graphql", "storage"] = Field(
         default="graphql",
         description=(
-            "Where run status is read, and what a finished request's answer names (blob paths, backends, check"
-            " verdict, failure): Dagster's GraphQL, or its storage under DAGSTER_HOME (faster, and GET answers"
-            " while the webserver is down)."
+            "Where run status is read (GET, event streams, the webhook watcher's listings), and what a finished"
+            " request's answer names (blob paths, backends, check verdict, failure): Dagster's GraphQL, or its"
+            " storage under DAGSTER_HOME (faster, no webserver CPU, and GET and webhooks go on while the webserver"
+            " is down)."
         ),
     )
     status_stale_seconds: float = Field(

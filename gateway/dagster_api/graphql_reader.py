@@ -43,6 +43,18 @@ query LatestRun($tags: [ExecutionTag!]!) {
   }
 }"""
 
+_LISTED_RUNS = """
+query ListedRuns($tags: [ExecutionTag!]!, $statuses: [RunStatus!], $after: Float, $before: Float, $limit: Int) {
+  runsOrError(
+    filter: {tags: $tags, statuses: $statuses, updatedAfter: $after, updatedBefore: $before}
+    limit: $limit
+  ) {
+    __typename
+    ... on Runs { results { runId jobName status endTime updateTime tags { key value } } }
+    ... on PythonError { message }
+  }
+}"""
+
 _LATEST_RUN_ID = """
 query LatestRunId($tags: [ExecutionTag!]!) {
   runsOrError(filter: {tags: $tags}, limit: 1) {
@@ -137,6 +149,26 @@ class GraphQLRunReader:
             return run_info_from(raw)
         assets, steps = self.events.read(raw["runId"])
         return replace(run_info_from(raw, assets), steps=steps)
+
+    def runs_listed(
+        self,
+        tags: dict[str, str],
+        statuses: Sequence[str],
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+        limit: int = 100,
+    ) -> list[RunInfo]:
+        variables = {
+            "tags": _tag_list(tags),
+            "statuses": list(statuses),
+            "after": updated_after,
+            "before": updated_before,
+            "limit": limit,
+        }
+        data = self._transport.query(_LISTED_RUNS, variables)["runsOrError"]
+        if data["__typename"] != "Runs":
+            raise DagsterError(data.get("message", data["__typename"]))
+        return [run_info_from(raw) for raw in data["results"]]
 
     def newest_run_id(self, tags: dict[str, str]) -> str | None:
         data = self._transport.query(_LATEST_RUN_ID, {"tags": _tag_list(tags)})["runsOrError"]

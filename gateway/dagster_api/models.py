@@ -39,6 +39,7 @@ class RunInfo:
     tags: dict[str, str] = field(default_factory=dict)
     end_time: float | None = None  # unix seconds the run ended (None while it runs)
     assets: RunAssets | None = None  # None: not read (e.g. a look at the owner tag only)
+    update_time: float | None = None  # unix seconds of the run's last status change (listings only)
 
     @property
     def step_starts(self) -> dict[str, float]:
@@ -52,7 +53,9 @@ class RunInfo:
 
 
 def run_info_from(raw: dict[str, Any], assets: RunAssets | None = None) -> RunInfo:
-    """A run from GraphQL fields runId, jobName, status, tags (stepStats when asked)."""
+    """A run from GraphQL fields runId, jobName, status, tags (stepStats, endTime, updateTime when asked)."""
     steps = [StepStat(s["stepKey"], s["status"], s["startTime"]) for s in raw.get("stepStats") or []]
     tags = {t["key"]: t["value"] for t in raw["tags"]}
-    return RunInfo(raw["runId"], raw["jobName"], raw["status"], steps, tags, raw.get("endTime"), assets)
+    return RunInfo(
+        raw["runId"], raw["jobName"], raw["status"], steps, tags, raw.get("endTime"), assets, raw.get("updateTime")
+    )

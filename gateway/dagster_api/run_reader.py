@@ -25,6 +25,20 @@ class RunReader(Protocol):
         to (the oldest run is asked for its owner tag only)."""
         ...
 
+    def runs_listed(
+        self,
+        tags: dict[str, str],
+        statuses: Sequence[str],
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+        limit: int = 100,
+    ) -> list[RunInfo]:
+        """Runs with these tags in these statuses (Dagster's names), newest first (as Dagster's
+        run storage orders them), at most `limit`, last updated after/before the bounds (unix
+        seconds): ids, job, status, tags, end and update time; no steps or assets (the webhook
+        watcher's listings: it reads a run's progress when it needs it)."""
+        ...
+
     def newest_run_id(self, tags: dict[str, str]) -> str | None:
         """Only the id of the newest run with these tags: what tells an ended run is still the answer."""
         ...

@@ -10,6 +10,7 @@ everything that changes state still go through GraphQL.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,6 +81,40 @@ class StorageRunReader:
             asset = event.asset_key.to_user_string() if event.asset_key is not None else None
             events.append(RunEvent(event.event_type_value, event.step_key, asset, entry.timestamp))
         return events, found.cursor
+
+    def runs_listed(
+        self,
+        tags: dict[str, str],
+        statuses: Sequence[str],
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+        limit: int = 100,
+    ) -> list[RunInfo]:
+        """The run records GraphQL's `runsOrError` would list for the same filter (it asks the
+        same storage call), read here without the webserver."""
+        from dagster import DagsterRunStatus, RunsFilter
+
+        filters = RunsFilter(
+            tags=tags,
+            statuses=[DagsterRunStatus(status) for status in statuses],
+            updated_after=_utc(updated_after),
+            updated_before=_utc(updated_before),
+        )
+        try:
+            records = self._instance.get_run_records(filters=filters, limit=limit)
+        except Exception as exc:  # the database is down or locked: as if Dagster did not answer
+            raise DagsterUnavailable(f"Dagster's run storage did not answer: {type(exc).__name__}: {exc}") from exc
+        return [
+            RunInfo(
+                record.dagster_run.run_id,
+                record.dagster_run.job_name,
+                record.dagster_run.status.name,
+                tags=dict(record.dagster_run.tags),
+                end_time=record.end_time,
+                update_time=record.update_timestamp.timestamp(),
+            )
+            for record in records
+        ]
 
     def newest_run_id(self, tags: dict[str, str]) -> str | None:
         """Only the id of the newest run with these tags: one indexed read, no run body, no steps."""
@@ -176,3 +211,9 @@ class StorageRunReader:
         # dispose() leaves the pooled PostgreSQL connections open (jewel_dagster.runtime.storage.storage_engines).
         dispose_storage_engines(self._instance)
         self._instance.dispose()
+
+
+def _utc(timestamp: float | None) -> datetime.datetime | None:
+    """A bound in unix seconds as Dagster's filters take it (GraphQL's `updatedAfter` makes the
+    same aware datetime; 0 or None: no bound, as there)."""
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC) if timestamp else None

@@ -1,4 +1,5 @@
-"""Requests while they run, on a stack that reads status over GraphQL (STATUS_SOURCE=graphql).
+"""Requests while they run, on a stack that reads status over GraphQL (STATUS_SOURCE=graphql),
+its webhook watcher too (the stacks of the other files read the run storage).
 
 Every model service answers over HTTP from the reference server; the A100 server's /generate
 goes through a gate the test opens, so a run is held in its GENERATING_IMAGES step for exactly
@@ -28,6 +29,7 @@ from tests.support.e2e_flows import CUP, PHOTO, TOUCH_UP, finished
 from tests.support.e2e_stack import poll, running_stack, runs_of, step_status, wait_until
 from tests.support.infra import program
 from tests.support.metrics import samples, value
+from tests.support.receivers import webhook_receiver
 from tests.support.servers import Gate, gated_proxy, reference_server, service_urls, set_knobs
 
 pytestmark = pytest.mark.e2e
@@ -72,6 +74,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         env["REGENERATION_SENSOR_ENABLED"] = "false"
         env["METRICS_CACHE_SECONDS"] = "0"  # each scrape reads Dagster's storage afresh
         env["METRICS_API_KEY"] = METRICS_TOKEN
+        env |= {"WEBHOOK_SECRET": "test-webhook-secret", "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_POLL_SECONDS": "0.5"}
         with running_stack(tmp_path_factory.mktemp("graphql"), env) as stack:
             yield Deployment(stack, reference, gate, step_gates)
 
@@ -83,6 +86,8 @@ def client(deployment: Deployment) -> Iterator[httpx.Client]:
 
 
 def test_graphql_status_reports_progress_until_completed(client: httpx.Client, deployment: Deployment) -> None:
+    """And the webhook watcher over GraphQL: the run's `started` and `completed` webhooks, listed
+    by its two queries (running runs that asked for live events, and finished runs)."""
     assert deployment.stack.env["STATUS_SOURCE"] == "graphql"
     # BiRefNet, SAM3 and the A100's refinement are each held until a poll (every 0.2 s) saw
     # their step: each step is seen however loaded the machine, and none waits longer than that.
@@ -92,21 +97,30 @@ def test_graphql_status_reports_progress_until_completed(client: httpx.Client, d
     for gate in gates.values():
         gate.rearm()
     states: list[dict[str, Any]] = []
-    try:
-        started = client.post("/workflow/start", json=BODY)
-        assert started.status_code == 200, started.text
-        workflow = started.json()["workflowId"]
-        for step, gate in gates.items():
-            # Until the step or one after it: a status that skips the held step fails at once.
-            reached = STEP_PROGRESS[step]
-            states += poll(client, workflow, lambda s, at=reached: s["progress"] >= at or finished(s), timeout=180)
-            assert states[-1]["currentStep"] == step, f"{step} not reported while its call was held: {states[-1]}"
-            gate.release.set()
-        states += poll(client, workflow, finished, timeout=180)
-    finally:
-        for gate in gates.values():
-            gate.release.set()
+    with webhook_receiver() as receiver:
+        try:
+            hooks = {"webhookUrl": receiver.url, "webhookEvents": ["started", "completed"]}
+            started = client.post("/workflow/start", json={**BODY, **hooks})
+            assert started.status_code == 200, started.text
+            workflow = started.json()["workflowId"]
+            for step, gate in gates.items():
+                # Until the step or one after it: a status that skips the held step fails at once.
+                reached = STEP_PROGRESS[step]
+                states += poll(client, workflow, lambda s, at=reached: s["progress"] >= at or finished(s), timeout=180)
+                assert states[-1]["currentStep"] == step, f"{step} not reported while its call was held: {states[-1]}"
+                if not receiver.posts():  # the run held in its first step until `started` came
+                    wait_until(receiver.posts, "the started webhook", timeout=60)
+                gate.release.set()
+            states += poll(client, workflow, finished, timeout=180)
+            wait_until(lambda: len(receiver.posts()) >= 2, "the completed webhook", timeout=60)
+        finally:
+            for gate in gates.values():
+                gate.release.set()
+        posts = receiver.posts()
+    assert [p.headers["X-Jewel-Event"] for p in posts] == ["workflow.started", "workflow.finished"], posts
+    assert json.loads(posts[0].body)["status"] == "RUNNING"
     final = states[-1]
+    assert json.loads(posts[1].body) == final
     assert final["status"] == "COMPLETED", final
     assert final["progress"] == 100 and final["currentStep"] == "COMPLETED"
     assert final["result"]["flux_result_base64"] and final["result"]["flux_metrics"]["iou"] > 0

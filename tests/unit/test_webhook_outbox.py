@@ -19,7 +19,7 @@ from standardwebhooks import Webhook
 
 from devtools.stack import REPO_ROOT
 from gateway.dagster_api.client import DagsterRuns
-from gateway.dagster_api.models import RunInfo
+from gateway.dagster_api.models import RunInfo, run_info_from
 from gateway.observability.registry import GatewayMetrics
 from gateway.results import ResultReader
 from gateway.security import caller_id
@@ -228,7 +228,7 @@ def test_a_finished_run_queues_its_final_event_only_when_asked(
            "tags": [{"key": k, "value": v} for k, v in tags.items()], "stepStats": []}  # fmt: skip
     if status == "FAILURE":
         raw["tags"].append({"key": "dagster/will_retry", "value": "false"})
-    watcher._consider(raw, time.time())
+    watcher._consider(run_info_from(raw), time.time())
     watcher._pool.shutdown(wait=True)
     found = outbox.of_workflow(store, "jewelry-gen-e")
     assert [d.event for d in found] == ([queued] if queued else [])
@@ -318,11 +318,12 @@ def test_a_running_run_that_asked_queues_started_and_progress(tmp_path: Path, mo
                "tags": [{"key": k, "value": v} for k, v in tags.items()], "stepStats": []}  # fmt: skip
         return {"runsOrError": {"__typename": "Runs", "results": [raw]}}
 
-    monkeypatch.setattr(watcher._runs, "query", query)
+    monkeypatch.setattr(watcher._runs.transport, "query", query)  # the GraphQL reader's answers
     monkeypatch.setattr(watcher._runs, "with_progress", lambda run: run)
     watcher._tick_live()
     watcher._tick_live()  # the same progress again: nothing new
-    assert asked[0] == {"tags": [{"key": WEBHOOK_LIVE_TAG, "value": "1"}]}
+    assert asked[0]["tags"] == [{"key": WEBHOOK_LIVE_TAG, "value": "1"}]
+    assert asked[0]["statuses"] == ["STARTING", "STARTED"]
     found = outbox.of_workflow(store, "jewelry-gen-live")
     assert sorted(d.event for d in found) == ["progress", "started"], found
     (progress,) = [d for d in found if d.event == "progress"]

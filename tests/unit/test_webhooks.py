@@ -17,6 +17,7 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from gateway.dagster_api.client import DagsterRuns
+from gateway.dagster_api.models import RunInfo, run_info_from
 from gateway.results import ResultReader
 from gateway.settings import GatewaySettings
 from gateway.webhook_outbox import outbox
@@ -199,7 +200,6 @@ def test_the_gateway_refuses_a_webhook_it_cannot_send(tmp_path: Path) -> None:
 
 def test_a_state_dagster_cannot_give_is_recorded_not_invented(tmp_path: Path) -> None:
     """Dagster down while a failed run's message is read: nothing is POSTed, the record says why."""
-    from gateway.dagster_api.models import RunInfo
     from jewel_dagster.contract import WEBHOOK_URL_TAG
     from jewel_dagster.storage_layout import webhook_record_path as record_path
     from tests.support.e2e_stack import free_port
@@ -339,7 +339,6 @@ def test_credentials_and_query_tokens_stay_out_of_tags_records_and_logs(
     """Run tags, the delivery record and the log show scheme://host:port; the full URL is
     read from the store by a dispatcher that was not there when the run was launched, and its
     outbox marker (which holds it while the delivery is owed) is gone once it ends."""
-    from gateway.dagster_api.models import RunInfo
     from gateway.workflows.launch import webhook_tags as _webhook_tags
     from jewel_dagster.contract import WEBHOOK_URL_TAG
 
@@ -370,7 +369,6 @@ def test_credentials_and_query_tokens_stay_out_of_tags_records_and_logs(
 
 
 def test_runs_launched_before_urls_were_stored_still_get_their_webhook(tmp_path: Path) -> None:
-    from gateway.dagster_api.models import RunInfo
     from jewel_dagster.contract import WEBHOOK_URL_TAG
 
     dispatcher = _dispatcher(tmp_path)
@@ -379,7 +377,6 @@ def test_runs_launched_before_urls_were_stored_still_get_their_webhook(tmp_path:
 
 
 def test_the_runs_owner_picks_the_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.dagster_api.models import RunInfo
     from jewel_dagster.contract import OWNER_TAG, WEBHOOK_URL_TAG
 
     dispatcher = _dispatcher(tmp_path)
@@ -410,7 +407,7 @@ def test_two_replicas_that_both_see_a_finished_run_post_it_once(
         for replica, polls in zip(replicas, started, strict=True):
             monkeypatch.setattr(replica, "_final_state", lambda workflow_id, run: b'{"s":1}')
             monkeypatch.setattr(replica.outbox, "run_due", partial(_counted, replica.outbox.run_due, polls))
-            replica._consider(raw, time.time())
+            replica._consider(run_info_from(raw), time.time())
         for replica in replicas:
             replica._pool.shutdown(wait=True)  # queued
             replica.outbox.start()  # both replicas' outboxes poll the same store
@@ -429,16 +426,15 @@ def test_two_replicas_that_both_see_a_finished_run_post_it_once(
         assert sum(map(sum, started)) == 1, started  # one attempt, by one replica
 
 
-def _finished_raw(run_id: str, url: str, workflow_id: str = "jewelry-gen-k") -> dict[str, object]:
-    """A finished run as the watcher's Dagster query lists it."""
+def _finished_run(run_id: str, url: str, workflow_id: str = "jewelry-gen-k") -> RunInfo:
+    """A finished run as the watcher's listing of Dagster's runs gives it."""
     from jewel_dagster.contract import PARTITION_TAG, WEBHOOK_URL_TAG
 
     tags = {WEBHOOK_URL_TAG: url, PARTITION_TAG: workflow_id}
-    return {"runId": run_id, "jobName": "jewelry_generation", "status": "SUCCESS", "updateTime": time.time(),
-            "tags": [{"key": k, "value": v} for k, v in tags.items()], "stepStats": []}  # fmt: skip
+    return RunInfo(run_id, "jewelry_generation", "SUCCESS", tags=tags, update_time=time.time())
 
 
-def _watching(replica: WebhookDispatcher, monkeypatch: pytest.MonkeyPatch, finished: list[dict[str, object]]) -> None:
+def _watching(replica: WebhookDispatcher, monkeypatch: pytest.MonkeyPatch, finished: list[RunInfo]) -> None:
     """`replica`'s ticks see `finished` as Dagster's finished runs, and no running run."""
     monkeypatch.setattr(replica, "_finished_runs", lambda after, before: finished)
     monkeypatch.setattr(replica, "_tick_live", lambda: None)
@@ -456,7 +452,7 @@ def test_a_replica_killed_between_claiming_and_queuing_a_webhook_is_overtaken(
     clock = Clock()
     dead, live = _dispatcher(tmp_path, clock), _dispatcher(tmp_path, clock)
     with webhook_receiver() as receiver:
-        finished = [_finished_raw("run-k", receiver.url)]
+        finished = [_finished_run("run-k", receiver.url)]
         for replica in (dead, live):
             _watching(replica, monkeypatch, finished)
         monkeypatch.setattr(dead, "_deliver", lambda *args: None)  # killed: claimed, never queued
@@ -484,7 +480,7 @@ def test_a_stopping_gateway_releases_the_claims_it_never_queued(
     replica queues those runs at its next tick, not after the claims go stale."""
     stopping, other = _dispatcher(tmp_path), _dispatcher(tmp_path)
     with webhook_receiver() as receiver:
-        finished = [_finished_raw(f"run-s{n}", receiver.url) for n in range(6)]  # more than its 4 threads
+        finished = [_finished_run(f"run-s{n}", receiver.url) for n in range(6)]  # more than its 4 threads
         _watching(stopping, monkeypatch, finished)
         # Its threads are busy reading states until it stops (then they give up, as when shutting down).
         monkeypatch.setattr(stopping, "_final_state", lambda workflow_id, run: stopping._stop.wait(30) and None)
@@ -517,7 +513,7 @@ def test_a_queuing_the_blob_store_fails_is_tried_again_by_the_same_replica(
 
     monkeypatch.setattr(watcher.outbox, "enqueue", flaky)
     with webhook_receiver() as receiver:
-        _watching(replica, monkeypatch, [_finished_raw("run-f", receiver.url)])
+        _watching(replica, monkeypatch, [_finished_run("run-f", receiver.url)])
         replica._tick()
         wait_until(lambda: not replica._queuing and not failures, "the failed queuing", timeout=10, every=0.05)
         assert outbox.read(replica._store, "jewelry-gen-k", "run-f") is None
@@ -532,7 +528,6 @@ def test_a_contested_run_whose_claim_cannot_be_read_holds_up_no_other_run(
     """One contested run whose claim keeps failing is logged and tried again; the tick goes on
     to the runs that finished meanwhile."""
     from gateway.claims import ClaimError
-    from gateway.dagster_api.models import run_info_from
     from gateway.webhook_outbox import watcher
 
     replica = _dispatcher(tmp_path)
@@ -545,9 +540,9 @@ def test_a_contested_run_whose_claim_cannot_be_read_holds_up_no_other_run(
 
     monkeypatch.setattr(watcher, "claim", broken_for_one)
     with webhook_receiver() as receiver:
-        bad = run_info_from(_finished_raw("run-bad", receiver.url))
+        bad = _finished_run("run-bad", receiver.url)
         replica._contested["run-bad"] = ("jewelry-gen-k", bad, replica._clock())
-        _watching(replica, monkeypatch, [_finished_raw("run-good", receiver.url)])
+        _watching(replica, monkeypatch, [_finished_run("run-good", receiver.url)])
         replica._tick()
         replica._pool.shutdown(wait=True)
     assert outbox.read(replica._store, "jewelry-gen-k", "run-good") is not None
