@@ -34,6 +34,13 @@ class GatewaySettings(PipelineSettings):
     status_stale_seconds: float = Field(
         default=5.0, ge=0.0, description="An expired status this young is answered while a refresh runs."
     )
+    status_read_deadline_seconds: float = Field(
+        default=3.0,
+        gt=0.0,
+        description="How long GET /workflow/{id} waits for Dagster's storage when memory cannot answer: past it, 503 "
+        "with Retry-After (the read goes on and fills the cache). A paused or unreachable PostgreSQL otherwise held "
+        "each poll until it answered (10 s in the chaos soak's pauses).",
+    )
     frontend_poll_seconds: float = Field(
         default=2.0,
         gt=0.0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Request, Response, status
@@ -20,6 +21,7 @@ from gateway.schemas import (
 )
 from gateway.security import CallerDep
 from gateway.workflows import begin, cancel, reading
+from gateway.workflows.errors import state_unreadable
 from gateway.workflows.ownership import WORKFLOW_ID
 from jewel_dagster.contract import FULL_JOB, PREPROCESS_JOB
 
@@ -107,7 +109,7 @@ async def get_workflow(workflow_id: WorkflowIdPath, request: Request, caller: Ca
     lookup = estimates.lookup if estimates is not None else None
     body = reading.remembered_body(workflow_id, state.runs, caller, lookup)
     if body is None:
-        body = await run_in_threadpool(
+        read = run_in_threadpool(
             reading.workflow_body,
             workflow_id,
             state.runs,
@@ -117,6 +119,12 @@ async def get_workflow(workflow_id: WorkflowIdPath, request: Request, caller: Ca
             state.finished_bodies,
             lookup,
         )
+        # Bounded: a poll never waits on a paused or unreachable storage longer than the deadline
+        # (the thread's read goes on and fills the status cache for the next poll).
+        try:
+            body = await asyncio.wait_for(read, timeout=state.settings.status_read_deadline_seconds)
+        except TimeoutError:
+            raise state_unreadable(state.settings.status_read_deadline_seconds) from None
     return Response(content=body, media_type="application/json")
 
 

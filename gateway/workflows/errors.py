@@ -19,5 +19,16 @@ def pipeline_unavailable(exc: DagsterError) -> HTTPException:
     return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=detail)
 
 
+def state_unreadable(deadline: float) -> HTTPException:
+    """503 for a GET whose read of Dagster's storage outlived the deadline (PostgreSQL paused or
+    unreachable): the frontend retries after Retry-After rather than hanging on the poll."""
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail=f"The workflow's state could not be read within {deadline:g} s (the pipeline's storage is slow "
+        "to answer); retry shortly.",
+        headers={"Retry-After": "2"},
+    )
+
+
 def not_found(workflow_id: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no workflow {workflow_id[:100]!r}")
