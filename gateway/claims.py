@@ -11,8 +11,9 @@ workflow id, a digest of the request). Used for:
 - webhooks: one delivery per finished run, whichever replicas watch Dagster.
 
 A winner that could not finish (its launch failed) releases the claim; one that died never does,
-so a claim older than `stale_after` whose work is not `settled` is taken over by claiming the next
-generation, which again only one replica can create.
+so a claim whose work is not `settled` is taken over by claiming the next generation, which again
+only one replica can create, once it is older than `stale_after` or, sooner, once `abandoned`
+says its claimant is gone (a gateway whose heartbeat stopped: gateway/starts.py).
 """
 
 from __future__ import annotations
@@ -48,11 +49,12 @@ def claim(
     stale_after: float,
     settled: Callable[[dict[str, Any]], bool] = lambda held: True,
     now: Callable[[], float] = time.time,
+    abandoned: Callable[[dict[str, Any]], bool] = lambda held: False,
 ) -> Claim:
     """Claim ``name`` with ``payload``; a claim held by another is answered with its payload.
 
-    A held claim is taken over only when it was released, or when it is older than
-    ``stale_after`` seconds and ``settled(held)`` says its work never happened."""
+    A held claim is taken over only when it was released, or when ``settled(held)`` says its work
+    never happened and it is older than ``stale_after`` seconds or ``abandoned(held)``."""
     generation, tries = 0, 0
     while generation < _MAX_GENERATIONS and tries < 2 * _MAX_GENERATIONS:
         tries += 1
@@ -64,8 +66,10 @@ def claim(
             held = json.loads(store.get_path(path))
         except BlobNotFoundError:  # deleted meanwhile: that generation is free again
             continue
-        if not held.get(_RELEASED) and (now() - float(held.get("claimedAt", 0)) < stale_after or settled(held)):
-            return Claim(path, held, False)
+        if not held.get(_RELEASED):
+            young = now() - float(held.get("claimedAt", 0)) < stale_after
+            if (young and not abandoned(held)) or settled(held):
+                return Claim(path, held, False)
         generation += 1
     raise ClaimError(f"claim {name!r}: {_MAX_GENERATIONS} generations taken")
 

@@ -232,6 +232,17 @@ class StartLauncher:
             except BlobStoreError:
                 pass
 
+    def present(self) -> str:
+        """This gateway's id, its heartbeat made fresh: a claim made under this id (an
+        Idempotency-Key's, a continued run's) stays this gateway's while it beats, and another
+        replica takes it over soon after it stops (`alive`), not after the claim's long stale age."""
+        self._beat(due_only=True)
+        return self.gateway_id
+
+    def alive(self, gateway_id: str) -> bool:
+        """Whether that gateway's heartbeat is fresh (unreadable store: yes, leave its work alone)."""
+        return self._alive(gateway_id, {self.gateway_id: True})
+
     def pending(self) -> int:
         """Starts queued or being launched by this gateway (the `jewel_starts_pending` gauge)."""
         return len(self._mine)

@@ -80,6 +80,7 @@ def generate_workflow(
     settings: SettingsDep,
     caller: CallerDep,
     quotas: QuotasDep,
+    launcher: LauncherDep,
     idempotency_key: IdempotencyHeader = None,
 ) -> StartResponse:
     """Refine a preprocessed mask with brush strokes and generate.
@@ -88,7 +89,7 @@ def generate_workflow(
     lineage; 409 while a run of it is still going); any other pair of the caller's image
     artifacts starts a new request with them as inputs.
     """
-    return begin.generate(body, runs, store, settings, caller, quotas, idempotency_key)
+    return begin.generate(body, runs, store, settings, caller, quotas, idempotency_key, launcher)
 
 
 @router.get(

@@ -74,7 +74,7 @@ def start(
         quotas.count(caller, len(image))
         return started
 
-    return idempotent(runs, store, caller, idempotency_key, body, job, request_id, store_and_start)
+    return idempotent(runs, store, caller, idempotency_key, body, job, request_id, store_and_start, launcher)
 
 
 def _artifact_input(store: BlobStore, uri: str, field: str) -> tuple[str, str, str]:
@@ -122,6 +122,7 @@ def generate(
     caller: str,
     quotas: Quotas,
     idempotency_key: str | None,
+    launcher: StartLauncher,
 ) -> StartResponse:
     """Refine a preprocessed mask with brush strokes and generate.
 
@@ -170,6 +171,7 @@ def generate(
                     store,
                     continue_claim(latest.run_id),
                     settled=lambda held: _newest_run_id(runs, image_rid) != latest.run_id,
+                    presence=launcher,
                 )
                 if not held.won:
                     raise HTTPException(
@@ -182,7 +184,9 @@ def generate(
                     release(store, held)
                     raise
 
-        return idempotent(runs, store, caller, idempotency_key, body, GENERATE_JOB, image_rid, continue_request)
+        return idempotent(
+            runs, store, caller, idempotency_key, body, GENERATE_JOB, image_rid, continue_request, launcher
+        )
     ops = {
         AssetName.ORIGINAL_IMAGE: {"config": {"image_uri": body.imageUri}},
         AssetName.BACKGROUND_REMOVED_IMAGE: {"config": {"mode": "keep"}},
@@ -198,4 +202,5 @@ def generate(
         FULL_JOB,
         request_id,
         lambda tags: launch_with_strokes(FULL_JOB, request_id, ops, True, tags),
+        launcher,
     )

@@ -10,7 +10,7 @@ import hashlib
 import re
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import HTTPException, status
 from pydantic import BaseModel
@@ -30,10 +30,21 @@ _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 # Striped locks: a fixed table, however many keys and requests pass through (a dict of one lock
 # per key grew forever). Two keys sharing a stripe only wait for each other.
 _LOCK_STRIPES = [threading.Lock() for _ in range(256)]
-# A claimed Idempotency-Key whose run never appeared (its gateway died mid-launch) is taken over
-# after this long: above a launch's worst case (a 30 s wait for a launch slot, then GraphQL calls
-# of up to 30 s each, retried once).
+# A claimed Idempotency-Key whose run never appeared is taken over after this long even when its
+# gateway cannot be told dead: above a launch's worst case (a 30 s wait for a launch slot, then
+# GraphQL calls of up to 30 s each, retried once). A claimant whose heartbeat stopped (it died
+# mid-launch) is taken over sooner: after START_TAKEOVER_SECONDS (`Presence`).
 IDEMPOTENCY_CLAIM_STALE_SECONDS = 300.0
+RETRY_AFTER_LAUNCHING = "1"  # a retry that finds the key's launch under way on another replica
+
+
+class Presence(Protocol):
+    """Which gateway replica claims, and whether a claimant is still alive (gateway/starts.py's
+    heartbeats): a claim whose claimant died is taken over without waiting for its stale age."""
+
+    def present(self) -> str: ...
+
+    def alive(self, gateway_id: str) -> bool: ...
 
 
 def stripe(key: str) -> threading.Lock:
@@ -50,13 +61,17 @@ def idempotent(
     endpoint: str,
     request_id: str,
     launch: Callable[[dict[str, str]], StartResponse],
+    presence: Presence,
 ) -> StartResponse:
     """Run `launch(tags)` once per (caller, Idempotency-Key); a retry gets the first workflow back,
     whichever gateway replica it reaches.
 
     The key (hashed with the caller) is claimed in the shared blob store (gateway/claims.py) with
-    the workflow id this launch will use and a digest of the endpoint and body: the first replica
-    to claim it launches, any other answers that workflow id (RUNNING) even before its run exists.
+    the workflow id this launch will use, a digest of the endpoint and body, and the claiming
+    gateway: the first replica to claim it launches. A retry that finds the key launched (a run
+    tagged with it, or a pending start carrying it) gets that workflow back; one that finds the
+    launch still under way gets 503 with Retry-After, never a workflow id with nothing behind it;
+    and once the claimant is dead (its heartbeat stopped) before launching, the retry launches.
     The same key with another request is a client bug, answered 422 rather than with a workflow
     that is not the one asked for. The key also rides on the run as a tag, so keys used before
     claims existed are still found.
@@ -83,19 +98,30 @@ def idempotent(
             if earlier.tags.get(IDEMPOTENCY_REQUEST_TAG, asked) != asked:
                 raise reused()
             return StartResponse(workflowId=earlier.tags[PARTITION_TAG], status=position_of(earlier).status)
+
+        def launched(held: dict[str, Any]) -> bool:
+            return launched_with_key(runs, store, str(held.get("workflowId", "")), digest)
+
         try:
             held = claim(
                 store,
                 idempotency_claim(digest),
-                {"workflowId": request_id, "asked": asked},
+                {"workflowId": request_id, "asked": asked, "gateway": presence.present()},
                 IDEMPOTENCY_CLAIM_STALE_SECONDS,
-                settled=lambda held: has_run(runs, store, str(held.get("workflowId", ""))),
+                settled=launched,
+                abandoned=lambda held: _abandoned(presence, held),
             )
         except (BlobStoreError, ClaimError) as exc:
             raise pipeline_unavailable(DagsterUnavailable(f"idempotency claim: {exc}")) from exc
         if not held.won:
             if held.data.get("asked") != asked:
                 raise reused()
+            if not launched(held.data):
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    detail="A request with this Idempotency-Key is being started; retry shortly for its workflow.",
+                    headers={"Retry-After": RETRY_AFTER_LAUNCHING},
+                )
             workflow_id = str(held.data["workflowId"])
             start = read_start(store, workflow_id)  # launched in the background: not a run yet
             return StartResponse(workflowId=workflow_id, status=state_of_start(start).status if start else "RUNNING")
@@ -106,18 +132,40 @@ def idempotent(
             raise
 
 
-def claim_or_unavailable(store: BlobStore, name: str, settled: Callable[[dict[str, Any]], bool]) -> Claim:
-    """A cross-replica claim of `name` (503 when the store cannot be asked)."""
+def claim_or_unavailable(
+    store: BlobStore, name: str, settled: Callable[[dict[str, Any]], bool], presence: Presence
+) -> Claim:
+    """A cross-replica claim of `name` under this gateway, taken over once its claimant is dead
+    and its work not `settled` (503 when the store cannot be asked)."""
     try:
-        return claim(store, name, {}, IDEMPOTENCY_CLAIM_STALE_SECONDS, settled)
+        return claim(
+            store,
+            name,
+            {"gateway": presence.present()},
+            IDEMPOTENCY_CLAIM_STALE_SECONDS,
+            settled,
+            abandoned=lambda held: _abandoned(presence, held),
+        )
     except (BlobStoreError, ClaimError) as exc:
         raise pipeline_unavailable(DagsterUnavailable(f"claim {name}: {exc}")) from exc
 
 
-def has_run(runs: DagsterRuns, store: BlobStore, workflow_id: str) -> bool:
-    """Whether the workflow has a run, or a pending start (the run to come, or a start that
-    ended without one); an unanswered question counts as yes (never launch twice)."""
+def _abandoned(presence: Presence, held: dict[str, Any]) -> bool:
+    """A claim whose gateway stopped beating; one that names no gateway (made before claims did)
+    waits for its stale age."""
+    gateway = held.get("gateway")
+    return isinstance(gateway, str) and not presence.alive(gateway)
+
+
+def launched_with_key(runs: DagsterRuns, store: BlobStore, workflow_id: str, digest: str) -> bool:
+    """Whether the launch of the key `digest` happened: a run tagged with it, or the workflow's
+    pending start carrying it (the run to come, or a start that ended without one). The workflow
+    having runs is not enough: a generate continuing a request claims that request's id, whose
+    earlier runs are not this launch. An unanswered question counts as yes (never launch twice)."""
     try:
-        return read_start(store, workflow_id) is not None or runs.latest_run(workflow_id) is not None
+        start = read_start(store, workflow_id)
+        if start is not None and start.tags.get(IDEMPOTENCY_TAG) == digest:
+            return True
+        return runs.newest_run_tagged({IDEMPOTENCY_TAG: digest}) is not None
     except (DagsterError, BlobStoreError):
         return True

@@ -1,8 +1,9 @@
 """Two gateway replicas (two apps on one blob store) behave as one: one launch per Idempotency-Key.
 
-Each replica gets its own fake Dagster that never shows the other's run: the window in which
-looking the key up in Dagster cannot tell two replicas apart (the launch is in flight, or
-Dagster's storage answers late). Only the claim in the shared blob store can.
+Each replica gets its own fake Dagster; a run launched through either is found by its tags
+through both, as Dagster's run storage answers every replica. While a launch is in flight,
+looking the key up in Dagster cannot tell two replicas apart: only the claim in the shared blob
+store can (tests/unit/test_workflow_services.py holds that window open).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.claims import claim, release
+from gateway.dagster_api.models import RunInfo
+from jewel_dagster.contract import PARTITION_TAG
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from tests.support.gateway_client import (
     FakeDagster,
@@ -26,10 +29,36 @@ from tests.support.gateway_client import (
 )
 
 
+class OneDagster(FakeDagster):
+    """A replica's view of the Dagster both launch on: runs launched through any view, by tags."""
+
+    def __init__(self, launched: list[RunInfo]) -> None:
+        super().__init__()
+        self.launched = launched
+
+    def launch(
+        self, job_name: str, request_id: str, run_config: dict[str, Any], tags: dict[str, str] | None = None
+    ) -> str:
+        run_id = f"{id(self)}-{super().launch(job_name, request_id, run_config, tags)}"
+        self.launched.append(RunInfo(run_id, job_name, "QUEUED", tags={**(tags or {}), PARTITION_TAG: request_id}))
+        return run_id
+
+    def newest_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
+        found = [run for run in self.launched if tags.items() <= run.tags.items()]
+        return found[-1] if found else None
+
+
 @contextmanager
 def two_replicas(tmp_path: Path, **overrides: Any) -> Iterator[list[tuple[TestClient, FakeDagster]]]:
+    launched: list[RunInfo] = []
     with ExitStack() as stack:
-        yield [stack.enter_context(gateway_with_fake_dagster(tmp_path, **overrides)) for _ in range(2)]
+        replicas = [stack.enter_context(gateway_with_fake_dagster(tmp_path, **overrides)) for _ in range(2)]
+        views = []
+        for client, _ in replicas:
+            view = OneDagster(launched)
+            client.app.state.runs = view  # type: ignore[attr-defined]
+            views.append((client, view))
+        yield views
 
 
 def test_a_key_retried_on_the_other_replica_launches_once(tmp_path: Path) -> None:
@@ -82,6 +111,25 @@ def test_a_stale_claim_whose_work_never_happened_is_taken_over(tmp_path: Path) -
     release(store, taken)
     again = claim(store, "x", {"by": "c"}, stale_after=60, settled=lambda held: False, now=lambda: clock[0])
     assert again.won and again.path.endswith(".2.json")
+
+
+def test_a_claim_whose_claimant_died_is_taken_over_before_its_stale_age(tmp_path: Path) -> None:
+    """A gateway killed mid-launch leaves its claim; once its heartbeat stops (`abandoned`), the
+    next claimant takes it over at once, unless the work happened (`settled`)."""
+    store = LocalBlobStore(root=str(tmp_path))
+    living = {"a", "b"}
+
+    def abandoned(held: dict[str, Any]) -> bool:
+        return held["gateway"] not in living
+
+    assert claim(store, "x", {"gateway": "a"}, stale_after=300, settled=lambda held: False, abandoned=abandoned).won
+    held = claim(store, "x", {"gateway": "b"}, stale_after=300, settled=lambda held: False, abandoned=abandoned)
+    assert not held.won and held.data["gateway"] == "a"  # a lives: its claim stands
+    living.discard("a")
+    done = claim(store, "x", {"gateway": "b"}, stale_after=300, settled=lambda held: True, abandoned=abandoned)
+    assert not done.won  # a died after its work happened: nothing to take over
+    taken = claim(store, "x", {"gateway": "b"}, stale_after=300, settled=lambda held: False, abandoned=abandoned)
+    assert taken.won and taken.path.endswith(".1.json")
 
 
 def test_a_replica_never_answers_an_ended_run_from_its_cache(tmp_path: Path) -> None:

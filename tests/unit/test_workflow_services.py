@@ -7,6 +7,7 @@ local blob store, checked by the HTTPException's status and fixed detail.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -77,26 +78,124 @@ def test_a_tombstone_is_410_for_its_owner_only(tmp_path: Path) -> None:
     assert tombstones.removed(store, WORKFLOW, "bob") is None
 
 
+class Gateways:
+    """Replicas' presence (gateway/starts.py's heartbeats) as a set of the living ones."""
+
+    def __init__(self, me: str, alive: set[str]) -> None:
+        self.me, self.living = me, alive
+
+    def present(self) -> str:
+        return self.me
+
+    def alive(self, gateway_id: str) -> bool:
+        return gateway_id in self.living
+
+
+class LaunchedRuns(OneRun):
+    """OneRun (WORKFLOW's earlier run) plus each run launched here, found by its tags."""
+
+    def __init__(self) -> None:
+        super().__init__(owner="alice", status="SUCCESS")
+        self.tagged: list[RunInfo] = []
+
+    def launched(self, workflow_id: str, tags: dict[str, str]) -> StartResponse:
+        self.tagged.append(
+            RunInfo(f"run-{len(self.tagged) + 2}", "generate", "STARTED", tags={**tags, PARTITION_TAG: workflow_id})
+        )
+        return StartResponse(workflowId=workflow_id, status="RUNNING")
+
+    def newest_run_tagged(self, tags: dict[str, str]) -> RunInfo | None:
+        found = [run for run in self.tagged if tags.items() <= run.tags.items()]
+        return found[-1] if found else None
+
+
 def test_an_idempotency_key_launches_once_and_refuses_another_request(tmp_path: Path) -> None:
     store = LocalBlobStore(root=str(tmp_path))
-    runs = _runs(FakeDagster())
+    fake = LaunchedRuns()
+    runs, both = _runs(fake), Gateways("a", {"a", "b"})
     launched: list[dict[str, str]] = []
 
     def launch(tags: dict[str, str]) -> StartResponse:
         launched.append(tags)
-        return StartResponse(workflowId=WORKFLOW, status="RUNNING")
+        return fake.launched(WORKFLOW, tags)
 
     body = StartRequest.model_validate(start_body())
-    first = idempotency.idempotent(runs, store, "alice", "key-1", body, "full", WORKFLOW, launch)
-    again = idempotency.idempotent(runs, store, "alice", "key-1", body, "full", "jewelry-gen-other", launch)
-    assert first == again and len(launched) == 1  # the claim answers the retry (no run yet)
+    first = idempotency.idempotent(runs, store, "alice", "key-1", body, "full", WORKFLOW, launch, both)
+    again = idempotency.idempotent(runs, store, "alice", "key-1", body, "full", "jewelry-gen-other", launch, both)
+    assert first == again and len(launched) == 1  # the run tagged with the key answers the retry
     other = StartRequest.model_validate(start_body(maskPoints=[{"x": 0.1, "y": 0.1, "label": 1}]))
     with pytest.raises(HTTPException) as reused:
-        idempotency.idempotent(runs, store, "alice", "key-1", other, "full", "jewelry-gen-other", launch)
+        idempotency.idempotent(runs, store, "alice", "key-1", other, "full", "jewelry-gen-other", launch, both)
     assert reused.value.status_code == 422
     with pytest.raises(HTTPException) as bad:
-        idempotency.idempotent(runs, store, "alice", "a key", body, "full", WORKFLOW, launch)
+        idempotency.idempotent(runs, store, "alice", "a key", body, "full", WORKFLOW, launch, both)
     assert (bad.value.status_code, bad.value.detail) == (400, "Idempotency-Key: 1 to 200 printable characters")
+
+
+def test_a_key_retried_while_its_launch_is_under_way_is_told_to_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry reaches another replica while the claimant (alive) has not launched yet: 503
+    with Retry-After, not a workflow id that no run or start stands behind."""
+    monkeypatch.setattr(idempotency, "stripe", lambda key: threading.Lock())  # replicas share no locks
+    store = LocalBlobStore(root=str(tmp_path))
+    fake = LaunchedRuns()
+    runs, body = _runs(fake), StartRequest.model_validate(start_body())
+    retried: list[HTTPException] = []
+
+    def launch_on_a(tags: dict[str, str]) -> StartResponse:
+        with pytest.raises(HTTPException) as busy:  # b's retry, while a is mid-launch
+            idempotency.idempotent(
+                runs, store, "alice", "k", body, "generate", WORKFLOW, fail_launch, Gateways("b", {"a", "b"})
+            )
+        retried.append(busy.value)
+        return fake.launched(WORKFLOW, tags)
+
+    def fail_launch(tags: dict[str, str]) -> StartResponse:
+        raise AssertionError("launched twice")
+
+    idempotency.idempotent(
+        runs, store, "alice", "k", body, "generate", WORKFLOW, launch_on_a, Gateways("a", {"a", "b"})
+    )
+    assert retried[0].status_code == 503 and (retried[0].headers or {}).get("Retry-After") == "1"
+    # Once a launched, the same retry answers a's workflow.
+    again = idempotency.idempotent(
+        runs, store, "alice", "k", body, "generate", WORKFLOW, fail_launch, Gateways("b", {"a", "b"})
+    )
+    assert again.workflowId == WORKFLOW and len(fake.tagged) == 1
+
+
+def test_a_key_whose_gateway_died_before_launching_is_launched_by_the_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generate continuing WORKFLOW (which has an earlier run): its gateway claimed the key and
+    died before launching. The retry on the other replica launches once, though the workflow
+    has runs (the claim used to count them as this launch and answer 200 without any run)."""
+    monkeypatch.setattr(idempotency, "stripe", lambda key: threading.Lock())  # replicas share no locks
+    store = LocalBlobStore(root=str(tmp_path))
+    fake = LaunchedRuns()
+    runs, body = _runs(fake), StartRequest.model_validate(start_body())
+    living = {"a", "b"}
+    answers: list[StartResponse] = []
+
+    def dies_on_a(tags: dict[str, str]) -> StartResponse:
+        living.discard("a")  # a's heartbeat stops: it was killed before its launch
+        answers.append(
+            idempotency.idempotent(
+                runs, store, "alice", "k", body, "generate", WORKFLOW, launch_on_b, Gateways("b", living)
+            )
+        )
+        return answers[-1]
+
+    def launch_on_b(tags: dict[str, str]) -> StartResponse:
+        return fake.launched(WORKFLOW, tags)
+
+    idempotency.idempotent(runs, store, "alice", "k", body, "generate", WORKFLOW, dies_on_a, Gateways("a", living))
+    assert answers[0].workflowId == WORKFLOW and len(fake.tagged) == 1  # b launched it, once
+    again = idempotency.idempotent(
+        runs, store, "alice", "k", body, "generate", WORKFLOW, launch_on_b, Gateways("b", living)
+    )
+    assert again.workflowId == WORKFLOW and len(fake.tagged) == 1
 
 
 def test_a_launch_that_did_not_happen_leaves_no_blobs(tmp_path: Path) -> None:
