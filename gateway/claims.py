@@ -5,8 +5,9 @@ blob only if none is there, atomically (Azure: `If-None-Match: *`; a folder: a h
 claim is such a blob: `claims/<name>.<generation>.json` holding what the winner decided (a
 workflow id, a digest of the request). Used for:
 
-- idempotency keys: the first replica to claim `(caller, Idempotency-Key)` launches, every other
-  one answers the workflow id the winner chose, before or after its run exists;
+- idempotency keys: the first replica to claim `(caller, Idempotency-Key)` launches; every other
+  one answers the workflow its launch made once a run or pending start carries the key (503 with
+  Retry-After until then);
 - continuing a request (`/workflow/generate`): one launch per run it continues, the others 409;
 - webhooks: one delivery per finished run, whichever replicas watch Dagster.
 

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from gateway.bounded_reads import BoundedReads
 from gateway.dagster_api.client import DagsterRuns
 from gateway.dagster_api.queue_estimates import QueueEstimates
 from gateway.event_streams import EventStreams
@@ -34,6 +35,10 @@ from gateway.state_bodies import FinishedBodies
 from gateway.webhook_outbox.watcher import WebhookDispatcher
 from jewel_dagster.resources.selection import build_blob_store
 from jewel_dagster.tracing import configure_tracing
+
+# GET reads left blocked on a stalled storage (gateway/bounded_reads.py): anyio's default thread
+# pool is 40, so at most as many threads again wait out an outage.
+STALLED_STATE_READS = 40
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -80,6 +85,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.finished_bodies = FinishedBodies(
             int(resolved.state_body_cache_mb * 1024 * 1024), resolved.state_body_max_age()
         )
+        app.state.state_reads = BoundedReads(STALLED_STATE_READS)
         app.state.probe = ServiceProbe(resolved)
         app.state.provenance = provenance_mode(resolved)
         app.state.rate_limits = RateLimits(resolved)

@@ -107,25 +107,33 @@ class PendingStart:
         return PendingStart(**{**asdict(self), **changes})
 
 
-def read_start(store: BlobStore, workflow_id: str) -> PendingStart | None:
+def read_start(store: BlobStore, workflow_id: str, strict: bool = False) -> PendingStart | None:
     """The workflow's pending start (state `cancelled` once a cancel blob exists), or None.
+    `strict`: a store that does not answer raises BlobStoreError instead of reading as none (for
+    a caller that must not take "cannot tell" for "no start": an Idempotency-Key's takeover).
 
     A pending record with a cancel blob is read again after the blob was seen: read before it,
     it may miss a launch announced in between (and the cancel then look final while the launcher,
     which read no cancel after its announce, launches the run)."""
-    start = _load_start(store, workflow_id)
+    start = _load_start(store, workflow_id, strict)
     if start is None or start.state != "pending" or not store.exists_path(start_cancel_path(workflow_id)):
         return start
-    start = _load_start(store, workflow_id)
+    start = _load_start(store, workflow_id, strict)
     if start is not None and start.state == "pending":
         start.state = "cancelled"
     return start
 
 
-def _load_start(store: BlobStore, workflow_id: str) -> PendingStart | None:
+def _load_start(store: BlobStore, workflow_id: str, strict: bool = False) -> PendingStart | None:
     try:
         return PendingStart(**json.loads(store.get_path(pending_start_path(workflow_id))))
-    except (BlobStoreError, ValueError, TypeError):
+    except BlobNotFoundError:
+        return None
+    except BlobStoreError:
+        if strict:
+            raise
+        return None
+    except (ValueError, TypeError):
         return None
 
 
@@ -208,6 +216,7 @@ class StartLauncher:
         for index in range(self._settings.max_parallel_launches):
             self._spawn(self._work, f"start-launcher-{index}")
         self._spawn(self._sweep_loop, "start-sweeper")
+        self._spawn(self._beat_loop, "start-heartbeat")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -477,7 +486,8 @@ class StartLauncher:
 
     def _beat(self, due_only: bool = False) -> None:
         """Write the heartbeat; `due_only`: unless one was written a third of the takeover time ago.
-        Only a gateway that ever had starts to launch beats: the others own no record."""
+        Only a gateway that ever had starts to launch, or claimed (`present`), beats: the others
+        own no record and no claim."""
         now = self._clock()
         fresh = self._beaten_at is not None and now - self._beaten_at < self._settings.start_takeover_seconds / 3
         if due_only and fresh:
@@ -486,12 +496,23 @@ class StartLauncher:
         self._store.put_path(start_heartbeat_path(self.gateway_id), payload, "application/json")
         self._beaten_at = now
 
+    def _beat_loop(self) -> None:
+        """The heartbeat on a thread of its own: a sweep can be long (the first one after a restart
+        reads every retained record), and a claimant's claims are taken over once its heartbeat is
+        START_TAKEOVER_SECONDS old, launch or no launch (gateway/workflows/idempotency.py)."""
+        interval = max(0.05, self._settings.start_takeover_seconds / 3)
+        while not self._stop.wait(interval):
+            if self._beaten_at is None:
+                continue
+            try:
+                self._beat()
+            except Exception:
+                log.exception("heartbeat of the start launcher")
+
     def _sweep_loop(self) -> None:
         interval = max(0.05, self._settings.start_takeover_seconds / 3)
         while not self._stop.is_set():
             try:
-                if self._beaten_at is not None:
-                    self._beat()
                 self.sweep()
             except Exception:
                 log.exception("sweep of pending starts")

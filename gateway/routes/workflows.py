@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Request, Response, status
-from starlette.concurrency import run_in_threadpool
 
+from gateway.bounded_reads import ReadsStalled
 from gateway.deps import LauncherDep, QuotasDep, RunsDep, SettingsDep, StoreDep
 from gateway.json_route import OffLoopJSONRoute
 from gateway.schemas import (
@@ -110,22 +109,18 @@ async def get_workflow(workflow_id: WorkflowIdPath, request: Request, caller: Ca
     lookup = estimates.lookup if estimates is not None else None
     body = reading.remembered_body(workflow_id, state.runs, caller, lookup)
     if body is None:
-        read = run_in_threadpool(
-            reading.workflow_body,
-            workflow_id,
-            state.runs,
-            state.results,
-            state.store,
-            caller,
-            state.finished_bodies,
-            lookup,
-        )
-        # Bounded: a poll never waits on a paused or unreachable storage longer than the deadline
-        # (the thread's read goes on and fills the status cache for the next poll).
+        # Bounded: a poll never waits on a paused or unreachable storage past the deadline, and
+        # only so many reads are left behind on one (gateway/bounded_reads.py).
+        deadline = state.settings.status_read_deadline_seconds
         try:
-            body = await asyncio.wait_for(read, timeout=state.settings.status_read_deadline_seconds)
-        except TimeoutError:
-            raise state_unreadable(state.settings.status_read_deadline_seconds) from None
+            body = await state.state_reads.run(
+                lambda: reading.workflow_body(
+                    workflow_id, state.runs, state.results, state.store, caller, state.finished_bodies, lookup
+                ),
+                deadline,
+            )
+        except ReadsStalled:
+            raise state_unreadable(deadline) from None
     return Response(content=body, media_type="application/json")
 
 

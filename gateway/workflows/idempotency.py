@@ -100,7 +100,11 @@ def idempotent(
             return StartResponse(workflowId=earlier.tags[PARTITION_TAG], status=position_of(earlier).status)
 
         def launched(held: dict[str, Any]) -> bool:
-            return launched_with_key(runs, store, str(held.get("workflowId", "")), digest)
+            """For a takeover: a launch that cannot be told apart from none counts as launched."""
+            try:
+                return key_launched(runs, store, str(held.get("workflowId", "")), digest) is not None
+            except (DagsterError, BlobStoreError):
+                return True
 
         try:
             held = claim(
@@ -116,15 +120,17 @@ def idempotent(
         if not held.won:
             if held.data.get("asked") != asked:
                 raise reused()
-            if not launched(held.data):
+            try:
+                found = key_launched(runs, store, str(held.data.get("workflowId", "")), digest)
+            except (DagsterError, BlobStoreError):
+                found = None  # cannot tell: retry, never a workflow id that may have nothing behind it
+            if found is None:
                 raise HTTPException(
                     status.HTTP_503_SERVICE_UNAVAILABLE,
                     detail="A request with this Idempotency-Key is being started; retry shortly for its workflow.",
                     headers={"Retry-After": RETRY_AFTER_LAUNCHING},
                 )
-            workflow_id = str(held.data["workflowId"])
-            start = read_start(store, workflow_id)  # launched in the background: not a run yet
-            return StartResponse(workflowId=workflow_id, status=state_of_start(start).status if start else "RUNNING")
+            return found
         try:
             return launch({OWNER_TAG: caller, IDEMPOTENCY_TAG: digest, IDEMPOTENCY_REQUEST_TAG: asked})
         except BaseException:
@@ -157,15 +163,19 @@ def _abandoned(presence: Presence, held: dict[str, Any]) -> bool:
     return isinstance(gateway, str) and not presence.alive(gateway)
 
 
-def launched_with_key(runs: DagsterRuns, store: BlobStore, workflow_id: str, digest: str) -> bool:
-    """Whether the launch of the key `digest` happened: a run tagged with it, or the workflow's
-    pending start carrying it (the run to come, or a start that ended without one). The workflow
-    having runs is not enough: a generate continuing a request claims that request's id, whose
-    earlier runs are not this launch. An unanswered question counts as yes (never launch twice)."""
-    try:
-        start = read_start(store, workflow_id)
-        if start is not None and start.tags.get(IDEMPOTENCY_TAG) == digest:
-            return True
-        return runs.newest_run_tagged({IDEMPOTENCY_TAG: digest}) is not None
-    except (DagsterError, BlobStoreError):
-        return True
+def key_launched(runs: DagsterRuns, store: BlobStore, workflow_id: str, digest: str) -> StartResponse | None:
+    """What the launch of the key `digest` made: the workflow's pending start carrying the key
+    (its run to come, or a start that ended without one), else the run tagged with it (its own
+    workflow id: a takeover's, not the claim's); None when neither exists. The workflow having
+    runs is not enough: a generate continuing a request claims that request's id, whose earlier
+    runs are not this launch. Raises DagsterError or BlobStoreError when it cannot be told.
+
+    The record is read first: a background launch creates its run, then deletes the record, so a
+    launch between the two reads is seen by the second, never missed by both."""
+    start = read_start(store, workflow_id, strict=True)
+    if start is not None and start.tags.get(IDEMPOTENCY_TAG) == digest:
+        return StartResponse(workflowId=workflow_id, status=state_of_start(start).status)
+    run = runs.newest_run_tagged({IDEMPOTENCY_TAG: digest})
+    if run is None:
+        return None
+    return StartResponse(workflowId=run.tags.get(PARTITION_TAG, workflow_id), status=position_of(run).status)
