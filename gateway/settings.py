@@ -38,8 +38,8 @@ class GatewaySettings(PipelineSettings):
         default=3.0,
         gt=0.0,
         description="How long GET /workflow/{id} waits for Dagster's storage when memory cannot answer: past it, 503 "
-        "with Retry-After (the read goes on; past 40 such reads left waiting, GET answers 503 at once). A paused or unreachable PostgreSQL otherwise held "
-        "each poll until it answered (10 s in the chaos soak's pauses).",
+        "with Retry-After (the read goes on; past 40 such reads left waiting, GET answers 503 at once). A paused "
+        "or unreachable PostgreSQL otherwise held each poll until it answered (10 s in the chaos soak's pauses).",
     )
     frontend_poll_seconds: float = Field(
         default=2.0,
