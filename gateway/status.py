@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from gateway.dagster_api.models import RunAssets, RunInfo
 from gateway.schemas import WorkflowStatus
-from jewel_dagster.contract import SEED_STEP_OF_ASSET, STEP_PROGRESS, WILL_RETRY_TAG, AssetName
+from jewel_dagster.contract import SEED_STEP_OF_ASSET, STEP_PROGRESS, AssetName
 
 _RUN_STATUS: dict[str, WorkflowStatus] = {
     "QUEUED": "RUNNING",
@@ -36,11 +36,6 @@ _RUN_STATUS: dict[str, WorkflowStatus] = {
 }
 # Seed order: by the seed step's progress, then as the contract lists the assets.
 _ORDER = {asset.value: (STEP_PROGRESS[SEED_STEP_OF_ASSET[asset]], i) for i, asset in enumerate(AssetName)}
-# Dagster stores a failed run's FAILURE status first and its `dagster/will_retry` tag a moment
-# later (DagsterInstance.handle_new_event, two writes): read in between, a run that is about to be
-# retried looked FAILED (a final SSE event, a webhook) and then RUNNING again. A failure this
-# recent without the tag is not final yet; past it, a run without the tag (run retries off) is.
-RETRY_DECISION_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +52,7 @@ def workflow_status(run_status: str) -> WorkflowStatus:
 
 def position_of(run: RunInfo, now: float | None = None) -> WorkflowPosition:
     status: WorkflowStatus = workflow_status(run.status)
-    if run.status == "FAILURE" and _retry_may_follow(run, time.time() if now is None else now):
+    if run.retry_may_follow(time.time() if now is None else now):
         status = "RUNNING"  # Dagster's retry daemon re-launches it: not over yet for the person waiting
     if status == "COMPLETED":
         return WorkflowPosition(status, "COMPLETED", STEP_PROGRESS["COMPLETED"])
@@ -98,9 +93,3 @@ def seed_step_of_failure(run: RunInfo, step_key: str | None) -> str | None:
     stopped = next((a for a in mine if a not in assets.materialized), mine[-1])
     return SEED_STEP_OF_ASSET[stopped]
 
-
-def _retry_may_follow(run: RunInfo, now: float) -> bool:
-    will_retry = run.tags.get(WILL_RETRY_TAG)
-    if will_retry is not None:
-        return will_retry == "true"
-    return run.end_time is not None and now - run.end_time < RETRY_DECISION_SECONDS

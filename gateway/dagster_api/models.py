@@ -8,6 +8,11 @@ from typing import Any
 from jewel_dagster.contract import WILL_RETRY_TAG
 
 _ENDED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
+# Dagster stores a failed run's FAILURE status first and its `dagster/will_retry` tag a moment
+# later (DagsterInstance.handle_new_event, two writes): read in between, a run that is about to be
+# retried looked FAILED (a final SSE event, a webhook) and then RUNNING again. A failure this
+# recent without the tag is not final yet; past it, a run without the tag (run retries off) is.
+RETRY_DECISION_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,17 @@ class RunInfo:
     def step_starts(self) -> dict[str, float]:
         """step key -> when it first started, for the steps this read saw start."""
         return {s.step_key: s.start_time for s in self.steps if s.start_time is not None}
+
+    def retry_may_follow(self, now: float) -> bool:
+        """A FAILURE that Dagster's retry daemon may still re-launch: its `will_retry` is "true"
+        (the daemon turns it to "false" when the retry cannot be launched, e.g. its code server
+        is down), or not decided yet (RETRY_DECISION_SECONDS). ``now``: unix seconds."""
+        if self.status != "FAILURE":
+            return False
+        will_retry = self.tags.get(WILL_RETRY_TAG)
+        if will_retry is not None:
+            return will_retry == "true"
+        return self.end_time is not None and now - self.end_time < RETRY_DECISION_SECONDS
 
     @property
     def ended(self) -> bool:

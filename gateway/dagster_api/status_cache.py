@@ -17,6 +17,9 @@ everyone, launches included. Three rules keep the answers true:
   Polls of one id that arrive together share that read, as they share a run's read: a poll takes
   the answer of an id read asked after it arrived (a crowd polling one finished request did one
   read each, ~0.7 ms of CPU, most of it SQLAlchemy building the query).
+  A FAILURE that Dagster may still retry (`RunInfo.retry_may_follow`) is not kept so: its
+  `will_retry` tag can turn to "false" with no newer run (the retry daemon could not launch the
+  retry: its code server was down), and kept by its id it answered RUNNING for good (the soak).
 - `forget` (a launch, a cancel of this replica) drops what is known of the request, and an older
   read still in flight cannot put it back. A run's end told by its run worker (`run_ended`,
   jewel_dagster/run_end_notices.py) forgets the request too: the next poll reads the end rather
@@ -199,7 +202,7 @@ class StatusCache:
             self._answers[request_id] = (asked, run)
             if len(self._answers) > MAX_IDS:  # polls waiting on a refresh are few: forget them all
                 self._answers = {request_id: (asked, run)}
-            if run is not None and run.status in _ENDED:
+            if run is not None and run.status in _ENDED and not run.retry_may_follow(time.time()):
                 self._ended[request_id] = run
                 if len(self._ended) > MAX_IDS:
                     self._ended = {request_id: run}

@@ -233,17 +233,17 @@ class WebhookDispatcher:
                 log.exception("webhooks: cannot look at the claim of %s again", run.run_id)
 
     def _owes_webhook(self, run: RunInfo, now: float) -> bool:
-        """A failed run that Dagster will retry owes nothing: its retry run carries the webhook."""
+        """A failed run that Dagster will retry owes nothing: its retry run carries the webhook.
+        Not marked handled: when the retry daemon cannot launch the retry (its code server down)
+        it turns `will_retry` to "false", which updates the run, and the run is listed again and
+        owes its `failed` webhook then (marked handled, that webhook was never sent)."""
         if run.status != "FAILURE":
             return True
         will_retry = run.tags.get(WILL_RETRY_TAG)
         if will_retry is None and now - self._settling.setdefault(run.run_id, now) < _SETTLE_SECONDS:
             return False
         self._settling.pop(run.run_id, None)
-        if will_retry == "true":
-            self._handled[run.run_id] = now
-            return False
-        return True
+        return will_retry != "true"
 
     # ------------------------------------------------------------------ queuing
 

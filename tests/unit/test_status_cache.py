@@ -16,7 +16,8 @@ from gateway.dagster_api.models import RunInfo
 from gateway.dagster_api.status_cache import StatusCache
 from gateway.dagster_api.storage_reader import StorageRunReader
 from gateway.settings import GatewaySettings
-from jewel_dagster.contract import PARTITION_TAG
+from gateway.status import position_of
+from jewel_dagster.contract import PARTITION_TAG, WILL_RETRY_TAG
 from tests.support.e2e_stack import free_port
 
 RID = "jewelry-gen-00000000-0000-0000-0000-0000000000c1"
@@ -224,6 +225,48 @@ def test_an_ended_run_is_answered_without_reading_it_again_until_a_newer_run_exi
         second = _ended_job.execute_in_process(instance=instance, tags={PARTITION_TAG: RID}).run_id
         newer = dagster.latest_run_cached(RID)
         assert newer is not None and newer.run_id == second
+    finally:
+        dagster.close()
+        instance.dispose()
+
+
+@dg.op
+def _failing_step() -> None:
+    raise RuntimeError("a model service answered 503")
+
+
+@dg.job
+def _failed_job() -> None:
+    _failing_step()
+
+
+def test_a_failure_whose_retry_could_not_be_launched_is_answered_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed run is first `will_retry=true`; when the retry daemon cannot launch the retry (its
+    code server down), it turns the tag to "false" and no newer run ever comes. Kept as an ended
+    run checked by its id, the first answer (RUNNING: a retry follows) stayed for good: the soak's
+    "still RUNNING after the settle time" (a worker killed, then the code server)."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    instance = dg.DagsterInstance.get()
+    failed = _failed_job.execute_in_process(
+        instance=instance, tags={PARTITION_TAG: RID}, raise_on_error=False
+    ).run_id
+    instance.add_run_tags(failed, {WILL_RETRY_TAG: "true"})
+    dagster = DagsterRuns(GatewaySettings(dagster_port=free_port(), status_source="storage"))
+    try:
+        first = dagster.latest_run_cached(RID)
+        assert first is not None and position_of(first).status == "RUNNING"
+        instance.add_run_tags(failed, {WILL_RETRY_TAG: "false"})  # as the retry daemon does
+        deadline = time.monotonic() + 5.0  # past the status TTL: the poll after it reads the tag
+        while True:
+            again = dagster.latest_run_cached(RID)
+            assert again is not None
+            if position_of(again).status == "FAILED":
+                break
+            assert time.monotonic() < deadline, "still RUNNING after the retry was given up"
+            time.sleep(0.05)
     finally:
         dagster.close()
         instance.dispose()

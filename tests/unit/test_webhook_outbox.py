@@ -28,7 +28,7 @@ from gateway.webhook_outbox.backoff import delay_after_outage
 from gateway.webhook_outbox.events import LiveEvents, event_tags
 from gateway.webhook_outbox.watcher import WebhookDispatcher
 from gateway.webhooks import caller_secret, store_webhook_url
-from jewel_dagster.contract import WEBHOOK_EVENTS_TAG, WEBHOOK_KEY_TAG, WEBHOOK_URL_TAG
+from jewel_dagster.contract import WEBHOOK_EVENTS_TAG, WEBHOOK_KEY_TAG, WEBHOOK_URL_TAG, WILL_RETRY_TAG
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from tests.support.e2e_stack import wait_until
 from tests.support.gateway_client import gateway_client, poll_until, start_body
@@ -232,6 +232,30 @@ def test_a_finished_run_queues_its_final_event_only_when_asked(
     watcher._pool.shutdown(wait=True)
     found = outbox.of_workflow(store, "jewelry-gen-e")
     assert [d.event for d in found] == ([queued] if queued else [])
+
+
+def test_a_failure_whose_retry_was_given_up_queues_its_failed_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen first with `will_retry=true` (its retry run will carry the webhook), then updated to
+    "false" by the retry daemon that could not launch the retry: the run owes `failed` then."""
+    settings = outbox_settings(tmp_path)
+    store = LocalBlobStore(root=str(tmp_path))
+    watcher = WebhookDispatcher(settings, DagsterRuns(settings), ResultReader(store), store)
+    monkeypatch.setattr(watcher, "_final_state", lambda workflow_id, run: b'{"s":1}')
+    tags = {WEBHOOK_URL_TAG: "http://127.0.0.1:9/hook", "dagster/partition": "jewelry-gen-r"}
+
+    def seen(will_retry: str, update_time: float) -> None:
+        raw = {"runId": "run-r", "jobName": "jewelry_generation", "status": "FAILURE", "updateTime": update_time,
+               "tags": [{"key": k, "value": v} for k, v in {**tags, WILL_RETRY_TAG: will_retry}.items()],
+               "stepStats": []}  # fmt: skip
+        watcher._consider(run_info_from(raw), time.time())
+
+    seen("true", 1.0)
+    assert outbox.of_workflow(store, "jewelry-gen-r") == []  # the retry run will carry it
+    seen("false", 2.0)  # the retry daemon gave the retry up
+    watcher._pool.shutdown(wait=True)
+    assert [d.event for d in outbox.of_workflow(store, "jewelry-gen-r")] == ["failed"]
 
 
 def test_webhook_events_are_checked_with_a_clear_message(tmp_path: Path) -> None:
