@@ -154,13 +154,40 @@ async function followEvents(workflowId) {
   }
 }
 
+// A poll answered 503 or 429 with Retry-After (the pipeline's storage slow to answer, Dagster
+// restarting, a rate limit) is asked again after that wait, for up to POLL_RETRY_BUDGET_MS in a
+// row; past it, or without Retry-After, the page says why it stopped following the request.
+const POLL_RETRY_BUDGET_MS = 60_000;
+
 async function followPolling(workflowId) {
+  let unavailableSince = null;
   for (;;) {
-    const s = await (await api("GET", `/workflow/${workflowId}`)).json();
+    const response = await fetch(`/workflow/${workflowId}`, { headers: headers() });
+    if (!response.ok) {
+      const wait = retryAfterMs(response);
+      unavailableSince ??= Date.now();
+      if (wait === null || Date.now() - unavailableSince + wait > POLL_RETRY_BUDGET_MS) {
+        throw new Error(await messageOf(response));
+      }
+      await sleep(wait);
+      continue;
+    }
+    unavailableSince = null;
+    const s = await response.json();
     if (s.status !== "RUNNING") return s;
     showProgress(s);
-    await new Promise((r) => setTimeout(r, 1000));
+    await sleep(1000);
   }
+}
+
+function retryAfterMs(response) {
+  if (response.status !== 503 && response.status !== 429) return null;
+  const seconds = Number(response.headers.get("Retry-After"));
+  return Number.isFinite(seconds) && seconds > 0 ? Math.min(seconds, 30) * 1000 : null;
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function ended(s) {

@@ -653,3 +653,54 @@ def test_the_page_stops_counting_down_for_a_request_it_lost(chromium: Path) -> N
         finally:
             browser.close()
     assert (1, 30) in labels and labels[-1] is None, labels  # shown while it was heard from, then gone
+
+
+def test_the_page_polls_again_after_a_503_with_retry_after(chromium: Path) -> None:
+    """The gateway answers a poll 503 with Retry-After when the pipeline's storage is slow to
+    answer (STATUS_READ_DEADLINE_SECONDS) or Dagster restarts: a page following by polls (its
+    event stream refused) waits that long and polls again, and shows how the request ended; it
+    stopped at the first 503 before, with the storage's message as if the request were lost."""
+    from playwright import sync_api
+
+    workflow_id = "jewelry-gen-00000000-0000-0000-0000-000000000034"
+    waiting = {"workflowId": workflow_id, "status": "RUNNING", "progress": 5, "currentStep": "UPLOADING_IMAGE"}
+    failed = {**waiting, "status": "FAILED", "failedStep": "SEGMENTING", "error": "SAM3 answered 500"}
+    slow = "The workflow's state could not be read within 3 s; retry shortly."
+    polls: list[float] = []
+
+    def gateway(route: Any) -> None:
+        path = route.request.url.removeprefix("http://jewel.test")
+        if path == "/":
+            route.fulfill(path=str(STATIC / "index.html"))
+        elif path.startswith("/static/"):
+            route.fulfill(path=str(STATIC / path.removeprefix("/static/")))
+        elif path == "/workflow/preprocess":
+            route.fulfill(json={"workflowId": workflow_id, "status": "RUNNING"})
+        elif path == f"/workflow/{workflow_id}/events":
+            route.fulfill(status=503, json={"detail": "Dagster is unreachable"}, headers={"Retry-After": "1"})
+        elif path == f"/workflow/{workflow_id}":
+            polls.append(time.monotonic())  # waiting, then the storage slow twice, then the end
+            if len(polls) == 1:
+                route.fulfill(json=waiting)
+            elif len(polls) <= 3:
+                route.fulfill(status=503, json={"detail": slow}, headers={"Retry-After": "1"})
+            else:
+                route.fulfill(json=failed)
+        else:
+            route.fulfill(status=404, json={"detail": "Not Found"})
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.route("http://jewel.test/**", gateway)
+            page.goto("http://jewel.test/")
+            _choose_the_ring(page)
+            page.click("#preprocess")
+            page.wait_for_selector("#error", state="visible", timeout=30_000)
+            shown = page.locator("#error").inner_text()
+        finally:
+            browser.close()
+    assert shown == "The workflow failed at SEGMENTING: SAM3 answered 500", shown
+    assert len(polls) == 4, polls
+    assert polls[2] - polls[1] >= 0.9 and polls[3] - polls[2] >= 0.9, polls  # Retry-After waited out
