@@ -46,12 +46,35 @@ def cancel(
     run = owned_run_or_start(runs, store, workflow_id, caller)
     if isinstance(run, PendingStart):
         return _cancel_start(runs, store, settings, run)
+    if run.retry_may_follow(time.time()):
+        run = _retry_of(runs, settings, workflow_id, run, caller)
     state = position_of(run).status
     if state != "RUNNING":
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"workflow {workflow_id} already ended: {state}")
     if run.status != "CANCELING":  # asked before: wait for it again
         _terminate(runs, settings, workflow_id, run.run_id, caller)
     return _settled_cancel(runs, settings, workflow_id, run.run_id)
+
+
+def _retry_of(runs: DagsterRuns, settings: GatewaySettings, workflow_id: str, failed: RunInfo, caller: str) -> RunInfo:
+    """The run to cancel when the newest one FAILED and Dagster's retry of it is coming (GET says
+    RUNNING): the retry, once it exists; or the failed run, once Dagster gave the retry up. The
+    failed run itself cannot be terminated: asking Dagster to was refused until the deadline, and
+    the retry then ran on after the cancel (or answered 409 FAILED while GET said RUNNING). Waits
+    up to CANCEL_WAIT_SECONDS; still undecided then, 503 with Retry-After (ask again)."""
+    deadline = time.monotonic() + settings.cancel_wait_seconds
+    while True:
+        runs.forget(workflow_id)
+        latest = owned_run(runs, workflow_id, caller)
+        if latest.run_id != failed.run_id or not latest.retry_may_follow(time.time()):
+            return latest
+        if time.monotonic() >= deadline:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail=f"workflow {workflow_id} failed and its retry is being launched; ask again to cancel the retry",
+                headers={"Retry-After": "5"},
+            )
+        time.sleep(POLL_SECONDS)
 
 
 def _terminate(runs: DagsterRuns, settings: GatewaySettings, workflow_id: str, run_id: str, caller: str) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from gateway.dagster_api.errors import DagsterError
 from gateway.dagster_api.models import RunInfo
-from jewel_dagster.contract import FULL_JOB
+from jewel_dagster.contract import FULL_JOB, WILL_RETRY_TAG
 from tests.support.gateway_client import gateway_with_fake_dagster
 
 WORKFLOW = "jewelry-gen-00000000-0000-0000-0000-000000000000"
@@ -103,3 +104,53 @@ def test_a_run_dagster_cannot_terminate_yet_answers_503_with_retry_after(tmp_pat
         response = client.post(f"/workflow/{WORKFLOW}/cancel")
     assert response.status_code == 503 and response.headers.get("Retry-After"), response.text
     assert "ask again" in response.json()["detail"], response.text
+
+
+class RetriedRun:
+    """run-1 FAILED with Dagster's retry coming (`dagster/will_retry`: "true"); after `looks`
+    looks, the retry daemon either launched run-2 (`retried`) or gave the retry up ("false").
+    Dagster refuses to terminate run-1 (it ended); run-2 stops at its terminate."""
+
+    def __init__(self, retried: bool, looks: int = 3) -> None:
+        self.retried, self.looks, self.terminated = retried, looks, []  # type: list[str]
+        self.retry_status = "STARTED"
+
+    def latest_run(self, request_id: str) -> RunInfo:
+        self.looks -= 1
+        if self.looks > 0:
+            return RunInfo("run-1", FULL_JOB, "FAILURE", [], {WILL_RETRY_TAG: "true"}, end_time=time.time())
+        if not self.retried:
+            return RunInfo("run-1", FULL_JOB, "FAILURE", [], {WILL_RETRY_TAG: "false"}, end_time=time.time())
+        return RunInfo("run-2", FULL_JOB, self.retry_status, [], {})
+
+    def terminate(self, run_id: str) -> None:
+        self.terminated.append(run_id)
+        if run_id != "run-2":
+            raise DagsterError("Dagster refused the request: the run is not in progress")
+        self.retry_status = "CANCELED"
+
+
+def _cancel_retried(tmp_path: Path, run: RetriedRun) -> tuple[int, dict[str, str]]:
+    with gateway_with_fake_dagster(tmp_path, cancel_wait_seconds=5.0) as (client, dagster):
+        dagster.latest_run = run.latest_run  # type: ignore[method-assign]
+        dagster.latest_run_cached = run.latest_run  # type: ignore[method-assign]
+        dagster.terminate = run.terminate  # type: ignore[attr-defined]
+        response = client.post(f"/workflow/{WORKFLOW}/cancel")
+    return response.status_code, response.json()
+
+
+def test_a_cancel_while_dagster_retries_the_failed_run_stops_the_retry(tmp_path: Path) -> None:
+    """GET says RUNNING while a failed run waits for its retry: a cancel then stops the retry.
+    Before, it asked Dagster to terminate the failed run until the deadline (refused each time),
+    answered an error, and the retry ran on."""
+    run = RetriedRun(retried=True)
+    code, body = _cancel_retried(tmp_path, run)
+    assert (code, body) == (200, {"workflowId": WORKFLOW, "status": "CANCELLED"}), body
+    assert run.terminated == ["run-2"]
+
+
+def test_a_cancel_while_dagster_gives_the_retry_up_answers_failed(tmp_path: Path) -> None:
+    run = RetriedRun(retried=False)
+    code, body = _cancel_retried(tmp_path, run)
+    assert code == 409 and body["detail"].endswith("already ended: FAILED"), body
+    assert run.terminated == []
