@@ -92,4 +92,3 @@ def seed_step_of_failure(run: RunInfo, step_key: str | None) -> str | None:
         return None
     stopped = next((a for a in mine if a not in assets.materialized), mine[-1])
     return SEED_STEP_OF_ASSET[stopped]
-

@@ -155,21 +155,29 @@ async function followEvents(workflowId) {
 }
 
 // A poll answered 503 or 429 with Retry-After (the pipeline's storage slow to answer, Dagster
-// restarting, a rate limit) is asked again after that wait, for up to POLL_RETRY_BUDGET_MS in a
-// row; past it, or without Retry-After, the page says why it stopped following the request.
+// restarting, a rate limit) is asked again after that wait, and one the gateway did not answer
+// at all (restarting, a network blip) after UNREACHABLE_WAIT_MS, for up to POLL_RETRY_BUDGET_MS
+// in a row; past it, or on an error without Retry-After, the page says why it stopped following.
 const POLL_RETRY_BUDGET_MS = 60_000;
+const UNREACHABLE_WAIT_MS = 2_000;
 
 async function followPolling(workflowId) {
   let unavailableSince = null;
+  const waitOrStop = async (wait, error) => {
+    unavailableSince ??= Date.now();
+    if (wait === null || Date.now() - unavailableSince + wait > POLL_RETRY_BUDGET_MS) throw error;
+    await sleep(wait);
+  };
   for (;;) {
-    const response = await fetch(`/workflow/${workflowId}`, { headers: headers() });
+    let response;
+    try {
+      response = await fetch(`/workflow/${workflowId}`, { headers: headers() });
+    } catch (err) {
+      await waitOrStop(UNREACHABLE_WAIT_MS, err);
+      continue;
+    }
     if (!response.ok) {
-      const wait = retryAfterMs(response);
-      unavailableSince ??= Date.now();
-      if (wait === null || Date.now() - unavailableSince + wait > POLL_RETRY_BUDGET_MS) {
-        throw new Error(await messageOf(response));
-      }
-      await sleep(wait);
+      await waitOrStop(retryAfterMs(response), new Error(await messageOf(response)));
       continue;
     }
     unavailableSince = null;

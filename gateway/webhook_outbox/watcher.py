@@ -240,7 +240,10 @@ class WebhookDispatcher:
         if run.status != "FAILURE":
             return True
         will_retry = run.tags.get(WILL_RETRY_TAG)
-        if will_retry is None and now - self._settling.setdefault(run.run_id, now) < _SETTLE_SECONDS:
+        # Undecided while GET still says RUNNING too (RETRY_DECISION_SECONDS from its end): sent
+        # 3 s after the watcher first saw it, a `failed` webhook carried status RUNNING.
+        first_seen = self._settling.setdefault(run.run_id, now)
+        if will_retry is None and (now - first_seen < _SETTLE_SECONDS or run.retry_may_follow(now)):
             return False
         self._settling.pop(run.run_id, None)
         return will_retry != "true"

@@ -659,7 +659,8 @@ def test_the_page_polls_again_after_a_503_with_retry_after(chromium: Path) -> No
     """The gateway answers a poll 503 with Retry-After when the pipeline's storage is slow to
     answer (STATUS_READ_DEADLINE_SECONDS) or Dagster restarts: a page following by polls (its
     event stream refused) waits that long and polls again, and shows how the request ended; it
-    stopped at the first 503 before, with the storage's message as if the request were lost."""
+    stopped at the first 503 before, with the storage's message as if the request were lost. A
+    poll the gateway did not answer at all (restarting) is asked again 2 s later, too."""
     from playwright import sync_api
 
     workflow_id = "jewelry-gen-00000000-0000-0000-0000-000000000034"
@@ -679,10 +680,12 @@ def test_the_page_polls_again_after_a_503_with_retry_after(chromium: Path) -> No
         elif path == f"/workflow/{workflow_id}/events":
             route.fulfill(status=503, json={"detail": "Dagster is unreachable"}, headers={"Retry-After": "1"})
         elif path == f"/workflow/{workflow_id}":
-            polls.append(time.monotonic())  # waiting, then the storage slow twice, then the end
+            polls.append(time.monotonic())  # waiting, the gateway unreachable, its storage slow, the end
             if len(polls) == 1:
                 route.fulfill(json=waiting)
-            elif len(polls) <= 3:
+            elif len(polls) == 2:
+                route.abort("connectionrefused")
+            elif len(polls) == 3:
                 route.fulfill(status=503, json={"detail": slow}, headers={"Retry-After": "1"})
             else:
                 route.fulfill(json=failed)
@@ -703,4 +706,4 @@ def test_the_page_polls_again_after_a_503_with_retry_after(chromium: Path) -> No
             browser.close()
     assert shown == "The workflow failed at SEGMENTING: SAM3 answered 500", shown
     assert len(polls) == 4, polls
-    assert polls[2] - polls[1] >= 0.9 and polls[3] - polls[2] >= 0.9, polls  # Retry-After waited out
+    assert polls[2] - polls[1] >= 1.9 and polls[3] - polls[2] >= 0.9, polls  # the waits kept

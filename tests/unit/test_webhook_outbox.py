@@ -258,6 +258,29 @@ def test_a_failure_whose_retry_was_given_up_queues_its_failed_event(
     assert [d.event for d in outbox.of_workflow(store, "jewelry-gen-r")] == ["failed"]
 
 
+def test_a_failure_not_yet_decided_is_not_sent_while_get_says_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed run without `dagster/will_retry` yet is RUNNING for GET until RETRY_DECISION_SECONDS
+    after its end; its `failed` webhook waits as long (it went 3 s after the watcher first saw
+    the run, with RUNNING in its body when the watcher saw it a moment after its end)."""
+    settings = outbox_settings(tmp_path)
+    store = LocalBlobStore(root=str(tmp_path))
+    watcher = WebhookDispatcher(settings, DagsterRuns(settings), ResultReader(store), store)
+    monkeypatch.setattr(watcher, "_final_state", lambda workflow_id, run: b'{"s":1}')
+    ended = 1_000_000.0
+    tags = {WEBHOOK_URL_TAG: "http://127.0.0.1:9/hook", "dagster/partition": "jewelry-gen-u"}
+    raw = {"runId": "run-u", "jobName": "jewelry_generation", "status": "FAILURE", "updateTime": ended,
+           "endTime": ended, "stepStats": [], "tags": [{"key": k, "value": v} for k, v in tags.items()]}  # fmt: skip
+    run = run_info_from(raw)
+    watcher._consider(run, ended + 1.0)  # first seen a second after its end
+    watcher._consider(run, ended + 4.5)  # 3.5 s later: GET still says RUNNING
+    assert "run-u" not in watcher._handled  # not queued (queuing itself goes on the watcher's pool)
+    watcher._consider(run, ended + 5.5)  # decided: no retry comes (run retries off)
+    watcher._pool.shutdown(wait=True)
+    assert [d.event for d in outbox.of_workflow(store, "jewelry-gen-u")] == ["failed"]
+
+
 def test_webhook_events_are_checked_with_a_clear_message(tmp_path: Path) -> None:
     with gateway_client(tmp_path, webhook_secret="s") as client:
         unknown = client.post(
