@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -603,6 +604,41 @@ def test_the_page_shows_the_queue_position_then_the_time_left_counting_down(
     assert errors == [], console
 
 
+@contextlib.contextmanager
+def _page_on_a_played_gateway(
+    chromium: Path, workflow_id: str, answer: Callable[[Any, str], None], record_eta: bool = False
+) -> Iterator[Any]:
+    """The real page (gateway/static) in Chromium, the preprocess photo chosen and submitted,
+    whose gateway is played by the browser's request routing: the page's files and the preprocess
+    answer (`workflow_id`, RUNNING) are fixed; `answer(route, path)` plays the rest."""
+    from playwright import sync_api
+
+    def gateway(route: Any) -> None:
+        path = route.request.url.removeprefix("http://jewel.test")
+        if path == "/":
+            route.fulfill(path=str(STATIC / "index.html"))
+        elif path.startswith("/static/"):
+            route.fulfill(path=str(STATIC / path.removeprefix("/static/")))
+        elif path == "/workflow/preprocess":
+            route.fulfill(json={"workflowId": workflow_id, "status": "RUNNING"})
+        else:
+            answer(route, path)
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.route("http://jewel.test/**", gateway)
+            page.goto("http://jewel.test/")
+            if record_eta:
+                page.evaluate(_RECORD_ETA)
+            _choose_the_ring(page)
+            page.click("#preprocess")
+            yield page
+        finally:
+            browser.close()
+
+
 def test_the_page_stops_counting_down_for_a_request_it_lost(chromium: Path) -> None:
     """A page that can no longer hear from its request (the event stream refused, then a poll
     answered 503: the gateway going away mid-run) says why and drops the time left: a countdown
@@ -611,22 +647,13 @@ def test_the_page_stops_counting_down_for_a_request_it_lost(chromium: Path) -> N
     The page is the real one (gateway/static); the gateway's answers are played by the browser's
     request routing, because a gateway failing exactly between two polls is not something a
     running stack does on cue."""
-    from playwright import sync_api
-
     workflow_id = "jewelry-gen-00000000-0000-0000-0000-000000000033"
     waiting = {"workflowId": workflow_id, "status": "RUNNING", "progress": 5, "currentStep": "UPLOADING_IMAGE"}
     polls = 0
 
-    def gateway(route: Any) -> None:
+    def answer(route: Any, path: str) -> None:
         nonlocal polls
-        path = route.request.url.removeprefix("http://jewel.test")
-        if path == "/":
-            route.fulfill(path=str(STATIC / "index.html"))
-        elif path.startswith("/static/"):
-            route.fulfill(path=str(STATIC / path.removeprefix("/static/")))
-        elif path == "/workflow/preprocess":
-            route.fulfill(json={"workflowId": workflow_id, "status": "RUNNING"})
-        elif path == f"/workflow/{workflow_id}/events":
+        if path == f"/workflow/{workflow_id}/events":
             route.fulfill(status=503, json={"detail": "Dagster is unreachable"})
         elif path == f"/workflow/{workflow_id}":
             polls += 1  # the first poll finds it waiting, the next finds the gateway gone
@@ -637,21 +664,11 @@ def test_the_page_stops_counting_down_for_a_request_it_lost(chromium: Path) -> N
         else:
             route.fulfill(status=404, json={"detail": "Not Found"})
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.route("http://jewel.test/**", gateway)
-            page.goto("http://jewel.test/")
-            page.evaluate(_RECORD_ETA)
-            _choose_the_ring(page)
-            page.click("#preprocess")
-            page.wait_for_selector("#error", state="visible", timeout=30_000)
-            assert page.locator("#error").inner_text() == "Dagster is unreachable"
-            labels = _labels(page)
-            assert page.locator("#eta").is_hidden(), labels
-        finally:
-            browser.close()
+    with _page_on_a_played_gateway(chromium, workflow_id, answer, record_eta=True) as page:
+        page.wait_for_selector("#error", state="visible", timeout=30_000)
+        assert page.locator("#error").inner_text() == "Dagster is unreachable"
+        labels = _labels(page)
+        assert page.locator("#eta").is_hidden(), labels
     assert (1, 30) in labels and labels[-1] is None, labels  # shown while it was heard from, then gone
 
 
@@ -661,23 +678,14 @@ def test_the_page_polls_again_after_a_503_with_retry_after(chromium: Path) -> No
     event stream refused) waits that long and polls again, and shows how the request ended; it
     stopped at the first 503 before, with the storage's message as if the request were lost. A
     poll the gateway did not answer at all (restarting) is asked again 2 s later, too."""
-    from playwright import sync_api
-
     workflow_id = "jewelry-gen-00000000-0000-0000-0000-000000000034"
     waiting = {"workflowId": workflow_id, "status": "RUNNING", "progress": 5, "currentStep": "UPLOADING_IMAGE"}
     failed = {**waiting, "status": "FAILED", "failedStep": "SEGMENTING", "error": "SAM3 answered 500"}
     slow = "The workflow's state could not be read within 3 s; retry shortly."
     polls: list[float] = []
 
-    def gateway(route: Any) -> None:
-        path = route.request.url.removeprefix("http://jewel.test")
-        if path == "/":
-            route.fulfill(path=str(STATIC / "index.html"))
-        elif path.startswith("/static/"):
-            route.fulfill(path=str(STATIC / path.removeprefix("/static/")))
-        elif path == "/workflow/preprocess":
-            route.fulfill(json={"workflowId": workflow_id, "status": "RUNNING"})
-        elif path == f"/workflow/{workflow_id}/events":
+    def answer(route: Any, path: str) -> None:
+        if path == f"/workflow/{workflow_id}/events":
             route.fulfill(status=503, json={"detail": "Dagster is unreachable"}, headers={"Retry-After": "1"})
         elif path == f"/workflow/{workflow_id}":
             polls.append(time.monotonic())  # waiting, the gateway unreachable, its storage slow, the end
@@ -692,18 +700,9 @@ def test_the_page_polls_again_after_a_503_with_retry_after(chromium: Path) -> No
         else:
             route.fulfill(status=404, json={"detail": "Not Found"})
 
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.route("http://jewel.test/**", gateway)
-            page.goto("http://jewel.test/")
-            _choose_the_ring(page)
-            page.click("#preprocess")
-            page.wait_for_selector("#error", state="visible", timeout=30_000)
-            shown = page.locator("#error").inner_text()
-        finally:
-            browser.close()
+    with _page_on_a_played_gateway(chromium, workflow_id, answer) as page:
+        page.wait_for_selector("#error", state="visible", timeout=30_000)
+        shown = page.locator("#error").inner_text()
     assert shown == "The workflow failed at SEGMENTING: SAM3 answered 500", shown
     assert len(polls) == 4, polls
     assert polls[2] - polls[1] >= 1.9 and polls[3] - polls[2] >= 0.9, polls  # the waits kept
