@@ -38,6 +38,12 @@ class PipelineSettings(BaseSettings):
         ge=0.0,
         description="Tests only: the local mask refiner first keeps a core busy this long (a step to cancel).",
     )
+    local_instant_call_seconds: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=10.0,
+        description="Tests only: each call to an instant stand-in sleeps this long (steps that take time, no CPU).",
+    )
     local_flux_grow_px: int = Field(
         default=0,
         description="Make the local Flux stand-in bleed the jewelry by N pixels (demonstrates failing checks).",

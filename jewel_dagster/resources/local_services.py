@@ -145,11 +145,14 @@ class DisabledGenerator(ImageGenerator):
 class InstantBackgroundRemover(BackgroundRemover):
     """Passes the image through."""
 
+    call_seconds: float = 0.0  # LOCAL_INSTANT_CALL_SECONDS: a step that takes time, asleep
+
     @property
     def backend_name(self) -> str:
         return "instant"
 
     def remove_background(self, image: RGBImage) -> RGBImage:
+        time.sleep(self.call_seconds)
         return image
 
 
@@ -157,12 +160,14 @@ class InstantSegmenter(Segmenter):
     """A disc around each positive click."""
 
     radius: int = 120
+    call_seconds: float = 0.0  # LOCAL_INSTANT_CALL_SECONDS
 
     @property
     def backend_name(self) -> str:
         return "instant"
 
     def segment(self, image: RGBImage, points: Sequence[PixelPoint]) -> Mask:
+        time.sleep(self.call_seconds)
         strokes = [CanvasStroke(((p.x, p.y),), "add", 2.0 * self.radius) for p in points if p.label == 1]
         return imaging.apply_strokes(np.zeros(image.shape[:2], dtype=bool), strokes)
 
@@ -170,11 +175,14 @@ class InstantSegmenter(Segmenter):
 class InstantGenerator(ImageGenerator):
     """A flat grey backdrop with the jewelry pixels pasted in."""
 
+    call_seconds: float = 0.0  # LOCAL_INSTANT_CALL_SECONDS
+
     @property
     def backend_name(self) -> str:
         return "instant"
 
     def generate(self, image: RGBImage, mask: Mask, seed: int, prompt: str) -> Generation:
+        time.sleep(self.call_seconds)
         out = np.full_like(image, 200)
         out[mask] = image[mask]
         return Generation(image=out, model="instant")

@@ -141,11 +141,12 @@ def build_resources(settings: PipelineSettings) -> dict[str, Any]:
     }
     if instant:
         # Only the local implementations are swapped; configured HTTP services stay.
+        asleep = settings.local_instant_call_seconds
         if not settings.birefnet_url:
-            resources["background_remover"] = InstantBackgroundRemover()
+            resources["background_remover"] = InstantBackgroundRemover(call_seconds=asleep)
         if not settings.sam3_url:
-            resources["segmenter"] = InstantSegmenter()
+            resources["segmenter"] = InstantSegmenter(call_seconds=asleep)
         if not a100:
-            resources["flux_generator"] = InstantGenerator()
-            resources["gemini_generator"] = InstantGenerator()
+            resources["flux_generator"] = InstantGenerator(call_seconds=asleep)
+            resources["gemini_generator"] = InstantGenerator(call_seconds=asleep)
     return resources

@@ -18,7 +18,7 @@ from tests.support.e2e_flows import CUP, PHOTO, full_request_completes
 from tests.support.e2e_flows import finished as _finished
 from tests.support.e2e_stack import poll
 from tests.support.gateway_process import gateway_process
-from tests.support.shared_stacks import DEFAULT_STACK, SharedStacks, shared_stack
+from tests.support.shared_stacks import LIVE_STACK, SharedStacks, shared_stack
 from tests.support.tcp_forwarder import forwarder
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
-    yield from shared_stack(shared_stacks, DEFAULT_STACK)
+    yield from shared_stack(shared_stacks, LIVE_STACK)
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def _store(stack: Stack) -> LocalBlobStore:
 
 
 def test_start_reports_progress_then_results(client: httpx.Client) -> None:
-    final = full_request_completes(client)
+    final = full_request_completes(client, fidelity=False)
     assert "flux_result_url" not in final["result"]  # a local folder has no URL to hand out
 
 
@@ -49,8 +49,8 @@ def test_preprocess_then_generate_with_a_brush_stroke(client: httpx.Client, stac
     done = poll(client, pre["workflowId"], _finished)[-1]
     assert done["status"] == "COMPLETED", done
     assert set(done["result"]) == {"imageUri", "maskUri", "backends"}
-    backends = {"imageManipulator": "local-classical", "birefnet": "local-grabcut", "sam3": "local-grabcut"}
-    assert done["result"]["backends"] == backends  # the local stand-ins
+    backends = {"imageManipulator": "local-classical", "birefnet": "instant", "sam3": "instant"}
+    assert done["result"]["backends"] == backends  # the stack's stand-ins (LIVE_STACK)
     uris = {key: done["result"][key] for key in ("imageUri", "maskUri")}
 
     # A stroke in the photo's top-left corner, far from the cup: jewelry must appear there. On

@@ -34,7 +34,7 @@ from tests.support.gpu_pool import held_pool
 from tests.support.infra import missing, program
 from tests.support.provenance import edit_a_pixel
 from tests.support.receivers import Receiver, webhook_receiver
-from tests.support.shared_stacks import DEFAULT_STACK, SharedStacks, shared_stack
+from tests.support.shared_stacks import LIVE_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -45,9 +45,8 @@ STATIC = REPO_ROOT / "gateway" / "static"  # the web page's files
 
 @pytest.fixture(scope="module")
 def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
-    """The embedded default with webhooks on (DEFAULT_STACK): the real classical image code,
-    whose pixels the CLI and the page tests look at."""
-    yield from shared_stack(shared_stacks, DEFAULT_STACK)
+    """The embedded default's settings on the instant image backends, webhooks on (LIVE_STACK)."""
+    yield from shared_stack(shared_stacks, LIVE_STACK)
 
 
 @pytest.fixture
@@ -296,10 +295,12 @@ def test_cli_run_writes_the_images_and_metrics(stack: Stack, tmp_path: Path) -> 
     assert Image.open(out / "flux.png").size == (2000, 2667)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["workflowId"].startswith("jewelry-gen-")
-    assert metrics["flux_metrics"]["iou"] >= 0.90, metrics  # the README's fidelity threshold
+    # The metrics as the gateway measured them (the stack's instant Flux keeps a disc around each
+    # point, so no threshold is met here; the classical stand-ins meet them: test_make_run).
+    assert set(metrics["flux_metrics"]) >= {"precision", "recall", "iou", "growth_ratio"}, metrics
     assert "%" in done.stderr  # the progress bar
-    assert metrics["backends"]["flux"] == "local-studio-sweep"  # the result's backends, saved and printed
-    assert "backends: imageManipulator=local-classical" in done.stderr and "flux=local-studio-sweep" in done.stderr
+    assert metrics["backends"]["flux"] == "instant"  # the result's backends, saved and printed
+    assert "backends: imageManipulator=local-classical" in done.stderr and "flux=instant" in done.stderr
     status = _jewel(stack, "status", metrics["workflowId"])
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "COMPLETED"
     assert json.loads(status.stdout)["result"]["flux_metrics"] == metrics["flux_metrics"]  # saved as answered
@@ -432,7 +433,7 @@ def test_the_page_takes_a_photo_and_clicks_to_results(chromium: Path, keyed_gate
             # Which implementation made the canvas and the mask: here the local stand-ins (the
             # ring's background was kept, so no background remover is named).
             backends = page.locator("#mask-backends").inner_text()
-            assert backends == "imageManipulator local-classical · sam3 local-grabcut", backends
+            assert backends == "imageManipulator local-classical · sam3 instant", backends
             page.screenshot(path=str(tmp_path / "1-mask.png"), full_page=True)
 
             page.locator("#mask-canvas").scroll_into_view_if_needed()
@@ -450,8 +451,8 @@ def test_the_page_takes_a_photo_and_clicks_to_results(chromium: Path, keyed_gate
             assert page.locator("#step-name").inner_text() == "COMPLETED"
             assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
             assert page.locator("#metrics tr").count() >= 3
-            assert page.locator("#flux-backend").inner_text() == "local-studio-sweep"
-            assert page.locator("#gemini-backend").inner_text() == "local-studio-radial"
+            assert page.locator("#flux-backend").inner_text() == "instant"
+            assert page.locator("#gemini-backend").inner_text() == "instant"
             # Read from each image's C2PA manifest by the gateway (issue 33): signed, so labelled.
             assert page.locator("#flux-ai-label").inner_text() == "Made with AI"
             assert page.locator("#gemini-ai-label").inner_text() == "Made with AI"
@@ -469,7 +470,7 @@ def test_the_page_takes_a_photo_and_clicks_to_results(chromium: Path, keyed_gate
 
 # ------------------------------------------------------------------ the page's queue position and ETA
 
-AHEAD = 2  # stand-in steps waiting in the `gpu` pool's line before the page's request
+AHEAD = 4  # stand-in steps waiting in the `gpu` pool's line before the page's request
 # Every text the `#eta` element shows, in order (null: hidden), recorded in the page as it changes:
 # what a person saw, with no render missed between two looks of the test.
 _RECORD_ETA = """() => {

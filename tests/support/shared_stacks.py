@@ -134,12 +134,18 @@ def shared_stack(stacks: SharedStacks, settings: SharedSettings) -> Iterator[Sta
 
 
 # The settings the files share.
-# The embedded default, as `make run` has it (real classical image code, the re-generation sensor
-# on), with webhooks on (test_live; the other files send no webhook URL): the files that look at
-# pixels and at what the local stand-ins did.
-DEFAULT_STACK = SharedSettings(
-    "stack-default",
+# The embedded default's settings (the re-generation sensor on) but the instant image backends,
+# with webhooks on (test_live; the other files send no webhook URL): the gateway's contract, its
+# events, webhooks, artifacts, CLI and page, none of which needs the classical stand-ins' pixels
+# (a classical run cost ~2.5 CPU-s more than an instant one, and this stack ran a dozen). The
+# classical stand-ins' pixels end to end: `make run` itself (tests/e2e/test_make_run.py).
+LIVE_STACK = SharedSettings(
+    "stack-live",
     {
+        "LOCAL_BACKENDS": "instant",
+        # Each stand-in call takes 0.3 s, asleep: the page's ETA test needs steps whose medians
+        # add up to a countdown of more than a second (an instant step's median is ~0.05 s).
+        "LOCAL_INSTANT_CALL_SECONDS": "0.3",
         "WEBHOOK_SECRET": "test-webhook-secret",
         "WEBHOOK_ALLOW_PRIVATE": "true",  # the test's receivers listen on loopback
         "WEBHOOK_BACKOFF_SECONDS": "0.3",
@@ -185,5 +191,5 @@ WOKEN_QUEUE_STACK = SharedSettings(
 )
 # Test file -> the name of the shared stack it uses.
 GROUP_OF_FILE = {
-    file: settings.name for settings in (DEFAULT_STACK, TWO_CALLERS_STACK, WOKEN_QUEUE_STACK) for file in settings.files
+    file: settings.name for settings in (LIVE_STACK, TWO_CALLERS_STACK, WOKEN_QUEUE_STACK) for file in settings.files
 }
