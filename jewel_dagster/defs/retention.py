@@ -19,7 +19,6 @@ day and 365 days that is ~365,000 blobs of ~100 bytes; one GET of an unknown id 
 
 # No `from __future__ import annotations`: Dagster reads the op's annotations at definition time.
 
-import gc
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from jewel_dagster.contract import OWNER_TAG, PARTITION_TAG, PARTITIONS_NAME, WE
 from jewel_dagster.defs.request_runs import BACKGROUND_TAG, busy_partitions, runs_by_partition
 from jewel_dagster.resources.blob_store import BlobStore, BlobStoreError
 from jewel_dagster.runtime.storage.check_rows import delete_check_rows
+from jewel_dagster.runtime.storage.storage_engines import dispose_storage_engines
 from jewel_dagster.settings import PipelineSettings
 from jewel_dagster.storage_layout import (
     LEFTOVER_PREFIXES,
@@ -176,9 +176,11 @@ def with_pooled_connections(instance: dg.DagsterInstance, work: Callable[[dg.Dag
         )
         return work(pooled)
     finally:
-        pooled.dispose()  # closes watchers, not the storages' engines: their pools go with the instance
-        del pooled  # the only reference: `work` returned
-        gc.collect()  # the instance and its storages refer to each other; collected, they disconnect
+        # dispose() stops watchers and leaves each storage's pooled connection open, and collecting
+        # the instance does not close it either: Dagster's run storage outlives it when retention
+        # was the first in the process to filter runs (jewel_dagster.runtime.storage.storage_engines).
+        dispose_storage_engines(pooled)
+        pooled.dispose()
 
 
 def expire_tombstones(store: BlobStore, before: datetime) -> int:

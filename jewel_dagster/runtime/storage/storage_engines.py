@@ -17,7 +17,9 @@ watcher. The pooled connection then lives as long as the storage object, and the
 never collected: the constructor Dagster compiles lazily for its records (`dagster_shared.record`,
 e.g. `RunsFilter`) keeps the namespace of its first caller, whose `self` is the run storage.
 Measured (issue 27): one idle connection per reader stayed open after `close()` and `gc.collect()`,
-the one that ran the `runs` query. So a reader disposes the engines itself.
+the one that ran the `runs` query. So a reader disposes the engines itself, and so does
+retention's pooled instance (jewel_dagster/defs/retention.py: its test failed whenever retention
+was the first in its process to filter runs).
 
 Private symbols used (checked against dagster 1.13.27 / dagster-postgres 0.29.27):
 - `_engine`: the SQLAlchemy engine of `PostgresRunStorage`, `PostgresEventLogStorage` and
