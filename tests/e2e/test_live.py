@@ -45,7 +45,8 @@ STATIC = REPO_ROOT / "gateway" / "static"  # the web page's files
 
 @pytest.fixture(scope="module")
 def stack(shared_stacks: SharedStacks) -> Iterator[Stack]:
-    """The embedded default's settings on the instant image backends, webhooks on (LIVE_STACK)."""
+    """The embedded default's settings on the instant image backends, no re-generation sensor,
+    webhooks on (LIVE_STACK)."""
     yield from shared_stack(shared_stacks, LIVE_STACK)
 
 
