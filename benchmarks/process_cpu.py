@@ -12,12 +12,18 @@ tests' warm interpreter sets to the program it runs) next to the whole machine's
 from __future__ import annotations
 
 import argparse
+import bisect
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.pytest_timeline import TIMELINE_DIR_ENV
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -28,6 +34,7 @@ class ProcessReading:
 
     kind: str
     cpu_seconds: float
+    parent: int = 0
 
 
 def _kind(pid: int, comm: str) -> str:
@@ -62,7 +69,7 @@ def _read_processes() -> dict[tuple[int, int], ProcessReading]:
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
         parent, utime, stime, start = int(fields[1]), int(fields[11]), int(fields[12]), int(fields[19])
-        readings[(pid, start)] = ProcessReading(_kind(pid, comm), (utime + stime) / CLOCK_TICKS)
+        readings[(pid, start)] = ProcessReading(_kind(pid, comm), (utime + stime) / CLOCK_TICKS, parent)
         parents[pid] = parent
     # A process forked by one of its own kind (a forkserver's run workers, a pool's children)
     # is counted apart from its parent: "<kind> (forked)".
@@ -77,7 +84,7 @@ def _merge(latest: dict[tuple[int, int], ProcessReading], sample: dict[tuple[int
     """Keep each process's newest CPU but its first kind: a zombie's command line reads empty."""
     for key, reading in sample.items():
         known = latest.get(key)
-        latest[key] = reading if known is None else ProcessReading(known.kind, reading.cpu_seconds)
+        latest[key] = reading if known is None else ProcessReading(known.kind, reading.cpu_seconds, reading.parent)
 
 
 def _machine_busy_seconds() -> float:
@@ -88,24 +95,103 @@ def _machine_busy_seconds() -> float:
     return (sum(values[:8]) - idle) / CLOCK_TICKS
 
 
+XDIST_WORKER_MARK = "sys.stdin.readline"  # execnet starts a worker as `python -c "...exec(eval(sys.stdin.readline()))"`
+
+
+def _xdist_worker_of(pid: int, by_pid: dict[int, ProcessReading]) -> int | None:
+    """The xdist worker a process descends from (itself included), if its line of parents holds one."""
+    for _ in range(64):
+        reading = by_pid.get(pid)
+        if reading is None:
+            return None
+        if XDIST_WORKER_MARK in reading.kind:
+            return pid
+        pid = reading.parent
+    return None
+
+
+@dataclass
+class WorkerSamples:
+    """CPU-seconds of one xdist worker and its descendants, by the monotonic time of the sample."""
+
+    seconds_at: dict[float, float]
+
+
+def _charge(
+    previous: dict[tuple[int, int], float],
+    sample: dict[tuple[int, int], ProcessReading],
+    at: float,
+    workers: dict[int, WorkerSamples],
+) -> None:
+    """Each process's CPU since the last sample, charged to its xdist worker at time ``at``."""
+    by_pid = {key[0]: reading for key, reading in sample.items()}
+    for key, reading in sample.items():
+        spent = reading.cpu_seconds - previous.get(key, 0.0)
+        previous[key] = reading.cpu_seconds
+        if spent <= 0.0:
+            continue
+        worker = _xdist_worker_of(key[0], by_pid)
+        if worker is not None:
+            samples = workers.setdefault(worker, WorkerSamples({}))
+            samples.seconds_at[at] = samples.seconds_at.get(at, 0.0) + spent
+
+
+def _by_test_file(timelines: Path, workers: dict[int, WorkerSamples]) -> dict[str, tuple[float, float]]:
+    """CPU-seconds and wall seconds by test file, from the workers' timelines (pytest_timeline)."""
+    tests_of: dict[int, list[dict[str, float | str]]] = defaultdict(list)
+    for timeline in timelines.glob("*.jsonl"):
+        for line in timeline.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["id"] != "collection":
+                tests_of[int(entry["pid"])].append(entry)
+    cpu: dict[str, float] = defaultdict(float)
+    wall: dict[str, float] = defaultdict(float)
+    for worker, samples in workers.items():
+        tests = sorted(tests_of.get(worker, []), key=lambda entry: float(entry["start"]))
+        starts = [float(entry["start"]) for entry in tests]
+        for entry in tests:
+            wall[str(entry["id"]).split("::", 1)[0]] += float(entry["wall"])
+        for at, seconds in samples.seconds_at.items():
+            index = bisect.bisect_right(starts, at) - 1
+            if index < 0:
+                cpu["(a worker's start and collection)"] += seconds
+            elif index == len(tests) - 1 and at > starts[index] + float(tests[index]["wall"]) + 1.0:
+                cpu["(a worker's end)"] += seconds
+            else:
+                cpu[str(tests[index]["id"]).split("::", 1)[0]] += seconds
+    return {name: (cpu[name], wall.get(name, 0.0)) for name in cpu}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--by-test-file", action="store_true", help="charge the CPU to pytest's test files")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     arguments = parser.parse_args()
     command = [word for word in arguments.command if word != "--"]
     if not command:
         parser.error("name a command after --")
+    env = dict(os.environ)
+    timelines = Path(tempfile.mkdtemp(prefix="test-timeline-"))
+    if arguments.by_test_file:
+        env["PYTEST_ADDOPTS"] = f"{env.get('PYTEST_ADDOPTS', '')} -p benchmarks.pytest_timeline".strip()
+        env[TIMELINE_DIR_ENV] = str(timelines)
     before = _read_processes()
+    previous = {key: reading.cpu_seconds for key, reading in before.items()}
+    workers: dict[int, WorkerSamples] = {}
     busy_before = _machine_busy_seconds()
     started = time.monotonic()
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, env=env)
     latest: dict[tuple[int, int], ProcessReading] = {}
-    while child.poll() is None:
-        _merge(latest, _read_processes())
+    while True:
+        running = child.poll() is None
+        sample = _read_processes()
+        _merge(latest, sample)
+        _charge(previous, sample, time.monotonic(), workers)
+        if not running:
+            break
         time.sleep(arguments.interval)
-    _merge(latest, _read_processes())
     wall = time.monotonic() - started
     busy = _machine_busy_seconds() - busy_before
     by_kind: dict[str, float] = defaultdict(float)
@@ -118,11 +204,18 @@ def main() -> None:
         count[reading.kind] += 1
     sampled = sum(by_kind.values())
     print(
-        f"\nexit {child.returncode}; wall {wall:.1f} s; machine busy {busy:.1f} CPU-s; sampled {sampled:.1f} CPU-s",
+        f"\nexit {child.returncode}; wall {wall:.1f} s; machine busy {busy:.1f} CPU-s ({busy / wall:.2f} cores);"
+        f" sampled {sampled:.1f} CPU-s",
         file=sys.stderr,
     )
     for kind, seconds in sorted(by_kind.items(), key=lambda item: -item[1])[: arguments.top]:
         print(f"{seconds:8.1f} CPU-s {count[kind]:5d} processes  {kind}", file=sys.stderr)
+    if arguments.by_test_file:
+        files = _by_test_file(timelines, workers)
+        charged = sum(seconds for seconds, _ in files.values())
+        print(f"\nby test file: {charged:.1f} CPU-s charged (CPU-s, then the file's wall seconds)", file=sys.stderr)
+        for name, (seconds, file_wall) in sorted(files.items(), key=lambda item: -item[1][0])[: arguments.top]:
+            print(f"{seconds:8.1f} CPU-s {file_wall:7.1f} s  {name}", file=sys.stderr)
     sys.exit(child.returncode)
 
 
