@@ -423,20 +423,27 @@ class StartLauncher:
         """Stop the run a cancelled start launched. Dagster refuses to terminate a run while it is
         STARTING: asked once, such a run went on RUNNING (and could complete) after the API had
         answered CANCELLED. So ask again every half second until Dagster takes it or the run ended,
-        for up to ``seconds``."""
+        for up to ``seconds``. A run that FAILED with Dagster's retry of it coming has not ended
+        the request: the retry (it keeps the run's tags, the launch tag too) is waited for and
+        stopped in turn; taken as stopped, the retry ran on after the cancel."""
         workflow_id = start.workflowId
         deadline = time.monotonic() + seconds
         while True:
             try:
                 run = runs.latest_run(workflow_id)
-                if run is None or run.tags.get(LAUNCH_TAG) != start.launch_tag or run.status in _STOPPED_RUN_STATUSES:
+                if run is None or run.tags.get(LAUNCH_TAG) != start.launch_tag:
                     return
-                runs.terminate(run.run_id)
-                return
+                if run.status not in _STOPPED_RUN_STATUSES:
+                    runs.terminate(run.run_id)
+                    return
+                if not run.retry_may_follow(time.time()):
+                    return
+                waiting = f"the retry of its failed run {run.run_id} did not come"
             except DagsterError as exc:
-                if time.monotonic() > deadline:
-                    log.warning("start of %s: cancelled while launching; terminate failed: %s", workflow_id, exc)
-                    return
+                waiting = f"terminate failed: {exc}"
+            if time.monotonic() > deadline:
+                log.warning("start of %s: cancelled while launching; %s", workflow_id, waiting)
+                return
             time.sleep(0.5)
 
     def _down_for(self) -> float:

@@ -27,7 +27,7 @@ from gateway.security import ANONYMOUS
 from gateway.starts import PendingStart, mark_cancelled, read_start, state_of_start, write_start
 from gateway.webhooks import caller_secret
 from gateway.workflows import idempotency
-from jewel_dagster.contract import FULL_JOB, LAUNCH_TAG, OWNER_TAG, PARTITION_TAG
+from jewel_dagster.contract import FULL_JOB, LAUNCH_TAG, OWNER_TAG, PARTITION_TAG, WILL_RETRY_TAG
 from jewel_dagster.resources.blob_store import LocalBlobStore
 from jewel_dagster.storage_layout import pending_start_path as pending_path
 from jewel_dagster.storage_layout import start_cancel_path
@@ -512,6 +512,37 @@ def test_a_cancelled_start_of_a_gateway_that_died_launching_it_has_its_run_stopp
         mark_cancelled(store, start.workflowId)
         _backdate(tmp_path, start.workflowId)
         poll_until(lambda: dagster.runs[start.workflowId].status, lambda s: s == "CANCELED", 30)
+        poll_until(lambda: _pending_files(tmp_path), lambda files: files == [])
+        assert client.get(f"/workflow/{start.workflowId}").json()["status"] == "CANCELLED"
+        assert dagster.launches == []
+
+
+def test_a_cancelled_start_whose_run_failed_with_a_retry_coming_has_the_retry_stopped(tmp_path: Path) -> None:
+    """The run a cancelled start launched FAILED, and Dagster's retry of it is coming (will_retry
+    "true"): the request has not ended. The launcher waits for the retry (it carries the run's
+    launch tag) and stops it, where taking the failed run as stopped let the retry run on after
+    the cancel."""
+    with gateways(tmp_path) as ([client], dagster):
+        store = LocalBlobStore(root=str(tmp_path / "blobs"))
+        start = _abandoned_start(tmp_path).but(attempts=1)
+        failed = RunInfo("run-0", FULL_JOB, "FAILURE", [], {**start.tags, WILL_RETRY_TAG: "true"}, end_time=time.time())
+        dagster.runs[start.workflowId] = failed
+        seen_failed = threading.Event()
+        read = dagster.latest_run
+
+        def reading(request_id: str) -> RunInfo | None:
+            run = read(request_id)
+            if run is failed:
+                seen_failed.set()
+            return run
+
+        dagster.latest_run = reading  # type: ignore[method-assign]
+        write_start(store, start)
+        mark_cancelled(store, start.workflowId)
+        _backdate(tmp_path, start.workflowId)  # the sweep takes it over and finds the run launched
+        assert seen_failed.wait(30), "the launcher never read the failed run"
+        dagster.runs[start.workflowId] = RunInfo("run-1", FULL_JOB, "QUEUED", [], dict(start.tags))  # the retry
+        poll_until(lambda: dagster.runs[start.workflowId].status, lambda s: s == "CANCELED", 10)
         poll_until(lambda: _pending_files(tmp_path), lambda files: files == [])
         assert client.get(f"/workflow/{start.workflowId}").json()["status"] == "CANCELLED"
         assert dagster.launches == []
