@@ -14,7 +14,7 @@ import pytest
 
 from devtools.stack import Stack
 from tests.support.e2e_flows import CUP, PHOTO, TOUCH_UP, finished
-from tests.support.e2e_stack import free_port, poll, running_stack, runs_of
+from tests.support.e2e_stack import held_port, poll, running_stack, runs_of
 from tests.support.photos import coffee_jpeg
 from tests.support.servers import reference_server, service_urls, set_knobs
 
@@ -50,20 +50,23 @@ class Services:
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     """A stack whose every model service is at one loopback port, where nothing listens but while
     a test runs the reference server there."""
-    port = free_port()
-    env = {key.upper(): value for key, value in service_urls(f"http://127.0.0.1:{port}").items()}
-    # The re-execution below completes with a failed fidelity check: the re-generation sensor would
-    # regenerate it (Flux and SAM3 called again) while the calls are counted, as it once did under
-    # load in the suite.
-    env["REGENERATION_SENSOR_ENABLED"] = "false"
-    # /health reuses its probes for 5 s by default: the test waited ~4 s for the "offline" probed
-    # at the stack's start to expire once the reference server answered. The same cache, shorter.
-    env["HEALTH_CACHE_SECONDS"] = "0.5"
-    # One try a call: the outage test then waits out the steps' RetryPolicy alone (8.1 s; 12.7 s
-    # with each call's own three tries, n=1). Those tries are tests/unit/test_service_retries.py's.
-    env["SERVICE_CALL_ATTEMPTS"] = "1"
-    with running_stack(tmp_path_factory.mktemp("services"), env) as stack:
-        yield Services(stack, port)
+    # Held for the module: nothing listens there between the tests, and nothing else takes it.
+    with held_port() as port:
+        env = {key.upper(): value for key, value in service_urls(f"http://127.0.0.1:{port}").items()}
+        # The re-execution below completes with a failed fidelity check: the re-generation sensor
+        # would regenerate it (Flux and SAM3 called again) while the calls are counted, as it once
+        # did under load in the suite.
+        env["REGENERATION_SENSOR_ENABLED"] = "false"
+        # /health reuses its probes for 5 s by default: the test waited ~4 s for the "offline"
+        # probed at the stack's start to expire once the reference server answered. The same
+        # cache, shorter.
+        env["HEALTH_CACHE_SECONDS"] = "0.5"
+        # One try a call: the outage test then waits out the steps' RetryPolicy alone (8.1 s;
+        # 12.7 s with each call's own three tries, n=1). Those tries are
+        # tests/unit/test_service_retries.py's.
+        env["SERVICE_CALL_ATTEMPTS"] = "1"
+        with running_stack(tmp_path_factory.mktemp("services"), env) as stack:
+            yield Services(stack, port)
 
 
 def test_service_failure_reaches_the_gateway_and_health_probes_services(services: Services) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -37,7 +38,24 @@ def running_stack(root: Path, extra_env: Mapping[str, str] | None = None) -> Ite
             stack.stop(grace=TEARDOWN_GRACE_SECONDS)  # temporary_stack's own stop finds nothing left
 
 
-__all__ = ["free_port", "launched_runs", "poll", "run_worker", "running_stack", "runs_of", "step_status", "wait_until"]
+@contextmanager
+def held_port() -> Iterator[int]:
+    """A loopback port kept bound, not listening, for the block: a connection to it is refused as
+    to a free port, but no other socket takes it meanwhile, while a server that binds with
+    SO_REUSEADDR (uvicorn does) can still listen on it (Linux lets such sockets share a port when
+    none but the server listens). A port only picked (`free_port`) and handed to a stack, to be
+    listened on minutes later, was once taken in between (another test's socket, or an outgoing
+    connection's local port): the reference server then could not bind it (EADDRINUSE)."""
+    with socket.socket() as placeholder:
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        placeholder.bind(("127.0.0.1", 0))
+        yield int(placeholder.getsockname()[1])
+
+
+__all__ = [
+    "free_port", "held_port", "launched_runs", "poll", "run_worker", "running_stack", "runs_of", "step_status",
+    "wait_until",
+]  # fmt: skip
 
 _RUNS = """
 query Runs($tag: String!) {
