@@ -5,10 +5,21 @@ DATA ?= $(CURDIR)/.data
 export DAGSTER_HOME ?= $(DATA)/dagster_home
 export LOCAL_BLOB_ROOT ?= $(DATA)/blobs
 
-.PHONY: install node-tools run test test-long soak deploy-test lint clean
+.PHONY: install node-tools run test test-long soak deploy-test lint clean FORCE
 
-$(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+# The interpreter the virtualenv is made from: Debian's python3.11 where it is there with venv
+# and ensurepip, else python3 on PATH. Debian builds it with profile-guided and link-time
+# optimization and links libpython into the binary; pyenv's default build (python3 on PATH on
+# these machines) has neither, and runs our pure-Python processes (Dagster, SQLAlchemy, pytest)
+# about a third slower: `python -m benchmarks.interpreter`, docs/performance.md.
+BASE_PYTHON ?= $(shell /usr/bin/python3.11 -c "import ensurepip, venv" 2>/dev/null && echo /usr/bin/python3.11 || echo python3)
+
+# A virtualenv made from another interpreter (an older checkout's choice) is made again.
+$(VENV)/.base: FORCE
+	@echo "$(BASE_PYTHON)" | cmp -s - $@ || { rm -rf $(VENV) && mkdir -p $(VENV) && echo "$(BASE_PYTHON)" > $@; }
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.base
+	$(BASE_PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e ".[dev]"
 	touch $@
