@@ -71,7 +71,7 @@ NON_PUBLIC_METHODS: dict[str, tuple[str, str]] = {
     "add_run": ("DagsterInstance", "benchmarks, tests"),
     "all_instigator_state": ("DagsterInstance", "stack, tests"),
     "add_run_tags": ("DagsterInstance", "tests"),
-    "all_logs": ("DagsterInstance", "benchmarks, tests"),
+    "all_logs": ("DagsterInstance", "benchmarks, run_traces, tests"),
     "build_log_key_for_run": ("ComputeLogManager", "tests"),
     "capture_logs": ("ComputeLogManager", "tests"),
     "claim_concurrency_slot": ("EventLogStorage", "tests"),
