@@ -557,10 +557,13 @@ def test_the_page_shows_the_queue_position_then_the_time_left_counting_down(
     chromium: Path, stack: Stack, client: httpx.Client
 ) -> None:
     """Issue 33: a request waiting behind others shows "N ahead of you in the queue" and about how
-    many seconds are left, counting down between the gateway's events; once its step runs, the
-    seconds left without a position; once it ended, nothing. The page's request waits in the `gpu`
-    pool's line behind AHEAD stand-in steps (tests/support/gpu_pool.py) for as long as this test
-    needs to see the countdown, so nothing here depends on how fast the machine is."""
+    many seconds are left, counting down between the gateway's events; a step running (the
+    canvas, before the line) shows the seconds left without a position; once it ended, nothing.
+    The page's request waits in the `gpu` pool's line behind AHEAD stand-in steps
+    (tests/support/gpu_pool.py) for as long as this test needs to see the countdown, so nothing
+    here depends on how fast the machine is. That the position goes once the request leaves the
+    line is `test_the_page_drops_the_position_once_the_step_runs` (a played gateway): here the
+    segmentation after the line may end between two of the page's updates."""
     from playwright import sync_api
 
     _medians_known(stack, client)
@@ -595,10 +598,10 @@ def test_the_page_shows_the_queue_position_then_the_time_left_counting_down(
     # pool's: a new line, which may start higher, docs/api.md).
     for stretch in _waiting_stretches(labels):
         assert stretch == sorted(stretch, reverse=True), labels
-    # A step running (the canvas before the line, the segmentation after it): time left only, no
-    # position. The segmentation may end between two of the page's updates (its GrabCut takes
-    # ~0.5 s since it runs on a 480 px copy: the page went from its last place in the line
-    # straight to the end, on CI and quiet), so the label is looked for over the whole request.
+    # A step running: time left only, no position. Looked for over the whole request, which the
+    # canvas's step (before the line) always shows: the segmentation after the line (two 0.3 s
+    # stand-in calls) may end between two of the page's updates (the page went from its last
+    # place in the line straight to the end, on CI and quiet). After a line: the played test below.
     running = [label for label in labels if label is not None and label[0] is None]
     assert running and all(seconds is not None for _, seconds in running), labels
     assert labels[-1] is None, labels  # ended: the label is gone
@@ -639,6 +642,45 @@ def _page_on_a_played_gateway(
             yield page
         finally:
             browser.close()
+
+
+def test_the_page_drops_the_position_once_the_step_runs(chromium: Path) -> None:
+    """Once a request leaves the line and its step runs, the page shows the seconds left and no
+    place in a line (a place kept from the last answer would say the request still waits); once
+    it ended, nothing. Played, because on a running stack the step after the line may end
+    between two of the page's updates (see the test above)."""
+    workflow_id = "jewelry-gen-00000000-0000-0000-0000-000000000035"
+    running = {"workflowId": workflow_id, "status": "RUNNING", "progress": 20, "currentStep": "GENERATING_MASK"}
+    answers = [  # one a poll: behind two others, then the segmentation running, then the end
+        {**running, "queuePosition": 2, "etaSeconds": 30},
+        {**running, "progress": 40, "etaSeconds": 5},
+        {**running, "status": "FAILED", "failedStep": "SEGMENTING", "error": "SAM3 answered 500"},
+    ]
+    polls = 0
+
+    def answer(route: Any, path: str) -> None:
+        nonlocal polls
+        if path == f"/workflow/{workflow_id}/events":  # refused: the page follows by polls, 1 s apart
+            route.fulfill(status=503, json={"detail": "Dagster is unreachable"})
+        elif path == f"/workflow/{workflow_id}":
+            route.fulfill(json=answers[min(polls, len(answers) - 1)])
+            polls += 1
+        else:
+            route.fulfill(status=404, json={"detail": "Not Found"})
+
+    with _page_on_a_played_gateway(chromium, workflow_id, answer, record_eta=True) as page:
+        page.wait_for_selector("#error", state="visible", timeout=30_000)
+        assert page.locator("#error").inner_text() == "The workflow failed at SEGMENTING: SAM3 answered 500"
+        labels = _labels(page)
+    assert (2, 30) in labels, labels
+    # From the first render without a place (the step running) on, no place again, and the step's
+    # own seconds (5, counting down), not the wait's.
+    first_running = next((i for i, label in enumerate(labels) if label is not None and label[0] is None), None)
+    assert first_running is not None and first_running > labels.index((2, 30)), labels
+    running_labels = [label for label in labels[first_running:] if label is not None]
+    assert all(position is None for position, _ in running_labels), labels
+    assert all(seconds is not None and 1 <= seconds <= 5 for _, seconds in running_labels), labels
+    assert labels[-1] is None, labels
 
 
 def test_the_page_stops_counting_down_for_a_request_it_lost(chromium: Path) -> None:
