@@ -92,14 +92,22 @@ def test_idempotency_key_returns_the_same_workflow(client: httpx.Client, stack: 
     assert_refused(too_long, 400, "Idempotency-Key: 1 to 200 printable characters")
 
 
-def test_usage_counts_the_callers_own_workflows_and_runs_in_flight(client: httpx.Client) -> None:
-    """GET /usage against the real Dagster: its count of runs in flight is Dagster's own query."""
+def test_usage_counts_the_callers_own_workflows_and_runs_in_flight(stack: Stack, client: httpx.Client) -> None:
+    """GET /usage against the real Dagster: its count of runs in flight is Dagster's own query.
+    B's run waits in the `gpu` pool's line (every slot held by a stand-in) while the count is
+    read, so it is in flight for as long as the test looks (a count always 0 passed before)."""
     before = client.get("/usage", headers=B).json()
-    workflow = client.post("/workflow/preprocess", json=BODY, headers=B).json()["workflowId"]
-    during = client.get("/usage", headers=B)
-    assert during.status_code == 200, during.text
-    assert during.json()["workflowsToday"] == before["workflowsToday"] + 1
-    assert during.json()["runsInFlightLimit"] == 2 and during.json()["runsInFlight"] >= 0
+    with held_pool(stack.env["DAGSTER_HOME"], waiting=0):
+        workflow = client.post("/workflow/preprocess", json=BODY, headers=B).json()["workflowId"]
+        during = client.get("/usage", headers=B)
+        assert during.status_code == 200, during.text
+        assert during.json()["workflowsToday"] == before["workflowsToday"] + 1
+        assert during.json()["runsInFlightLimit"] == 2
+
+        def counted() -> bool:
+            return client.get("/usage", headers=B).json()["runsInFlight"] >= 1
+
+        wait_until(counted, "B's held run counted in flight", timeout=120)
     poll(client, workflow, finished, headers=B)
     # Earlier tests' runs of B may still be going: they end too.
     wait_until(lambda: client.get("/usage", headers=B).json()["runsInFlight"] == 0, "B's runs ended", timeout=300)

@@ -39,6 +39,14 @@ def gateway_client(tmp_path: Path, client_address: str = "testclient", **overrid
         yield client
 
 
+def from_another_address(client: TestClient, client_address: str) -> TestClient:
+    """A client of the same gateway app, already started by `client` (its state, rate-limit
+    counters included), connecting from another address: what tells "counted per address" from
+    "a fresh gateway counts nothing yet". Used without `with`, so the app's lifespan is not run
+    a second time (that would replace the state)."""
+    return TestClient(client.app, client=(client_address, 50000))
+
+
 class FakeDagster:
     """Stands in for `DagsterRuns`: always reachable, no runs yet, every write recorded."""
 

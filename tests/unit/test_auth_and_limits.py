@@ -20,7 +20,7 @@ import pytest
 from gateway.security import caller_id, client_network
 from tests.support.answers import NEEDS_KEY, PIPELINE_DOWN, assert_refused, no_workflow
 from tests.support.e2e_stack import free_port, wait_until
-from tests.support.gateway_client import gateway_client
+from tests.support.gateway_client import from_another_address, gateway_client
 from tests.support.infra import missing, redis_url
 
 WORKFLOW = "/workflow/jewelry-gen-00000000-0000-0000-0000-000000000000"
@@ -88,8 +88,9 @@ def test_wrong_keys_are_rate_limited_per_address(tmp_path: Path) -> None:
     with gateway_client(tmp_path, gateway_api_keys="alpha-key", auth_failures_per_minute=3) as client:
         codes = [client.get(WORKFLOW, headers={"X-API-Key": f"guess-{i}"}).status_code for i in range(4)]
         assert codes == [401, 401, 401, 429], codes
-    with gateway_client(tmp_path, "10.0.0.9", gateway_api_keys="alpha-key", auth_failures_per_minute=3) as other:
+        other = from_another_address(client, "10.0.0.9")  # the same gateway, its counters included
         assert_refused(other.get(WORKFLOW, headers={"X-API-Key": "guess"}), 401, NEEDS_KEY)  # its own count
+        assert client.get(WORKFLOW, headers={"X-API-Key": "guess-5"}).status_code == 429  # the first's still full
 
 
 def test_wrong_metrics_tokens_count_against_the_wrong_key_limit(tmp_path: Path) -> None:
@@ -105,13 +106,13 @@ def test_wrong_metrics_tokens_count_against_the_wrong_key_limit(tmp_path: Path) 
         assert blocked.status_code == 429 and "wrong API key" in blocked.json()["detail"], blocked.text
         assert int(blocked.headers["Retry-After"]) >= 1
         assert client.get("/metrics", headers=scrape).status_code == 200  # the right token still scrapes
+        other = from_another_address(client, "10.0.0.23")  # the same gateway: another address, its own count
+        assert other.get("/metrics", headers={"Authorization": "Bearer guess"}).status_code == 401
     with gateway_client(tmp_path, "10.0.0.22", **settings) as client:  # mixed: 2 wrong keys + 1 wrong token
         assert [client.get(WORKFLOW, headers={"X-API-Key": f"guess-{i}"}).status_code for i in range(2)] == [401, 401]
         assert client.get("/metrics", headers={"Authorization": "Bearer guess"}).status_code == 401
         refused = client.get("/metrics", headers={"Authorization": "Bearer guess-again"})
         assert refused.status_code == 429 and "wrong" in refused.json()["detail"], refused.text
-    with gateway_client(tmp_path, "10.0.0.23", **settings) as client:  # another address: its own count
-        assert client.get("/metrics", headers={"Authorization": "Bearer guess"}).status_code == 401
 
 
 def test_an_ipv6_client_is_limited_by_its_64_prefix() -> None:
