@@ -26,7 +26,7 @@ import yaml
 from devtools.stack import REPO_ROOT, Stack, free_port, wait_for_http
 from jewel_dagster.contract import STEP_PROGRESS
 from tests.support.e2e_flows import CUP, PHOTO, TOUCH_UP, finished
-from tests.support.e2e_stack import poll, running_stack, runs_of, step_status, wait_until
+from tests.support.e2e_stack import poll, run_worker, running_stack, runs_of, step_status, wait_until
 from tests.support.infra import program
 from tests.support.metrics import samples, value
 from tests.support.receivers import webhook_receiver
@@ -147,6 +147,8 @@ def test_cancel_an_executing_request(client: httpx.Client, deployment: Deploymen
         )
         (run,) = runs_of(stack.dagster_url, workflow)
         assert run["status"] == "STARTED", run["status"]
+        worker = run_worker(stack)  # the run's worker, executing the held step
+        assert worker is not None
         assert poll(client, workflow, lambda s: s["currentStep"] == "GENERATING_IMAGES")[-1]["status"] == "RUNNING"
 
         cancel = client.post(f"/workflow/{workflow}/cancel")
@@ -162,6 +164,9 @@ def test_cancel_an_executing_request(client: httpx.Client, deployment: Deploymen
         )
     finally:
         gate.release.set()
+    # A worker that outlived the cancel would now get its answer and go on: only once it is gone
+    # can nothing more come (checked right at the release, a surviving worker was not seen).
+    wait_until(lambda: not Path(f"/proc/{worker}").exists(), "the run's worker gone", timeout=60)
     (run,) = runs_of(stack.dagster_url, workflow)
     made = _materialized(stack.dagster_url, run["runId"])
     assert not made & {"flux_generation", "gemini_generation", "flux_metrics"}, "nothing materialized after the cancel"
