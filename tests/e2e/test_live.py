@@ -644,6 +644,26 @@ def _page_on_a_played_gateway(
             browser.close()
 
 
+def _followed_by_polls(workflow_id: str, answers: list[tuple[int, dict[str, Any]]]) -> Callable[[Any, str], None]:
+    """A played gateway's `answer`: the event stream refused (the page then follows by polls, 1 s
+    apart), each poll answered with the next of `answers` (status, body) and the last one again
+    after them, anything else 404."""
+    polls = 0
+
+    def answer(route: Any, path: str) -> None:
+        nonlocal polls
+        if path == f"/workflow/{workflow_id}/events":
+            route.fulfill(status=503, json={"detail": "Dagster is unreachable"})
+        elif path == f"/workflow/{workflow_id}":
+            status, body = answers[min(polls, len(answers) - 1)]
+            polls += 1
+            route.fulfill(status=status, json=body)
+        else:
+            route.fulfill(status=404, json={"detail": "Not Found"})
+
+    return answer
+
+
 def test_the_page_drops_the_position_once_the_step_runs(chromium: Path) -> None:
     """Once a request leaves the line and its step runs, the page shows the seconds left and no
     place in a line (a place kept from the last answer would say the request still waits); once
@@ -651,23 +671,14 @@ def test_the_page_drops_the_position_once_the_step_runs(chromium: Path) -> None:
     between two of the page's updates (see the test above)."""
     workflow_id = "jewelry-gen-00000000-0000-0000-0000-000000000035"
     running = {"workflowId": workflow_id, "status": "RUNNING", "progress": 20, "currentStep": "GENERATING_MASK"}
-    answers = [  # one a poll: behind two others, then the segmentation running, then the end
-        {**running, "queuePosition": 2, "etaSeconds": 30},
-        {**running, "progress": 40, "etaSeconds": 5},
-        {**running, "status": "FAILED", "failedStep": "SEGMENTING", "error": "SAM3 answered 500"},
-    ]
-    polls = 0
-
-    def answer(route: Any, path: str) -> None:
-        nonlocal polls
-        if path == f"/workflow/{workflow_id}/events":  # refused: the page follows by polls, 1 s apart
-            route.fulfill(status=503, json={"detail": "Dagster is unreachable"})
-        elif path == f"/workflow/{workflow_id}":
-            route.fulfill(json=answers[min(polls, len(answers) - 1)])
-            polls += 1
-        else:
-            route.fulfill(status=404, json={"detail": "Not Found"})
-
+    answer = _followed_by_polls(  # one a poll: behind two others, then the segmentation running, then the end
+        workflow_id,
+        [
+            (200, {**running, "queuePosition": 2, "etaSeconds": 30}),
+            (200, {**running, "progress": 40, "etaSeconds": 5}),
+            (200, {**running, "status": "FAILED", "failedStep": "SEGMENTING", "error": "SAM3 answered 500"}),
+        ],
+    )
     with _page_on_a_played_gateway(chromium, workflow_id, answer, record_eta=True) as page:
         page.wait_for_selector("#error", state="visible", timeout=30_000)
         assert page.locator("#error").inner_text() == "The workflow failed at SEGMENTING: SAM3 answered 500"
@@ -693,21 +704,9 @@ def test_the_page_stops_counting_down_for_a_request_it_lost(chromium: Path) -> N
     running stack does on cue."""
     workflow_id = "jewelry-gen-00000000-0000-0000-0000-000000000033"
     waiting = {"workflowId": workflow_id, "status": "RUNNING", "progress": 5, "currentStep": "UPLOADING_IMAGE"}
-    polls = 0
-
-    def answer(route: Any, path: str) -> None:
-        nonlocal polls
-        if path == f"/workflow/{workflow_id}/events":
-            route.fulfill(status=503, json={"detail": "Dagster is unreachable"})
-        elif path == f"/workflow/{workflow_id}":
-            polls += 1  # the first poll finds it waiting, the next finds the gateway gone
-            if polls == 1:
-                route.fulfill(json={**waiting, "queuePosition": 1, "etaSeconds": 30})
-            else:
-                route.fulfill(status=503, json={"detail": "Dagster is unreachable"})
-        else:
-            route.fulfill(status=404, json={"detail": "Not Found"})
-
+    gone = (503, {"detail": "Dagster is unreachable"})
+    # The first poll finds it waiting, the next finds the gateway gone.
+    answer = _followed_by_polls(workflow_id, [(200, {**waiting, "queuePosition": 1, "etaSeconds": 30}), gone])
     with _page_on_a_played_gateway(chromium, workflow_id, answer, record_eta=True) as page:
         page.wait_for_selector("#error", state="visible", timeout=30_000)
         assert page.locator("#error").inner_text() == "Dagster is unreachable"
