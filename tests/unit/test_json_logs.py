@@ -38,6 +38,7 @@ def test_a_runs_lines_carry_its_ids(capsys: pytest.CaptureFixture[str]) -> None:
     assert {("measured", "STEP_START"), ("measured", "STEP_SUCCESS"), (None, "RUN_START")} <= events
     mine = next(line for line in lines if line["message"] == "measuring")
     assert mine["step"] == "measured" and mine["level"] == "INFO" and "event" not in mine
+    assert not [line for line in lines if "error" in line], "an error field on a run that failed nowhere"
 
 
 def test_a_failure_line_carries_the_exception(capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,4 +52,5 @@ def test_a_failure_line_carries_the_exception(capsys: pytest.CaptureFixture[str]
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     failed = next(line for line in lines if line.get("event") == "STEP_FAILURE")
     assert "ValueError: the photo is upside down" in failed["error"]
-    assert all("error" not in line for line in lines if line.get("event") == "STEP_SUCCESS")
+    started = next(line for line in lines if line.get("event") == "STEP_START")  # the same step, before it
+    assert started["step"] == "broken" and "error" not in started, started
