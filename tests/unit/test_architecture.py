@@ -36,7 +36,8 @@ def _private_dagster_imports(path: Path) -> list[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
+            # `from dagster import _check` reaches a private module too, as `import dagster._check` does
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
         found += [n for n in names if n.split(".")[0].startswith("dagster") and "._" in n]
     return found
 
@@ -64,8 +65,9 @@ def test_each_runtime_module_lists_the_private_symbols_it_uses() -> None:
 
 def test_the_checker_sees_a_private_import(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
-    sample.write_text("import dagster as dg\nfrom dagster._core.events import X\nimport dagster_postgres._x\n")
-    assert _private_dagster_imports(sample) == ["dagster._core.events", "dagster_postgres._x"]
+    lines = ["import dagster as dg", "from dagster._core.events import X", "import dagster_postgres._x"]
+    sample.write_text("\n".join([*lines, "from dagster import _check"]) + "\n")
+    assert _private_dagster_imports(sample) == ["dagster._core.events", "dagster_postgres._x", "dagster._check"]
 
 
 def test_the_request_models_load_no_dagster() -> None:
