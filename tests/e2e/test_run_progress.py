@@ -51,11 +51,6 @@ query Planned($runId: ID!) {
   }
 }"""
 
-_MESSAGES = """
-query Messages($runId: ID!) {
-  logsForRun(runId: $runId) { ... on EventConnection { events { ... on MessageEvent { message } } } }
-}"""
-
 _LAUNCH = """
 mutation Launch($params: ExecutionParams!) {
   launchRun(executionParams: $params) {
@@ -173,6 +168,7 @@ class Cancelled:
     workflow: str
     run_id: str
     answer: httpx.Response
+    run_status_at_answer: str  # Dagster's, read as soon as the cancel was answered
     after: list[dict[str, Any]]  # every GET from the cancel on, until final and its run worker gone
 
 
@@ -193,12 +189,13 @@ def cancelled(stack: Stack, gate: Gate) -> Cancelled:
         worker = wait_until(lambda: run_worker(stack), "the run worker", timeout=30)
         assert client.get(f"/workflow/{workflow}").json()["currentStep"] == "REFINING_MASK"
         answer = client.post(f"/workflow/{workflow}/cancel")
+        run_status_at_answer = _run_of(stack, workflow, run_id)["status"]
         after = poll(client, workflow, finished, timeout=90)
         gate.release.set()  # the held call answers: a run the cancel left going would go on,
         # until its process ends: once it is gone nothing more can come of the run (GET then).
         wait_until(lambda: not _process_running(worker), f"the run worker {worker} gone", timeout=60)
         after.append(client.get(f"/workflow/{workflow}").json())
-    return Cancelled(workflow, run_id, answer, after)
+    return Cancelled(workflow, run_id, answer, run_status_at_answer, after)
 
 
 def _process_running(pid: int) -> bool:
@@ -214,9 +211,9 @@ def test_cancel_a_run_executing_a_step(cancelled: Cancelled, client: httpx.Clien
     issue 28: it never ends COMPLETED, and the API says CANCELLED only once the run stopped."""
     answer = cancelled.answer
     assert answer.status_code in (200, 202), answer.text
-    if answer.status_code == 200:
+    if answer.status_code == 200:  # read at once: later, any run would have stopped
         assert answer.json() == {"workflowId": cancelled.workflow, "status": "CANCELLED"}
-        assert _run_of(stack, cancelled.workflow, cancelled.run_id)["status"] == "CANCELED"
+        assert cancelled.run_status_at_answer == "CANCELED", cancelled.run_status_at_answer
     statuses = [s["status"] for s in cancelled.after]
     assert "COMPLETED" not in statuses, statuses
     assert statuses[-1] == "CANCELLED" and set(statuses) <= {"RUNNING", "CANCELLED"}, statuses
@@ -287,10 +284,12 @@ def test_a_cancel_stops_a_run_waiting_for_a_gpu_slot_at_once(client: httpx.Clien
         asked = time.monotonic()
         answer = client.post(f"/workflow/{workflow}/cancel", timeout=60)
         answered_after = time.monotonic() - asked
+        status_at_answer = _run_of(stack, workflow, run_id)["status"]
     assert answer.status_code == 200 and answer.json()["status"] == "CANCELLED", answer.text
     # 2 s is the issue's figure; CANCEL_GRACE_SECONDS is what a loaded machine must stay below
-    # (the kill escalation's answer comes after it).
+    # (the kill escalation's answer comes after it). The run had ended CANCELED by the answer, so
+    # before the kill's grace was out: the interrupt stopped it, not the kill (whose engine event
+    # could not be in the log yet when read here, so the log is not what tells).
     assert answered_after < CANCEL_GRACE_SECONDS, f"answered after {answered_after:.1f} s"
-    events = _graphql(stack, _MESSAGES, {"runId": run_id})["logsForRun"]["events"]
-    assert not any("was killed" in (event.get("message") or "") for event in events), "stopped by the kill"
+    assert status_at_answer == "CANCELED", status_at_answer
     assert not _waiting_in_line(stack, run_id)
