@@ -7,6 +7,7 @@ not root, each service only its variables, no fixed passwords, /docs off, one in
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -341,6 +342,46 @@ def test_the_instance_config_is_one_base_and_overlays() -> None:
         .split("def prepare_dagster_home")[1]
         .split("def celery_overlay")[0]
     )
+
+
+def _deploy_test_module() -> Any:
+    """deploy/deploy_test.py (a script, not a package module), imported by its path."""
+    spec = importlib.util.spec_from_file_location("deploy_test_script", REPO_ROOT / "deploy" / "deploy_test.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _guide_block(text: str, section: str) -> list[str]:
+    """The command lines of the first bash block under `## {section}`, read here on their own."""
+    after = text.split(f"\n## {section}\n", 1)[1]
+    block = after.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_the_deploy_test_runs_what_the_guide_says_line_by_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`run_doc_block` runs each command line of the guide's block, in order, as written, and reads
+    them from the guide at run time: a guide with other commands runs those (a list of its own
+    in deploy_test.py passed the text checks below)."""
+    deploy_test = _deploy_test_module()
+    ran: list[str] = []
+    monkeypatch.setattr(deploy_test, "run", lambda command, cwd=None, **_: ran.append(command) or "")
+    monkeypatch.setattr(deploy_test, "say", lambda message: None)
+    copied: list[str] = []
+    guide = (REPO_ROOT / "docs" / "deployment.md").read_text()
+    for section in ("One machine", "Scale-out"):
+        ran.clear()
+        deploy_test.run_doc_block(section, tmp_path, lambda name=section: copied.append(name))
+        assert ran == _guide_block(guide, section), section
+    assert copied == ["One machine"]  # the .env is filled in right after the guide's `cp`
+    (tmp_path / "docs").mkdir()
+    other_guide = "# Guide\n\n## One machine\n\n```bash\necho one\n# a note\necho two\n```\n"
+    (tmp_path / "docs" / "deployment.md").write_text(other_guide)
+    monkeypatch.setattr(deploy_test, "REPO", tmp_path)
+    ran.clear()
+    deploy_test.run_doc_block("One machine", tmp_path, lambda: None)
+    assert ran == ["echo one", "echo two"]
 
 
 def test_the_deploy_test_runs_the_guides_commands() -> None:
