@@ -9,8 +9,10 @@ import httpx
 import pytest
 
 from devtools.stack import Stack
+from tests.support.answers import assert_refused, no_workflow
 from tests.support.e2e_flows import CUP, PHOTO, finished
-from tests.support.e2e_stack import ALPHA, BETA, poll
+from tests.support.e2e_stack import ALPHA, BETA, launched_runs, poll
+from tests.support.gpu_pool import held_pool
 from tests.support.shared_stacks import TWO_CALLERS_STACK, SharedStacks, shared_stack
 
 pytestmark = pytest.mark.e2e
@@ -40,13 +42,19 @@ def _final_event(client: httpx.Client, workflow: str, headers: dict[str, str]) -
     return json.loads(events[-1].partition(":")[2])
 
 
-def test_events_and_artifacts_are_the_owners_alone(client: httpx.Client) -> None:
-    started = client.post("/workflow/preprocess", json=BODY, headers=A)
-    assert started.status_code == 200, started.text
-    workflow = started.json()["workflowId"]
-
-    # While it runs, and once it ended: another caller sees no workflow at all.
-    assert client.get(f"/workflow/{workflow}/events", headers=B).status_code == 404
+def test_events_and_artifacts_are_the_owners_alone(client: httpx.Client, stack: Stack) -> None:
+    """While its run runs (launched, held in the `gpu` pool's line: not a start still pending,
+    which a check right after the POST would meet), and once it ended: another caller sees no
+    workflow at all."""
+    with held_pool(stack.env["DAGSTER_HOME"], waiting=0):
+        started = client.post("/workflow/preprocess", json=BODY, headers=A)
+        assert started.status_code == 200, started.text
+        workflow = started.json()["workflowId"]
+        (run,) = launched_runs(stack, workflow)
+        assert run["status"] in ("QUEUED", "STARTING", "STARTED"), run
+        for path in (f"/workflow/{workflow}", f"/workflow/{workflow}/events"):
+            assert_refused(client.get(path, headers=B), 404, no_workflow(workflow))
+        assert client.get(f"/workflow/{workflow}", headers=A).json()["status"] == "RUNNING"
     final = poll(client, workflow, finished, headers=A)[-1]
     assert final["status"] == "COMPLETED", final
     for headers, expected in ((B, 404), ({}, 401)):

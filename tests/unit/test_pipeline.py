@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,54 @@ class _RefusingRefiner(MaskRefiner):
 
     def refine(self, mask: Mask, strokes: Sequence[CanvasStroke]) -> Mask:
         raise dg.Failure(description=f"the refiner was called with {len(strokes)} strokes", allow_retries=False)
+
+
+class _BusyRefiner(MaskRefiner):
+    """Answers the mask it was sent after spending `cpu_seconds` of this process's CPU, as a
+    costly painting would."""
+
+    cpu_seconds: float = 0.3
+
+    @property
+    def backend_name(self) -> str:
+        return "busy"
+
+    def refine(self, mask: Mask, strokes: Sequence[CanvasStroke]) -> Mask:
+        start = time.process_time()
+        while time.process_time() - start < self.cpu_seconds:
+            pass
+        return mask
+
+
+def test_the_refined_masks_cpu_seconds_are_the_paintings_own(instant_resources: dict[str, Any]) -> None:
+    """tests/e2e/test_stroke_limits.py bounds what the costliest allowed strokes cost by the
+    `cpu_seconds` the refined mask reports: that figure must be what the painting spent (a figure
+    of 0, or read after the painting, passed that test whatever the strokes cost)."""
+    store: BlobStore = instant_resources["blob_store"]
+    rid = "busy-strokes"
+    image, _ = synthetic_ring(300, 400)
+    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
+    stroke = {"points": [{"x": 0.4, "y": 0.4}, {"x": 0.5, "y": 0.5}], "mode": "add", "size": 20}
+    with stack_storage_instance() as instance:
+        result = _materialize(
+            ALL_ASSETS,
+            rid,
+            {**instant_resources, "mask_refiner": _BusyRefiner(cpu_seconds=0.3)},
+            {
+                "original_image": {"image_uri": upload},
+                "jewelry_mask": {"points": [RING_CLICK]},
+                "refined_mask": _strokes(store, rid, [stroke]),
+            },
+            instance,
+        )
+        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        (refined,) = [
+            e.materialization.metadata
+            for e in result.get_asset_materialization_events()
+            if e.asset_key.path[-1] == "refined_mask"
+        ]
+    assert refined["backend"].value == "busy" and refined["strokes"].value == 1
+    assert 0.3 <= refined["cpu_seconds"].value < 1.3, refined["cpu_seconds"]
 
 
 def test_no_strokes_keep_the_jewelry_mask_without_a_refiner_call(instant_resources: dict[str, Any]) -> None:
