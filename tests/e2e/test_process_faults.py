@@ -52,6 +52,8 @@ RECOVERED_WITHIN = 120.0
 
 _GPU_SLOTS = '{ instance { concurrencyLimit(concurrencyKey: "gpu") { slotCount claimedSlots { runId stepKey } } } }'
 _RUN = "query Run($id: ID!) { runOrError(runId: $id) { ... on Run { status endTime } } }"
+_HOLDER = """query Run($id: ID!) { runOrError(runId: $id) { ... on Run {
+  runId status startTime endTime tags { key value } stepStats { stepKey status } } } }"""
 
 
 @pytest.fixture(scope="module")
@@ -246,9 +248,23 @@ def _statuses_seen(stack: Stack, workflow: str) -> Iterator[list[str]]:
         watching.join(timeout=30)
 
 
+def _gpu_holders(stack: Stack) -> list[dict[str, Any]]:
+    """The runs holding a `gpu` slot, each with its status, tags and steps: what a test that timed
+    out waiting for the pool shows (a run held the only slot for minutes once, under load in CI)."""
+    return [
+        httpx.post(f"{stack.dagster_url}/graphql", json={"query": _HOLDER, "variables": {"id": run_id}}, timeout=30)
+        .json()["data"]["runOrError"]
+        for run_id in _gpu_claims(stack)
+    ]
+
+
 def _recovers(client: httpx.Client, stack: Stack, workflow: str, since: float, what: str) -> list[dict[str, Any]]:
     """The request ends COMPLETED through one retry, in time; GET says RUNNING until then."""
-    states = poll(client, workflow, finished, timeout=RECOVERED_WITHIN)
+    try:
+        states = poll(client, workflow, finished, timeout=RECOVERED_WITHIN)
+    except AssertionError as late:
+        runs = [(r["runId"], r["status"]) for r in runs_of(stack.dagster_url, workflow)]
+        raise AssertionError(f"{late}; its runs {runs}; the gpu slot's holders {_gpu_holders(stack)}") from None
     took = time.monotonic() - since
     print(f"\n{what}: COMPLETED {took:.1f} s after the fault")
     assert [s["status"] for s in states if s["status"] != "RUNNING"] == ["COMPLETED"], states[-1]
