@@ -291,33 +291,36 @@ class _BusyRefiner(MaskRefiner):
         return mask
 
 
-def test_the_refined_masks_cpu_seconds_are_the_paintings_own(instant_resources: dict[str, Any]) -> None:
-    """tests/e2e/test_stroke_limits.py bounds what the costliest allowed strokes cost by the
-    `cpu_seconds` the refined mask reports: that figure must be what the painting spent (a figure
-    of 0, or read after the painting, passed that test whatever the strokes cost)."""
-    store: BlobStore = instant_resources["blob_store"]
-    rid = "busy-strokes"
+def _ring_request_refined(
+    resources: dict[str, Any], rid: str, refiner: MaskRefiner, strokes: list[dict[str, Any]] | None = None
+) -> Any:
+    """A whole request on the synthetic ring, materialized with `refiner` (and `strokes`): the
+    refined mask's metadata."""
+    store: BlobStore = resources["blob_store"]
     image, _ = synthetic_ring(300, 400)
-    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
-    stroke = {"points": [{"x": 0.4, "y": 0.4}, {"x": 0.5, "y": 0.5}], "mode": "add", "size": 20}
+    ops: dict[str, Any] = {
+        "original_image": {"image_uri": store.put(f"requests/{rid}/upload", to_jpeg(image))},
+        "jewelry_mask": {"points": [RING_CLICK]},
+    }
+    if strokes:
+        ops["refined_mask"] = _strokes(store, rid, strokes)
     with stack_storage_instance() as instance:
-        result = _materialize(
-            ALL_ASSETS,
-            rid,
-            {**instant_resources, "mask_refiner": _BusyRefiner(cpu_seconds=0.3)},
-            {
-                "original_image": {"image_uri": upload},
-                "jewelry_mask": {"points": [RING_CLICK]},
-                "refined_mask": _strokes(store, rid, [stroke]),
-            },
-            instance,
-        )
+        result = _materialize(ALL_ASSETS, rid, {**resources, "mask_refiner": refiner}, ops, instance)
         assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         (refined,) = [
             e.materialization.metadata
             for e in result.get_asset_materialization_events()
             if e.asset_key.path[-1] == "refined_mask"
         ]
+    return refined
+
+
+def test_the_refined_masks_cpu_seconds_are_the_paintings_own(instant_resources: dict[str, Any]) -> None:
+    """tests/e2e/test_stroke_limits.py bounds what the costliest allowed strokes cost by the
+    `cpu_seconds` the refined mask reports: that figure must be what the painting spent (a figure
+    of 0, or read after the painting, passed that test whatever the strokes cost)."""
+    stroke = {"points": [{"x": 0.4, "y": 0.4}, {"x": 0.5, "y": 0.5}], "mode": "add", "size": 20}
+    refined = _ring_request_refined(instant_resources, "busy-strokes", _BusyRefiner(cpu_seconds=0.3), [stroke])
     assert refined["backend"].value == "busy" and refined["strokes"].value == 1
     assert 0.3 <= refined["cpu_seconds"].value < 1.3, refined["cpu_seconds"]
 
@@ -327,22 +330,7 @@ def test_no_strokes_keep_the_jewelry_mask_without_a_refiner_call(instant_resourc
     # jewelry mask, still materialized, and the A100 is not asked (issue 28: ~0.06 s a request).
     store: BlobStore = instant_resources["blob_store"]
     rid = "no-strokes"
-    image, _ = synthetic_ring(300, 400)
-    upload = store.put(f"requests/{rid}/upload", to_jpeg(image))
-    with stack_storage_instance() as instance:
-        result = _materialize(
-            ALL_ASSETS,
-            rid,
-            {**instant_resources, "mask_refiner": _RefusingRefiner()},
-            {"original_image": {"image_uri": upload}, "jewelry_mask": {"points": [RING_CLICK]}},
-            instance,
-        )
-        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        (refined,) = [
-            e.materialization.metadata
-            for e in result.get_asset_materialization_events()
-            if e.asset_key.path[-1] == "refined_mask"
-        ]
+    refined = _ring_request_refined(instant_resources, rid, _RefusingRefiner())
     assert "backend" not in refined and refined["strokes"].value == 0 and refined["changed_pixels"].value == 0
     assert np.array_equal(_artifact(store, rid, "refined_mask"), _artifact(store, rid, "jewelry_mask"))
 
